@@ -1,0 +1,85 @@
+"""Plain data shared by the engines, the node and the protocol codecs.
+
+Payloads (`data`, `conn_info`, `chan_info`) are kept as the raw bytes the
+publisher sent: for JSON clients they are spliced into frames unchanged, so a
+payload is never parsed and re-encoded on the fan-out path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ClientInfo:
+    """Who is behind a connection; shown in presence, join/leave and client publications."""
+
+    user: str
+    client: str
+    conn_info: bytes | None = None
+    chan_info: bytes | None = None
+
+
+@dataclass(slots=True)
+class StreamPosition:
+    """A place in a channel's history stream. Offsets start at 1; epoch names the incarnation."""
+
+    offset: int = 0
+    epoch: str = ""
+
+
+@dataclass(slots=True)
+class Publication:
+    data: bytes
+    info: ClientInfo | None = None
+    offset: int = 0  # 0 when the channel keeps no history
+    tags: dict[str, str] | None = None
+    time: int = 0  # unix ms, optional
+    delta: bool = False
+
+
+@dataclass(slots=True)
+class PublishOptions:
+    """How a publication is stored. History is kept only when both size and ttl are > 0."""
+
+    history_size: int = 0
+    history_ttl: float = 0.0  # seconds
+    history_meta_ttl: float = 0.0  # seconds; 0 means the engine default
+    client_info: ClientInfo | None = None
+    tags: dict[str, str] | None = None
+    idempotency_key: str = ""
+    idempotent_result_ttl: float = 300.0
+    delta: bool = False
+
+
+@dataclass(slots=True)
+class PublishResult:
+    position: StreamPosition
+    # True when an idempotency key matched: the original result is returned and nothing is sent.
+    suppressed: bool = False
+
+
+@dataclass(slots=True)
+class HistoryFilter:
+    """What to read. limit: 0 = position only, -1 = everything, N = at most N.
+
+    `since` returns publications strictly after since.offset (strictly before when
+    reverse). The caller has already checked since.epoch against the stream.
+    """
+
+    since: StreamPosition | None = None
+    limit: int = 0
+    reverse: bool = False
+    meta_ttl: float = 0.0  # seconds; 0 means the engine default
+
+
+@dataclass(slots=True)
+class HistoryResult:
+    publications: list[Publication] = field(default_factory=list)
+    position: StreamPosition = field(default_factory=StreamPosition)
+
+
+@dataclass(slots=True)
+class PresenceStats:
+    num_clients: int = 0
+    num_users: int = 0
