@@ -1,0 +1,904 @@
+"""One connection: its state machine, command dispatch, subscriptions and timers.
+
+Transport-agnostic: a transport feeds frames to `handle_frame` and provides
+`write`/`close`. Rules follow Centrifugo's client protocol v2 (research §1, §3–§5):
+connect first, 3501 for malformed input, errors as replies, disconnects as
+close codes, recovery and positioning per subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app import VERSION_STRING
+from app.auth import SubscribeOverride, TokenExpired, TokenInvalid
+from app.channels import ChannelInfo
+from app.errors import (
+    DISCONNECT_BAD_REQUEST,
+    DISCONNECT_CONNECTION_LIMIT,
+    DISCONNECT_EXPIRED,
+    DISCONNECT_INSUFFICIENT_STATE,
+    DISCONNECT_INVALID_TOKEN,
+    DISCONNECT_NO_PONG,
+    DISCONNECT_NOT_AVAILABLE,
+    DISCONNECT_PERMISSION_DENIED,
+    DISCONNECT_STALE,
+    DISCONNECT_SUB_EXPIRED,
+    ERROR_ALREADY_SUBSCRIBED,
+    ERROR_BAD_REQUEST,
+    ERROR_EXPIRED,
+    ERROR_INTERNAL,
+    ERROR_LIMIT_EXCEEDED,
+    ERROR_NOT_AVAILABLE,
+    ERROR_PERMISSION_DENIED,
+    ERROR_TOKEN_EXPIRED,
+    UNSUBSCRIBE_EXPIRED,
+    UNSUBSCRIBE_INSUFFICIENT_STATE,
+    UNSUBSCRIBE_REASONS,
+    UNSUBSCRIBE_SERVER,
+    ClientError,
+    Disconnect,
+)
+from app.models import ClientInfo, HistoryFilter, HistoryResult, Publication, StreamPosition
+from app.node import Node
+from app.protocol import json as proto
+from app.protocol.json import DecodeError, get_bool, get_dict, get_int, get_raw, get_str
+from app.writer import Transport, Writer
+
+log = logging.getLogger("centrifugo.client")
+
+
+class State(enum.Enum):
+    CONNECTING = 1
+    CONNECTED = 2
+    CLOSED = 3
+
+
+@dataclass(slots=True)
+class Subscription:
+    channel: str
+    chinfo: ChannelInfo
+    server_side: bool
+    chan_info: bytes | None = None
+    presence: bool = False
+    join_leave: bool = False  # this subscription emits join/leave events
+    push_join_leave: bool = False  # this client receives join/leave pushes
+    positioned: bool = False
+    recoverable: bool = False
+    offset: int = 0
+    epoch: str = ""
+    expire_at: int = 0
+    expire_handle: asyncio.TimerHandle | None = None
+    # Publications that arrive while the subscribe is in flight wait here.
+    buffer: list[tuple[Publication, str, bytes]] | None = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _SubRequest:
+    """What a subscribe asks for, from a client command, a token or the server API."""
+
+    token: str = ""
+    recover: bool = False
+    offset: int = 0
+    epoch: str = ""
+    positioned: bool = False
+    recoverable: bool = False
+    join_leave: bool = False
+    data: bytes | None = None
+    info: bytes | None = None
+    expire_at: int = 0
+    override: SubscribeOverride | None = None
+
+
+class Client:
+    def __init__(self, node: Node, transport: Transport, session: str = "") -> None:
+        self.node = node
+        self.cfg = node.config.client
+        self.transport = transport
+        self.uid = str(uuid.uuid4())
+        self.session = session
+        self.user = ""
+        self.conn_info: bytes | None = None
+        self.state = State.CONNECTING
+        self.expire_at = 0
+        self._token_channels: tuple[str, ...] = ()
+        self._connect_failed = False
+        self._subs: dict[str, Subscription] = {}
+        self._writer = Writer(transport, self.cfg.queue_max_size, self._on_writer_error)
+        self._waiting_pong = False
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._pong_handle: asyncio.TimerHandle | None = None
+        self._expire_handle: asyncio.TimerHandle | None = None
+        self._closed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._stale_handle: asyncio.TimerHandle | None = loop.call_later(
+            self.cfg.stale_close_delay, self._on_stale
+        )
+
+    # ------------------------------------------------------------------ I/O
+
+    def send(self, data: bytes) -> None:
+        self._writer.enqueue(data)
+
+    async def handle_frame(self, data: bytes) -> bool:
+        """Process one incoming frame. Returns False once the connection is closing."""
+        if self.state is State.CLOSED:
+            return False
+        try:
+            commands = proto.decode_commands(data)
+        except DecodeError as e:
+            log.info("bad request from client %s: %s", self.uid, e)
+            await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
+            return False
+        for cmd in commands:
+            if not await self._handle_command(cmd):
+                return False
+        return True
+
+    async def _handle_command(self, cmd: proto.Command) -> bool:
+        method = cmd.method
+        if method == "send":
+            # Centrifugo OSS registers no message handler.
+            await self.close(Disconnect(DISCONNECT_NOT_AVAILABLE))
+            return False
+        if cmd.id == 0:
+            if method == "" and self._waiting_pong and self.state is State.CONNECTED:
+                self._on_pong()
+                return True
+            log.info("bad command id 0 from client %s", self.uid)
+            await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
+            return False
+        if method == "":
+            await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
+            return False
+        if self.state is State.CONNECTING:
+            if method != "connect" or self._connect_failed:
+                await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
+                return False
+        elif method == "connect":
+            await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
+            return False
+        handler = getattr(self, "_cmd_" + method)
+        try:
+            result = await handler(cmd.id, cmd.params)
+            if result is not None:
+                self.send(proto.encode_reply(cmd.id, method, result))
+        except ClientError as e:
+            if method == "connect":
+                self._connect_failed = True
+            self.send(proto.encode_error(cmd.id, e.to_dict()))
+        except Disconnect as d:
+            await self.close(d)
+            return False
+        except DecodeError as e:
+            log.info("bad %s from client %s: %s", method, self.uid, e)
+            await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
+            return False
+        except Exception:
+            log.exception("error handling %s for client %s", method, self.uid)
+            if method == "connect":
+                self._connect_failed = True
+            self.send(proto.encode_error(cmd.id, ClientError(ERROR_INTERNAL).to_dict()))
+        return self.state is not State.CLOSED
+
+    # ------------------------------------------------------------- closing
+
+    def _on_writer_error(self, disconnect: Disconnect) -> None:
+        self.node.spawn(self.close(disconnect))
+
+    def disconnect_soon(self, disconnect: Disconnect) -> None:
+        """Close from a synchronous context (timers, fan-out)."""
+        if self.state is not State.CLOSED:
+            self.node.spawn(self.close(disconnect))
+
+    async def close(self, disconnect: Disconnect | None = None) -> None:
+        """Tear the connection down once; the transport gets the close code."""
+        if self.state is State.CLOSED:
+            return
+        was_connected = self.state is State.CONNECTED
+        self.state = State.CLOSED
+        for h in (self._ping_handle, self._pong_handle, self._expire_handle, self._stale_handle):
+            if h is not None:
+                h.cancel()
+        if disconnect is not None and disconnect.code != 3000:
+            log.info(
+                "disconnect client %s user %r: %d %s",
+                self.uid,
+                self.user,
+                disconnect.code,
+                disconnect.reason,
+            )
+        if was_connected:
+            self.node.hub.remove(self)
+            for sub in list(self._subs.values()):
+                await self._drop_subscription(sub)
+        await self._writer.close()
+        if disconnect is not None:
+            try:
+                await self.transport.close(disconnect)
+            except Exception:
+                log.debug("transport close failed", exc_info=True)
+        self._closed.set()
+
+    async def transport_closed(self) -> None:
+        """The peer went away: clean up without sending anything."""
+        await self.close(None)
+
+    def _on_stale(self) -> None:
+        self._stale_handle = None
+        if self.state is State.CONNECTING:
+            self.disconnect_soon(Disconnect(DISCONNECT_STALE))
+
+    # ------------------------------------------------------------ ping/pong
+
+    def _pong_expected(self) -> bool:
+        return self.cfg.ping_interval > 0 and self.cfg.pong_timeout > 0
+
+    def _schedule_ping(self, first: bool = False) -> None:
+        interval = self.cfg.ping_interval
+        if interval <= 0:
+            return
+        # Spread the first ping so that a reconnect wave does not ping in lockstep.
+        delay = random.uniform(interval / 2, interval) if first else interval
+        self._ping_handle = asyncio.get_running_loop().call_later(delay, self._on_ping_time)
+
+    def _on_ping_time(self) -> None:
+        if self.state is not State.CONNECTED:
+            return
+        self.send(proto.PING)
+        if self._pong_expected() and not self._waiting_pong:
+            self._waiting_pong = True
+            self._pong_handle = asyncio.get_running_loop().call_later(
+                self.cfg.pong_timeout, self._on_no_pong
+            )
+        self._schedule_ping()
+
+    def _on_pong(self) -> None:
+        self._waiting_pong = False
+        if self._pong_handle is not None:
+            self._pong_handle.cancel()
+            self._pong_handle = None
+
+    def _on_no_pong(self) -> None:
+        if self._waiting_pong:
+            self.disconnect_soon(Disconnect(DISCONNECT_NO_PONG))
+
+    # -------------------------------------------------------------- connect
+
+    async def _cmd_connect(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any] | None:
+        token = get_str(params, "token")
+        name = get_str(params, "name")
+        version = get_str(params, "version")
+        get_raw(params, "data")
+        subs_req = get_dict(params, "subs")
+        if len(name) > 16 or len(version) > 64:
+            raise Disconnect(DISCONNECT_BAD_REQUEST)
+        cfg = self.cfg
+        node = self.node
+        sub_requests: dict[str, _SubRequest] = {}
+        if token:
+            try:
+                claims = await node.verifier.verify_connect_token(token)
+            except TokenExpired:
+                raise ClientError(ERROR_TOKEN_EXPIRED) from None
+            except TokenInvalid as e:
+                log.info("invalid connection token: %s", e)
+                raise Disconnect(DISCONNECT_INVALID_TOKEN) from None
+            if claims.user == "" and cfg.disallow_anonymous_connection_tokens:
+                raise Disconnect(DISCONNECT_PERMISSION_DENIED)
+            self.user = claims.user
+            self.conn_info = claims.info
+            if claims.expire_at > 0:
+                if claims.expire_at <= time.time():
+                    raise ClientError(ERROR_TOKEN_EXPIRED)
+                self.expire_at = claims.expire_at
+            self._token_channels = tuple(claims.channels) + tuple(claims.subs)
+            for ch in claims.channels:
+                sub_requests[ch] = _SubRequest()
+            for ch, opts in claims.subs.items():
+                sub_requests[ch] = _SubRequest(
+                    info=opts.info, data=opts.data, override=opts.override
+                )
+        elif cfg.insecure or cfg.allow_anonymous_connect_without_token:
+            self.user = ""
+        else:
+            log.info("connect without credentials from client %s", self.uid)
+            raise Disconnect(DISCONNECT_BAD_REQUEST)
+
+        limit = cfg.user_connection_limit
+        if limit > 0 and self.user and len(node.hub.user_connections(self.user)) >= limit:
+            raise Disconnect(DISCONNECT_CONNECTION_LIMIT)
+
+        personal = cfg.subscribe_to_user_personal_channel
+        if personal.enabled and self.user:
+            sub_requests.setdefault(node.resolver.personal_channel(self.user), _SubRequest())
+
+        # Recovery positions for server-side subscriptions come with the connect request.
+        for ch, raw in subs_req.items():
+            if ch in sub_requests and isinstance(raw, dict):
+                r = sub_requests[ch]
+                r.recover = get_bool(raw, "recover")
+                r.offset = get_int(raw, "offset")
+                r.epoch = get_str(raw, "epoch")
+
+        # Resolve every server-side channel before touching any state.
+        resolved = []
+        for ch, req in sub_requests.items():
+            resolved.append((node.resolve(ch, client_side=False), req))
+
+        if self._stale_handle is not None:
+            self._stale_handle.cancel()
+            self._stale_handle = None
+        self.state = State.CONNECTED
+        node.hub.add(self)
+
+        result: dict[str, Any] = {"client": self.uid, "version": VERSION_STRING}
+        if self.expire_at:
+            result["expires"] = True
+            result["ttl"] = max(int(self.expire_at - time.time()), 0)
+        if cfg.ping_interval > 0:
+            result["ping"] = int(cfg.ping_interval)
+            if self._pong_expected():
+                result["pong"] = True
+        if self.session:
+            result["session"] = self.session
+            result["node"] = node.id
+        if cfg.connect_include_server_time:
+            result["time"] = int(time.time() * 1000)
+
+        new_subs: list[Subscription] = []
+        if resolved:
+            subs_result: dict[str, Any] = {}
+            try:
+                for chinfo, req in resolved:
+                    sub, res = await self._subscribe(chinfo, req, server_side=True)
+                    new_subs.append(sub)
+                    subs_result[chinfo.channel] = res
+            except BaseException:
+                for sub in new_subs:
+                    await self._drop_subscription(sub, announce=False)
+                node.hub.remove(self)
+                self.state = State.CONNECTING
+                raise
+            result["subs"] = subs_result
+
+        self.send(proto.encode_reply(cmd_id, "connect", result))
+        for sub in new_subs:
+            self._activate(sub)
+        self._schedule_ping(first=True)
+        self._schedule_expiry()
+        return None
+
+    def _schedule_expiry(self) -> None:
+        if self._expire_handle is not None:
+            self._expire_handle.cancel()
+            self._expire_handle = None
+        if self.expire_at <= 0:
+            return
+        delay = max(self.expire_at - time.time(), 0) + self.cfg.expired_close_delay
+        self._expire_handle = asyncio.get_running_loop().call_later(delay, self._check_expired)
+
+    def _check_expired(self) -> None:
+        self._expire_handle = None
+        if self.expire_at and self.expire_at <= time.time():
+            self.disconnect_soon(Disconnect(DISCONNECT_EXPIRED))
+        else:
+            self._schedule_expiry()
+
+    # -------------------------------------------------------------- refresh
+
+    async def _cmd_refresh(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        token = get_str(params, "token")
+        if not token or not self.expire_at:
+            raise Disconnect(DISCONNECT_BAD_REQUEST)
+        try:
+            claims = await self.node.verifier.verify_connect_token(token)
+        except TokenExpired:
+            raise Disconnect(DISCONNECT_EXPIRED) from None
+        except TokenInvalid as e:
+            log.info("invalid refresh token: %s", e)
+            raise Disconnect(DISCONNECT_INVALID_TOKEN) from None
+        if claims.user != self.user:
+            raise Disconnect(DISCONNECT_INVALID_TOKEN)
+        if tuple(claims.channels) + tuple(claims.subs) != self._token_channels:
+            # Server-side subscriptions changed: reconnect to apply them.
+            raise Disconnect(DISCONNECT_INSUFFICIENT_STATE)
+        if claims.info is not None:
+            self.conn_info = claims.info
+        self.expire_at = claims.expire_at
+        self._schedule_expiry()
+        result: dict[str, Any] = {"client": self.uid, "version": VERSION_STRING}
+        if self.expire_at:
+            result["expires"] = True
+            result["ttl"] = max(int(self.expire_at - time.time()), 0)
+        return result
+
+    async def refresh_server_side(
+        self, *, expired: bool = False, expire_at: int = 0, info: bytes | None = None
+    ) -> None:
+        """Server API `refresh`: extend, expire or update info of this connection."""
+        if expired:
+            await self.close(Disconnect(DISCONNECT_EXPIRED))
+            return
+        if info is not None:
+            self.conn_info = info
+        self.expire_at = expire_at
+        self._schedule_expiry()
+
+    # ------------------------------------------------------------ subscribe
+
+    def _history_permitted(self, ns: Any, subscribed: bool) -> bool:
+        if self.cfg.insecure:
+            return True
+        if not self.user and not ns.allow_history_for_anonymous:
+            return False
+        return ns.allow_history_for_client or (ns.allow_history_for_subscriber and subscribed)
+
+    def _presence_permitted(self, ns: Any, subscribed: bool) -> bool:
+        if self.cfg.insecure:
+            return True
+        if not self.user and not ns.allow_presence_for_anonymous:
+            return False
+        return ns.allow_presence_for_client or (ns.allow_presence_for_subscriber and subscribed)
+
+    async def _cmd_subscribe(self, cmd_id: int, params: dict[str, Any]) -> None:
+        channel = get_str(params, "channel")
+        if not channel:
+            raise Disconnect(DISCONNECT_BAD_REQUEST)
+        req = _SubRequest(
+            token=get_str(params, "token"),
+            recover=get_bool(params, "recover"),
+            offset=get_int(params, "offset"),
+            epoch=get_str(params, "epoch"),
+            positioned=get_bool(params, "positioned"),
+            recoverable=get_bool(params, "recoverable"),
+            join_leave=get_bool(params, "join_leave"),
+            data=get_raw(params, "data") or None,
+        )
+        chinfo = self.node.resolve(channel, client_side=True)
+        if channel in self._subs:
+            raise ClientError(ERROR_ALREADY_SUBSCRIBED)
+        if self.cfg.channel_limit > 0 and len(self._subs) >= self.cfg.channel_limit:
+            raise ClientError(ERROR_LIMIT_EXCEEDED)
+        await self._authorize_subscribe(chinfo, req)
+        sub, result = await self._subscribe(chinfo, req, server_side=False)
+        self.send(proto.encode_reply(cmd_id, "subscribe", result))
+        self._activate(sub)
+
+    async def _authorize_subscribe(self, chinfo: ChannelInfo, req: _SubRequest) -> None:
+        """Permission order of research §4.2; fills req from a subscription token."""
+        ns = chinfo.options
+        if req.token:
+            try:
+                claims = await self.node.verifier.verify_subscribe_token(req.token)
+            except TokenExpired:
+                raise ClientError(ERROR_TOKEN_EXPIRED) from None
+            except TokenInvalid as e:
+                log.info("invalid subscription token: %s", e)
+                raise ClientError(ERROR_PERMISSION_DENIED) from None
+            if (
+                claims.channel != chinfo.channel
+                or claims.user != self.user
+                or (claims.client and claims.client != self.uid)
+            ):
+                raise Disconnect(DISCONNECT_INVALID_TOKEN)
+            if claims.expire_at > 0:
+                if claims.expire_at <= time.time():
+                    raise ClientError(ERROR_TOKEN_EXPIRED)
+                req.expire_at = claims.expire_at
+            req.info = claims.info
+            req.data = claims.data
+            req.override = claims.override
+            return
+        if chinfo.private:
+            raise ClientError(ERROR_PERMISSION_DENIED)
+        if chinfo.allowed_users is not None and self.user in chinfo.allowed_users:
+            return
+        if ns.allow_subscribe_for_client and (self.user or ns.allow_subscribe_for_anonymous):
+            return
+        if self.cfg.insecure:
+            return
+        raise ClientError(ERROR_PERMISSION_DENIED)
+
+    async def _subscribe(
+        self, chinfo: ChannelInfo, req: _SubRequest, *, server_side: bool
+    ) -> tuple[Subscription, dict[str, Any]]:
+        """Subscribe this connection; the subscription buffers until `_activate`."""
+        ns = chinfo.options
+        ov = req.override
+        channel = chinfo.channel
+
+        def pick(value: bool | None, default: bool) -> bool:
+            return default if value is None else value
+
+        presence = pick(ov.presence if ov else None, ns.presence)
+        join_leave = pick(ov.join_leave if ov else None, ns.join_leave)
+        force_push = pick(ov.force_push_join_leave if ov else None, ns.force_push_join_leave)
+        force_recovery = pick(ov.force_recovery if ov else None, ns.force_recovery)
+        force_positioning = pick(ov.force_positioning if ov else None, ns.force_positioning)
+        history_ok = server_side or self._history_permitted(ns, True)
+
+        recoverable = ns.history_enabled and (
+            force_recovery or (req.recoverable and (ns.allow_recovery or history_ok))
+        )
+        positioned = ns.history_enabled and (
+            recoverable
+            or force_positioning
+            or (req.positioned and (ns.allow_positioning or history_ok))
+        )
+        push_join_leave = join_leave and (
+            force_push
+            or server_side
+            or (req.join_leave and self._presence_permitted(ns, True))
+        )
+        sub = Subscription(
+            channel=channel,
+            chinfo=chinfo,
+            server_side=server_side,
+            chan_info=req.info,
+            presence=presence,
+            join_leave=join_leave,
+            push_join_leave=push_join_leave,
+            positioned=positioned,
+            recoverable=recoverable,
+            expire_at=req.expire_at,
+        )
+        self._subs[channel] = sub
+        try:
+            await self.node.add_subscriber(channel, self)
+            result: dict[str, Any] = {}
+            if req.expire_at:
+                result["expires"] = True
+                result["ttl"] = max(int(req.expire_at - time.time()), 0)
+            if positioned:
+                result.update(await self._position(sub, req, ns))
+            if req.data:
+                result["data"] = orjson.Fragment(req.data)
+            if presence:
+                await self.node.presence_manager.add_presence(channel, self.uid, self._info(sub))
+        except BaseException:
+            await self._drop_subscription(sub, announce=False)
+            raise
+        return sub, result
+
+    async def _position(self, sub: Subscription, req: _SubRequest, ns: Any) -> dict[str, Any]:
+        """Stream position, and recovery when asked (research §5)."""
+        result: dict[str, Any] = {}
+        if sub.recoverable:
+            result["recoverable"] = True
+        result["positioned"] = True
+        meta_ttl = ns.history_meta_ttl
+        if not (req.recover and sub.recoverable):
+            hist = await self.node.stream_history(sub.channel, HistoryFilter(meta_ttl=meta_ttl))
+            top = hist.position
+            sub.offset, sub.epoch = top.offset, top.epoch
+            result["epoch"] = top.epoch
+            if top.offset:
+                result["offset"] = top.offset
+            return result
+
+        result["was_recovering"] = True
+        pubs: list[Publication]
+        if ns.force_recovery_mode == "cache":
+            hist = await self.node.stream_history(
+                sub.channel, HistoryFilter(limit=1, reverse=True, meta_ttl=meta_ttl)
+            )
+            top = hist.position
+            same = req.offset == top.offset and req.epoch == top.epoch
+            if same and req.offset > 0:
+                recovered, pubs = True, []
+            elif hist.publications:
+                recovered, pubs = True, hist.publications
+            else:
+                recovered, pubs = same or (req.epoch == "" and top.offset == 0), []
+        else:
+            hist = await self._recover_stream(sub.channel, req, meta_ttl)
+            top = hist.position
+            pubs = hist.publications
+            epoch_ok = req.epoch == "" or req.epoch == top.epoch
+            if not pubs:
+                recovered = epoch_ok and top.offset == req.offset
+            else:
+                recovered = (
+                    epoch_ok and pubs[0].offset == req.offset + 1 and pubs[-1].offset == top.offset
+                )
+        sub.epoch = top.epoch
+        result["epoch"] = top.epoch
+        if recovered:
+            result["recovered"] = True
+            last = pubs[-1].offset if pubs else req.offset
+            sub.offset = max(last, req.offset) if ns.force_recovery_mode != "cache" else top.offset
+            if req.offset:
+                result["offset"] = req.offset
+            if pubs:
+                result["publications"] = [proto.publication_obj(p) for p in pubs]
+        else:
+            sub.offset = top.offset
+            if top.offset:
+                result["offset"] = top.offset
+        return result
+
+    async def _recover_stream(self, channel: str, req: _SubRequest, meta_ttl: float) -> HistoryResult:
+        return await self.node.stream_history(
+            channel,
+            HistoryFilter(
+                since=StreamPosition(req.offset, req.epoch),
+                limit=self.cfg.recovery_max_publication_limit,
+                meta_ttl=meta_ttl,
+            ),
+        )
+
+    def _activate(self, sub: Subscription) -> None:
+        """The subscribe reply is queued: release buffered publications after it."""
+        buffered = sub.buffer or []
+        sub.buffer = None
+        for pub, epoch, frame in buffered:
+            self.deliver_publication(sub.channel, pub, epoch, frame)
+            if sub.channel not in self._subs:
+                return
+        if sub.expire_at:
+            self._schedule_sub_expiry(sub)
+        if sub.join_leave:
+            self.node.spawn(self.node.broker.publish_join(sub.channel, self._info(sub)))
+
+    def _info(self, sub: Subscription | None = None) -> ClientInfo:
+        return ClientInfo(
+            self.user, self.uid, self.conn_info, sub.chan_info if sub is not None else None
+        )
+
+    def presence_entries(self) -> list[tuple[str, ClientInfo]]:
+        return [(ch, self._info(s)) for ch, s in self._subs.items() if s.presence]
+
+    async def _drop_subscription(self, sub: Subscription, announce: bool = True) -> None:
+        if self._subs.get(sub.channel) is sub:
+            del self._subs[sub.channel]
+        if sub.expire_handle is not None:
+            sub.expire_handle.cancel()
+        node = self.node
+        node.remove_subscriber(sub.channel, self)
+        try:
+            if sub.presence:
+                await node.presence_manager.remove_presence(sub.channel, self.uid, self.user)
+            if announce and sub.join_leave and sub.buffer is None:
+                await node.broker.publish_leave(sub.channel, self._info(sub))
+        except Exception:
+            log.exception("cleanup of subscription %s failed", sub.channel)
+
+    def _schedule_sub_expiry(self, sub: Subscription) -> None:
+        if sub.expire_handle is not None:
+            sub.expire_handle.cancel()
+        delay = max(sub.expire_at - time.time(), 0) + self.cfg.expired_sub_close_delay
+        sub.expire_handle = asyncio.get_running_loop().call_later(
+            delay, self._check_sub_expired, sub
+        )
+
+    def _check_sub_expired(self, sub: Subscription) -> None:
+        sub.expire_handle = None
+        if self._subs.get(sub.channel) is not sub:
+            return
+        if sub.expire_at and sub.expire_at <= time.time():
+            if sub.server_side:
+                self.disconnect_soon(Disconnect(DISCONNECT_SUB_EXPIRED))
+            else:
+                self.node.spawn(self._server_unsubscribe(sub, UNSUBSCRIBE_EXPIRED))
+        else:
+            self._schedule_sub_expiry(sub)
+
+    async def _server_unsubscribe(self, sub: Subscription, code: int) -> None:
+        if self._subs.get(sub.channel) is not sub or self.state is not State.CONNECTED:
+            return
+        await self._drop_subscription(sub)
+        body = {"code": code, "reason": UNSUBSCRIBE_REASONS.get(code, "")}
+        self.send(proto.encode_push(sub.channel, "unsubscribe", body))
+
+    async def subscribe_server_side(
+        self,
+        channel: str,
+        *,
+        info: bytes | None = None,
+        data: bytes | None = None,
+        recover_since: StreamPosition | None = None,
+        expire_at: int = 0,
+        override: SubscribeOverride | None = None,
+    ) -> None:
+        """Server API `subscribe`: add a subscription and tell the client with a push."""
+        if self.state is not State.CONNECTED or channel in self._subs:
+            return
+        chinfo = self.node.resolve(channel, client_side=False)
+        req = _SubRequest(info=info, data=data, expire_at=expire_at, override=override)
+        if recover_since is not None:
+            req.recover = True
+            req.offset = recover_since.offset
+            req.epoch = recover_since.epoch
+        sub, result = await self._subscribe(chinfo, req, server_side=True)
+        pubs = result.pop("publications", None)
+        for k in ("was_recovering", "recovered", "expires", "ttl"):
+            result.pop(k, None)
+        self.send(proto.encode_push(channel, "subscribe", result))
+        for p in pubs or ():
+            self.send(orjson.dumps({"push": {"channel": channel, "pub": p}}))
+        self._activate(sub)
+
+    async def unsubscribe_server_side(self, channel: str) -> None:
+        sub = self._subs.get(channel)
+        if sub is not None:
+            await self._server_unsubscribe(sub, UNSUBSCRIBE_SERVER)
+
+    # ------------------------------------------------------------ delivery
+
+    def deliver_publication(self, channel: str, pub: Publication, epoch: str, frame: bytes) -> None:
+        sub = self._subs.get(channel)
+        if sub is None:
+            return
+        if sub.buffer is not None:
+            sub.buffer.append((pub, epoch, frame))
+            return
+        if sub.positioned and pub.offset:
+            if not sub.epoch:
+                sub.epoch = epoch  # stream did not exist at subscribe time
+            if epoch != sub.epoch or pub.offset > sub.offset + 1:
+                self._insufficient_state(sub)
+                return
+            if pub.offset <= sub.offset:
+                return  # already delivered (recovered or duplicate)
+            sub.offset = pub.offset
+        self._writer.enqueue(frame)
+
+    def deliver_join_leave(self, channel: str, frame: bytes) -> None:
+        sub = self._subs.get(channel)
+        if sub is not None and sub.push_join_leave and sub.buffer is None:
+            self._writer.enqueue(frame)
+
+    def _insufficient_state(self, sub: Subscription) -> None:
+        if sub.server_side:
+            self.disconnect_soon(Disconnect(DISCONNECT_INSUFFICIENT_STATE))
+        else:
+            # Remove synchronously so later publications in this loop turn are not sent.
+            del self._subs[sub.channel]
+            sub.buffer = []  # suppress the leave announcement of a half-dropped sub
+            self.node.spawn(self._finish_insufficient(sub))
+
+    async def _finish_insufficient(self, sub: Subscription) -> None:
+        await self._drop_subscription(sub, announce=False)
+        body = {
+            "code": UNSUBSCRIBE_INSUFFICIENT_STATE,
+            "reason": UNSUBSCRIBE_REASONS[UNSUBSCRIBE_INSUFFICIENT_STATE],
+        }
+        self.send(proto.encode_push(sub.channel, "unsubscribe", body))
+
+    # ------------------------------------------------------------ commands
+
+    async def _cmd_unsubscribe(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        channel = get_str(params, "channel")
+        if not channel:
+            raise Disconnect(DISCONNECT_BAD_REQUEST)
+        sub = self._subs.get(channel)
+        if sub is not None:
+            await self._drop_subscription(sub)
+        return {}
+
+    async def _cmd_publish(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        channel = get_str(params, "channel")
+        data = get_raw(params, "data")
+        if not channel or not data:
+            raise Disconnect(DISCONNECT_BAD_REQUEST)
+        chinfo = self.node.resolve(channel, client_side=True)
+        ns = chinfo.options
+        sub = self._subs.get(channel)
+        allowed = self.cfg.insecure or (
+            (self.user or ns.allow_publish_for_anonymous)
+            and (ns.allow_publish_for_client or (ns.allow_publish_for_subscriber and sub))
+        )
+        if not allowed:
+            raise ClientError(ERROR_PERMISSION_DENIED)
+        fmt = ns.publication_data_format
+        if fmt == "json_object" and not data.startswith(b"{"):
+            raise ClientError(ERROR_BAD_REQUEST)
+        await self.node.publish(channel, data, info=self._info(sub), client_side=True)
+        return {}
+
+    async def _cmd_presence(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        chinfo = self._channel_for_query(params)
+        self._check_presence(chinfo)
+        entries = await self.node.presence(chinfo.channel, client_side=True)
+        return {"presence": {k: proto.client_info_obj(v) for k, v in entries.items()}}
+
+    async def _cmd_presence_stats(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        chinfo = self._channel_for_query(params)
+        self._check_presence(chinfo)
+        stats = await self.node.presence_stats(chinfo.channel, client_side=True)
+        return {"num_clients": stats.num_clients, "num_users": stats.num_users}
+
+    def _channel_for_query(self, params: dict[str, Any]) -> ChannelInfo:
+        channel = get_str(params, "channel")
+        if not channel:
+            raise Disconnect(DISCONNECT_BAD_REQUEST)
+        return self.node.resolve(channel, client_side=True)
+
+    def _check_presence(self, chinfo: ChannelInfo) -> None:
+        if not chinfo.options.presence:
+            raise ClientError(ERROR_NOT_AVAILABLE)
+        if not self._presence_permitted(chinfo.options, chinfo.channel in self._subs):
+            raise ClientError(ERROR_PERMISSION_DENIED)
+
+    async def _cmd_history(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        chinfo = self._channel_for_query(params)
+        ns = chinfo.options
+        limit = get_int(params, "limit", signed=True)
+        reverse = get_bool(params, "reverse")
+        since_raw = params.get("since")
+        since = None
+        if since_raw is not None:
+            if not isinstance(since_raw, dict):
+                raise DecodeError("since must be an object")
+            since = StreamPosition(get_int(since_raw, "offset"), get_str(since_raw, "epoch"))
+        if not ns.history_enabled:
+            raise ClientError(ERROR_NOT_AVAILABLE)
+        if not self._history_permitted(ns, chinfo.channel in self._subs):
+            raise ClientError(ERROR_PERMISSION_DENIED)
+        if since is not None and reverse and since.offset == 0:
+            raise ClientError(ERROR_BAD_REQUEST)
+        max_limit = self.cfg.history_max_publication_limit
+        if max_limit > 0 and (limit < 0 or limit > max_limit):
+            limit = max_limit
+        hist = await self.node.history(
+            chinfo.channel, limit=limit, since=since, reverse=reverse, client_side=True
+        )
+        return {
+            "publications": [proto.publication_obj(p) for p in hist.publications],
+            "epoch": hist.position.epoch,
+            "offset": hist.position.offset,
+        }
+
+    async def _cmd_ping(self, cmd_id: int, params: dict[str, Any]) -> None:
+        raise ClientError(ERROR_NOT_AVAILABLE)
+
+    async def _cmd_rpc(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        get_str(params, "method")
+        get_raw(params, "data")
+        raise ClientError(ERROR_NOT_AVAILABLE)
+
+    async def _cmd_sub_refresh(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        channel = get_str(params, "channel")
+        token = get_str(params, "token")
+        if not channel or not token:
+            raise Disconnect(DISCONNECT_BAD_REQUEST)
+        sub = self._subs.get(channel)
+        if sub is None:
+            raise ClientError(ERROR_PERMISSION_DENIED)
+        try:
+            claims = await self.node.verifier.verify_subscribe_token(token)
+        except TokenExpired:
+            raise Disconnect(DISCONNECT_SUB_EXPIRED) from None
+        except TokenInvalid as e:
+            log.info("invalid subscription refresh token: %s", e)
+            raise Disconnect(DISCONNECT_INVALID_TOKEN) from None
+        if (
+            claims.channel != channel
+            or claims.user != self.user
+            or (claims.client and claims.client != self.uid)
+        ):
+            raise Disconnect(DISCONNECT_INVALID_TOKEN)
+        if claims.expire_at and claims.expire_at <= time.time():
+            raise ClientError(ERROR_EXPIRED)
+        sub.expire_at = claims.expire_at
+        if claims.info is not None:
+            sub.chan_info = claims.info
+        result: dict[str, Any] = {}
+        if sub.expire_at:
+            self._schedule_sub_expiry(sub)
+            result["expires"] = True
+            result["ttl"] = max(int(sub.expire_at - time.time()), 0)
+        elif sub.expire_handle is not None:
+            sub.expire_handle.cancel()
+            sub.expire_handle = None
+        return result

@@ -1,0 +1,338 @@
+"""Composition root of one worker: owns hub, broker, presence, resolver and verifier.
+
+The node subscribes itself to a channel in the broker when the channel's first
+local subscriber arrives, and unsubscribes a little after the last one leaves
+(a quick resubscribe then costs nothing). Everything the server API does goes
+through the facade methods here, never to an engine directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from app import VERSION_STRING
+from app.auth import SubscribeOverride, TokenVerifier
+from app.broker import Broker
+from app.channels import ChannelInfo, ChannelResolver
+from app.config import Config
+from app.errors import (
+    ERROR_NOT_AVAILABLE,
+    ERROR_UNRECOVERABLE_POSITION,
+    ClientError,
+    Disconnect,
+)
+from app.hub import Hub
+from app.models import (
+    ClientInfo,
+    HistoryFilter,
+    HistoryResult,
+    PresenceStats,
+    Publication,
+    PublishOptions,
+    PublishResult,
+    StreamPosition,
+)
+from app.presence import PresenceManager
+
+if TYPE_CHECKING:
+    from app.client import Client
+
+log = logging.getLogger("centrifugo.node")
+
+# Keeps the broker subscription a moment after the last local subscriber leaves.
+UNSUBSCRIBE_DELAY = 5.0
+
+
+class Node:
+    def __init__(self, cfg: Config, broker: Broker, presence: PresenceManager) -> None:
+        self.config = cfg
+        self.id = str(uuid.uuid4())
+        self.name = cfg.node.name or f"{socket.gethostname()}_{cfg.http_server.port}"
+        self.started_at = time.time()
+        self.hub = Hub()
+        self.broker = broker
+        self.presence_manager = presence
+        self.resolver = ChannelResolver(cfg)
+        self.verifier = TokenVerifier(cfg.client)
+        self._broker_subs: dict[str, asyncio.Future[None]] = {}
+        self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._presence_task: asyncio.Task[None] | None = None
+        self.closing = False
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        await self.broker.run(self)
+        interval = self.config.client.presence_update_interval
+        if interval > 0:
+            self._presence_task = asyncio.create_task(self._refresh_presence(interval))
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Disconnect every local client with 3001 so SDKs reconnect elsewhere."""
+        if self.closing:
+            return
+        self.closing = True
+        clients = self.hub.connections()
+        if clients:
+            await asyncio.wait(
+                [asyncio.create_task(c.close(Disconnect(3001))) for c in clients], timeout=timeout
+            )
+        if self._presence_task is not None:
+            self._presence_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._presence_task
+        for h in self._unsub_timers.values():
+            h.cancel()
+        await self.verifier.close()
+        await self.broker.close()
+        await self.presence_manager.close()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run a background coroutine, keeping a reference so it is not collected."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def _refresh_presence(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for client in self.hub.connections():
+                for channel, info in client.presence_entries():
+                    try:
+                        await self.presence_manager.add_presence(channel, client.uid, info)
+                    except Exception:
+                        log.exception("presence refresh failed")
+
+    # --- broker events (BrokerEventHandler) ---
+
+    def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
+        self.hub.broadcast_publication(channel, pub, epoch)
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        self.hub.broadcast_join(channel, info)
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        self.hub.broadcast_leave(channel, info)
+
+    def handle_control(self, data: bytes) -> None:
+        # Single node for now: API actions by user act on local clients directly.
+        pass
+
+    # --- channel subscription of this node ---
+
+    async def add_subscriber(self, channel: str, client: Client) -> None:
+        """Register a local subscriber; returns once the broker delivers the channel."""
+        self.hub.add_subscriber(channel, client)
+        timer = self._unsub_timers.pop(channel, None)
+        if timer is not None:
+            timer.cancel()
+        fut = self._broker_subs.get(channel)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._broker_subs[channel] = fut
+            try:
+                await self.broker.subscribe([channel])
+            except BaseException as e:
+                del self._broker_subs[channel]
+                fut.set_exception(e)
+                fut.exception()  # mark retrieved: waiters re-raise on their own await
+                raise
+            fut.set_result(None)
+            return
+        await asyncio.shield(fut)
+
+    def remove_subscriber(self, channel: str, client: Client) -> None:
+        if self.hub.remove_subscriber(channel, client) and channel in self._broker_subs:
+            loop = asyncio.get_running_loop()
+            self._unsub_timers[channel] = loop.call_later(
+                UNSUBSCRIBE_DELAY, self._maybe_unsubscribe, channel
+            )
+
+    def _maybe_unsubscribe(self, channel: str) -> None:
+        self._unsub_timers.pop(channel, None)
+        if self.hub.has_subscribers(channel):
+            return
+        fut = self._broker_subs.get(channel)
+        if fut is None or not fut.done():
+            return
+        del self._broker_subs[channel]
+        self.spawn(self.broker.unsubscribe([channel]))
+
+    # --- facade used by clients and the server API ---
+
+    def resolve(self, channel: str, client_side: bool = False) -> ChannelInfo:
+        return self.resolver.resolve(channel, client_side=client_side)
+
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        skip_history: bool = False,
+        idempotency_key: str = "",
+        delta: bool = False,
+        client_side: bool = False,
+    ) -> PublishResult:
+        ns = self.resolve(channel, client_side).options
+        opts = PublishOptions(
+            client_info=info,
+            tags=tags or None,
+            idempotency_key=idempotency_key,
+            delta=delta or ns.delta_publish,
+        )
+        if ns.history_enabled and not skip_history:
+            opts.history_size = ns.history_size
+            opts.history_ttl = ns.history_ttl
+            opts.history_meta_ttl = ns.history_meta_ttl
+        return await self.broker.publish(channel, data, opts)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+        client_side: bool = False,
+    ) -> HistoryResult:
+        ns = self.resolve(channel, client_side).options
+        if not ns.history_enabled:
+            raise ClientError(ERROR_NOT_AVAILABLE)
+        result = await self.broker.history(
+            channel,
+            HistoryFilter(since=since, limit=limit, reverse=reverse, meta_ttl=ns.history_meta_ttl),
+        )
+        if since is not None and since.epoch and since.epoch != result.position.epoch:
+            raise ClientError(ERROR_UNRECOVERABLE_POSITION)
+        return result
+
+    async def stream_history(self, channel: str, flt: HistoryFilter) -> HistoryResult:
+        """Raw history read for recovery (no epoch check: the caller decides)."""
+        return await self.broker.history(channel, flt)
+
+    async def remove_history(self, channel: str) -> None:
+        self.resolve(channel)
+        await self.broker.remove_history(channel)
+
+    async def presence(self, channel: str, client_side: bool = False) -> dict[str, ClientInfo]:
+        if not self.resolve(channel, client_side).options.presence:
+            raise ClientError(ERROR_NOT_AVAILABLE)
+        return await self.presence_manager.presence(channel)
+
+    async def presence_stats(self, channel: str, client_side: bool = False) -> PresenceStats:
+        if not self.resolve(channel, client_side).options.presence:
+            raise ClientError(ERROR_NOT_AVAILABLE)
+        return await self.presence_manager.presence_stats(channel)
+
+    def _user_clients(self, user: str, client: str = "", session: str = "") -> list[Client]:
+        out = []
+        for c in self.hub.user_connections(user):
+            if client and c.uid != client:
+                continue
+            if session and c.session != session:
+                continue
+            out.append(c)
+        return out  # type: ignore[return-value]
+
+    async def subscribe_user(
+        self,
+        user: str,
+        channel: str,
+        *,
+        client: str = "",
+        session: str = "",
+        info: bytes | None = None,
+        data: bytes | None = None,
+        recover_since: StreamPosition | None = None,
+        expire_at: int = 0,
+        override: SubscribeOverride | None = None,
+    ) -> None:
+        self.resolve(channel)
+        for c in self._user_clients(user, client, session):
+            await c.subscribe_server_side(
+                channel,
+                info=info,
+                data=data,
+                recover_since=recover_since,
+                expire_at=expire_at,
+                override=override,
+            )
+
+    async def unsubscribe_user(
+        self, user: str, channel: str, *, client: str = "", session: str = ""
+    ) -> None:
+        self.resolve(channel)
+        for c in self._user_clients(user, client, session):
+            await c.unsubscribe_server_side(channel)
+
+    async def disconnect_user(
+        self,
+        user: str,
+        disconnect: Disconnect,
+        *,
+        client: str = "",
+        session: str = "",
+        whitelist: Sequence[str] = (),
+    ) -> None:
+        for c in self._user_clients(user, client, session):
+            if c.uid in whitelist:
+                continue
+            await c.close(disconnect)
+
+    async def refresh_user(
+        self,
+        user: str,
+        *,
+        client: str = "",
+        session: str = "",
+        expired: bool = False,
+        expire_at: int = 0,
+        info: bytes | None = None,
+    ) -> None:
+        for c in self._user_clients(user, client, session):
+            await c.refresh_server_side(expired=expired, expire_at=expire_at, info=info)
+
+    async def channels(self, pattern: str = "") -> dict[str, int]:
+        out = {}
+        for ch in self.hub.channels():
+            if pattern and not fnmatch.fnmatchcase(ch, pattern):
+                continue
+            out[ch] = self.hub.num_subscribers(ch)
+        return out
+
+    async def info(self) -> list[dict[str, Any]]:
+        hub = self.hub
+        return [
+            {
+                "uid": self.id,
+                "name": self.name,
+                "version": VERSION_STRING,
+                "num_clients": hub.num_clients,
+                "num_users": hub.num_users,
+                "num_channels": hub.num_channels,
+                "num_subs": hub.num_subscriptions,
+                "uptime": int(time.time() - self.started_at),
+            }
+        ]
+
+
+NODE_KEY = web.AppKey("node", Node)

@@ -1,0 +1,78 @@
+"""Bidirectional WebSocket transport at `websocket.handler_prefix` (JSON protocol).
+
+Disconnects travel as the close frame's code and reason (no disconnect push),
+which is how SDKs decide whether to reconnect.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+
+from aiohttp import WSMsgType, web
+
+from app.client import Client
+from app.errors import Disconnect
+from app.node import NODE_KEY
+
+log = logging.getLogger("centrifugo.websocket")
+
+_CLOSE_TYPES = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
+class WebSocketTransport:
+    name = "websocket"
+    protocol = "json"
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+
+    async def write(self, frame: bytes) -> None:
+        await self._ws.send_frame(frame, WSMsgType.TEXT)
+
+    async def close(self, disconnect: Disconnect) -> None:
+        # WebSocket close reasons are limited to 123 bytes.
+        await self._ws.close(code=disconnect.code, message=disconnect.reason.encode()[:123])
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """Same rule as Centrifugo: no Origin header passes; otherwise a glob must match."""
+    if not origin:
+        return True
+    origin = origin.lower()
+    return any(p == "*" or fnmatch.fnmatchcase(origin, p.lower()) for p in allowed)
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE_KEY]
+    cfg = node.config
+    if not origin_allowed(request.headers.get("Origin"), cfg.client.allowed_origins):
+        log.info("request Origin %r is not allowed", request.headers.get("Origin"))
+        return web.Response(status=403, text="Invalid origin")
+    if node.closing:
+        return web.Response(status=503, text="shutting down")
+    ws = web.WebSocketResponse(
+        protocols=("centrifuge-json",),
+        max_msg_size=cfg.websocket.message_size_limit,
+        compress=cfg.websocket.compression,
+        autoping=True,
+    )
+    await ws.prepare(request)
+    client = Client(node, WebSocketTransport(ws))
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                data = msg.data.encode()
+            elif msg.type is WSMsgType.BINARY:
+                data = msg.data
+            else:
+                break
+            if not await client.handle_frame(data):
+                break
+        if ws.close_code == 1009:
+            log.info("client %s sent a message over websocket.message_size_limit", client.uid)
+    finally:
+        await client.transport_closed()
+    return ws
