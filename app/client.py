@@ -52,6 +52,7 @@ from app.models import ClientInfo, HistoryFilter, HistoryResult, Publication, St
 from app.node import Node
 from app.protocol import json as proto
 from app.protocol.json import DecodeError, get_bool, get_dict, get_int, get_raw, get_str
+from app.recovery import cache_recovered, stream_recovered
 from app.writer import Transport, Writer
 
 log = logging.getLogger("centrifugo.client")
@@ -536,9 +537,7 @@ class Client:
             or (req.positioned and (ns.allow_positioning or history_ok))
         )
         push_join_leave = join_leave and (
-            force_push
-            or server_side
-            or (req.join_leave and self._presence_permitted(ns, True))
+            force_push or server_side or (req.join_leave and self._presence_permitted(ns, True))
         )
         sub = Subscription(
             channel=channel,
@@ -588,35 +587,24 @@ class Client:
 
         result["was_recovering"] = True
         pubs: list[Publication]
-        if ns.force_recovery_mode == "cache":
+        cache = ns.force_recovery_mode == "cache"
+        if cache:
             hist = await self.node.stream_history(
                 sub.channel, HistoryFilter(limit=1, reverse=True, meta_ttl=meta_ttl)
             )
             top = hist.position
-            same = req.offset == top.offset and req.epoch == top.epoch
-            if same and req.offset > 0:
-                recovered, pubs = True, []
-            elif hist.publications:
-                recovered, pubs = True, hist.publications
-            else:
-                recovered, pubs = same or (req.epoch == "" and top.offset == 0), []
+            recovered, pubs = cache_recovered(hist.publications, top, req.offset, req.epoch)
         else:
             hist = await self._recover_stream(sub.channel, req, meta_ttl)
             top = hist.position
             pubs = hist.publications
-            epoch_ok = req.epoch == "" or req.epoch == top.epoch
-            if not pubs:
-                recovered = epoch_ok and top.offset == req.offset
-            else:
-                recovered = (
-                    epoch_ok and pubs[0].offset == req.offset + 1 and pubs[-1].offset == top.offset
-                )
+            recovered = stream_recovered(pubs, top, req.offset, req.epoch)
         sub.epoch = top.epoch
         result["epoch"] = top.epoch
         if recovered:
             result["recovered"] = True
             last = pubs[-1].offset if pubs else req.offset
-            sub.offset = max(last, req.offset) if ns.force_recovery_mode != "cache" else top.offset
+            sub.offset = top.offset if cache else max(last, req.offset)
             if req.offset:
                 result["offset"] = req.offset
             if pubs:
@@ -627,7 +615,9 @@ class Client:
                 result["offset"] = top.offset
         return result
 
-    async def _recover_stream(self, channel: str, req: _SubRequest, meta_ttl: float) -> HistoryResult:
+    async def _recover_stream(
+        self, channel: str, req: _SubRequest, meta_ttl: float
+    ) -> HistoryResult:
         return await self.node.stream_history(
             channel,
             HistoryFilter(

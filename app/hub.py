@@ -20,7 +20,9 @@ class HubClient(Protocol):
     user: str
     session: str
 
-    def deliver_publication(self, channel: str, pub: Publication, epoch: str, frame: bytes) -> None: ...
+    def deliver_publication(
+        self, channel: str, pub: Publication, epoch: str, frame: bytes
+    ) -> None: ...
 
     def deliver_join_leave(self, channel: str, frame: bytes) -> None: ...
 

@@ -28,7 +28,17 @@ class Transport(Protocol):
 
 
 class Writer:
-    __slots__ = ("_transport", "_buf", "_size", "_max_size", "_wake", "_task", "_on_error", "_closed", "_idle")
+    __slots__ = (
+        "_transport",
+        "_buf",
+        "_size",
+        "_max_size",
+        "_wake",
+        "_task",
+        "_on_error",
+        "_closed",
+        "_idle",
+    )
 
     def __init__(
         self,

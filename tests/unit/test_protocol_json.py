@@ -1,0 +1,82 @@
+"""JSON codec of client protocol v2: framing, type checks and omission rules."""
+
+import orjson
+import pytest
+
+from app.models import ClientInfo, Publication
+from app.protocol import json as proto
+
+
+def test_several_commands_per_frame_and_trailing_newline():
+    frame = b'{"id":1,"connect":{"token":"t"}}\n{"id":2,"subscribe":{"channel":"a"}}\n'
+    cmds = proto.decode_commands(frame)
+    assert [(c.id, c.method) for c in cmds] == [(1, "connect"), (2, "subscribe")]
+    assert cmds[1].params == {"channel": "a"}
+
+
+def test_empty_command_is_a_pong():
+    (cmd,) = proto.decode_commands(b"{}")
+    assert (cmd.id, cmd.method) == (0, "")
+
+
+def test_first_non_null_request_field_wins():
+    (cmd,) = proto.decode_commands(b'{"id":3,"connect":null,"publish":{"channel":"x","data":1}}')
+    assert cmd.method == "publish"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"not json",
+        b"[1,2]",
+        b'{"id":-1}',
+        b'{"id":"x","connect":{}}',
+        b'{"id":1,"subscribe":[]}',
+        b"",
+        b"\n\n",
+    ],
+)
+def test_malformed_frames_raise(frame):
+    with pytest.raises(proto.DecodeError):
+        proto.decode_commands(frame)
+
+
+def test_typed_getters_reject_wrong_types():
+    with pytest.raises(proto.DecodeError):
+        proto.get_str({"channel": 1}, "channel")
+    with pytest.raises(proto.DecodeError):
+        proto.get_bool({"recover": "yes"}, "recover")
+    with pytest.raises(proto.DecodeError):
+        proto.get_int({"offset": -1}, "offset")
+    assert proto.get_int({"offset": "42"}, "offset") == 42  # 64-bit ints may be strings
+    assert proto.get_int({"limit": -1}, "limit", signed=True) == -1
+    assert proto.get_str({}, "channel") == ""
+
+
+def test_raw_data_is_spliced_not_reencoded():
+    pub = Publication(data=b'{"b": 2, "a": 1}', offset=7)
+    frame = proto.encode_pub_push("news", pub)
+    assert frame == b'{"push":{"channel":"news","pub":{"data":{"b": 2, "a": 1},"offset":7}}}'
+
+
+def test_zero_values_omitted_but_client_info_keeps_user_and_client():
+    pub = Publication(data=b"1", info=ClientInfo(user="", client="c1"))
+    obj = orjson.loads(proto.encode_pub_push("ch", pub))
+    assert obj == {
+        "push": {"channel": "ch", "pub": {"data": 1, "info": {"user": "", "client": "c1"}}}
+    }
+
+
+def test_empty_result_is_written_as_object():
+    assert proto.encode_reply(3, "publish", {}) == b'{"id":3,"publish":{}}'
+
+
+def test_join_push_shape():
+    info = ClientInfo(user="u", client="c", conn_info=b'{"n":1}', chan_info=b'"x"')
+    obj = orjson.loads(proto.encode_join_push("room", info))
+    assert obj == {
+        "push": {
+            "channel": "room",
+            "join": {"info": {"user": "u", "client": "c", "conn_info": {"n": 1}, "chan_info": "x"}},
+        }
+    }
