@@ -18,6 +18,7 @@ CONFIG = {
     "client": {
         # Short so an unrefreshed connection would be closed well within a test's time.
         "expired_close_delay": "2s",
+        "expired_sub_close_delay": "2s",
     },
     "channel": {
         "namespaces": [
@@ -445,3 +446,64 @@ def test_subscribe_denied_103_and_unknown_namespace_102(srv: ServerHandle) -> No
     assert out["locked"] == {"code": 103, "reason": "permission denied", "state": "unsubscribed"}
     assert out["unknown"] == {"code": 102, "reason": "unknown channel"}
     assert out["client"] == "connected"  # subscribe errors do not close the connection
+
+
+def test_subscription_token_refresh(srv: ServerHandle) -> None:
+    # Subscription tokens live 3 s: the SDK refreshes them with `sub_refresh` (getToken again);
+    # an unrefreshed subscription would get unsubscribe 2501 two seconds after expiry.
+    out = js(
+        srv,
+        """
+        let calls = 0;
+        const c = newClient({ token: token('max') });
+        const sub = c.newSubscription(env.CH, {
+          getToken: async (ctx) => {
+            calls++;
+            bus.emit('token');
+            return subToken('max', ctx.channel, { ttl: 3 });
+          },
+        });
+        const subscribed = collect(sub, 'subscribed');
+        const unsubscribed = collect(sub, 'unsubscribed');
+        const subscribing = collect(sub, 'subscribing');
+        sub.subscribe();
+        c.connect();
+        await sub.ready();
+        await waitUntil(bus, 'token', () => calls >= 4, 20000, 'four subscription getToken calls');
+        const pubs = collect(sub, 'publication');
+        await api('publish', { channel: env.CH, data: { still: 'here' } });
+        await waitUntil(sub, 'publication', () => pubs.length >= 1, 5000, 'publication');
+        return { calls, subscribed: subscribed.length, unsubscribed, subscribing: subscribing.length,
+                 state: sub.state, pub: pubs[0].data };
+        """,
+        timeout=30,
+        CH=f"$refresh-{uid()}",
+    )
+    assert out["calls"] >= 4
+    assert out["subscribed"] == 1, out
+    assert out["subscribing"] == 1, out
+    assert out["unsubscribed"] == []
+    assert out["state"] == "subscribed"
+    assert out["pub"] == {"still": "here"}
+
+
+def test_server_side_subscription_from_token_channels(srv: ServerHandle) -> None:
+    out = js(
+        srv,
+        """
+        const c = newClient({ token: token('ned', { channels: [env.CH] }) });
+        const subscribed = waitEvent(c, 'subscribed');
+        const pubs = collect(c, 'publication');
+        c.connect();
+        const ctx = await subscribed;
+        await api('publish', { channel: env.CH, data: { server: 'side' } });
+        await waitUntil(c, 'publication', () => pubs.length >= 1, 5000, 'publication');
+        return { subscribed: ctx, pub: pubs[0] };
+        """,
+        CH=f"chat:server-side-{uid()}",
+    )
+    assert out["subscribed"]["channel"].startswith("chat:server-side-")
+    assert out["subscribed"]["recoverable"] is True
+    assert out["pub"]["channel"] == out["subscribed"]["channel"]
+    assert out["pub"]["data"] == {"server": "side"}
+    assert out["pub"]["offset"] == 1
