@@ -1,0 +1,598 @@
+"""ApiExecutor against a real Node with the memory engine (research §2.2, §9 item 10).
+
+Every result shape is also decoded with the `cent` SDK's own response models, so a shape
+that `cent` cannot parse fails here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import cent.dto as cent_dto
+import orjson
+import pytest
+
+from app.api.executor import ApiDecodeError, ApiExecutor
+from app.config import load_config
+from app.engines.memory import MemoryBroker, MemoryPresenceManager
+from app.errors import ClientError
+from app.models import ClientInfo
+from app.node import Node
+
+HISTORY = {"history_size": 10, "history_ttl": "300s"}
+
+CONFIG: dict[str, Any] = {
+    "channel": {
+        "without_namespace": {"presence": True, **HISTORY},
+        "namespaces": [
+            {"name": "plain"},
+            {"name": "obj", "publication_data_format": "json_object", **HISTORY},
+            {"name": "js", "publication_data_format": "json", **HISTORY},
+            {"name": "bin", "publication_data_format": "binary", **HISTORY},
+            {"name": "dl", "delta_publish": True, **HISTORY},
+        ],
+    },
+    "http_api": {"key": "secret"},
+}
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(CONFIG))
+    n = Node(load_config(str(path), env={}), MemoryBroker(), MemoryPresenceManager())
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.shutdown()
+
+
+@pytest.fixture
+def api(node: Node) -> ApiExecutor:
+    return ApiExecutor(node)
+
+
+def wire(result: dict[str, Any]) -> Any:
+    """What goes on the wire: raw payload fragments spliced, then parsed back."""
+    return orjson.loads(orjson.dumps(result))
+
+
+def cent_parse(request: Any, result: dict[str, Any]) -> Any:
+    """Decode our result with cent's response model for `request`."""
+    if request.api_method == "batch":
+        body = orjson.dumps(result)
+    else:
+        body = orjson.dumps({"result": result})
+    return request.parse_response(body.decode()).result
+
+
+async def code_of(api: ApiExecutor, method: str, params: Any) -> int:
+    with pytest.raises(ClientError) as exc:
+        await api.call(method, params)
+    assert not isinstance(exc.value, ApiDecodeError), "expected an API error, got a decode error"
+    return exc.value.code
+
+
+async def assert_decode_error(api: ApiExecutor, method: str, params: Any) -> None:
+    with pytest.raises(ApiDecodeError) as exc:
+        await api.call(method, params)
+    assert exc.value.code == 107
+
+
+# --------------------------------------------------------------------------------------------
+# publish
+
+
+async def test_publish_with_history_returns_offset_and_epoch(api: ApiExecutor) -> None:
+    r1 = await api.call("publish", {"channel": "news", "data": {"x": 1}})
+    r2 = await api.call("publish", {"channel": "news", "data": {"x": 2}})
+    assert r1["offset"] == 1 and r2["offset"] == 2
+    assert len(r1["epoch"]) == 8 and r1["epoch"] == r2["epoch"]
+    parsed = cent_parse(cent_dto.PublishRequest(channel="news", data={"x": 2}), r2)
+    assert (parsed.offset, parsed.epoch) == (2, r2["epoch"])
+
+
+async def test_publish_without_history_omits_zero_values(api: ApiExecutor) -> None:
+    assert await api.call("publish", {"channel": "plain:a", "data": "hi"}) == {}
+    # skip_history on a channel with history: nothing stored, so offset 0 / epoch "" omitted
+    assert await api.call("publish", {"channel": "news", "data": 1, "skip_history": True}) == {}
+    hist = await api.call("history", {"channel": "news", "limit": -1})
+    assert hist["publications"] == [] and hist["offset"] == 0
+    assert cent_parse(cent_dto.PublishRequest(channel="plain:a", data=1), {}).offset == 0
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"channel": "news"},  # data absent
+        {"channel": "news", "data": None},  # null counts as absent
+        {"data": {"x": 1}},  # channel absent
+        {"channel": "", "data": 1},
+        {"channel": "news", "b64data": "not base64!"},
+        {"channel": "news", "b64data": "YWJj="},  # bad padding
+        {"channel": "news", "b64data": ""},  # empty b64data and no data
+    ],
+)
+async def test_publish_bad_request(api: ApiExecutor, params: dict[str, Any]) -> None:
+    assert await code_of(api, "publish", params) == 107
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        [1, 2],
+        "news",
+        {"channel": 5, "data": 1},
+        {"channel": ["news"], "data": 1},
+        {"channel": "news", "data": 1, "tags": ["a"]},
+        {"channel": "news", "data": 1, "tags": {"a": 1}},
+        {"channel": "news", "data": 1, "skip_history": "yes"},
+        {"channel": "news", "data": 1, "skip_history": 1},
+        {"channel": "news", "data": 1, "idempotency_key": 7},
+        {"channel": "news", "data": 1, "b64data": 7},
+        {"channel": "news", "data": 1, "delta": "true"},
+        {"channel": "news", "data": 1, "version": -1},
+    ],
+)
+async def test_publish_wrong_types_are_decode_errors(
+    api: ApiExecutor, params: dict[str, Any]
+) -> None:
+    await assert_decode_error(api, "publish", params)
+
+
+async def test_publish_unknown_namespace(api: ApiExecutor) -> None:
+    assert await code_of(api, "publish", {"channel": "nope:x", "data": 1}) == 102
+    # Centrifugo resolves the namespace before it checks the data.
+    assert await code_of(api, "publish", {"channel": "nope:x"}) == 102
+
+
+async def test_publish_error_messages_are_api_messages(api: ApiExecutor) -> None:
+    with pytest.raises(ClientError) as exc:
+        await api.call("nope", {})
+    assert (exc.value.code, exc.value.message) == (104, "not found")
+    with pytest.raises(ClientError) as exc:
+        await api.call("publish", {"channel": "nope:x", "data": 1})
+    assert (exc.value.code, exc.value.message) == (102, "unknown channel")
+
+
+async def test_publish_data_is_stored_byte_exact(api: ApiExecutor, node: Node) -> None:
+    data = {"b": 1, "a": [1, 2.5, "ü", None, True], "nested": {"k": "v"}}
+    await api.call("publish", {"channel": "news", "data": data, "tags": {"t": "1"}})
+    hist = await node.history("news", limit=-1)
+    assert hist.publications[0].data == orjson.dumps(data)
+    assert hist.publications[0].tags == {"t": "1"}
+
+
+async def test_publish_big_integer_data(api: ApiExecutor, node: Node) -> None:
+    big = 2**70
+    await api.call("publish", {"channel": "news", "data": {"n": big}})
+    hist = await api.call("history", {"channel": "news", "limit": 1})
+    assert wire(hist)["publications"][0]["data"] == {"n": big}
+
+
+async def test_publish_b64data(api: ApiExecutor, node: Node) -> None:
+    raw = b'{"from":"b64"}'
+    res = await api.call(
+        "publish", {"channel": "news", "b64data": base64.b64encode(raw).decode(), "data": {"x": 1}}
+    )
+    assert res["offset"] == 1
+    hist = await node.history("news", limit=-1)
+    assert hist.publications[0].data == raw  # b64data wins over data
+
+
+async def test_publication_data_format(api: ApiExecutor) -> None:
+    # json_object: only objects
+    assert (await api.call("publish", {"channel": "obj:a", "data": {"k": 1}}))["offset"] == 1
+    assert await code_of(api, "publish", {"channel": "obj:a", "data": [1]}) == 107
+    assert await code_of(api, "publish", {"channel": "obj:a", "data": "s"}) == 107
+    b64 = base64.b64encode
+    assert (
+        await code_of(api, "publish", {"channel": "obj:a", "b64data": b64(b"[1]").decode()}) == 107
+    )
+    ok = await api.call("publish", {"channel": "obj:a", "b64data": b64(b' {"a":1}').decode()})
+    assert ok["offset"] == 2
+    # json: any JSON, binary rejected
+    assert (
+        await code_of(api, "publish", {"channel": "js:a", "b64data": b64(b"\xff\x00").decode()})
+        == 107
+    )
+    assert (await api.call("publish", {"channel": "js:a", "b64data": b64(b"[1]").decode()}))[
+        "offset"
+    ] == 1
+    # binary: empty data allowed
+    assert (await api.call("publish", {"channel": "bin:a"}))["offset"] == 1
+    assert (await api.call("publish", {"channel": "bin:a", "b64data": b64(b"\xff").decode()}))[
+        "offset"
+    ] == 2
+    # default: anything non-empty
+    assert (await api.call("publish", {"channel": "news", "b64data": b64(b"\xff").decode()}))[
+        "offset"
+    ] == 1
+
+
+async def test_publish_idempotency_key(api: ApiExecutor, node: Node) -> None:
+    p = {"channel": "news", "data": {"x": 1}, "idempotency_key": "k1"}
+    r1 = await api.call("publish", p)
+    r2 = await api.call("publish", p)
+    assert r1 == r2 == {"offset": 1, "epoch": r1["epoch"]}
+    assert len((await node.history("news", limit=-1)).publications) == 1
+
+
+async def test_publish_delta_flag(api: ApiExecutor, node: Node) -> None:
+    await api.call("publish", {"channel": "news", "data": 1, "delta": True})
+    await api.call("publish", {"channel": "news", "data": 2})
+    await api.call("publish", {"channel": "dl:a", "data": 3})  # namespace delta_publish
+    pubs = (await node.history("news", limit=-1)).publications
+    assert [p.delta for p in pubs] == [True, False]
+    assert (await node.history("dl:a", limit=-1)).publications[0].delta is True
+
+
+# --------------------------------------------------------------------------------------------
+# broadcast
+
+
+async def test_broadcast_per_channel_responses(api: ApiExecutor) -> None:
+    params = {"channels": ["news", "plain:b", "", "nope:c", "obj:d"], "data": [1]}
+    res = await api.call("broadcast", params)
+    responses = res["responses"]
+    assert len(responses) == 5
+    assert responses[0]["result"]["offset"] == 1
+    assert responses[1] == {"result": {}}
+    assert responses[2] == {"error": {"code": 107, "message": "bad request"}}
+    assert responses[3] == {"error": {"code": 102, "message": "unknown channel"}}
+    assert responses[4] == {"error": {"code": 107, "message": "bad request"}}  # not an object
+    parsed = cent_parse(cent_dto.BroadcastRequest(channels=params["channels"], data=[1]), res)
+    assert parsed.responses[0].result.offset == 1
+    assert parsed.responses[3].error.code == 102
+
+
+@pytest.mark.parametrize(
+    "params,code",
+    [
+        ({"data": 1}, 107),
+        ({"channels": [], "data": 1}, 107),
+        ({"channels": ["news"], "b64data": "!!"}, 107),
+    ],
+)
+async def test_broadcast_bad_request(api: ApiExecutor, params: dict[str, Any], code: int) -> None:
+    assert await code_of(api, "broadcast", params) == code
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"channels": "news", "data": 1}, {"channels": ["news", 1], "data": 1}],
+)
+async def test_broadcast_wrong_types(api: ApiExecutor, params: dict[str, Any]) -> None:
+    await assert_decode_error(api, "broadcast", params)
+
+
+async def test_broadcast_missing_data_errors_per_channel(api: ApiExecutor) -> None:
+    res = await api.call("broadcast", {"channels": ["news", "bin:x"]})
+    assert res["responses"][0]["error"]["code"] == 107
+    assert res["responses"][1]["result"]["offset"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# history
+
+
+async def publish_n(api: ApiExecutor, channel: str, n: int) -> str:
+    epoch = ""
+    for i in range(1, n + 1):
+        epoch = (await api.call("publish", {"channel": channel, "data": {"i": i}}))["epoch"]
+    return epoch
+
+
+async def test_history_without_limit_returns_position_only(api: ApiExecutor) -> None:
+    epoch = await publish_n(api, "news", 3)
+    res = await api.call("history", {"channel": "news"})
+    assert res == {"publications": [], "offset": 3, "epoch": epoch}
+    parsed = cent_parse(cent_dto.HistoryRequest(channel="news"), res)
+    assert parsed.publications == [] and parsed.offset == 3
+
+
+async def test_history_empty_channel_keeps_all_keys(api: ApiExecutor) -> None:
+    res = wire(await api.call("history", {"channel": "fresh", "limit": 10}))
+    assert set(res) == {"publications", "offset", "epoch"}
+    assert res["publications"] == [] and res["offset"] == 0 and len(res["epoch"]) == 8
+
+
+async def test_history_limits_since_and_reverse(api: ApiExecutor) -> None:
+    epoch = await publish_n(api, "news", 5)
+
+    async def offsets(**params: Any) -> list[int]:
+        res = wire(await api.call("history", {"channel": "news", **params}))
+        return [p["offset"] for p in res["publications"]]
+
+    assert await offsets(limit=-1) == [1, 2, 3, 4, 5]
+    assert await offsets(limit=2) == [1, 2]
+    assert await offsets(limit=2, reverse=True) == [5, 4]
+    assert await offsets(limit=-1, since={"offset": 3, "epoch": epoch}) == [4, 5]
+    assert await offsets(limit=-1, since={"offset": 3, "epoch": epoch}, reverse=True) == [2, 1]
+    assert await offsets(limit=-7) == [1, 2, 3, 4, 5]  # any negative limit means all
+
+
+async def test_history_publication_shape(api: ApiExecutor, node: Node) -> None:
+    data = {"z": [1, 2], "a": "ü"}
+    await api.call("publish", {"channel": "news", "data": data, "tags": {"k": "v"}})
+    info = ClientInfo(user="u1", client="c1", conn_info=b'{"name":"x"}')
+    await node.publish("news", b'"from client"', info=info)
+    res = await api.call("history", {"channel": "news", "limit": -1})
+    body = orjson.dumps(res)
+    # raw payload bytes are spliced unchanged
+    assert orjson.dumps(data) in body
+    pubs = wire(res)["publications"]
+    assert pubs[0] == {"data": data, "offset": 1, "tags": {"k": "v"}}
+    assert pubs[1] == {
+        "data": "from client",
+        "offset": 2,
+        "info": {"user": "u1", "client": "c1", "conn_info": {"name": "x"}},
+    }
+    parsed = cent_parse(cent_dto.HistoryRequest(channel="news", limit=-1), res)
+    assert parsed.publications[1].info.user == "u1"
+    assert parsed.publications[0].tags == {"k": "v"}
+
+
+async def test_history_errors(api: ApiExecutor) -> None:
+    await publish_n(api, "news", 2)
+    assert await code_of(api, "history", {"channel": "plain:x", "limit": 1}) == 108
+    assert await code_of(api, "history", {"channel": "nope:x"}) == 102
+    assert await code_of(api, "history", {}) == 107
+    since = {"offset": 1, "epoch": "wrong"}
+    assert await code_of(api, "history", {"channel": "news", "limit": 1, "since": since}) == 112
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"channel": "news", "limit": 1.5},
+        {"channel": "news", "limit": "2"},
+        {"channel": "news", "limit": True},
+        {"channel": "news", "limit": 2**31},
+        {"channel": "news", "since": 5},
+        {"channel": "news", "since": {"offset": -1}},
+        {"channel": "news", "since": {"offset": 1, "epoch": 5}},
+        {"channel": "news", "reverse": "no"},
+    ],
+)
+async def test_history_wrong_types(api: ApiExecutor, params: dict[str, Any]) -> None:
+    await assert_decode_error(api, "history", params)
+
+
+async def test_history_binary_payload_cannot_be_shown(api: ApiExecutor) -> None:
+    await api.call("publish", {"channel": "bin:x", "b64data": base64.b64encode(b"\xff").decode()})
+    assert await code_of(api, "history", {"channel": "bin:x", "limit": -1}) == 100
+    # position only is still fine
+    assert (await api.call("history", {"channel": "bin:x"}))["offset"] == 1
+
+
+async def test_history_remove(api: ApiExecutor) -> None:
+    epoch = await publish_n(api, "news", 2)
+    assert await api.call("history_remove", {"channel": "news"}) == {}
+    res = await api.call("history", {"channel": "news", "limit": -1})
+    assert res == {"publications": [], "offset": 2, "epoch": epoch}  # stream meta kept
+    assert await code_of(api, "history_remove", {"channel": "plain:x"}) == 108
+    assert await code_of(api, "history_remove", {"channel": ""}) == 107
+    assert await code_of(api, "history_remove", {"channel": "nope:x"}) == 102
+    await assert_decode_error(api, "history_remove", {"channel": 1})
+    cent_parse(cent_dto.HistoryRemoveRequest(channel="news"), {})
+
+
+# --------------------------------------------------------------------------------------------
+# presence
+
+
+async def test_presence_and_stats(api: ApiExecutor, node: Node) -> None:
+    pm = node.presence_manager
+    await pm.add_presence("room", "c1", ClientInfo("u1", "c1", conn_info=b'{"a":1}'))
+    await pm.add_presence("room", "c2", ClientInfo("u1", "c2", chan_info=b"[true]"))
+    await pm.add_presence("room", "c3", ClientInfo("", "c3"))
+    res = await api.call("presence", {"channel": "room"})
+    assert wire(res) == {
+        "presence": {
+            "c1": {"user": "u1", "client": "c1", "conn_info": {"a": 1}},
+            "c2": {"user": "u1", "client": "c2", "chan_info": [True]},
+            "c3": {"user": "", "client": "c3"},
+        }
+    }
+    parsed = cent_parse(cent_dto.PresenceRequest(channel="room"), res)
+    assert parsed.presence["c1"].conn_info == {"a": 1}
+    stats = await api.call("presence_stats", {"channel": "room"})
+    assert stats == {"num_clients": 3, "num_users": 2}
+    cent_parse(cent_dto.PresenceStatsRequest(channel="room"), stats)
+
+
+async def test_presence_empty_shapes(api: ApiExecutor) -> None:
+    assert await api.call("presence", {"channel": "empty"}) == {"presence": {}}
+    assert await api.call("presence_stats", {"channel": "empty"}) == {
+        "num_clients": 0,
+        "num_users": 0,
+    }
+    cent_parse(cent_dto.PresenceRequest(channel="empty"), {"presence": {}})
+
+
+@pytest.mark.parametrize("method", ["presence", "presence_stats"])
+async def test_presence_errors(api: ApiExecutor, method: str) -> None:
+    assert await code_of(api, method, {"channel": "plain:x"}) == 108
+    assert await code_of(api, method, {"channel": "nope:x"}) == 102
+    assert await code_of(api, method, {}) == 107
+    assert await code_of(api, method, None) == 107
+    await assert_decode_error(api, method, {"channel": {"x": 1}})
+
+
+# --------------------------------------------------------------------------------------------
+# user-targeted methods (no connections here: shapes and validation; delivery is e2e)
+
+
+async def test_user_methods_succeed_with_empty_result(api: ApiExecutor) -> None:
+    override = {"presence": {"value": True}, "join_leave": {}}
+    assert (
+        await api.call(
+            "subscribe",
+            {
+                "user": "u",
+                "channel": "news",
+                "info": {"a": 1},
+                "data": [1],
+                "recover_since": {"offset": 1, "epoch": "abc"},
+                "override": override,
+                "expire_at": 1,
+            },
+        )
+        == {}
+    )
+    assert await api.call("unsubscribe", {"user": "u", "channel": "news"}) == {}
+    assert await api.call("disconnect", {"user": "u", "disconnect": {"code": 4000}}) == {}
+    assert await api.call("disconnect", {"user": "u", "whitelist": ["c1"]}) == {}
+    assert await api.call("refresh", {"user": "u", "expired": True, "info": {"x": 1}}) == {}
+    cent_parse(cent_dto.SubscribeRequest(user="u", channel="news"), {})
+    cent_parse(cent_dto.UnsubscribeRequest(user="u", channel="news"), {})
+    cent_parse(cent_dto.DisconnectRequest(user="u"), {})
+    cent_parse(cent_dto.RefreshRequest(user="u"), {})
+
+
+async def test_subscribe_errors(api: ApiExecutor) -> None:
+    assert await code_of(api, "subscribe", {"user": "u"}) == 107
+    assert await code_of(api, "subscribe", {"user": "u", "channel": "nope:x"}) == 102
+    p = {"user": "u", "channel": "news"}
+    assert await code_of(api, "subscribe", {**p, "b64info": "%%"}) == 107
+    assert await code_of(api, "subscribe", {**p, "b64data": "%%"}) == 107
+    for bad in (
+        {**p, "override": {"presence": True}},
+        {**p, "override": {"presence": {"value": "yes"}}},
+        {**p, "override": []},
+        {**p, "recover_since": {"offset": "1"}},
+        {**p, "expire_at": 1.5},
+        {**p, "user": 1},
+        {**p, "client": False},
+    ):
+        await assert_decode_error(api, "subscribe", bad)
+
+
+async def test_unsubscribe_disconnect_refresh_errors(api: ApiExecutor) -> None:
+    assert await code_of(api, "unsubscribe", {"user": "u", "channel": "nope:x"}) == 102
+    await assert_decode_error(api, "unsubscribe", {"user": "u", "channel": 1})
+    await assert_decode_error(api, "disconnect", {"user": "u", "whitelist": "c1"})
+    await assert_decode_error(api, "disconnect", {"user": "u", "whitelist": [1]})
+    await assert_decode_error(api, "disconnect", {"user": "u", "disconnect": {"code": -1}})
+    await assert_decode_error(api, "disconnect", {"user": "u", "disconnect": {"reason": 1}})
+    await assert_decode_error(api, "disconnect", {"user": "u", "disconnect": "x"})
+    await assert_decode_error(api, "refresh", {"user": "u", "expired": "true"})
+    await assert_decode_error(api, "refresh", {"user": "u", "expire_at": "1"})
+
+
+# --------------------------------------------------------------------------------------------
+# channels, info, rpc, unknown
+
+
+async def test_channels_empty(api: ApiExecutor) -> None:
+    res = await api.call("channels", {})
+    assert res == {"channels": {}}
+    cent_parse(cent_dto.ChannelsRequest(), res)
+    assert await api.call("channels", {"pattern": "news*"}) == {"channels": {}}
+    await assert_decode_error(api, "channels", {"pattern": 1})
+
+
+async def test_info(api: ApiExecutor, node: Node) -> None:
+    res = await api.call("info", {})
+    (n,) = res["nodes"]
+    assert n["uid"] == node.id and n["name"] == node.name and n["version"]
+    for key in ("num_clients", "num_users", "num_channels", "num_subs"):
+        assert n[key] == 0
+    parsed = cent_parse(cent_dto.InfoRequest(), res)
+    assert parsed.nodes[0].uid == node.id
+    # null params are an empty request
+    assert (await api.call("info", None))["nodes"][0]["uid"] == node.id
+    await assert_decode_error(api, "info", [1])
+
+
+async def test_rpc(api: ApiExecutor) -> None:
+    assert await code_of(api, "rpc", {"method": "", "params": {}}) == 107
+    assert await code_of(api, "rpc", {}) == 107
+    with pytest.raises(ClientError) as exc:
+        await api.call("rpc", {"method": "ping", "params": {"x": 1}})
+    assert (exc.value.code, exc.value.message) == (104, "not found")
+    await assert_decode_error(api, "rpc", {"method": 1})
+
+
+@pytest.mark.parametrize("method", ["nope", "connections", "map_publish", ""])
+async def test_unknown_method(api: ApiExecutor, method: str) -> None:
+    assert await code_of(api, method, {}) == 104
+
+
+# --------------------------------------------------------------------------------------------
+# batch
+
+
+async def test_batch_sequential(api: ApiExecutor) -> None:
+    commands = [
+        {"publish": {"channel": "news", "data": 1}},
+        {"publish": {"channel": "news", "data": 2}},
+        {"history": {"channel": "news", "limit": -1}},
+        {"presence_stats": {"channel": "news"}},
+        {"publish": {"channel": "nope:x", "data": 1}},
+        None,
+        {},
+        {"unknown_method": {}},
+        {"publish": None},
+        {"info": {}},
+    ]
+    res = wire(await api.call("batch", {"commands": commands}))
+    replies = res["replies"]
+    assert len(replies) == len(commands)
+    assert replies[0]["publish"]["offset"] == 1
+    assert replies[1]["publish"]["offset"] == 2
+    assert [p["data"] for p in replies[2]["history"]["publications"]] == [1, 2]
+    assert replies[3] == {"presence_stats": {"num_clients": 0, "num_users": 0}}
+    assert replies[4] == {"error": {"code": 102, "message": "unknown channel"}}
+    assert replies[5] == {"error": {"code": 107, "message": "bad request"}}
+    assert replies[6] == {"error": {"code": 104, "message": "not found"}}
+    assert replies[7] == {"error": {"code": 104, "message": "not found"}}
+    assert replies[8] == {"error": {"code": 104, "message": "not found"}}
+    assert replies[9]["info"]["nodes"][0]["uid"]
+
+
+async def test_batch_parallel_keeps_order(api: ApiExecutor, node: Node) -> None:
+    commands = [{"publish": {"channel": f"ch{i}", "data": i}} for i in range(50)]
+    res = await api.call("batch", {"commands": commands, "parallel": True})
+    assert [r["publish"]["offset"] for r in res["replies"]] == [1] * 50
+    for i in (0, 49):
+        assert (await node.history(f"ch{i}", limit=-1)).publications[0].data == str(i).encode()
+
+
+async def test_batch_decodes_with_cent(api: ApiExecutor) -> None:
+    request = cent_dto.BatchRequest(
+        requests=[
+            cent_dto.PublishRequest(channel="news", data={"a": 1}),
+            cent_dto.HistoryRequest(channel="news", limit=10),
+            cent_dto.PresenceRequest(channel="news"),
+            cent_dto.InfoRequest(),
+        ]
+    )
+    res = await api.call("batch", request.api_payload)
+    parsed = cent_parse(request, res)
+    assert parsed.replies[0].offset == 1
+    assert parsed.replies[1].publications[0].data == {"a": 1}
+    assert parsed.replies[2].presence == {}
+
+
+async def test_batch_shapes_and_decode_errors(api: ApiExecutor) -> None:
+    assert await api.call("batch", {}) == {"replies": []}
+    assert await api.call("batch", {"commands": []}) == {"replies": []}
+    await assert_decode_error(api, "batch", {"commands": {}})
+    await assert_decode_error(api, "batch", {"commands": [1]})
+    await assert_decode_error(api, "batch", {"commands": [], "parallel": "yes"})
+    # a bad field anywhere makes the whole batch undecodable, before anything runs
+    bad = {
+        "commands": [
+            {"publish": {"channel": "news", "data": 1}},
+            {"publish": {"channel": 5, "data": 1}},
+        ]
+    }
+    await assert_decode_error(api, "batch", bad)
+    assert (await api.call("history", {"channel": "news"}))["offset"] == 0
