@@ -176,7 +176,7 @@ def _loads_stream(body: bytes) -> list[Any]:
 
 def _bad_request(request: web.Request, reason: str) -> web.Response:
     log.info("api request rejected: %s %s: bad request: %s", request.method, request.path, reason)
-    return web.Response(status=400, text="Bad Request")
+    return web.Response(status=400, text="Bad Request\n")
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
