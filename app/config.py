@@ -33,6 +33,7 @@ __all__ = [
     "default_config_dict",
     "parse_duration",
     "format_duration",
+    "default_env",
     "known_env_vars",
     "known_flag_keys",
     "flag_kind",
@@ -1575,12 +1576,15 @@ def default_config_dict() -> dict[str, Any]:
     return _render(Config(), False)
 
 
-def default_env() -> list[tuple[str, str]]:
-    """(CENTRIFUGO_* name, default rendered as an env value) for every top-level key."""
+def default_env(cfg: Config | None = None) -> list[tuple[str, str]]:
+    """(CENTRIFUGO_* name, shell-quoted value) for every top-level key, sorted by name.
+
+    Values come from ``cfg`` when given, else from the defaults.
+    """
+    source = cfg if cfg is not None else Config()
     out = []
-    defaults = Config()
     for key_path, f in sorted(_leaves().values(), key=lambda kv: _env_name(kv[0])):
-        value: Any = defaults
+        value: Any = source
         for part in key_path:
             value = getattr(value, part)
         out.append(("CENTRIFUGO_" + _env_name(key_path), _env_value(f, value)))
@@ -1588,16 +1592,19 @@ def default_env() -> list[tuple[str, str]]:
 
 
 def _env_value(f: _Field, value: Any) -> str:
+    # Shell-ready like Centrifugo's `defaultenv`: strings and JSON quoted, numbers bare.
     if f.kind == "bool":
         return "true" if value else "false"
+    if f.kind in ("int", "float", "unixtime"):
+        return str(value)
     if f.kind == "duration":
         return format_duration(value)
     if f.kind == "strlist":
-        return " ".join(value)
+        return json.dumps(" ".join(value))
     if f.kind == "seclist":
-        return json.dumps([_render(v, True) for v in value])
+        return json.dumps(json.dumps([_render(v, True) for v in value]))
     if f.kind in ("strmap", "map"):
-        return json.dumps(dict(value))
+        return json.dumps(json.dumps(dict(value)))
     if f.kind == "objlist":
-        return json.dumps([dict(v) for v in value])
-    return str(value)
+        return json.dumps(json.dumps([dict(v) for v in value]))
+    return json.dumps(value)

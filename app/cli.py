@@ -1,0 +1,596 @@
+"""The ``centrifugo`` command: run the server under gunicorn, plus Centrifugo's helper commands.
+
+Mirrors Centrifugo v6's CLI (``version``, ``genconfig``, ``checkconfig``, ``defaultconfig``,
+``defaultenv``, ``gentoken``, ``gensubtoken``, ``checktoken``, ``checksubtoken``). Every failure
+ends as one ``error: ...`` line on stderr and exit code 1, never a traceback.
+"""
+
+import argparse
+import asyncio
+import base64
+import inspect
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import jwt
+import tomli_w
+import yaml
+
+from app import VERSION
+from app.config import (
+    Config,
+    ConfigError,
+    default_config_dict,
+    default_env,
+    flag_kind,
+    format_duration,
+    load_config,
+)
+
+DEFAULT_CONFIG = "config.json"
+DEFAULT_TOKEN_TTL = 3600 * 24 * 7
+MEMORY_WORKERS_ERROR = "more than one worker needs the redis engine (engine.type: redis)"
+
+_SUPPORTED_EXTENSIONS = ("json", "yaml", "yml", "toml")
+
+# Dotted flags shown in --help; any other known key works too (--<key.path>[=value]).
+_DOCUMENTED_FLAGS = (
+    ("--http_server.port N", "port to bind HTTP server to (same as -p)"),
+    ("--http_server.address A", "interface address to listen on (same as -a)"),
+    ("--http_server.internal_port N", "custom port for internal endpoints"),
+    ("--log.level L", "none, trace, debug, info, warn, error"),
+    ("--engine.type T", "memory or redis"),
+    ("--client.insecure", "start in insecure client mode"),
+    ("--http_api.insecure", "use insecure API mode"),
+    ("--admin.enabled", "enable admin web interface"),
+    ("--health.enabled", "enable health check endpoint"),
+    ("--prometheus.enabled", "enable Prometheus metrics endpoint"),
+    ("--sse.enabled / --http_stream.enabled", "enable bidirectional emulation transports"),
+    ("--uni_websocket.enabled / --uni_sse.enabled / --uni_http_stream.enabled", "uni transports"),
+    ("--pid_file F", "optional path to create PID file"),
+)
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as ``error: <message>``, exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CliError(message)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+def _split_dotted_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """Pull ``--<known.key>[=value]`` flags out of argv; the rest goes to argparse.
+
+    Bool keys without ``=value`` mean true (pflag semantics); other keys take the next token.
+    """
+    rest: list[str] = []
+    flags: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            rest.extend(argv[i:])
+            break
+        if token.startswith("--") and len(token) > 2:
+            name, eq, value = token[2:].partition("=")
+            kind = flag_kind(name)
+            if kind is not None:
+                if eq:
+                    flags[name] = value
+                elif kind == "bool":
+                    flags[name] = True
+                elif i + 1 < len(argv):
+                    i += 1
+                    flags[name] = argv[i]
+                else:
+                    raise CliError(f"flag needs an argument: --{name}")
+                i += 1
+                continue
+            if "." in name:
+                raise CliError(f"unknown flag: --{name}")
+        rest.append(token)
+        i += 1
+    return rest, flags
+
+
+def _build_parser() -> _Parser:
+    epilog = "configuration flags (any known key works as --<key.path>[=value]):\n" + "\n".join(
+        f"  {flag:<40} {text}" for flag, text in _DOCUMENTED_FLAGS
+    )
+    parser = _Parser(
+        prog="centrifugo",
+        description="Centrifugo v6 compatible real-time messaging server (Python).",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", help=f"path to config file (default {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--workers", type=int, help="number of worker processes (env WEB_CONCURRENCY, default 1)"
+    )
+    parser.add_argument("-p", "--port", dest="port", help="port to bind HTTP server to")
+    parser.add_argument("-a", "--address", dest="address", help="interface address to listen on")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
+
+    def config_arg(p: argparse.ArgumentParser, text: str = "path to config file") -> None:
+        p.add_argument("-c", "--config", dest="sub_config", help=f"{text} (default config.json)")
+
+    sub.add_parser("version", help="print version information")
+
+    p = sub.add_parser("genconfig", help="generate minimal configuration file to start with")
+    config_arg(p, "path to output config file")
+
+    p = sub.add_parser("checkconfig", help="check configuration file")
+    config_arg(p)
+
+    p = sub.add_parser("defaultconfig", help="generate full configuration file with defaults")
+    config_arg(p, "path to default config file to generate")
+    p.add_argument("-b", "--base", default="", help="path to the base config file to use")
+    p.add_argument(
+        "-d", "--dry-run", action="store_true", help="print the config instead of writing it"
+    )
+
+    p = sub.add_parser("defaultenv", help="print full environment variable list with defaults")
+    p.add_argument("-b", "--base", default="", help="path to the base config file to use")
+    p.add_argument(
+        "--base-non-zero-only",
+        action="store_true",
+        help="only print variables whose base config value differs from the default",
+    )
+
+    for name, text in (
+        ("gentoken", "generate sample connection JWT for user"),
+        ("gensubtoken", "generate sample subscription JWT for user"),
+    ):
+        p = sub.add_parser(name, help=text)
+        config_arg(p)
+        p.add_argument("-u", "--user", default="", help="user ID, by default anonymous")
+        if name == "gensubtoken":
+            p.add_argument("-s", "--channel", default="", help="channel")
+        p.add_argument(
+            "-t",
+            "--ttl",
+            type=int,
+            default=DEFAULT_TOKEN_TTL,
+            help="token TTL in seconds, use -1 for token without expiration",
+        )
+        p.add_argument(
+            "-q", "--quiet", action="store_true", help="only output the token without anything else"
+        )
+
+    for name, text in (
+        ("checktoken", "check connection JWT"),
+        ("checksubtoken", "check subscription JWT"),
+    ):
+        p = sub.add_parser(name, help=text)
+        config_arg(p)
+        p.add_argument("token", nargs="?", help="the JWT to check")
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _config_path(args: argparse.Namespace) -> tuple[str, bool]:
+    """(path, explicitly given)."""
+    explicit = getattr(args, "sub_config", None) or args.config
+    return (explicit or DEFAULT_CONFIG), bool(explicit)
+
+
+def _load(
+    args: argparse.Namespace,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    path, explicit = _config_path(args)
+    if not explicit and not os.path.exists(path):
+        # Like Centrifugo: no default config.json means defaults + env + flags.
+        return load_config(None, env=env, flags=flags)
+    return load_config(path, env=env, flags=flags)
+
+
+def _extension(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in _SUPPORTED_EXTENSIONS:
+        raise CliError(
+            "output config file must have one of supported extensions: "
+            + ", ".join(_SUPPORTED_EXTENSIONS)
+        )
+    return ext
+
+
+def _dump(data: dict[str, Any], ext: str) -> str:
+    if ext == "json":
+        return json.dumps(data, indent=2) + "\n"
+    if ext == "toml":
+        return tomli_w.dumps(data)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _write_new_file(path: str, text: str, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise CliError(f"output config file already exists: {path}") from None
+    except OSError as e:
+        raise CliError(f"can not write {path}: {e.strerror or e}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def _user_phrase(user: str) -> str:
+    return f'user "{user}"' if user else "anonymous user"
+
+
+def _setup_cli_logging() -> None:
+    # Config warnings (unknown keys/env vars) go to stderr for every command.
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def cmd_version() -> int:
+    print(f"Centrifugo v{VERSION} (centrifugo-py, Python {platform.python_version()})")
+    return 0
+
+
+def cmd_genconfig(args: argparse.Namespace) -> int:
+    path, _ = _config_path(args)
+    ext = _extension(path)
+    data = {
+        "client": {
+            "token": {"hmac_secret_key": str(uuid.uuid4())},
+            "allowed_origins": [],
+        },
+        "admin": {
+            "enabled": False,
+            "password": str(uuid.uuid4()),
+            "secret": str(uuid.uuid4()),
+        },
+        "http_api": {"key": str(uuid.uuid4())},
+        "log": {"level": "info"},
+    }
+    _write_new_file(path, _dump(data, ext), 0o600)
+    try:
+        load_config(path, env={})
+    except ConfigError:
+        os.remove(path)
+        raise
+    return 0
+
+
+def cmd_checkconfig(args: argparse.Namespace) -> int:
+    path, _ = _config_path(args)
+    load_config(path)
+    return 0
+
+
+def cmd_defaultconfig(args: argparse.Namespace) -> int:
+    path, _ = _config_path(args)
+    ext = _extension(path)
+    if not args.dry_run and os.path.exists(path):
+        raise CliError("target file already exists")
+    data = load_config(args.base).raw if args.base else default_config_dict()
+    text = _dump(data, ext)
+    if args.dry_run:
+        sys.stdout.write(text)
+        return 0
+    _write_new_file(path, text, 0o644)
+    return 0
+
+
+def cmd_defaultenv(args: argparse.Namespace) -> int:
+    cfg = load_config(args.base) if args.base else None
+    defaults = dict(default_env())
+    for name, value in default_env(cfg):
+        if args.base_non_zero_only and cfg is not None and defaults.get(name) == value:
+            continue
+        print(f"{name}={value}")
+    return 0
+
+
+def _sign(secret: str, claims: dict[str, Any]) -> str:
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _token_claims(token_cfg: Any, user: str, ttl: int) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user, "iat": now}
+    if ttl > 0:
+        claims["exp"] = now + ttl
+    claim = token_cfg.user_id_claim
+    if claim and claim != "sub":
+        claims[claim] = user
+    return claims
+
+
+def _expiration_phrase(ttl: int) -> str:
+    return "without expiration" if ttl < 0 else f"with expiration TTL {format_duration(ttl)}"
+
+
+def cmd_gentoken(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    token_cfg = cfg.client.token
+    if not token_cfg.hmac_secret_key:
+        raise CliError("no HMAC secret key set")
+    token = _sign(token_cfg.hmac_secret_key, _token_claims(token_cfg, args.user, args.ttl))
+    if args.quiet:
+        sys.stdout.write(token)
+        return 0
+    print(
+        f"HMAC SHA-256 JWT for {_user_phrase(args.user)} {_expiration_phrase(args.ttl)}:\n{token}"
+    )
+    return 0
+
+
+def cmd_gensubtoken(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if not args.channel:
+        raise CliError("channel is required")
+    sub_cfg = cfg.client.subscription_token
+    token_cfg = sub_cfg if sub_cfg.enabled else cfg.client.token
+    if not token_cfg.hmac_secret_key:
+        raise CliError("no HMAC secret key set")
+    claims = _token_claims(token_cfg, args.user, args.ttl)
+    claims["channel"] = args.channel
+    token = _sign(token_cfg.hmac_secret_key, claims)
+    if args.quiet:
+        sys.stdout.write(token)
+        return 0
+    print(
+        f'HMAC SHA-256 JWT for {_user_phrase(args.user)} and channel "{args.channel}" '
+        f"{_expiration_phrase(args.ttl)}:\n{token}"
+    )
+    return 0
+
+
+def _payload_text(token: str) -> str:
+    """The token's claims as compact JSON (unverified; only for display)."""
+    try:
+        segment = token.split(".")[1]
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return json.dumps(json.loads(raw), separators=(",", ":"))
+    except (IndexError, ValueError):
+        return ""
+
+
+def _expire_phrase(expire_at: int) -> str:
+    if not expire_at:
+        return "without expiration"
+    when = datetime.fromtimestamp(expire_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"with expiration at {when}"
+
+
+async def _verify(cfg: Config, token: str, subscription: bool) -> Any:
+    from app.auth import TokenVerifier
+
+    verifier = TokenVerifier(cfg.client)
+    try:
+        if subscription:
+            return await verifier.verify_subscribe_token(token)
+        return await verifier.verify_connect_token(token)
+    finally:
+        result = verifier.close()
+        if inspect.isawaitable(result):
+            await result
+
+
+def cmd_checktoken(args: argparse.Namespace, subscription: bool) -> int:
+    cfg = _load(args)
+    command = "checksubtoken" if subscription else "checktoken"
+    if not args.token:
+        raise CliError(f"provide token to check [centrifugo {command} <TOKEN>]")
+    try:
+        from app.auth import TokenExpired, TokenInvalid
+    except ImportError as e:  # pragma: no cover - only while app/auth.py is missing
+        raise CliError(f"token verification unavailable: {e}") from None
+    try:
+        claims = asyncio.run(_verify(cfg, args.token, subscription))
+    except TokenExpired as e:
+        print(f"token error: token expired{f' ({e})' if str(e) else ''}", file=sys.stderr)
+        return 1
+    except TokenInvalid as e:
+        print(f"token error: {e or 'invalid token'}", file=sys.stderr)
+        return 1
+    what = "subscription token" if subscription else "token"
+    channel = f' and channel "{claims.channel}"' if subscription else ""
+    print(
+        f"valid {what} for {_user_phrase(claims.user)}{channel} "
+        f"{_expire_phrase(claims.expire_at)}\npayload: {_payload_text(args.token)}"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Running the server
+
+
+_LOG_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "none": logging.CRITICAL + 10,
+}
+_GUNICORN_LEVELS = {
+    "trace": "debug",
+    "debug": "debug",
+    "info": "info",
+    "warn": "warning",
+    "error": "error",
+    "fatal": "critical",
+    "none": "critical",
+}
+
+
+def _uses_memory_engine(cfg: Config) -> bool:
+    broker = cfg.broker.type if cfg.broker.enabled else cfg.engine.type
+    presence = cfg.presence_manager.type if cfg.presence_manager.enabled else cfg.engine.type
+    return broker == "memory" or presence == "memory"
+
+
+def _bind(address: str, port: int) -> str:
+    host = address or "0.0.0.0"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def gunicorn_options(cfg: Config, workers: int) -> dict[str, Any]:
+    """Gunicorn settings for running ``cfg`` with ``workers`` processes."""
+    server = cfg.http_server
+    bind = [_bind(server.address, server.port)]
+    if server.internal_port and server.internal_port != server.port:
+        # Internal endpoints get their own listener; the app tells them apart by local port.
+        bind.append(_bind(server.internal_address or server.address, server.internal_port))
+    options: dict[str, Any] = {
+        "bind": bind,
+        "workers": workers,
+        "worker_class": "aiohttp.GunicornWebWorker",
+        "graceful_timeout": max(1, round(cfg.shutdown.timeout)),
+        "keepalive": 75,
+        "accesslog": None,
+        "errorlog": cfg.log.file or "-",
+        "loglevel": _GUNICORN_LEVELS.get(cfg.log.level, "info"),
+        "proc_name": "centrifugo",
+        # gunicorn >= 24 opens a control socket at a fixed per-user path; several servers on
+        # one machine (tests, side-by-side nodes) would fight over it.
+        "control_socket_disable": True,
+    }
+    if cfg.pid_file:
+        options["pidfile"] = cfg.pid_file
+    return options
+
+
+def _configure_server_logging(cfg: Config) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler: logging.Handler
+    if cfg.log.file:
+        handler = logging.FileHandler(cfg.log.file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    )
+    root.addHandler(handler)
+    root.setLevel(_LOG_LEVELS.get(cfg.log.level, logging.INFO))
+
+
+def _make_gunicorn_app(cfg: Config, options: dict[str, Any]) -> Any:
+    from gunicorn.app.base import BaseApplication
+
+    class CentrifugoApplication(BaseApplication):
+        def __init__(self) -> None:
+            self.options = options
+            self.app_config = cfg
+            super().__init__()
+
+        def load_config(self) -> None:
+            for key, value in self.options.items():
+                if key in self.cfg.settings:  # tolerate settings older gunicorns lack
+                    self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            # Runs in each worker after fork: one event loop, one node per worker.
+            from app.web import create_app
+
+            if inspect.iscoroutinefunction(create_app):
+
+                async def factory() -> Any:
+                    return await create_app(self.app_config)
+
+                return factory
+            return create_app(self.app_config)
+
+    return CentrifugoApplication()
+
+
+def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
+    if args.port is not None:
+        flags.setdefault("http_server.port", args.port)
+    if args.address is not None:
+        flags.setdefault("http_server.address", args.address)
+    cfg = _load(args, flags=flags)
+
+    if args.workers is not None:
+        workers = args.workers
+    else:
+        env_workers = os.environ.get("WEB_CONCURRENCY", "").strip()
+        try:
+            workers = int(env_workers) if env_workers else 1
+        except ValueError:
+            raise CliError(f"invalid WEB_CONCURRENCY: {env_workers!r}") from None
+    if workers < 1:
+        raise CliError(f"invalid number of workers: {workers}")
+    if workers > 1 and _uses_memory_engine(cfg):
+        raise CliError(MEMORY_WORKERS_ERROR)
+
+    _configure_server_logging(cfg)
+    _make_gunicorn_app(cfg, gunicorn_options(cfg, workers)).run()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _dispatch(argv: list[str]) -> int:
+    rest, flags = _split_dotted_flags(argv)
+    args = _build_parser().parse_args(rest)
+    command = args.command
+    if flags and command is not None:
+        raise CliError(f"unknown flag for {command}: --{next(iter(flags))}")
+    if command is None:
+        return cmd_run(args, flags)
+    if command == "version":
+        return cmd_version()
+    if command == "genconfig":
+        return cmd_genconfig(args)
+    if command == "checkconfig":
+        return cmd_checkconfig(args)
+    if command == "defaultconfig":
+        return cmd_defaultconfig(args)
+    if command == "defaultenv":
+        return cmd_defaultenv(args)
+    if command == "gentoken":
+        return cmd_gentoken(args)
+    if command == "gensubtoken":
+        return cmd_gensubtoken(args)
+    if command in ("checktoken", "checksubtoken"):
+        return cmd_checktoken(args, subscription=command == "checksubtoken")
+    raise CliError(f"unknown command: {command}")  # pragma: no cover - argparse guards
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``centrifugo`` console script; returns the exit code."""
+    _setup_cli_logging()
+    try:
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except (CliError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except SystemExit as e:  # argparse --help, gunicorn's arbiter exit
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        return 130
