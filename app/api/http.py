@@ -144,8 +144,11 @@ def _loads(body: bytes) -> Any:
         pass
     # orjson rejects integers beyond 64 bits, valid in JSON and accepted by Go for raw data.
     try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as e:
+        value = json.loads(body, parse_constant=_reject_constant)
+        # Lone surrogate escapes (orjson's other refusal) would break every later encode.
+        json.dumps(value, ensure_ascii=False).encode()
+        return value
+    except (ValueError, UnicodeError) as e:
         raise _BadBody(str(e)) from None
 
 
@@ -169,7 +172,8 @@ def _loads_stream(body: bytes) -> list[Any]:
             return values
         try:
             value, pos = decoder.raw_decode(text, pos)
-        except ValueError as e:
+            json.dumps(value, ensure_ascii=False).encode()
+        except (ValueError, UnicodeError) as e:
             raise _BadBody(str(e)) from None
         values.append(value)
 
