@@ -475,6 +475,50 @@ class _JwksClient:
             self._session = None
 
 
+def _group_body(pattern: str, name: str) -> str | None:
+    """Text inside the named group `(?P<name>...)` of a regex pattern, or None."""
+    start = pattern.find(f"(?P<{name}>")
+    if start < 0:
+        return None
+    i = start + len(name) + 5
+    body_start, depth = i, 1
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return pattern[body_start:i]
+        i += 1
+    return None
+
+
+# `a|b|c` where each alternative is a literal (letters, digits, _ -, escaped characters).
+_LITERAL_ALTERNATION = re.compile(r"(?:[A-Za-z0-9_-]|\\.)+(?:\|(?:[A-Za-z0-9_-]|\\.)+)*")
+
+
+def _check_template_safety(template: str, patterns: list[str], section: str) -> None:
+    """Refuse a templated JWKS URL whose variables could take arbitrary values.
+
+    Variables come from token claims before the signature is checked, so an open group such
+    as `[a-z]+` would let anyone make the server fetch URLs of their choosing (Centrifugo
+    6.7.0 added the same rule and `insecure_skip_jwks_endpoint_safety_check` to lift it).
+    """
+    for name in set(_TEMPLATE_VAR.findall(template)):
+        bodies = [b for b in (_group_body(p, name) for p in patterns) if b is not None]
+        if not bodies or not all(_LITERAL_ALTERNATION.fullmatch(b) for b in bodies):
+            raise ValueError(
+                f"{section}.jwks_public_endpoint: variable {{{{{name}}}}} must come from a "
+                f"named group of issuer_regex/audience_regex listing explicit alternatives, "
+                f"like (?P<{name}>one|two); or set "
+                f"{section}.insecure_skip_jwks_endpoint_safety_check"
+            )
+
+
 class _Keys:
     """Parsed keys and claim expectations of one token section (client.token or
     client.subscription_token)."""
@@ -505,17 +549,23 @@ class _Keys:
                 raise ValueError(f"{section}.ecdsa_public_key: not an ECDSA public key")
             self.ec_key = key
 
+        self.audience: str = getattr(tcfg, "audience", "") or ""
+        self.issuer: str = getattr(tcfg, "issuer", "") or ""
+        self.audience_re = self._compile(tcfg, "audience_regex", section)
+        self.issuer_re = self._compile(tcfg, "issuer_regex", section)
+
         endpoint = getattr(tcfg, "jwks_public_endpoint", "") or ""
         self.jwks: _JwksClient | None = None
         if endpoint:
             if not endpoint.startswith(("http://", "https://")):
                 raise ValueError(f"{section}.jwks_public_endpoint: must be an http(s) URL")
+            if not getattr(tcfg, "insecure_skip_jwks_endpoint_safety_check", False):
+                _check_template_safety(
+                    endpoint,
+                    [r.pattern for r in (self.issuer_re, self.audience_re) if r is not None],
+                    section,
+                )
             self.jwks = _JwksClient(endpoint)
-
-        self.audience: str = getattr(tcfg, "audience", "") or ""
-        self.issuer: str = getattr(tcfg, "issuer", "") or ""
-        self.audience_re = self._compile(tcfg, "audience_regex", section)
-        self.issuer_re = self._compile(tcfg, "issuer_regex", section)
         self.checks_aud_iss = bool(
             self.audience or self.issuer or self.audience_re or self.issuer_re
         )
