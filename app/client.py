@@ -645,6 +645,9 @@ class Client:
             self.user, self.uid, self.conn_info, sub.chan_info if sub is not None else None
         )
 
+    def channels(self) -> list[str]:
+        return list(self._subs)
+
     def presence_entries(self) -> list[tuple[str, ClientInfo]]:
         return [(ch, self._info(s)) for ch, s in self._subs.items() if s.presence]
 

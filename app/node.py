@@ -280,9 +280,12 @@ class Node:
     async def unsubscribe_user(
         self, user: str, channel: str, *, client: str = "", session: str = ""
     ) -> None:
-        self.resolve(channel)
+        """Unsubscribe the user's connections from `channel`, or from every channel if ""."""
+        if channel:
+            self.resolve(channel)
         for c in self._user_clients(user, client, session):
-            await c.unsubscribe_server_side(channel)
+            for ch in [channel] if channel else c.channels():
+                await c.unsubscribe_server_side(ch)
 
     async def disconnect_user(
         self,
