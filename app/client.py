@@ -14,6 +14,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from app.errors import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_CONNECTION_LIMIT,
     DISCONNECT_EXPIRED,
+    DISCONNECT_INAPPROPRIATE_PROTOCOL,
     DISCONNECT_INSUFFICIENT_STATE,
     DISCONNECT_INVALID_TOKEN,
     DISCONNECT_NO_PONG,
@@ -101,12 +103,19 @@ class _SubRequest:
 
 
 class Client:
-    def __init__(self, node: Node, transport: Transport, session: str = "") -> None:
+    def __init__(
+        self,
+        node: Node,
+        transport: Transport,
+        session: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.node = node
         self.cfg = node.config.client
         self.transport = transport
         self.uid = str(uuid.uuid4())
         self.session = session
+        self.headers = headers or {}
         self.user = ""
         self.conn_info: bytes | None = None
         self.state = State.CONNECTING
@@ -309,6 +318,9 @@ class Client:
                 sub_requests[ch] = _SubRequest(
                     info=opts.info, data=opts.data, override=opts.override
                 )
+        elif cfg.user_id_http_header and self.headers.get(cfg.user_id_http_header):
+            # A trusted gateway in front of us has authenticated the user.
+            self.user = self.headers[cfg.user_id_http_header]
         elif cfg.insecure or cfg.allow_anonymous_connect_without_token:
             self.user = ""
         else:
@@ -731,6 +743,10 @@ class Client:
     def deliver_publication(self, channel: str, pub: Publication, epoch: str, frame: bytes) -> None:
         sub = self._subs.get(channel)
         if sub is None:
+            return
+        if not frame:
+            # Binary payload (b64data) cannot travel over the JSON protocol.
+            self.disconnect_soon(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL))
             return
         if sub.buffer is not None:
             sub.buffer.append((pub, epoch, frame))

@@ -9,8 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+import orjson
+
 from app.models import ClientInfo, Publication
 from app.protocol import json as jsonproto
+
+
+def _is_json(data: bytes) -> bool:
+    """One check per publication (not per subscriber): JSON clients need JSON payloads."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 class HubClient(Protocol):
@@ -94,7 +105,7 @@ class Hub:
         subs = self._subs.get(channel)
         if not subs:
             return
-        frame = jsonproto.encode_pub_push(channel, pub)
+        frame = jsonproto.encode_pub_push(channel, pub) if _is_json(pub.data) else b""
         # Copy: a delivery may unsubscribe its client (insufficient state).
         for client in list(subs):
             client.deliver_publication(channel, pub, epoch, frame)

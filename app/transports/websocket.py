@@ -53,6 +53,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(status=403, text="Invalid origin")
     if node.closing:
         return web.Response(status=503, text="shutting down")
+    limit = cfg.client.connection_limit
+    if limit > 0 and node.hub.num_clients >= limit:
+        log.info("node connection limit %d reached", limit)
+        return web.Response(status=503, text="connection limit reached")
     ws = web.WebSocketResponse(
         protocols=("centrifuge-json",),
         max_msg_size=cfg.websocket.message_size_limit,
@@ -60,7 +64,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         autoping=True,
     )
     await ws.prepare(request)
-    client = Client(node, WebSocketTransport(ws))
+    client = Client(node, WebSocketTransport(ws), headers=request.headers)
     try:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
