@@ -44,18 +44,19 @@ function describe(err) {
 function finish(payload, exitCode) {
   if (finished) return;
   finished = true;
+  // Serialise before closing clients: their 'disconnected' handlers may mutate the result.
+  let line;
+  try {
+    line = JSON.stringify(payload);
+  } catch (e) {
+    line = JSON.stringify({ ok: false, error: 'result is not JSON-serialisable: ' + String(e) });
+  }
   for (const c of clients) {
     try {
       c.disconnect();
     } catch (e) {
       log('disconnect failed', String(e));
     }
-  }
-  let line;
-  try {
-    line = JSON.stringify(payload);
-  } catch (e) {
-    line = JSON.stringify({ ok: false, error: 'result is not JSON-serialisable: ' + String(e) });
   }
   process.stdout.write(line + '\n', () => process.exit(exitCode));
 }
