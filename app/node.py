@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from app import VERSION_STRING
+from app import VERSION_STRING, control
 from app.auth import SubscribeOverride, TokenVerifier
 from app.broker import Broker
 from app.channels import ChannelInfo, ChannelResolver
@@ -130,10 +130,6 @@ class Node:
 
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
         self.hub.broadcast_leave(channel, info)
-
-    def handle_control(self, data: bytes) -> None:
-        # Single node for now: API actions by user act on local clients directly.
-        pass
 
     # --- channel subscription of this node ---
 
@@ -253,6 +249,40 @@ class Node:
             out.append(c)
         return out  # type: ignore[return-value]
 
+    async def _user_action(self, action: control.UserAction) -> None:
+        """Apply here, then tell every other node (their clients may be that user's too)."""
+        await self._apply(action)
+        await self.broker.publish_control(control.encode(self.id, action))
+
+    def handle_control(self, data: bytes) -> None:
+        try:
+            origin, action = control.decode(data)
+        except ValueError:
+            log.warning("dropping malformed control message")
+            return
+        if origin != self.id:
+            self.spawn(self._apply(action))
+
+    async def _apply(self, a: control.UserAction) -> None:
+        for c in self._user_clients(a.user, a.client, a.session):
+            if a.op == "subscribe":
+                await c.subscribe_server_side(
+                    a.channel,
+                    info=a.info,
+                    data=a.data,
+                    recover_since=a.recover_since,
+                    expire_at=a.expire_at,
+                    override=a.override,
+                )
+            elif a.op == "unsubscribe":
+                for ch in [a.channel] if a.channel else c.channels():
+                    await c.unsubscribe_server_side(ch)
+            elif a.op == "disconnect":
+                if c.uid not in a.whitelist:
+                    await c.close(Disconnect(a.code, a.reason))
+            elif a.op == "refresh":
+                await c.refresh_server_side(expired=a.expired, expire_at=a.expire_at, info=a.info)
+
     async def subscribe_user(
         self,
         user: str,
@@ -267,15 +297,20 @@ class Node:
         override: SubscribeOverride | None = None,
     ) -> None:
         self.resolve(channel)
-        for c in self._user_clients(user, client, session):
-            await c.subscribe_server_side(
+        await self._user_action(
+            control.UserAction(
+                "subscribe",
+                user,
                 channel,
+                client,
+                session,
                 info=info,
                 data=data,
                 recover_since=recover_since,
                 expire_at=expire_at,
                 override=override,
             )
+        )
 
     async def unsubscribe_user(
         self, user: str, channel: str, *, client: str = "", session: str = ""
@@ -283,9 +318,7 @@ class Node:
         """Unsubscribe the user's connections from `channel`, or from every channel if ""."""
         if channel:
             self.resolve(channel)
-        for c in self._user_clients(user, client, session):
-            for ch in [channel] if channel else c.channels():
-                await c.unsubscribe_server_side(ch)
+        await self._user_action(control.UserAction("unsubscribe", user, channel, client, session))
 
     async def disconnect_user(
         self,
@@ -296,10 +329,17 @@ class Node:
         session: str = "",
         whitelist: Sequence[str] = (),
     ) -> None:
-        for c in self._user_clients(user, client, session):
-            if c.uid in whitelist:
-                continue
-            await c.close(disconnect)
+        await self._user_action(
+            control.UserAction(
+                "disconnect",
+                user,
+                client=client,
+                session=session,
+                code=disconnect.code,
+                reason=disconnect.reason,
+                whitelist=list(whitelist),
+            )
+        )
 
     async def refresh_user(
         self,
@@ -311,8 +351,17 @@ class Node:
         expire_at: int = 0,
         info: bytes | None = None,
     ) -> None:
-        for c in self._user_clients(user, client, session):
-            await c.refresh_server_side(expired=expired, expire_at=expire_at, info=info)
+        await self._user_action(
+            control.UserAction(
+                "refresh",
+                user,
+                client=client,
+                session=session,
+                expired=expired,
+                expire_at=expire_at,
+                info=info,
+            )
+        )
 
     async def channels(self, pattern: str = "") -> dict[str, int]:
         out = {}
