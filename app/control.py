@@ -86,5 +86,5 @@ def decode(data: bytes) -> tuple[str, UserAction]:
             whitelist=list(b.get("whitelist", [])),
         )
         return b["origin"], action
-    except (KeyError, TypeError, IndexError, orjson.JSONDecodeError) as e:
+    except (KeyError, TypeError, IndexError, AttributeError, orjson.JSONDecodeError) as e:
         raise ValueError(f"malformed control message: {e}") from e
