@@ -1,0 +1,782 @@
+"""centrifuge-python (the official Python SDK) and cent (the official HTTP API client) against a
+real server process.
+
+The SDK runs in the test's event loop; every expectation is an awaited SDK event (recorded into
+per-event asyncio queues), never a sleep. Publications are made through `cent.AsyncClient`.
+Channel names carry a per-test suffix so tests sharing the module's server do not collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from cent import (
+    AsyncClient,
+    Disconnect,
+    DisconnectRequest,
+    PresenceStatsRequest,
+    PublishRequest,
+    SubscribeRequest,
+    UnsubscribeRequest,
+)
+from centrifuge import (
+    Client,
+    ClientEventHandler,
+    ClientState,
+    ReplyError,
+    StreamPosition,
+    Subscription,
+    SubscriptionEventHandler,
+    SubscriptionState,
+    SubscriptionUnsubscribedError,
+)
+
+from app import VERSION_STRING
+
+from .helpers import ServerHandle
+
+EXPIRED_CLOSE_DELAY = 1.0
+
+CONFIG = {
+    "client": {
+        # Short, so that a connection or subscription whose refresh did not work would be
+        # closed by the server well within the refresh tests.
+        "expired_close_delay": f"{EXPIRED_CLOSE_DELAY}s",
+        "expired_sub_close_delay": f"{EXPIRED_CLOSE_DELAY}s",
+    },
+    "channel": {
+        "namespaces": [
+            {
+                "name": "chat",
+                "allow_subscribe_for_client": True,
+                "allow_publish_for_client": True,
+                "presence": True,
+                "join_leave": True,
+                "allow_presence_for_subscriber": True,
+                "history_size": 100,
+                "history_ttl": "300s",
+                "allow_history_for_subscriber": True,
+                "force_recovery": True,
+            },
+            # Nothing allowed: subscribe/publish must be denied with 103.
+            {"name": "locked"},
+        ]
+    },
+}
+
+EVENT_TIMEOUT = 5.0
+
+
+# --------------------------------------------------------------------------------------------
+# event recording
+
+
+class Recorder:
+    """Records SDK events: `log` keeps all in order, `next(name)` awaits the next of a kind.
+
+    `hooks[name]` (an async callable taking the context) runs inside the SDK's handler before
+    the event is recorded; the SDK awaits its handlers, so a hook can hold the SDK at that point
+    (e.g. keep it from reconnecting until the test has published what it must recover).
+    """
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, Any]] = []
+        self._queues: defaultdict[str, asyncio.Queue[Any]] = defaultdict(asyncio.Queue)
+        self.hooks: dict[str, Callable[[Any], Awaitable[None]]] = {}
+
+    async def record(self, name: str, ctx: Any) -> None:
+        hook = self.hooks.get(name)
+        if hook is not None:
+            await hook(ctx)
+        self.log.append((name, ctx))
+        self._queues[name].put_nowait(ctx)
+
+    async def next(self, name: str, timeout: float = EVENT_TIMEOUT) -> Any:
+        try:
+            return await asyncio.wait_for(self._queues[name].get(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"no {name!r} event within {timeout}s; events: {self.log}"
+            ) from None
+
+    async def next_matching(
+        self, name: str, pred: Callable[[Any], bool], timeout: float = EVENT_TIMEOUT
+    ) -> Any:
+        """The next `name` event satisfying `pred` (non-matching ones are consumed)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            ctx = await self.next(name, max(left, 0.001))
+            if pred(ctx):
+                return ctx
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.log]
+
+    def pending(self, name: str) -> list[Any]:
+        """Recorded but not yet consumed `name` events (does not wait)."""
+        out = []
+        q = self._queues[name]
+        while not q.empty():
+            out.append(q.get_nowait())
+        return out
+
+
+def _recording(name: str) -> Callable[..., Awaitable[None]]:
+    async def handler(self: Recorder, ctx: Any) -> None:
+        await self.record(name, ctx)
+
+    return handler
+
+
+class ClientEvents(Recorder, ClientEventHandler):
+    """Client events; `subscribed`/`publication`/... are server-side subscription events."""
+
+    on_connecting = _recording("connecting")
+    on_connected = _recording("connected")
+    on_disconnected = _recording("disconnected")
+    on_error = _recording("error")
+    on_subscribing = _recording("subscribing")
+    on_subscribed = _recording("subscribed")
+    on_unsubscribed = _recording("unsubscribed")
+    on_publication = _recording("publication")
+    on_join = _recording("join")
+    on_leave = _recording("leave")
+
+
+class SubEvents(Recorder, SubscriptionEventHandler):
+    on_subscribing = _recording("subscribing")
+    on_subscribed = _recording("subscribed")
+    on_unsubscribed = _recording("unsubscribed")
+    on_publication = _recording("publication")
+    on_join = _recording("join")
+    on_leave = _recording("leave")
+    on_error = _recording("error")
+
+
+class TokenSource:
+    """A get_token / get_subscription_token callback that counts and queues its calls."""
+
+    def __init__(self, make: Callable[..., str]) -> None:
+        self._make = make
+        self.calls: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.count = 0
+
+    async def __call__(self, *args: Any) -> str:
+        self.count += 1
+        self.calls.put_nowait(args)
+        return self._make(*args)
+
+    async def next_call(self, timeout: float = EVENT_TIMEOUT) -> tuple[Any, ...]:
+        try:
+            return await asyncio.wait_for(self.calls.get(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"token callback not called within {timeout}s") from None
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def srv(server_factory) -> ServerHandle:
+    return server_factory(CONFIG)
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+SdkFactory = Callable[..., tuple[Client, ClientEvents]]
+
+
+@pytest.fixture
+async def sdk(srv: ServerHandle) -> AsyncIterator[SdkFactory]:
+    """`make(token="", get_token=None, **client_kwargs) -> (Client, ClientEvents)`.
+
+    Every client made is disconnected at the end of the test.
+    """
+    created: list[Client] = []
+
+    def make(
+        token: str = "", get_token: Callable[[], Awaitable[str]] | None = None, **kw: Any
+    ) -> tuple[Client, ClientEvents]:
+        events = ClientEvents()
+        kw.setdefault("min_reconnect_delay", 0.05)
+        kw.setdefault("max_reconnect_delay", 0.5)
+        client = Client(
+            srv.ws_url,
+            events=events,
+            token=token,
+            get_token=get_token,
+            proxy=None,  # never route 127.0.0.1 through a proxy from the environment
+            **kw,
+        )
+        created.append(client)
+        return client, events
+
+    yield make
+    for client in created:
+        await client.disconnect()
+
+
+@pytest.fixture
+async def api(srv: ServerHandle) -> AsyncIterator[AsyncClient]:
+    client = AsyncClient(srv.api_url, srv.api_key)
+    yield client
+    await client.close()
+
+
+async def connected(client: Client, events: ClientEvents) -> Any:
+    """Connect and return the ConnectedContext."""
+    await client.connect()
+    return await events.next("connected")
+
+
+async def subscribed(client: Client, channel: str, **kw: Any) -> tuple[Subscription, SubEvents]:
+    """A new subscription of `client` to `channel`, after its `subscribed` event."""
+    events = SubEvents()
+    sub = client.new_subscription(channel, events=events, **kw)
+    await sub.subscribe()
+    await events.next("subscribed")
+    return sub, events
+
+
+def client_info_tuple(info: Any) -> tuple[str, str, Any, Any]:
+    return (info.user, info.client, info.conn_info, info.chan_info)
+
+
+# --------------------------------------------------------------------------------------------
+# connect, publish, presence, history
+
+
+async def test_connect_with_jwt(srv: ServerHandle, sdk: SdkFactory) -> None:
+    client, ev = sdk(srv.token("alice-" + uid(), ttl=3600))
+    ctx = await connected(client, ev)
+    uuid.UUID(ctx.client)  # Centrifugo client ids are UUIDs
+    assert ctx.version == VERSION_STRING
+    assert ctx.data is None
+    assert client.state == ClientState.CONNECTED
+    assert client.client_id == ctx.client
+    assert ev.names() == ["connecting", "connected"]
+
+
+async def test_api_publication_reaches_subscriber(
+    srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
+) -> None:
+    ch = f"chat:news-{uid()}"
+    client, ev = sdk(srv.token("bob"))
+    await connected(client, ev)
+    sev = SubEvents()
+    sub = client.new_subscription(ch, events=sev)
+    await sub.subscribe()
+    sctx = await sev.next("subscribed")
+    assert sub.state == SubscriptionState.SUBSCRIBED
+    assert sctx.channel == ch
+    assert sctx.recoverable is True  # force_recovery in namespace chat
+    assert sctx.positioned is True
+    assert sctx.was_recovering is False
+    assert sctx.stream_position.offset == 0
+
+    res = await api.publish(PublishRequest(channel=ch, data={"text": "hello", "n": 1}))
+    assert res.offset == 1
+    assert res.epoch == sctx.stream_position.epoch
+    pub = (await sev.next("publication")).pub
+    assert pub.data == {"text": "hello", "n": 1}
+    assert pub.offset == 1
+    assert pub.info is None  # server API publications carry no ClientInfo
+    assert pub.tags == {}
+    assert pub.delta is False
+
+    res = await api.publish(PublishRequest(channel=ch, data=[1, "two"], tags={"k": "v"}))
+    assert res.offset == 2
+    pub = (await sev.next("publication")).pub
+    assert (pub.data, pub.offset, pub.tags) == ([1, "two"], 2, {"k": "v"})
+
+
+async def test_client_publish_reaches_other_client_with_info(
+    srv: ServerHandle, sdk: SdkFactory
+) -> None:
+    ch = f"chat:room-{uid()}"
+    reader, rev = sdk(srv.token("reader"))
+    await connected(reader, rev)
+    _, sev = await subscribed(reader, ch)
+
+    writer, wev = sdk(srv.token("writer", info={"name": "Writer"}))
+    wctx = await connected(writer, wev)
+    # allow_publish_for_client: the writer need not be subscribed.
+    await writer.publish(ch, {"msg": "from client"})
+    pub = (await sev.next("publication")).pub
+    assert pub.data == {"msg": "from client"}
+    assert pub.offset == 1
+    assert pub.info is not None
+    assert client_info_tuple(pub.info) == ("writer", wctx.client, {"name": "Writer"}, None)
+
+    with pytest.raises(ReplyError) as exc:
+        await writer.publish(f"locked:room-{uid()}", {"msg": "nope"})
+    assert exc.value.code == 103
+
+
+async def test_presence_and_presence_stats(srv: ServerHandle, sdk: SdkFactory) -> None:
+    ch = f"chat:presence-{uid()}"
+    a, aev = sdk(srv.token("pa", info={"n": "A"}))
+    actx = await connected(a, aev)
+    asub, _ = await subscribed(a, ch)
+    b, bev = sdk(srv.token("pb"))
+    bctx = await connected(b, bev)
+    await subscribed(b, ch)
+    a2, a2ev = sdk(srv.token("pa"))
+    a2ctx = await connected(a2, a2ev)
+    await subscribed(a2, ch)
+
+    presence = await asub.presence()
+    assert set(presence.clients) == {actx.client, bctx.client, a2ctx.client}
+    assert client_info_tuple(presence.clients[actx.client]) == ("pa", actx.client, {"n": "A"}, None)
+    assert client_info_tuple(presence.clients[bctx.client]) == ("pb", bctx.client, None, None)
+    assert presence.clients[a2ctx.client].user == "pa"
+
+    stats = await asub.presence_stats()
+    assert (stats.num_clients, stats.num_users) == (3, 2)
+
+    # Client-level calls give the same answer.
+    stats = await b.presence_stats(ch)
+    assert (stats.num_clients, stats.num_users) == (3, 2)
+
+
+async def test_history(srv: ServerHandle, sdk: SdkFactory, api: AsyncClient) -> None:
+    ch = f"chat:history-{uid()}"
+    client, ev = sdk(srv.token("historian"))
+    await connected(client, ev)
+    sub, sev = await subscribed(client, ch)
+    epoch = ""
+    for i in range(1, 6):
+        res = await api.publish(PublishRequest(channel=ch, data={"i": i}))
+        assert res.offset == i
+        epoch = res.epoch
+    for i in range(1, 6):
+        assert (await sev.next("publication")).pub.offset == i
+
+    def offsets(result: Any) -> list[int]:
+        return [p.offset for p in result.publications]
+
+    res = await sub.history(limit=2)
+    assert offsets(res) == [1, 2]
+    assert [p.data for p in res.publications] == [{"i": 1}, {"i": 2}]
+    assert (res.offset, res.epoch) == (5, epoch)
+
+    res = await sub.history(limit=2, reverse=True)
+    assert offsets(res) == [5, 4]
+
+    res = await sub.history(limit=10, since=StreamPosition(offset=2, epoch=epoch))
+    assert offsets(res) == [3, 4, 5]
+
+    res = await sub.history(limit=10, since=StreamPosition(offset=4, epoch=epoch), reverse=True)
+    assert offsets(res) == [3, 2, 1]
+
+    res = await sub.history(limit=-1)
+    assert offsets(res) == [1, 2, 3, 4, 5]
+
+    res = await sub.history(limit=0)  # position only
+    assert res.publications == []
+    assert (res.offset, res.epoch) == (5, epoch)
+
+    with pytest.raises(ReplyError) as exc:
+        await sub.history(limit=10, since=StreamPosition(offset=1, epoch="not-" + epoch))
+    assert exc.value.code == 112
+
+
+# --------------------------------------------------------------------------------------------
+# tokens
+
+
+async def test_connection_token_refresh_keeps_connection(
+    srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
+) -> None:
+    user = "refresher-" + uid()
+    ttl = 3
+    tokens = TokenSource(lambda: srv.token(user, ttl=ttl))
+    first = srv.token(user, ttl=ttl)
+    first_exp = int(time.time() + ttl)
+    client, ev = sdk(first, get_token=tokens)
+    ctx = await connected(client, ev)
+    ch = f"chat:alive-{uid()}"
+    _, sev = await subscribed(client, ch)
+
+    # Keep taking refreshes until the first token's expiry plus the server's close delay has
+    # passed: a refresh the server did not accept would have closed the connection by then.
+    deadline = first_exp + EXPIRED_CLOSE_DELAY + 0.3
+    while time.time() < deadline:
+        await tokens.next_call(timeout=ttl + 2)
+    assert tokens.count >= 1
+
+    await api.publish(PublishRequest(channel=ch, data={"still": "here"}))
+    assert (await sev.next("publication")).pub.data == {"still": "here"}
+    assert client.state == ClientState.CONNECTED
+    assert client.client_id == ctx.client  # same connection, never reconnected
+    assert ev.names() == ["connecting", "connected"]
+    assert sev.names() == ["subscribing", "subscribed", "publication"]
+
+
+async def test_expired_token_on_connect_calls_get_token(srv: ServerHandle, sdk: SdkFactory) -> None:
+    user = "late-" + uid()
+    tokens = TokenSource(lambda: srv.token(user, ttl=3600))
+    client, ev = sdk(srv.token(user, exp=int(time.time()) - 60), get_token=tokens)
+    await client.connect()
+    err = await ev.next("error")
+    assert isinstance(err.error, ReplyError)
+    assert err.error.code == 109  # token expired: temporary for the SDK
+    ctx = await ev.next("connected")
+    assert tokens.count == 1
+    uuid.UUID(ctx.client)
+    assert client.state == ClientState.CONNECTED
+    assert "disconnected" not in ev.names()
+
+
+async def test_private_channel_with_subscription_token(srv: ServerHandle, sdk: SdkFactory) -> None:
+    user = "priv-" + uid()
+    ch = f"$chat:secret-{uid()}"
+    client, ev = sdk(srv.token(user))
+    cctx = await connected(client, ev)
+    sub_tokens = TokenSource(
+        lambda channel: srv.sub_token(user, channel, info={"role": "reader"}, data={"hi": 1})
+    )
+    sev = SubEvents()
+    sub = client.new_subscription(ch, events=sev, get_token=sub_tokens)
+    await sub.subscribe()
+    sctx = await sev.next("subscribed")
+    assert await sub_tokens.next_call() == (ch,)
+    assert sctx.data == {"hi": 1}  # the token's `data` claim comes back in the result
+    presence = await sub.presence()
+    assert client_info_tuple(presence.clients[cctx.client]) == (
+        user,
+        cctx.client,
+        None,
+        {"role": "reader"},  # the token's `info` claim becomes chan_info
+    )
+
+    # The same kind of channel without a token is denied.
+    nev = SubEvents()
+    other = client.new_subscription(f"$chat:secret-{uid()}", events=nev)
+    await other.subscribe()
+    unsub = await nev.next("unsubscribed")
+    assert (unsub.code, unsub.reason) == (103, "permission denied")
+    assert client.state == ClientState.CONNECTED
+
+
+async def test_expired_subscription_token_fetches_new_one(
+    srv: ServerHandle, sdk: SdkFactory
+) -> None:
+    user = "subexp-" + uid()
+    ch = f"$chat:exp-{uid()}"
+    client, ev = sdk(srv.token(user))
+    await connected(client, ev)
+    sub_tokens = TokenSource(lambda channel: srv.sub_token(user, channel, ttl=3600))
+    sev = SubEvents()
+    expired = srv.sub_token(user, ch, exp=int(time.time()) - 60)
+    sub = client.new_subscription(ch, events=sev, token=expired, get_token=sub_tokens)
+    await sub.subscribe()
+    err = await sev.next("error")
+    assert isinstance(err.error, ReplyError) and err.error.code == 109
+    await sev.next("subscribed")
+    assert sub_tokens.count == 1
+    assert sub.state == SubscriptionState.SUBSCRIBED
+
+
+async def test_subscription_token_refresh(
+    srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
+) -> None:
+    user = "subref-" + uid()
+    ch = f"$chat:refresh-{uid()}"
+    ttl = 3
+    client, ev = sdk(srv.token(user))
+    cctx = await connected(client, ev)
+    sub_tokens = TokenSource(lambda channel: srv.sub_token(user, channel, ttl=ttl))
+    sev = SubEvents()
+    sub = client.new_subscription(ch, events=sev, get_token=sub_tokens)
+    await sub.subscribe()
+    await sev.next("subscribed")
+    assert await sub_tokens.next_call() == (ch,)
+    first_exp = int(time.time() + ttl)
+
+    # As for the connection: outlive the first token's expiry plus the close delay.
+    deadline = first_exp + EXPIRED_CLOSE_DELAY + 0.3
+    refreshes = 0
+    while time.time() < deadline:
+        assert await sub_tokens.next_call(timeout=ttl + 2) == (ch,)
+        refreshes += 1
+    assert refreshes >= 1
+
+    await api.publish(PublishRequest(channel=ch, data={"after": "refresh"}))
+    assert (await sev.next("publication")).pub.data == {"after": "refresh"}
+    assert sub.state == SubscriptionState.SUBSCRIBED
+    assert sev.names() == ["subscribing", "subscribed", "publication"]
+    assert client.client_id == cctx.client
+    assert ev.names() == ["connecting", "connected"]
+
+
+# --------------------------------------------------------------------------------------------
+# recovery
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(4000, "come back"), (3011, "force reconnect")], ids=["4000", "3011"]
+)
+async def test_recovery_after_server_disconnect(
+    srv: ServerHandle, sdk: SdkFactory, api: AsyncClient, code: int, reason: str
+) -> None:
+    user = "recover-" + uid()
+    ch = f"chat:recover-{uid()}"
+    client, ev = sdk(srv.token(user))
+    ctx1 = await connected(client, ev)
+    sub, sev = await subscribed(client, ch)
+    epoch = ""
+    for i in (1, 2):
+        epoch = (await api.publish(PublishRequest(channel=ch, data={"i": i}))).epoch
+        assert (await sev.next("publication")).pub.offset == i
+
+    async def publish_while_disconnected(cctx: Any) -> None:
+        # Runs inside the SDK's on_connecting handler: the SDK schedules its reconnect only
+        # after the handler returns, so these happen while the client is not connected.
+        if cctx.code == code:
+            for i in (3, 4, 5):
+                res = await api.publish(PublishRequest(channel=ch, data={"i": i}))
+                assert res.offset == i
+
+    ev.hooks["connecting"] = publish_while_disconnected
+    await api.disconnect(
+        DisconnectRequest(
+            user=user, client=ctx1.client, disconnect=Disconnect(code=code, reason=reason)
+        )
+    )
+    cctx = await ev.next_matching("connecting", lambda c: c.code != 0)
+    assert (cctx.code, cctx.reason) == (code, reason)
+    ctx2 = await ev.next("connected")
+    assert ctx2.client != ctx1.client
+
+    sctx = await sev.next("subscribed")
+    assert sctx.was_recovering is True
+    assert sctx.recovered is True
+    assert sctx.recoverable is True
+    assert sctx.stream_position.epoch == epoch
+    pubs = [(await sev.next("publication")).pub for _ in range(3)]
+    assert [(p.offset, p.data) for p in pubs] == [(3, {"i": 3}), (4, {"i": 4}), (5, {"i": 5})]
+
+    # Nothing duplicated after the recovered ones: the next one is the next offset.
+    await api.publish(PublishRequest(channel=ch, data={"i": 6}))
+    pub = (await sev.next("publication")).pub
+    assert (pub.offset, pub.data) == (6, {"i": 6})
+    assert sev.pending("publication") == []
+    assert client.state == ClientState.CONNECTED
+
+
+async def test_recovery_with_nothing_missed(
+    srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
+) -> None:
+    user = "norec-" + uid()
+    ch = f"chat:norec-{uid()}"
+    client, ev = sdk(srv.token(user))
+    ctx1 = await connected(client, ev)
+    _, sev = await subscribed(client, ch)
+    await api.publish(PublishRequest(channel=ch, data={"i": 1}))
+    assert (await sev.next("publication")).pub.offset == 1
+    await api.disconnect(
+        DisconnectRequest(
+            user=user, client=ctx1.client, disconnect=Disconnect(code=4001, reason="x")
+        )
+    )
+    await ev.next("connected")
+    sctx = await sev.next("subscribed")
+    assert (sctx.was_recovering, sctx.recovered) == (True, True)
+    assert sctx.stream_position.offset == 1
+    await api.publish(PublishRequest(channel=ch, data={"i": 2}))
+    pub = (await sev.next("publication")).pub
+    assert (pub.offset, pub.data) == (2, {"i": 2})
+
+
+# --------------------------------------------------------------------------------------------
+# server-side subscriptions
+
+
+async def test_server_side_subscription_from_token_with_recovery(
+    srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
+) -> None:
+    user = "ss-" + uid()
+    ch = f"chat:ss-{uid()}"
+    client, ev = sdk(srv.token(user, channels=[ch]))
+    ctx1 = await connected(client, ev)
+    sctx = await ev.next("subscribed")
+    assert sctx.channel == ch
+    assert sctx.recoverable is True
+    assert sctx.was_recovering is False
+    epoch = sctx.stream_position.epoch
+
+    for i in (1, 2):
+        res = await api.publish(PublishRequest(channel=ch, data={"i": i}))
+        assert res.epoch == epoch
+        pctx = await ev.next("publication")
+        assert (pctx.channel, pctx.pub.offset, pctx.pub.data) == (ch, i, {"i": i})
+
+    async def publish_while_disconnected(cctx: Any) -> None:
+        if cctx.code == 4002:
+            for i in (3, 4):
+                await api.publish(PublishRequest(channel=ch, data={"i": i}))
+
+    ev.hooks["connecting"] = publish_while_disconnected
+    await api.disconnect(
+        DisconnectRequest(user=user, disconnect=Disconnect(code=4002, reason="reconnect"))
+    )
+    ctx2 = await ev.next("connected")
+    assert ctx2.client != ctx1.client
+    sctx = await ev.next("subscribed")
+    assert sctx.channel == ch
+    assert (sctx.was_recovering, sctx.recovered) == (True, True)
+    got = [(await ev.next("publication")) for _ in range(2)]
+    assert [(p.channel, p.pub.offset, p.pub.data) for p in got] == [
+        (ch, 3, {"i": 3}),
+        (ch, 4, {"i": 4}),
+    ]
+    assert "unsubscribed" not in ev.names()
+
+
+async def test_api_subscribe_and_unsubscribe_server_side(
+    srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
+) -> None:
+    user = "apisub-" + uid()
+    ch = f"chat:apisub-{uid()}"
+    client, ev = sdk(srv.token(user))
+    await connected(client, ev)
+
+    await api.subscribe(SubscribeRequest(user=user, channel=ch, data={"welcome": True}))
+    sctx = await ev.next("subscribed")
+    assert sctx.channel == ch
+    assert sctx.data == {"welcome": True}
+    assert sctx.recoverable is True and sctx.positioned is True
+    assert sctx.was_recovering is False and sctx.recovered is False
+
+    await api.publish(PublishRequest(channel=ch, data={"via": "api"}))
+    pctx = await ev.next("publication")
+    assert (pctx.channel, pctx.pub.offset, pctx.pub.data) == (ch, 1, {"via": "api"})
+
+    stats = await api.presence_stats(PresenceStatsRequest(channel=ch))
+    assert (stats.num_clients, stats.num_users) == (1, 1)
+
+    await api.unsubscribe(UnsubscribeRequest(user=user, channel=ch))
+    uctx = await ev.next("unsubscribed")
+    assert uctx.channel == ch
+    stats = await api.presence_stats(PresenceStatsRequest(channel=ch))
+    assert (stats.num_clients, stats.num_users) == (0, 0)
+    assert client.state == ClientState.CONNECTED
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+
+
+@pytest.mark.parametrize(
+    ("channel", "code", "reason"),
+    [("locked:x", 103, "permission denied"), ("nope:x", 102, "unknown channel")],
+    ids=["103", "102"],
+)
+async def test_subscribe_errors(
+    srv: ServerHandle, sdk: SdkFactory, channel: str, code: int, reason: str
+) -> None:
+    client, ev = sdk(srv.token("denied-" + uid()))
+    await connected(client, ev)
+    sev = SubEvents()
+    sub = client.new_subscription(channel + uid(), events=sev)
+    await sub.subscribe()
+    uctx = await sev.next("unsubscribed")
+    assert (uctx.code, uctx.reason) == (code, reason)
+    assert sub.state == SubscriptionState.UNSUBSCRIBED
+    assert "subscribed" not in sev.names()
+    with pytest.raises(SubscriptionUnsubscribedError):
+        await sub.ready()
+    # A subscribe error is not a connection error.
+    assert client.state == ClientState.CONNECTED
+
+
+@pytest.mark.parametrize(
+    ("disconnect", "code", "reason"),
+    [(None, 3503, "force disconnect"), (Disconnect(code=4500, reason="go away"), 4500, "go away")],
+    ids=["3503-default", "4500"],
+)
+async def test_api_disconnect_terminal(
+    srv: ServerHandle,
+    sdk: SdkFactory,
+    api: AsyncClient,
+    disconnect: Disconnect | None,
+    code: int,
+    reason: str,
+) -> None:
+    user = "kick-" + uid()
+    client, ev = sdk(srv.token(user))
+    ctx = await connected(client, ev)
+    _, sev = await subscribed(client, f"chat:kick-{uid()}")
+    await api.disconnect(DisconnectRequest(user=user, client=ctx.client, disconnect=disconnect))
+    dctx = await ev.next("disconnected")
+    assert (dctx.code, dctx.reason) == (code, reason)
+    # Terminal code: the SDK is disconnected for good, nothing scheduled to reconnect.
+    assert client.state == ClientState.DISCONNECTED
+    assert ev.names() == ["connecting", "connected", "disconnected"]
+    assert sev.names() == ["subscribing", "subscribed", "subscribing"]
+
+
+async def test_api_disconnect_whole_user(
+    srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
+) -> None:
+    """All connections of a user get the code; another user's connection is left alone."""
+    user = "many-" + uid()
+    clients = [sdk(srv.token(user)) for _ in range(2)]
+    for c, e in clients:
+        await connected(c, e)
+    other, oev = sdk(srv.token("bystander-" + uid()))
+    await connected(other, oev)
+    osub, _ = await subscribed(other, f"chat:bystander-{uid()}")
+    await api.disconnect(
+        DisconnectRequest(user=user, disconnect=Disconnect(code=4501, reason="all of you"))
+    )
+    for c, e in clients:
+        dctx = await e.next("disconnected")
+        assert (dctx.code, dctx.reason) == (4501, "all of you")
+        assert c.state == ClientState.DISCONNECTED
+    stats = await osub.presence_stats()  # a round trip on the bystander still works
+    assert (stats.num_clients, stats.num_users) == (1, 1)
+    assert other.state == ClientState.CONNECTED
+
+
+# --------------------------------------------------------------------------------------------
+# join / leave
+
+
+async def test_join_and_leave_events(srv: ServerHandle, sdk: SdkFactory) -> None:
+    ch = f"chat:jl-{uid()}"
+    watcher, wev = sdk(srv.token("watcher"))
+    await connected(watcher, wev)
+    _, sev = await subscribed(watcher, ch, join_leave=True)
+
+    guest, gev = sdk(srv.token("guest", info={"name": "Guest"}))
+    gctx = await connected(guest, gev)
+    gsub, _ = await subscribed(guest, ch)
+
+    def is_guest(ctx: Any) -> bool:
+        return ctx.info.client == gctx.client
+
+    join = await sev.next_matching("join", is_guest)
+    assert client_info_tuple(join.info) == ("guest", gctx.client, {"name": "Guest"}, None)
+
+    await gsub.unsubscribe()
+    leave = await sev.next_matching("leave", is_guest)
+    assert client_info_tuple(leave.info) == ("guest", gctx.client, {"name": "Guest"}, None)
+
+    # Leave on disconnect, too.
+    await gsub.subscribe()
+    await sev.next_matching("join", is_guest)
+    await guest.disconnect()
+    leave = await sev.next_matching("leave", is_guest)
+    assert leave.info.user == "guest"
