@@ -16,6 +16,7 @@ import platform
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -23,6 +24,7 @@ from typing import Any, NoReturn
 import jwt
 import tomli_w
 import yaml
+from jwt.warnings import InsecureKeyLengthWarning
 
 from app import VERSION
 from app.config import (
@@ -299,7 +301,8 @@ def cmd_defaultconfig(args: argparse.Namespace) -> int:
 
 def cmd_defaultenv(args: argparse.Namespace) -> int:
     cfg = load_config(args.base) if args.base else None
-    defaults = dict(default_env())
+    # Compare with a loaded (inheritance-resolved) default config, like the base is.
+    defaults = dict(default_env(load_config(None, env={})))
     for name, value in default_env(cfg):
         if args.base_non_zero_only and cfg is not None and defaults.get(name) == value:
             continue
@@ -308,7 +311,10 @@ def cmd_defaultenv(args: argparse.Namespace) -> int:
 
 
 def _sign(secret: str, claims: dict[str, Any]) -> str:
-    return jwt.encode(claims, secret, algorithm="HS256")
+    # Short HMAC keys are the operator's choice (Centrifugo accepts them); keep stderr clean.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def _token_claims(token_cfg: Any, user: str, ttl: int) -> dict[str, Any]:
