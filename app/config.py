@@ -90,7 +90,12 @@ def _section(cls: type) -> Any:
 
 
 def _empty_map() -> Any:
-    return field(default_factory=dict)
+    # Left out of __hash__ (dicts are unhashable) but still compared by ==.
+    return field(default_factory=dict, hash=False)
+
+
+def _objects() -> Any:
+    return field(default=(), hash=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,7 +134,7 @@ class ProxyHTTPConfig(_Section):
     tls: TLSConfig = _section(TLSConfig)
     static_headers: dict[str, str] = _empty_map()
     # [{status_code, to_error{code,message,temporary}, to_disconnect{code,reason}}]
-    status_to_code_transforms: tuple[dict[str, Any], ...] = ()
+    status_to_code_transforms: tuple[dict[str, Any], ...] = _objects()
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +295,7 @@ class PersonalChannelConfig(_Section):
 class CodeTransformsConfig(_Section):
     enabled: bool = False
     # [{code, to{code, reason}}] (client) / [{code, to{status_code, body}}] (uni_sse, uni_http_stream)
-    transforms: tuple[dict[str, Any], ...] = ()
+    transforms: tuple[dict[str, Any], ...] = _objects()
 
 
 @dataclass(frozen=True, slots=True)
@@ -630,7 +635,7 @@ class Config(_Section):
     grpc_api: GrpcAPIConfig = _section(GrpcAPIConfig)
     # Async consumers (kafka, postgresql, ...) are not implemented; kept as plain dicts so
     # configs that declare them still load. Each item has at least "name".
-    consumers: tuple[dict[str, Any], ...] = field(default=(), metadata={"named": True})
+    consumers: tuple[dict[str, Any], ...] = field(default=(), hash=False, metadata={"named": True})
     websocket: WebSocketConfig = _section(WebSocketConfig)
     sse: SSEConfig = _section(SSEConfig)
     http_stream: HTTPStreamConfig = _section(HTTPStreamConfig)

@@ -125,6 +125,19 @@ def test_config_is_frozen_and_mapping_like(tmp_path: Path) -> None:
         cfg.engine.redis["nope"]
 
 
+def test_config_objects_are_hashable(tmp_path: Path) -> None:
+    # Maps and lists of objects are left out of hashing, so options can key caches.
+    data = {
+        **SAMPLE,
+        "proxies": [{"name": "p1", "endpoint": "http://x", "http": {"static_headers": {"a": "b"}}}],
+    }
+    cfg = load(tmp_path, data)
+    assert hash(cfg) == hash(load(tmp_path, data))
+    assert {cfg.namespace("chat"): 1}[cfg.namespace("chat")] == 1
+    assert cfg.proxies[0].http.static_headers == {"a": "b"}
+    assert hash(cfg.proxies[0])
+
+
 # ---------------------------------------------------------------------------------- formats
 
 
