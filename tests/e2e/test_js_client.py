@@ -507,3 +507,54 @@ def test_server_side_subscription_from_token_channels(srv: ServerHandle) -> None
     assert out["pub"]["channel"] == out["subscribed"]["channel"]
     assert out["pub"]["data"] == {"server": "side"}
     assert out["pub"]["offset"] == 1
+
+
+def test_async_message_send_is_not_available_3508(srv: ServerHandle) -> None:
+    # Centrifugo OSS has no handler for client `send`: the connection is closed with 3508.
+    out = js(
+        srv,
+        """
+        const c = newClient({ token: token('oli') });
+        c.connect();
+        await waitEvent(c, 'connected');
+        const disconnected = waitEvent(c, 'disconnected');
+        await c.send({ hello: 'server' });
+        const ctx = await disconnected;
+        return { code: ctx.code, reason: ctx.reason };
+        """,
+    )
+    assert out == {"code": 3508, "reason": "not available"}
+
+
+def test_api_unsubscribe_and_subscribe_surface_in_sdk(srv: ServerHandle) -> None:
+    user = "pam-" + uid()
+    out = js(
+        srv,
+        """
+        const c = newClient({ token: token(env.USER) });
+        const sub = c.newSubscription(env.CH);
+        sub.subscribe();
+        c.connect();
+        await sub.ready();
+        const unsubscribed = waitEvent(sub, 'unsubscribed');
+        const unsubRes = await api('unsubscribe', { user: env.USER, channel: env.CH });
+        const u = await unsubscribed;
+        const serverSub = waitEvent(c, 'subscribed', 5000, (ctx) => ctx.channel === env.CH2);
+        const subRes = await api('subscribe', { user: env.USER, channel: env.CH2 });
+        const s = await serverSub;
+        const pubs = collect(c, 'publication');
+        await api('publish', { channel: env.CH2, data: { to: 'server sub' } });
+        await waitUntil(c, 'publication', () => pubs.length >= 1, 5000, 'publication');
+        return { unsubRes, u: { code: u.code, reason: u.reason }, state: sub.state,
+                 subRes, s, pub: pubs[0] };
+        """,
+        USER=user,
+        CH=f"chat:unsub-{uid()}",
+        CH2=f"chat:runtime-{uid()}",
+    )
+    assert out["unsubRes"] == {"result": {}}
+    assert out["u"] == {"code": 2000, "reason": "server unsubscribe"}
+    assert out["state"] == "unsubscribed"  # 2000 is terminal: the SDK does not resubscribe
+    assert out["subRes"] == {"result": {}}
+    assert out["pub"]["data"] == {"to": "server sub"}
+    assert out["pub"]["channel"] == out["s"]["channel"]
