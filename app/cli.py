@@ -416,6 +416,8 @@ def cmd_checktoken(args: argparse.Namespace, subscription: bool) -> int:
     except TokenInvalid as e:
         print(f"token error: {e or 'invalid token'}", file=sys.stderr)
         return 1
+    except ValueError as e:  # unusable key configuration (bad PEM, bad JWKS URL, ...)
+        raise CliError(str(e)) from None
     what = "subscription token" if subscription else "token"
     channel = f' and channel "{claims.channel}"' if subscription else ""
     print(
@@ -600,3 +602,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # last resort: one line, never a traceback
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

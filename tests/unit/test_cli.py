@@ -301,6 +301,11 @@ def test_checksubtoken(tmp_path: Path) -> None:
     assert_error(run(tmp_path, "checksubtoken", connect_token), "token error:")
 
 
+def test_checktoken_bad_key_config(tmp_path: Path) -> None:
+    write_config(tmp_path, {"client": {"token": {"rsa_public_key": "not a pem"}}})
+    assert_error(run(tmp_path, "checktoken", "a.b.c"), "client.token.rsa_public_key")
+
+
 # ---------------------------------------------------------------------------------- run errors
 
 
