@@ -7,14 +7,44 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from app.api.http import add_api_routes
+from app.broker import Broker
 from app.config import Config
 from app.engines.memory import MemoryBroker, MemoryPresenceManager
 from app.node import NODE_KEY, Node
+from app.presence import PresenceManager
 from app.transports.websocket import websocket_handler
 
 
+def _engine_type(cfg: Config, section: str) -> tuple[str, object]:
+    """broker / presence_manager sections, when enabled, override engine.type."""
+    sub = getattr(cfg, section)
+    if sub.enabled:
+        return sub.type, sub.redis
+    return cfg.engine.type, cfg.engine.redis
+
+
 def create_node(cfg: Config) -> Node:
-    return Node(cfg, MemoryBroker(), MemoryPresenceManager())
+    broker_type, broker_redis = _engine_type(cfg, "broker")
+    presence_type, presence_redis = _engine_type(cfg, "presence_manager")
+    broker: Broker
+    presence: PresenceManager
+    if broker_type == "redis":
+        from app.engines.redis import create_redis_engine
+
+        broker, presence = create_redis_engine(broker_redis)
+        if presence_type != "redis":
+            presence = MemoryPresenceManager()
+        elif presence_redis is not broker_redis and presence_redis != broker_redis:
+            presence = create_redis_engine(presence_redis)[1]
+    else:
+        broker = MemoryBroker()
+        if presence_type == "redis":
+            from app.engines.redis import create_redis_engine
+
+            presence = create_redis_engine(presence_redis)[1]
+        else:
+            presence = MemoryPresenceManager()
+    return Node(cfg, broker, presence)
 
 
 async def health_handler(request: web.Request) -> web.Response:

@@ -1,0 +1,14 @@
+"""Redis engine: broker (history, offsets, sharded PUB/SUB fan-out) and presence."""
+
+from __future__ import annotations
+
+from app.config import RedisConfig
+from app.engines.redis.broker import RedisBroker
+from app.engines.redis.presence import RedisPresenceManager
+from app.engines.redis.shard import Shard, specs_from_config
+
+
+def create_redis_engine(rcfg: RedisConfig) -> tuple[RedisBroker, RedisPresenceManager]:
+    shards = [Shard(spec, rcfg, i) for i, spec in enumerate(specs_from_config(rcfg))]
+    broker = RedisBroker(shards, io_timeout=float(rcfg.io_timeout))
+    return broker, RedisPresenceManager(broker, float(rcfg.presence_ttl))

@@ -1,0 +1,269 @@
+"""Redis broker: history and offsets in Lua, fan-out by Redis 7 sharded PUB/SUB.
+
+Workers hold no channel state: a publication goes through one script that
+appends to the stream, bumps the offset and SPUBLISHes, and comes back to every
+node subscribed to the channel. This node SSUBSCRIBEs exactly the channels with
+local subscribers, over one connection per (shard, partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import string
+from collections import defaultdict
+
+from redis.exceptions import RedisError
+
+from app.broker import BrokerEventHandler
+from app.engines.redis import codec
+from app.engines.redis.pubsub import PubSubConnection, PubSubUnavailable
+from app.engines.redis.shard import Shard, fnv64a, jump_hash
+from app.errors import ERROR_INTERNAL, ClientError
+from app.models import (
+    ClientInfo,
+    HistoryFilter,
+    HistoryResult,
+    PublishOptions,
+    PublishResult,
+    StreamPosition,
+)
+
+log = logging.getLogger("centrifugo.redis.broker")
+
+DEFAULT_META_TTL = 720 * 3600
+
+
+def new_epoch() -> str:
+    return "".join(random.choices(string.ascii_letters, k=8))
+
+
+def _ttl(seconds: float) -> str:
+    """Whole seconds for EXPIRE, never rounding a positive TTL down to 'forever'."""
+    return str(max(int(seconds + 0.999), 1)) if seconds > 0 else "0"
+
+
+class RedisBroker:
+    def __init__(self, shards: list[Shard], io_timeout: float = 4.0) -> None:
+        self.shards = shards
+        self._io_timeout = io_timeout
+        self._handler: BrokerEventHandler | None = None
+        self._data: dict[tuple[int, int], PubSubConnection] = {}
+        self._control: list[PubSubConnection] = []
+        self._control_rr = itertools.count()
+        self._node_id = ""
+
+    # --- routing ---
+
+    def shard_for(self, channel: str) -> Shard:
+        if len(self.shards) == 1:
+            return self.shards[0]
+        return self.shards[jump_hash(fnv64a(channel.encode()), len(self.shards))]
+
+    def _conn_for(self, shard: Shard, partition: int) -> PubSubConnection:
+        key = (shard.index, partition)
+        conn = self._data.get(key)
+        if conn is None:
+            assert shard.keys is not None
+            keys = shard.keys
+
+            def on_message(name: bytes, frame: bytes) -> None:
+                self._dispatch(keys.channel_from_pubsub(name), frame)
+
+            conn = PubSubConnection(
+                lambda: shard.endpoint(partition),
+                on_message,
+                sharded=True,
+                connect_timeout=shard._connect_timeout,
+                name=f"shard {shard.index} partition {partition}",
+            )
+            conn.start()
+            self._data[key] = conn
+        return conn
+
+    # --- lifecycle ---
+
+    async def run(self, handler: BrokerEventHandler) -> None:
+        self._handler = handler
+        self._node_id = getattr(handler, "id", "")
+        for shard in self.shards:
+            await shard.connect()
+        for shard in self.shards:
+            assert shard.keys is not None
+            conn = PubSubConnection(
+                shard.control_endpoint,
+                self._on_control,
+                sharded=False,
+                connect_timeout=shard._connect_timeout,
+                name=f"shard {shard.index} control",
+            )
+            conn.start()
+            self._control.append(conn)
+            await conn.subscribe(
+                [shard.keys.control, shard.keys.node_channel(self._node_id)],
+                timeout=max(self._io_timeout, 5.0),
+            )
+
+    async def close(self) -> None:
+        for conn in [*self._data.values(), *self._control]:
+            await conn.close()
+        for shard in self.shards:
+            await shard.close()
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.ready for c in self._control)
+
+    # --- PUB/SUB delivery ---
+
+    def _dispatch(self, channel: str, frame: bytes) -> None:
+        handler = self._handler
+        if handler is None:
+            return
+        try:
+            kind, obj, epoch = codec.decode_frame(frame)
+        except (ValueError, IndexError, TypeError):
+            log.warning("dropping undecodable publication on %r", channel)
+            return
+        if kind == "pub":
+            handler.handle_publication(channel, obj, epoch)  # type: ignore[arg-type]
+        elif kind == "join":
+            handler.handle_join(channel, obj)  # type: ignore[arg-type]
+        else:
+            handler.handle_leave(channel, obj)  # type: ignore[arg-type]
+
+    def _on_control(self, name: bytes, data: bytes) -> None:
+        if self._handler is not None:
+            self._handler.handle_control(data)
+
+    async def subscribe(self, channels: list[str]) -> None:
+        groups: dict[tuple[Shard, int], list[bytes]] = defaultdict(list)
+        for ch in channels:
+            shard = self.shard_for(ch)
+            assert shard.keys is not None
+            groups[(shard, shard.keys.partition(ch))].append(shard.keys.client_channel(ch).encode())
+        try:
+            await asyncio.gather(
+                *(
+                    self._conn_for(shard, part).subscribe(names, self._io_timeout)
+                    for (shard, part), names in groups.items()
+                )
+            )
+        except PubSubUnavailable as e:
+            log.warning("subscribe failed: %s", e)
+            raise ClientError(ERROR_INTERNAL) from None
+
+    async def unsubscribe(self, channels: list[str]) -> None:
+        for ch in channels:
+            shard = self.shard_for(ch)
+            assert shard.keys is not None
+            conn = self._data.get((shard.index, shard.keys.partition(ch)))
+            if conn is not None:
+                conn.unsubscribe([shard.keys.client_channel(ch).encode()])
+
+    # --- commands ---
+
+    async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+        shard = self.shard_for(channel)
+        keys = shard.keys
+        assert keys is not None
+        payload = codec.encode_payload(data, opts.client_info, opts.tags, 0, opts.delta)
+        pubsub_channel = keys.client_channel(channel)
+        result_ttl = _ttl(opts.idempotent_result_ttl) if opts.idempotency_key else "0"
+        result_key = keys.result(channel, opts.idempotency_key)
+        try:
+            if opts.history_size > 0 and opts.history_ttl > 0:
+                offset, epoch, cached = await shard.scripts["history_add"](
+                    keys=[keys.stream(channel), keys.meta(channel), result_key],
+                    args=[
+                        payload,
+                        opts.history_size,
+                        _ttl(opts.history_ttl),
+                        pubsub_channel,
+                        _ttl(opts.history_meta_ttl or DEFAULT_META_TTL),
+                        new_epoch(),
+                        result_ttl,
+                    ],
+                )
+                return PublishResult(StreamPosition(int(offset), epoch.decode()), cached == b"1")
+            if opts.idempotency_key:
+                published = await shard.scripts["publish_idempotent"](
+                    keys=[result_key], args=[pubsub_channel, payload, result_ttl]
+                )
+                return PublishResult(StreamPosition(), not published)
+            await shard.client.execute_command("SPUBLISH", pubsub_channel, payload)  # type: ignore[union-attr]
+            return PublishResult(StreamPosition())
+        except (RedisError, OSError) as e:
+            log.warning("publish to %r failed: %s", channel, e)
+            raise ClientError(ERROR_INTERNAL) from None
+
+    async def _publish_info(self, channel: str, prefix: bytes, info: ClientInfo) -> None:
+        shard = self.shard_for(channel)
+        assert shard.keys is not None
+        try:
+            await shard.client.execute_command(  # type: ignore[union-attr]
+                "SPUBLISH", shard.keys.client_channel(channel), prefix + codec.encode_info(info)
+            )
+        except (RedisError, OSError) as e:
+            log.warning("join/leave to %r failed: %s", channel, e)
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        await self._publish_info(channel, codec.JOIN, info)
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        await self._publish_info(channel, codec.LEAVE, info)
+
+    async def publish_control(self, data: bytes, node_id: str = "") -> None:
+        shard = self.shards[next(self._control_rr) % len(self.shards)]
+        assert shard.keys is not None
+        target = shard.keys.node_channel(node_id) if node_id else shard.keys.control
+        try:
+            await shard.client.publish(target, data)  # type: ignore[union-attr]
+        except (RedisError, OSError) as e:
+            log.warning("control publish failed: %s", e)
+            raise ClientError(ERROR_INTERNAL) from None
+
+    async def history(self, channel: str, flt: HistoryFilter) -> HistoryResult:
+        shard = self.shard_for(channel)
+        keys = shard.keys
+        assert keys is not None
+        include = flt.limit != 0
+        if flt.reverse:
+            start = "+" if flt.since is None else f"{flt.since.offset - 1}-0"
+            if flt.since is not None and flt.since.offset <= 1:
+                include = False  # nothing lies before offset 1
+        else:
+            start = "-" if flt.since is None else f"{flt.since.offset + 1}-0"
+        limit = flt.limit if flt.limit > 0 else 0
+        try:
+            top, epoch, entries = await shard.scripts["history_get"](
+                keys=[keys.stream(channel), keys.meta(channel)],
+                args=[
+                    "1" if include else "0",
+                    start,
+                    limit,
+                    "1" if flt.reverse else "0",
+                    _ttl(flt.meta_ttl or DEFAULT_META_TTL),
+                    new_epoch(),
+                ],
+            )
+        except (RedisError, OSError) as e:
+            log.warning("history of %r failed: %s", channel, e)
+            raise ClientError(ERROR_INTERNAL) from None
+        pubs = []
+        for entry_id, fields in entries or ():
+            offset = int(entry_id.split(b"-", 1)[0])
+            # fields is a flat [name, value] list; the payload is field "d".
+            pubs.append(codec.decode_payload(fields[1], offset))
+        return HistoryResult(pubs, StreamPosition(int(top), epoch.decode()))
+
+    async def remove_history(self, channel: str) -> None:
+        shard = self.shard_for(channel)
+        assert shard.keys is not None
+        try:
+            await shard.scripts["history_remove"](keys=[shard.keys.stream(channel)], args=[])
+        except (RedisError, OSError) as e:
+            log.warning("history remove of %r failed: %s", channel, e)
+            raise ClientError(ERROR_INTERNAL) from None

@@ -1,0 +1,82 @@
+"""Bytes that travel through Redis: stored publications, PUB/SUB frames, presence info.
+
+A publication payload is `<meta JSON>\\n<data>`: the small meta object (client
+info, tags, time, delta) is JSON without raw newlines, and the data bytes follow
+unchanged, so binary payloads need no escaping and JSON payloads are never
+re-parsed. PUB/SUB frames put a header in front (research §3.2):
+`__p1:<offset>:<epoch>__<payload>` for publications kept in history, the bare
+payload without history, `__j__<info>` / `__l__<info>` for join and leave.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from app.models import ClientInfo, Publication
+
+
+def _b64(v: bytes | None) -> str | None:
+    return None if v is None else base64.b64encode(v).decode()
+
+
+def _unb64(v: str | None) -> bytes | None:
+    return None if v is None else base64.b64decode(v)
+
+
+def encode_info(info: ClientInfo) -> bytes:
+    return orjson.dumps([info.user, info.client, _b64(info.conn_info), _b64(info.chan_info)])
+
+
+def decode_info(raw: bytes) -> ClientInfo:
+    user, client, conn_info, chan_info = orjson.loads(raw)
+    return ClientInfo(user, client, _unb64(conn_info), _unb64(chan_info))
+
+
+def encode_payload(
+    data: bytes, info: ClientInfo | None, tags: dict[str, str] | None, time_ms: int, delta: bool
+) -> bytes:
+    meta: dict[str, Any] = {}
+    if info is not None:
+        meta["i"] = [info.user, info.client, _b64(info.conn_info), _b64(info.chan_info)]
+    if tags:
+        meta["t"] = tags
+    if time_ms:
+        meta["tm"] = time_ms
+    if delta:
+        meta["dl"] = True
+    head = orjson.dumps(meta) if meta else b""
+    return head + b"\n" + data
+
+
+def decode_payload(payload: bytes, offset: int = 0) -> Publication:
+    nl = payload.index(b"\n")
+    pub = Publication(data=payload[nl + 1 :], offset=offset)
+    if nl:
+        meta = orjson.loads(payload[:nl])
+        i = meta.get("i")
+        if i is not None:
+            pub.info = ClientInfo(i[0], i[1], _unb64(i[2]), _unb64(i[3]))
+        pub.tags = meta.get("t")
+        pub.time = meta.get("tm", 0)
+        pub.delta = meta.get("dl", False)
+    return pub
+
+
+JOIN = b"__j__"
+LEAVE = b"__l__"
+
+
+def decode_frame(frame: bytes) -> tuple[str, Publication | ClientInfo, str]:
+    """Returns (kind, object, epoch); kind is "pub", "join" or "leave"."""
+    if frame.startswith(b"__p1:"):
+        end = frame.index(b"__", 5)
+        offset_raw, epoch = frame[5:end].split(b":", 1)
+        return "pub", decode_payload(frame[end + 2 :], int(offset_raw)), epoch.decode()
+    if frame.startswith(JOIN):
+        return "join", decode_info(frame[5:]), ""
+    if frame.startswith(LEAVE):
+        return "leave", decode_info(frame[5:]), ""
+    return "pub", decode_payload(frame), ""

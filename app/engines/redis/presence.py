@@ -1,0 +1,67 @@
+"""Redis presence: a hash of client id -> info plus a zset of per-entry expiry.
+
+Entries of a crashed node vanish after `presence_ttl` because nobody refreshes
+them; the whole-key EXPIRE removes channels nobody is in.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis.exceptions import RedisError
+
+from app.engines.redis import codec
+from app.engines.redis.broker import RedisBroker
+from app.errors import ERROR_INTERNAL, ClientError
+from app.models import ClientInfo, PresenceStats
+
+log = logging.getLogger("centrifugo.redis.presence")
+
+
+class RedisPresenceManager:
+    def __init__(self, broker: RedisBroker, presence_ttl: float = 60.0) -> None:
+        # Shares the broker's shards: a channel's presence lives beside its stream.
+        self._broker = broker
+        self._ttl = presence_ttl
+
+    async def _call(self, script: str, channel: str, args: list) -> object:
+        shard = self._broker.shard_for(channel)
+        if shard.client is None:
+            # A presence-only engine: nobody ran the broker, so connect here.
+            await shard.connect()
+        keys = shard.keys
+        assert keys is not None
+        try:
+            return await shard.scripts[script](
+                keys=[keys.presence_data(channel), keys.presence_expire(channel)], args=args
+            )
+        except (RedisError, OSError) as e:
+            log.warning("presence %s on %r failed: %s", script, channel, e)
+            raise ClientError(ERROR_INTERNAL) from None
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        flat = await self._call("presence_get", channel, [int(time.time())])
+        out = {}
+        it = iter(flat)  # type: ignore[call-overload]
+        for client_id, raw in zip(it, it, strict=True):
+            out[client_id.decode()] = codec.decode_info(raw)
+        return out
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        entries = await self.presence(channel)
+        return PresenceStats(len(entries), len({i.user for i in entries.values()}))
+
+    async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None:
+        ttl = int(self._ttl)
+        await self._call(
+            "presence_add",
+            channel,
+            [ttl, int(time.time()) + ttl, client_id, codec.encode_info(info)],
+        )
+
+    async def remove_presence(self, channel: str, client_id: str, user: str) -> None:
+        await self._call("presence_remove", channel, [client_id])
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,303 @@
+"""A lean Redis PUB/SUB connection: hiredis parsing straight off an asyncio Protocol.
+
+One connection carries every channel of its (shard, partition) for this node.
+It keeps the set of wanted channels; after any reconnect it resubscribes them in
+batches before declaring itself ready, and a `subscribe` call returns only once
+Redis has confirmed every channel (the subscribe-then-read rule of recovery).
+Messages are handed to a synchronous callback that must not block: the reader
+never waits on a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import hiredis
+
+log = logging.getLogger("centrifugo.redis.pubsub")
+
+BATCH = 512
+
+
+@dataclass(slots=True)
+class Endpoint:
+    host: str = "127.0.0.1"
+    port: int = 6379
+    unix_path: str = ""
+    username: str = ""
+    password: str = ""
+    ssl: ssl.SSLContext | None = None
+
+
+class PubSubUnavailable(ConnectionError):
+    pass
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, owner: PubSubConnection) -> None:
+        self._owner = owner
+        self._reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        on_reply = self._owner._on_reply
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                return
+            on_reply(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._on_lost(exc)
+
+
+def _command(*args: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class PubSubConnection:
+    """Supervised PUB/SUB link to one Redis endpoint.
+
+    sharded=True uses SSUBSCRIBE/smessage (Redis 7 sharded PUB/SUB), False the
+    classic SUBSCRIBE/message (node control channels).
+    """
+
+    def __init__(
+        self,
+        resolve: Callable[[], Awaitable[Endpoint]],
+        on_message: Callable[[bytes, bytes], None],
+        *,
+        sharded: bool,
+        connect_timeout: float = 1.0,
+        name: str = "",
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._resolve = resolve
+        self._on_message = on_message
+        self._sharded = sharded
+        self._sub_cmd = b"SSUBSCRIBE" if sharded else b"SUBSCRIBE"
+        self._unsub_cmd = b"SUNSUBSCRIBE" if sharded else b"UNSUBSCRIBE"
+        self._msg_kind = b"smessage" if sharded else b"message"
+        self._sub_kind = b"ssubscribe" if sharded else b"subscribe"
+        self._unsub_kind = b"sunsubscribe" if sharded else b"unsubscribe"
+        self._connect_timeout = connect_timeout
+        self._name = name
+        self._on_state = on_state
+        self._wanted: set[bytes] = set()
+        self._confirmed: set[bytes] = set()
+        self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._proto: _Protocol | None = None
+        self._lost: asyncio.Event = asyncio.Event()
+        self._handshake: asyncio.Queue[object] = asyncio.Queue()
+        self._in_handshake = False
+        self._ready = False
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._drop_transport()
+        self._fail_waiters(PubSubUnavailable("closed"))
+
+    # --- public API ---
+
+    async def subscribe(self, channels: list[bytes], timeout: float) -> None:
+        """Returns once Redis confirmed every channel; raises on timeout."""
+        loop = asyncio.get_running_loop()
+        futs = []
+        new = []
+        for ch in channels:
+            self._wanted.add(ch)
+            if ch in self._confirmed:
+                continue
+            fut = loop.create_future()
+            self._waiters.setdefault(ch, []).append(fut)
+            futs.append(fut)
+            new.append(ch)
+        if not futs:
+            return
+        if self._ready:
+            self._send_batches(self._sub_cmd, new)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*futs)
+        except TimeoutError:
+            for ch, fut in zip(new, futs, strict=True):
+                if not fut.done():
+                    fut.cancel()
+                    waiters = self._waiters.get(ch)
+                    if waiters and fut in waiters:
+                        waiters.remove(fut)
+            raise PubSubUnavailable("pub/sub subscribe not confirmed in time") from None
+
+    def unsubscribe(self, channels: list[bytes]) -> None:
+        gone = [ch for ch in channels if ch in self._wanted]
+        for ch in gone:
+            self._wanted.discard(ch)
+            self._confirmed.discard(ch)
+        if gone and self._ready:
+            self._send_batches(self._unsub_cmd, gone)
+
+    # --- internals ---
+
+    def _send_batches(self, cmd: bytes, channels: list[bytes]) -> None:
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            return
+        for i in range(0, len(channels), BATCH):
+            proto.transport.write(_command(cmd, *channels[i : i + BATCH]))
+
+    def _on_reply(self, reply: object) -> None:
+        if type(reply) is list and reply:
+            kind = reply[0]
+            if kind == self._msg_kind:
+                try:
+                    self._on_message(reply[1], reply[2])
+                except Exception:
+                    log.exception("pub/sub message handler failed")
+                return
+            if kind == self._sub_kind:
+                ch = reply[1]
+                if ch in self._wanted:
+                    self._confirmed.add(ch)
+                for fut in self._waiters.pop(ch, ()):
+                    if not fut.done():
+                        fut.set_result(None)
+                return
+            if kind == self._unsub_kind:
+                ch = reply[1]
+                if ch in self._wanted and ch in self._confirmed:
+                    # Unasked-for: the slot moved away (cluster resharding). Start over.
+                    log.warning("%s: server unsubscribed %r, reconnecting", self._name, ch)
+                    self._drop_transport()
+                return
+        if self._in_handshake:
+            self._handshake.put_nowait(reply)
+        elif isinstance(reply, hiredis.ReplyError):
+            # MOVED and friends: our view of the cluster is stale.
+            log.warning("%s: pub/sub error %s, reconnecting", self._name, reply)
+            self._drop_transport()
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self._set_ready(False)
+        self._confirmed.clear()
+        self._proto = None
+        self._lost.set()
+        if self._in_handshake:
+            self._handshake.put_nowait(ConnectionError("connection lost"))
+
+    def _drop_transport(self) -> None:
+        proto = self._proto
+        if proto is not None and proto.transport is not None:
+            proto.transport.abort()
+
+    def _set_ready(self, ready: bool) -> None:
+        if self._ready != ready:
+            self._ready = ready
+            if self._on_state is not None:
+                self._on_state(ready)
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        for futs in self._waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()
+        self._waiters.clear()
+
+    async def _handshake_call(self, *args: bytes) -> object:
+        assert self._proto is not None and self._proto.transport is not None
+        self._proto.transport.write(_command(*args))
+        async with asyncio.timeout(self._connect_timeout * 4):
+            reply = await self._handshake.get()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def _connect(self) -> None:
+        ep = await self._resolve()
+        loop = asyncio.get_running_loop()
+        self._lost = asyncio.Event()
+        self._handshake = asyncio.Queue()
+        self._in_handshake = True
+        async with asyncio.timeout(self._connect_timeout):
+            if ep.unix_path:
+                _, proto = await loop.create_unix_connection(lambda: _Protocol(self), ep.unix_path)
+            else:
+                _, proto = await loop.create_connection(
+                    lambda: _Protocol(self), ep.host, ep.port, ssl=ep.ssl
+                )
+        self._proto = proto
+        try:
+            if ep.password:
+                args = [b"AUTH"]
+                if ep.username:
+                    args.append(ep.username.encode())
+                args.append(ep.password.encode())
+                await self._handshake_call(*args)
+            await self._handshake_call(b"CLIENT", b"SETNAME", b"centrifugo-py-pubsub")
+        finally:
+            self._in_handshake = False
+
+    async def _resubscribe(self) -> None:
+        wanted = list(self._wanted)
+        if not wanted:
+            return
+        loop = asyncio.get_running_loop()
+        futs = []
+        for ch in wanted:
+            fut = loop.create_future()
+            self._waiters.setdefault(ch, []).append(fut)
+            futs.append(fut)
+        self._send_batches(self._sub_cmd, wanted)
+        async with asyncio.timeout(max(self._connect_timeout * 4, 5.0)):
+            await asyncio.gather(*futs)
+
+    async def _supervise(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            try:
+                await self._connect()
+                await self._resubscribe()
+            except (OSError, TimeoutError, hiredis.ReplyError, ConnectionError) as e:
+                log.warning("%s: pub/sub connect failed: %s", self._name, e)
+                self._drop_transport()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            self._set_ready(True)
+            # Channels asked for while we were resubscribing.
+            missing = [
+                ch for ch in self._wanted if ch not in self._confirmed and ch in self._waiters
+            ]
+            if missing:
+                self._send_batches(self._sub_cmd, missing)
+            await self._lost.wait()
+            if not self._closing:
+                log.warning("%s: pub/sub connection lost, reconnecting", self._name)
+                await asyncio.sleep(0.05)

@@ -1,0 +1,353 @@
+"""Redis deployments the engine talks to: address parsing, clients, scripts, keys.
+
+A *shard* is one independent deployment (standalone, Sentinel-managed or a
+Cluster). Channels spread over shards by jump consistent hash. Inside a Cluster,
+channels spread over partitions; every key of a channel and its PUB/SUB channel
+carry the partition's hash tag, so one Lua script can XADD and SPUBLISH in one
+slot (research/redis-engine.md §2.1, §3.4).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.commands.core import AsyncScript
+from redis.crc import key_slot
+
+from app.config import RedisConfig
+from app.engines.redis.pubsub import Endpoint
+
+log = logging.getLogger("centrifugo.redis")
+
+LUA_DIR = Path(__file__).resolve().parents[3] / "lua"
+SCRIPTS = (
+    "history_add",
+    "history_get",
+    "history_remove",
+    "publish_idempotent",
+    "presence_add",
+    "presence_remove",
+    "presence_get",
+)
+CLUSTER_PARTITIONS = 16
+REDIS_SLOTS = 16384
+
+
+class RedisConfigError(ValueError):
+    pass
+
+
+# --- hashing ---
+
+
+def fnv64a(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def jump_hash(key: int, buckets: int) -> int:
+    """Jump consistent hash (Lamping & Veach): adding a bucket moves ~1/n of keys."""
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
+    return b
+
+
+def balanced_partition_tags(n: int) -> list[str]:
+    """One short hash tag per partition whose slot falls in the partition's own
+    1/n of the slot space, so partitions spread evenly over cluster nodes (the
+    naive tags "0".."n-1" cluster badly under CRC16)."""
+    tags = []
+    for i in range(n):
+        lo, hi = i * REDIS_SLOTS // n, (i + 1) * REDIS_SLOTS // n
+        j = 0
+        while True:
+            tag = f"{i}.{j}"
+            if lo <= key_slot(tag.encode()) < hi:
+                tags.append(tag)
+                break
+            j += 1
+    return tags
+
+
+# --- addresses ---
+
+
+@dataclass(slots=True)
+class ShardSpec:
+    kind: str = "standalone"  # standalone | sentinel | cluster
+    host: str = "127.0.0.1"
+    port: int = 6379
+    unix_path: str = ""
+    db: int = 0
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    seeds: list[tuple[str, int]] = field(default_factory=list)  # cluster or sentinel nodes
+    master_name: str = ""
+    sentinel_username: str = ""
+    sentinel_password: str = ""
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if not host:
+        host, port = text, ""
+    try:
+        return host.strip("[]") or "127.0.0.1", int(port) if port else default_port
+    except ValueError as e:
+        raise RedisConfigError(f"invalid redis address {text!r}") from e
+
+
+def parse_address(address: str, rcfg: RedisConfig) -> ShardSpec:
+    """Centrifugo's address forms: redis://, rediss://, unix://, redis+sentinel://,
+    redis+cluster://, or a bare host:port."""
+    if "://" not in address:
+        address = "redis://" + address
+    u = urlsplit(address)
+    q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+    extra = parse_qs(u.query).get("addr", [])
+    spec = ShardSpec(
+        db=rcfg.db,
+        username=rcfg.user,
+        password=rcfg.password,
+        tls=rcfg.tls.enabled if hasattr(rcfg.tls, "enabled") else False,
+    )
+    if u.username:
+        spec.username = unquote(u.username)
+    if u.password:
+        spec.password = unquote(u.password)
+    if "db" in q:
+        spec.db = int(q["db"])
+    scheme = u.scheme.lower()
+    if scheme == "unix":
+        spec.unix_path = u.path
+        return spec
+    if scheme not in ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+sentinel"):
+        raise RedisConfigError(f"unsupported redis address scheme {u.scheme!r}")
+    spec.tls = spec.tls or scheme.startswith("rediss")
+    default_port = 26379 if "sentinel" in scheme else 6379
+    spec.host, spec.port = _host_port(u.netloc.rpartition("@")[2] or "127.0.0.1", default_port)
+    if u.path and u.path.strip("/").isdigit():
+        spec.db = int(u.path.strip("/"))
+    if "sentinel" in scheme:
+        spec.kind = "sentinel"
+        spec.seeds = [(spec.host, spec.port)] + [_host_port(a, 26379) for a in extra]
+        spec.master_name = q.get("sentinel_master_name", rcfg.sentinel_master_name)
+        spec.sentinel_username = q.get("sentinel_user", rcfg.sentinel_user)
+        spec.sentinel_password = q.get("sentinel_password", rcfg.sentinel_password)
+        if not spec.master_name:
+            raise RedisConfigError("redis sentinel address needs sentinel_master_name")
+    elif scheme == "redis+cluster":
+        spec.kind = "cluster"
+        spec.seeds = [(spec.host, spec.port)] + [_host_port(a, 6379) for a in extra]
+    return spec
+
+
+def specs_from_config(rcfg: RedisConfig) -> list[ShardSpec]:
+    if rcfg.cluster_address:
+        seeds = [_host_port(a.split("://")[-1], 6379) for a in rcfg.cluster_address]
+        return [
+            ShardSpec(
+                kind="cluster",
+                host=seeds[0][0],
+                port=seeds[0][1],
+                seeds=seeds,
+                username=rcfg.user,
+                password=rcfg.password,
+            )
+        ]
+    if rcfg.sentinel_address:
+        seeds = [_host_port(a.split("://")[-1], 26379) for a in rcfg.sentinel_address]
+        return [
+            ShardSpec(
+                kind="sentinel",
+                seeds=seeds,
+                master_name=rcfg.sentinel_master_name,
+                sentinel_username=rcfg.sentinel_user,
+                sentinel_password=rcfg.sentinel_password,
+                username=rcfg.user,
+                password=rcfg.password,
+                db=rcfg.db,
+            )
+        ]
+    return [parse_address(a, rcfg) for a in rcfg.address]
+
+
+# --- keys ---
+
+
+class Keys:
+    """Key and channel names; operators recognise Centrifugo's layout."""
+
+    def __init__(self, prefix: str, cluster: bool) -> None:
+        self.prefix = prefix
+        self.cluster = cluster
+        self.partition_tags = balanced_partition_tags(CLUSTER_PARTITIONS) if cluster else [""]
+        p = prefix
+        self.control = f"{p}.control".encode()
+
+    def partition(self, channel: str) -> int:
+        if not self.cluster:
+            return 0
+        return jump_hash(fnv64a(channel.encode()), CLUSTER_PARTITIONS)
+
+    def _t(self, channel: str) -> str:
+        """The `{tag}.` that keeps a channel's keys and PUB/SUB channel in one slot."""
+        if not self.cluster:
+            return ""
+        return "{" + self.partition_tags[self.partition(channel)] + "}."
+
+    def stream(self, channel: str) -> str:
+        return f"{self.prefix}.stream.{self._t(channel)}{channel}"
+
+    def meta(self, channel: str) -> str:
+        return f"{self.prefix}.stream.meta.{self._t(channel)}{channel}"
+
+    def result(self, channel: str, key: str) -> str:
+        return f"{self.prefix}.result.{self._t(channel)}{channel}.{key}"
+
+    def client_channel(self, channel: str) -> str:
+        return f"{self.prefix}.client.{self._t(channel)}{channel}"
+
+    def channel_from_pubsub(self, name: bytes) -> str:
+        """Inverse of client_channel."""
+        rest = name.decode()[len(self.prefix) + 8 :]  # strip "<prefix>.client."
+        if self.cluster:
+            rest = rest[rest.index("}.") + 2 :]
+        return rest
+
+    def presence_data(self, channel: str) -> str:
+        tag = "{" + channel + "}" if self.cluster else channel
+        return f"{self.prefix}.presence.data.{tag}"
+
+    def presence_expire(self, channel: str) -> str:
+        tag = "{" + channel + "}" if self.cluster else channel
+        return f"{self.prefix}.presence.expire.{tag}"
+
+    def node_channel(self, node_id: str) -> bytes:
+        return f"{self.prefix}.node.{node_id}".encode()
+
+
+# --- one deployment ---
+
+
+def _ssl_context(tls: bool) -> ssl.SSLContext | None:
+    return ssl.create_default_context() if tls else None
+
+
+class Shard:
+    """Command client, scripts and PUB/SUB endpoints of one Redis deployment."""
+
+    def __init__(self, spec: ShardSpec, rcfg: RedisConfig, index: int) -> None:
+        self.spec = spec
+        self.index = index
+        self._connect_timeout = float(rcfg.connect_timeout)
+        self._io_timeout = float(rcfg.io_timeout)
+        self.client: Redis | RedisCluster | None = None
+        self._sentinel: Sentinel | None = None
+        self.scripts: dict[str, AsyncScript] = {}
+        self.keys: Keys | None = None
+        self.prefix = rcfg.prefix
+
+    @property
+    def cluster(self) -> bool:
+        return self.spec.kind == "cluster"
+
+    def _common(self) -> dict:
+        return {
+            "username": self.spec.username or None,
+            "password": self.spec.password or None,
+            "socket_connect_timeout": self._connect_timeout,
+            "socket_timeout": self._io_timeout,
+            "decode_responses": False,
+        }
+
+    async def connect(self) -> None:
+        spec = self.spec
+        if spec.kind == "standalone":
+            kwargs = self._common()
+            if spec.unix_path:
+                client: Redis | RedisCluster = Redis(
+                    unix_socket_path=spec.unix_path, db=spec.db, **kwargs
+                )
+            else:
+                client = Redis(host=spec.host, port=spec.port, db=spec.db, ssl=spec.tls, **kwargs)
+            info = await client.info("cluster")
+            if info.get("cluster_enabled") in (1, "1"):
+                # A plain address that points at a cluster node: switch to cluster mode.
+                await client.aclose()
+                spec.kind = "cluster"
+                spec.seeds = [(spec.host, spec.port)]
+        if spec.kind == "cluster":
+            client = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in spec.seeds],
+                ssl=spec.tls,
+                **self._common(),
+            )
+            await client.initialize()
+        elif spec.kind == "sentinel":
+            self._sentinel = Sentinel(
+                spec.seeds,
+                sentinel_kwargs={
+                    "username": spec.sentinel_username or None,
+                    "password": spec.sentinel_password or None,
+                    "socket_connect_timeout": self._connect_timeout,
+                    "socket_timeout": self._io_timeout,
+                },
+                db=spec.db,
+                **self._common(),
+            )
+            client = self._sentinel.master_for(spec.master_name)
+            await client.ping()
+        self.client = client
+        self.keys = Keys(self.prefix, self.cluster)
+        for name in SCRIPTS:
+            self.scripts[name] = client.register_script((LUA_DIR / f"{name}.lua").read_text())
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        if self._sentinel is not None:
+            for s in self._sentinel.sentinels:
+                await s.aclose()
+
+    async def endpoint(self, partition: int = 0) -> Endpoint:
+        """Where the PUB/SUB connection for `partition` must go right now."""
+        spec = self.spec
+        base = Endpoint(
+            username=spec.username,
+            password=spec.password,
+            ssl=_ssl_context(spec.tls),
+        )
+        if spec.kind == "standalone":
+            base.host, base.port, base.unix_path = spec.host, spec.port, spec.unix_path
+        elif spec.kind == "sentinel":
+            assert self._sentinel is not None
+            base.host, base.port = await self._sentinel.discover_master(spec.master_name)
+        else:
+            assert isinstance(self.client, RedisCluster) and self.keys is not None
+            # Re-read the slot map: this is called after a reconnect, often a failover.
+            try:
+                await self.client.nodes_manager.initialize()
+            except Exception as e:  # keep the old map; the connect attempt will tell
+                log.warning("cluster slots refresh failed: %s", e)
+            tag = self.keys.partition_tags[partition]
+            node = self.client.get_node_from_key("{" + tag + "}")
+            base.host, base.port = node.host, node.port
+        return base
+
+    async def control_endpoint(self) -> Endpoint:
+        # Classic PUBLISH reaches every node of a cluster; any node will do.
+        return await self.endpoint(0)
