@@ -42,6 +42,7 @@ from app import VERSION_STRING
 from .helpers import ServerHandle
 
 EXPIRED_CLOSE_DELAY = 1.0
+RECOVERY_LIMIT = 5
 
 CONFIG = {
     "client": {
@@ -49,6 +50,8 @@ CONFIG = {
         # closed by the server well within the refresh tests.
         "expired_close_delay": f"{EXPIRED_CLOSE_DELAY}s",
         "expired_sub_close_delay": f"{EXPIRED_CLOSE_DELAY}s",
+        # Small, so that a reconnect missing more than this is provably not recovered.
+        "recovery_max_publication_limit": RECOVERY_LIMIT,
     },
     "channel": {
         "namespaces": [
@@ -68,6 +71,8 @@ CONFIG = {
             {"name": "locked"},
         ]
     },
+    # Centrifugo's built-in RPC extension: method "ping" answers an empty result.
+    "rpc": {"ping": {"enabled": True}},
 }
 
 EVENT_TIMEOUT = 5.0
@@ -390,6 +395,33 @@ async def test_history(srv: ServerHandle, sdk: SdkFactory, api: AsyncClient) -> 
         await sub.history(limit=10, since=StreamPosition(offset=1, epoch="not-" + epoch))
     assert exc.value.code == 112
 
+    # allow_history_for_subscriber: not subscribed ⇒ 103; history off in the namespace ⇒ 108.
+    with pytest.raises(ReplyError) as exc:
+        await client.history(f"chat:history-{uid()}", limit=1)
+    assert exc.value.code == 103
+    with pytest.raises(ReplyError) as exc:
+        await client.history(f"locked:history-{uid()}", limit=1)
+    assert exc.value.code == 108
+    with pytest.raises(ReplyError) as exc:
+        await client.presence(f"chat:history-{uid()}")
+    assert exc.value.code == 103
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server bug: rpc.ping.enabled is ignored, every rpc answers 108 (app/client.py _cmd_rpc)",
+)
+async def test_rpc_ping_extension(srv: ServerHandle, sdk: SdkFactory) -> None:
+    client, ev = sdk(srv.token("rpc-" + uid()))
+    await connected(client, ev)
+    res = await client.rpc("ping", {})
+    assert res.data is None  # empty RPCReply
+    # With an RPC handler registered (the extension) but no proxy: unknown method ⇒ 104.
+    with pytest.raises(ReplyError) as exc:
+        await client.rpc("no-such-method", {})
+    assert exc.value.code == 104
+    assert client.state == ClientState.CONNECTED
+
 
 # --------------------------------------------------------------------------------------------
 # tokens
@@ -421,6 +453,19 @@ async def test_connection_token_refresh_keeps_connection(
     assert client.client_id == ctx.client  # same connection, never reconnected
     assert ev.names() == ["connecting", "connected"]
     assert sev.names() == ["subscribing", "subscribed", "publication"]
+
+
+async def test_connection_expires_without_refresh(srv: ServerHandle, sdk: SdkFactory) -> None:
+    """No get_token: the server closes with 3005 after expiry + close delay; the SDK reconnects,
+    gets 109 for the stale token and, with nothing to get a new one with, gives up."""
+    user = "expire-" + uid()
+    client, ev = sdk(srv.token(user, ttl=1))
+    await connected(client, ev)
+    cctx = await ev.next_matching("connecting", lambda c: c.code != 0, timeout=EVENT_TIMEOUT)
+    assert (cctx.code, cctx.reason) == (3005, "connection expired")
+    dctx = await ev.next("disconnected")
+    assert (dctx.code, dctx.reason) == (1, "unauthorized")  # the SDK's own code
+    assert client.state == ClientState.DISCONNECTED
 
 
 async def test_expired_token_on_connect_calls_get_token(srv: ServerHandle, sdk: SdkFactory) -> None:
@@ -520,6 +565,44 @@ async def test_subscription_token_refresh(
     assert ev.names() == ["connecting", "connected"]
 
 
+async def test_subscription_expires_without_refresh(srv: ServerHandle, sdk: SdkFactory) -> None:
+    """A static subscription token that expires: unsubscribe push 2501 (the SDK resubscribes),
+    then 109 for the stale token and, without get_token, unsubscribed as unauthorized."""
+    user = "subexpire-" + uid()
+    ch = f"$chat:subexpire-{uid()}"
+    client, ev = sdk(srv.token(user))
+    cctx = await connected(client, ev)
+    sev = SubEvents()
+    sub = client.new_subscription(ch, events=sev, token=srv.sub_token(user, ch, ttl=1))
+    await sub.subscribe()
+    await sev.next("subscribed")
+    sctx = await sev.next_matching("subscribing", lambda c: c.code != 0)
+    assert (sctx.code, sctx.reason) == (2501, "subscription expired")
+    uctx = await sev.next("unsubscribed")
+    assert (uctx.code, uctx.reason) == (1, "unauthorized")  # the SDK's own code
+    assert sub.state == SubscriptionState.UNSUBSCRIBED
+    # Only the subscription ended: same connection.
+    assert client.client_id == cctx.client
+    assert client.state == ClientState.CONNECTED
+
+
+async def test_api_unsubscribe_of_client_side_subscription(
+    srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
+) -> None:
+    user = "apiunsub-" + uid()
+    ch = f"chat:apiunsub-{uid()}"
+    client, ev = sdk(srv.token(user))
+    await connected(client, ev)
+    sub, sev = await subscribed(client, ch)
+    await api.unsubscribe(UnsubscribeRequest(user=user, channel=ch))
+    uctx = await sev.next("unsubscribed")
+    assert (uctx.code, uctx.reason) == (2000, "server unsubscribe")  # terminal for the SDK
+    assert sub.state == SubscriptionState.UNSUBSCRIBED
+    stats = await api.presence_stats(PresenceStatsRequest(channel=ch))
+    assert (stats.num_clients, stats.num_users) == (0, 0)
+    assert client.state == ClientState.CONNECTED
+
+
 # --------------------------------------------------------------------------------------------
 # recovery
 
@@ -599,6 +682,37 @@ async def test_recovery_with_nothing_missed(
     assert (pub.offset, pub.data) == (2, {"i": 2})
 
 
+async def test_recovery_limit_exceeded_is_not_recovered(
+    srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
+) -> None:
+    user = "toomany-" + uid()
+    ch = f"chat:toomany-{uid()}"
+    client, ev = sdk(srv.token(user))
+    ctx1 = await connected(client, ev)
+    _, sev = await subscribed(client, ch)
+    await api.publish(PublishRequest(channel=ch, data={"i": 1}))
+    assert (await sev.next("publication")).pub.offset == 1
+    missed = RECOVERY_LIMIT + 1
+    top = 1 + missed
+
+    async def publish_while_disconnected(cctx: Any) -> None:
+        if cctx.code == 4003:
+            for i in range(2, top + 1):
+                await api.publish(PublishRequest(channel=ch, data={"i": i}))
+
+    ev.hooks["connecting"] = publish_while_disconnected
+    await api.disconnect(
+        DisconnectRequest(user=user, client=ctx1.client, disconnect=Disconnect(code=4003))
+    )
+    await ev.next("connected")
+    sctx = await sev.next("subscribed")
+    assert (sctx.was_recovering, sctx.recovered) == (True, False)
+    assert sctx.stream_position.offset == top  # position moves to the top, nothing delivered
+    await api.publish(PublishRequest(channel=ch, data={"i": top + 1}))
+    pub = (await sev.next("publication")).pub
+    assert (pub.offset, pub.data) == (top + 1, {"i": top + 1})
+
+
 # --------------------------------------------------------------------------------------------
 # server-side subscriptions
 
@@ -642,6 +756,34 @@ async def test_server_side_subscription_from_token_with_recovery(
         (ch, 4, {"i": 4}),
     ]
     assert "unsubscribed" not in ev.names()
+
+    # join_leave in the namespace: server-side subscribers get join/leave pushes.
+    other, oev = sdk(srv.token("joiner", info={"j": 1}))
+    octx = await connected(other, oev)
+    osub, _ = await subscribed(other, ch)
+    join = await ev.next_matching("join", lambda c: c.info.client == octx.client)
+    assert join.channel == ch
+    assert client_info_tuple(join.info) == ("joiner", octx.client, {"j": 1}, None)
+    await osub.unsubscribe()
+    leave = await ev.next_matching("leave", lambda c: c.info.client == octx.client)
+    assert leave.channel == ch
+    assert client_info_tuple(leave.info) == ("joiner", octx.client, {"j": 1}, None)
+
+
+async def test_client_subscribe_to_server_side_channel_is_105(
+    srv: ServerHandle, sdk: SdkFactory
+) -> None:
+    user = "dup-" + uid()
+    ch = f"chat:dup-{uid()}"
+    client, ev = sdk(srv.token(user, channels=[ch]))
+    await connected(client, ev)
+    await ev.next("subscribed")
+    sev = SubEvents()
+    sub = client.new_subscription(ch, events=sev)
+    await sub.subscribe()
+    uctx = await sev.next("unsubscribed")
+    assert (uctx.code, uctx.reason) == (105, "already subscribed")
+    assert client.state == ClientState.CONNECTED
 
 
 async def test_api_subscribe_and_unsubscribe_server_side(
@@ -748,6 +890,85 @@ async def test_api_disconnect_whole_user(
     stats = await osub.presence_stats()  # a round trip on the bystander still works
     assert (stats.num_clients, stats.num_users) == (1, 1)
     assert other.state == ClientState.CONNECTED
+
+
+def _token_invalid(srv: ServerHandle, user: str) -> str:
+    return "not.a.jwt"
+
+
+def _token_unknown_namespace(srv: ServerHandle, user: str) -> str:
+    return srv.token(user, channels=[f"nope:ss-{uid()}"])
+
+
+def _no_token(srv: ServerHandle, user: str) -> str:
+    return ""
+
+
+@pytest.mark.parametrize(
+    ("make_token", "code", "reason"),
+    [
+        (_token_invalid, 3500, "invalid token"),
+        (_token_unknown_namespace, 102, "unknown channel"),
+        (_no_token, 3501, "bad request"),  # no credentials and anonymous not allowed
+    ],
+    ids=["3500-invalid-token", "102-token-channel", "3501-no-token"],
+)
+async def test_connect_errors_are_terminal(
+    srv: ServerHandle,
+    sdk: SdkFactory,
+    make_token: Callable[[ServerHandle, str], str],
+    code: int,
+    reason: str,
+) -> None:
+    client, ev = sdk(make_token(srv, "bad-" + uid()))
+    await client.connect()
+    dctx = await ev.next("disconnected")
+    assert (dctx.code, dctx.reason) == (code, reason)
+    assert client.state == ClientState.DISCONNECTED
+    assert "connected" not in ev.names()
+
+
+async def test_subscription_token_of_other_user_disconnects_3500(
+    srv: ServerHandle, sdk: SdkFactory
+) -> None:
+    ch = f"$chat:mismatch-{uid()}"
+    client, ev = sdk(srv.token("honest"))
+    await connected(client, ev)
+    sub = client.new_subscription(ch, token=srv.sub_token("someone-else", ch))
+    await sub.subscribe()
+    dctx = await ev.next("disconnected")
+    assert (dctx.code, dctx.reason) == (3500, "invalid token")
+    assert client.state == ClientState.DISCONNECTED
+
+
+class PingCountingClient(Client):
+    """Instrumentation only: the SDK has no ping event, so record each server ping it handles
+    (after it has answered with a pong)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pings: asyncio.Queue[str] = asyncio.Queue()
+
+    async def _handle_ping(self) -> None:
+        await super()._handle_ping()
+        self.pings.put_nowait(self.client_id)
+
+
+async def test_ping_pong_keeps_connection(fresh_server_factory) -> None:
+    srv = fresh_server_factory({"client": {"ping_interval": "1s", "pong_timeout": "500ms"}})
+    ev = ClientEvents()
+    client = PingCountingClient(srv.ws_url, events=ev, token=srv.token("pinger"), proxy=None)
+    try:
+        ctx = await connected(client, ev)
+        # The connect result announced the interval and asked for pongs.
+        assert (client._ping_interval, client._send_pong) == (1, True)
+        # A missing pong would be a 3012 close 0.5 s after the first ping, before the second.
+        for _ in range(2):
+            assert await asyncio.wait_for(client.pings.get(), 5) == ctx.client
+        assert client.state == ClientState.CONNECTED
+        assert ev.names() == ["connecting", "connected"]
+    finally:
+        await client.disconnect()
 
 
 # --------------------------------------------------------------------------------------------
