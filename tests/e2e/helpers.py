@@ -267,7 +267,7 @@ def start_server(
 
     `config` is completed by `prepare_config`. `env` is added to the inherited environment
     (with any CENTRIFUGO_* variables of the caller removed so they cannot leak into tests).
-    `workers` > 1 passes `--workers N`. Raises ServerStartError with the log if the process
+    `workers` is passed as `--workers N`. Raises ServerStartError with the log if the process
     exits or /health does not answer within READY_TIMEOUT seconds.
     """
     cfg = prepare_config(config)
@@ -277,9 +277,8 @@ def start_server(
     log_path = workdir / "server.log"
     port = free_port()
     cmd = [sys.executable, "-m", "app", "-c", str(config_path), "--http_server.port", str(port)]
-    if workers != 1:
-        cmd += ["--workers", str(workers)]
-    cmd += list(args)
+    # Always explicit, so a WEB_CONCURRENCY in the caller's environment cannot change it.
+    cmd += ["--workers", str(workers), *args]
     proc_env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
     proc_env["PYTHONUNBUFFERED"] = "1"
     if env:
