@@ -81,6 +81,7 @@ class Subscription:
     epoch: str = ""
     expire_at: int = 0
     expire_handle: asyncio.TimerHandle | None = None
+    checked_offset: int = -1  # offset at the last periodic position check
     # Publications that arrive while the subscribe is in flight wait here.
     buffer: list[tuple[Publication, str, bytes]] | None = field(default_factory=list)
 
@@ -656,6 +657,27 @@ class Client:
         return ClientInfo(
             self.user, self.uid, self.conn_info, sub.chan_info if sub is not None else None
         )
+
+    def positions_to_check(self) -> list[Subscription]:
+        """Positioned subscriptions that received nothing since the last check.
+
+        A subscription whose offset moved was verified by live delivery, so it
+        only needs the stream top once it goes quiet."""
+        out = []
+        for sub in self._subs.values():
+            if not sub.positioned or sub.buffer is not None:
+                continue
+            if sub.offset == sub.checked_offset:
+                out.append(sub)
+            sub.checked_offset = sub.offset
+        return out
+
+    def check_position(self, sub: Subscription, top: StreamPosition) -> None:
+        if self._subs.get(sub.channel) is not sub or self.state is not State.CONNECTED:
+            return
+        if sub.epoch and top.epoch != sub.epoch or top.offset != sub.offset:
+            log.info("client %s lost position in %r", self.uid, sub.channel)
+            self._insufficient_state(sub)
 
     def channels(self) -> list[str]:
         return list(self._subs)

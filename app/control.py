@@ -40,8 +40,33 @@ def _b64(v: bytes | None) -> str | None:
     return None if v is None else base64.b64encode(v).decode()
 
 
+# Message kinds.
+ACTION = "a"  # a UserAction
+NODE = "n"  # heartbeat: a node's info for the `info` API
+SURVEY = "s"  # a question to every node (the `channels` API)
+REPLY = "r"  # a node's answer to a survey, sent to the asking node only
+SHUTDOWN = "x"  # the node is leaving: drop it from the registry now
+
+
+def encode_message(kind: str, origin: str, body: dict[str, Any]) -> bytes:
+    return orjson.dumps({"t": kind, "origin": origin, "b": body})
+
+
+def decode_message(data: bytes) -> tuple[str, str, Any]:
+    """Returns (kind, origin node id, body); a UserAction body for ACTION."""
+    try:
+        msg = orjson.loads(data)
+        kind = msg["t"]
+        if kind == ACTION:
+            return kind, *decode(data)
+        return kind, msg["origin"], msg["b"]
+    except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as e:
+        raise ValueError(f"malformed control message: {e}") from e
+
+
 def encode(origin: str, action: UserAction) -> bytes:
     body: dict[str, Any] = {
+        "t": ACTION,
         "origin": origin,
         "op": action.op,
         "user": action.user,

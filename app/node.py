@@ -32,6 +32,7 @@ from app.errors import (
     Disconnect,
 )
 from app.hub import Hub
+from app.membership import Membership
 from app.models import (
     ClientInfo,
     HistoryFilter,
@@ -68,6 +69,10 @@ class Node:
         self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._presence_task: asyncio.Task[None] | None = None
+        self._position_task: asyncio.Task[None] | None = None
+        self.membership = Membership(
+            self.id, self._local_info, self._publish_control, self._answer_survey
+        )
         self.closing = False
 
     # --- lifecycle ---
@@ -77,6 +82,15 @@ class Node:
         interval = self.config.client.presence_update_interval
         if interval > 0:
             self._presence_task = asyncio.create_task(self._refresh_presence(interval))
+        delay = self.config.client.channel_position_check_delay
+        if delay > 0:
+            self._position_task = asyncio.create_task(self._check_positions(delay))
+        self.membership.start()
+
+    @property
+    def healthy(self) -> bool:
+        """False while the engine cannot serve (e.g. Redis unreachable)."""
+        return getattr(self.broker, "healthy", True)
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Disconnect every local client with 3001 so SDKs reconnect elsewhere."""
@@ -88,10 +102,12 @@ class Node:
             await asyncio.wait(
                 [asyncio.create_task(c.close(Disconnect(3001))) for c in clients], timeout=timeout
             )
-        if self._presence_task is not None:
-            self._presence_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._presence_task
+        for task in (self._presence_task, self._position_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.membership.stop()
         for h in self._unsub_timers.values():
             h.cancel()
         await self.verifier.close()
@@ -119,6 +135,29 @@ class Node:
                         await self.presence_manager.add_presence(channel, client.uid, info)
                     except Exception:
                         log.exception("presence refresh failed")
+
+    async def _check_positions(self, delay: float) -> None:
+        """Catch publications lost on an idle channel (e.g. during a PUB/SUB
+        reconnect): compare each positioned subscription with the stream top."""
+        while True:
+            await asyncio.sleep(delay)
+            due: dict[str, list[tuple[Client, Any]]] = {}
+            for client in self.hub.connections():
+                for sub in client.positions_to_check():
+                    due.setdefault(sub.channel, []).append((client, sub))
+            for channel, subs in due.items():
+                try:
+                    ns = self.resolve(channel).options
+                    top = (
+                        await self.broker.history(
+                            channel, HistoryFilter(meta_ttl=ns.history_meta_ttl)
+                        )
+                    ).position
+                except Exception as e:
+                    log.info("position check of %r failed: %s", channel, e)
+                    continue
+                for client, sub in subs:
+                    client.check_position(sub, top)
 
     # --- broker events (BrokerEventHandler) ---
 
@@ -256,12 +295,24 @@ class Node:
 
     def handle_control(self, data: bytes) -> None:
         try:
-            origin, action = control.decode(data)
+            kind, origin, body = control.decode_message(data)
         except ValueError:
             log.warning("dropping malformed control message")
             return
-        if origin != self.id:
-            self.spawn(self._apply(action))
+        if origin == self.id:
+            return
+        if kind == control.ACTION:
+            self.spawn(self._apply(body))
+        else:
+            self.membership.handle(kind, origin, body, self.spawn)
+
+    async def _publish_control(self, data: bytes, node_id: str) -> None:
+        await self.broker.publish_control(data, node_id)
+
+    async def _answer_survey(self, op: str, data: Any) -> Any:
+        if op == "channels":
+            return self._local_channels(data or "")
+        return None
 
     async def _apply(self, a: control.UserAction) -> None:
         for c in self._user_clients(a.user, a.client, a.session):
@@ -363,7 +414,7 @@ class Node:
             )
         )
 
-    async def channels(self, pattern: str = "") -> dict[str, int]:
+    def _local_channels(self, pattern: str) -> dict[str, int]:
         out = {}
         for ch in self.hub.channels():
             if pattern and not fnmatch.fnmatchcase(ch, pattern):
@@ -371,20 +422,29 @@ class Node:
             out[ch] = self.hub.num_subscribers(ch)
         return out
 
-    async def info(self) -> list[dict[str, Any]]:
+    async def channels(self, pattern: str = "") -> dict[str, int]:
+        """Channel -> number of subscribed clients, summed over every node."""
+        total: dict[str, int] = {}
+        for answer in await self.membership.survey("channels", pattern):
+            for ch, n in (answer or {}).items():
+                total[ch] = total.get(ch, 0) + n
+        return total
+
+    def _local_info(self) -> dict[str, Any]:
         hub = self.hub
-        return [
-            {
-                "uid": self.id,
-                "name": self.name,
-                "version": VERSION_STRING,
-                "num_clients": hub.num_clients,
-                "num_users": hub.num_users,
-                "num_channels": hub.num_channels,
-                "num_subs": hub.num_subscriptions,
-                "uptime": int(time.time() - self.started_at),
-            }
-        ]
+        return {
+            "uid": self.id,
+            "name": self.name,
+            "version": VERSION_STRING,
+            "num_clients": hub.num_clients,
+            "num_users": hub.num_users,
+            "num_channels": hub.num_channels,
+            "num_subs": hub.num_subscriptions,
+            "uptime": int(time.time() - self.started_at),
+        }
+
+    async def info(self) -> list[dict[str, Any]]:
+        return self.membership.nodes()
 
 
 NODE_KEY = web.AppKey("node", Node)

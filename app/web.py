@@ -48,6 +48,8 @@ def create_node(cfg: Config) -> Node:
 
 
 async def health_handler(request: web.Request) -> web.Response:
+    if not request.app[NODE_KEY].healthy:
+        return web.json_response({"error": "engine unavailable"}, status=500)
     return web.json_response({})
 
 

@@ -34,7 +34,13 @@ class RedisPresenceManager:
         assert keys is not None
         try:
             return await shard.scripts[script](
-                keys=[keys.presence_data(channel), keys.presence_expire(channel)], args=args
+                keys=[
+                    keys.presence_data(channel),
+                    keys.presence_expire(channel),
+                    keys.presence_user_expire(channel),
+                    keys.presence_user_clients(channel),
+                ],
+                args=args,
             )
         except (RedisError, OSError) as e:
             log.warning("presence %s on %r failed: %s", script, channel, e)
@@ -49,19 +55,19 @@ class RedisPresenceManager:
         return out
 
     async def presence_stats(self, channel: str) -> PresenceStats:
-        entries = await self.presence(channel)
-        return PresenceStats(len(entries), len({i.user for i in entries.values()}))
+        clients, users = await self._call("presence_stats", channel, [int(time.time())])  # type: ignore[misc]
+        return PresenceStats(int(clients), int(users))
 
     async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None:
         ttl = int(self._ttl)
         await self._call(
             "presence_add",
             channel,
-            [ttl, int(time.time()) + ttl, client_id, codec.encode_info(info)],
+            [ttl, int(time.time()) + ttl, client_id, codec.encode_info(info), info.user],
         )
 
     async def remove_presence(self, channel: str, client_id: str, user: str) -> None:
-        await self._call("presence_remove", channel, [client_id])
+        await self._call("presence_remove", channel, [client_id, user])
 
     async def close(self) -> None:
         pass

@@ -35,6 +35,7 @@ SCRIPTS = (
     "presence_add",
     "presence_remove",
     "presence_get",
+    "presence_stats",
 )
 CLUSTER_PARTITIONS = 16
 REDIS_SLOTS = 16384
@@ -235,6 +236,14 @@ class Keys:
     def presence_expire(self, channel: str) -> str:
         tag = "{" + channel + "}" if self.cluster else channel
         return f"{self.prefix}.presence.expire.{tag}"
+
+    def presence_user_expire(self, channel: str) -> str:
+        tag = "{" + channel + "}" if self.cluster else channel
+        return f"{self.prefix}.presence.user.expire.{tag}"
+
+    def presence_user_clients(self, channel: str) -> str:
+        tag = "{" + channel + "}" if self.cluster else channel
+        return f"{self.prefix}.presence.user.clients.{tag}"
 
     def node_channel(self, node_id: str) -> bytes:
         return f"{self.prefix}.node.{node_id}".encode()
