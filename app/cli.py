@@ -535,6 +535,24 @@ def _make_gunicorn_app(cfg: Config, options: dict[str, Any]) -> Any:
     return CentrifugoApplication()
 
 
+def _check_redis(cfg: Config) -> None:
+    """Fail start-up with one line, not a worker traceback loop, if Redis is down."""
+    sections = [cfg.engine] if cfg.engine.type == "redis" else []
+    sections += [s for s in (cfg.broker, cfg.presence_manager) if s.enabled and s.type == "redis"]
+    if not sections:
+        return
+    import asyncio
+
+    from app.engines.redis import check_reachable
+    from app.engines.redis.shard import RedisConfigError
+
+    for section in sections:
+        try:
+            asyncio.run(check_reachable(section.redis))
+        except (ConnectionError, RedisConfigError) as e:
+            raise CliError(str(e)) from None
+
+
 def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     if args.port is not None:
         flags.setdefault("http_server.port", args.port)
@@ -554,6 +572,7 @@ def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
         raise CliError(f"invalid number of workers: {workers}")
     if workers > 1 and _uses_memory_engine(cfg):
         raise CliError(MEMORY_WORKERS_ERROR)
+    _check_redis(cfg)
 
     _configure_server_logging(cfg)
     _make_gunicorn_app(cfg, gunicorn_options(cfg, workers)).run()

@@ -208,7 +208,13 @@ class Node:
         if fut is None or not fut.done():
             return
         del self._broker_subs[channel]
-        self.spawn(self.broker.unsubscribe([channel]))
+        self.spawn(self._broker_unsubscribe(channel))
+
+    async def _broker_unsubscribe(self, channel: str) -> None:
+        # A subscriber may have come back between scheduling and running this.
+        if channel in self._broker_subs or self.hub.has_subscribers(channel):
+            return
+        await self.broker.unsubscribe([channel])
 
     # --- facade used by clients and the server API ---
 
