@@ -23,6 +23,7 @@ from cent import (
     DisconnectRequest,
     PresenceStatsRequest,
     PublishRequest,
+    RefreshRequest,
     SubscribeRequest,
     UnsubscribeRequest,
 )
@@ -546,6 +547,42 @@ async def test_connection_token_refresh_keeps_connection(
     assert client.client_id == ctx.client  # same connection, never reconnected
     assert ev.names() == ["connecting", "connected"]
     assert sev.names() == ["subscribing", "subscribed", "publication"]
+
+
+async def test_refresh_token_with_other_channels_reconnects_3010(
+    srv: ServerHandle, sdk: SdkFactory
+) -> None:
+    """A refreshed token whose `channels` differ: the server closes with 3010 so that the new
+    server-side subscriptions apply; the SDK reconnects with the new token."""
+    user = "rechannel-" + uid()
+    old_ch, new_ch = f"chat:old-{uid()}", f"chat:new-{uid()}"
+    tokens = TokenSource(lambda: srv.token(user, ttl=3600, channels=[new_ch]))
+    client, ev = sdk(srv.token(user, ttl=2, channels=[old_ch]), get_token=tokens)
+    ctx1 = await connected(client, ev)
+    assert (await ev.next("subscribed")).channel == old_ch
+    cctx = await ev.next_matching("connecting", lambda c: c.code != 0)
+    assert (cctx.code, cctx.reason) == (3010, "insufficient state")
+    assert tokens.count == 1
+    ctx2 = await ev.next("connected")
+    assert ctx2.client != ctx1.client
+    assert (await ev.next("subscribed")).channel == new_ch
+    assert (await ev.next("unsubscribed")).channel == old_ch
+    assert client.state == ClientState.CONNECTED
+
+
+async def test_api_refresh_expired_closes_3005_and_sdk_reconnects(
+    srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
+) -> None:
+    user = "apirefresh-" + uid()
+    client, ev = sdk(srv.token(user, ttl=3600))
+    ctx1 = await connected(client, ev)
+    await api.refresh(RefreshRequest(user=user, client=ctx1.client, expired=True))
+    cctx = await ev.next_matching("connecting", lambda c: c.code != 0)
+    assert (cctx.code, cctx.reason) == (3005, "connection expired")
+    # The token itself is still valid: the reconnect succeeds with it.
+    ctx2 = await ev.next("connected")
+    assert ctx2.client != ctx1.client
+    assert client.state == ClientState.CONNECTED
 
 
 async def test_connection_expires_without_refresh(srv: ServerHandle, sdk: SdkFactory) -> None:
