@@ -24,6 +24,8 @@ from typing import Any, NewType
 
 import yaml
 
+from app.goregex import compile_channel_regex
+
 __all__ = [
     "ConfigError",
     "Config",
@@ -1311,7 +1313,7 @@ def _validate_channel_options(
         )
     if opts.channel_regex:
         try:
-            re.compile(opts.channel_regex)
+            compile_channel_regex(opts.channel_regex)
         except re.error as e:
             raise ConfigError(
                 f"invalid value for {where}.channel_regex: {opts.channel_regex!r}: {e}"
