@@ -1,0 +1,1 @@
+"""Integration tests: the Redis engine against real redis-server processes."""

@@ -1,0 +1,154 @@
+"""Real redis-server processes (pytest-redis) and a recording broker event handler.
+
+Servers are started once per session on free ports with the Debian binary and
+shared by the modules; each test starts from FLUSHALL (the `rdb` fixture) and
+builds its own engine, so nothing leaks between tests. `redis_proc_restart` is a
+separate server that tests may stop, start, or freeze.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import pytest
+from pytest_redis import factories
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from app.config import load_config
+from app.engines.redis import create_redis_engine
+from app.engines.redis.broker import RedisBroker
+from app.engines.redis.presence import RedisPresenceManager
+from app.models import ClientInfo, Publication
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+redis_proc = factories.redis_proc(executable=REDIS_SERVER, port=None)
+redis_proc2 = factories.redis_proc(executable=REDIS_SERVER, port=None)
+redis_proc_restart = factories.redis_proc(executable=REDIS_SERVER, port=None)
+
+
+def url_of(proc: Any) -> str:
+    return f"redis://127.0.0.1:{proc.port}"
+
+
+class Recorder:
+    """A BrokerEventHandler that records everything and wakes waiters."""
+
+    def __init__(self, node_id: str = "node-1") -> None:
+        self.id = node_id
+        self.pubs: list[tuple[str, Publication, str]] = []
+        self.joins: list[tuple[str, ClientInfo]] = []
+        self.leaves: list[tuple[str, ClientInfo]] = []
+        self.controls: list[bytes] = []
+        self._waiters: list[asyncio.Event] = []
+
+    def _changed(self) -> None:
+        for ev in self._waiters:
+            ev.set()
+        self._waiters.clear()
+
+    def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
+        self.pubs.append((channel, pub, epoch))
+        self._changed()
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        self.joins.append((channel, info))
+        self._changed()
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        self.leaves.append((channel, info))
+        self._changed()
+
+    def handle_control(self, data: bytes) -> None:
+        self.controls.append(data)
+        self._changed()
+
+    def pubs_in(self, channel: str) -> list[Publication]:
+        return [p for ch, p, _ in self.pubs if ch == channel]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Returns as soon as `predicate()` holds after some delivery; fails on timeout."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                ev = asyncio.Event()
+                self._waiters.append(ev)
+                await ev.wait()
+
+    async def wait_pubs(self, channel: str, n: int, timeout: float = 5.0) -> list[Publication]:
+        await self.wait_for(lambda: len(self.pubs_in(channel)) >= n, timeout)
+        return self.pubs_in(channel)
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
+    """Polls a state that has no event of its own (e.g. `broker.healthy`); returns elapsed s."""
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+def engine_config(address: str | Iterable[str], **redis_opts: Any) -> Any:
+    flags: dict[str, Any] = {"engine.type": "redis"}
+    flags["engine.redis.address"] = address if isinstance(address, str) else list(address)
+    for k, v in redis_opts.items():
+        flags[f"engine.redis.{k}"] = v
+    return load_config(None, env={}, flags=flags).engine.redis
+
+
+EngineFactory = Callable[..., Awaitable[tuple[RedisBroker, RedisPresenceManager, Recorder]]]
+
+
+@pytest.fixture
+async def make_engine() -> AsyncIterator[EngineFactory]:
+    """`await make_engine(address, node_id=..., **redis_opts)` -> running (broker, presence, recorder)."""
+    brokers: list[RedisBroker] = []
+
+    async def make(
+        address: str | Iterable[str], node_id: str = "node-1", **redis_opts: Any
+    ) -> tuple[RedisBroker, RedisPresenceManager, Recorder]:
+        broker, presence = create_redis_engine(engine_config(address, **redis_opts))
+        rec = Recorder(node_id)
+        brokers.append(broker)
+        await broker.run(rec)
+        return broker, presence, rec
+
+    yield make
+    for b in reversed(brokers):
+        await b.close()
+
+
+async def _flushed_client(proc: Any) -> AsyncIterator[Redis]:
+    client = Redis(host="127.0.0.1", port=proc.port, decode_responses=True)
+    try:
+        await client.flushall()
+    except RedisConnectionError:
+        pass  # a test stopped this server; it starts it again itself
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def rdb(redis_proc: Any) -> AsyncIterator[Redis]:
+    """A plain client of `redis_proc`, after FLUSHALL."""
+    async for c in _flushed_client(redis_proc):
+        yield c
+
+
+@pytest.fixture
+async def rdb2(redis_proc2: Any) -> AsyncIterator[Redis]:
+    async for c in _flushed_client(redis_proc2):
+        yield c
+
+
+@pytest.fixture
+def restart_proc(redis_proc_restart: Any) -> Any:
+    """The server tests may stop and start; made sure to be running afterwards."""
+    yield redis_proc_restart
+    if not redis_proc_restart.running():
+        redis_proc_restart.start()
