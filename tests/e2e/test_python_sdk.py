@@ -589,7 +589,8 @@ async def test_connection_expires_without_refresh(srv: ServerHandle, sdk: SdkFac
     """No get_token: the server closes with 3005 after expiry + close delay; the SDK reconnects,
     gets 109 for the stale token and, with nothing to get a new one with, gives up."""
     user = "expire-" + uid()
-    client, ev = sdk(srv.token(user, ttl=1))
+    # `exp` is whole seconds: with ttl=1 it may already be past when connecting.
+    client, ev = sdk(srv.token(user, ttl=2))
     await connected(client, ev)
     cctx = await ev.next_matching("connecting", lambda c: c.code != 0, timeout=EVENT_TIMEOUT)
     assert (cctx.code, cctx.reason) == (3005, "connection expired")
@@ -703,7 +704,7 @@ async def test_subscription_expires_without_refresh(srv: ServerHandle, sdk: SdkF
     client, ev = sdk(srv.token(user))
     cctx = await connected(client, ev)
     sev = SubEvents()
-    sub = client.new_subscription(ch, events=sev, token=srv.sub_token(user, ch, ttl=1))
+    sub = client.new_subscription(ch, events=sev, token=srv.sub_token(user, ch, ttl=2))
     await sub.subscribe()
     await sev.next("subscribed")
     sctx = await sev.next_matching("subscribing", lambda c: c.code != 0)
