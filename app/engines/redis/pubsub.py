@@ -283,7 +283,9 @@ class PubSubConnection:
             try:
                 await self._connect()
                 await self._resubscribe()
-            except (OSError, TimeoutError, hiredis.ReplyError, ConnectionError) as e:
+            except Exception as e:
+                # Whatever failed, supervision must go on: the resolver's errors are redis-py's
+                # (e.g. MasterNotFoundError while a sentinel fails over), not builtin ones.
                 log.warning("%s: pub/sub connect failed: %s", self._name, e)
                 self._drop_transport()
                 await asyncio.sleep(backoff)
