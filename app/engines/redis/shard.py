@@ -9,15 +9,20 @@ slot (research/redis-engine.md §2.1, §3.4).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 
@@ -38,6 +43,7 @@ SCRIPTS = (
     "presence_stats",
 )
 CLUSTER_PARTITIONS = 16
+POOL_SIZE = 128  # command connections per Redis node and process
 REDIS_SLOTS = 16384
 
 
@@ -252,6 +258,24 @@ class Keys:
 # --- one deployment ---
 
 
+def _bounded(execute: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Queue commands beyond POOL_SIZE in flight instead of failing them.
+
+    Without auto-pipelining every in-flight command holds a connection, and
+    redis-py 8 fails the command that would exceed a pool's max_connections
+    ("Too many connections"); a larger pool instead opens hundreds of sockets at
+    once in a burst, and their connects time out. Every command goes through
+    execute_command (scripts and PUBLISH included), so waiting here covers all.
+    """
+    slots = asyncio.Semaphore(POOL_SIZE)
+
+    async def execute_command(*args: Any, **options: Any) -> Any:
+        async with slots:
+            return await execute(*args, **options)
+
+    return execute_command
+
+
 def _ssl_context(tls: bool) -> ssl.SSLContext | None:
     return ssl.create_default_context() if tls else None
 
@@ -275,13 +299,22 @@ class Shard:
         return self.spec.kind == "cluster"
 
     def _common(self) -> dict:
-        return {
+        common = {
             "username": self.spec.username or None,
             "password": self.spec.password or None,
             "socket_connect_timeout": self._connect_timeout,
             "socket_timeout": self._io_timeout,
             "decode_responses": False,
+            # See _bounded: never more commands in flight than connections.
+            "max_connections": POOL_SIZE,
         }
+        if not self.cluster:
+            # No client retries (as centrifuge): redis-py's default 10 retries with
+            # backoff turn a dead or frozen Redis into a multi-second hang instead of an
+            # error within io_timeout. The cluster client keeps its retries: they
+            # re-read the slot map after a failover.
+            common["retry"] = Retry(NoBackoff(), 0)
+        return common
 
     async def connect(self) -> None:
         spec = self.spec
@@ -320,6 +353,7 @@ class Shard:
             )
             client = self._sentinel.master_for(spec.master_name)
             await client.ping()
+        client.execute_command = _bounded(client.execute_command)  # type: ignore[method-assign]
         self.client = client
         self.keys = Keys(self.prefix, self.cluster)
         for name in SCRIPTS:
