@@ -44,15 +44,20 @@ from app import VERSION_STRING
 
 from .helpers import ServerHandle
 
-EXPIRED_CLOSE_DELAY = 1.0
+EXPIRED_CLOSE_DELAY = 0.5
+PING_INTERVAL = 2
+PONG_TIMEOUT = 1
 RECOVERY_LIMIT = 5
 
 CONFIG = {
     "client": {
+        # Short, so that every SDK client here keeps answering pings during the tests.
+        "ping_interval": f"{PING_INTERVAL}s",
+        "pong_timeout": f"{PONG_TIMEOUT}s",
         # Short, so that a connection or subscription whose refresh did not work would be
         # closed by the server well within the refresh tests.
-        "expired_close_delay": f"{EXPIRED_CLOSE_DELAY}s",
-        "expired_sub_close_delay": f"{EXPIRED_CLOSE_DELAY}s",
+        "expired_close_delay": f"{int(EXPIRED_CLOSE_DELAY * 1000)}ms",
+        "expired_sub_close_delay": f"{int(EXPIRED_CLOSE_DELAY * 1000)}ms",
         # Small, so that a reconnect missing more than this is provably not recovered.
         "recovery_max_publication_limit": RECOVERY_LIMIT,
     },
@@ -525,7 +530,7 @@ async def test_connection_token_refresh_keeps_connection(
     srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
 ) -> None:
     user = "refresher-" + uid()
-    ttl = 3
+    ttl = 2
     tokens = TokenSource(lambda: srv.token(user, ttl=ttl))
     first = srv.token(user, ttl=ttl)
     first_exp = int(time.time() + ttl)
@@ -669,7 +674,7 @@ async def test_subscription_token_refresh(
 ) -> None:
     user = "subref-" + uid()
     ch = f"$chat:refresh-{uid()}"
-    ttl = 3
+    ttl = 2
     client, ev = sdk(srv.token(user))
     cctx = await connected(client, ev)
     sub_tokens = TokenSource(lambda channel: srv.sub_token(user, channel, ttl=ttl))
@@ -1085,17 +1090,17 @@ class PingCountingClient(Client):
         self.pings.put_nowait(self.client_id)
 
 
-async def test_ping_pong_keeps_connection(fresh_server_factory) -> None:
-    srv = fresh_server_factory({"client": {"ping_interval": "1s", "pong_timeout": "500ms"}})
+async def test_ping_pong_keeps_connection(srv: ServerHandle) -> None:
     ev = ClientEvents()
     client = PingCountingClient(srv.ws_url, events=ev, token=srv.token("pinger"), proxy=None)
     try:
         ctx = await connected(client, ev)
         # The connect result announced the interval and asked for pongs.
-        assert (client._ping_interval, client._send_pong) == (1, True)
-        # A missing pong would be a 3012 close 0.5 s after the first ping, before the second.
+        assert (client._ping_interval, client._send_pong) == (PING_INTERVAL, True)
+        # A missing pong would be a 3012 close PONG_TIMEOUT after the first ping, before the
+        # second one.
         for _ in range(2):
-            assert await asyncio.wait_for(client.pings.get(), 5) == ctx.client
+            assert await asyncio.wait_for(client.pings.get(), 2 * PING_INTERVAL + 2) == ctx.client
         assert client.state == ClientState.CONNECTED
         assert ev.names() == ["connecting", "connected"]
     finally:
