@@ -8,6 +8,10 @@ test fails if the server log contains a Python traceback.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -16,14 +20,67 @@ import pytest
 # Same module object the e2e tests import (`from .helpers import ...` inside package `e2e`);
 # the fallback covers a layout where tests/ itself becomes a package.
 try:
-    from e2e.helpers import ServerHandle, start_server
+    from e2e.helpers import ServerHandle, free_port, start_server
 except ImportError:
-    from tests.e2e.helpers import ServerHandle, start_server
+    from tests.e2e.helpers import ServerHandle, free_port, start_server
 
 ServerFactory = Callable[..., ServerHandle]
 
 
-def _factory() -> tuple[ServerFactory, list[ServerHandle]]:
+ENGINE_KEYS = ("engine", "broker", "presence_manager")
+
+
+@pytest.fixture(scope="session")
+def e2e_redis_url() -> Iterator[str]:
+    """One redis-server per test process for the redis-engine runs of the e2e suite;
+    each server started on it gets its own key prefix, so tests never share keys."""
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="cfpy-redis-")
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        # Wait until it answers; redis-cli blocks until the server accepts or fails.
+        for _ in range(100):
+            ok = (
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True
+                ).stdout.strip()
+                == "PONG"
+            )
+            if ok:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"redis-server exited with {proc.returncode}")
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """The e2e suite runs once per engine (issue: both engines, parametrized)."""
+    return request.param
+
+
+def _factory(
+    engine: str, request: pytest.FixtureRequest
+) -> tuple[ServerFactory, list[ServerHandle]]:
     started: list[ServerHandle] = []
 
     def start(
@@ -32,6 +89,14 @@ def _factory() -> tuple[ServerFactory, list[ServerHandle]]:
         env: Mapping[str, str] | None = None,
         args: tuple[str, ...] = (),
     ) -> ServerHandle:
+        if any(k in config for k in ENGINE_KEYS):
+            # The test chose its engine itself: run it once, in the memory pass.
+            if engine != "memory":
+                pytest.skip("engine set by the test")
+        elif engine == "redis":
+            url = request.getfixturevalue("e2e_redis_url")
+            redis_cfg = {"address": url, "prefix": f"t{uuid.uuid4().hex[:12]}"}
+            config = {**config, "engine": {"type": "redis", "redis": redis_cfg}}
         handle = start_server(config, workers=workers, env=env, args=args)
         started.append(handle)
         return handle
@@ -51,16 +116,16 @@ def _stop_all(started: list[ServerHandle]) -> None:
 
 
 @pytest.fixture(scope="module")
-def server_factory() -> Iterator[ServerFactory]:
+def server_factory(engine: str, request: pytest.FixtureRequest) -> Iterator[ServerFactory]:
     """`start(config, workers=1, env=None, args=()) -> ServerHandle`, stopped after the module."""
-    start, started = _factory()
+    start, started = _factory(engine, request)
     yield start
     _stop_all(started)
 
 
 @pytest.fixture
-def fresh_server_factory() -> Iterator[ServerFactory]:
+def fresh_server_factory(engine: str, request: pytest.FixtureRequest) -> Iterator[ServerFactory]:
     """Like `server_factory` but the servers are stopped after the test."""
-    start, started = _factory()
+    start, started = _factory(engine, request)
     yield start
     _stop_all(started)

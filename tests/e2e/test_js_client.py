@@ -360,8 +360,10 @@ def test_api_disconnect_code_surfaced(
         const c = newClient({ token: token(params.user) });
         c.connect();
         await waitEvent(c, 'connected');
+        // Listen first: the close frame may arrive before the API response does.
+        const disconnected = waitEvent(c, 'disconnected');
         const res = await api('disconnect', params);
-        const ctx = await waitEvent(c, 'disconnected');
+        const ctx = await disconnected;
         return { res, code: ctx.code, reason: ctx.reason, state: c.state };
         """,
         PARAMS=json.dumps(params),
