@@ -783,6 +783,8 @@ async def test_recovery_after_server_disconnect(
     assert sctx.recovered is True
     assert sctx.recoverable is True
     assert sctx.stream_position.epoch == epoch
+    # Recovered: the result carries the client's own position; the publications advance it.
+    assert sctx.stream_position.offset == 2
     pubs = [(await sev.next("publication")).pub for _ in range(3)]
     assert [(p.offset, p.data) for p in pubs] == [(3, {"i": 3}), (4, {"i": 4}), (5, {"i": 5})]
 
@@ -1111,29 +1113,38 @@ async def test_ping_pong_keeps_connection(srv: ServerHandle) -> None:
 # join / leave
 
 
-async def test_join_and_leave_events(srv: ServerHandle, sdk: SdkFactory) -> None:
+async def test_join_and_leave_events(srv: ServerHandle, sdk: SdkFactory, api: AsyncClient) -> None:
     ch = f"chat:jl-{uid()}"
     watcher, wev = sdk(srv.token("watcher"))
-    await connected(watcher, wev)
+    wctx = await connected(watcher, wev)
     _, sev = await subscribed(watcher, ch, join_leave=True)
+    # As in Centrifugo, the joining subscriber gets its own join.
+    own = await sev.next("join")
+    assert client_info_tuple(own.info) == ("watcher", wctx.client, None, None)
 
     guest, gev = sdk(srv.token("guest", info={"name": "Guest"}))
     gctx = await connected(guest, gev)
-    gsub, _ = await subscribed(guest, ch)
+    gsub, gsev = await subscribed(guest, ch)  # no join_leave asked for
 
-    def is_guest(ctx: Any) -> bool:
-        return ctx.info.client == gctx.client
-
-    join = await sev.next_matching("join", is_guest)
+    join = await sev.next("join")
     assert client_info_tuple(join.info) == ("guest", gctx.client, {"name": "Guest"}, None)
 
     await gsub.unsubscribe()
-    leave = await sev.next_matching("leave", is_guest)
+    leave = await sev.next("leave")
     assert client_info_tuple(leave.info) == ("guest", gctx.client, {"name": "Guest"}, None)
 
     # Leave on disconnect, too.
     await gsub.subscribe()
-    await sev.next_matching("join", is_guest)
+    await gsev.next("subscribed")
+    join = await sev.next("join")
+    assert join.info.client == gctx.client
+    # The guest did not ask for join/leave: a publication after the joins reaches it with no
+    # join pushed before it (a connection's pushes arrive in order).
+    await api.publish(PublishRequest(channel=ch, data={"after": "joins"}))
+    assert (await gsev.next("publication")).pub.data == {"after": "joins"}
+    assert gsev.pending("join") == [] and gsev.pending("leave") == []
+
     await guest.disconnect()
-    leave = await sev.next_matching("leave", is_guest)
-    assert leave.info.user == "guest"
+    leave = await sev.next("leave")
+    assert client_info_tuple(leave.info) == ("guest", gctx.client, {"name": "Guest"}, None)
+    assert sev.pending("join") == [] and sev.pending("leave") == []
