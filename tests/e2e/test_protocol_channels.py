@@ -89,6 +89,15 @@ CHAN: dict[str, Any] = {
             ns("posno", **HISTORY, **SUB),
             ns("hrec", **HISTORY, **SUB, allow_history_for_client=True),
             ns("rec", **HISTORY, **SUB, force_recovery=True),
+            # stream meta lives 1 s: an idle stream comes back with a new epoch
+            ns(
+                "short",
+                history_size=5,
+                history_ttl="1s",
+                history_meta_ttl="1s",
+                **SUB,
+                force_positioning=True,
+            ),
             ns(
                 "cache",
                 history_size=1,
@@ -892,3 +901,23 @@ async def test_cache_recovery_of_empty_channel_is_not_recovered(srv: ServerHandl
     async with open_session(srv) as ws:
         out = await ws.ok("subscribe", {"channel": ch, "recover": True})
     assert out.get("recovered") is None and out["was_recovering"] is True
+
+
+async def test_epoch_change_is_insufficient_state(srv: ServerHandle) -> None:
+    # A positioned subscriber that sees a publication from another epoch cannot trust its
+    # state: client-side subscriptions get unsubscribe 2500, server-side ones close 3010.
+    ch = "short:" + uniq()
+    async with open_session(srv) as client_side, open_session(srv, channels=[ch]) as server_side:
+        res = await client_side.ok("subscribe", {"channel": ch})
+        assert set(res) == {"positioned", "epoch"}, res
+        old_epoch = res["epoch"]
+        assert server_side.result["subs"][ch]["epoch"] == old_epoch
+        # Let the stream meta expire (history_meta_ttl 1 s), then publish into a new epoch.
+        await asyncio.sleep(1.5)
+        new = await publish_api(srv, ch, "new-epoch")
+        assert new[0]["epoch"] != old_epoch and new[0]["offset"] == 1
+        assert await client_side.push() == {
+            "channel": ch,
+            "unsubscribe": {"code": 2500, "reason": "insufficient state"},
+        }
+        assert_close(await server_side.closed_by(), 3010)
