@@ -36,6 +36,7 @@ import redis
 from redis.crc import key_slot
 
 from app.config import RedisConfig, load_config
+from app.engines.redis.shard import CLUSTER_PARTITIONS, Keys
 from app.models import ClientInfo, Publication
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -552,3 +553,17 @@ async def until(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> f
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
     return loop.time() - start
+
+
+def channels_in_partitions(tag: str, count: int = CLUSTER_PARTITIONS) -> list[str]:
+    """`count` channel names `<tag>:<i>`, each in a different cluster partition (all 16 by
+    default, so every master of the cluster holds some). Partitions do not depend on the key
+    prefix, so the names suit any engine."""
+    keys = Keys("p", cluster=True)
+    chosen: dict[int, str] = {}
+    i = 0
+    while len(chosen) < count:
+        ch = f"{tag}:{i}"
+        chosen.setdefault(keys.partition(ch), ch)
+        i += 1
+    return list(chosen.values())

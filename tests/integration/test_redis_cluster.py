@@ -16,6 +16,7 @@ from redis.crc import key_slot
 from redis_topologies import (
     ClusterTopology,
     EngineEvents,
+    channels_in_partitions,
     redis_engine_config,
     until,
     wait_for,
@@ -77,17 +78,6 @@ async def engines(address: str) -> AsyncIterator[EngineFactory]:
         await e.broker.close()
 
 
-def channels_covering_all_partitions(keys: Keys, tag: str) -> list[str]:
-    """Channel names, at least one in every cluster partition (so on every master)."""
-    chosen: dict[int, str] = {}
-    i = 0
-    while len(chosen) < CLUSTER_PARTITIONS:
-        ch = f"{tag}:{i}"
-        chosen.setdefault(keys.partition(ch), ch)
-        i += 1
-    return list(chosen.values())
-
-
 def slot(name: str | bytes) -> int:
     return key_slot(name.encode() if isinstance(name, str) else name)
 
@@ -112,7 +102,8 @@ async def test_publish_history_spread_over_all_masters(
     engines: EngineFactory, redis_cluster: ClusterTopology
 ) -> None:
     e = await engines()
-    channels = channels_covering_all_partitions(e.keys, "spread")
+    channels = channels_in_partitions("spread")
+    assert {e.keys.partition(ch) for ch in channels} == set(range(CLUSTER_PARTITIONS))
     epochs: dict[str, str] = {}
     for ch in channels:
         for n in (1, 2, 3):
@@ -158,7 +149,7 @@ async def test_publish_history_spread_over_all_masters(
 
 async def test_idempotent_publish_and_remove_history(engines: EngineFactory) -> None:
     e = await engines()
-    for ch in channels_covering_all_partitions(e.keys, "idem")[:6]:
+    for ch in channels_in_partitions("idem")[:6]:
         opts = PublishOptions(history_size=10, history_ttl=60.0, idempotency_key="k1")
         first = await e.broker.publish(ch, b"1", opts)
         again = await e.broker.publish(ch, b"1-again", opts)
@@ -176,7 +167,7 @@ async def test_idempotent_publish_and_remove_history(engines: EngineFactory) -> 
 
 async def test_history_creates_meta_before_any_publish(engines: EngineFactory) -> None:
     e = await engines()
-    for ch in channels_covering_all_partitions(e.keys, "fresh")[:4]:
+    for ch in channels_in_partitions("fresh")[:4]:
         hist = await e.broker.history(ch, HistoryFilter(limit=-1))
         assert hist.publications == [] and hist.position.offset == 0
         assert len(hist.position.epoch) == 8
@@ -189,7 +180,7 @@ async def test_sharded_pubsub_delivers_across_partitions(
 ) -> None:
     publisher = await engines()
     receiver = await engines()
-    channels = channels_covering_all_partitions(receiver.keys, "deliver")
+    channels = channels_in_partitions("deliver")
     await receiver.broker.subscribe(channels)
 
     # Each channel is SSUBSCRIBEd on the master that owns its slot.
@@ -251,7 +242,7 @@ async def test_presence_on_every_master(
 ) -> None:
     a = await engines()
     b = await engines()
-    channels = channels_covering_all_partitions(a.keys, "presence")
+    channels = channels_in_partitions("presence")
     owners = redis_cluster.slot_owners()
     for ch in channels:
         await a.presence.add_presence(ch, "c1", ClientInfo("alice", "c1", b'{"a":1}'))
