@@ -40,6 +40,7 @@ from app.errors import (
     ERROR_EXPIRED,
     ERROR_INTERNAL,
     ERROR_LIMIT_EXCEEDED,
+    ERROR_METHOD_NOT_FOUND,
     ERROR_NOT_AVAILABLE,
     ERROR_PERMISSION_DENIED,
     ERROR_TOKEN_EXPIRED,
@@ -158,8 +159,14 @@ class Client:
     async def _handle_command(self, cmd: proto.Command) -> bool:
         method = cmd.method
         if method == "send":
-            # Centrifugo OSS registers no message handler.
-            await self.close(Disconnect(DISCONNECT_NOT_AVAILABLE))
+            # Centrifugo OSS registers no message handler; unauthenticated senders are
+            # simply bad requests.
+            code = (
+                DISCONNECT_NOT_AVAILABLE
+                if self.state is State.CONNECTED
+                else DISCONNECT_BAD_REQUEST
+            )
+            await self.close(Disconnect(code))
             return False
         if cmd.id == 0:
             if method == "" and self._waiting_pong and self.state is State.CONNECTED:
@@ -287,12 +294,11 @@ class Client:
 
     async def _cmd_connect(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any] | None:
         token = get_str(params, "token")
-        name = get_str(params, "name")
-        version = get_str(params, "version")
+        # Validated for type only: name/version/data matter to proxies, not here.
+        get_str(params, "name")
+        get_str(params, "version")
         get_raw(params, "data")
         subs_req = get_dict(params, "subs")
-        if len(name) > 16 or len(version) > 64:
-            raise Disconnect(DISCONNECT_BAD_REQUEST)
         cfg = self.cfg
         node = self.node
         sub_requests: dict[str, _SubRequest] = {}
@@ -308,9 +314,9 @@ class Client:
                 raise Disconnect(DISCONNECT_PERMISSION_DENIED)
             self.user = claims.user
             self.conn_info = claims.info
-            if claims.expire_at > 0:
-                if claims.expire_at <= time.time():
-                    raise ClientError(ERROR_TOKEN_EXPIRED)
+            if claims.expire_at > 0 and not cfg.insecure:
+                if claims.expire_at < int(time.time()):
+                    raise ClientError(ERROR_EXPIRED)
                 self.expire_at = claims.expire_at
             self._token_channels = tuple(claims.channels) + tuple(claims.subs)
             for ch in claims.channels:
@@ -336,13 +342,23 @@ class Client:
         if personal.enabled and self.user:
             sub_requests.setdefault(node.resolver.personal_channel(self.user), _SubRequest())
 
-        # Recovery positions for server-side subscriptions come with the connect request.
+        # The connect request names channels with their recovery positions: those
+        # granted server-side above, and public ones the client could join itself.
         for ch, raw in subs_req.items():
-            if ch in sub_requests and isinstance(raw, dict):
-                r = sub_requests[ch]
-                r.recover = get_bool(raw, "recover")
-                r.offset = get_int(raw, "offset")
-                r.epoch = get_str(raw, "epoch")
+            if not isinstance(raw, dict):
+                raise DecodeError("subs entries must be objects")
+            r = sub_requests.get(ch)
+            if r is None:
+                try:
+                    chinfo = node.resolve(ch, client_side=True)
+                except ClientError:
+                    raise Disconnect(DISCONNECT_BAD_REQUEST) from None
+                if chinfo.private or not self._may_subscribe_without_token(chinfo):
+                    continue
+                r = sub_requests[ch] = _SubRequest()
+            r.recover = get_bool(raw, "recover")
+            r.offset = get_int(raw, "offset")
+            r.epoch = get_str(raw, "epoch")
 
         # Resolve every server-side channel before touching any state.
         resolved = []
@@ -412,7 +428,7 @@ class Client:
 
     async def _cmd_refresh(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
         token = get_str(params, "token")
-        if not token or not self.expire_at:
+        if not token:
             raise Disconnect(DISCONNECT_BAD_REQUEST)
         try:
             claims = await self.node.verifier.verify_connect_token(token)
@@ -423,12 +439,14 @@ class Client:
             raise Disconnect(DISCONNECT_INVALID_TOKEN) from None
         if claims.user != self.user:
             raise Disconnect(DISCONNECT_INVALID_TOKEN)
-        if tuple(claims.channels) + tuple(claims.subs) != self._token_channels:
+        if set(claims.channels) | set(claims.subs) != set(self._token_channels):
             # Server-side subscriptions changed: reconnect to apply them.
             raise Disconnect(DISCONNECT_INSUFFICIENT_STATE)
+        if claims.expire_at and claims.expire_at < int(time.time()):
+            raise ClientError(ERROR_EXPIRED)
         if claims.info is not None:
             self.conn_info = claims.info
-        self.expire_at = claims.expire_at
+        self.expire_at = 0 if self.cfg.insecure else claims.expire_at
         self._schedule_expiry()
         result: dict[str, Any] = {"client": self.uid, "version": VERSION_STRING}
         if self.expire_at:
@@ -490,7 +508,6 @@ class Client:
 
     async def _authorize_subscribe(self, chinfo: ChannelInfo, req: _SubRequest) -> None:
         """Permission order of research §4.2; fills req from a subscription token."""
-        ns = chinfo.options
         if req.token:
             try:
                 claims = await self.node.verifier.verify_subscribe_token(req.token)
@@ -506,22 +523,24 @@ class Client:
             ):
                 raise Disconnect(DISCONNECT_INVALID_TOKEN)
             if claims.expire_at > 0:
-                if claims.expire_at <= time.time():
-                    raise ClientError(ERROR_TOKEN_EXPIRED)
+                if claims.expire_at < int(time.time()):
+                    raise ClientError(ERROR_EXPIRED)
                 req.expire_at = claims.expire_at
             req.info = claims.info
             req.data = claims.data
             req.override = claims.override
             return
-        if chinfo.private:
+        if chinfo.private or not self._may_subscribe_without_token(chinfo):
             raise ClientError(ERROR_PERMISSION_DENIED)
-        if chinfo.allowed_users is not None and self.user in chinfo.allowed_users:
-            return
+
+    def _may_subscribe_without_token(self, chinfo: ChannelInfo) -> bool:
+        if chinfo.allowed_users is not None:
+            # A user-limited channel admits exactly its listed users.
+            return self.user in chinfo.allowed_users
+        ns = chinfo.options
         if ns.allow_subscribe_for_client and (self.user or ns.allow_subscribe_for_anonymous):
-            return
-        if self.cfg.insecure:
-            return
-        raise ClientError(ERROR_PERMISSION_DENIED)
+            return True
+        return bool(self.cfg.insecure)
 
     async def _subscribe(
         self, chinfo: ChannelInfo, req: _SubRequest, *, server_side: bool
@@ -894,18 +913,25 @@ class Client:
         raise ClientError(ERROR_NOT_AVAILABLE)
 
     async def _cmd_rpc(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
-        get_str(params, "method")
+        method = get_str(params, "method")
         get_raw(params, "data")
-        raise ClientError(ERROR_NOT_AVAILABLE)
+        ping = self.node.config.rpc.ping
+        if not ping.enabled:
+            raise ClientError(ERROR_NOT_AVAILABLE)
+        if method == ping.method:
+            return {}  # the built-in rpc.ping extension answers with an empty result
+        raise ClientError(ERROR_METHOD_NOT_FOUND)
 
     async def _cmd_sub_refresh(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
         channel = get_str(params, "channel")
         token = get_str(params, "token")
-        if not channel or not token:
+        if not channel:
             raise Disconnect(DISCONNECT_BAD_REQUEST)
         sub = self._subs.get(channel)
         if sub is None:
             raise ClientError(ERROR_PERMISSION_DENIED)
+        if not token:
+            raise ClientError(ERROR_BAD_REQUEST)
         try:
             claims = await self.node.verifier.verify_subscribe_token(token)
         except TokenExpired:

@@ -24,9 +24,8 @@ def cache_recovered(
     latest: list[Publication], top: StreamPosition, offset: int, epoch: str
 ) -> tuple[bool, list[Publication]]:
     """Cache mode: hand over the latest publication unless the client already has it."""
-    same = offset == top.offset and epoch == top.epoch
-    if same and offset > 0:
+    if offset > 0 and offset == top.offset and epoch == top.epoch:
         return True, []
     if latest:
         return True, latest[:1]
-    return same or (not epoch and top.offset == 0), []
+    return False, []

@@ -149,8 +149,6 @@ def publication_obj(pub: Publication) -> dict[str, Any]:
         out["offset"] = pub.offset
     if pub.tags:
         out["tags"] = pub.tags
-    if pub.delta:
-        out["delta"] = True
     if pub.time:
         out["time"] = pub.time
     return out

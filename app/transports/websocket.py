@@ -59,7 +59,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(status=503, text="connection limit reached")
     ws = web.WebSocketResponse(
         protocols=("centrifuge-json",),
-        max_msg_size=cfg.websocket.message_size_limit,
+        # aiohttp refuses a message of exactly max_msg_size; Centrifugo allows it.
+        max_msg_size=cfg.websocket.message_size_limit + 1,
         compress=cfg.websocket.compression,
         autoping=True,
     )

@@ -430,7 +430,7 @@ class ApiClient:
     async def result(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """The `result` of a call that must succeed."""
         body = await self.call(method, params)
-        assert "error" not in body, f"api {method} {params}: {body}"
+        assert "error" not in body, f"api {method} {params}: {body}\n{self.handle.log_tail(30)}"
         return body.get("result", {})
 
     async def health(self) -> int:

@@ -353,7 +353,6 @@ async def test_command_before_connect_closes_3501(main: ServerHandle) -> None:
     assert_close(got, 3501)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: send before connect closes 3508, not 3501")
 async def test_send_before_connect_closes_3501(main: ServerHandle) -> None:
     async with open_ws(main) as ws:
         got = await ws.closed_by('{"send":{"data":{"x":1}}}')
@@ -420,7 +419,6 @@ async def test_nbf_in_future_is_token_expired(main: ServerHandle) -> None:
     assert rep == {"id": 1, "error": err(109)}
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: connect name longer than 16 closes 3501")
 async def test_long_client_name_and_version_accepted(main: ServerHandle) -> None:
     # Neither the protocol nor centrifuge limits these lengths; they only label metrics.
     async with open_ws(main) as ws:
@@ -431,7 +429,6 @@ async def test_long_client_name_and_version_accepted(main: ServerHandle) -> None
     assert "connect" in rep, rep
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: connection expire_at in the past gives 109")
 async def test_connect_expire_at_in_past_is_error_110(main: ServerHandle) -> None:
     # The token itself is valid (exp in the future); only the connection expiry is past.
     now = int(time.time())
@@ -584,9 +581,6 @@ async def test_frame_just_under_limit_is_accepted(main: ServerHandle) -> None:
         assert await ws.reply(2) == {"id": 2, "publish": {}}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="server bug: a message of exactly message_size_limit bytes closes 1009"
-)
 async def test_frame_of_exactly_the_limit_is_accepted(main: ServerHandle) -> None:
     # gorilla/websocket (Centrifugo) rejects only readLength > readLimit.
     async with open_session(main) as ws:
@@ -679,7 +673,6 @@ async def test_insecure_allows_everything_but_private(insecure: ServerHandle) ->
         assert await ws.error("subscribe", {"channel": "$ns:" + uniq()}) == err(103)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: insecure mode keeps token expiry")
 async def test_insecure_ignores_token_expiry(insecure: ServerHandle) -> None:
     async with open_session(insecure, uniq(), exp=int(time.time()) + 60) as ws:
         assert "expires" not in ws.result and "ttl" not in ws.result
@@ -733,7 +726,6 @@ async def test_refresh_without_token_closes_3501(main: ServerHandle) -> None:
         assert_close(await ws.closed_by('{"id":5,"refresh":{}}'), 3501)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: refresh on a non-expiring connection is 3501")
 async def test_refresh_on_non_expiring_connection(main: ServerHandle) -> None:
     user = uniq()
     async with open_session(main, user) as ws:
@@ -741,7 +733,6 @@ async def test_refresh_on_non_expiring_connection(main: ServerHandle) -> None:
     assert res["expires"] is True and 58 <= res["ttl"] <= 60
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: refresh to an expire_at in the past")
 async def test_refresh_expire_at_in_past_is_error_110(main: ServerHandle) -> None:
     user = uniq()
     now = int(time.time())
@@ -769,7 +760,6 @@ async def test_refresh_with_same_token_channels(main: ServerHandle) -> None:
         assert res["expires"] is True
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: token channel order counts as a change (3010)")
 async def test_refresh_with_reordered_token_channels(main: ServerHandle) -> None:
     # Centrifugo compares the sets (tokenChannelsChanged), not the order in the claim.
     user = uniq()

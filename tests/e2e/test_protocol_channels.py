@@ -295,10 +295,6 @@ async def test_presence_content(srv: ServerHandle) -> None:
         }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: user-limited channel ignores the user list if subscribe allowed",
-)
 async def test_user_limited_channel_not_listed_is_denied_even_with_subscribe_permission(
     srv: ServerHandle,
 ) -> None:
@@ -528,7 +524,6 @@ async def test_sub_token_expired_109_and_invalid_103(srv: ServerHandle) -> None:
         assert await ws.ok("subscribe", {"channel": ch, "token": srv.sub_token(user, ch)}) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: sub token expire_at in the past gives 109")
 async def test_sub_token_expire_at_in_past_is_110(srv: ServerHandle) -> None:
     user = uniq()
     ch = "$priv:" + uniq()
@@ -582,7 +577,6 @@ async def test_sub_refresh_without_channel_closes_3501(srv: ServerHandle) -> Non
         assert_close(await ws.closed_by(), 3501)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: sub_refresh without token closes 3501, not 107")
 async def test_sub_refresh_without_token_is_107(srv: ServerHandle) -> None:
     user = uniq()
     ch = "$priv:" + uniq()
@@ -696,7 +690,6 @@ async def test_token_channel_in_unknown_namespace_is_102(srv: ServerHandle) -> N
     assert rep == {"id": 1, "error": err(102)}
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: connect `subs` do not request subscriptions")
 async def test_connect_subs_request_public_channels(srv: ServerHandle) -> None:
     # Centrifugo subscribes a connection server-side to channels named in ConnectRequest.subs
     # when it could subscribe to them itself (centrifugo OnClientConnecting, e.Channels).
@@ -893,9 +886,6 @@ async def test_cache_recovery(srv: ServerHandle) -> None:
         ]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="server bug: cache recovery of an empty channel says recovered"
-)
 async def test_cache_recovery_of_empty_channel_is_not_recovered(srv: ServerHandle) -> None:
     ch = "cache:" + uniq()
     async with open_session(srv) as ws:

@@ -44,6 +44,6 @@ def test_cache_returns_latest_unless_client_has_it():
 
 
 def test_cache_empty_channel():
-    assert cache_recovered([], StreamPosition(0, "e"), 0, "") == (True, [])
-    assert cache_recovered([], StreamPosition(0, "e"), 0, "e") == (True, [])
+    assert cache_recovered([], StreamPosition(0, "e"), 0, "") == (False, [])
+    assert cache_recovered([], StreamPosition(0, "e"), 0, "e") == (False, [])
     assert cache_recovered([], StreamPosition(0, "e"), 4, "old") == (False, [])
