@@ -105,6 +105,7 @@ class RedisBroker:
                 [shard.keys.control, shard.keys.node_channel(self._node_id)],
                 timeout=max(self._io_timeout, 5.0),
             )
+            await conn.wait_ready(max(self._io_timeout, 5.0))
 
     async def close(self) -> None:
         for conn in [*self._data.values(), *self._control]:
@@ -114,7 +115,10 @@ class RedisBroker:
 
     @property
     def healthy(self) -> bool:
-        return all(c.ready for c in self._control)
+        """Every control link up, and every data link that carries channels."""
+        return all(c.ready for c in self._control) and all(
+            c.ready for c in self._data.values() if c.has_channels
+        )
 
     # --- PUB/SUB delivery ---
 

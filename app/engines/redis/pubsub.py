@@ -104,6 +104,7 @@ class PubSubConnection:
         self._handshake: asyncio.Queue[object] = asyncio.Queue()
         self._in_handshake = False
         self._ready = False
+        self._ready_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -215,7 +216,19 @@ class PubSubConnection:
         if proto is not None and proto.transport is not None:
             proto.transport.abort()
 
+    async def wait_ready(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            await self._ready_event.wait()
+
+    @property
+    def has_channels(self) -> bool:
+        return bool(self._wanted)
+
     def _set_ready(self, ready: bool) -> None:
+        if ready:
+            self._ready_event.set()
+        else:
+            self._ready_event.clear()
         if self._ready != ready:
             self._ready = ready
             if self._on_state is not None:
