@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from app import VERSION_STRING
 from app.auth import SubscribeOverride, TokenExpired, TokenInvalid
 from app.channels import ChannelInfo
@@ -51,10 +49,10 @@ from app.errors import (
     ClientError,
     Disconnect,
 )
+from app.hub import Frames
 from app.models import ClientInfo, HistoryFilter, HistoryResult, Publication, StreamPosition
 from app.node import Node
-from app.protocol import json as proto
-from app.protocol.json import DecodeError, get_bool, get_dict, get_int, get_raw, get_str
+from app.protocol import Command, DecodeError, get_bool, get_dict, get_int, get_raw, get_str
 from app.recovery import cache_recovered, stream_recovered
 from app.writer import Transport, Writer
 
@@ -84,7 +82,7 @@ class Subscription:
     expire_handle: asyncio.TimerHandle | None = None
     checked_offset: int = -1  # offset at the last periodic position check
     # Publications that arrive while the subscribe is in flight wait here.
-    buffer: list[tuple[Publication, str, bytes]] | None = field(default_factory=list)
+    buffer: list[tuple[Publication, str, Frames]] | None = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -115,6 +113,7 @@ class Client:
         self.node = node
         self.cfg = node.config.client
         self.transport = transport
+        self.codec = transport.codec
         self.uid = str(uuid.uuid4())
         self.session = session
         self.headers = headers or {}
@@ -146,7 +145,7 @@ class Client:
         if self.state is State.CLOSED:
             return False
         try:
-            commands = proto.decode_commands(data)
+            commands = self.codec.decode_commands(data)
         except DecodeError as e:
             log.info("bad request from client %s: %s", self.uid, e)
             await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
@@ -156,7 +155,7 @@ class Client:
                 return False
         return True
 
-    async def _handle_command(self, cmd: proto.Command) -> bool:
+    async def _handle_command(self, cmd: Command) -> bool:
         method = cmd.method
         if method == "send":
             # Centrifugo OSS registers no message handler; unauthenticated senders are
@@ -189,11 +188,11 @@ class Client:
         try:
             result = await handler(cmd.id, cmd.params)
             if result is not None:
-                self.send(proto.encode_reply(cmd.id, method, result))
+                self.send(self.codec.encode_reply(cmd.id, method, result))
         except ClientError as e:
             if method == "connect":
                 self._connect_failed = True
-            self.send(proto.encode_error(cmd.id, e.to_dict()))
+            self.send(self.codec.encode_error(cmd.id, e.to_dict()))
         except Disconnect as d:
             await self.close(d)
             return False
@@ -205,7 +204,7 @@ class Client:
             log.exception("error handling %s for client %s", method, self.uid)
             if method == "connect":
                 self._connect_failed = True
-            self.send(proto.encode_error(cmd.id, ClientError(ERROR_INTERNAL).to_dict()))
+            self.send(self.codec.encode_error(cmd.id, ClientError(ERROR_INTERNAL).to_dict()))
         return self.state is not State.CLOSED
 
     # ------------------------------------------------------------- closing
@@ -272,7 +271,7 @@ class Client:
     def _on_ping_time(self) -> None:
         if self.state is not State.CONNECTED:
             return
-        self.send(proto.PING)
+        self.send(self.codec.ping)
         if self._pong_expected() and not self._waiting_pong:
             self._waiting_pong = True
             self._pong_handle = asyncio.get_running_loop().call_later(
@@ -401,7 +400,7 @@ class Client:
                 raise
             result["subs"] = subs_result
 
-        self.send(proto.encode_reply(cmd_id, "connect", result))
+        self.send(self.codec.encode_reply(cmd_id, "connect", result))
         for sub in new_subs:
             self._activate(sub)
         self._schedule_ping(first=True)
@@ -503,7 +502,7 @@ class Client:
             raise ClientError(ERROR_LIMIT_EXCEEDED)
         await self._authorize_subscribe(chinfo, req)
         sub, result = await self._subscribe(chinfo, req, server_side=False)
-        self.send(proto.encode_reply(cmd_id, "subscribe", result))
+        self.send(self.codec.encode_reply(cmd_id, "subscribe", result))
         self._activate(sub)
 
     async def _authorize_subscribe(self, chinfo: ChannelInfo, req: _SubRequest) -> None:
@@ -593,7 +592,7 @@ class Client:
             if positioned:
                 result.update(await self._position(sub, req, ns))
             if req.data:
-                result["data"] = orjson.Fragment(req.data)
+                result["data"] = req.data
             if presence:
                 await self.node.presence_manager.add_presence(channel, self.uid, self._info(sub))
         except BaseException:
@@ -640,7 +639,7 @@ class Client:
             if req.offset:
                 result["offset"] = req.offset
             if pubs:
-                result["publications"] = [proto.publication_obj(p) for p in pubs]
+                result["publications"] = pubs
         else:
             sub.offset = top.offset
             if top.offset:
@@ -663,8 +662,8 @@ class Client:
         """The subscribe reply is queued: release buffered publications after it."""
         buffered = sub.buffer or []
         sub.buffer = None
-        for pub, epoch, frame in buffered:
-            self.deliver_publication(sub.channel, pub, epoch, frame)
+        for pub, epoch, frames in buffered:
+            self.deliver_publication(sub.channel, pub, epoch, frames)
             if sub.channel not in self._subs:
                 return
         if sub.expire_at:
@@ -744,7 +743,7 @@ class Client:
             return
         await self._drop_subscription(sub)
         body = {"code": code, "reason": UNSUBSCRIBE_REASONS.get(code, "")}
-        self.send(proto.encode_push(sub.channel, "unsubscribe", body))
+        self.send(self.codec.encode_push(sub.channel, "unsubscribe", body))
 
     async def subscribe_server_side(
         self,
@@ -769,9 +768,9 @@ class Client:
         pubs = result.pop("publications", None)
         for k in ("was_recovering", "recovered", "expires", "ttl"):
             result.pop(k, None)
-        self.send(proto.encode_push(channel, "subscribe", result))
+        self.send(self.codec.encode_push(channel, "subscribe", result))
         for p in pubs or ():
-            self.send(orjson.dumps({"push": {"channel": channel, "pub": p}}))
+            self.send(self.codec.encode_push(channel, "pub", p))
         self._activate(sub)
 
     async def unsubscribe_server_side(self, channel: str) -> None:
@@ -781,16 +780,14 @@ class Client:
 
     # ------------------------------------------------------------ delivery
 
-    def deliver_publication(self, channel: str, pub: Publication, epoch: str, frame: bytes) -> None:
+    def deliver_publication(
+        self, channel: str, pub: Publication, epoch: str, frames: Frames
+    ) -> None:
         sub = self._subs.get(channel)
         if sub is None:
             return
-        if not frame:
-            # Binary payload (b64data) cannot travel over the JSON protocol.
-            self.disconnect_soon(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL))
-            return
         if sub.buffer is not None:
-            sub.buffer.append((pub, epoch, frame))
+            sub.buffer.append((pub, epoch, frames))
             return
         if sub.positioned and pub.offset:
             if not sub.epoch:
@@ -801,12 +798,17 @@ class Client:
             if pub.offset <= sub.offset:
                 return  # already delivered (recovered or duplicate)
             sub.offset = pub.offset
+        frame = frames.get(self.codec)
+        if not frame:
+            # Binary payload (b64data) cannot travel over the JSON protocol.
+            self.disconnect_soon(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL))
+            return
         self._writer.enqueue(frame)
 
-    def deliver_join_leave(self, channel: str, frame: bytes) -> None:
+    def deliver_join_leave(self, channel: str, frames: Frames) -> None:
         sub = self._subs.get(channel)
         if sub is not None and sub.push_join_leave and sub.buffer is None:
-            self._writer.enqueue(frame)
+            self._writer.enqueue(frames.get(self.codec))
 
     def _insufficient_state(self, sub: Subscription) -> None:
         if sub.server_side:
@@ -823,7 +825,7 @@ class Client:
             "code": UNSUBSCRIBE_INSUFFICIENT_STATE,
             "reason": UNSUBSCRIBE_REASONS[UNSUBSCRIBE_INSUFFICIENT_STATE],
         }
-        self.send(proto.encode_push(sub.channel, "unsubscribe", body))
+        self.send(self.codec.encode_push(sub.channel, "unsubscribe", body))
 
     # ------------------------------------------------------------ commands
 
@@ -860,7 +862,7 @@ class Client:
         chinfo = self._channel_for_query(params)
         self._check_presence(chinfo)
         entries = await self.node.presence(chinfo.channel, client_side=True)
-        return {"presence": {k: proto.client_info_obj(v) for k, v in entries.items()}}
+        return {"presence": entries}
 
     async def _cmd_presence_stats(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
         chinfo = self._channel_for_query(params)
@@ -904,7 +906,7 @@ class Client:
             chinfo.channel, limit=limit, since=since, reverse=reverse, client_side=True
         )
         return {
-            "publications": [proto.publication_obj(p) for p in hist.publications],
+            "publications": hist.publications,
             "epoch": hist.position.epoch,
             "offset": hist.position.offset,
         }

@@ -6,22 +6,28 @@ local subscriber; the per-subscriber work is a dict lookup and a queue append.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
-import orjson
-
 from app.models import ClientInfo, Publication
-from app.protocol import json as jsonproto
+from app.protocol import Codec
 
 
-def _is_json(data: bytes) -> bool:
-    """One check per publication (not per subscriber): JSON clients need JSON payloads."""
-    try:
-        orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return True
+class Frames:
+    """One message encoded at most once per protocol, on first need, then shared by
+    every subscriber that speaks that protocol."""
+
+    __slots__ = ("_build", "_cache")
+
+    def __init__(self, build: Callable[[Codec], bytes]) -> None:
+        self._build = build
+        self._cache: dict[str, bytes] = {}
+
+    def get(self, codec: Codec) -> bytes:
+        frame = self._cache.get(codec.name)
+        if frame is None:
+            frame = self._cache[codec.name] = self._build(codec)
+        return frame
 
 
 class HubClient(Protocol):
@@ -105,24 +111,24 @@ class Hub:
         subs = self._subs.get(channel)
         if not subs:
             return
-        frame = jsonproto.encode_pub_push(channel, pub) if _is_json(pub.data) else b""
+        frames = Frames(lambda codec: codec.encode_pub_push(channel, pub))
         # Copy: a delivery may unsubscribe its client (insufficient state).
         for client in list(subs):
-            client.deliver_publication(channel, pub, epoch, frame)
+            client.deliver_publication(channel, pub, epoch, frames)
 
     def broadcast_join(self, channel: str, info: ClientInfo) -> None:
         subs = self._subs.get(channel)
         if subs:
-            frame = jsonproto.encode_join_push(channel, info)
+            frames = Frames(lambda codec: codec.encode_join_push(channel, info))
             for client in list(subs):
-                client.deliver_join_leave(channel, frame)
+                client.deliver_join_leave(channel, frames)
 
     def broadcast_leave(self, channel: str, info: ClientInfo) -> None:
         subs = self._subs.get(channel)
         if subs:
-            frame = jsonproto.encode_leave_push(channel, info)
+            frames = Frames(lambda codec: codec.encode_leave_push(channel, info))
             for client in list(subs):
-                client.deliver_join_leave(channel, frame)
+                client.deliver_join_leave(channel, frames)
 
     # --- counts ---
 

@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import Protocol
 
 from app.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR, Disconnect
+from app.protocol import Codec
 
 
 class Transport(Protocol):
     """A socket owned by a transport handler (WebSocket, SSE, ...)."""
 
     name: str  # "websocket", "sse", ...
-    protocol: str  # "json" or "protobuf"
+    codec: Codec  # how this connection's frames are encoded
 
     async def write(self, frame: bytes) -> None: ...
 
@@ -38,6 +39,7 @@ class Writer:
         "_on_error",
         "_closed",
         "_idle",
+        "_sep",
     )
 
     def __init__(
@@ -47,6 +49,7 @@ class Writer:
         on_error: Callable[[Disconnect], None],
     ) -> None:
         self._transport = transport
+        self._sep = transport.codec.separator
         self._buf: list[bytes] = []
         self._size = 0
         self._max_size = max_size
@@ -78,7 +81,7 @@ class Writer:
                 batch = self._buf
                 self._buf = []
                 self._size = 0
-                frame = batch[0] if len(batch) == 1 else b"\n".join(batch)
+                frame = batch[0] if len(batch) == 1 else self._sep.join(batch)
                 try:
                     await self._transport.write(frame)
                 except (ConnectionError, RuntimeError, OSError):

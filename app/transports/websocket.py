@@ -14,6 +14,7 @@ from aiohttp import WSMsgType, web
 from app.client import Client
 from app.errors import Disconnect
 from app.node import NODE_KEY
+from app.protocol.json import JSON
 
 log = logging.getLogger("centrifugo.websocket")
 
@@ -22,7 +23,7 @@ _CLOSE_TYPES = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.
 
 class WebSocketTransport:
     name = "websocket"
-    protocol = "json"
+    codec = JSON
 
     __slots__ = ("_ws",)
 

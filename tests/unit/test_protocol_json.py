@@ -3,24 +3,25 @@
 import orjson
 import pytest
 
+from app import protocol as proto
 from app.models import ClientInfo, Publication
-from app.protocol import json as proto
+from app.protocol.json import JSON
 
 
 def test_several_commands_per_frame_and_trailing_newline():
     frame = b'{"id":1,"connect":{"token":"t"}}\n{"id":2,"subscribe":{"channel":"a"}}\n'
-    cmds = proto.decode_commands(frame)
+    cmds = JSON.decode_commands(frame)
     assert [(c.id, c.method) for c in cmds] == [(1, "connect"), (2, "subscribe")]
     assert cmds[1].params == {"channel": "a"}
 
 
 def test_empty_command_is_a_pong():
-    (cmd,) = proto.decode_commands(b"{}")
+    (cmd,) = JSON.decode_commands(b"{}")
     assert (cmd.id, cmd.method) == (0, "")
 
 
 def test_first_non_null_request_field_wins():
-    (cmd,) = proto.decode_commands(b'{"id":3,"connect":null,"publish":{"channel":"x","data":1}}')
+    (cmd,) = JSON.decode_commands(b'{"id":3,"connect":null,"publish":{"channel":"x","data":1}}')
     assert cmd.method == "publish"
 
 
@@ -38,7 +39,7 @@ def test_first_non_null_request_field_wins():
 )
 def test_malformed_frames_raise(frame):
     with pytest.raises(proto.DecodeError):
-        proto.decode_commands(frame)
+        JSON.decode_commands(frame)
 
 
 def test_typed_getters_reject_wrong_types():
@@ -55,28 +56,48 @@ def test_typed_getters_reject_wrong_types():
 
 def test_raw_data_is_spliced_not_reencoded():
     pub = Publication(data=b'{"b": 2, "a": 1}', offset=7)
-    frame = proto.encode_pub_push("news", pub)
+    frame = JSON.encode_pub_push("news", pub)
     assert frame == b'{"push":{"channel":"news","pub":{"data":{"b": 2, "a": 1},"offset":7}}}'
 
 
 def test_zero_values_omitted_but_client_info_keeps_user_and_client():
     pub = Publication(data=b"1", info=ClientInfo(user="", client="c1"))
-    obj = orjson.loads(proto.encode_pub_push("ch", pub))
+    obj = orjson.loads(JSON.encode_pub_push("ch", pub))
     assert obj == {
         "push": {"channel": "ch", "pub": {"data": 1, "info": {"user": "", "client": "c1"}}}
     }
 
 
 def test_empty_result_is_written_as_object():
-    assert proto.encode_reply(3, "publish", {}) == b'{"id":3,"publish":{}}'
+    assert JSON.encode_reply(3, "publish", {}) == b'{"id":3,"publish":{}}'
 
 
 def test_join_push_shape():
     info = ClientInfo(user="u", client="c", conn_info=b'{"n":1}', chan_info=b'"x"')
-    obj = orjson.loads(proto.encode_join_push("room", info))
+    obj = orjson.loads(JSON.encode_join_push("room", info))
     assert obj == {
         "push": {
             "channel": "room",
             "join": {"info": {"user": "u", "client": "c", "conn_info": {"n": 1}, "chan_info": "x"}},
         }
     }
+
+
+def test_protocol_neutral_results_render_as_json():
+    pub = Publication(data=b'{"k":1}', offset=3, info=ClientInfo("u", "c"))
+    frame = JSON.encode_reply(
+        5, "history", {"publications": [pub], "epoch": "e", "offset": 3, "data": b"[1]"}
+    )
+    assert orjson.loads(frame) == {
+        "id": 5,
+        "history": {
+            "publications": [{"data": {"k": 1}, "offset": 3, "info": {"user": "u", "client": "c"}}],
+            "epoch": "e",
+            "offset": 3,
+            "data": [1],
+        },
+    }
+
+
+def test_binary_payload_has_no_json_frame():
+    assert JSON.encode_pub_push("ch", Publication(data=b"\x00\x01")) == b""
