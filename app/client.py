@@ -130,6 +130,7 @@ class Client:
         self._pong_handle: asyncio.TimerHandle | None = None
         self._expire_handle: asyncio.TimerHandle | None = None
         self._closed = asyncio.Event()
+        self._inbox: asyncio.Queue[bytes] | None = None
         loop = asyncio.get_running_loop()
         self._stale_handle: asyncio.TimerHandle | None = loop.call_later(
             self.cfg.stale_close_delay, self._on_stale
@@ -139,6 +140,21 @@ class Client:
 
     def send(self, data: bytes) -> None:
         self._writer.enqueue(data)
+
+    def enqueue_frame(self, data: bytes) -> None:
+        """Emulation: frames arrive by HTTP POST, possibly concurrently; process them
+        one after another as a socket reader would."""
+        if self._inbox is None:
+            self._inbox = asyncio.Queue()
+            self.node.spawn(self._drain_inbox())
+        self._inbox.put_nowait(data)
+
+    async def _drain_inbox(self) -> None:
+        assert self._inbox is not None
+        while True:
+            data = await self._inbox.get()
+            if self.state is State.CLOSED or not await self.handle_frame(data):
+                return
 
     async def handle_frame(self, data: bytes) -> bool:
         """Process one incoming frame. Returns False once the connection is closing."""
@@ -223,6 +239,8 @@ class Client:
             return
         was_connected = self.state is State.CONNECTED
         self.state = State.CLOSED
+        if self._inbox is not None:
+            self._inbox.put_nowait(b"")  # wake the emulation reader so it ends
         for h in (self._ping_handle, self._pong_handle, self._expire_handle, self._stale_handle):
             if h is not None:
                 h.cancel()
@@ -238,6 +256,13 @@ class Client:
             self.node.hub.remove(self)
             for sub in list(self._subs.values()):
                 await self._drop_subscription(sub)
+        if disconnect is not None and self.transport.disconnect_push:
+            self._writer.reopen_for_last()
+            self.send(
+                self.codec.encode_push(
+                    "", "disconnect", {"code": disconnect.code, "reason": disconnect.reason}
+                )
+            )
         await self._writer.close()
         if disconnect is not None:
             try:
@@ -258,7 +283,11 @@ class Client:
     # ------------------------------------------------------------ ping/pong
 
     def _pong_expected(self) -> bool:
-        return self.cfg.ping_interval > 0 and self.cfg.pong_timeout > 0
+        return (
+            self.cfg.ping_interval > 0
+            and self.cfg.pong_timeout > 0
+            and not self.transport.unidirectional
+        )
 
     def _schedule_ping(self, first: bool = False) -> None:
         interval = self.cfg.ping_interval
@@ -400,12 +429,42 @@ class Client:
                 raise
             result["subs"] = subs_result
 
-        self.send(self.codec.encode_reply(cmd_id, "connect", result))
+        if self.transport.unidirectional:
+            self.send(self.codec.encode_push("", "connect", result))
+        else:
+            self.send(self.codec.encode_reply(cmd_id, "connect", result))
         for sub in new_subs:
             self._activate(sub)
         self._schedule_ping(first=True)
         self._schedule_expiry()
         return None
+
+    async def connect_unidirectional(self, request: dict[str, Any]) -> bool:
+        """Unidirectional transports: run a ConnectRequest (JSON-shaped dict) and answer
+        with a `connect` push. Connect errors become disconnects (research §1.11).
+        Returns False when the connection was closed instead."""
+        try:
+            await self._cmd_connect(0, request)
+        except ClientError as e:
+            await self.close(Disconnect(*self._uni_disconnect_for(e.code)))
+            return False
+        except Disconnect as d:
+            await self.close(d)
+            return False
+        except DecodeError:
+            await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
+            return False
+        return self.state is State.CONNECTED
+
+    def _uni_disconnect_for(self, code: int) -> tuple[int, str]:
+        transforms = self.cfg.connect_code_to_unidirectional_disconnect
+        if transforms.enabled:
+            for t in transforms.transforms:
+                if t.get("code") == code:
+                    to = t.get("to") or {}
+                    return int(to.get("code", 3004)), str(to.get("reason", ""))
+        default = {109: 3005, 110: 3005, 111: 3013, 103: 3507}.get(code, 3004)
+        return default, Disconnect(default).reason
 
     def _schedule_expiry(self) -> None:
         if self._expire_handle is not None:

@@ -46,6 +46,7 @@ NODE = "n"  # heartbeat: a node's info for the `info` API
 SURVEY = "s"  # a question to every node (the `channels` API)
 REPLY = "r"  # a node's answer to a survey, sent to the asking node only
 SHUTDOWN = "x"  # the node is leaving: drop it from the registry now
+EMULATION = "e"  # commands for an emulated (SSE / HTTP-stream) session owned by that node
 
 
 def encode_message(kind: str, origin: str, body: dict[str, Any]) -> bytes:

@@ -9,6 +9,7 @@ through the facade methods here, never to an engine directly.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fnmatch
 import logging
@@ -73,6 +74,8 @@ class Node:
         self.membership = Membership(
             self.id, self._local_info, self._publish_control, self._answer_survey
         )
+        # Emulated bidirectional sessions (SSE, HTTP-stream) whose stream this node holds.
+        self.sessions: dict[str, Client] = {}
         self.closing = False
 
     # --- lifecycle ---
@@ -309,8 +312,29 @@ class Node:
             return
         if kind == control.ACTION:
             self.spawn(self._apply(body))
+        elif kind == control.EMULATION:
+            self._deliver_emulation(body.get("session", ""), base64.b64decode(body.get("data", "")))
         else:
             self.membership.handle(kind, origin, body, self.spawn)
+
+    async def emulation(self, node_id: str, session: str, data: bytes) -> bool:
+        """Commands posted to /emulation: run them on the session's client, wherever
+        its stream is held. False when the session is unknown here (local node)."""
+        if node_id == self.id:
+            return self._deliver_emulation(session, data)
+        body = {"session": session, "data": base64.b64encode(data).decode()}
+        await self.broker.publish_control(
+            control.encode_message(control.EMULATION, self.id, body), node_id
+        )
+        return True
+
+    def _deliver_emulation(self, session: str, data: bytes) -> bool:
+        client = self.sessions.get(session)
+        if client is None:
+            return False
+        # Commands of one session run in arrival order, like frames on a socket.
+        client.enqueue_frame(data)
+        return True
 
     async def _publish_control(self, data: bytes, node_id: str) -> None:
         await self.broker.publish_control(data, node_id)

@@ -22,8 +22,15 @@ class Transport(Protocol):
 
     name: str  # "websocket", "sse", ...
     codec: Codec  # how this connection's frames are encoded
+    unidirectional: bool  # server-to-client only: no commands, no pongs
+    disconnect_push: bool  # signal disconnects with a push before closing (all but bidi WS)
 
     async def write(self, frame: bytes) -> None: ...
+
+    def reopen_for_last(self) -> None:
+        """Allow one more message (the disconnect push) after an overflow closed us."""
+        self._closed = False
+        self._max_size = 0
 
     async def close(self, disconnect: Disconnect) -> None: ...
 
@@ -89,6 +96,11 @@ class Writer:
                     self._on_error(Disconnect(DISCONNECT_WRITE_ERROR))
                     return
             self._idle.set()
+
+    def reopen_for_last(self) -> None:
+        """Allow one more message (the disconnect push) after an overflow closed us."""
+        self._closed = False
+        self._max_size = 0
 
     async def close(self, timeout: float = 1.0) -> None:
         """Send what is queued (best effort within timeout), then stop."""

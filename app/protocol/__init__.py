@@ -54,10 +54,7 @@ class Codec(Protocol):
     def encode_error(self, cmd_id: int, error: dict[str, Any]) -> bytes: ...
 
     def encode_push(self, channel: str, kind: str, body: dict[str, Any]) -> bytes:
-        """A Reply carrying a Push (bidirectional transports)."""
-
-    def encode_bare_push(self, channel: str, kind: str, body: dict[str, Any]) -> bytes:
-        """A Push on its own (unidirectional transports)."""
+        """A Push: inside a Reply for bidirectional codecs, bare for unidirectional ones."""
 
     def encode_pub_push(self, channel: str, pub: Publication) -> bytes:
         """The frame every subscriber of `channel` receives for `pub`; b"" when the

@@ -83,9 +83,15 @@ def _to_command(obj: Any) -> Command:
 
 
 class JsonCodec:
-    name = "json"
+    """bare=False: pushes wrapped in a Reply (bidirectional transports);
+    bare=True: pushes sent as they are (unidirectional transports)."""
+
     separator = b"\n"
     ping = b"{}"
+
+    def __init__(self, bare: bool = False) -> None:
+        self.bare = bare
+        self.name = "json_uni" if bare else "json"
 
     def decode_commands(self, frame: bytes) -> list[Command]:
         out: list[Command] = []
@@ -107,16 +113,15 @@ class JsonCodec:
     def encode_error(self, cmd_id: int, error: dict[str, Any]) -> bytes:
         return orjson.dumps({"id": cmd_id, "error": error})
 
-    def encode_bare_push(self, channel: str, kind: str, body: dict[str, Any]) -> bytes:
-        return _dumps({"channel": channel, kind: body} if channel else {kind: body})
-
     def encode_push(self, channel: str, kind: str, body: dict[str, Any]) -> bytes:
-        return _dumps({"push": {"channel": channel, kind: body} if channel else {kind: body}})
+        push = {"channel": channel, kind: body} if channel else {kind: body}
+        return _dumps(push if self.bare else {"push": push})
 
     def encode_pub_push(self, channel: str, pub: Publication) -> bytes:
         if not _is_json(pub.data):
             return b""  # binary payload: JSON clients get 3506 instead
-        return orjson.dumps({"push": {"channel": channel, "pub": publication_obj(pub)}})
+        push = {"channel": channel, "pub": publication_obj(pub)}
+        return orjson.dumps(push if self.bare else {"push": push})
 
     def encode_join_push(self, channel: str, info: ClientInfo) -> bytes:
         return self.encode_push(channel, "join", {"info": info})
@@ -126,3 +131,4 @@ class JsonCodec:
 
 
 JSON = JsonCodec()
+JSON_UNI = JsonCodec(bare=True)

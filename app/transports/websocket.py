@@ -24,6 +24,8 @@ _CLOSE_TYPES = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.
 class WebSocketTransport:
     name = "websocket"
     codec = JSON
+    unidirectional = False
+    disconnect_push = False  # the close frame carries code and reason
 
     __slots__ = ("_ws",)
 
