@@ -8,7 +8,6 @@ along on another user's call.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from collections.abc import Callable, Mapping
@@ -126,8 +125,11 @@ class HTTPCaller:
         except ProxyUnavailable:
             log.error("error proxying %s to %s: unexpected HTTP status", kind, self.name)
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
             log.error("error proxying %s to %s: %r", kind, self.name, e)
+            raise ProxyUnavailable(f"HTTP request error: {e!r}") from e
+        except Exception as e:  # bad header values, invalid URL: never past the caller
+            log.error("error proxying %s to %s", kind, self.name, exc_info=True)
             raise ProxyUnavailable(f"HTTP request error: {e!r}") from e
         try:
             return decode_json_response(data)

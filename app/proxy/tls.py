@@ -46,7 +46,9 @@ def ssl_context(tls: Any, what: str) -> ssl.SSLContext | None:
     ctx = ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls.server_ca_pem:
-        ctx.load_verify_locations(cadata=load_pem(tls.server_ca_pem, f"{what}.server_ca_pem").decode())
+        ctx.load_verify_locations(
+            cadata=load_pem(tls.server_ca_pem, f"{what}.server_ca_pem").decode()
+        )
     if tls.cert_pem and tls.key_pem:
         cert = load_pem(tls.cert_pem, f"{what}.cert_pem")
         key = load_pem(tls.key_pem, f"{what}.key_pem")

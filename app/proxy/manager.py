@@ -1,0 +1,261 @@
+"""Which proxy serves which event, and the typed calls.
+
+A ProxyManager is built once per node from the Config. It resolves, like Centrifugo's
+`buildProxyMap`: `client.proxy.connect|refresh` (when `enabled`), the channel proxies of
+each namespace (`*_proxy_enabled` + `*_proxy_name`, where "default" or "" means the
+`channel.proxy.<kind>` section and any other name a `proxies[]` entry) and the RPC proxies
+of `rpc.without_namespace` / `rpc.namespaces` (same naming, `rpc.proxy` is "default").
+A named proxy used by several kinds or namespaces is one Proxy object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from app.config import ChannelOptions, Config, ProxyConfig, RpcOptions
+from app.errors import ERROR_METHOD_NOT_FOUND, ERROR_NOT_AVAILABLE, ClientError
+
+from . import models as m
+from .grpc import GRPCCaller
+from .http import HTTPCaller, new_session
+from .models import (
+    ConnectProxyResult,
+    ProxyContext,
+    PublishProxyResult,
+    RefreshProxyResult,
+    RPCProxyResult,
+    SubRefreshProxyResult,
+    SubscribeProxyResult,
+)
+
+__all__ = ["Proxy", "ProxyManager", "DEFAULT_PROXY_NAME", "REFRESH_RETRY_DELAY"]
+
+log = logging.getLogger("centrifugo.proxy")
+
+DEFAULT_PROXY_NAME = "default"
+
+# Seconds a connection or subscription lives on after its refresh proxy failed
+# (Centrifugo retries a minute later rather than disconnecting).
+REFRESH_RETRY_DELAY = 60
+
+
+def _is_http(endpoint: str) -> bool:
+    return endpoint.startswith(("http://", "https://"))
+
+
+class Proxy:
+    """One configured proxy endpoint; every kind of call can go through it.
+
+    Each call raises `ClientError` / `Disconnect` when the backend answers with `error` /
+    `disconnect` (connect, subscribe, publish, rpc), and `ProxyUnavailable` when the
+    backend cannot be asked or its answer is unusable.
+    """
+
+    def __init__(
+        self, name: str, cfg: ProxyConfig, session: Callable[[], aiohttp.ClientSession]
+    ) -> None:
+        self.name = name
+        self.config = cfg
+        self.protocol = "http" if _is_http(cfg.endpoint) else "grpc"
+        self.binary = cfg.binary_encoding
+        self.include_meta = cfg.include_connection_meta
+        self._caller: HTTPCaller | GRPCCaller
+        if self.protocol == "http":
+            self._caller = HTTPCaller(name, cfg, session)
+        else:
+            self._caller = GRPCCaller(name, cfg)
+
+    def __repr__(self) -> str:
+        return f"Proxy({self.name!r}, {self.protocol}, {self.config.endpoint!r})"
+
+    async def _call(self, kind: str, fields: Mapping[str, Any], ctx: ProxyContext) -> Any:
+        return await self._caller.call(kind, fields, ctx)
+
+    @property
+    def _from_json(self) -> bool:
+        return self.protocol == "http"
+
+    async def connect(
+        self,
+        ctx: ProxyContext,
+        *,
+        data: bytes | None = None,
+        name: str = "",
+        version: str = "",
+        channels: Sequence[str] = (),
+    ) -> ConnectProxyResult | None:
+        """None when the reply has no `result`: the connection then has no credentials
+        (Centrifugo falls back to anonymous when allowed, else rejects it)."""
+        fields = m.connect_request(
+            ctx, binary=self.binary, data=data, name=name, version=version, channels=channels
+        )
+        reply = await self._call("connect", fields, ctx)
+        return m.parse_connect(reply, from_json=self._from_json)
+
+    async def refresh(self, ctx: ProxyContext) -> RefreshProxyResult:
+        """`expired=True` also for replies without a result (error/disconnect included)."""
+        fields = m.refresh_request(ctx, binary=self.binary, include_meta=self.include_meta)
+        reply = await self._call("refresh", fields, ctx)
+        return m.parse_refresh(reply, from_json=self._from_json)
+
+    async def subscribe(
+        self, ctx: ProxyContext, channel: str, *, token: str = "", data: bytes | None = None
+    ) -> SubscribeProxyResult:
+        fields = m.subscribe_request(
+            ctx, channel, binary=self.binary, include_meta=self.include_meta, token=token, data=data
+        )
+        reply = await self._call("subscribe", fields, ctx)
+        return m.parse_subscribe(reply, from_json=self._from_json)
+
+    async def publish(
+        self, ctx: ProxyContext, channel: str, data: bytes | None
+    ) -> PublishProxyResult:
+        fields = m.publish_request(
+            ctx, channel, data, binary=self.binary, include_meta=self.include_meta
+        )
+        reply = await self._call("publish", fields, ctx)
+        return m.parse_publish(reply, from_json=self._from_json)
+
+    async def rpc(self, ctx: ProxyContext, method: str, data: bytes | None) -> RPCProxyResult:
+        fields = m.rpc_request(
+            ctx, method, data, binary=self.binary, include_meta=self.include_meta
+        )
+        reply = await self._call("rpc", fields, ctx)
+        return m.parse_rpc(reply, from_json=self._from_json)
+
+    async def sub_refresh(self, ctx: ProxyContext, channel: str) -> SubRefreshProxyResult:
+        """`expired=True` also for replies without a result (error/disconnect included)."""
+        fields = m.sub_refresh_request(
+            ctx, channel, binary=self.binary, include_meta=self.include_meta
+        )
+        reply = await self._call("sub_refresh", fields, ctx)
+        return m.parse_sub_refresh(reply, from_json=self._from_json)
+
+    async def close(self) -> None:
+        await self._caller.close()
+
+
+class ProxyManager:
+    """All proxies of one node; see the package docstring for how callers use it."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.config = cfg
+        self._session: aiohttp.ClientSession | None = None
+        self._named: dict[str, ProxyConfig] = {p.name: p for p in cfg.proxies}
+        # (section, name) -> Proxy; section is the kind for "default", "" for named ones.
+        self._proxies: dict[tuple[str, str], Proxy] = {}
+        self._rpc_boundary = cfg.rpc.namespace_boundary
+        self._rpc_namespaces: dict[str, RpcOptions] = {ns.name: ns for ns in cfg.rpc.namespaces}
+
+        client_proxy = cfg.client.proxy
+        self._connect = (
+            self._get("connect", DEFAULT_PROXY_NAME, client_proxy.connect)
+            if client_proxy.connect.enabled
+            else None
+        )
+        self._refresh = (
+            self._get("refresh", DEFAULT_PROXY_NAME, client_proxy.refresh)
+            if client_proxy.refresh.enabled
+            else None
+        )
+        # Build every enabled proxy up front so a bad setting fails at start-up.
+        for opts in (cfg.channel.without_namespace, *cfg.channel.namespaces):
+            for kind in ("subscribe", "publish", "sub_refresh"):
+                self._channel_proxy(kind, opts)
+        self.has_rpc_proxies = False
+        for rpc_opts in (cfg.rpc.without_namespace, *cfg.rpc.namespaces):
+            if rpc_opts.proxy_enabled:
+                self._rpc_options_proxy(rpc_opts)
+                self.has_rpc_proxies = True
+
+    # ------------------------------------------------------------------ resolution
+
+    def _http_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = new_session()
+        return self._session
+
+    def _get(self, section: str, name: str, default_cfg: ProxyConfig | None) -> Proxy:
+        if not name or name == DEFAULT_PROXY_NAME:
+            key = (section, DEFAULT_PROXY_NAME)
+            cfg = default_cfg
+            label = DEFAULT_PROXY_NAME
+        else:
+            key = ("", name)
+            cfg = self._named.get(name)
+            label = name
+        proxy = self._proxies.get(key)
+        if proxy is not None:
+            return proxy
+        if cfg is None:
+            raise ValueError(f"{section} proxy not found: {name}")
+        if not cfg.endpoint:
+            raise ValueError(f"{section} proxy {label!r}: endpoint not set")
+        proxy = self._proxies[key] = Proxy(label, cfg, self._http_session)
+        log.info("%s proxy %r enabled: %s", section, label, proxy.protocol)
+        return proxy
+
+    def _channel_proxy(self, kind: str, opts: ChannelOptions) -> Proxy | None:
+        if not getattr(opts, f"{kind}_proxy_enabled"):
+            return None
+        name = getattr(opts, f"{kind}_proxy_name")
+        return self._get(kind, name, getattr(self.config.channel.proxy, kind))
+
+    def _rpc_options_proxy(self, opts: RpcOptions) -> Proxy:
+        return self._get("rpc", opts.proxy_name, self.config.rpc.proxy)
+
+    # ------------------------------------------------------------------ public lookups
+
+    def connect_proxy(self) -> Proxy | None:
+        """The connect proxy (`client.proxy.connect.enabled`); used only without a token."""
+        return self._connect
+
+    def refresh_proxy(self) -> Proxy | None:
+        """The refresh proxy (`client.proxy.refresh.enabled`): server-side refresh."""
+        return self._refresh
+
+    def subscribe_proxy(self, opts: ChannelOptions) -> Proxy | None:
+        """The subscribe proxy of a namespace, None when `subscribe_proxy_enabled` is off."""
+        return self._channel_proxy("subscribe", opts)
+
+    def publish_proxy(self, opts: ChannelOptions) -> Proxy | None:
+        return self._channel_proxy("publish", opts)
+
+    def sub_refresh_proxy(self, opts: ChannelOptions) -> Proxy | None:
+        return self._channel_proxy("sub_refresh", opts)
+
+    def rpc_options(self, method: str) -> RpcOptions | None:
+        """RPC namespace options of a method (`ns` + `rpc.namespace_boundary` + rest);
+        None for an unknown namespace."""
+        boundary = self._rpc_boundary
+        if boundary and boundary in method:
+            return self._rpc_namespaces.get(method.split(boundary, 1)[0])
+        return self.config.rpc.without_namespace
+
+    def rpc_proxy(self, method: str) -> Proxy:
+        """The proxy for an RPC method, as Centrifugo's RPC handler picks it.
+
+        Raises ClientError 104 (method not found) for an unknown RPC namespace and 108
+        (not available) when the namespace has no proxy enabled.
+        """
+        opts = self.rpc_options(method)
+        if opts is None:
+            raise ClientError(ERROR_METHOD_NOT_FOUND)
+        if not opts.proxy_enabled:
+            raise ClientError(ERROR_NOT_AVAILABLE)
+        return self._rpc_options_proxy(opts)
+
+    @property
+    def proxies(self) -> list[Proxy]:
+        return list(self._proxies.values())
+
+    async def close(self) -> None:
+        for proxy in self._proxies.values():
+            await proxy.close()
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
