@@ -11,6 +11,7 @@ import base64
 import inspect
 import json
 import logging
+import logging.config
 import os
 import platform
 import sys
@@ -36,6 +37,7 @@ from app.config import (
     format_duration,
     load_config,
 )
+from app.logs import logging_dict
 
 DEFAULT_CONFIG = "config.json"
 DEFAULT_TOKEN_TTL = 3600 * 24 * 7
@@ -431,15 +433,6 @@ def cmd_checktoken(args: argparse.Namespace, subscription: bool) -> int:
 # Running the server
 
 
-_LOG_LEVELS = {
-    "trace": logging.DEBUG,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-    "fatal": logging.CRITICAL,
-    "none": logging.CRITICAL + 10,
-}
 _GUNICORN_LEVELS = {
     "trace": "debug",
     "debug": "debug",
@@ -480,6 +473,8 @@ def gunicorn_options(cfg: Config, workers: int) -> dict[str, Any]:
         "accesslog": None,
         "errorlog": cfg.log.file or "-",
         "loglevel": _GUNICORN_LEVELS.get(cfg.log.level, "info"),
+        # gunicorn's own lines in the same JSON shape as ours.
+        "logconfig_dict": logging_dict(cfg.log.level, cfg.log.file),
         "proc_name": "centrifugo",
         # gunicorn >= 24 opens a control socket at a fixed per-user path; several servers on
         # one machine (tests, side-by-side nodes) would fight over it.
@@ -491,19 +486,7 @@ def gunicorn_options(cfg: Config, workers: int) -> dict[str, Any]:
 
 
 def _configure_server_logging(cfg: Config) -> None:
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler: logging.Handler
-    if cfg.log.file:
-        handler = logging.FileHandler(cfg.log.file)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-    )
-    root.addHandler(handler)
-    root.setLevel(_LOG_LEVELS.get(cfg.log.level, logging.INFO))
+    logging.config.dictConfig(logging_dict(cfg.log.level, cfg.log.file))
 
 
 def _make_gunicorn_app(cfg: Config, options: dict[str, Any]) -> Any:

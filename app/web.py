@@ -10,6 +10,7 @@ from app.api.http import add_api_routes
 from app.broker import Broker
 from app.config import Config
 from app.engines.memory import MemoryBroker, MemoryPresenceManager
+from app.logs import set_node
 from app.node import NODE_KEY, Node
 from app.presence import PresenceManager
 from app.transports.websocket import websocket_handler
@@ -56,6 +57,7 @@ async def health_handler(request: web.Request) -> web.Response:
 def create_app(cfg: Config) -> web.Application:
     app = web.Application(client_max_size=max(cfg.websocket.message_size_limit, 1 << 20) * 64)
     node = create_node(cfg)
+    set_node(node.id)
     app[NODE_KEY] = node
 
     async def node_ctx(app: web.Application) -> AsyncIterator[None]:
