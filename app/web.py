@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -54,8 +55,37 @@ async def health_handler(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+def _port_split(cfg: Config) -> list[Any]:
+    """With http_server.internal_port set, API, metrics, health and admin answer only
+    there and client transports only on the main port, as in Centrifugo."""
+    internal_port = cfg.http_server.internal_port
+    if not internal_port or internal_port == cfg.http_server.port:
+        return []
+    internal = [cfg.prometheus.handler_prefix, cfg.health.handler_prefix or "/health"]
+    if not cfg.http_api.external:
+        internal.append(cfg.http_api.handler_prefix)
+    if cfg.admin.enabled and not cfg.admin.external:
+        internal.append(cfg.admin.handler_prefix or "/admin")
+
+    def is_internal(path: str) -> bool:
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in internal if p)
+
+    @web.middleware
+    async def split(request: web.Request, handler: Any) -> web.StreamResponse:
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        on_internal = bool(sock) and sock[1] == internal_port
+        if on_internal != is_internal(request.path):
+            raise web.HTTPNotFound()
+        return await handler(request)
+
+    return [split]
+
+
 def create_app(cfg: Config) -> web.Application:
-    app = web.Application(client_max_size=max(cfg.websocket.message_size_limit, 1 << 20) * 64)
+    app = web.Application(
+        client_max_size=max(cfg.websocket.message_size_limit, 1 << 20) * 64,
+        middlewares=_port_split(cfg),
+    )
     node = create_node(cfg)
     set_node(node.id)
     app[NODE_KEY] = node
