@@ -125,13 +125,14 @@ class GRPCCaller:
             self._credentials = grpc.ssl_channel_credentials(root, key, cert)
             if tls.server_name:
                 self._options.append(("grpc.ssl_target_name_override", tls.server_name))
+        self.compression = grpc.Compression.Gzip if cfg.grpc.compression else None
         self._call_md: list[tuple[str, str]] = []
         if cfg.grpc.credentials_key:
             self._call_md.append((cfg.grpc.credentials_key.lower(), cfg.grpc.credentials_value))
 
     def _get_stub(self) -> CentrifugoProxyStub:
         if self._stub is None:
-            compression = grpc.Compression.Gzip if self.cfg.grpc.compression else None
+            compression = self.compression
             if self._credentials is not None:
                 self._channel = grpc.aio.secure_channel(
                     self.target, self._credentials, self._options, compression

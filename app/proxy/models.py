@@ -259,17 +259,21 @@ def sub_refresh_request(
 # ----------------------------------------------------------------------------- responses
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def decode_json_response(body: bytes) -> dict[str, Any]:
-    """Parse an HTTP proxy response body; anything but a JSON object is unusable."""
+    """Parse an HTTP proxy response body; anything but a JSON object is unusable.
+
+    The standard library parser is used on purpose: it keeps integers of any size exact
+    (orjson turns those beyond 64 bits into floats), and payload fields are re-encoded from
+    the parsed values. Replies are small; the network round trip dominates.
+    """
     try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # orjson refuses integers beyond 64 bits, which are still valid JSON inside
-        # user payloads; the standard library accepts them.
-        try:
-            value = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise ProxyUnavailable("invalid JSON in proxy response") from None
+        value = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError):
+        raise ProxyUnavailable("invalid JSON in proxy response") from None
     if not isinstance(value, dict):
         raise ProxyUnavailable("proxy response is not a JSON object")
     return value
