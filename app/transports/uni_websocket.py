@@ -1,0 +1,137 @@
+"""Unidirectional WebSocket at `uni_websocket.handler_prefix` (research §1.11, §1.12).
+
+The ConnectRequest comes as the `cf_connect` query parameter or, when that is absent, as
+the first text message (`{}` is fine). The server then only writes: one JSON Push per
+WebSocket message, or a burst newline-joined into one message with `join_push_messages`.
+A disconnect is a `disconnect` push followed by a close frame with the same code and
+reason (`disable_disconnect_push` keeps only the close frame). Messages the client sends
+after connecting are read and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from app.client import State
+from app.config import Config
+from app.errors import DISCONNECT_BAD_REQUEST, Disconnect
+from app.node import NODE_KEY
+from app.protocol.json import JSON_UNI
+from app.transports.uni_http_stream import (
+    BadConnectRequest,
+    connect,
+    decode_connect_request,
+    new_client,
+    service_unavailable,
+)
+from app.transports.websocket import origin_allowed
+
+log = logging.getLogger("centrifugo.uni_websocket")
+
+CONNECT_PARAM = "cf_connect"
+# Centrifugo's defaults when the options are zero.
+DEFAULT_PING_INTERVAL = 25.0
+DEFAULT_MESSAGE_SIZE_LIMIT = 65536
+
+
+class UniWebSocketTransport:
+    name = "uni_websocket"
+    codec = JSON_UNI
+    unidirectional = True
+
+    __slots__ = ("_ws", "_join", "_abort", "disconnect_push")
+
+    def __init__(
+        self, ws: web.WebSocketResponse, *, join: bool, disconnect_push: bool, abort: Any
+    ) -> None:
+        self._ws = ws
+        self._join = join
+        self._abort = abort  # closes the socket without a closing handshake, or None
+        self.disconnect_push = disconnect_push
+
+    async def write(self, frame: bytes) -> None:
+        if self._join or b"\n" not in frame:
+            await self._ws.send_frame(frame, WSMsgType.TEXT)
+            return
+        # A frame is newline-joined pushes (compact JSON has no raw newlines).
+        for msg in frame.split(b"\n"):
+            await self._ws.send_frame(msg, WSMsgType.TEXT)
+
+    async def close(self, disconnect: Disconnect) -> None:
+        if self._abort is not None:
+            self._abort()
+            return
+        # WebSocket close reasons are limited to 123 bytes.
+        await self._ws.close(code=disconnect.code, message=disconnect.reason.encode()[:123])
+
+
+async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE_KEY]
+    cfg = node.config
+    ucfg = cfg.uni_websocket
+    if not origin_allowed(request.headers.get("Origin"), cfg.client.allowed_origins):
+        log.info("request Origin %r is not allowed", request.headers.get("Origin"))
+        return web.Response(status=403, text="Invalid origin")
+    unavailable = service_unavailable(node)
+    if unavailable is not None:
+        return unavailable
+    connect_request: dict[str, Any] | None = None
+    raw = request.query.get(CONNECT_PARAM, "")
+    if raw:
+        try:
+            connect_request = decode_connect_request(raw)
+        except BadConnectRequest as e:
+            log.info("uni_websocket: malformed connect request: %s", e)
+            return web.Response(status=400, text="invalid connect request")
+
+    size_limit = ucfg.message_size_limit or DEFAULT_MESSAGE_SIZE_LIMIT
+    ws = web.WebSocketResponse(
+        # aiohttp refuses a message of exactly max_msg_size; Centrifugo allows it.
+        max_msg_size=size_limit + 1 if size_limit > 0 else 0,
+        compress=ucfg.compression,
+        # Protocol-level pings keep proxies from dropping a socket that is only written to.
+        heartbeat=cfg.client.ping_interval
+        if cfg.client.ping_interval > 0
+        else DEFAULT_PING_INTERVAL,
+        autoping=True,
+    )
+    await ws.prepare(request)
+    abort = None
+    if ucfg.disable_closing_handshake and request.transport is not None:
+        abort = request.transport.close
+    transport = UniWebSocketTransport(
+        ws,
+        join=ucfg.join_push_messages,
+        disconnect_push=not ucfg.disable_disconnect_push,
+        abort=abort,
+    )
+    client = new_client(node, transport, request.headers)
+    try:
+        if connect_request is None:
+            msg = await ws.receive()
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                return ws  # closed before sending the ConnectRequest
+            try:
+                connect_request = decode_connect_request(msg.data)
+            except BadConnectRequest as e:
+                log.info("uni_websocket: malformed connect request: %s", e)
+                await client.close(None)
+                await ws.close(code=DISCONNECT_BAD_REQUEST, message=b"bad request")
+                return ws
+        # The client may have gone stale while the first message was awaited.
+        if client.state is State.CONNECTING:
+            await connect(client, connect_request)
+        async for _ in ws:
+            pass  # nothing is expected from the client; reading notices the close
+    finally:
+        await client.transport_closed()
+    return ws
+
+
+def add_routes(app: web.Application, cfg: Config) -> None:
+    """Register the uni_websocket endpoint when `uni_websocket.enabled`."""
+    if cfg.uni_websocket.enabled:
+        app.router.add_get(cfg.uni_websocket.handler_prefix, uni_websocket_handler)
