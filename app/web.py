@@ -14,6 +14,7 @@ from app.engines.memory import MemoryBroker, MemoryPresenceManager
 from app.logs import set_node
 from app.node import NODE_KEY, Node
 from app.presence import PresenceManager
+from app.transports import emulation, http_stream, sse
 from app.transports.websocket import websocket_handler
 
 
@@ -105,6 +106,9 @@ def create_app(cfg: Config) -> web.Application:
 
     if not cfg.websocket.disabled:
         app.router.add_get(cfg.websocket.handler_prefix, websocket_handler)
+    http_stream.add_routes(app, cfg)
+    sse.add_routes(app, cfg)
+    emulation.add_routes(app, cfg)
     app.router.add_get(cfg.health.handler_prefix or "/health", health_handler)
     if not cfg.http_api.disabled:
         add_api_routes(app, cfg)
