@@ -15,6 +15,9 @@ from app.logs import set_node
 from app.node import NODE_KEY, Node
 from app.presence import PresenceManager
 from app.transports import emulation, http_stream, sse
+from app.transports.uni_http_stream import add_routes as add_uni_http_stream_routes
+from app.transports.uni_sse import add_routes as add_uni_sse_routes
+from app.transports.uni_websocket import add_routes as add_uni_websocket_routes
 from app.transports.websocket import websocket_handler
 
 
@@ -112,4 +115,7 @@ def create_app(cfg: Config) -> web.Application:
     app.router.add_get(cfg.health.handler_prefix or "/health", health_handler)
     if not cfg.http_api.disabled:
         add_api_routes(app, cfg)
+    add_uni_websocket_routes(app, cfg)
+    add_uni_sse_routes(app, cfg)
+    add_uni_http_stream_routes(app, cfg)
     return app
