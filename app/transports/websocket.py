@@ -1,7 +1,14 @@
-"""Bidirectional WebSocket transport at `websocket.handler_prefix` (JSON protocol).
+"""Bidirectional WebSocket transport at `websocket.handler_prefix` (JSON or Protobuf).
 
 Disconnects travel as the close frame's code and reason (no disconnect push),
 which is how SDKs decide whether to reconnect.
+
+Protocol selection follows Centrifugo: Protobuf when the client negotiates the
+`centrifuge-protobuf` sub-protocol or asks with `?format=protobuf` /
+`?cf_protocol=protobuf`; JSON otherwise. Protobuf frames go out as binary
+messages. Incoming frames are decoded by the connection's codec whatever their
+WebSocket type (Centrifugo reads both alike), so JSON text on a Protobuf
+connection fails to decode and closes with 3501.
 """
 
 from __future__ import annotations
@@ -14,26 +21,32 @@ from aiohttp import WSMsgType, web
 from app.client import Client
 from app.errors import Disconnect
 from app.node import NODE_KEY
+from app.protocol import Codec
 from app.protocol.json import JSON
+from app.protocol.protobuf import PROTOBUF
 
 log = logging.getLogger("centrifugo.websocket")
 
 _CLOSE_TYPES = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
+# Server preference order, as in Centrifugo's upgrader.
+SUBPROTOCOLS = ("centrifuge-json", "centrifuge-protobuf")
+
 
 class WebSocketTransport:
     name = "websocket"
-    codec = JSON
     unidirectional = False
     disconnect_push = False  # the close frame carries code and reason
 
-    __slots__ = ("_ws",)
+    __slots__ = ("_ws", "codec", "_msg_type")
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, codec: Codec = JSON) -> None:
         self._ws = ws
+        self.codec = codec
+        self._msg_type = WSMsgType.TEXT if codec is JSON else WSMsgType.BINARY
 
     async def write(self, frame: bytes) -> None:
-        await self._ws.send_frame(frame, WSMsgType.TEXT)
+        await self._ws.send_frame(frame, self._msg_type)
 
     async def close(self, disconnect: Disconnect) -> None:
         # WebSocket close reasons are limited to 123 bytes.
@@ -48,6 +61,27 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     return any(p == "*" or fnmatch.fnmatchcase(origin, p.lower()) for p in allowed)
 
 
+def select_subprotocol(request: web.Request) -> str | None:
+    """The first of our sub-protocols that the client offers (server preference)."""
+    offered = {
+        p.strip()
+        for h in request.headers.getall("Sec-WebSocket-Protocol", ())
+        for p in h.split(",")
+    }
+    return next((p for p in SUBPROTOCOLS if p in offered), None)
+
+
+def select_codec(request: web.Request, subprotocol: str | None) -> Codec:
+    query = request.query
+    if (
+        subprotocol == "centrifuge-protobuf"
+        or query.get("format") == "protobuf"
+        or query.get("cf_protocol") == "protobuf"
+    ):
+        return PROTOBUF
+    return JSON
+
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     cfg = node.config
@@ -60,15 +94,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if limit > 0 and node.hub.num_clients >= limit:
         log.info("node connection limit %d reached", limit)
         return web.Response(status=503, text="connection limit reached")
+    subprotocol = select_subprotocol(request)
     ws = web.WebSocketResponse(
-        protocols=("centrifuge-json",),
+        protocols=(subprotocol,) if subprotocol else (),
         # aiohttp refuses a message of exactly max_msg_size; Centrifugo allows it.
         max_msg_size=cfg.websocket.message_size_limit + 1,
         compress=cfg.websocket.compression,
         autoping=True,
     )
     await ws.prepare(request)
-    client = Client(node, WebSocketTransport(ws), headers=request.headers)
+    transport = WebSocketTransport(ws, select_codec(request, subprotocol))
+    client = Client(node, transport, headers=request.headers)
     try:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:

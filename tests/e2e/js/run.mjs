@@ -2,6 +2,9 @@
 //
 // Usage: node run.mjs [scenario.mjs]   (without a file the scenario is read from stdin)
 //
+// With CF_PROTOBUF=1 in the environment the SDK is centrifuge-js's Protobuf build
+// ('centrifuge/build/protobuf'): the same API over the `centrifuge-protobuf` sub-protocol.
+//
 // A scenario is the BODY of an async function. It sees these names:
 //   Centrifuge, WebSocket       the SDK class and the ws constructor
 //   env                         process.env (CF_WS_URL, CF_HTTP_URL, CF_API_KEY, CF_TOKEN, ...)
@@ -20,10 +23,10 @@
 import { createHmac } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 
 const env = process.env;
+const { Centrifuge } = await import(env.CF_PROTOBUF === '1' ? 'centrifuge/build/protobuf' : 'centrifuge');
 const timeoutMs = Number(env.CF_TIMEOUT_MS || 20000);
 const clients = [];
 let finished = false;
