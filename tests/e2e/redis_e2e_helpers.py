@@ -21,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -111,8 +112,13 @@ class RedisProcess:
 
 def redis_config(port: int, **extra: Any) -> dict[str, Any]:
     """Server config on the Redis engine with namespace `rec` (history, recovery, presence)."""
+    # Own key prefix: servers sharing one redis-server must not see each other's nodes.
+    prefix = f"t{uuid.uuid4().hex[:10]}"
     cfg: dict[str, Any] = {
-        "engine": {"type": "redis", "redis": {"address": f"redis://127.0.0.1:{port}"}},
+        "engine": {
+            "type": "redis",
+            "redis": {"address": f"redis://127.0.0.1:{port}", "prefix": prefix},
+        },
         "channel": {
             "namespaces": [
                 {
