@@ -43,7 +43,7 @@ def grpc_target(endpoint: str) -> str:
     return endpoint
 
 
-def grpc_request_metadata(cfg: ProxyConfig, ctx: ProxyContext) -> list[tuple[str, str]]:
+def grpc_request_metadata(cfg: ProxyConfig, ctx: ProxyContext) -> list[tuple[str, str | bytes]]:
     """Outgoing metadata, lowest precedence first: static, emulated, transport; keys are
     lower-case (gRPC requires it). The per-call credentials pair is added by the caller."""
     md: dict[str, list[str]] = {}
@@ -68,7 +68,8 @@ def grpc_request_metadata(cfg: ProxyConfig, ctx: ProxyContext) -> list[tuple[str
             md[k] = []
             replaced.add(k)
         md[k].append(v)
-    return [(k, v) for k, vs in md.items() for v in vs]
+    # Binary metadata ("-bin" keys) travels as bytes.
+    return [(k, v.encode() if k.endswith("-bin") else v) for k, vs in md.items() for v in vs]
 
 
 def message_to_dict(msg: Any) -> dict[str, Any]:
@@ -126,7 +127,7 @@ class GRPCCaller:
             if tls.server_name:
                 self._options.append(("grpc.ssl_target_name_override", tls.server_name))
         self.compression = grpc.Compression.Gzip if cfg.grpc.compression else None
-        self._call_md: list[tuple[str, str]] = []
+        self._call_md: list[tuple[str, str | bytes]] = []
         if cfg.grpc.credentials_key:
             self._call_md.append((cfg.grpc.credentials_key.lower(), cfg.grpc.credentials_value))
 
@@ -154,7 +155,7 @@ class GRPCCaller:
             log.error("error proxying %s to %s: %r", kind, self.name, e)
             raise ProxyUnavailable(f"gRPC call error: {e!r}") from e
         except Exception as e:  # bad metadata values, channel errors: never past the caller
-            log.error("error proxying %s to %s", kind, self.name, exc_info=True)
+            log.error("error proxying %s to %s: %r", kind, self.name, e)
             raise ProxyUnavailable(f"gRPC call error: {e!r}") from e
         return message_to_dict(reply)
 

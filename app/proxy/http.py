@@ -45,6 +45,11 @@ def _multi_items(m: Mapping[str, str]) -> list[tuple[str, str]]:
     return list(m.items())
 
 
+# Framing headers the HTTP client computes itself; copying a client's value would corrupt
+# the request (Go's client ignores them in a header map too).
+_NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
 def http_request_headers(cfg: ProxyConfig, ctx: ProxyContext) -> CIMultiDict[str]:
     """Outgoing headers, lowest precedence first: static, emulated, transport.
 
@@ -54,17 +59,18 @@ def http_request_headers(cfg: ProxyConfig, ctx: ProxyContext) -> CIMultiDict[str
     """
     headers: CIMultiDict[str] = CIMultiDict()
     for k, v in cfg.http.static_headers.items():
-        headers[k] = str(v)
-    allowed_emulated = {h.lower() for h in cfg.emulated_headers}
+        if k.lower() not in _NOT_FORWARDED:
+            headers[k] = str(v)
+    allowed_emulated = {h.lower() for h in cfg.emulated_headers} - _NOT_FORWARDED
     if ctx.emulated_headers and allowed_emulated:
         for k, v in ctx.emulated_headers.items():
             if k.lower() in allowed_emulated:
                 headers[k] = v
     if ctx.headers is not None:
-        allowed = {h.lower() for h in cfg.http_headers}
+        allowed = {h.lower() for h in cfg.http_headers} - _NOT_FORWARDED
         _override(headers, ctx.headers, lambda k: k.lower() in allowed)
     elif ctx.grpc_metadata is not None:
-        allowed_md = set(cfg.grpc_metadata)
+        allowed_md = set(cfg.grpc_metadata) - _NOT_FORWARDED
         _override(headers, ctx.grpc_metadata, lambda k: k in allowed_md)
     headers["Content-Type"] = "application/json"
     return headers
@@ -122,14 +128,14 @@ class HTTPCaller:
                         return reply
                     raise ProxyUnavailable(f"unexpected HTTP status code: {resp.status}")
                 data = await resp.read()
-        except ProxyUnavailable:
-            log.error("error proxying %s to %s: unexpected HTTP status", kind, self.name)
+        except ProxyUnavailable as e:
+            log.error("error proxying %s to %s: %s", kind, self.name, e)
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             log.error("error proxying %s to %s: %r", kind, self.name, e)
             raise ProxyUnavailable(f"HTTP request error: {e!r}") from e
         except Exception as e:  # bad header values, invalid URL: never past the caller
-            log.error("error proxying %s to %s", kind, self.name, exc_info=True)
+            log.error("error proxying %s to %s: %r", kind, self.name, e)
             raise ProxyUnavailable(f"HTTP request error: {e!r}") from e
         try:
             return decode_json_response(data)

@@ -680,6 +680,24 @@ async def test_grpc_transport_metadata_forwarded_when_no_http_headers(
     assert req.header("x-hdr") == "h" and "x-md" not in req.headers
 
 
+@pytest.mark.parametrize("via", VIAS)
+async def test_unusable_header_values_fail_the_call_only(
+    via: str, backend: ProxyBackend, proxies: Any
+) -> None:
+    get = proxies(via, http_headers=["X-Bad", "Host", "Content-Length"])
+    # Framing headers from the client are never copied: the request stays well-formed.
+    backend.reply("rpc", {"result": {"data": {"ok": True}}})
+    res = await get("rpc").rpc(ctx(headers={"Host": "evil", "Content-Length": "999"}), "m", None)
+    assert orjson.loads(res.data) == {"ok": True}
+    assert backend.last("rpc").header("content-length") != "999"
+    # A value the transport cannot carry fails this call, and the next one works.
+    with pytest.raises(ProxyUnavailable):
+        await get("rpc").rpc(ctx(headers={"X-Bad": "line\nbreak"}), "m", None)
+    res = await get("rpc").rpc(ctx(headers={"X-Bad": "fine"}), "m", None)
+    assert orjson.loads(res.data) == {"ok": True}
+    assert backend.last("rpc").header("x-bad") == "fine"
+
+
 async def test_grpc_credentials_metadata(backend: ProxyBackend, proxies: Any) -> None:
     get = proxies("grpc", grpc={"credentials_key": "Authorization", "credentials_value": "k3y"})
     await get("rpc").rpc(ctx(), "m", None)

@@ -383,6 +383,25 @@ def test_grpc_metadata_precedence(tmp_path: Path) -> None:
     assert sorted(md) == [("x-a", "emu"), ("x-s", "s")]
 
 
+def test_framing_headers_never_forwarded(tmp_path: Path) -> None:
+    cfg = proxy_cfg(
+        tmp_path,
+        http_headers=["Host", "Content-Length", "Connection", "X-Ok"],
+        http={"static_headers": {"Transfer-Encoding": "chunked"}},
+    )
+    h = http_request_headers(
+        cfg,
+        ctx(headers={"Host": "evil", "Content-Length": "1", "Connection": "close", "X-Ok": "1"}),
+    )
+    assert dict(h) == {"X-Ok": "1", "Content-Type": "application/json"}
+
+
+def test_grpc_binary_metadata_is_bytes(tmp_path: Path) -> None:
+    cfg = proxy_cfg(tmp_path, endpoint="grpc://127.0.0.1:1", http_headers=["X-Trace-Bin", "X-T"])
+    md = grpc_request_metadata(cfg, ctx(headers={"X-Trace-Bin": "abc", "X-T": "t"}))
+    assert sorted(md, key=lambda kv: kv[0]) == [("x-t", "t"), ("x-trace-bin", b"abc")]
+
+
 def test_grpc_target() -> None:
     assert grpc_target("grpc://127.0.0.1:9000") == "127.0.0.1:9000"
     assert grpc_target("localhost:9000") == "localhost:9000"
