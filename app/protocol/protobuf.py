@@ -290,6 +290,8 @@ class ProtobufCodec:
         return _delimited(reply.SerializeToString())
 
     def encode_push(self, channel: str, kind: str, body: Any) -> bytes:
+        if kind == "pub" and type(body) is Publication:
+            return self._channel_push(channel, _T_PUSH_PUB, encode_publication(body))
         push = pb.Push(channel=channel)
         _fill_any(getattr(push, kind), body)
         return self._wrap_push(push.SerializeToString())
