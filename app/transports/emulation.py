@@ -4,7 +4,7 @@ bidirectional transports (research §1.13).
 Body: JSON `{"node": "...", "session": "...", "data": "<encoded commands>"}`
 (`data` is a JSON string holding the commands), or with
 `Content-Type: application/octet-stream` a Protobuf `EmulationRequest`
-(node = 1, session = 2, data = 3 as raw bytes). The commands run on the client
+(data = the raw Protobuf commands). The commands run on the client
 whose stream `node` holds, on whichever worker that is; replies travel down
 that stream. Answers: 204 accepted, 400 malformed, 404 unknown node (or unknown
 session on this node), 413 body too large.
@@ -17,9 +17,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from google.protobuf.message import DecodeError as PbDecodeError
 
 from app.config import Config
 from app.node import NODE_KEY
+from app.protocol.gen import client_pb2 as pb
 from app.transports.cors import cors_headers, empty_response, origin_allowed, preflight_response
 from app.transports.http_stream import (
     DEFAULT_BODY_LIMIT,
@@ -35,60 +37,13 @@ class MalformedRequest(ValueError):
     pass
 
 
-# --- Protobuf EmulationRequest (three fields; decoded by hand, no schema needed) ---
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise MalformedRequest("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def decode_protobuf_request(buf: bytes) -> tuple[str, str, bytes]:
-    """(node, session, data) from an encoded EmulationRequest; unknown fields skipped."""
-    node = session = ""
-    data = b""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if field == 0:
-            raise MalformedRequest("field number 0")
-        if wire == 0:
-            _, pos = _varint(buf, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            end = pos + size
-            if end > len(buf):
-                raise MalformedRequest("truncated field")
-            value = buf[pos:end]
-            pos = end
-            try:
-                if field == 1:
-                    node = value.decode()
-                elif field == 2:
-                    session = value.decode()
-            except UnicodeDecodeError as e:
-                raise MalformedRequest("string field is not UTF-8") from e
-            if field == 3:
-                data = value
-        else:
-            raise MalformedRequest(f"wire type {wire}")
-        if pos > len(buf):
-            raise MalformedRequest("truncated field")
-    return node, session, data
+def decode_protobuf_request(body: bytes) -> tuple[str, str, bytes]:
+    """(node, session, data) from an encoded Protobuf EmulationRequest."""
+    try:
+        req = pb.EmulationRequest.FromString(body)
+    except PbDecodeError as e:
+        raise MalformedRequest(str(e)) from e
+    return req.node, req.session, req.data
 
 
 def decode_json_request(body: bytes) -> tuple[str, str, bytes]:

@@ -25,6 +25,7 @@ from app.errors import DISCONNECT_BAD_REQUEST, Disconnect
 from app.node import NODE_KEY
 from app.protocol import Codec
 from app.protocol.json import JSON
+from app.protocol.protobuf import PROTOBUF
 from app.transports.cors import cors_headers, empty_response, origin_allowed, preflight_response
 
 log = logging.getLogger("centrifugo.http_stream")
@@ -72,17 +73,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(buf)
 
 
-def codec_for_content_type(content_type: str) -> Codec | None:
-    """JSON unless the request says application/octet-stream (then Protobuf, if
-    this build has the Protobuf codec; None otherwise)."""
-    if content_type != "application/octet-stream":
-        return JSON
-    try:
-        from app.protocol.protobuf import PROTOBUF  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    codec: Codec = PROTOBUF
-    return codec
+def codec_for_content_type(content_type: str) -> Codec:
+    """JSON unless the request says application/octet-stream (then Protobuf)."""
+    return PROTOBUF if content_type == "application/octet-stream" else JSON
 
 
 class _PeerWatch:
@@ -244,9 +237,6 @@ async def http_stream_handler(request: web.Request) -> web.StreamResponse:
     if request.method != "POST":
         return empty_response(405, cors)
     codec = codec_for_content_type(request.content_type)
-    if codec is None:
-        log.info("http_stream: Protobuf requested but this build has no Protobuf codec")
-        return empty_response(415, cors)
     try:
         data = await read_body(request, cfg.http_stream.max_request_body_size)
     except BodyTooLarge:
