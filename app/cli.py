@@ -536,6 +536,26 @@ def _check_redis(cfg: Config) -> None:
             raise CliError(str(e)) from None
 
 
+def _prepare_multiprocess_metrics(options: dict[str, Any]) -> None:
+    """Workers write metrics to files in a fresh directory; a scrape on any worker
+    sums them. Must run before prometheus_client is imported (workers inherit env)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="centrifugo-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+    def child_exit(server: Any, worker: Any) -> None:
+        # A dead worker's live gauges (connections, subscriptions...) must vanish.
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, path)
+
+    options["child_exit"] = child_exit
+
+
 def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     if args.port is not None:
         flags.setdefault("http_server.port", args.port)
@@ -558,7 +578,10 @@ def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     _check_redis(cfg)
 
     _configure_server_logging(cfg)
-    _make_gunicorn_app(cfg, gunicorn_options(cfg, workers)).run()
+    options = gunicorn_options(cfg, workers)
+    if cfg.prometheus.enabled:
+        _prepare_multiprocess_metrics(options)
+    _make_gunicorn_app(cfg, options).run()
     return 0
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app import VERSION_STRING
+from app import VERSION_STRING, metrics
 from app.auth import SubscribeOverride, TokenExpired, TokenInvalid
 from app.channels import ChannelInfo
 from app.errors import (
@@ -81,6 +81,7 @@ class Subscription:
     expire_at: int = 0
     expire_handle: asyncio.TimerHandle | None = None
     checked_offset: int = -1  # offset at the last periodic position check
+    m_inflight: Any = None  # subscriptions_inflight metric child
     # Publications that arrive while the subscribe is in flight wait here.
     buffer: list[tuple[Publication, str, Frames]] | None = field(default_factory=list)
 
@@ -131,6 +132,12 @@ class Client:
         self._expire_handle: asyncio.TimerHandle | None = None
         self._closed = asyncio.Event()
         self._inbox: asyncio.Queue[bytes] | None = None
+        self._m_received = metrics.child(metrics.TRANSPORT_RECEIVED, transport.name, "", "")
+        self._m_received_size = metrics.child(
+            metrics.TRANSPORT_RECEIVED_SIZE, transport.name, "", ""
+        )
+        self._m_inflight: Any = None  # connections_inflight child once connected
+        self._client_name = ""
         loop = asyncio.get_running_loop()
         self._stale_handle: asyncio.TimerHandle | None = loop.call_later(
             self.cfg.stale_close_delay, self._on_stale
@@ -160,6 +167,8 @@ class Client:
         """Process one incoming frame. Returns False once the connection is closing."""
         if self.state is State.CLOSED:
             return False
+        self._m_received.inc()
+        self._m_received_size.inc(len(data))
         try:
             commands = self.codec.decode_commands(data)
         except DecodeError as e:
@@ -201,6 +210,9 @@ class Client:
             await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
             return False
         handler = getattr(self, "_cmd_" + method)
+        channel = cmd.params.get("channel")
+        ns = metrics.namespace_of(channel) if type(channel) is str else ""
+        started = time.perf_counter()
         try:
             result = await handler(cmd.id, cmd.params)
             if result is not None:
@@ -208,6 +220,7 @@ class Client:
         except ClientError as e:
             if method == "connect":
                 self._connect_failed = True
+            metrics.child(metrics.REPLY_ERRORS, method, str(e.code), ns).inc()
             self.send(self.codec.encode_error(cmd.id, e.to_dict()))
         except Disconnect as d:
             await self.close(d)
@@ -221,6 +234,10 @@ class Client:
             if method == "connect":
                 self._connect_failed = True
             self.send(self.codec.encode_error(cmd.id, ClientError(ERROR_INTERNAL).to_dict()))
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.child(metrics.COMMAND_DURATION, method, ns).observe(elapsed)
+            metrics.child(metrics.COMMAND_DURATION_HISTOGRAM, method, ns).observe(elapsed)
         return self.state is not State.CLOSED
 
     # ------------------------------------------------------------- closing
@@ -244,6 +261,10 @@ class Client:
         for h in (self._ping_handle, self._pong_handle, self._expire_handle, self._stale_handle):
             if h is not None:
                 h.cancel()
+        if self._m_inflight is not None:
+            self._m_inflight.dec()
+        if disconnect is not None:
+            metrics.child(metrics.SERVER_DISCONNECTS, str(disconnect.code)).inc()
         if disconnect is not None and disconnect.code != 3000:
             log.info(
                 "disconnect client %s user %r: %d %s",
@@ -322,9 +343,9 @@ class Client:
 
     async def _cmd_connect(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any] | None:
         token = get_str(params, "token")
-        # Validated for type only: name/version/data matter to proxies, not here.
-        get_str(params, "name")
-        get_str(params, "version")
+        # name/version label metrics (and go to proxies); data only to proxies.
+        name = get_str(params, "name")
+        version = get_str(params, "version")
         get_raw(params, "data")
         subs_req = get_dict(params, "subs")
         cfg = self.cfg
@@ -433,6 +454,11 @@ class Client:
             self.send(self.codec.encode_push("", "connect", result))
         else:
             self.send(self.codec.encode_reply(cmd_id, "connect", result))
+        labels = (self.transport.name, self.codec.name, name, version)
+        metrics.child(metrics.CONNECTIONS_ACCEPTED, *labels).inc()
+        self._m_inflight = metrics.child(metrics.CONNECTIONS_INFLIGHT, *labels)
+        self._m_inflight.inc()
+        self._client_name = name
         for sub in new_subs:
             self._activate(sub)
         self._schedule_ping(first=True)
@@ -657,6 +683,10 @@ class Client:
         except BaseException:
             await self._drop_subscription(sub, announce=False)
             raise
+        labels = (self._client_name, chinfo.namespace)
+        metrics.child(metrics.SUBSCRIPTIONS_ACCEPTED, *labels).inc()
+        sub.m_inflight = metrics.child(metrics.SUBSCRIPTIONS_INFLIGHT, *labels)
+        sub.m_inflight.inc()
         return sub, result
 
     async def _position(self, sub: Subscription, req: _SubRequest, ns: Any) -> dict[str, Any]:
@@ -691,6 +721,12 @@ class Client:
             recovered = stream_recovered(pubs, top, req.offset, req.epoch)
         sub.epoch = top.epoch
         result["epoch"] = top.epoch
+        metrics.child(
+            metrics.RECOVER,
+            "yes" if recovered else "no",
+            sub.chinfo.namespace,
+            "yes" if recovered and pubs else "no",
+        ).inc()
         if recovered:
             result["recovered"] = True
             last = pubs[-1].offset if pubs else req.offset
@@ -765,6 +801,9 @@ class Client:
     async def _drop_subscription(self, sub: Subscription, announce: bool = True) -> None:
         if self._subs.get(sub.channel) is sub:
             del self._subs[sub.channel]
+        if sub.m_inflight is not None:
+            sub.m_inflight.dec()
+            sub.m_inflight = None
         if sub.expire_handle is not None:
             sub.expire_handle.cancel()
         node = self.node
@@ -801,6 +840,7 @@ class Client:
         if self._subs.get(sub.channel) is not sub or self.state is not State.CONNECTED:
             return
         await self._drop_subscription(sub)
+        metrics.child(metrics.SERVER_UNSUBSCRIBES, str(code), sub.chinfo.namespace).inc()
         body = {"code": code, "reason": UNSUBSCRIBE_REASONS.get(code, "")}
         self.send(self.codec.encode_push(sub.channel, "unsubscribe", body))
 
@@ -880,6 +920,9 @@ class Client:
 
     async def _finish_insufficient(self, sub: Subscription) -> None:
         await self._drop_subscription(sub, announce=False)
+        metrics.child(
+            metrics.SERVER_UNSUBSCRIBES, str(UNSUBSCRIBE_INSUFFICIENT_STATE), sub.chinfo.namespace
+        ).inc()
         body = {
             "code": UNSUBSCRIBE_INSUFFICIENT_STATE,
             "reason": UNSUBSCRIBE_REASONS[UNSUBSCRIBE_INSUFFICIENT_STATE],

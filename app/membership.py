@@ -101,6 +101,10 @@ class Membership:
 
     # --- queries ---
 
+    @property
+    def num_peers(self) -> int:
+        return len(self._peers)
+
     def nodes(self) -> list[dict[str, Any]]:
         return [self._local_info()] + [info for info, _ in self._peers.values()]
 

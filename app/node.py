@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from app import VERSION_STRING, control
+from app import VERSION_STRING, control, metrics
 from app.auth import SubscribeOverride, TokenVerifier
 from app.broker import Broker
 from app.channels import ChannelInfo, ChannelResolver
@@ -165,6 +165,9 @@ class Node:
     # --- broker events (BrokerEventHandler) ---
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
+        metrics.child(
+            metrics.NODE_MESSAGES_RECEIVED, "publication", metrics.namespace_of(channel)
+        ).inc()
         self.hub.broadcast_publication(channel, pub, epoch)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
@@ -236,7 +239,8 @@ class Node:
         delta: bool = False,
         client_side: bool = False,
     ) -> PublishResult:
-        ns = self.resolve(channel, client_side).options
+        chinfo = self.resolve(channel, client_side)
+        ns = chinfo.options
         opts = PublishOptions(
             client_info=info,
             tags=tags or None,
@@ -247,7 +251,9 @@ class Node:
             opts.history_size = ns.history_size
             opts.history_ttl = ns.history_ttl
             opts.history_meta_ttl = ns.history_meta_ttl
-        return await self.broker.publish(channel, data, opts)
+        result = await self.broker.publish(channel, data, opts)
+        metrics.child(metrics.NODE_MESSAGES_SENT, "publication", chinfo.namespace).inc()
+        return result
 
     async def history(
         self,
@@ -462,6 +468,14 @@ class Node:
 
     def _local_info(self) -> dict[str, Any]:
         hub = self.hub
+        # Called every heartbeat: a good moment to refresh the node gauges too.
+        metrics.update_node(
+            hub.num_clients,
+            hub.num_users,
+            hub.num_subscriptions,
+            hub.num_channels,
+            1 + self.membership.num_peers,
+        )
         return {
             "uid": self.id,
             "name": self.name,

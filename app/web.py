@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from app import metrics
 from app.api.http import add_api_routes
 from app.broker import Broker
 from app.config import Config
@@ -51,6 +52,11 @@ def create_node(cfg: Config) -> Node:
         else:
             presence = MemoryPresenceManager()
     return Node(cfg, broker, presence)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body, content_type = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def health_handler(request: web.Request) -> web.Response:
@@ -113,6 +119,9 @@ def create_app(cfg: Config) -> web.Application:
     sse.add_routes(app, cfg)
     emulation.add_routes(app, cfg)
     app.router.add_get(cfg.health.handler_prefix or "/health", health_handler)
+    if cfg.prometheus.enabled:
+        metrics.init_node()
+        app.router.add_get(cfg.prometheus.handler_prefix, metrics_handler)
     if not cfg.http_api.disabled:
         add_api_routes(app, cfg)
     add_uni_websocket_routes(app, cfg)

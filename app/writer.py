@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
+from app import metrics
 from app.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR, Disconnect
 from app.protocol import Codec
 
@@ -47,6 +48,8 @@ class Writer:
         "_closed",
         "_idle",
         "_sep",
+        "_m_sent",
+        "_m_sent_size",
     )
 
     def __init__(
@@ -57,6 +60,8 @@ class Writer:
     ) -> None:
         self._transport = transport
         self._sep = transport.codec.separator
+        self._m_sent = metrics.child(metrics.TRANSPORT_SENT, transport.name, "", "")
+        self._m_sent_size = metrics.child(metrics.TRANSPORT_SENT_SIZE, transport.name, "", "")
         self._buf: list[bytes] = []
         self._size = 0
         self._max_size = max_size
@@ -89,6 +94,9 @@ class Writer:
                 self._buf = []
                 self._size = 0
                 frame = batch[0] if len(batch) == 1 else self._sep.join(batch)
+                # Counted per frame, not per message: cheap on the fan-out path.
+                self._m_sent.inc(len(batch))
+                self._m_sent_size.inc(len(frame))
                 try:
                     await self._transport.write(frame)
                 except (ConnectionError, RuntimeError, OSError):

@@ -22,12 +22,14 @@ import asyncio
 import binascii
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from app import metrics
 from app.auth import SubscribeOverride
 from app.errors import ClientError, Disconnect
 from app.models import ClientInfo, Publication, StreamPosition
@@ -361,8 +363,9 @@ def _position_dict(pos: StreamPosition) -> dict[str, Any]:
 class ApiExecutor:
     """Runs server API methods against one Node."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, protocol: str = "http") -> None:
         self.node = node
+        self.protocol = protocol  # metrics label: "http" or "grpc"
         self._run: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "publish": self._publish,
             "broadcast": self._broadcast,
@@ -385,6 +388,18 @@ class ApiExecutor:
         For `batch` the dict is `{"replies": [...]}` with per-command errors inside.
         Raises ClientError (ApiDecodeError for undecodable params).
         """
+        started = time.perf_counter()
+        try:
+            return await self._call(method, params)
+        except ClientError as e:
+            metrics.child(metrics.API_ERRORS, self.protocol, method, str(e.code)).inc()
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.child(metrics.API_DURATION, self.protocol, method).observe(elapsed)
+            metrics.child(metrics.API_DURATION_HISTOGRAM, self.protocol, method).observe(elapsed)
+
+    async def _call(self, method: str, params: Any) -> dict[str, Any]:
         if method == "batch":
             commands, parallel = self._decode_batch(params)
             return {"replies": await self._batch(commands, parallel)}

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import hiredis
 
+from app import metrics
+
 log = logging.getLogger("centrifugo.redis.pubsub")
 
 BATCH = 512
@@ -300,6 +302,7 @@ class PubSubConnection:
                 # Whatever failed, supervision must go on: the resolver's errors are redis-py's
                 # (e.g. MasterNotFoundError while a sentinel fails over), not builtin ones.
                 log.warning("%s: pub/sub connect failed: %s", self._name, e)
+                metrics.child(metrics.REDIS_PUBSUB_ERRORS, type(e).__name__).inc()
                 self._drop_transport()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
