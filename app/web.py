@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from app import metrics
+from app.api.grpc import add_grpc_api
 from app.api.http import add_api_routes
 from app.broker import Broker
 from app.config import Config
@@ -16,6 +17,7 @@ from app.logs import set_node
 from app.node import NODE_KEY, Node
 from app.presence import PresenceManager
 from app.transports import emulation, http_stream, sse
+from app.transports.uni_grpc import add_uni_grpc
 from app.transports.uni_http_stream import add_routes as add_uni_http_stream_routes
 from app.transports.uni_sse import add_routes as add_uni_sse_routes
 from app.transports.uni_websocket import add_routes as add_uni_websocket_routes
@@ -127,4 +129,6 @@ def create_app(cfg: Config) -> web.Application:
     add_uni_websocket_routes(app, cfg)
     add_uni_sse_routes(app, cfg)
     add_uni_http_stream_routes(app, cfg)
+    add_grpc_api(app, cfg)
+    add_uni_grpc(app, cfg)
     return app
