@@ -53,6 +53,7 @@ from app.hub import Frames
 from app.models import ClientInfo, HistoryFilter, HistoryResult, Publication, StreamPosition
 from app.node import Node
 from app.protocol import Command, DecodeError, get_bool, get_dict, get_int, get_raw, get_str
+from app.proxy import REFRESH_RETRY_DELAY, ProxyContext, ProxyUnavailable
 from app.recovery import cache_recovered, stream_recovered
 from app.writer import Transport, Writer
 
@@ -97,10 +98,11 @@ class _SubRequest:
     positioned: bool = False
     recoverable: bool = False
     join_leave: bool = False
-    data: bytes | None = None
+    data: bytes | None = None  # SubscribeResult.data, from a token or the subscribe proxy
     info: bytes | None = None
     expire_at: int = 0
     override: SubscribeOverride | None = None
+    client_data: bytes | None = None  # the client's own subscribe data (for the proxy)
 
 
 class Client:
@@ -137,6 +139,8 @@ class Client:
             metrics.TRANSPORT_RECEIVED_SIZE, transport.name, "", ""
         )
         self._m_inflight: Any = None  # connections_inflight child once connected
+        self.meta: bytes | None = None  # server-only JSON from token or connect proxy
+        self._emulated_headers: dict[str, str] | None = None
         self._client_name = ""
         loop = asyncio.get_running_loop()
         self._stale_handle: asyncio.TimerHandle | None = loop.call_later(
@@ -343,15 +347,51 @@ class Client:
 
     async def _cmd_connect(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any] | None:
         token = get_str(params, "token")
-        # name/version label metrics (and go to proxies); data only to proxies.
+        # name/version label metrics and, with data, go to the connect proxy.
         name = get_str(params, "name")
         version = get_str(params, "version")
-        get_raw(params, "data")
+        data = get_raw(params, "data")
         subs_req = get_dict(params, "subs")
+        headers = get_dict(params, "headers")
+        if headers:
+            self._emulated_headers = {str(k).lower(): str(v) for k, v in headers.items()}
         cfg = self.cfg
         node = self.node
         sub_requests: dict[str, _SubRequest] = {}
-        if token:
+        result_data: bytes | None = None
+        # Channels the client names in `subs` are honoured for token and anonymous
+        # connections; with a connect proxy the backend decides (as in Centrifugo).
+        client_channels = True
+        connect_proxy = node.proxies.connect_proxy() if not token else None
+        proxy_result = None
+        if connect_proxy is not None:
+            try:
+                proxy_result = await connect_proxy.connect(
+                    self.proxy_context(),
+                    data=data or None,
+                    name=name,
+                    version=version,
+                    channels=list(subs_req),
+                )
+            except ProxyUnavailable:
+                raise ClientError(ERROR_INTERNAL) from None
+            client_channels = False
+        if proxy_result is not None:
+            self.user = proxy_result.user
+            self.conn_info = proxy_result.info
+            self.meta = proxy_result.meta
+            result_data = proxy_result.data
+            if proxy_result.expire_at > 0 and not cfg.insecure:
+                if proxy_result.expire_at < int(time.time()):
+                    raise ClientError(ERROR_EXPIRED)
+                self.expire_at = proxy_result.expire_at
+            for ch in proxy_result.channels:
+                sub_requests[ch] = _SubRequest()
+            for ch, opts in proxy_result.subs.items():
+                sub_requests[ch] = _SubRequest(
+                    info=opts.info, data=opts.data, override=opts.override
+                )
+        elif token:
             try:
                 claims = await node.verifier.verify_connect_token(token)
             except TokenExpired:
@@ -363,6 +403,7 @@ class Client:
                 raise Disconnect(DISCONNECT_PERMISSION_DENIED)
             self.user = claims.user
             self.conn_info = claims.info
+            self.meta = claims.meta
             if claims.expire_at > 0 and not cfg.insecure:
                 if claims.expire_at < int(time.time()):
                     raise ClientError(ERROR_EXPIRED)
@@ -379,6 +420,7 @@ class Client:
             self.user = self.headers[cfg.user_id_http_header]
         elif cfg.insecure or cfg.allow_anonymous_connect_without_token:
             self.user = ""
+            client_channels = True
         else:
             log.info("connect without credentials from client %s", self.uid)
             raise Disconnect(DISCONNECT_BAD_REQUEST)
@@ -398,6 +440,8 @@ class Client:
                 raise DecodeError("subs entries must be objects")
             r = sub_requests.get(ch)
             if r is None:
+                if not client_channels:
+                    continue
                 try:
                     chinfo = node.resolve(ch, client_side=True)
                 except ClientError:
@@ -433,6 +477,8 @@ class Client:
             result["node"] = node.id
         if cfg.connect_include_server_time:
             result["time"] = int(time.time() * 1000)
+        if result_data:
+            result["data"] = result_data
 
         new_subs: list[Subscription] = []
         if resolved:
@@ -492,14 +538,44 @@ class Client:
         default = {109: 3005, 110: 3005, 111: 3013, 103: 3507}.get(code, 3004)
         return default, Disconnect(default).reason
 
-    def _schedule_expiry(self) -> None:
+    def _schedule_expiry(self, delay: float | None = None) -> None:
         if self._expire_handle is not None:
             self._expire_handle.cancel()
             self._expire_handle = None
         if self.expire_at <= 0:
             return
+        loop = asyncio.get_running_loop()
+        if self.node.proxies.refresh_proxy() is not None:
+            # Server-side refresh: ask the backend when the connection expires.
+            if delay is None:
+                delay = max(self.expire_at - time.time(), 0)
+            self._expire_handle = loop.call_later(
+                delay, lambda: self.node.spawn(self._proxy_refresh())
+            )
+            return
         delay = max(self.expire_at - time.time(), 0) + self.cfg.expired_close_delay
-        self._expire_handle = asyncio.get_running_loop().call_later(delay, self._check_expired)
+        self._expire_handle = loop.call_later(delay, self._check_expired)
+
+    async def _proxy_refresh(self) -> None:
+        self._expire_handle = None
+        proxy = self.node.proxies.refresh_proxy()
+        if self.state is not State.CONNECTED or proxy is None:
+            return
+        try:
+            res = await proxy.refresh(self.proxy_context())
+        except ProxyUnavailable:
+            # Keep the connection; ask again later.
+            self._schedule_expiry(REFRESH_RETRY_DELAY)
+            return
+        if res.expired:
+            await self.close(Disconnect(DISCONNECT_EXPIRED))
+            return
+        if res.info is not None:
+            self.conn_info = res.info
+        if res.meta is not None:
+            self.meta = res.meta
+        self.expire_at = res.expire_at
+        self._schedule_expiry()
 
     def _check_expired(self) -> None:
         self._expire_handle = None
@@ -512,7 +588,8 @@ class Client:
 
     async def _cmd_refresh(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
         token = get_str(params, "token")
-        if not token:
+        if not token or self.node.proxies.refresh_proxy() is not None:
+            # With a refresh proxy, refreshing is the server's job.
             raise Disconnect(DISCONNECT_BAD_REQUEST)
         try:
             claims = await self.node.verifier.verify_connect_token(token)
@@ -578,7 +655,7 @@ class Client:
             positioned=get_bool(params, "positioned"),
             recoverable=get_bool(params, "recoverable"),
             join_leave=get_bool(params, "join_leave"),
-            data=get_raw(params, "data") or None,
+            client_data=get_raw(params, "data") or None,
         )
         chinfo = self.node.resolve(channel, client_side=True)
         if channel in self._subs:
@@ -614,8 +691,31 @@ class Client:
             req.data = claims.data
             req.override = claims.override
             return
-        if chinfo.private or not self._may_subscribe_without_token(chinfo):
+        if chinfo.private:
             raise ClientError(ERROR_PERMISSION_DENIED)
+        proxy = self.node.proxies.subscribe_proxy(chinfo.options)
+        if proxy is not None and chinfo.allowed_users is None:
+            await self._proxy_subscribe(proxy, chinfo, req)
+            return
+        if not self._may_subscribe_without_token(chinfo):
+            raise ClientError(ERROR_PERMISSION_DENIED)
+
+    async def _proxy_subscribe(self, proxy: Any, chinfo: ChannelInfo, req: _SubRequest) -> None:
+        """The backend decides; the client's own stream flags are not applied."""
+        try:
+            res = await proxy.subscribe(
+                self.proxy_context(), chinfo.channel, token=req.token, data=req.client_data
+            )
+        except ProxyUnavailable:
+            raise ClientError(ERROR_INTERNAL) from None
+        if res.expire_at > 0:
+            if res.expire_at < int(time.time()):
+                raise ClientError(ERROR_EXPIRED)
+            req.expire_at = res.expire_at
+        req.info = res.info
+        req.data = res.data
+        req.override = res.override
+        req.recoverable = req.positioned = req.join_leave = False
 
     def _may_subscribe_without_token(self, chinfo: ChannelInfo) -> bool:
         if chinfo.allowed_users is not None:
@@ -792,6 +892,17 @@ class Client:
             log.info("client %s lost position in %r", self.uid, sub.channel)
             self._insufficient_state(sub)
 
+    def proxy_context(self) -> ProxyContext:
+        return ProxyContext(
+            client=self.uid,
+            transport=self.transport.name,
+            protocol="protobuf" if self.codec.name.startswith("protobuf") else "json",
+            user=self.user,
+            meta=self.meta,
+            headers=self.headers or None,
+            emulated_headers=self._emulated_headers,
+        )
+
     def channels(self) -> list[str]:
         return list(self._subs)
 
@@ -813,8 +924,8 @@ class Client:
                 await node.presence_manager.remove_presence(sub.channel, self.uid, self.user)
             if announce and sub.join_leave and sub.buffer is None:
                 await node.broker.publish_leave(sub.channel, self._info(sub))
-        except Exception:
-            log.exception("cleanup of subscription %s failed", sub.channel)
+        except Exception as e:  # engine down: the entry expires by itself
+            log.error("cleanup of subscription %s failed: %s", sub.channel, e)
 
     def _schedule_sub_expiry(self, sub: Subscription) -> None:
         if sub.expire_handle is not None:

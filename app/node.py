@@ -45,6 +45,7 @@ from app.models import (
     StreamPosition,
 )
 from app.presence import PresenceManager
+from app.proxy import ProxyManager
 
 if TYPE_CHECKING:
     from app.client import Client
@@ -66,6 +67,7 @@ class Node:
         self.presence_manager = presence
         self.resolver = ChannelResolver(cfg)
         self.verifier = TokenVerifier(cfg.client)
+        self.proxies = ProxyManager(cfg)
         self._broker_subs: dict[str, asyncio.Future[None]] = {}
         self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -114,6 +116,7 @@ class Node:
         for h in self._unsub_timers.values():
             h.cancel()
         await self.verifier.close()
+        await self.proxies.close()
         await self.broker.close()
         await self.presence_manager.close()
 

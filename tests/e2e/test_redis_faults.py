@@ -130,12 +130,6 @@ async def _publish_burst(api: ApiClient, ch: str, tag: str, n: int) -> dict[int,
     return {r["offset"]: r for r in results}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a Redis restart the first command on every pooled Redis connection fails "
-    "(API error 100) although /health is 200: app/engines/redis/shard.py Shard._common sets "
-    "retry=Retry(NoBackoff(), 0), so a connection the server closed is never retried",
-)
 async def test_redis_restart_epoch_change_recovered_false(
     fresh_server_factory, redis_server: RedisProcess
 ) -> None:
@@ -210,11 +204,6 @@ async def test_redis_restart_epoch_change_recovered_false(
     assert "Traceback" not in log, log[-6000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Redis error while cleaning up a subscription is logged with a traceback: "
-    "app/client.py Client._drop_subscription uses log.exception",
-)
 async def test_client_leaving_while_redis_down_logs_no_traceback(
     fresh_server_factory, redis_server: RedisProcess
 ) -> None:

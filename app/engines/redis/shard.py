@@ -25,6 +25,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.config import RedisConfig
 from app.engines.redis.pubsub import Endpoint
@@ -313,7 +314,10 @@ class Shard:
             # backoff turn a dead or frozen Redis into a multi-second hang instead of an
             # error within io_timeout. The cluster client keeps its retries: they
             # re-read the slot map after a failover.
-            common["retry"] = Retry(NoBackoff(), 0)
+            # One immediate retry on a connection error: after a Redis restart every
+            # pooled connection fails once ("closed by server"). Refused connects and
+            # timeouts still fail fast.
+            common["retry"] = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         return common
 
     async def connect(self) -> None:
