@@ -793,3 +793,158 @@ async def test_centrifuge_js(srv: ServerHandle, kind: str) -> None:
     assert out["history"] == [{"from": "api"}, {"from": "client"}]
     assert out["rpcErr"]["code"] == 108  # no RPC proxy: not available
     uuid.UUID(out["client"])
+
+
+# --------------------------------------------------------------------------------------------
+# Protobuf (HTTP-stream only; SSE is JSON only)
+
+
+def _delimited(msg: Any) -> bytes:
+    body = msg.SerializeToString()
+    n = len(body)
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out) + body
+
+
+def _split_delimited(buf: bytes) -> tuple[list[bytes], bytes]:
+    """Complete varint-prefixed messages in `buf`, and the incomplete rest."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(buf):
+        n = shift = 0
+        p = pos
+        while p < len(buf):
+            b = buf[p]
+            p += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        else:
+            break  # varint incomplete
+        if p + n > len(buf):
+            break
+        out.append(buf[p : p + n])
+        pos = p + n
+    return out, buf[pos:]
+
+
+async def test_http_stream_protobuf(srv: ServerHandle) -> None:
+    # The SDK's own generated classes: an encoder independent of the server's.
+    from centrifuge.protocol import client_pb2 as pb
+
+    ch = f"chat:pb-{uid()}"
+    octet = {"Content-Type": "application/octet-stream"}
+    connect = _delimited(pb.Command(id=1, connect=pb.ConnectRequest(token=srv.token("pat"))))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{srv.url}/connection/http_stream", data=connect, headers=octet
+        ) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "application/octet-stream"
+            assert dict(resp.headers).items() >= NO_CACHE.items()
+            raw = bytearray()
+            replies: asyncio.Queue[Any] = asyncio.Queue()
+
+            async def read() -> None:
+                rest = b""
+                async for chunk in resp.content.iter_any():
+                    raw.extend(chunk)
+                    msgs, rest = _split_delimited(rest + chunk)
+                    for m in msgs:
+                        replies.put_nowait(pb.Reply.FromString(m))
+
+            reader = asyncio.get_running_loop().create_task(read())
+            try:
+
+                async def next_reply() -> Any:
+                    return await asyncio.wait_for(replies.get(), EVENT_TIMEOUT)
+
+                first = await next_reply()
+                assert first.id == 1
+                session, node = first.connect.session, first.connect.node
+                assert session and node in await node_ids(srv)
+                assert first.connect.client and first.connect.pong
+                # Two Protobuf commands in one Protobuf EmulationRequest.
+                data = _delimited(
+                    pb.Command(id=2, subscribe=pb.SubscribeRequest(channel=ch))
+                ) + _delimited(
+                    pb.Command(id=3, publish=pb.PublishRequest(channel=ch, data=b'{"p":1}'))
+                )
+                req = pb.EmulationRequest(node=node, session=session, data=data)
+                status = await emulation_post(srv.url, req.SerializeToString(), headers=octet)
+                assert status == 204
+                got = [await next_reply() for _ in range(3)]
+                # The publication push may overtake the publish reply.
+                by_id = {r.id: r for r in got}
+                sub, pub_reply, push = by_id[2], by_id[3], by_id[0]
+                assert sub.HasField("subscribe") and pub_reply.HasField("publish")
+                assert push.push.channel == ch
+                assert push.push.pub.data == b'{"p":1}'
+                assert push.push.pub.info.user == "pat"
+                # A binary publication reaches a Protobuf client byte for byte.
+                res = await srv.api_async("publish", {"channel": ch, "b64data": "AAEC/w=="})
+                assert "error" not in res
+                push = await next_reply()
+                assert push.push.pub.data == b"\x00\x01\x02\xff"
+                # Garbage where an EmulationRequest should be: 400, the session unharmed.
+                assert await emulation_post(srv.url, b"\xff\xff\xff", headers=octet) == 400
+                probe = pb.EmulationRequest(
+                    node=node,
+                    session=session,
+                    data=_delimited(pb.Command(id=4, ping=pb.PingRequest())),
+                )
+                status = await emulation_post(srv.url, probe.SerializeToString(), headers=octet)
+                assert status == 204
+                reply = await next_reply()
+                assert reply.id == 4 and reply.error.code == 108
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+    # Every byte of the stream was a complete length-prefixed Reply.
+    msgs, rest = _split_delimited(bytes(raw))
+    assert rest == b"" and len(msgs) >= 6
+
+
+JS_PROTOBUF = """
+const base = env.CF_BASE;
+const c = new Centrifuge([{ transport: 'http_stream', endpoint: base + '/connection/http_stream' }], {
+  token: token(env.USER),
+  emulationEndpoint: base + '/emulation',
+});
+const sub = c.newSubscription(env.CH);
+const pubs = collect(sub, 'publication');
+sub.subscribe();
+c.connect();
+const connected = await waitEvent(c, 'connected', 10000);
+await sub.ready(10000);
+await sub.publish(new Uint8Array([0, 1, 2, 255]));
+await api('publish', { channel: env.CH, data: { from: 'api' } });
+await waitUntil(sub, 'publication', () => pubs.length >= 2, 5000, 'publications');
+const presence = await sub.presence();
+return {
+  transport: connected.transport,
+  first: Array.from(pubs[0].data),
+  firstUser: pubs[0].info ? pubs[0].info.user : null,
+  second: JSON.parse(new TextDecoder().decode(pubs[1].data)),
+  presence: Object.values(presence.clients).map((ci) => ci.user),
+};
+"""
+
+
+@pytest.mark.usefixtures("node_js")
+async def test_centrifuge_js_protobuf_http_stream(srv: ServerHandle) -> None:
+    user = f"jspb-{uid()}"
+    out = await js(srv, JS_PROTOBUF, USER=user, CH=f"chat:jspb-{uid()}", CF_PROTOBUF="1")
+    assert out["transport"] == "http_stream"
+    assert out["first"] == [0, 1, 2, 255]
+    assert out["firstUser"] == user
+    assert out["second"] == {"from": "api"}
+    assert out["presence"] == [user]
