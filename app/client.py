@@ -927,13 +927,44 @@ class Client:
         except Exception as e:  # engine down: the entry expires by itself
             log.error("cleanup of subscription %s failed: %s", sub.channel, e)
 
-    def _schedule_sub_expiry(self, sub: Subscription) -> None:
+    def _schedule_sub_expiry(self, sub: Subscription, delay: float | None = None) -> None:
         if sub.expire_handle is not None:
             sub.expire_handle.cancel()
+        loop = asyncio.get_running_loop()
+        if self.node.proxies.sub_refresh_proxy(sub.chinfo.options) is not None:
+            # Server-side refresh: ask the backend when the subscription expires.
+            if delay is None:
+                delay = max(sub.expire_at - time.time(), 0)
+            sub.expire_handle = loop.call_later(
+                delay, lambda: self.node.spawn(self._proxy_sub_refresh(sub))
+            )
+            return
         delay = max(sub.expire_at - time.time(), 0) + self.cfg.expired_sub_close_delay
-        sub.expire_handle = asyncio.get_running_loop().call_later(
-            delay, self._check_sub_expired, sub
-        )
+        sub.expire_handle = loop.call_later(delay, self._check_sub_expired, sub)
+
+    async def _proxy_sub_refresh(self, sub: Subscription) -> None:
+        sub.expire_handle = None
+        proxy = self.node.proxies.sub_refresh_proxy(sub.chinfo.options)
+        if self._subs.get(sub.channel) is not sub or proxy is None:
+            return
+        try:
+            res = await proxy.sub_refresh(self.proxy_context(), sub.channel)
+        except ProxyUnavailable:
+            self._schedule_sub_expiry(sub, REFRESH_RETRY_DELAY)
+            return
+        if self._subs.get(sub.channel) is not sub:
+            return
+        if res.expired:
+            if sub.server_side:
+                await self.close(Disconnect(DISCONNECT_SUB_EXPIRED))
+            else:
+                await self._server_unsubscribe(sub, UNSUBSCRIBE_EXPIRED)
+            return
+        if res.info is not None:
+            sub.chan_info = res.info
+        sub.expire_at = res.expire_at
+        if sub.expire_at:
+            self._schedule_sub_expiry(sub)
 
     def _check_sub_expired(self, sub: Subscription) -> None:
         sub.expire_handle = None
@@ -1059,15 +1090,33 @@ class Client:
         chinfo = self.node.resolve(channel, client_side=True)
         ns = chinfo.options
         sub = self._subs.get(channel)
+        fmt = ns.publication_data_format
+        if fmt == "json_object" and not data.startswith(b"{"):
+            raise ClientError(ERROR_BAD_REQUEST)
+        proxy = self.node.proxies.publish_proxy(ns)
+        if proxy is not None:
+            # The backend replaces the permission checks and may rewrite the publication.
+            try:
+                res = await proxy.publish(self.proxy_context(), channel, data)
+            except ProxyUnavailable:
+                raise ClientError(ERROR_INTERNAL) from None
+            await self.node.publish(
+                channel,
+                res.data if res.data is not None else data,
+                info=self._info(sub),
+                tags=res.tags,
+                skip_history=res.skip_history,
+                idempotency_key=res.idempotency_key,
+                delta=res.delta,
+                client_side=True,
+            )
+            return {}
         allowed = self.cfg.insecure or (
             (self.user or ns.allow_publish_for_anonymous)
             and (ns.allow_publish_for_client or (ns.allow_publish_for_subscriber and sub))
         )
         if not allowed:
             raise ClientError(ERROR_PERMISSION_DENIED)
-        fmt = ns.publication_data_format
-        if fmt == "json_object" and not data.startswith(b"{"):
-            raise ClientError(ERROR_BAD_REQUEST)
         await self.node.publish(channel, data, info=self._info(sub), client_side=True)
         return {}
 
@@ -1129,13 +1178,19 @@ class Client:
 
     async def _cmd_rpc(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
         method = get_str(params, "method")
-        get_raw(params, "data")
+        data = get_raw(params, "data")
         ping = self.node.config.rpc.ping
-        if not ping.enabled:
-            raise ClientError(ERROR_NOT_AVAILABLE)
-        if method == ping.method:
+        if ping.enabled and method == ping.method:
             return {}  # the built-in rpc.ping extension answers with an empty result
-        raise ClientError(ERROR_METHOD_NOT_FOUND)
+        proxies = self.node.proxies
+        if not proxies.has_rpc_proxies:
+            raise ClientError(ERROR_METHOD_NOT_FOUND if ping.enabled else ERROR_NOT_AVAILABLE)
+        proxy = proxies.rpc_proxy(method)  # 104 unknown rpc namespace, 108 no proxy there
+        try:
+            res = await proxy.rpc(self.proxy_context(), method, data or None)
+        except ProxyUnavailable:
+            raise ClientError(ERROR_INTERNAL) from None
+        return {"data": res.data} if res.data else {}
 
     async def _cmd_sub_refresh(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
         channel = get_str(params, "channel")
@@ -1145,6 +1200,8 @@ class Client:
         sub = self._subs.get(channel)
         if sub is None:
             raise ClientError(ERROR_PERMISSION_DENIED)
+        if self.node.proxies.sub_refresh_proxy(sub.chinfo.options) is not None:
+            raise Disconnect(DISCONNECT_BAD_REQUEST)  # refreshed server-side by the proxy
         if not token:
             raise ClientError(ERROR_BAD_REQUEST)
         try:
