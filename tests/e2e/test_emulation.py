@@ -948,3 +948,31 @@ async def test_centrifuge_js_protobuf_http_stream(srv: ServerHandle) -> None:
     assert out["firstUser"] == user
     assert out["second"] == {"from": "api"}
     assert out["presence"] == [user]
+
+
+# --------------------------------------------------------------------------------------------
+# node limits and shutdown
+
+
+async def test_connection_limit_and_shutdown(fresh_server_factory) -> None:
+    srv = fresh_server_factory(
+        {
+            "client": {"connection_limit": 1},
+            "http_stream": {"enabled": True},
+            "sse": {"enabled": True},
+        }
+    )
+    first = EmuSession(srv.url, "sse")
+    extra = EmuSession(srv.url, "http_stream")
+    try:
+        await first.connect({"token": srv.token("only")})
+        # The node is full: the next stream is refused before it starts, like a WebSocket.
+        await extra.open({"token": srv.token("more")})
+        assert extra.status == 503
+        # Shutdown: the stream is told 3001 and ends, so the SDK reconnects elsewhere.
+        srv.proc.terminate()
+        out = await first.wait_end(timeout=10)
+        assert out[-1] == {"push": {"disconnect": {"code": 3001, "reason": "shutdown"}}}
+    finally:
+        await first.close()
+        await extra.close()
