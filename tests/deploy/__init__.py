@@ -182,10 +182,15 @@ async def _next_reply(ws: aiohttp.ClientWebSocketResponse, want: str, timeout: f
 
 
 async def ws_round_trip(
-    base_url: str, hmac_key: str, api_key: str, channel: str = "deploy"
+    base_url: str,
+    hmac_key: str,
+    api_key: str,
+    channel: str = "deploy",
+    api_base: str | None = None,
 ) -> dict[str, Any]:
     """Connect with a JWT over a raw WebSocket, subscribe, publish via the HTTP API with
-    X-API-Key and receive the publication. Returns the connect reply."""
+    X-API-Key (at `api_base`, default `base_url`) and receive the publication.
+    Returns the connect reply."""
     ws_url = base_url.replace("http://", "ws://") + "/connection/websocket"
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(ws_url) as ws:
@@ -200,7 +205,11 @@ async def ws_round_trip(
             assert sub.get("id") == 2 and "error" not in sub, sub
 
             status, body = await asyncio.to_thread(
-                api_call, base_url, api_key, "publish", {"channel": channel, "data": {"n": 1}}
+                api_call,
+                api_base or base_url,
+                api_key,
+                "publish",
+                {"channel": channel, "data": {"n": 1}},
             )
             assert status == 200 and "error" not in body, (status, body)
             push = await _next_reply(ws, "push")
