@@ -480,7 +480,6 @@ async def test_delta_publish_without_negotiation_sends_full_publications(
     assert [(p.offset, p.delta) for p in hist.publications] == [(1, False), (2, False)]
 
 
-@pytest.mark.xfail(strict=True, reason="not implemented yet: Protobuf protocol (issue 4)")
 async def test_protobuf_protocol(srv: ServerHandle, sdk: SdkFactory, api: AsyncClient) -> None:
     ch = f"chat:proto-{uid()}"
     client, ev = sdk(srv.token("proto-" + uid(), info={"p": 1}), use_protobuf=True)
