@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from app.client import Client
 from app.config import Config
@@ -54,7 +55,7 @@ class BodyTooLarge(Exception):
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, refusing more than `limit` bytes (exactly `limit` is fine).
 
-    Raises BodyTooLarge, or ConnectionError when the peer goes away mid-body."""
+    Raises BodyTooLarge, or ConnectionError when the body does not arrive whole."""
     if limit <= 0:
         limit = DEFAULT_BODY_LIMIT
     declared = request.content_length
@@ -66,9 +67,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             buf += chunk
             if len(buf) > limit:
                 raise BodyTooLarge
-    except BodyTooLarge:
-        raise
-    except Exception as e:  # aiohttp payload errors: the body never completed
+    except HttpProcessingError as e:  # truncated or malformed body framing
         raise ConnectionError(str(e)) from e
     return bytes(buf)
 
