@@ -146,6 +146,7 @@ class Client:
         self._stale_handle: asyncio.TimerHandle | None = loop.call_later(
             self.cfg.stale_close_delay, self._on_stale
         )
+        node.clients.add(self)
 
     # ------------------------------------------------------------------ I/O
 
@@ -260,6 +261,7 @@ class Client:
             return
         was_connected = self.state is State.CONNECTED
         self.state = State.CLOSED
+        self.node.clients.discard(self)
         if self._inbox is not None:
             self._inbox.put_nowait(b"")  # wake the emulation reader so it ends
         for h in (self._ping_handle, self._pong_handle, self._expire_handle, self._stale_handle):

@@ -76,6 +76,8 @@ class Node:
         self.membership = Membership(
             self.id, self._local_info, self._publish_control, self._answer_survey
         )
+        # Every live connection, connected or still connecting (shutdown closes them all).
+        self.clients: set[Client] = set()
         # Emulated bidirectional sessions (SSE, HTTP-stream) whose stream this node holds.
         self.sessions: dict[str, Client] = {}
         self.closing = False
@@ -102,7 +104,7 @@ class Node:
         if self.closing:
             return
         self.closing = True
-        clients = self.hub.connections()
+        clients = list(self.clients)
         if clients:
             await asyncio.wait(
                 [asyncio.create_task(c.close(Disconnect(3001))) for c in clients], timeout=timeout
