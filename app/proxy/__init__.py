@@ -40,7 +40,12 @@ Outcomes of a call:
   behaves as a reply), invalid JSON, a malformed reply or bad base64. Map it to
   ClientError(100) for bidirectional clients, Disconnect(3004) for a unidirectional
   connect; for refresh/sub_refresh keep the connection/subscription and try again in
-  `REFRESH_RETRY_DELAY` (60) seconds.
+  `REFRESH_RETRY_DELAY` (60) seconds (the environment variable
+  `CFPY_PROXY_REFRESH_RETRY_DELAY` shortens it for tests).
+
+Every call is measured with Centrifugo's proxy metrics, labelled (protocol, type, name):
+`proxy_duration_seconds` (+ `_histogram`), `proxy_inflight_requests`, and `proxy_errors`
+for calls ending in ProxyUnavailable (error/disconnect replies are answers, not errors).
 
 How Centrifugo applies the results (for the caller):
 

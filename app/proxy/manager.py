@@ -11,11 +11,14 @@ A named proxy used by several kinds or namespaces is one Proxy object.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 
+from app import metrics
 from app.config import ChannelOptions, Config, ProxyConfig, RpcOptions
 from app.errors import ERROR_METHOD_NOT_FOUND, ERROR_NOT_AVAILABLE, ClientError
 
@@ -25,6 +28,7 @@ from .http import HTTPCaller, new_session
 from .models import (
     ConnectProxyResult,
     ProxyContext,
+    ProxyUnavailable,
     PublishProxyResult,
     RefreshProxyResult,
     RPCProxyResult,
@@ -40,7 +44,34 @@ DEFAULT_PROXY_NAME = "default"
 
 # Seconds a connection or subscription lives on after its refresh proxy failed
 # (Centrifugo retries a minute later rather than disconnecting).
-REFRESH_RETRY_DELAY = 60
+REFRESH_RETRY_DELAY_ENV = "CFPY_PROXY_REFRESH_RETRY_DELAY"
+
+
+def _refresh_retry_delay() -> float:
+    # Not a Centrifugo option: the environment variable only exists so that end-to-end
+    # tests can watch a retry happen without waiting a minute.
+    raw = os.environ.get(REFRESH_RETRY_DELAY_ENV, "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return 60.0
+    return value if value > 0 else 60.0
+
+
+REFRESH_RETRY_DELAY = _refresh_retry_delay()
+
+
+class _CallMetrics:
+    """The labelled metric children of one (proxy, kind) pair."""
+
+    __slots__ = ("summary", "histogram", "errors", "inflight")
+
+    def __init__(self, protocol: str, kind: str, name: str) -> None:
+        labels = (protocol, kind, name)
+        self.summary = metrics.child(metrics.PROXY_DURATION, *labels)
+        self.histogram = metrics.child(metrics.PROXY_DURATION_HISTOGRAM, *labels)
+        self.errors = metrics.child(metrics.PROXY_ERRORS, *labels)
+        self.inflight = metrics.child(metrics.PROXY_INFLIGHT, *labels)
 
 
 def _is_http(endpoint: str) -> bool:
@@ -68,12 +99,29 @@ class Proxy:
             self._caller = HTTPCaller(name, cfg, session)
         else:
             self._caller = GRPCCaller(name, cfg)
+        self._metrics: dict[str, _CallMetrics] = {}
 
     def __repr__(self) -> str:
         return f"Proxy({self.name!r}, {self.protocol}, {self.config.endpoint!r})"
 
     async def _call(self, kind: str, fields: Mapping[str, Any], ctx: ProxyContext) -> Any:
-        return await self._caller.call(kind, fields, ctx)
+        m = self._metrics.get(kind)
+        if m is None:
+            m = self._metrics[kind] = _CallMetrics(self.protocol, kind, self.name)
+        m.inflight.inc()
+        started = time.monotonic()
+        try:
+            return await self._caller.call(kind, fields, ctx)
+        except ProxyUnavailable:
+            # Like Centrifugo: only calls that got no usable answer count as errors;
+            # error/disconnect replies are answers.
+            m.errors.inc()
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            m.summary.observe(elapsed)
+            m.histogram.observe(elapsed)
+            m.inflight.dec()
 
     @property
     def _from_json(self) -> bool:
