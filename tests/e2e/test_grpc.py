@@ -658,3 +658,68 @@ async def test_workers_share_grpc_ports(server_factory: Any, engine: str) -> Non
     finally:
         for ctx, _ in streams:
             await ctx.__aexit__(None, None, None)
+
+
+# --------------------------------------------------------------------------------------------
+# TLS
+
+
+def self_signed() -> tuple[bytes, bytes]:
+    """A self-signed certificate for 127.0.0.1 / localhost and its key (PEM)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "grpc-e2e")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+async def test_tls(server_factory: Any) -> None:
+    cert, key = self_signed()
+    tls = {"enabled": True, "cert_pem": cert.decode(), "key_pem": key.decode()}
+    cfg = grpc_config()
+    cfg["grpc_api"]["tls"] = tls
+    cfg["uni_grpc"]["tls"] = tls
+    server = server_factory(cfg)
+    creds = grpc.ssl_channel_credentials(root_certificates=cert)
+    async with grpc.aio.secure_channel(api_target(server), creds) as ch:
+        resp = await api_pb2_grpc.CentrifugoApiStub(ch).Info(pb.InfoRequest(), timeout=10)
+        assert resp.result.nodes[0].version == VERSION_STRING
+    async with grpc.aio.secure_channel(uni_target(server), creds) as ch:
+        call = uni_pb2_grpc.CentrifugoUniStreamStub(ch).Consume(
+            uni_pb2.ConnectRequest(token=server.token(uniq("u")))
+        )
+        push = await asyncio.wait_for(call.__aiter__().__anext__(), 10)
+        assert push.connect.version == VERSION_STRING
+        call.cancel()
+    # Plaintext clients cannot talk to a TLS port.
+    async with grpc.aio.insecure_channel(api_target(server)) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await api_pb2_grpc.CentrifugoApiStub(ch).Info(pb.InfoRequest(), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
