@@ -1,0 +1,90 @@
+"""`python -m bench`: fan-out benchmark of the app against the raw aiohttp ceiling peer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.runner import SCENARIOS, Options, log, run
+
+
+def _rates(values: list[str]) -> dict[str, dict[str, float]]:
+    """`fanout.paced=50000` style overrides -> {"fanout": {"paced": 50000.0}}."""
+    out: dict[str, dict[str, float]] = {}
+    for item in values:
+        key, _, value = item.partition("=")
+        scenario, _, load = key.partition(".")
+        if scenario not in SCENARIOS or load not in ("paced", "saturate") or not value:
+            raise SystemExit(f"bad --rate {item!r}: want SCENARIO.paced|saturate=DELIVERIES_PER_S")
+        out.setdefault(scenario, {})[load] = float(value)
+    return out
+
+
+def parse_args(argv: list[str]) -> Options:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Redis -> one app worker -> WebSocket subscribers, next to the raw ceiling.",
+    )
+    ap.add_argument("--smoke", action="store_true", help="a few seconds, 20 clients (CI)")
+    ap.add_argument("--subs", type=int, help="WebSocket subscribers (default 1000)")
+    ap.add_argument(
+        "--scenarios", default="fanout,personal", help="comma list of: " + ", ".join(SCENARIOS)
+    )
+    ap.add_argument("--loads", default=None, help="comma list of paced,saturate (default both)")
+    ap.add_argument(
+        "--rate",
+        action="append",
+        default=[],
+        metavar="SCENARIO.LOAD=N",
+        help="offered deliveries/s, e.g. fanout.saturate=600000 (repeatable)",
+    )
+    ap.add_argument("--duration", type=float, help="seconds of publishing per phase (default 3)")
+    ap.add_argument("--procs", type=int, help="load-generator processes (default 2)")
+    ap.add_argument("--repeat", type=int, help="runs of every phase; the table shows medians")
+    ap.add_argument(
+        "--sample-every", type=int, help="parse and read eagerly every k-th connection (default 50)"
+    )
+    ap.add_argument(
+        "--read-delay-ms",
+        type=float,
+        help="non-sampled clients read their socket at most this often (default 50; 0 = eager)",
+    )
+    ap.add_argument("--raw-send", choices=("frame", "str"), default="frame")
+    ap.add_argument("--no-history", action="store_true", help="bench channels without history")
+    ap.add_argument("--profile", type=Path, help="py-spy every app phase into this folder")
+    ap.add_argument("--keep-workdir", action="store_true", help="keep logs and configs")
+    ap.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    a = ap.parse_args(argv)
+
+    opts = Options.smoke_options(a.out) if a.smoke else Options(out=a.out)
+    opts.scenarios = tuple(s for s in a.scenarios.split(",") if s)
+    if a.loads:
+        opts.loads = tuple(x for x in a.loads.split(",") if x)
+    for scenario, loads in _rates(a.rate).items():
+        opts.rates.setdefault(scenario, {}).update(loads)
+    if not set(opts.loads) <= {"paced", "saturate"}:
+        raise SystemExit(f"bad --loads {a.loads!r}: want paced and/or saturate")
+    for attr in ("subs", "duration", "procs", "sample_every", "repeat"):
+        value = getattr(a, attr)
+        if value is not None:
+            setattr(opts, attr, value)
+    if a.read_delay_ms is not None:
+        opts.read_delay = a.read_delay_ms / 1000
+    opts.raw_send = a.raw_send
+    opts.keep_workdir = a.keep_workdir
+    opts.history = not a.no_history
+    opts.profile_dir = a.profile
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    doc = run(opts)
+    print(doc["table"])
+    log(f"results written to {opts.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
