@@ -41,6 +41,8 @@ USER 10001:10001
 EXPOSE 8000
 
 # Probes the internal port when one is configured (health moves there), else the main one.
+# It reads the ports from CENTRIFUGO_HTTP_SERVER_PORT / _INTERNAL_PORT: change ports through
+# those variables, not only in a mounted config file or with -p.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; e = os.environ.get; p = int(e('CENTRIFUGO_HTTP_SERVER_INTERNAL_PORT') or 0) or int(e('CENTRIFUGO_HTTP_SERVER_PORT') or 8000); u.urlopen(f'http://127.0.0.1:{p}' + (e('CENTRIFUGO_HEALTH_HANDLER_PREFIX') or '/health'), timeout=4)"]
 
