@@ -536,13 +536,20 @@ def _check_redis(cfg: Config) -> None:
             raise CliError(str(e)) from None
 
 
-def _prepare_multiprocess_metrics(options: dict[str, Any]) -> None:
+def _prepare_multiprocess_metrics() -> Any:
     """Workers write metrics to files in a fresh directory; a scrape on any worker
-    sums them. Must run before prometheus_client is imported (workers inherit env)."""
+    sums them. Must run before prometheus_client is first imported in this process
+    (it picks its value class at import; the Redis reachability check imports it)
+    so forked workers inherit multiprocess mode. Returns gunicorn's child_exit hook."""
     import atexit
     import shutil
     import tempfile
 
+    if "prometheus_client" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # A programming error, not an operator's: serve anyway, scrapes will be incomplete.
+        logging.getLogger("centrifugo").warning(
+            "prometheus_client imported before multiprocess setup: metrics of workers are lost"
+        )
     path = tempfile.mkdtemp(prefix="centrifugo-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     atexit.register(shutil.rmtree, path, ignore_errors=True)
@@ -553,7 +560,7 @@ def _prepare_multiprocess_metrics(options: dict[str, Any]) -> None:
 
         multiprocess.mark_process_dead(worker.pid, path)
 
-    options["child_exit"] = child_exit
+    return child_exit
 
 
 def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
@@ -575,12 +582,13 @@ def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
         raise CliError(f"invalid number of workers: {workers}")
     if workers > 1 and _uses_memory_engine(cfg):
         raise CliError(MEMORY_WORKERS_ERROR)
+    child_exit = _prepare_multiprocess_metrics() if cfg.prometheus.enabled else None
     _check_redis(cfg)
 
     _configure_server_logging(cfg)
     options = gunicorn_options(cfg, workers)
-    if cfg.prometheus.enabled:
-        _prepare_multiprocess_metrics(options)
+    if child_exit is not None:
+        options["child_exit"] = child_exit
     _make_gunicorn_app(cfg, options).run()
     return 0
 

@@ -54,8 +54,8 @@ NODE_NUM_CLIENTS = _gauge("node_num_clients", "Number of clients connected.")
 NODE_NUM_USERS = _gauge("node_num_users", "Number of unique users connected.")
 NODE_NUM_SUBSCRIPTIONS = _gauge("node_num_subscriptions", "Number of subscriptions.")
 NODE_NUM_CHANNELS = _gauge("node_num_channels", "Number of channels with subscribers.")
-# Every worker sees the whole cluster: report the max, not a sum over workers.
-NODE_NUM_NODES = _gauge("node_num_nodes", "Number of nodes in the cluster.", mode="max")
+# Every worker sees the whole cluster: report the max over live workers, not a sum.
+NODE_NUM_NODES = _gauge("node_num_nodes", "Number of nodes in the cluster.", mode="livemax")
 NODE_BUILD = _gauge("node_build", "Node build info.", ("version",), mode="max")
 NODE_MESSAGES_SENT = _counter(
     "node_messages_sent_count",
