@@ -565,3 +565,49 @@ def test_unknown_result_keys_are_skipped_and_bad_values_rejected():
     assert r == pb.Reply(id=1, publish=pb.PublishResult())
     with pytest.raises(TypeError):
         PROTOBUF.encode_push("c", "pub", 123)
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+def test_generated_module_matches_proto_file(tmp_path):
+    """app/protocol/gen is regenerated from proto/client.proto (tools/gen_protos.sh)."""
+    from pathlib import Path
+
+    from google.protobuf.descriptor_pb2 import FileDescriptorProto, FileDescriptorSet
+    from grpc_tools import protoc
+
+    proto_dir = Path(__file__).resolve().parents[2] / "proto"
+    out = tmp_path / "client.pb"
+    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--descriptor_set_out={out}", "client.proto"])
+    assert rc == 0
+    (fdp,) = FileDescriptorSet.FromString(out.read_bytes()).file
+
+    def clear_json_names(messages):  # protoc adds them to descriptor sets only
+        for m in messages:
+            for f in m.field:
+                f.ClearField("json_name")
+            clear_json_names(m.nested_type)
+
+    clear_json_names(fdp.message_type)
+    generated = FileDescriptorProto.FromString(pb.DESCRIPTOR.serialized_pb)
+    assert fdp == generated
+    assert fdp.package == "centrifugal.centrifuge.protocol"
+
+
+def test_wire_numbers_agree_with_the_sdk_schema():
+    """Every message and field centrifuge-python knows has the same number and type here."""
+    ours = pb.DESCRIPTOR.message_types_by_name
+    checked = 0
+    for name, theirs in sdk_pb.DESCRIPTOR.message_types_by_name.items():
+        assert name in ours, name
+        for f in theirs.fields:
+            mine = ours[name].fields_by_name.get(f.name)
+            assert mine is not None, f"{name}.{f.name}"
+            assert (mine.number, mine.type, mine.is_repeated) == (
+                f.number,
+                f.type,
+                f.is_repeated,
+            ), f"{name}.{f.name}"
+            checked += 1
+    assert checked > 150
