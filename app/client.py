@@ -316,9 +316,13 @@ class Client:
             and not self.transport.unidirectional
         )
 
+    def _pings(self) -> bool:
+        # uni_grpc relies on HTTP/2 keepalive instead of protocol pings.
+        return self.cfg.ping_interval > 0 and getattr(self.transport, "pings", True)
+
     def _schedule_ping(self, first: bool = False) -> None:
         interval = self.cfg.ping_interval
-        if interval <= 0:
+        if not self._pings():
             return
         # Spread the first ping so that a reconnect wave does not ping in lockstep.
         delay = random.uniform(interval / 2, interval) if first else interval
@@ -470,13 +474,14 @@ class Client:
         if self.expire_at:
             result["expires"] = True
             result["ttl"] = max(int(self.expire_at - time.time()), 0)
-        if cfg.ping_interval > 0:
+        if self._pings():
             result["ping"] = int(cfg.ping_interval)
             if self._pong_expected():
                 result["pong"] = True
         if self.session:
             result["session"] = self.session
-            result["node"] = node.id
+            if not self.transport.unidirectional:
+                result["node"] = node.id  # emulation requests are routed by it
         if cfg.connect_include_server_time:
             result["time"] = int(time.time() * 1000)
         if result_data:
@@ -513,12 +518,18 @@ class Client:
         self._schedule_expiry()
         return None
 
+    async def connect_request(self, request: dict[str, Any]) -> None:
+        """Run a ConnectRequest of a unidirectional transport, answering with the
+        `connect` push. Raises ClientError / Disconnect / DecodeError as they are, for
+        transports that map them themselves (connect_code_to_http_response)."""
+        await self._cmd_connect(0, request)
+
     async def connect_unidirectional(self, request: dict[str, Any]) -> bool:
         """Unidirectional transports: run a ConnectRequest (JSON-shaped dict) and answer
         with a `connect` push. Connect errors become disconnects (research §1.11).
         Returns False when the connection was closed instead."""
         try:
-            await self._cmd_connect(0, request)
+            await self.connect_request(request)
         except ClientError as e:
             await self.close(Disconnect(*self._uni_disconnect_for(e.code)))
             return False
@@ -620,14 +631,20 @@ class Client:
     async def refresh_server_side(
         self, *, expired: bool = False, expire_at: int = 0, info: bytes | None = None
     ) -> None:
-        """Server API `refresh`: extend, expire or update info of this connection."""
-        if expired:
+        """Server API `refresh`: extend, expire or update info of this connection,
+        then tell the client with a `refresh` push (as Centrifugo does)."""
+        ttl = expire_at - int(time.time())
+        if expired or (expire_at > 0 and ttl <= 0):
             await self.close(Disconnect(DISCONNECT_EXPIRED))
             return
-        if info is not None:
-            self.conn_info = info
+        body: dict[str, Any] = {}
+        if expire_at > 0:
+            if info:
+                self.conn_info = info
+            body = {"expires": True, "ttl": ttl}
         self.expire_at = expire_at
         self._schedule_expiry()
+        self.send(self.codec.encode_push("", "refresh", body))
 
     # ------------------------------------------------------------ subscribe
 

@@ -27,6 +27,7 @@ from app.broker import Broker
 from app.channels import ChannelInfo, ChannelResolver
 from app.config import Config
 from app.errors import (
+    ERROR_INTERNAL,
     ERROR_NOT_AVAILABLE,
     ERROR_UNRECOVERABLE_POSITION,
     ClientError,
@@ -272,6 +273,10 @@ class Node:
         ns = self.resolve(channel, client_side).options
         if not ns.history_enabled:
             raise ClientError(ERROR_NOT_AVAILABLE)
+        if since is not None and reverse and since.offset == 0:
+            # Nothing lies before offset 0. Centrifugo's API answers this with 100
+            # (clients were already refused with 107 before reaching here).
+            raise ClientError(ERROR_INTERNAL)
         result = await self.broker.history(
             channel,
             HistoryFilter(since=since, limit=limit, reverse=reverse, meta_ttl=ns.history_meta_ttl),

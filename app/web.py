@@ -120,7 +120,8 @@ def create_app(cfg: Config) -> web.Application:
     http_stream.add_routes(app, cfg)
     sse.add_routes(app, cfg)
     emulation.add_routes(app, cfg)
-    app.router.add_get(cfg.health.handler_prefix or "/health", health_handler)
+    if cfg.health.enabled:
+        app.router.add_get(cfg.health.handler_prefix or "/health", health_handler)
     if cfg.prometheus.enabled:
         metrics.init_node()
         app.router.add_get(cfg.prometheus.handler_prefix, metrics_handler)

@@ -25,6 +25,7 @@ class Transport(Protocol):
     codec: Codec  # how this connection's frames are encoded
     unidirectional: bool  # server-to-client only: no commands, no pongs
     disconnect_push: bool  # signal disconnects with a push before closing (all but bidi WS)
+    # Optional `pings = False`: the transport keeps itself alive (uni_grpc).
 
     async def write(self, frame: bytes) -> None: ...
 

@@ -61,6 +61,7 @@ class UniGrpcTransport:
     codec = PROTOBUF_UNI
     unidirectional = True
     disconnect_push = True
+    pings = False  # HTTP/2 keepalive instead
 
     __slots__ = ("_context", "done")
 

@@ -112,7 +112,7 @@ async def connect_or_error(
     try:
         # The protocol connect command itself: connect_unidirectional would already have
         # turned an error into a disconnect code, losing the code the transforms match on.
-        await client._cmd_connect(0, request)
+        await client.connect_request(request)
         return None
     except (ClientError, Disconnect) as e:
         err = e

@@ -479,10 +479,6 @@ async def test_refresh_info_reaches_presence(server: ServerHandle) -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/client.py refresh_server_side sends no `refresh` push (centrifuge Client.Refresh does)",
-)
 async def test_refresh_sends_refresh_push(server: ServerHandle) -> None:
     user = uniq("u")
     async with (
@@ -495,11 +491,6 @@ async def test_refresh_sends_refresh_push(server: ServerHandle) -> None:
         assert refresh.expires and 3500 < refresh.ttl <= 3600
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/node.py history accepts reverse with since.offset 0 (centrifuge node.history: bad "
-    "request, which the server API answers as 100)",
-)
 async def test_history_reverse_from_zero_is_internal_error(server: ServerHandle) -> None:
     async with api_client(server) as api:
         since = pb.StreamPosition(offset=0)
