@@ -481,6 +481,12 @@ async def test_metrics_disabled_is_404(server_factory) -> None:
     assert _status(f"{srv.url}/health") == 200
 
 
+async def test_health_disabled_is_404(server_factory) -> None:
+    srv = server_factory({"health": {"enabled": False}, "prometheus": {"enabled": True}})
+    assert _status(f"{srv.url}/health") == 404
+    assert _status(metrics_url(srv)) == 200
+
+
 async def test_custom_handler_prefix(server_factory) -> None:
     srv = server_factory({"prometheus": {"enabled": True, "handler_prefix": "/prom"}})
     got = await scrape(f"{srv.url}/prom")
