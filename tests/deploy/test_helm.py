@@ -517,6 +517,15 @@ def run_pod(manifests: list[dict[str, Any]], tmp_path: Path, workers: int) -> No
         wait_workers(proc.pid, workers)
         liveness = container["livenessProbe"]["httpGet"]
         assert http_get(f"http://127.0.0.1:{ports[liveness['port']]}{liveness['path']}")[0] == 200
+        monitors = [m for m in manifests if m["kind"] == "ServiceMonitor"]
+        for monitor in monitors:
+            # What Prometheus would scrape: the endpoint's Service port -> container port.
+            service = one(manifests, "Service")
+            for endpoint in monitor["spec"]["endpoints"]:
+                (svc_port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+                url = f"http://127.0.0.1:{ports[svc_port['targetPort']]}{endpoint['path']}"
+                status, body = http_get(url)
+                assert status == 200 and b"centrifugo_node_num_clients" in body, (url, status)
         api_port = ports.get("internal", ports["http"])
         asyncio.run(
             ws_round_trip(
