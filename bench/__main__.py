@@ -33,6 +33,11 @@ def parse_args(argv: list[str]) -> Options:
     )
     ap.add_argument("--loads", default=None, help="comma list of paced,saturate (default both)")
     ap.add_argument(
+        "--paths",
+        default=None,
+        help="comma list of phases (default all): " + ",".join(Options().paths),
+    )
+    ap.add_argument(
         "--rate",
         action="append",
         default=[],
@@ -54,6 +59,13 @@ def parse_args(argv: list[str]) -> Options:
     ap.add_argument("--no-history", action="store_true", help="bench channels without history")
     ap.add_argument("--profile", type=Path, help="py-spy every app phase into this folder")
     ap.add_argument("--keep-workdir", action="store_true", help="keep logs and configs")
+    ap.add_argument(
+        "--app-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the app process only (repeatable)",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench-results.json"))
     a = ap.parse_args(argv)
 
@@ -61,6 +73,8 @@ def parse_args(argv: list[str]) -> Options:
     opts.scenarios = tuple(s for s in a.scenarios.split(",") if s)
     if a.loads:
         opts.loads = tuple(x for x in a.loads.split(",") if x)
+    if a.paths:
+        opts.paths = tuple(x for x in a.paths.split(",") if x)
     for scenario, loads in _rates(a.rate).items():
         opts.rates.setdefault(scenario, {}).update(loads)
     if not set(opts.loads) <= {"paced", "saturate"}:
@@ -73,6 +87,11 @@ def parse_args(argv: list[str]) -> Options:
         opts.read_delay = a.read_delay_ms / 1000
     opts.raw_send = a.raw_send
     opts.keep_workdir = a.keep_workdir
+    for item in a.app_env:
+        key, sep, value = item.partition("=")
+        if not key or not sep:
+            raise SystemExit(f"bad --app-env {item!r}: want KEY=VALUE")
+        opts.app_env[key] = value
     opts.history = not a.no_history
     opts.profile_dir = a.profile
     return opts
