@@ -587,9 +587,8 @@ def run(opts: Options) -> dict[str, Any]:
         log(f"redis-server on port {redis_port}")
         stack.callback(redis_svc.stop)
         secret, api_key = secrets.token_hex(16), secrets.token_hex(16)
-        app_svc, app_port = start_app(
-            workdir, app_config(redis_port, secret, api_key, opts.history)
-        )
+        cfg = app_config(redis_port, secret, api_key, opts.history)
+        app_svc, app_port = start_app(workdir, cfg, opts.app_env)
         stack.callback(app_svc.stop)
         log(f"app (1 worker) on port {app_port}")
         raw_svc, raw_port = start_raw(workdir, redis_port, opts.raw_send)
