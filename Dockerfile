@@ -24,10 +24,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/centrifugo-py
 COPY . .
 
-# Runtime dependencies only (no test extras). Installed in place (-e) because the Redis
-# engine reads its Lua scripts from lua/ next to app/, which a plain wheel install would not
-# ship. Byte-compiled at build time since the root filesystem may be read-only at run time.
-RUN --mount=type=cache,target=/root/.cache/pip pip install -e . && python -m compileall -q app
+# Runtime dependencies only (no test extras); the wheel carries app/ and the lua/ scripts.
+# pip byte-compiles at install time, so a read-only root filesystem is fine at run time.
+RUN --mount=type=cache,target=/root/.cache/pip pip install . && rm -rf build
 
 # A fixed numeric uid lets Kubernetes verify runAsNonRoot without /etc/passwd lookups.
 RUN groupadd --system --gid 10001 centrifugo \

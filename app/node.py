@@ -116,6 +116,11 @@ class Node:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.membership.stop()
+        # Background work (control replies, leave messages...) must not outlive the broker.
+        pending = [t for t in self._tasks if not t.done()]
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         for h in self._unsub_timers.values():
             h.cancel()
         await self.verifier.close()
