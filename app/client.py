@@ -471,7 +471,9 @@ class Client:
         node.hub.add(self)
 
         result: dict[str, Any] = {"client": self.uid, "version": VERSION_STRING}
-        if self.expire_at:
+        # With a refresh proxy the server refreshes: the client must not (Centrifugo's
+        # ClientSideRefresh = !refreshProxyEnabled hides expires/ttl).
+        if self.expire_at and node.proxies.refresh_proxy() is None:
             result["expires"] = True
             result["ttl"] = max(int(self.expire_at - time.time()), 0)
         if self._pings():
@@ -580,7 +582,9 @@ class Client:
             # Keep the connection; ask again later.
             self._schedule_expiry(REFRESH_RETRY_DELAY)
             return
-        if res.expired:
+        # An expire_at that is not in the future (0 included) leaves the connection
+        # expired, as in Centrifugo; rescheduling it would call the proxy in a loop.
+        if res.expired or res.expire_at <= int(time.time()):
             await self.close(Disconnect(DISCONNECT_EXPIRED))
             return
         if res.info is not None:
@@ -790,7 +794,8 @@ class Client:
         try:
             await self.node.add_subscriber(channel, self)
             result: dict[str, Any] = {}
-            if req.expire_at:
+            # A sub_refresh proxy refreshes server-side: no expires/ttl for the client.
+            if req.expire_at and self.node.proxies.sub_refresh_proxy(ns) is None:
                 result["expires"] = True
                 result["ttl"] = max(int(req.expire_at - time.time()), 0)
             if positioned:
@@ -973,7 +978,8 @@ class Client:
             return
         if self._subs.get(sub.channel) is not sub:
             return
-        if res.expired:
+        # A past expire_at ends it too (0 means no expiry any more), as in Centrifugo.
+        if res.expired or 0 < res.expire_at < int(time.time()):
             if sub.server_side:
                 await self.close(Disconnect(DISCONNECT_SUB_EXPIRED))
             else:

@@ -34,7 +34,7 @@ from centrifuge import (
     SubscriptionState,
 )
 
-from .helpers import ServerHandle, free_port
+from .helpers import RawWS, ServerHandle, free_port
 
 try:
     from integration.proxy_backend import KINDS, ProxyBackend, Request
@@ -314,7 +314,12 @@ def via(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def srv(server_factory: Any, backend: ProxyBackend, via: str, down_port: int) -> ServerHandle:
+def srv(
+    server_factory: Any, backend: ProxyBackend, via: str, down_port: int, engine: str
+) -> ServerHandle:
+    if engine != "memory" and via != "http":
+        # The proxy protocol is independent of the engine: the redis pass runs over HTTP.
+        pytest.skip("gRPC proxies: memory pass only")
     return server_factory(server_config(backend, via, down_port), env=SERVER_ENV)
 
 
@@ -514,81 +519,6 @@ async def test_connect_proxy_not_used_with_token(
     user = "tok-" + uid()
     _, _, ctx = await token_client(srv, sdk, user)
     assert not matching(backend, "connect", client=ctx.client)
-
-
-# --------------------------------------------------------------------------------------------
-# refresh proxy
-
-
-async def test_refresh_extends_then_expires(
-    srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory
-) -> None:
-    name, user = "rf-" + uid(), "u-" + uid()
-    connects: list[Request] = []
-
-    def connect(r: Request) -> dict[str, Any]:
-        connects.append(r)
-        # Only the first connection expires; the one after 3005 lives on.
-        expire_at = int(time.time()) + 1 if len(connects) == 1 else 0
-        return {"result": {"user": user, "expire_at": expire_at, "meta": {"m": 1}}}
-
-    def refresh(r: Request) -> dict[str, Any]:
-        n = len(matching(backend, "refresh", client=r.body["client"]))
-        if n == 1:
-            info = {"v": 2}
-            return {"result": {"expire_at": int(time.time()) + 1, "info": info, "meta": {"m": 2}}}
-        if n == 2:
-            # At least a second away, so the check below runs before the next refresh.
-            return {"result": {"expire_at": int(time.time()) + 2}}
-        return {"result": {"expired": True}}
-
-    backend.handler("connect", connect)
-    backend.handler("refresh", refresh)
-    client, ev = sdk(name=name)
-    ctx = await connected(client, ev)
-
-    # Server-side refresh: the SDK is told nothing about expiry and never sends `refresh`.
-    reqs = await received(backend, "refresh", 2, client=ctx.client, timeout=6)
-    assert reqs[0].body["user"] == user
-    assert raw(reqs[0], "meta") == {"m": 1}
-    assert raw(reqs[1], "meta") == {"m": 2}  # meta replaced by the first refresh
-    assert client.state == ClientState.CONNECTED
-    # The refreshed info is the connection's: it rides on its publications.
-    watcher, _, _ = await token_client(srv, sdk, "watcher-" + uid())
-    watch = f"px:w-{uid()}"
-    _, wev, _ = await subscribed(watcher, watch)
-    await client.publish(watch, {"hi": 1})
-    pub = (await wev.next("publication")).pub
-    assert (pub.info.user, pub.info.conn_info) == (user, {"v": 2})
-
-    # The third answer expires the connection: 3005, and the SDK reconnects.
-    c = await ev.next("connecting", lambda x: x.code == 3005, timeout=6)
-    assert c.reason == "connection expired"
-    await ev.next("connected")
-    assert len(matching(backend, "refresh", client=ctx.client)) == 3
-    assert len(connects) == 2
-    assert "disconnected" not in ev.names()
-
-
-async def test_refresh_failure_keeps_connection_and_retries(
-    srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory, via: str
-) -> None:
-    name = "rfail-" + uid()
-    backend.reply("connect", {"result": {"user": "rf", "expire_at": int(time.time()) + 1}})
-    backend.status("refresh", 503)
-    client, ev = sdk(name=name)
-    ctx = await connected(client, ev)
-    await received(backend, "refresh", 1, client=ctx.client, timeout=6)
-    # A broken answer is a failure too; each is retried after the retry delay.
-    backend.raw("refresh", b"{not json")
-    await received(backend, "refresh", 2, client=ctx.client)
-    backend.reply("refresh", {"result": {"expire_at": int(time.time()) + 60}})
-    await received(backend, "refresh", 3, client=ctx.client)
-    # Still the same connection: nothing happened to it.
-    await client.rpc("still-there", {})
-    await received(backend, "rpc", client=ctx.client, method="still-there")
-    assert ev.names() == ["connecting", "connected"]
-    assert client.state == ClientState.CONNECTED
 
 
 # --------------------------------------------------------------------------------------------
@@ -854,18 +784,99 @@ async def test_rpc_custom_error_disconnect_and_status_transforms(
 
 
 # --------------------------------------------------------------------------------------------
-# sub_refresh proxy
+# server-side refresh: refresh and sub_refresh proxies
+#
+# Expiry times are whole unix seconds, so each flow takes seconds: the connection flow and the
+# subscription flow run concurrently, and only in the memory pass (nothing here involves the
+# engine beyond what every other test covers on both).
 
 
-async def test_sub_refresh_extends_then_expires(
+def memory_only(engine: str) -> None:
+    if engine != "memory":
+        pytest.skip("engine-independent and slow: memory pass only")
+
+
+async def test_server_side_refresh_hides_expiry(srv: ServerHandle, backend: ProxyBackend) -> None:
+    """With refresh / sub_refresh proxies the server refreshes: results carry no expires/ttl
+    (the SDK must not refresh), and client refresh / sub_refresh commands are rejected."""
+    ch = f"px:h-{uid()}"
+    backend.reply("connect", {"result": {"user": "h", "expire_at": int(time.time()) + 300}})
+    backend.reply("subscribe", {"result": {"expire_at": int(time.time()) + 300}})
+    async with RawWS.connect(srv.ws_url) as ws:
+        res = await ws.connect_cmd()
+        assert "error" not in res, res
+        assert "expires" not in res["connect"] and "ttl" not in res["connect"]
+        res = await ws.command({"subscribe": {"channel": ch}})
+        assert "error" not in res, res
+        assert "expires" not in res["subscribe"] and "ttl" not in res["subscribe"]
+        await ws.send({"id": ws.next_id(), "sub_refresh": {"channel": ch, "token": "t"}})
+        assert (await ws.wait_closed())[0] == 3501
+    async with RawWS.connect(srv.ws_url) as ws:
+        assert "error" not in await ws.connect_cmd()
+        await ws.send({"id": ws.next_id(), "refresh": {"token": "t"}})
+        assert (await ws.wait_closed())[0] == 3501
+
+
+async def connection_refresh_flow(
     srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory
 ) -> None:
+    """Refresh extends (new expire_at, info, meta), then `expired` ends it with 3005."""
+    name, user = "rf-" + uid(), "u-" + uid()
+    connects: list[Request] = []
+
+    def connect(r: Request) -> dict[str, Any]:
+        connects.append(r)
+        # Only the first connection expires; the one after 3005 lives on.
+        expire_at = int(time.time()) + 1 if len(connects) == 1 else 0
+        return {"result": {"user": user, "expire_at": expire_at, "meta": {"m": 1}}}
+
+    def refresh(r: Request) -> dict[str, Any]:
+        n = len(matching(backend, "refresh", client=r.body["client"]))
+        if n == 1:
+            info = {"v": 2}
+            return {"result": {"expire_at": int(time.time()) + 1, "info": info, "meta": {"m": 2}}}
+        if n == 2:
+            # At least a second away, so the check below runs before the next refresh.
+            return {"result": {"expire_at": int(time.time()) + 2}}
+        return {"result": {"expired": True}}
+
+    backend.handler("connect", connect)
+    backend.handler("refresh", refresh)
+    client, ev = sdk(name=name)
+    ctx = await connected(client, ev)
+
+    reqs = await received(backend, "refresh", 2, client=ctx.client, timeout=6)
+    assert reqs[0].body["user"] == user
+    assert raw(reqs[0], "meta") == {"m": 1}
+    assert raw(reqs[1], "meta") == {"m": 2}  # meta replaced by the first refresh
+    assert client.state == ClientState.CONNECTED
+    # The refreshed info is the connection's: it rides on its publications.
+    watcher, _, _ = await token_client(srv, sdk, "watcher-" + uid())
+    watch = f"px:w-{uid()}"
+    _, wev, _ = await subscribed(watcher, watch)
+    await client.publish(watch, {"hi": 1})
+    pub = (await wev.next("publication")).pub
+    assert (pub.info.user, pub.info.conn_info) == (user, {"v": 2})
+
+    # The third answer expires the connection: 3005, and the SDK reconnects.
+    c = await ev.next("connecting", lambda x: x.code == 3005, timeout=6)
+    assert c.reason == "connection expired"
+    await ev.next("connected")
+    assert len(matching(backend, "refresh", client=ctx.client)) == 3
+    assert len(connects) == 2
+    assert "disconnected" not in ev.names()
+
+
+async def subscription_refresh_flow(
+    srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory
+) -> None:
+    """sub_refresh extends (new expire_at, info), then `expired` ends it with 2501."""
     ch = f"px:sr-{uid()}"
 
     def subscribe(r: Request) -> dict[str, Any]:
-        if len(matching(backend, "subscribe", channel=ch)) == 1:
+        if r.body["channel"] == ch and len(matching(backend, "subscribe", channel=ch)) == 1:
             return {"result": {"expire_at": int(time.time()) + 1, "info": {"gen": 1}}}
-        return {"result": {"info": {"gen": 3}}}  # the resubscription does not expire
+        return {"result": {}}  # the resubscription does not expire
 
     def sub_refresh(r: Request) -> dict[str, Any]:
         n = len(matching(backend, "sub_refresh", channel=ch))
@@ -900,22 +911,102 @@ async def test_sub_refresh_extends_then_expires(
     assert c.state == ClientState.CONNECTED
 
 
-async def test_sub_refresh_failure_keeps_subscription_and_retries(
+async def test_server_side_refresh_extends_then_expires(
+    srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory, engine: str
+) -> None:
+    memory_only(engine)
+    await asyncio.gather(
+        connection_refresh_flow(srv, backend, sdk), subscription_refresh_flow(srv, backend, sdk)
+    )
+
+
+async def test_server_side_refresh_into_the_past_expires(
+    srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory, engine: str
+) -> None:
+    """An expire_at that is not in the future ends the connection (3005) / subscription
+    (2501) at once, with a single proxy call (no refresh loop)."""
+    memory_only(engine)
+    name, ch = "past-" + uid(), f"px:past-{uid()}"
+
+    def connect(r: Request) -> dict[str, Any]:
+        first = len(matching(backend, "connect", name=name)) == 1
+        return {"result": {"user": "p", "expire_at": int(time.time()) + 1 if first else 0}}
+
+    def subscribe(r: Request) -> dict[str, Any]:
+        first = len(matching(backend, "subscribe", channel=ch)) == 1
+        return {"result": {"expire_at": int(time.time()) + 1 if first else 0}}
+
+    backend.handler("connect", connect)
+    backend.handler("subscribe", subscribe)
+    backend.handler("refresh", lambda r: {"result": {"expire_at": int(time.time()) - 5}})
+    backend.handler("sub_refresh", lambda r: {"result": {"expire_at": int(time.time()) - 5}})
+
+    async def connection() -> None:
+        client, ev = sdk(name=name)
+        ctx = await connected(client, ev)
+        await ev.next("connecting", lambda x: x.code == 3005, timeout=6)
+        await ev.next("connected")
+        assert len(matching(backend, "refresh", client=ctx.client)) == 1
+
+    async def subscription() -> None:
+        c, _, _ = await token_client(srv, sdk, "past-" + uid())
+        _, sev, _ = await subscribed(c, ch)
+        await sev.next("subscribing", lambda x: x.code == 2501, timeout=6)
+        await sev.next("subscribed")
+        assert len(matching(backend, "sub_refresh", channel=ch)) == 1
+
+    await asyncio.gather(connection(), subscription())
+
+
+async def connection_refresh_failures(
+    srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory
+) -> None:
+    backend.reply("connect", {"result": {"user": "rf", "expire_at": int(time.time()) + 1}})
+    backend.status("refresh", 503)
+    client, ev = sdk(name="rfail-" + uid())
+    ctx = await connected(client, ev)
+    await received(backend, "refresh", 1, client=ctx.client, timeout=6)
+    # A broken answer is a failure too; each is retried after the retry delay.
+    backend.raw("refresh", b"{not json")
+    await received(backend, "refresh", 2, client=ctx.client)
+    backend.reply("refresh", {"result": {"expire_at": int(time.time()) + 60}})
+    await received(backend, "refresh", 3, client=ctx.client)
+    # Still the same connection: nothing happened to it.
+    await client.rpc("still-there", {})
+    await received(backend, "rpc", client=ctx.client, method="still-there")
+    assert ev.names() == ["connecting", "connected"]
+    assert client.state == ClientState.CONNECTED
+
+
+async def subscription_refresh_failures(
     srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory
 ) -> None:
     ch = f"px:sf-{uid()}"
     backend.reply("subscribe", {"result": {"expire_at": int(time.time()) + 1}})
     backend.status("sub_refresh", 500)
-    c, _, ctx = await token_client(srv, sdk, "sf-" + uid())
+    c, _, _ = await token_client(srv, sdk, "sf-" + uid())
     sub, sev, _ = await subscribed(c, ch)
-    await received(backend, "sub_refresh", 1, client=ctx.client, timeout=6)
+    await received(backend, "sub_refresh", 1, channel=ch, timeout=6)
     backend.raw("sub_refresh", b"<html>")
-    await received(backend, "sub_refresh", 2, client=ctx.client)
+    await received(backend, "sub_refresh", 2, channel=ch)
     backend.reply("sub_refresh", {"result": {"expire_at": int(time.time()) + 60}})
-    await received(backend, "sub_refresh", 3, client=ctx.client, timeout=6)
-    await subscribed(c, f"px:sf2-{uid()}")  # the connection still works
+    await received(backend, "sub_refresh", 3, channel=ch)
     assert sub.state == SubscriptionState.SUBSCRIBED
     assert sev.names() == ["subscribing", "subscribed"]
+    await sub.publish({"still": "there"})
+    assert (await sev.next("publication")).pub.data == {"still": "there"}
+
+
+async def test_server_side_refresh_failures_are_retried(
+    srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory, engine: str
+) -> None:
+    """A failing refresh / sub_refresh proxy neither disconnects nor unsubscribes: it is
+    asked again after the retry delay."""
+    memory_only(engine)
+    await asyncio.gather(
+        connection_refresh_failures(srv, backend, sdk),
+        subscription_refresh_failures(srv, backend, sdk),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1073,13 +1164,10 @@ async def test_proxy_metrics(
 
 
 @pytest.fixture(scope="module")
-def refused_srv(server_factory: Any, via: str, down_port: int) -> ServerHandle:
-    """A connect proxy nobody answers. Engine-independent: memory pass only."""
-    endpoint = (
-        f"http://127.0.0.1:{down_port}/connect"
-        if via == "http"
-        else f"grpc://127.0.0.1:{down_port}"
-    )
+def refused_srv(server_factory: Any, down_port: int) -> ServerHandle:
+    """A connect proxy nobody answers (gRPC; refused HTTP calls: the "down" proxy).
+    Engine-independent: memory pass only."""
+    endpoint = f"grpc://127.0.0.1:{down_port}"
     cfg = {
         "engine": {"type": "memory"},
         "client": {"proxy": {"connect": {"enabled": True, "endpoint": endpoint}}},
