@@ -512,6 +512,48 @@ async def test_connect_custom_errors_and_disconnects(
     assert clients["term"][0].state == ClientState.DISCONNECTED
 
 
+async def test_connect_request_channels_are_the_backends_decision(
+    srv: ServerHandle, backend: ProxyBackend
+) -> None:
+    """The channels a client names in connect `subs` go to the connect proxy; only the
+    ones it grants become subscriptions."""
+    granted, asked = f"srv:g-{uid()}", f"srv:x-{uid()}"
+    backend.reply("connect", {"result": {"user": "ch", "channels": [granted]}})
+    async with RawWS.connect(srv.ws_url) as ws:
+        res = await ws.connect_cmd(subs={asked: {}, granted: {}}, name="raw-" + uid())
+        assert set(res["connect"]["subs"]) == {granted}
+        [req] = matching(backend, "connect", client=res["connect"]["client"])
+        assert sorted(req.body["channels"]) == sorted([asked, granted])
+
+
+async def test_protobuf_client_payloads(
+    srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory
+) -> None:
+    """A Protobuf connection: `protocol` says so; JSON payloads pass as JSON, other bytes
+    only through a binary_encoding proxy (else error 100)."""
+
+    def reply(r: Request) -> dict[str, Any]:
+        if r.body["encoding"] == "binary":
+            return {"result": {"b64data": base64.b64encode(b"\x00raw-reply").decode()}}
+        return {"result": {"data": {"echo": body_value(r, "data")}}}
+
+    backend.handler("rpc", reply)
+    c, ev = sdk(srv.token("pb-" + uid()), use_protobuf=True)
+    ctx = await connected(c, ev)
+    res = await c.rpc("json", b'{"a":1}')
+    assert orjson.loads(res.data) == {"echo": {"a": 1}}
+    res = await c.rpc("bin:raw", b"\xff\x00binary")
+    assert res.data == b"\x00raw-reply"
+    with pytest.raises(ReplyError) as exc:
+        await c.rpc("json", b"\xff not json")
+    assert exc.value.code == 100
+    reqs = matching(backend, "rpc", client=ctx.client)
+    assert [r.body["method"] for r in reqs] == ["json", "bin:raw"]
+    assert {r.body["protocol"] for r in reqs} == {"protobuf"}
+    assert base64.b64decode(reqs[1].body["b64data"]) == b"\xff\x00binary"
+    assert c.state == ClientState.CONNECTED
+
+
 async def test_connect_proxy_not_used_with_token(
     srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory
 ) -> None:
