@@ -125,6 +125,18 @@ def _build_parser() -> _Parser:
     parser.add_argument(
         "--workers", type=int, help="number of worker processes (env WEB_CONCURRENCY, default 1)"
     )
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        help="restart a worker (after draining it) once it served this many requests; 0 = never",
+    )
+    parser.add_argument(
+        "--max-requests-jitter",
+        type=int,
+        default=0,
+        help="random extra requests per worker, so workers do not all restart at once",
+    )
     parser.add_argument("-p", "--port", dest="port", help="port to bind HTTP server to")
     parser.add_argument("-a", "--address", dest="address", help="interface address to listen on")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
@@ -507,15 +519,42 @@ def _make_gunicorn_app(cfg: Config, options: dict[str, Any]) -> Any:
             # Runs in each worker after fork: one event loop, one node per worker.
             from app.web import create_app
 
-            if inspect.iscoroutinefunction(create_app):
+            async def factory() -> Any:
+                app = create_app(self.app_config)
+                if inspect.isawaitable(app):
+                    app = await app
+                return _draining_runner(app, options)
 
-                async def factory() -> Any:
-                    return await create_app(self.app_config)
-
-                return factory
-            return create_app(self.app_config)
+            return factory
 
     return CentrifugoApplication()
+
+
+# Pause between closing a worker's listeners and aiohttp closing its open connections.
+LISTENER_CLOSE_GRACE = 0.1
+
+
+def _draining_runner(app: Any, options: dict[str, Any]) -> Any:
+    """The AppRunner gunicorn's aiohttp worker would build, with a drain-safe cleanup."""
+    from aiohttp import web
+
+    class DrainingRunner(web.AppRunner):
+        async def cleanup(self) -> None:
+            # On Python 3.11 aiohttp marks every connection closing right after the listeners
+            # close; one accepted a moment earlier whose request was not read yet drops that
+            # request and hangs until shutdown_timeout (worker rotation under load hits it).
+            # A short pause lets such requests start, so they finish like any in-flight call.
+            for site in list(self.sites):
+                await site.stop()
+            await asyncio.sleep(LISTENER_CLOSE_GRACE)
+            await super().cleanup()
+
+    return DrainingRunner(
+        app,
+        keepalive_timeout=options["keepalive"],
+        shutdown_timeout=options["graceful_timeout"] / 100 * 95,  # as aiohttp's worker does
+        access_log=None,
+    )
 
 
 def _check_redis(cfg: Config) -> None:
@@ -589,6 +628,11 @@ def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     options = gunicorn_options(cfg, workers)
     if child_exit is not None:
         options["child_exit"] = child_exit
+    if args.max_requests < 0 or args.max_requests_jitter < 0:
+        raise CliError("--max-requests and --max-requests-jitter must not be negative")
+    # Worker rotation: a worker past the limit drains (clients get 3001) and is replaced.
+    options["max_requests"] = args.max_requests
+    options["max_requests_jitter"] = args.max_requests_jitter
     _make_gunicorn_app(cfg, options).run()
     return 0
 
