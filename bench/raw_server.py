@@ -104,13 +104,15 @@ class HiredisReader:
         self._queue: collections.deque[tuple[bytes, bytes]] = collections.deque()
         self._wake = asyncio.Event()
         self._waiting: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._connecting = asyncio.Lock()
 
     async def subscribe(self, name: bytes) -> None:
-        if self._transport is None:
-            loop = asyncio.get_running_loop()
-            self._transport, _ = await loop.create_connection(
-                lambda: _HiredisProtocol(self), "127.0.0.1", self._port
-            )
+        async with self._connecting:  # many first subscribes arrive at once
+            if self._transport is None:
+                loop = asyncio.get_running_loop()
+                self._transport, _ = await loop.create_connection(
+                    lambda: _HiredisProtocol(self), "127.0.0.1", self._port
+                )
         fut = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(name, []).append(fut)
         self._transport.write(b"*2\r\n$10\r\nSSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(name), name))

@@ -307,7 +307,9 @@ class Run:
             "loadgen": cpu_seconds(self.lg.pids),
         }
 
-    def job(self, target: str, path: str, sc: Scenario, rate: float, base: str, count: int):
+    def job(
+        self, target: str, path: str, sc: Scenario, rate: float, base: str, count: int
+    ) -> PublishJob:
         o = self.opts
         common = {"rate": rate, "duration": o.duration, "base": base, "count": count}
         if target == "raw" and path in RAW_REDIS_PATHS:
@@ -367,7 +369,19 @@ class Run:
         after = self.snapshot(target)
         return self._row(sc, target, path, load, job, pub, expected, stats, before, after)
 
-    def _row(self, sc, target, path, load, job, pub, expected, stats, before, after):
+    def _row(
+        self,
+        sc: Scenario,
+        target: str,
+        path: str,
+        load: str,
+        job: PublishJob,
+        pub: dict[str, Any],
+        expected: list[int],
+        stats: list[dict[str, Any]],
+        before: dict[str, float],
+        after: dict[str, float],
+    ) -> dict[str, Any]:
         n = self.opts.subs
         per_channel = n / job.count
         delivered = sum(s["msgs"] for s in stats)
