@@ -177,8 +177,7 @@ class Client:
         try:
             commands = self.codec.decode_commands(data)
         except DecodeError as e:
-            log.info("bad request from client %s: %s", self.uid, e)
-            await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
+            await self.close(Disconnect(DISCONNECT_BAD_REQUEST, detail=f"bad frame: {e}"))
             return False
         for cmd in commands:
             if not await self._handle_command(cmd):
@@ -201,8 +200,7 @@ class Client:
             if method == "" and self._waiting_pong and self.state is State.CONNECTED:
                 self._on_pong()
                 return True
-            log.info("bad command id 0 from client %s", self.uid)
-            await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
+            await self.close(Disconnect(DISCONNECT_BAD_REQUEST, detail="command id 0"))
             return False
         if method == "":
             await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
@@ -231,8 +229,7 @@ class Client:
             await self.close(d)
             return False
         except DecodeError as e:
-            log.info("bad %s from client %s: %s", method, self.uid, e)
-            await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
+            await self.close(Disconnect(DISCONNECT_BAD_REQUEST, detail=f"bad {method}: {e}"))
             return False
         except Exception:
             log.exception("error handling %s for client %s", method, self.uid)
@@ -273,11 +270,12 @@ class Client:
             metrics.child(metrics.SERVER_DISCONNECTS, str(disconnect.code)).inc()
         if disconnect is not None and disconnect.code != 3000:
             log.info(
-                "disconnect client %s user %r: %d %s",
+                "disconnect client %s user %r: %d %s%s",
                 self.uid,
                 self.user,
                 disconnect.code,
                 disconnect.reason,
+                f" ({disconnect.detail})" if disconnect.detail else "",
             )
         if was_connected:
             self.node.hub.remove(self)
@@ -403,8 +401,9 @@ class Client:
             except TokenExpired:
                 raise ClientError(ERROR_TOKEN_EXPIRED) from None
             except TokenInvalid as e:
-                log.info("invalid connection token: %s", e)
-                raise Disconnect(DISCONNECT_INVALID_TOKEN) from None
+                raise Disconnect(
+                    DISCONNECT_INVALID_TOKEN, detail=f"invalid connection token: {e}"
+                ) from None
             if claims.user == "" and cfg.disallow_anonymous_connection_tokens:
                 raise Disconnect(DISCONNECT_PERMISSION_DENIED)
             self.user = claims.user
@@ -428,8 +427,7 @@ class Client:
             self.user = ""
             client_channels = True
         else:
-            log.info("connect without credentials from client %s", self.uid)
-            raise Disconnect(DISCONNECT_BAD_REQUEST)
+            raise Disconnect(DISCONNECT_BAD_REQUEST, detail="connect without credentials")
 
         limit = cfg.user_connection_limit
         if limit > 0 and self.user and len(node.hub.user_connections(self.user)) >= limit:
@@ -613,8 +611,9 @@ class Client:
         except TokenExpired:
             raise Disconnect(DISCONNECT_EXPIRED) from None
         except TokenInvalid as e:
-            log.info("invalid refresh token: %s", e)
-            raise Disconnect(DISCONNECT_INVALID_TOKEN) from None
+            raise Disconnect(
+                DISCONNECT_INVALID_TOKEN, detail=f"invalid refresh token: {e}"
+            ) from None
         if claims.user != self.user:
             raise Disconnect(DISCONNECT_INVALID_TOKEN)
         if set(claims.channels) | set(claims.subs) != set(self._token_channels):
@@ -1234,8 +1233,9 @@ class Client:
         except TokenExpired:
             raise Disconnect(DISCONNECT_SUB_EXPIRED) from None
         except TokenInvalid as e:
-            log.info("invalid subscription refresh token: %s", e)
-            raise Disconnect(DISCONNECT_INVALID_TOKEN) from None
+            raise Disconnect(
+                DISCONNECT_INVALID_TOKEN, detail=f"invalid subscription refresh token: {e}"
+            ) from None
         if (
             claims.channel != channel
             or claims.user != self.user

@@ -94,11 +94,13 @@ class Disconnect(Exception):
     Codes 3000–3499, 4000–4499 and >= 5000 tell SDKs to reconnect; others are terminal.
     """
 
-    __slots__ = ("code", "reason")
+    __slots__ = ("code", "reason", "detail")
 
-    def __init__(self, code: int, reason: str | None = None):
+    def __init__(self, code: int, reason: str | None = None, detail: str = ""):
         self.code = code
         self.reason = reason if reason is not None else _DISCONNECTS.get(code, "")
+        # Why, for the server log only (the client sees code and reason).
+        self.detail = detail
         super().__init__(code, self.reason)
 
     @property
