@@ -11,6 +11,7 @@ or per command, and labelled children are cached.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from functools import lru_cache
 from typing import Any
@@ -186,10 +187,33 @@ REDIS_PUBSUB_ERRORS = _counter(
 )
 
 
+class _Noop:
+    """Stands in for every metric when `prometheus.enabled` is off: hot paths then
+    pay one attribute call instead of a locked (or mmap) update."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    dec = inc
+    observe = inc
+    set = inc
+
+
+_NOOP = _Noop()
+_enabled = True
+
+
+def enable(on: bool) -> None:
+    """Called once per worker before any connection exists (app factory)."""
+    global _enabled
+    _enabled = on
+    child.cache_clear()
+
+
 @lru_cache(maxsize=4096)
 def child(metric: Any, *labels: str) -> Any:
     """A labelled child, cached: `.labels()` costs a dict lookup and a lock."""
-    return metric.labels(*labels)
+    return metric.labels(*labels) if _enabled else _NOOP
 
 
 def namespace_of(channel: str) -> str:
@@ -219,6 +243,25 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+_rendering: asyncio.Future[tuple[bytes, str]] | None = None
+
+
+async def render_async() -> tuple[bytes, str]:
+    """`render` off the event loop: merging every worker's files and formatting ~10k series
+    takes a good part of a second, which would stall this worker's clients. Scrapes that
+    arrive while one is rendering share its result instead of rendering again."""
+    global _rendering
+    if _rendering is None:
+        _rendering = asyncio.ensure_future(asyncio.to_thread(render))
+        _rendering.add_done_callback(_render_done)
+    return await asyncio.shield(_rendering)
+
+
+def _render_done(fut: asyncio.Future[tuple[bytes, str]]) -> None:
+    global _rendering
+    _rendering = None
 
 
 def mark_worker_dead(pid: int) -> None:

@@ -57,7 +57,7 @@ def create_node(cfg: Config) -> Node:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body, content_type = metrics.render()
+    body, content_type = await metrics.render_async()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -98,6 +98,7 @@ def create_app(cfg: Config) -> web.Application:
         client_max_size=max(cfg.websocket.message_size_limit, 1 << 20) * 64,
         middlewares=_port_split(cfg),
     )
+    metrics.enable(cfg.prometheus.enabled)
     node = create_node(cfg)
     set_node(node.id)
     app[NODE_KEY] = node

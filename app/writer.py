@@ -76,15 +76,17 @@ class Writer:
     def enqueue(self, data: bytes) -> None:
         if self._closed:
             return
-        self._buf.append(data)
+        buf = self._buf
+        if not buf:
+            # Only the first message of a batch wakes the writer; the rest just join it.
+            self._idle.clear()
+            self._wake.set()
+        buf.append(data)
         self._size += len(data)
         if self._max_size > 0 and self._size > self._max_size:
             self._closed = True
-            self._buf.clear()
+            buf.clear()
             self._on_error(Disconnect(DISCONNECT_SLOW))
-            return
-        self._idle.clear()
-        self._wake.set()
 
     async def _run(self) -> None:
         while True:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
+import os
 import string
 from collections import defaultdict
 
@@ -36,8 +36,13 @@ log = logging.getLogger("centrifugo.redis.broker")
 DEFAULT_META_TTL = 720 * 3600
 
 
+_LETTERS = string.ascii_letters.encode()
+
+
 def new_epoch() -> str:
-    return "".join(random.choices(string.ascii_letters, k=8))
+    """A fresh candidate epoch for every call (8 letters): the scripts adopt it only
+    when the stream meta is missing. Cheap, since it runs on every publish."""
+    return bytes(_LETTERS[b % 52] for b in os.urandom(8)).decode()
 
 
 def _ttl(seconds: float) -> str:
