@@ -245,19 +245,22 @@ async def test_js_server_side_refresh(srv: ServerHandle, backend: ProxyBackend) 
         """
         // Connection refresh on one client, subscription refresh on another: the expiries
         // are independent.
+        // Events are collected from the start: the two flows interleave freely.
         const c = newClient({ name: env.NAME });
         const events = collect(c, 'connecting');
+        const connected = collect(c, 'connected');
         const s = newClient({ token: token('jsr') });
         const sub = s.newSubscription(env.CH);
         const subEvents = collect(sub, 'subscribing');
+        const subscribed = collect(sub, 'subscribed');
         sub.subscribe();
         c.connect();
         s.connect();
-        await waitEvent(c, 'connected');
-        await waitUntil(sub, 'subscribing', () => subEvents.some((e) => e.code === 2501), 6000, '2501');
-        await waitEvent(sub, 'subscribed');
-        await waitUntil(c, 'connecting', () => events.some((e) => e.code === 3005), 6000, '3005');
-        await waitEvent(c, 'connected');
+        const expired = (list, code) => list.some((e) => e.code === code);
+        await waitUntil(sub, ['subscribing', 'subscribed'],
+          () => expired(subEvents, 2501) && subscribed.length === 2, 6000, '2501, resubscribed');
+        await waitUntil(c, ['connecting', 'connected'],
+          () => expired(events, 3005) && connected.length === 2, 6000, '3005, reconnected');
         return {
           connecting: events.map((e) => [e.code, e.reason]),
           subscribing: subEvents.map((e) => [e.code, e.reason]),
