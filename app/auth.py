@@ -102,7 +102,8 @@ _RSA_ALGS = frozenset({"RS256", "RS384", "RS512"})
 # cristalhq/jwt refuses an ES verifier whose key curve does not fit the alg; so do we.
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 _JWK_ALGS = _RSA_ALGS | _EC_CURVES.keys() | {"EdDSA"}
-_OVERRIDE_FIELDS = (
+# Claim names of an override object, in SubscribeOverride's order.
+OVERRIDE_FIELDS = (
     "presence",
     "join_leave",
     "force_push_join_leave",
@@ -244,7 +245,7 @@ def _parse_override(value: Any) -> SubscribeOverride | None:
     if type(value) is not dict:
         raise TokenInvalid("override claim must be an object")
     fields: dict[str, bool | None] = {}
-    for name in _OVERRIDE_FIELDS:
+    for name in OVERRIDE_FIELDS:
         item = value.get(name)
         if item is None:
             fields[name] = None

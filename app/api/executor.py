@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from app import metrics
-from app.auth import SubscribeOverride
+from app.auth import OVERRIDE_FIELDS, SubscribeOverride
 from app.errors import ClientError, Disconnect
 from app.models import ClientInfo, Publication, StreamPosition
 
@@ -158,20 +158,11 @@ def _bool_value(v: Any, name: str) -> bool | None:
     return _bool(_obj(v, name).get("value"), f"{name}.value")
 
 
-_OVERRIDE_FIELDS = (
-    "presence",
-    "join_leave",
-    "force_push_join_leave",
-    "force_recovery",
-    "force_positioning",
-)
-
-
 def _override(v: Any, name: str) -> SubscribeOverride | None:
     if v is None:
         return None
     p = _obj(v, name)
-    values = {f: _bool_value(p.get(f), f"{name}.{f}") for f in _OVERRIDE_FIELDS}
+    values = {f: _bool_value(p.get(f), f"{name}.{f}") for f in OVERRIDE_FIELDS}
     if all(x is None for x in values.values()):
         return None
     return SubscribeOverride(**values)
@@ -626,7 +617,15 @@ class ApiExecutor:
         if not self._channel_options(req["channel"]).presence:
             raise api_error(108)
         presence = await self.node.presence(req["channel"])
-        return {"presence": {cid: client_info_dict(ci) for cid, ci in presence.items()}}
+        return {"presence": {cid: self._render_info(ci) for cid, ci in presence.items()}}
+
+    # How payload-carrying objects appear in results. JSON rendering needs JSON payloads;
+    # the gRPC executor overrides these to keep raw bytes.
+    def _render_info(self, info: ClientInfo) -> Any:
+        return client_info_dict(info)
+
+    def _render_publication(self, pub: Publication) -> Any:
+        return publication_dict(pub)
 
     async def _presence_stats(self, req: dict[str, Any]) -> dict[str, Any]:
         if not self._channel_options(req["channel"]).presence:
@@ -652,7 +651,7 @@ class ApiExecutor:
                 raise
             raise api_error(100) from None
         return {
-            "publications": [publication_dict(p) for p in result.publications],
+            "publications": [self._render_publication(p) for p in result.publications],
             "offset": result.position.offset,
             "epoch": result.position.epoch,
         }

@@ -30,7 +30,7 @@ from aiohttp import web
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from app.api.executor import ApiExecutor, api_error
+from app.api.executor import ApiExecutor
 from app.api.gen import api_pb2 as pb
 from app.config import Config, TLSConfig
 from app.errors import ClientError
@@ -217,32 +217,11 @@ class GrpcExecutor(ApiExecutor):
     """ApiExecutor whose history and presence keep payloads as bytes: a gRPC answer can
     carry binary data that the JSON rendering has to refuse."""
 
-    async def _presence(self, req: dict[str, Any]) -> dict[str, Any]:
-        if not self._channel_options(req["channel"]).presence:
-            raise api_error(108)
-        return {"presence": await self.node.presence(req["channel"])}
+    def _render_info(self, info: ClientInfo) -> Any:
+        return info
 
-    async def _history(self, req: dict[str, Any]) -> dict[str, Any]:
-        if not self._channel_options(req["channel"]).history_enabled:
-            raise api_error(108)
-        limit = req["limit"]
-        try:
-            result = await self.node.history(
-                req["channel"],
-                limit=-1 if limit < 0 else limit,
-                since=req["since"],
-                reverse=req["reverse"],
-            )
-        except ClientError as e:
-            # As over HTTP: only these pass; any other history failure is internal.
-            if e.code in (102, 108, 112):
-                raise
-            raise api_error(100) from None
-        return {
-            "publications": result.publications,
-            "offset": result.position.offset,
-            "epoch": result.position.epoch,
-        }
+    def _render_publication(self, pub: Publication) -> Any:
+        return pub
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from app.auth import SubscribeOptionsClaim, SubscribeOverride
+from app.auth import OVERRIDE_FIELDS, SubscribeOptionsClaim, SubscribeOverride
 from app.errors import ClientError, Disconnect
 
 __all__ = [
@@ -380,15 +380,6 @@ class _Reader:
         return self.raw(raw_key)
 
 
-_OVERRIDE_FIELDS = (
-    "presence",
-    "join_leave",
-    "force_push_join_leave",
-    "force_recovery",
-    "force_positioning",
-)
-
-
 def _raise_for_reply(resp: _Reader) -> None:
     disconnect = resp.obj_or_none("disconnect")
     if disconnect is not None:
@@ -407,7 +398,7 @@ def _override(r: _Reader) -> SubscribeOverride | None:
     if o is None:
         return None
     values: dict[str, bool | None] = {}
-    for name in _OVERRIDE_FIELDS:
+    for name in OVERRIDE_FIELDS:
         v = o.obj_or_none(name)
         values[name] = None if v is None else v.get_bool("value")
     return SubscribeOverride(**values)
