@@ -699,12 +699,7 @@ class Client:
             except TokenInvalid as e:
                 log.info("invalid subscription token: %s", e)
                 raise ClientError(ERROR_PERMISSION_DENIED) from None
-            if (
-                claims.channel != chinfo.channel
-                or claims.user != self.user
-                or (claims.client and claims.client != self.uid)
-            ):
-                raise Disconnect(DISCONNECT_INVALID_TOKEN)
+            self._check_token_owner(claims, chinfo.channel)
             if claims.expire_at > 0:
                 if claims.expire_at < int(time.time()):
                     raise ClientError(ERROR_EXPIRED)
@@ -738,6 +733,15 @@ class Client:
         req.data = res.data
         req.override = res.override
         req.recoverable = req.positioned = req.join_leave = False
+
+    def _check_token_owner(self, claims: Any, channel: str) -> None:
+        """A subscription token is for one channel, user and (optionally) client."""
+        if (
+            claims.channel != channel
+            or claims.user != self.user
+            or (claims.client and claims.client != self.uid)
+        ):
+            raise Disconnect(DISCONNECT_INVALID_TOKEN, detail="subscription token of another")
 
     def _may_subscribe_without_token(self, chinfo: ChannelInfo) -> bool:
         if chinfo.allowed_users is not None:
@@ -1236,12 +1240,7 @@ class Client:
             raise Disconnect(
                 DISCONNECT_INVALID_TOKEN, detail=f"invalid subscription refresh token: {e}"
             ) from None
-        if (
-            claims.channel != channel
-            or claims.user != self.user
-            or (claims.client and claims.client != self.uid)
-        ):
-            raise Disconnect(DISCONNECT_INVALID_TOKEN)
+        self._check_token_owner(claims, channel)
         if claims.expire_at and claims.expire_at <= time.time():
             raise ClientError(ERROR_EXPIRED)
         sub.expire_at = claims.expire_at
