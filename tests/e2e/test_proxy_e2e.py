@@ -457,7 +457,7 @@ async def test_connect_result_takes_effect(
     assert raw(preq, "meta") == {"tenant": "t1"}
 
 
-async def test_connect_result_without_expiry_fields_and_no_result(
+async def test_connect_no_result_and_past_expiry(
     srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory
 ) -> None:
     """A reply without `result` gives no credentials: without anonymous access that is 3501.
@@ -966,7 +966,7 @@ async def test_server_side_refresh_into_the_past_expires(
     srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory, engine: str
 ) -> None:
     """An expire_at that is not in the future ends the connection (3005) / subscription
-    (2501) at once, with a single proxy call (no refresh loop)."""
+    (2501; 3006 for a server-side one) at once, with a single proxy call (no refresh loop)."""
     memory_only(engine)
     name, ch = "past-" + uid(), f"px:past-{uid()}"
 
@@ -997,7 +997,18 @@ async def test_server_side_refresh_into_the_past_expires(
         await sev.next("subscribed")
         assert len(matching(backend, "sub_refresh", channel=ch)) == 1
 
-    await asyncio.gather(connection(), subscription())
+    async def server_side_subscription() -> None:
+        # A server-side subscription that expires ends the connection: 3006.
+        user, ch2 = "ss-" + uid(), f"px:ss-{uid()}"
+        c, ev, _ = await token_client(srv, sdk, user)
+        expire_at = int(time.time()) + 1
+        await api(srv, "subscribe", {"user": user, "channel": ch2, "expire_at": expire_at})
+        await ev.next("subscribed", lambda x: x.channel == ch2)
+        d = await ev.next("connecting", lambda x: x.code == 3006, timeout=6)
+        assert d.reason == "subscription expired"
+        assert len(matching(backend, "sub_refresh", channel=ch2)) == 1
+
+    await asyncio.gather(connection(), subscription(), server_side_subscription())
 
 
 async def connection_refresh_failures(
