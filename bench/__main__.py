@@ -1,4 +1,4 @@
-"""`python -m bench`: fan-out benchmark of the app against the raw aiohttp ceiling peer."""
+"""`python -m bench`: the app against the raw aiohttp ceiling and python-socketio (README)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.runner import SCENARIOS, Options, log, run
+from bench.runner import ALL, SCENARIOS, Options, log, run
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
 
 
 def _rates(values: list[str]) -> dict[str, dict[str, float]]:
@@ -24,13 +36,12 @@ def _rates(values: list[str]) -> dict[str, dict[str, float]]:
 def parse_args(argv: list[str]) -> Options:
     ap = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Redis -> one app worker -> WebSocket subscribers, next to the raw ceiling.",
+        description="Redis -> one app worker -> WebSocket subscribers, next to the raw aiohttp "
+        "ceiling and python-socketio; idle memory, connect rate, reconnect storm, batch publish.",
     )
-    ap.add_argument("--smoke", action="store_true", help="a few seconds, 20 clients (CI)")
+    ap.add_argument("--smoke", action="store_true", help="every stage, 20 clients, briefly (CI)")
     ap.add_argument("--subs", type=int, help="WebSocket subscribers (default 1000)")
-    ap.add_argument(
-        "--scenarios", default="fanout,personal", help="comma list of: " + ", ".join(SCENARIOS)
-    )
+    ap.add_argument("--scenarios", help="comma list of (default all): " + ", ".join(ALL))
     ap.add_argument("--loads", default=None, help="comma list of paced,saturate (default both)")
     ap.add_argument(
         "--paths",
@@ -66,11 +77,35 @@ def parse_args(argv: list[str]) -> Options:
         metavar="KEY=VALUE",
         help="extra environment for the app process only (repeatable)",
     )
+    g = ap.add_argument_group("peers")
+    g.add_argument("--no-sio", action="store_true", help="skip the python-socketio peer")
+    g.add_argument(
+        "--sio-max-rate", type=float, help="cap of deliveries/s offered to socketio (50000)"
+    )
+    g = ap.add_argument_group("latency (b)")
+    g.add_argument("--latency-scenario", help="fan-out scenario measured (default fanout)")
+    g.add_argument("--latency-fractions", type=_floats, help="of the peak (default 0.1,0.5,0.8)")
+    g = ap.add_argument_group("idle connections and connect rate (c, d)")
+    g.add_argument("--idle-steps", type=_ints, help="ramp (default 1000,2500,5000,10000)")
+    g.add_argument("--idle-targets", type=_names, help="default app,raw,sio")
+    g.add_argument(
+        "--connect-concurrency", type=int, help="connects in flight per load process (100)"
+    )
+    g = ap.add_argument_group("reconnect storm (d)")
+    g.add_argument("--storm-clients", type=int, help="default 1000")
+    g.add_argument("--storm-pubs", type=int, help="publications to recover per channel (5)")
+    g.add_argument("--storm-triggers", type=_names, help="api and/or restart (default both)")
+    g = ap.add_argument_group("/api/batch with history")
+    g.add_argument("--batch-workers", type=_ints, help="app worker counts (default 1,2)")
+    g.add_argument("--batch-duration", type=float, help="seconds (default 5)")
+    g.add_argument("--batch-size", type=int, help="publications per request (default 500)")
+    g.add_argument("--batch-concurrency", type=int, help="requests in flight (default 8)")
     ap.add_argument("--out", type=Path, default=Path("bench-results.json"))
     a = ap.parse_args(argv)
 
     opts = Options.smoke_options(a.out) if a.smoke else Options(out=a.out)
-    opts.scenarios = tuple(s for s in a.scenarios.split(",") if s)
+    if a.scenarios:
+        opts.scenarios = _names(a.scenarios)
     if a.loads:
         opts.loads = tuple(x for x in a.loads.split(",") if x)
     if a.paths:
@@ -79,7 +114,26 @@ def parse_args(argv: list[str]) -> Options:
         opts.rates.setdefault(scenario, {}).update(loads)
     if not set(opts.loads) <= {"paced", "saturate"}:
         raise SystemExit(f"bad --loads {a.loads!r}: want paced and/or saturate")
-    for attr in ("subs", "duration", "procs", "sample_every", "repeat"):
+    for attr in (
+        "subs",
+        "duration",
+        "procs",
+        "sample_every",
+        "repeat",
+        "sio_max_rate",
+        "latency_scenario",
+        "latency_fractions",
+        "idle_steps",
+        "idle_targets",
+        "connect_concurrency",
+        "storm_clients",
+        "storm_pubs",
+        "storm_triggers",
+        "batch_workers",
+        "batch_duration",
+        "batch_size",
+        "batch_concurrency",
+    ):
         value = getattr(a, attr)
         if value is not None:
             setattr(opts, attr, value)
@@ -93,6 +147,7 @@ def parse_args(argv: list[str]) -> Options:
             raise SystemExit(f"bad --app-env {item!r}: want KEY=VALUE")
         opts.app_env[key] = value
     opts.history = not a.no_history
+    opts.sio = not a.no_sio
     opts.profile_dir = a.profile
     return opts
 

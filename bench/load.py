@@ -8,6 +8,15 @@ messages in each text frame (C-speed `bytes.count`), never decoding JSON. Every 
 connection also parses its messages to check offset continuity and read the publisher's
 timestamp for latency.
 
+The same clients speak Engine.IO 4 / Socket.IO 5 to the python-socketio peer (`Target.proto
+== "sio"`): open packet, namespace connect `40`, `join` event with an ack, then every `42…`
+frame is one message and `2` pings are answered with `3`.
+
+Storm clients (`storm_connect`) remember the stream position of their first subscribe reply and,
+once armed (`storm_arm`), reconnect as soon as they lose the connection and subscribe again with
+`recover: true` from that position, retrying with a short jittered backoff while the server is
+away; `storm_collect` reports how many came back with `recovered: true` and when.
+
 Connections are spread over several processes (`LoadGenerator`), each driven over a pipe by
 the benchmark runner: connect, reset counters, collect counts once the expected number of
 messages arrived, disconnect.
@@ -20,6 +29,7 @@ import base64
 import contextlib
 import multiprocessing as mp
 import os
+import random
 import select
 import socket
 import time
@@ -30,6 +40,9 @@ from typing import Any
 import orjson
 
 _HANDSHAKE, _SETUP, _COUNT, _CLOSED = range(4)
+# Socket.IO setup steps: waiting for the Engine.IO open packet, the namespace connect reply,
+# the ack of the `join` event.
+_SIO_OPEN, _SIO_CONNECT, _SIO_JOIN = range(3)
 # Socket reads ask for at most this much. asyncio's default (256 KiB) makes every recv
 # allocate a buffer above glibc's mmap threshold: ~25-35 us extra per read on this VM kind,
 # more than the read itself (see bench/README.md).
@@ -51,6 +64,11 @@ class Target:
     host: str
     port: int
     path: str = "/connection/websocket"
+    proto: str = "centrifuge"  # or "sio" (Engine.IO 4 / Socket.IO 5, python-socketio peer)
+
+    @classmethod
+    def socketio(cls, host: str, port: int) -> Target:
+        return cls(host, port, "/socket.io/?EIO=4&transport=websocket", "sio")
 
 
 def mask_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
@@ -93,7 +111,11 @@ class Counters:
 
 
 class WsClient(asyncio.Protocol):
-    """One WebSocket connection; counting is aggregated into the process `Counters`."""
+    """One WebSocket connection; counting is aggregated into the process `Counters`.
+
+    `recover` (storm clients) makes the subscribe ask for recovery from that (offset, epoch);
+    the subscribe result is kept in `sub_result`.
+    """
 
     def __init__(
         self,
@@ -102,13 +124,21 @@ class WsClient(asyncio.Protocol):
         target: Target,
         sample: bool,
         ready: asyncio.Future[None],
+        storm: bool = False,
+        recover: tuple[int, str] | None = None,
     ) -> None:
         self.owner = owner
         self.spec = spec
         self.target = target
+        self.sio = target.proto == "sio"
         self.sample = sample
         self.ready = ready
+        self.storm = storm
+        self.recover = recover
+        self.sub_result: dict[str, Any] = {}
+        self.live = False  # setup finished: losing the connection now is a disconnect
         self.state = _HANDSHAKE
+        self.sio_step = _SIO_OPEN
         self.buf = b""
         self.last_off = 0
         self.transport: asyncio.Transport | None = None
@@ -123,10 +153,11 @@ class WsClient(asyncio.Protocol):
             transport.max_size = READ_SIZE  # type: ignore[attr-defined]
         key = base64.b64encode(os.urandom(16)).decode()
         t = self.target
+        proto = "" if self.sio else "Sec-WebSocket-Protocol: centrifuge-json\r\n"
         req = (
             f"GET {t.path} HTTP/1.1\r\nHost: {t.host}:{t.port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Protocol: centrifuge-json\r\n\r\n"
+            f"{proto}\r\n"
         )
         self.transport.write(req.encode())
 
@@ -138,6 +169,9 @@ class WsClient(asyncio.Protocol):
         self.state = _CLOSED
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"connection {self.spec.idx} lost: {exc}"))
+        if self.live and self.storm:
+            self.live = False
+            self.owner.storm_lost(self)
 
     def data_received(self, data: bytes) -> None:
         if self.state == _HANDSHAKE:
@@ -151,13 +185,8 @@ class WsClient(asyncio.Protocol):
                 self._fail(f"upgrade refused: {head.splitlines()[0]!r}")
                 return
             self.state = _SETUP
-            s = self.spec
-            cmds = (
-                orjson.dumps({"id": 1, "connect": {"token": s.token, "name": "bench"}})
-                + b"\n"
-                + orjson.dumps({"id": 2, "subscribe": {"channel": s.channel}})
-            )
-            self._send(cmds)
+            if not self.sio:  # Socket.IO waits for the server's open packet first
+                self._send(self._setup_commands())
             if not data:
                 return
         buf = self.buf + data if self.buf else data
@@ -186,6 +215,19 @@ class WsClient(asyncio.Protocol):
             if op != OP_TEXT:
                 self._control(op, buf[start:end])
             elif self.state == _COUNT:
+                if self.sio:
+                    # Engine.IO over WebSocket: one packet per frame, `42[...]` an event.
+                    if buf.startswith(b"42", start):
+                        frames += 1
+                        msgs += 1
+                        if self.sample:
+                            self._parse_sio(buf[start:end])
+                    elif end - start == 1 and buf[start] == 0x32:  # "2": ping
+                        self._send(b"3")
+                        self.owner.c.pings += 1
+                    else:
+                        self.owner.c.other += 1
+                    continue
                 # Counting mode: messages are newline-separated within a frame.
                 frames += 1
                 k = buf.count(b"\n", start, end) + 1
@@ -196,7 +238,10 @@ class WsClient(asyncio.Protocol):
                 if self.sample:
                     self._parse(buf[start:end])
             elif self.state == _SETUP:
-                self._setup(buf[start:end])
+                if self.sio:
+                    self._setup_sio(buf[start:end])
+                else:
+                    self._setup(buf[start:end])
         self.buf = buf[pos:] if pos < n else b""
         if msgs:
             c = self.owner.c
@@ -210,6 +255,18 @@ class WsClient(asyncio.Protocol):
             c.bytes += len(data)
 
     # --- helpers ---
+
+    def _setup_commands(self) -> bytes:
+        s = self.spec
+        sub: dict[str, Any] = {"channel": s.channel}
+        if self.recover is not None:
+            offset, epoch = self.recover
+            sub |= {"recover": True, "offset": offset, "epoch": epoch}
+        return (
+            orjson.dumps({"id": 1, "connect": {"token": s.token, "name": "bench"}})
+            + b"\n"
+            + orjson.dumps({"id": 2, "subscribe": sub})
+        )
 
     def _send(self, payload: bytes, opcode: int = OP_TEXT) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -251,6 +308,14 @@ class WsClient(asyncio.Protocol):
         self.owner.c.pings += pings
         return pings
 
+    def _ready(self) -> None:
+        self.state = _COUNT
+        self.live = True
+        if not self.sample and not self.storm and self.owner.poller is not None:
+            self.owner.poller.add(self)
+        if not self.ready.done():
+            self.ready.set_result(None)
+
     def _setup(self, payload: bytes) -> None:
         for line in payload.split(b"\n"):
             if line == b"{}":
@@ -265,11 +330,23 @@ class WsClient(asyncio.Protocol):
                 self._fail(f"command {obj.get('id')} failed: {obj['error']}")
                 return
             if obj.get("id") == 2:
-                self.state = _COUNT
-                if not self.sample and self.owner.poller is not None:
-                    self.owner.poller.add(self)
-                if not self.ready.done():
-                    self.ready.set_result(None)
+                self.sub_result = obj.get("subscribe") or {}
+                self._ready()
+
+    def _setup_sio(self, payload: bytes) -> None:
+        """Engine.IO open -> `40` namespace connect -> `join` event with ack id 0 -> ack."""
+        if payload == b"2":
+            self._send(b"3")
+        elif self.sio_step == _SIO_OPEN and payload.startswith(b"0"):
+            self.sio_step = _SIO_CONNECT
+            self._send(b"40")
+        elif self.sio_step == _SIO_CONNECT and payload.startswith(b"40"):
+            self.sio_step = _SIO_JOIN
+            self._send(b'420["join",%s]' % orjson.dumps(self.spec.channel))
+        elif self.sio_step == _SIO_JOIN and payload.startswith(b"430"):
+            self._ready()
+        elif payload.startswith(b"44"):
+            self._fail(f"namespace connect refused: {payload[:200]!r}")
 
     def _parse(self, payload: bytes) -> None:
         """Sampled connections: offset continuity and publish-to-receive latency."""
@@ -302,6 +379,19 @@ class WsClient(asyncio.Protocol):
                 ts = data.get("ts")
                 if ts:
                     c.lat.append(now - ts)
+
+    def _parse_sio(self, payload: bytes) -> None:
+        """Sampled Socket.IO connections: latency only (events carry no offsets)."""
+        c = self.owner.c
+        try:
+            args = orjson.loads(payload[2:])
+            data = args[1]
+        except (orjson.JSONDecodeError, IndexError, TypeError):
+            c.other += 1
+            return
+        c.sampled += 1
+        if type(data) is dict and data.get("ts"):
+            c.lat.append(time.monotonic() - data["ts"])
 
 
 class LazyPoller:
@@ -366,6 +456,22 @@ class LazyPoller:
         self.ep.close()
 
 
+@dataclass(slots=True)
+class StormStats:
+    """Reconnects of storm clients since `storm_arm`."""
+
+    t_arm: float = 0.0
+    lost: int = 0  # live storm connections lost (each starts a reconnect)
+    attempts: int = 0  # connection attempts, failed ones included
+    failures: int = 0
+    recovered: int = 0  # re-subscribed with recovered=true
+    not_recovered: int = 0  # re-subscribed, but the server could not recover
+    pubs: int = 0  # publications returned by the recovering subscribes
+    first: float = 0.0  # time of the first / last re-subscribe reply
+    last: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
 class LoadWorker:
     """One load-generator process: its connections and counters, driven over a pipe."""
 
@@ -376,6 +482,16 @@ class LoadWorker:
         self.closed = 0
         self.close_codes: dict[int, int] = {}
         self.poller: LazyPoller | None = None
+        # storm clients: spec and first stream position by index, the live client by index
+        self.storm_target: Target | None = None
+        self.storm_specs: dict[int, ConnSpec] = {}
+        self.positions: dict[int, tuple[int, str]] = {}
+        self.storm_clients: dict[int, WsClient] = {}
+        self.storm_active = False
+        self.storm = StormStats()
+        self.storm_tasks: set[asyncio.Task[None]] = set()
+        self.storm_expected = 1 << 62  # set by storm_collect
+        self.storm_done = asyncio.Event()
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -392,6 +508,30 @@ class LoadWorker:
             else:
                 self.pipe.send(("ok", result))
 
+    async def _open(
+        self,
+        spec: ConnSpec,
+        target: Target,
+        sample: bool,
+        storm: bool = False,
+        recover: tuple[int, str] | None = None,
+    ) -> WsClient:
+        """Connects, subscribes and returns the client once its subscribe reply arrived."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        _, proto = await loop.create_connection(
+            lambda: WsClient(self, spec, target, sample, ready, storm, recover),
+            target.host,
+            target.port,
+        )
+        try:
+            async with asyncio.timeout(30):
+                await ready
+        except BaseException:
+            proto.close()
+            raise
+        return proto
+
     async def connect(
         self,
         target: Target,
@@ -400,7 +540,6 @@ class LoadWorker:
         concurrency: int,
         read_delay: float,
     ) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
         if self.poller is None and read_delay > 0:
             self.poller = LazyPoller(read_delay)
         sem = asyncio.Semaphore(concurrency)
@@ -408,17 +547,108 @@ class LoadWorker:
 
         async def one(spec: ConnSpec) -> None:
             async with sem:
-                ready: asyncio.Future[None] = loop.create_future()
                 sample = sample_every > 0 and spec.idx % sample_every == 0
-                _, proto = await loop.create_connection(
-                    lambda: WsClient(self, spec, target, sample, ready), target.host, target.port
-                )
-                self.clients.append(proto)
-                async with asyncio.timeout(30):
-                    await ready
+                self.clients.append(await self._open(spec, target, sample))
+
+        await asyncio.gather(*(one(s) for s in specs))
+        return {"connected": len(specs), "seconds": time.monotonic() - t0, "t1": time.monotonic()}
+
+    # --- reconnect storm ---
+
+    async def storm_connect(
+        self, target: Target, specs: list[ConnSpec], concurrency: int
+    ) -> dict[str, Any]:
+        """Connects storm clients and keeps each one's stream position (offset, epoch)."""
+        sem = asyncio.Semaphore(concurrency)
+        self.storm_target = target
+        t0 = time.monotonic()
+
+        async def one(spec: ConnSpec) -> None:
+            async with sem:
+                cl = await self._open(spec, target, False, storm=True)
+                res = cl.sub_result
+                if not res.get("recoverable") or "epoch" not in res:
+                    raise RuntimeError(f"storm channel {spec.channel} is not recoverable: {res}")
+                self.storm_specs[spec.idx] = spec
+                self.positions[spec.idx] = (int(res.get("offset", 0)), res["epoch"])
+                self.storm_clients[spec.idx] = cl
 
         await asyncio.gather(*(one(s) for s in specs))
         return {"connected": len(specs), "seconds": time.monotonic() - t0}
+
+    async def storm_arm(self) -> float:
+        """From now on a storm client that loses its connection reconnects and recovers."""
+        self.storm = StormStats(t_arm=time.monotonic())
+        self.storm_expected = 1 << 62
+        self.storm_active = True
+        return self.storm.t_arm
+
+    def storm_lost(self, client: WsClient) -> None:
+        if not self.storm_active or self.storm_clients.get(client.spec.idx) is not client:
+            return
+        self.storm.lost += 1
+        task = asyncio.get_running_loop().create_task(self._storm_reconnect(client.spec))
+        self.storm_tasks.add(task)
+        task.add_done_callback(self.storm_tasks.discard)
+
+    async def _storm_reconnect(self, spec: ConnSpec) -> None:
+        st = self.storm
+        target = self.storm_target
+        assert target is not None
+        attempt = 0
+        while self.storm_active:
+            if attempt:
+                # Jittered exponential backoff from 50 ms to 1 s while the server is away
+                # (the SDKs back off from 0.5 s; shorter here to time the server, not us).
+                await asyncio.sleep(min(0.05 * 2 ** (attempt - 1), 1.0) * (0.5 + random.random()))
+            attempt += 1
+            st.attempts += 1
+            try:
+                cl = await self._open(spec, target, False, True, self.positions[spec.idx])
+            except (OSError, ConnectionError, TimeoutError) as e:
+                st.failures += 1
+                key = type(e).__name__
+                st.errors[key] = st.errors.get(key, 0) + 1
+                continue
+            now = time.monotonic()
+            self.storm_clients[spec.idx] = cl
+            res = cl.sub_result
+            if res.get("recovered"):
+                st.recovered += 1
+                st.pubs += len(res.get("publications") or ())
+            else:
+                st.not_recovered += 1
+            st.last = now
+            if not st.first:
+                st.first = now
+            if st.recovered + st.not_recovered >= self.storm_expected:
+                self.storm_done.set()
+            return
+
+    async def storm_collect(self, expected: int, timeout: float) -> dict[str, Any]:
+        """Waits until `expected` storm clients re-subscribed (or `timeout` s)."""
+        st = self.storm
+        self.storm_expected = expected
+        self.storm_done.clear()
+        if st.recovered + st.not_recovered < expected:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.storm_done.wait()
+        return {
+            "t_arm": st.t_arm,
+            "lost": st.lost,
+            "attempts": st.attempts,
+            "failures": st.failures,
+            "recovered": st.recovered,
+            "not_recovered": st.not_recovered,
+            "pubs": st.pubs,
+            "first": st.first,
+            "last": st.last,
+            "errors": st.errors,
+            "close_codes": self.close_codes,
+        }
+
+    # --- counting ---
 
     async def reset(self) -> float:
         self.c = Counters()
@@ -459,16 +689,22 @@ class LoadWorker:
 
     async def disconnect(self) -> int:
         n = 0
+        self.storm_active = False
+        for task in list(self.storm_tasks):
+            task.cancel()
         if self.poller is not None:
             self.poller.close()
             self.poller = None
-        for cl in self.clients:
+        for cl in [*self.clients, *self.storm_clients.values()]:
             if cl.transport is not None and not cl.transport.is_closing():
                 cl.state = _CLOSED
                 cl._send(b"\x03\xe8", OP_CLOSE)
                 cl.close()
                 n += 1
         self.clients = []
+        self.storm_clients = {}
+        self.storm_specs = {}
+        self.positions = {}
         await asyncio.sleep(0.05)
         return n
 
@@ -542,6 +778,24 @@ class LoadGenerator:
             ],
         )
         return time.monotonic() - t0
+
+    def storm_connect(self, target: Target, specs: list[ConnSpec], concurrency: int = 100) -> float:
+        """Connects storm clients (they keep their first stream position); wall time."""
+        t0 = time.monotonic()
+        self._all(
+            "storm_connect",
+            [
+                {"target": target, "specs": part, "concurrency": concurrency}
+                for part in self.split(specs)
+            ],
+        )
+        return time.monotonic() - t0
+
+    def storm_arm(self) -> None:
+        self._all("storm_arm", [{} for _ in self.pipes])
+
+    def storm_collect(self, expected: list[int], timeout: float) -> list[dict[str, Any]]:
+        return self._all("storm_collect", [{"expected": e, "timeout": timeout} for e in expected])
 
     def split(self, specs: list[ConnSpec]) -> list[list[ConnSpec]]:
         """Which process holds which connection (by index)."""

@@ -14,6 +14,14 @@ Modes:
   api        POST /api/publish, one publication per request (keep-alive, bounded in flight).
   api-batch  POST /api/batch {"parallel": true}, one request per tick with the tick's publications.
   trigger    POST /trigger on the raw peer: it builds and fans out the frames itself (no Redis).
+  sio        same Lua loop for the python-socketio peer: PUBLISH on the manager's one channel
+             (`socketio`) of the message `AsyncRedisManager(write_only=True).emit("m", data,
+             room=<channel>)` publishes (python-socketio 5.x JSON), which every server decodes.
+
+`total` stops a job after that many publications (the reconnect storm fills histories with it).
+A rate far above what the server takes makes the HTTP modes closed-loop: at most `concurrency`
+requests in flight, each with up to `batch` publications (api-batch), so the result is the
+server's throughput.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ MAX_PER_CALL = 2000  # publications per Lua call / batch request, keeps Redis la
 PUBLISH_LUA = """
 -- Bench-only: generates publications s0 .. s0+n-1 and publishes each (see bench/publish.py).
 -- ARGV: 1 command (spublish|publish), 2 pub/sub channel prefix, 3 channel base, 4 channel count,
---       5 first s, 6 n, 7 ts, 8 frame kind (app|raw), 9 epoch, 10 pad
+--       5 first s, 6 n, 7 ts, 8 frame kind (app|raw|sio), 9 epoch, 10 pad
+-- (kind sio: ARGV[2] is the whole Redis channel, the room goes into the message)
 local cmd, prefix, base, c = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local s0, n, ts, kind, epoch, pad = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 for s = s0, s0 + n - 1 do
@@ -42,12 +51,17 @@ for s = s0, s0 + n - 1 do
   if c > 1 then name = base .. idx end
   local data = '{"ts":' .. ts .. ',"n":' .. s .. ',"p":"' .. pad .. '"}'
   local msg
+  local target = prefix .. name
   if kind == 'app' then
     msg = '__p1:' .. off .. ':' .. epoch .. '__\\n' .. data
+  elseif kind == 'sio' then
+    target = prefix
+    msg = '{"method":"emit","event":"m","data":[' .. data .. '],"binary":false,"namespace":"/",'
+      .. '"room":"' .. name .. '","skip_sid":null,"callback":null,"host_id":"bench-publisher"}'
   else
     msg = '{"push":{"channel":"' .. name .. '","pub":{"data":' .. data .. ',"offset":' .. off .. '}}}'
   end
-  redis.call(cmd, prefix .. name, msg)
+  redis.call(cmd, target, msg)
 end
 return n
 """
@@ -85,13 +99,16 @@ class PublishJob:
     epoch: str = "bench"
     url: str = ""  # server base URL for api / api-batch / trigger
     api_key: str = ""
-    in_flight: int = 64
+    in_flight: int = 64  # api: requests in flight
+    concurrency: int = 4  # api-batch: requests in flight (and connections)
+    batch: int = MAX_PER_CALL  # api-batch: most publications per request
+    total: int = 0  # stop after this many publications (0: only the duration counts)
 
 
 def run_job(job: PublishJob) -> dict[str, Any]:
     """Runs one job (in the publisher process); returns counts, timing and its own CPU."""
     cpu0 = os.times()
-    if job.mode in ("spublish", "redis"):
+    if job.mode in ("spublish", "redis", "sio"):
         res = _run_lua(job)
     else:
         res = asyncio.run(_run_http(job))
@@ -100,8 +117,15 @@ def run_job(job: PublishJob) -> dict[str, Any]:
     return res
 
 
-def _due(job: PublishJob, t0: float, now: float, sent: int) -> int:
-    return min(int(job.rate * (now - t0)) - sent, MAX_PER_CALL)
+def _due(job: PublishJob, t0: float, now: float, sent: int, most: int = MAX_PER_CALL) -> int:
+    n = min(int(job.rate * (now - t0)) - sent, most)
+    if job.total:
+        n = min(n, job.total - sent)
+    return n
+
+
+def _finished(job: PublishJob, now: float, end: float, sent: int) -> bool:
+    return now >= end or (job.total > 0 and sent >= job.total)
 
 
 def _run_lua(job: PublishJob) -> dict[str, Any]:
@@ -109,21 +133,22 @@ def _run_lua(job: PublishJob) -> dict[str, Any]:
 
     r = redis.Redis(port=job.redis_port)
     sha = r.script_load(PUBLISH_LUA)
-    kind = "app" if job.mode == "spublish" else "raw"
+    kind = {"spublish": "app", "redis": "raw", "sio": "sio"}[job.mode]
+    command = "publish" if job.mode == "sio" else job.command
     pad = "x" * job.pad
     sent = 0
     t0 = time.monotonic()
     end = t0 + job.duration
     while True:
         now = time.monotonic()
-        if now >= end:
+        if _finished(job, now, end, sent):
             break
         n = _due(job, t0, now, sent)
         if n > 0:
             r.evalsha(
                 sha,
                 0,
-                job.command,
+                command,
                 job.pubsub_prefix,
                 job.base,
                 job.count,
@@ -150,7 +175,7 @@ async def _run_http(job: PublishJob) -> dict[str, Any]:
     pad = "x" * job.pad
     # Trigger requests run one at a time: concurrent fan-out loops would interleave (reorder)
     # the frames of one channel.
-    in_flight = {"api": job.in_flight, "api-batch": 4, "trigger": 1}[job.mode]
+    in_flight = {"api": job.in_flight, "api-batch": job.concurrency, "trigger": 1}[job.mode]
     sem = asyncio.Semaphore(in_flight)
     errors = 0
     ok = 0
@@ -201,17 +226,18 @@ async def _run_http(job: PublishJob) -> dict[str, Any]:
         end = t0 + job.duration
         while True:
             now = time.monotonic()
-            if now >= end:
+            if _finished(job, now, end, sent):
                 break
-            n = _due(job, t0, now, sent)
+            n = _due(job, t0, now, sent, job.batch if job.mode == "api-batch" else MAX_PER_CALL)
             if job.mode == "trigger":
                 # A trigger request is served to its end before the next one: keep each short.
                 n = min(n, max(1, int(job.rate * TICK * 4)))
-            # One request per publication for "api", one per tick otherwise.
-            while n > 0 and not sem.locked():
+            # One request per publication for "api", one per tick otherwise. Waiting for a
+            # free slot (not for the next tick) keeps a closed loop saturated.
+            while n > 0 and time.monotonic() < end:
                 k = 1 if job.mode == "api" else n
                 await sem.acquire()
-                path, body = body_for(sent, k, now)
+                path, body = body_for(sent, k, time.monotonic())
                 t = asyncio.create_task(post(session, path, body, k))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)

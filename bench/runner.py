@@ -1,13 +1,17 @@
-"""Benchmark runner: starts Redis, the app and the raw peer, runs the scenarios, reports.
+"""Benchmark runner: starts Redis, the app and the peers, runs the scenarios, reports.
 
 One run measures every target with the same load-generator processes and publisher, so each
-app figure comes with the raw ceiling measured minutes apart on the same (shared, 2-core)
-machine: results are read as ratios, not absolute numbers.
+app figure comes with the raw ceiling and the python-socketio peer measured minutes apart on
+the same (shared, 2-core) machine: results are read as ratios, not absolute numbers.
+
+Fan-out scenarios and the latency stage live here; the idle/connect, reconnect-storm and batch
+publish stages are in `bench.stages`, the tables and target check in `bench.report`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -16,7 +20,6 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,12 +35,14 @@ from typing import Any
 import jwt
 import psutil
 
+from bench import report
 from bench.load import ConnSpec, LoadGenerator, Target
 from bench.publish import PublishJob, channel_name, run_job
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_PREFIX = "centrifugo"  # the app's default Redis prefix
 RAW_PREFIX = "rawbench."
+SIO_CHANNEL = "socketio"  # python-socketio's default manager channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,26 +56,38 @@ class Scenario:
 
 SCENARIOS: dict[str, Scenario] = {
     "fanout": Scenario("fanout", lambda n: 1, 100_000, 400_000, "api"),
+    "ch10": Scenario("ch10", lambda n: min(n, 10), 100_000, 400_000, "api"),
+    "ch100": Scenario("ch100", lambda n: min(n, 100), 60_000, 250_000, "api-batch"),
     "personal": Scenario("personal", lambda n: n, 25_000, 80_000, "api-batch"),
 }
+# Stages that are not a fan-out of publications (bench.stages), in run order after them.
+STAGES = ("latency", "storm", "batch")
+# `idle` runs first, on fresh server processes, so earlier scenarios' heap does not hide
+# the memory new connections take.
+ALL = ("idle", *SCENARIOS, *STAGES)
 
 # (target, path) phases of each scenario, in the order run (targets alternate). The raw
 # peer's Redis paths (one per reader) give the ceiling that ratios refer to; "local" is its
-# fan-out without Redis.
+# fan-out without Redis; "sio/redis" is python-socketio with its Redis manager.
 PATHS: tuple[tuple[str, str], ...] = (
     ("raw", "hiredis"),
     ("app", "spublish"),
     ("raw", "redispy"),
     ("app", "api"),
     ("raw", "local"),
+    ("sio", "redis"),
 )
 RAW_REDIS_PATHS = {"redispy": "py.", "hiredis": "hi."}  # path -> raw peer channel prefix
+
+
+def socketio_installed() -> bool:
+    return importlib.util.find_spec("socketio") is not None
 
 
 @dataclass
 class Options:
     subs: int = 1000
-    scenarios: tuple[str, ...] = ("fanout", "personal")
+    scenarios: tuple[str, ...] = ALL
     loads: tuple[str, ...] = ("paced", "saturate")
     rates: dict[str, dict[str, float]] = field(default_factory=dict)  # scenario -> load -> rate
     duration: float = 3.0
@@ -87,20 +104,54 @@ class Options:
     out: Path = Path("bench-results.json")
     profile_dir: Path | None = None
     smoke: bool = False
+    # python-socketio peer: offered deliveries/s are capped (it drains ~30k/s, perf-anchors §3.6;
+    # an uncapped saturating phase would take minutes to drain)
+    sio: bool = True
+    sio_max_rate: float = 50_000
+    # (b) latency at these fractions of the app's measured peak (saturate) in this scenario
+    latency_scenario: str = "fanout"
+    latency_fractions: tuple[float, ...] = (0.1, 0.5, 0.8)
+    # (c) idle connections: ramp steps (connections), targets; connect concurrency per process
+    idle_steps: tuple[int, ...] = (1000, 2500, 5000, 10000)
+    idle_targets: tuple[str, ...] = ("app", "raw", "sio")
+    idle_settle: float = 1.0
+    connect_concurrency: int = 100
+    # (d) reconnect storm: clients, publications per channel to recover, triggers
+    storm_clients: int = 1000
+    storm_pubs: int = 5
+    storm_triggers: tuple[str, ...] = ("api", "restart")
+    storm_timeout: float = 60.0
+    # /api/batch publish throughput with history: worker counts, closed loop
+    batch_workers: tuple[int, ...] = (1, 2)
+    batch_duration: float = 5.0
+    batch_size: int = 500
+    batch_concurrency: int = 8
+    batch_channels: int = 1000
 
     @classmethod
     def smoke_options(cls, out: Path) -> Options:
         return cls(
             subs=20,
+            scenarios=("idle", "fanout", "personal", "latency", "storm", "batch"),
             loads=("paced",),
             rates={"fanout": {"paced": 2000}, "personal": {"paced": 1000}},
-            duration=1.0,
+            duration=0.5,
             procs=1,
             sample_every=2,
             read_delay=0.01,
             idle_timeout=2.0,
             out=out,
             smoke=True,
+            latency_fractions=(0.5,),
+            idle_steps=(10, 20),
+            idle_settle=0.2,
+            storm_clients=20,
+            storm_pubs=3,
+            batch_workers=(1,),
+            batch_duration=0.5,
+            batch_size=50,
+            batch_concurrency=2,
+            batch_channels=20,
         )
 
     def rate(self, sc: Scenario, load: str) -> float:
@@ -143,6 +194,11 @@ class Service:
         except psutil.NoSuchProcess:
             return []
 
+    def workers(self) -> list[int]:
+        """The processes that serve connections: gunicorn's workers, or the process itself."""
+        pids = self.pids()
+        return pids[1:] if len(pids) > 1 else pids
+
     def wait_http(self, url: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -182,6 +238,16 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def start_redis(workdir: Path) -> tuple[Service, int]:
     port = free_port()
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -204,44 +270,76 @@ def start_redis(workdir: Path) -> tuple[Service, int]:
             time.sleep(0.05)
 
 
-def app_config(redis_port: int, secret: str, api_key: str, history: bool) -> dict[str, Any]:
+def app_config(
+    redis_port: int, secret: str, api_key: str, history: bool, prefix: str = APP_PREFIX
+) -> dict[str, Any]:
     ns: dict[str, Any] = {"allow_subscribe_for_client": True}
+    hist = {"history_size": 100, "history_ttl": "300s"}
     if history:
-        ns |= {"history_size": 100, "history_ttl": "300s"}
+        ns |= hist
     return {
         "client": {"token": {"hmac_secret_key": secret}},
         "http_api": {"key": api_key},
         "http_server": {"address": "127.0.0.1"},
         "health": {"enabled": True},
         "log": {"level": "warn"},
-        "engine": {"type": "redis", "redis": {"address": f"redis://127.0.0.1:{redis_port}"}},
-        "channel": {"without_namespace": ns},
+        "engine": {
+            "type": "redis",
+            "redis": {"address": f"redis://127.0.0.1:{redis_port}", "prefix": prefix},
+        },
+        "channel": {
+            "without_namespace": ns,
+            "namespaces": [
+                # batch publishes: history whatever --no-history says
+                {"name": "hist", **hist},
+                # reconnect storm: every subscribe is recoverable
+                {"name": "storm", "allow_subscribe_for_client": True, "force_recovery": True}
+                | hist,
+            ],
+        },
     }
 
 
-def start_app(
-    workdir: Path, config: dict[str, Any], extra_env: dict[str, str]
+def launch_app(
+    workdir: Path,
+    config: dict[str, Any],
+    extra_env: dict[str, str],
+    workers: int = 1,
+    name: str = "app",
 ) -> tuple[Service, int]:
+    """Starts `python -m app` (gunicorn, `workers` workers) without waiting for it."""
     port = free_port()
-    cfg_path = workdir / "app.json"
+    cfg_path = workdir / f"{name}.json"
     cfg_path.write_text(json.dumps(config, indent=2))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra_env)
     cmd = [sys.executable, "-m", "app", "-c", str(cfg_path), "--http_server.port", str(port)]
-    svc = Service("app", cmd + ["--workers", "1"], workdir / "app.log", env)
+    svc = Service(name, cmd + ["--workers", str(workers)], workdir / f"{name}.log", env)
+    return svc, port
+
+
+def start_app(
+    workdir: Path, config: dict[str, Any], extra_env: dict[str, str], workers: int = 1
+) -> tuple[Service, int]:
+    svc, port = launch_app(workdir, config, extra_env, workers)
     svc.wait_http(f"http://127.0.0.1:{port}/health")
     return svc, port
 
 
-def start_raw(workdir: Path, redis_port: int, send: str) -> tuple[Service, int]:
+def launch_raw(workdir: Path, redis_port: int, send: str) -> tuple[Service, int]:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.raw_server", "--port", str(port)]
     cmd += ["--redis-port", str(redis_port), "--prefix", RAW_PREFIX]
     cmd += ["--readers", ",".join(RAW_REDIS_PATHS), "--send", send]
-    svc = Service("raw peer", cmd, workdir / "raw.log")
-    svc.wait_http(f"http://127.0.0.1:{port}/health")
-    return svc, port
+    return Service("raw peer", cmd, workdir / "raw.log"), port
+
+
+def launch_sio(workdir: Path, redis_port: int) -> tuple[Service, int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.socketio_server", "--port", str(port)]
+    cmd += ["--redis-port", str(redis_port), "--channel", SIO_CHANNEL]
+    return Service("socketio peer", cmd, workdir / "sio.log"), port
 
 
 @contextmanager
@@ -272,11 +370,7 @@ def share(idx: int, published: int, count: int) -> int:
     return published // count + (1 if idx < published % count else 0)
 
 
-def percentile(sorted_vals: list[float], q: float) -> float:
-    if not sorted_vals:
-        return 0.0
-    k = min(len(sorted_vals) - 1, max(0, round(q * (len(sorted_vals) - 1))))
-    return sorted_vals[k]
+percentile = report.percentile  # kept importable from here
 
 
 @dataclass
@@ -291,14 +385,38 @@ class Run:
     app_port: int
     raw: Service
     raw_port: int
+    sio: Service | None
+    sio_port: int
     api_key: str
     secret: str
     lg: LoadGenerator
     pool: concurrent.futures.ProcessPoolExecutor
     rows: list[dict[str, Any]] = field(default_factory=list)
+    idle: list[dict[str, Any]] = field(default_factory=list)
+    storm: list[dict[str, Any]] = field(default_factory=list)
+    batch: list[dict[str, Any]] = field(default_factory=list)
+    tokens: dict[str, str] = field(default_factory=dict)
 
     def server(self, target: str) -> Service:
+        if target == "sio":
+            assert self.sio is not None
+            return self.sio
         return self.app if target == "app" else self.raw
+
+    def target(self, target: str) -> Target:
+        if target == "sio":
+            return Target.socketio("127.0.0.1", self.sio_port)
+        return Target("127.0.0.1", self.app_port if target == "app" else self.raw_port)
+
+    def targets(self) -> list[str]:
+        """Servers the fan-out scenarios connect to (those some selected path needs)."""
+        out = []
+        for name in ("raw", "app", "sio"):
+            if name == "sio" and self.sio is None:
+                continue
+            if any(p.startswith(name + "/") for p in self.opts.paths):
+                out.append(name)
+        return out
 
     def snapshot(self, target: str) -> dict[str, float]:
         return {
@@ -307,11 +425,18 @@ class Run:
             "loadgen": cpu_seconds(self.lg.pids),
         }
 
+    def publish(self, job: PublishJob, timeout: float) -> dict[str, Any]:
+        return self.pool.submit(run_job, job).result(timeout=timeout)
+
     def job(
         self, target: str, path: str, sc: Scenario, rate: float, base: str, count: int
     ) -> PublishJob:
         o = self.opts
         common = {"rate": rate, "duration": o.duration, "base": base, "count": count}
+        if target == "sio":
+            return PublishJob(
+                mode="sio", redis_port=self.redis_port, pubsub_prefix=SIO_CHANNEL, **common
+            )
         if target == "raw" and path in RAW_REDIS_PATHS:
             return PublishJob(
                 mode="redis",
@@ -344,20 +469,22 @@ class Run:
         base: str,
         count: int,
         specs: list[ConnSpec],
+        rate: float | None = None,
     ) -> dict[str, Any]:
         o = self.opts
-        n = o.subs
-        per_channel = n / count
-        rate_deliveries = o.rate(sc, load)
+        per_channel = o.subs / count
+        rate_deliveries = o.rate(sc, load) if rate is None else rate
+        if target == "sio" and rate is None:
+            rate_deliveries = min(rate_deliveries, o.sio_max_rate)
         job = self.job(target, path, sc, rate_deliveries / per_channel, base, count)
         self.lg.reset()
         before = self.snapshot(target)
         prof = None
         if o.profile_dir is not None and target == "app":
             prof = o.profile_dir / f"{sc.name}-{path}-{load}.txt"
-        worker_pid = self.server(target).pids()[-1]
+        worker_pid = self.server(target).workers()[-1]
         with py_spy(worker_pid, prof):
-            pub = self.pool.submit(run_job, job).result(timeout=o.duration + 120)
+            pub = self.publish(job, o.duration + 120)
             published = pub["published"]
             expected = [
                 sum(share(s.idx % count, published, count) for s in part)
@@ -403,7 +530,7 @@ class Run:
         return {
             "scenario": sc.name,
             "target": target,
-            "path": path if target == "raw" else (path if path == "spublish" else job.mode),
+            "path": job.mode if (target, path) == ("app", "api") else path,
             "load": load,
             "subs": n,
             "channels": job.count,
@@ -424,8 +551,8 @@ class Run:
             "window_s": round(window, 3),
             "deliveries_per_s": round(delivered / window) if window > 0 else 0,
             "latency_ms": {
-                "p50": round(percentile(lat, 0.50), 2),
-                "p99": round(percentile(lat, 0.99), 2),
+                "p50": round(report.percentile(lat, 0.50), 2),
+                "p99": round(report.percentile(lat, 0.99), 2),
                 "max": round(lat[-1], 2) if lat else 0.0,
                 "samples": len(lat),
             },
@@ -436,45 +563,84 @@ class Run:
             "closed_by_server": sum(s["closed"] for s in stats),
             "close_codes": close_codes,
             "cpu_s": cpu,
-            "server_cpu_s_per_1M": round(cpu["server"] / delivered * 1e6, 2) if delivered else 0,
-            "loadgen_cpu_s_per_1M": round(cpu["loadgen"] / delivered * 1e6, 2) if delivered else 0,
+            "cpu_s_per_1M": {k: report.per_million(v, delivered) for k, v in cpu.items()},
+            "server_cpu_s_per_1M": report.per_million(cpu["server"], delivered),
+            "loadgen_cpu_s_per_1M": report.per_million(cpu["loadgen"], delivered),
         }
 
-    def scenario(self, sc: Scenario) -> None:
-        """Both targets hold their subscribers at once and phases alternate between them, so
-        each app figure is measured next to a raw one on a machine whose load drifts."""
+    def _log_row(self, row: dict[str, Any]) -> None:
+        log(
+            f"  {row['target']}/{row['path']:<9} {row['load']:<8} "
+            f"{row['deliveries_per_s']:>9,} deliveries/s  ({row['delivered']:,}/"
+            f"{row['expected']:,}, {row['msgs_per_frame']} msgs/frame, server "
+            f"{row['server_cpu_s_per_1M']} CPU s/1M, p99 {row['latency_ms']['p99']} ms)"
+        )
+
+    def scenario(self, sc: Scenario, loads: tuple[str, ...], latency: bool) -> None:
+        """Every target holds its subscribers at once and phases alternate between them, so
+        each app figure is measured next to the peers' on a machine whose load drifts."""
         o = self.opts
         n = o.subs
         count = sc.channels(n)
         base = f"bench_{sc.name}" if count == 1 else f"bench_{sc.name}_"
         specs = [ConnSpec(i, channel_name(base, count, i % count), self.token(i)) for i in range(n)]
-        for target, port in (("raw", self.raw_port), ("app", self.app_port)):
-            t = self.lg.connect(
-                Target("127.0.0.1", port), specs, o.sample_every, read_delay=o.read_delay
-            )
+        for target in self.targets():
+            t = self.lg.connect(self.target(target), specs, o.sample_every, read_delay=o.read_delay)
             log(f"{sc.name}: {n} subscribers on {count} channel(s) of {target} in {t:.1f}s")
         time.sleep(0.5)  # let subscribe bookkeeping settle before the first publication
         for rep in range(o.repeat):
-            for load in o.loads:
+            for load in loads:
                 for target, path in PATHS:
-                    if f"{target}/{path}" not in o.paths:
+                    if f"{target}/{path}" not in o.paths or target not in self.targets():
                         continue
                     row = self.phase(sc, target, path, load, base, count, specs)
                     row["run"] = rep + 1
                     self.rows.append(row)
-                    log(
-                        f"  {target}/{row['path']:<9} {load:<8} {row['deliveries_per_s']:>9,} "
-                        f"deliveries/s  ({row['delivered']:,}/{row['expected']:,}, "
-                        f"{row['msgs_per_frame']} msgs/frame, "
-                        f"server {row['server_cpu_s_per_1M']} CPU s/1M)"
-                    )
+                    self._log_row(row)
                     time.sleep(0.3)
+            if latency:
+                self.latency(sc, rep + 1, base, count, specs)
         self.lg.disconnect()
         log(f"{sc.name}: clients disconnected")
         time.sleep(1.0)  # the app unsubscribes its node a moment after the last client
 
-    def token(self, i: int) -> str:
-        return jwt.encode({"sub": f"u{i}"}, self.secret, algorithm="HS256")
+    def latency(self, sc: Scenario, run: int, base: str, count: int, specs: list[ConnSpec]) -> None:
+        """(b) publish -> deliver latency through the app's HTTP API at fractions of the peak
+        the app reached in this scenario (its saturate drain rate), with the raw peer at the
+        same offered rates for reference."""
+        api = sc.api_mode
+        peak_row = next(
+            (
+                r
+                for r in self.rows
+                if (r["scenario"], r["load"], r["target"], r["path"], r.get("run"))
+                == (sc.name, "saturate", "app", api, run)
+            ),
+            None,
+        )
+        if peak_row is None:
+            peak_row = self.phase(sc, "app", "api", "saturate", base, count, specs)
+            peak_row["run"] = run
+            self.rows.append(peak_row)
+            self._log_row(peak_row)
+        peak = peak_row["deliveries_per_s"]
+        log(f"{sc.name}: latency at {self.opts.latency_fractions} of the app's peak {peak:,}/s")
+        for frac in self.opts.latency_fractions:
+            load = f"p{round(frac * 100)}"
+            for target, path in (("app", "api"), ("raw", "hiredis")):
+                row = self.phase(sc, target, path, load, base, count, specs, rate=frac * peak)
+                row["run"] = run
+                row["peak_deliveries_per_s"] = peak
+                self.rows.append(row)
+                self._log_row(row)
+                time.sleep(0.3)
+
+    def token(self, i: int | str) -> str:
+        sub = f"u{i}" if isinstance(i, int) else i
+        tok = self.tokens.get(sub)
+        if tok is None:
+            tok = self.tokens[sub] = jwt.encode({"sub": sub}, self.secret, algorithm="HS256")
+        return tok
 
 
 _T0 = time.monotonic()
@@ -484,81 +650,20 @@ def log(msg: str) -> None:
     print(f"[{time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (scenario, load, target, path): the run with the median deliveries/s,
-    with the median server CPU per 1M deliveries over the runs and every run's rate."""
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
-    for r in runs:
-        groups.setdefault((r["scenario"], r["load"], r["target"], r["path"]), []).append(r)
-    rank = {("raw", "hiredis"): 0, ("raw", "redispy"): 1, ("raw", "local"): 2}
-    rank[("app", "spublish")] = 3  # then the app's API path
-    out = []
-    for rs in groups.values():
-        by_rate = sorted(rs, key=lambda r: r["deliveries_per_s"])
-        row = dict(by_rate[len(by_rate) // 2])
-        row.pop("run", None)
-        row["runs"] = len(rs)
-        row["runs_deliveries_per_s"] = [r["deliveries_per_s"] for r in rs]
-        row["server_cpu_s_per_1M"] = round(
-            statistics.median(r["server_cpu_s_per_1M"] for r in rs), 2
-        )
-        out.append(row)
-    scen = list(dict.fromkeys(r["scenario"] for r in runs))
-    loads = ["paced", "saturate"]
-    out.sort(
-        key=lambda r: (
-            scen.index(r["scenario"]),
-            loads.index(r["load"]),
-            rank.get((r["target"], r["path"]), 4),
-        )
-    )
-    return out
-
-
-def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Ratios to the raw ceiling: the best raw Redis path of the same scenario and load."""
-    best: dict[tuple[str, str], tuple[float, float]] = {}
-    for r in rows:
-        if r["target"] == "raw" and r["path"] in RAW_REDIS_PATHS and r["deliveries_per_s"]:
-            key = (r["scenario"], r["load"])
-            rate, cpu = best.get(key, (0.0, float("inf")))
-            best[key] = (max(rate, r["deliveries_per_s"]), min(cpu, r["server_cpu_s_per_1M"]))
-    for r in rows:
-        rate, cpu = best.get((r["scenario"], r["load"]), (0.0, 0.0))
-        if cpu == float("inf"):
-            cpu = 0.0
-        r["ratio_to_raw"] = round(r["deliveries_per_s"] / rate, 3) if rate else None
-        r["cpu_vs_raw"] = round(r["server_cpu_s_per_1M"] / cpu, 2) if cpu else None
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        f"{'scenario':<9} {'load':<8} {'target/path':<14} {'offered/s':>10} {'deliveries/s':>12} "
-        f"{'ratio':>6} {'msg/frm':>7} {'CPU s/1M':>8} {'xraw':>5} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'lost':>6}"
-    )
-    out = [head, "-" * len(head)]
-    for r in rows:
-        ratio = "-" if r["ratio_to_raw"] is None else f"{r['ratio_to_raw']:.2f}"
-        cpu_x = "-" if r["cpu_vs_raw"] is None else f"{r['cpu_vs_raw']:.2f}"
-        out.append(
-            f"{r['scenario']:<9} {r['load']:<8} {r['target'] + '/' + r['path']:<14} "
-            f"{r['offered_deliveries_per_s']:>10,} {r['deliveries_per_s']:>12,} {ratio:>6} "
-            f"{r['msgs_per_frame']:>7} {r['server_cpu_s_per_1M']:>8} {cpu_x:>5} "
-            f"{r['latency_ms']['p50']:>7} {r['latency_ms']['p99']:>7} {r['lost']:>6}"
-        )
-    return "\n".join(out)
+# kept importable from here for callers of the first version
+summarize = report.summarize
+add_ratios = report.add_ratios
 
 
 def machine_info() -> dict[str, Any]:
     import aiohttp
 
-    try:
-        import uvloop  # type: ignore[import-not-found]  # noqa: F401
-
-        has_uvloop = True
-    except ImportError:
-        has_uvloop = False
+    versions: dict[str, str | None] = {"aiohttp": aiohttp.__version__}
+    for mod in ("socketio", "engineio", "redis", "hiredis", "uvloop"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError):
+            versions[mod] = None
     try:
         head = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
@@ -573,22 +678,36 @@ def machine_info() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "uvloop_in_load_generator": has_uvloop,
+        "versions": versions,
+        "uvloop_in_load_generator": versions["uvloop"] is not None,
         "platform": platform.platform(),
     }
 
 
-def run(opts: Options) -> dict[str, Any]:
-    """Runs the benchmark, writes `opts.out` (JSON) and returns the result document."""
+def _validate(opts: Options) -> None:
     unknown = set(opts.paths) - {f"{t}/{p}" for t, p in PATHS}
     if unknown:
         raise ValueError(f"unknown paths {sorted(unknown)} (have {', '.join(Options().paths)})")
     for name in opts.scenarios:
-        if name not in SCENARIOS:
-            raise ValueError(f"unknown scenario {name!r} (have {', '.join(SCENARIOS)})")
+        if name not in ALL:
+            raise ValueError(f"unknown scenario {name!r} (have {', '.join(ALL)})")
+    if opts.latency_scenario not in SCENARIOS:
+        raise ValueError(f"unknown latency scenario {opts.latency_scenario!r}")
+
+
+def run(opts: Options) -> dict[str, Any]:
+    """Runs the benchmark, writes `opts.out` (JSON) and returns the result document."""
+    from bench import stages
+
+    _validate(opts)
     started = time.time()
     info = machine_info()
+    if opts.sio and not socketio_installed():
+        log("python-socketio is not installed: the socketio peer is skipped")
+        opts.sio = False
+    if not opts.sio:
+        opts.paths = tuple(p for p in opts.paths if not p.startswith("sio/"))
+        opts.idle_targets = tuple(t for t in opts.idle_targets if t != "sio")
     if opts.profile_dir is not None:
         opts.profile_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -602,16 +721,27 @@ def run(opts: Options) -> dict[str, Any]:
         stack.callback(redis_svc.stop)
         secret, api_key = secrets.token_hex(16), secrets.token_hex(16)
         cfg = app_config(redis_port, secret, api_key, opts.history)
-        app_svc, app_port = start_app(workdir, cfg, opts.app_env)
+        # Servers boot in parallel; each is stopped however the run ends.
+        app_svc, app_port = launch_app(workdir, cfg, opts.app_env)
         stack.callback(app_svc.stop)
-        log(f"app (1 worker) on port {app_port}")
-        raw_svc, raw_port = start_raw(workdir, redis_port, opts.raw_send)
+        raw_svc, raw_port = launch_raw(workdir, redis_port, opts.raw_send)
         stack.callback(raw_svc.stop)
-        log(f"raw peer on port {raw_port}")
+        sio_svc: Service | None = None
+        sio_port = 0
+        if opts.sio:
+            sio_svc, sio_port = launch_sio(workdir, redis_port)
+            stack.callback(sio_svc.stop)
         lg = LoadGenerator(opts.procs)
         stack.callback(lg.close)
         pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
         stack.callback(pool.shutdown)
+        app_svc.wait_http(f"http://127.0.0.1:{app_port}/health")
+        log(f"app (1 worker) on port {app_port}")
+        raw_svc.wait_http(f"http://127.0.0.1:{raw_port}/health")
+        log(f"raw peer on port {raw_port}")
+        if sio_svc is not None:
+            sio_svc.wait_http(f"http://127.0.0.1:{sio_port}/health")
+            log(f"socketio peer on port {sio_port}")
         r = Run(
             opts,
             workdir,
@@ -621,22 +751,43 @@ def run(opts: Options) -> dict[str, Any]:
             app_port,
             raw_svc,
             raw_port,
+            sio_svc,
+            sio_port,
             api_key,
             secret,
             lg,
             pool,
         )
         try:
-            for name in opts.scenarios:
-                r.scenario(SCENARIOS[name])
+            wanted = set(opts.scenarios)
+            if "idle" in wanted:
+                stages.idle(r)
+            lat_sc = opts.latency_scenario if "latency" in wanted else None
+            for name in SCENARIOS:
+                if name in wanted:
+                    r.scenario(SCENARIOS[name], opts.loads, latency=name == lat_sc)
+            if lat_sc is not None and lat_sc not in wanted:
+                r.scenario(SCENARIOS[lat_sc], (), latency=True)
+            if "storm" in wanted:
+                stages.storm(r)
+            if "batch" in wanted:
+                stages.batch(r, stack)
         except Exception:
-            for svc in (app_svc, raw_svc):
-                log(f"--- {svc.name} log tail ---\n{svc.log.read_text(errors='replace')[-3000:]}")
+            for svc in (app_svc, raw_svc, sio_svc):
+                if svc is not None:
+                    tail = svc.log.read_text(errors="replace")[-3000:]
+                    log(f"--- {svc.name} log tail ---\n{tail}")
             raise
-        runs = r.rows
-    rows = summarize(runs)
-    add_ratios(rows)
-    doc = {
+    return write(opts, r, started, info)
+
+
+def write(opts: Options, r: Run, started: float, info: dict[str, Any]) -> dict[str, Any]:
+    rows = report.summarize(r.rows) if r.rows else []
+    report.add_ratios(rows)
+    idle = report.median_rows(r.idle, lambda x: (x["target"], x["conns"]), "kb_per_conn")
+    storm = report.median_rows(r.storm, lambda x: (x["trigger"],), "all_s")
+    batch = report.median_rows(r.batch, lambda x: (x["workers"], x["history"]), "ok_per_s")
+    doc: dict[str, Any] = {
         "meta": {
             "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
@@ -645,9 +796,26 @@ def run(opts: Options) -> dict[str, Any]:
             "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         },
         "rows": rows,
-        "runs": runs if opts.repeat > 1 else [],
-        "table": table(rows),
+        "idle": idle,
+        "storm": storm,
+        "batch": batch,
+        "runs": {"rows": r.rows, "idle": r.idle, "storm": r.storm, "batch": r.batch}
+        if opts.repeat > 1
+        else {},
     }
+    doc["targets"] = report.targets(doc, opts.subs)
+    fan = [x for x in rows if x["load"] in ("paced", "saturate")]
+    lat = [x for x in rows if x["load"] not in ("paced", "saturate")]
+    tables = {
+        "fanout": report.fanout_table(fan) if fan else "",
+        "latency": report.latency_table(lat) if lat else "",
+        "idle": report.idle_table(idle) if idle else "",
+        "storm": report.storm_table(storm) if storm else "",
+        "batch": report.batch_table(batch) if batch else "",
+        "targets": report.targets_table(doc["targets"]),
+    }
+    doc["tables"] = tables
+    doc["table"] = "\n\n".join(t for t in tables.values() if t)
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(doc, indent=2))
     return doc

@@ -1,11 +1,14 @@
 """CI smoke of the benchmark: `python -m bench --smoke` completes and writes sane JSON.
 
-It starts its own redis-server, app and raw peer on free ports and runs every scenario and
-path with 20 clients for a second each. Nothing here is about speed: the machine may be busy.
+It starts its own redis-server, app and peers on free ports and runs every scenario and stage
+with 20 clients for half a second each. Nothing here is about speed: the machine may be busy.
+The python-socketio peer is part of it only where python-socketio is installed (the `bench`
+extra); the test does not need it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -16,17 +19,22 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+HAS_SIO = importlib.util.find_spec("socketio") is not None
+PEERS = [("raw", "hiredis"), ("raw", "redispy"), ("raw", "local"), ("app", "spublish")]
+if HAS_SIO:
+    PEERS.append(("sio", "redis"))
 
-EXPECTED_PHASES = {
-    (scenario, target, path)
+FANOUT_PHASES = {
+    (scenario, "paced", target, path)
     for scenario, api in (("fanout", "api"), ("personal", "api-batch"))
-    for target, path in (
-        ("raw", "hiredis"),
-        ("raw", "redispy"),
-        ("raw", "local"),
-        ("app", "spublish"),
-        ("app", api),
-    )
+    for target, path in [*PEERS, ("app", api)]
+}
+# The latency stage measures the app's peak first (smoke runs no saturate load otherwise),
+# then offers half of it to the app's HTTP API path and to the raw peer.
+LATENCY_PHASES = {
+    ("fanout", "saturate", "app", "api"),
+    ("fanout", "p50", "app", "api"),
+    ("fanout", "p50", "raw", "hiredis"),
 }
 
 
@@ -51,13 +59,16 @@ def test_bench_smoke_writes_sane_json(tmp_path: Path, redis_server_available: No
         timeout=280,
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
-
     doc = json.loads(out.read_text())
+    assert doc["meta"]["options"]["smoke"] is True
+    assert doc["meta"]["options"]["sio"] is HAS_SIO
+
     rows = doc["rows"]
-    assert {(r["scenario"], r["target"], r["path"]) for r in rows} == EXPECTED_PHASES
-    assert {r["load"] for r in rows} == {"paced"}
+    assert {(r["scenario"], r["load"], r["target"], r["path"]) for r in rows} == (
+        FANOUT_PHASES | LATENCY_PHASES
+    )
     for r in rows:
-        where = f"{r['scenario']} {r['target']}/{r['path']}"
+        where = f"{r['scenario']} {r['load']} {r['target']}/{r['path']}"
         assert r["subs"] == 20, where
         assert r["channels"] == (1 if r["scenario"] == "fanout" else 20), where
         assert r["published"] > 0, where
@@ -69,11 +80,55 @@ def test_bench_smoke_writes_sane_json(tmp_path: Path, redis_server_available: No
         assert r["deliveries_per_s"] > 0 and r["window_s"] > 0, where
         assert r["offset_dups"] == 0, where
         assert set(r["cpu_s"]) == {"server", "redis", "loadgen", "publisher"}, where
+        assert set(r["cpu_s_per_1M"]) == set(r["cpu_s"]), where
         assert all(v >= 0 for v in r["cpu_s"].values()), where
-        assert r["ratio_to_raw"] is not None and r["ratio_to_raw"] > 0, where
+        if r["load"] != "saturate":  # no raw phase next to the latency stage's peak
+            assert r["ratio_to_raw"] is not None and r["ratio_to_raw"] > 0, where
+        if HAS_SIO and r["load"] == "paced":
+            assert r["ratio_to_sio"] is not None and r["ratio_to_sio"] > 0, where
         assert r["latency_ms"]["samples"] > 0, where
-    assert doc["meta"]["options"]["smoke"] is True
-    # The table is printed and stored: a header plus one line per row.
-    assert doc["table"].splitlines()[0].split()[:3] == ["scenario", "load", "target/path"]
-    assert len(doc["table"].splitlines()) == len(rows) + 2
+    peak = next(r for r in rows if r["load"] == "saturate")["deliveries_per_s"]
+    for r in rows:
+        if r["load"] == "p50":  # offered half of the app's measured peak
+            assert r["peak_deliveries_per_s"] == peak
+            assert r["offered_pubs_per_s"] == pytest.approx(peak * 0.5 / 20, rel=0.01)
+
+    idle = doc["idle"]
+    targets = ["app", "raw", "sio"] if HAS_SIO else ["app", "raw"]
+    assert [(r["target"], r["conns"]) for r in idle] == [(t, n) for t in targets for n in (10, 20)]
+    for r in idle:
+        assert r["rss_mb"] > 0 and r["connects_per_s"] > 0, r
+        assert r["server_cpu_ms_per_connect"] >= 0, r
+
+    # Every storm client came back with recovered=true and its channel's 3 publications.
+    storm = {r["trigger"]: r for r in doc["storm"]}
+    assert set(storm) == {"api", "restart"}
+    for trigger, r in storm.items():
+        assert r["clients"] == 20 and r["lost"] == 20, trigger
+        assert r["recovered"] == 20 and r["not_recovered"] == 0 and r["complete"], trigger
+        assert r["pubs_recovered"] == 20 * 3, trigger
+        assert 0 < r["first_s"] <= r["all_s"], trigger
+    assert storm["api"]["server_cpu_s"] > 0
+
+    (batch,) = doc["batch"]
+    assert batch["workers"] == 1 and batch["history"] is True
+    assert batch["errors"] == 0 and batch["ok"] == batch["published"] > 0
+    assert batch["ok_per_s"] > 0 and len(batch["cpu_s"]["workers"]) == 1
+
+    # Issue 7's targets are all listed; those smoke cannot measure have no value.
+    names = [t["target"] for t in doc["targets"]]
+    assert len(names) == 8 and len(set(names)) == 8
+    by_goal = {t["goal"]: t for t in doc["targets"]}
+    assert by_goal["<= 15 ms"]["value"] is not None
+    assert by_goal["<= 16 KB RSS"]["value"] == idle[1]["kb_per_conn"]
+    assert by_goal[">= 50,000/s"]["value"] is None  # no 2-worker run in smoke
+
+    # The tables are printed and stored: a header, a rule and one line per row each.
+    tables = doc["tables"]
+    assert len(tables["fanout"].splitlines()) == 2 + len(FANOUT_PHASES) + 1  # + saturate row
+    assert len(tables["latency"].splitlines()) == 2 + 2
+    assert len(tables["idle"].splitlines()) == 2 + len(idle)
+    assert len(tables["storm"].splitlines()) == 2 + 2
+    assert len(tables["targets"].splitlines()) == 2 + 8
+    assert tables["fanout"].splitlines()[0].split()[:3] == ["scenario", "load", "target/path"]
     assert doc["table"] in proc.stdout

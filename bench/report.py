@@ -1,0 +1,286 @@
+"""Medians, ratios, tables and the issue-7 target check of a benchmark run (pure functions)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+from typing import Any
+
+# Raw peer paths that read Redis: the ceiling every row is compared with.
+RAW_REDIS_PATHS = ("hiredis", "redispy")
+LOAD_ORDER = ["paced", "saturate", "p10", "p50", "p80"]
+PATH_RANK = {
+    ("raw", "hiredis"): 0,
+    ("raw", "redispy"): 1,
+    ("raw", "local"): 2,
+    ("sio", "redis"): 3,
+    ("app", "spublish"): 4,
+}
+
+
+def percentile(sorted_vals: list[float], q: float) -> float:
+    if not sorted_vals:
+        return 0.0
+    k = min(len(sorted_vals) - 1, max(0, round(q * (len(sorted_vals) - 1))))
+    return sorted_vals[k]
+
+
+def per_million(cpu_s: float, n: int) -> float:
+    return round(cpu_s / n * 1e6, 2) if n else 0.0
+
+
+def median_rows(
+    runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], tuple[Any, ...]], metric: str
+) -> list[dict[str, Any]]:
+    """One row per `key`: the run with the median `metric`, plus every run's value of it."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(key(r), []).append(r)
+    out = []
+    for rs in groups.values():
+        ranked = sorted(rs, key=lambda r: r[metric])
+        row = dict(ranked[len(ranked) // 2])
+        row.pop("run", None)
+        row["runs"] = len(rs)
+        row[f"runs_{metric}"] = [r[metric] for r in rs]
+        out.append(row)
+    return out
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fan-out and latency rows: one per (scenario, load, target, path), the run with the
+    median deliveries/s, with the median server CPU per 1M deliveries over the runs."""
+    rows = median_rows(
+        runs, lambda r: (r["scenario"], r["load"], r["target"], r["path"]), "deliveries_per_s"
+    )
+    for row in rows:
+        same = [
+            r
+            for r in runs
+            if (r["scenario"], r["load"], r["target"], r["path"])
+            == (row["scenario"], row["load"], row["target"], row["path"])
+        ]
+        row["server_cpu_s_per_1M"] = round(
+            statistics.median(r["server_cpu_s_per_1M"] for r in same), 2
+        )
+    scen = list(dict.fromkeys(r["scenario"] for r in runs))
+    rows.sort(
+        key=lambda r: (
+            scen.index(r["scenario"]),
+            LOAD_ORDER.index(r["load"]) if r["load"] in LOAD_ORDER else 99,
+            PATH_RANK.get((r["target"], r["path"]), 9),
+        )
+    )
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Ratios to the peers of the same scenario and load: deliveries/s over the best raw Redis
+    path (`ratio_to_raw`) and over python-socketio (`ratio_to_sio`); server CPU per delivery
+    over the cheapest raw Redis path (`cpu_vs_raw`)."""
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    sio: dict[tuple[str, str], float] = {}
+    for r in rows:
+        key = (r["scenario"], r["load"])
+        if r["target"] == "raw" and r["path"] in RAW_REDIS_PATHS and r["deliveries_per_s"]:
+            rate, cpu = best.get(key, (0.0, float("inf")))
+            best[key] = (max(rate, r["deliveries_per_s"]), min(cpu, r["server_cpu_s_per_1M"]))
+        if r["target"] == "sio" and r["deliveries_per_s"]:
+            sio[key] = r["deliveries_per_s"]
+    for r in rows:
+        key = (r["scenario"], r["load"])
+        rate, cpu = best.get(key, (0.0, 0.0))
+        if cpu == float("inf"):
+            cpu = 0.0
+        r["ratio_to_raw"] = round(r["deliveries_per_s"] / rate, 3) if rate else None
+        r["cpu_vs_raw"] = round(r["server_cpu_s_per_1M"] / cpu, 2) if cpu else None
+        s = sio.get(key)
+        r["ratio_to_sio"] = round(r["deliveries_per_s"] / s, 2) if s else None
+
+
+def _fmt(v: float | None, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _lines(head: str, body: Iterable[str]) -> str:
+    return "\n".join([head, "-" * len(head), *body])
+
+
+def fanout_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'scenario':<9} {'load':<8} {'target/path':<14} {'offered/s':>10} {'deliveries/s':>12} "
+        f"{'xraw':>5} {'xsio':>6} {'msg/frm':>7} {'srv s/1M':>8} {'xcpu':>5} {'lg':>6} "
+        f"{'pub':>6} {'redis':>6} {'p50 ms':>7} {'p99 ms':>7} {'lost':>6}"
+    )
+    body = []
+    for r in rows:
+        c = r["cpu_s_per_1M"]
+        body.append(
+            f"{r['scenario']:<9} {r['load']:<8} {r['target'] + '/' + r['path']:<14} "
+            f"{r['offered_deliveries_per_s']:>10,} {r['deliveries_per_s']:>12,} "
+            f"{_fmt(r['ratio_to_raw']):>5} {_fmt(r['ratio_to_sio'], '.1f'):>6} "
+            f"{r['msgs_per_frame']:>7} {r['server_cpu_s_per_1M']:>8} {_fmt(r['cpu_vs_raw']):>5} "
+            f"{c['loadgen']:>6} {c['publisher']:>6} {c['redis']:>6} "
+            f"{r['latency_ms']['p50']:>7} {r['latency_ms']['p99']:>7} {r['lost']:>6}"
+        )
+    return _lines(head, body)
+
+
+def latency_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'scenario':<9} {'of peak':<7} {'target/path':<14} {'offered/s':>10} "
+        f"{'deliveries/s':>12} {'msg/frm':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+        f"{'samples':>8} {'lost':>6}"
+    )
+    body = []
+    for r in rows:
+        lat = r["latency_ms"]
+        body.append(
+            f"{r['scenario']:<9} {r['load'][1:] + '%':<7} {r['target'] + '/' + r['path']:<14} "
+            f"{r['offered_deliveries_per_s']:>10,} {r['deliveries_per_s']:>12,} "
+            f"{r['msgs_per_frame']:>7} {lat['p50']:>7} {lat['p99']:>7} {lat['max']:>7} "
+            f"{lat['samples']:>8} {r['lost']:>6}"
+        )
+    return _lines(head, body)
+
+
+def idle_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'target':<7} {'conns':>6} {'RSS MB':>8} {'KB/conn':>8} {'connect+sub/s':>13} "
+        f"{'srv ms/conn':>11} {'lg ms/conn':>10}"
+    )
+    body = [
+        f"{r['target']:<7} {r['conns']:>6,} {r['rss_mb']:>8} {r['kb_per_conn']:>8} "
+        f"{r['connects_per_s']:>13,} {r['server_cpu_ms_per_connect']:>11} "
+        f"{r['loadgen_cpu_ms_per_connect']:>10}"
+        for r in rows
+    ]
+    return _lines(head, body)
+
+
+def storm_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'trigger':<8} {'clients':>7} {'recovered':>9} {'not rec':>7} {'pubs':>6} "
+        f"{'first s':>7} {'all s':>6} {'per s':>7} {'attempts':>8} {'srv CPU s':>9}"
+    )
+    body = [
+        f"{r['trigger']:<8} {r['clients']:>7,} {r['recovered']:>9,} {r['not_recovered']:>7,} "
+        f"{r['pubs_recovered']:>6,} {r['first_s']:>7} {r['all_s']:>6} "
+        f"{r['resubscribes_per_s']:>7,} {r['attempts']:>8,} {_fmt(r['server_cpu_s']):>9}"
+        for r in rows
+    ]
+    return _lines(head, body)
+
+
+def batch_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'workers':>7} {'history':<7} {'publishes/s':>11} {'ok':>9} {'errors':>6} "
+        f"{'workers s/1M':>12} {'redis s/1M':>10} {'pub s/1M':>8} {'worker split':<14}"
+    )
+    body = []
+    for r in rows:
+        c = r["cpu_s_per_1M"]
+        split = "/".join(f"{x:.1f}" for x in r["cpu_s"]["workers"])
+        body.append(
+            f"{r['workers']:>7} {'yes' if r['history'] else 'no':<7} {r['ok_per_s']:>11,} "
+            f"{r['ok']:>9,} {r['errors']:>6,} {c['workers']:>12} {c['redis']:>10} "
+            f"{c['publisher']:>8} {split:<14}"
+        )
+    return _lines(head, body)
+
+
+# ------------------------------------------------------------------------------ targets
+
+
+def _find(rows: list[dict[str, Any]], **kv: Any) -> dict[str, Any] | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in kv.items()):
+            return r
+    return None
+
+
+def targets(doc: dict[str, Any], subs: int) -> list[dict[str, Any]]:
+    """Issue 7's targets against this run's results (None when the run did not measure it)."""
+    rows = doc["rows"]
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, goal: str, value: float | None, ok: bool | None, source: str) -> None:
+        out.append({"target": name, "goal": goal, "value": value, "met": ok, "from": source})
+
+    for path in ("api", "spublish"):
+        app = _find(rows, scenario="fanout", load="saturate", target="app", path=path)
+        ratio = app["ratio_to_raw"] if app else None
+        add(
+            f"broadcast 1x{subs} vs raw aiohttp (app/{path})",
+            ">= 0.85",
+            ratio,
+            None if ratio is None else ratio >= 0.85,
+            f"fanout saturate: app/{path} deliveries/s / best raw Redis path"
+            + (f"; app {app['msgs_per_frame']} msgs/frame" if app else ""),
+        )
+    app = _find(rows, scenario="fanout", load="saturate", target="app", path="api")
+    sio = app["ratio_to_sio"] if app else None
+    add(
+        f"broadcast 1x{subs} vs python-socketio",
+        ">= 6",
+        sio,
+        None if sio is None else sio >= 6,
+        "fanout saturate: app/api deliveries/s / sio/redis",
+    )
+    pers = _find(rows, scenario="personal", load="saturate", target="app", path="spublish")
+    v = pers["deliveries_per_s"] if pers else None
+    add(
+        f"{subs} personal channels x 1 (Redis -> worker -> sockets)",
+        ">= 80,000 deliveries/s",
+        v,
+        None if v is None else v >= 80_000,
+        "personal saturate: app/spublish",
+    )
+    b2 = _find(doc.get("batch", []), workers=2, history=True)
+    v = b2["ok_per_s"] if b2 else None
+    add(
+        "/api/batch publishes with history, 2 workers",
+        ">= 50,000/s",
+        v,
+        None if v is None else v >= 50_000,
+        "batch stage",
+    )
+    lat = _find(rows, load="p50", target="app")
+    v = lat["latency_ms"]["p99"] if lat else None
+    add(
+        "p99 publish->deliver at 50% of peak",
+        "<= 15 ms",
+        v,
+        None if v is None else v <= 15,
+        f"latency stage: {lat['scenario']} app/{lat['path']}" if lat else "latency stage",
+    )
+    idle = [r for r in doc.get("idle", []) if r["target"] == "app"]
+    top = max(idle, key=lambda r: r["conns"]) if idle else None
+    v = top["kb_per_conn"] if top else None
+    add(
+        "idle connection with one subscription",
+        "<= 16 KB RSS",
+        v,
+        None if v is None else v <= 16,
+        f"idle stage: app worker at {top['conns']:,} connections" if top else "idle stage",
+    )
+    v = top["connects_per_s"] if top else None
+    add(
+        "connect + subscribe with JWT, 1 worker",
+        ">= 3,000/s",
+        v,
+        None if v is None else v >= 3000,
+        f"idle stage: last ramp step to {top['conns']:,}" if top else "idle stage",
+    )
+    return out
+
+
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'target':<52} {'goal':<24} {'measured':>12} {'met':<4}"
+    body = []
+    for t in rows:
+        v = t["value"]
+        shown = "-" if v is None else (f"{v:,.0f}" if v >= 1000 else f"{v:.2f}")
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "NO")
+        body.append(f"{t['target']:<52} {t['goal']:<24} {shown:>12} {met:<4}")
+    return _lines(head, body)
