@@ -63,7 +63,8 @@ async def refuse_origin(srv: ServerHandle) -> int:
 
 
 def log_config(**extra: Any) -> dict[str, Any]:
-    return {"client": {"allowed_origins": [GOOD_ORIGIN]}, **extra}
+    # Logging does not depend on the engine: memory only (the 2-worker test uses Redis).
+    return {"engine": {"type": "memory"}, "client": {"allowed_origins": [GOOD_ORIGIN]}, **extra}
 
 
 # --------------------------------------------------------------------------------------------

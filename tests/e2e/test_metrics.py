@@ -37,6 +37,8 @@ from .redis_e2e_helpers import (
 )
 
 WORKERS = 2
+# Endpoint checks do not depend on the engine: run them once (the factory skips the redis pass).
+MEMORY = {"engine": {"type": "memory"}}
 SCRAPE_TIMEOUT = 15.0  # node gauges follow the 3 s membership heartbeat
 
 # Research §7.2: every centrifugo_* series the server may expose, with its exact label names
@@ -476,19 +478,19 @@ def _status(url: str) -> int:
 
 
 async def test_metrics_disabled_is_404(server_factory) -> None:
-    srv = server_factory({"prometheus": {"enabled": False}})
+    srv = server_factory({**MEMORY, "prometheus": {"enabled": False}})
     assert _status(metrics_url(srv)) == 404
     assert _status(f"{srv.url}/health") == 200
 
 
 async def test_health_disabled_is_404(server_factory) -> None:
-    srv = server_factory({"health": {"enabled": False}, "prometheus": {"enabled": True}})
+    srv = server_factory({**MEMORY, "health": {"enabled": False}, "prometheus": {"enabled": True}})
     assert _status(f"{srv.url}/health") == 404
     assert _status(metrics_url(srv)) == 200
 
 
 async def test_custom_handler_prefix(server_factory) -> None:
-    srv = server_factory({"prometheus": {"enabled": True, "handler_prefix": "/prom"}})
+    srv = server_factory({**MEMORY, "prometheus": {"enabled": True, "handler_prefix": "/prom"}})
     got = await scrape(f"{srv.url}/prom")
     assert got.value("centrifugo_node_build", version=VERSION_STRING) == 1
     assert _status(metrics_url(srv)) == 404
@@ -505,7 +507,7 @@ async def test_internal_port_moves_endpoints(
 
     monkeypatch.setattr(helpers, "_probe_ready", probe)
     srv = server_factory(
-        {"prometheus": {"enabled": True}, "http_server": {"internal_port": internal}}
+        {**MEMORY, "prometheus": {"enabled": True}, "http_server": {"internal_port": internal}}
     )
     base_int = f"http://127.0.0.1:{internal}"
     assert _status(f"{base_int}/metrics") == 200
