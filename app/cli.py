@@ -605,7 +605,15 @@ def _prepare_multiprocess_metrics() -> Any:
         )
     path = tempfile.mkdtemp(prefix="centrifugo-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    master = os.getpid()
+
+    def remove_dir() -> None:
+        # Workers exit through sys.exit and run inherited atexit hooks too: a rotated worker
+        # must not take the live workers' files (and its replacement's boot) with it.
+        if os.getpid() == master:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove_dir)
 
     def child_exit(server: Any, worker: Any) -> None:
         # A dead worker's live gauges (connections, subscriptions...) must vanish.

@@ -469,6 +469,33 @@ async def test_killed_worker_gauges_vanish_counters_stay(
     assert got.value("centrifugo_node_build", version=VERSION_STRING) == 1
 
 
+async def test_counters_survive_worker_rotation(
+    server_factory, redis_server: RedisProcess, closing: list[Any]
+) -> None:
+    srv = server_factory(
+        metrics_config(redis_server.port), workers=WORKERS, args=("--max-requests", "10")
+    )
+    api = ApiClient(srv)
+    closing.append(api)
+    first = set(worker_pids(srv))
+    calls = 0
+    deadline = asyncio.get_running_loop().time() + 30
+    # API calls until gunicorn has replaced both original workers (each exits normally).
+    while first & set(worker_pids(srv)):
+        assert asyncio.get_running_loop().time() < deadline, "no rotation\n" + srv.log_tail()
+        await api.result("info")
+        calls += 1
+    await api.result("info")  # served by a replacement
+    calls += 1
+    got = await scrape(metrics_url(srv))
+    # Exited workers' counts stay in the sum; replacements booted and count on.
+    assert (
+        got.value("centrifugo_api_command_duration_seconds_count", protocol="http", method="info")
+        == calls
+    )
+    assert got.value("centrifugo_node_build", version=VERSION_STRING) == 1
+
+
 def _status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
