@@ -89,6 +89,9 @@ def parse_args(argv: list[str]) -> Options:
     g.add_argument("--idle-steps", type=_ints, help="ramp (default 1000,2500,5000,10000)")
     g.add_argument("--idle-targets", type=_names, help="default app,raw,sio")
     g.add_argument(
+        "--idle-channels", type=int, help="channels shared by idle clients (default: one each)"
+    )
+    g.add_argument(
         "--connect-concurrency", type=int, help="connects in flight per load process (100)"
     )
     g = ap.add_argument_group("reconnect storm (d)")
@@ -125,6 +128,7 @@ def parse_args(argv: list[str]) -> Options:
         "latency_fractions",
         "idle_steps",
         "idle_targets",
+        "idle_channels",
         "connect_concurrency",
         "storm_clients",
         "storm_pubs",

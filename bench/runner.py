@@ -11,6 +11,7 @@ publish stages are in `bench.stages`, the tables and target check in `bench.repo
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import importlib.util
 import json
 import multiprocessing as mp
@@ -104,10 +105,11 @@ class Options:
     out: Path = Path("bench-results.json")
     profile_dir: Path | None = None
     smoke: bool = False
-    # python-socketio peer: offered deliveries/s are capped (it drains ~30k/s, perf-anchors §3.6;
-    # an uncapped saturating phase would take minutes to drain)
+    # python-socketio peer: offered deliveries/s and deliveries per phase are capped (it drains
+    # ~30k/s at best, perf-anchors §3.6; an uncapped saturating phase takes minutes to drain)
     sio: bool = True
     sio_max_rate: float = 50_000
+    sio_max_deliveries: int = 60_000  # per phase: shortens its publishing time
     # (b) latency at these fractions of the app's measured peak (saturate) in this scenario
     latency_scenario: str = "fanout"
     latency_fractions: tuple[float, ...] = (0.1, 0.5, 0.8)
@@ -115,6 +117,7 @@ class Options:
     idle_steps: tuple[int, ...] = (1000, 2500, 5000, 10000)
     idle_targets: tuple[str, ...] = ("app", "raw", "sio")
     idle_settle: float = 1.0
+    idle_channels: int = 0  # channels the idle connections share; 0: one channel each
     connect_concurrency: int = 100
     # (d) reconnect storm: clients, publications per channel to recover, triggers
     storm_clients: int = 1000
@@ -477,6 +480,9 @@ class Run:
         if target == "sio" and rate is None:
             rate_deliveries = min(rate_deliveries, o.sio_max_rate)
         job = self.job(target, path, sc, rate_deliveries / per_channel, base, count)
+        if target == "sio":
+            short = max(0.2, o.sio_max_deliveries / rate_deliveries)
+            job = dataclasses.replace(job, duration=min(job.duration, short))
         self.lg.reset()
         before = self.snapshot(target)
         prof = None
@@ -484,7 +490,7 @@ class Run:
             prof = o.profile_dir / f"{sc.name}-{path}-{load}.txt"
         worker_pid = self.server(target).workers()[-1]
         with py_spy(worker_pid, prof):
-            pub = self.publish(job, o.duration + 120)
+            pub = self.publish(job, job.duration + 120)
             published = pub["published"]
             expected = [
                 sum(share(s.idx % count, published, count) for s in part)

@@ -53,9 +53,10 @@ def _idle_target(r: Run, target: str, run: int) -> None:
     rss0 = _rss(workers)
     n = 0
     for step in o.idle_steps:
-        # One personal channel per connection: each subscribe costs the app a node-level
-        # Redis subscription and a stream-position read, as a user channel would.
-        specs = [ConnSpec(i, f"idle_{i}", r.token(i)) for i in range(n, step)]
+        # By default one personal channel per connection: each subscribe then costs the app a
+        # node-level Redis subscription and a stream-position read, as a user channel would.
+        k = o.idle_channels
+        specs = [ConnSpec(i, f"idle_{i % k if k else i}", r.token(i)) for i in range(n, step)]
         cpu0 = _cpu(r, target)
         secs = r.lg.connect(tgt, specs, 0, concurrency=o.connect_concurrency, read_delay=0.05)
         cpu1 = _cpu(r, target)
@@ -65,6 +66,7 @@ def _idle_target(r: Run, target: str, run: int) -> None:
         row = {
             "target": target,
             "conns": step,
+            "channels": min(step, o.idle_channels) if o.idle_channels else step,
             "new": new,
             "connect_s": round(secs, 3),
             "connects_per_s": round(new / secs) if secs > 0 else 0,
