@@ -27,7 +27,7 @@ from .helpers import ServerHandle
 from .redis_e2e_helpers import ApiClient, RedisProcess, Watched, redis_config, worker_pids
 
 SHUTDOWN_TIMEOUT = 10.0
-BATCH = 3000  # publications in the slow batch that is in flight at SIGTERM
+BATCH = 10_000  # publications in the slow batch (~2 s) that is in flight at SIGTERM
 
 
 def uid() -> str:
@@ -271,6 +271,8 @@ async def test_sigterm_drains_to_other_server_without_loss(
     await asyncio.gather(
         *(s.wait_for(lambda s=s: 3001 in s.codes, what="3001 from draining server") for s in subs)
     )
+    # The worker drains (and then closes its engine) while the batch is still running.
+    assert not batch.done(), "batch finished before the drain: make it longer"
     rc = await asyncio.to_thread(a.proc.wait, SHUTDOWN_TIMEOUT + 5)
     elapsed = time.monotonic() - started
     assert rc == 0, a.log_tail()
