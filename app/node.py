@@ -82,6 +82,7 @@ class Node:
         # Emulated bidirectional sessions (SSE, HTTP-stream) whose stream this node holds.
         self.sessions: dict[str, Client] = {}
         self.closing = False
+        self._stopped = False
 
     # --- lifecycle ---
 
@@ -100,8 +101,10 @@ class Node:
         """False while the engine cannot serve (e.g. Redis unreachable)."""
         return getattr(self.broker, "healthy", True)
 
-    async def shutdown(self, timeout: float = 5.0) -> None:
-        """Disconnect every local client with 3001 so SDKs reconnect elsewhere."""
+    async def drain(self, timeout: float = 5.0) -> None:
+        """First step of a graceful stop: refuse new connections and disconnect every
+        local client with 3001 so SDKs reconnect elsewhere and recover. The engine stays
+        up, so API calls still in flight finish normally."""
         if self.closing:
             return
         self.closing = True
@@ -110,6 +113,14 @@ class Node:
             await asyncio.wait(
                 [asyncio.create_task(c.close(Disconnect(3001))) for c in clients], timeout=timeout
             )
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Drain, then stop background work and close the engine (after the HTTP server
+        has finished its in-flight requests)."""
+        await self.drain(timeout)
+        if self._stopped:
+            return
+        self._stopped = True
         for task in (self._presence_task, self._position_task):
             if task is not None:
                 task.cancel()

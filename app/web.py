@@ -111,8 +111,9 @@ def create_app(cfg: Config) -> web.Application:
     app.cleanup_ctx.append(node_ctx)
 
     async def on_shutdown(app: web.Application) -> None:
-        # Close client sockets first so aiohttp's shutdown does not wait on them.
-        await node.shutdown(cfg.shutdown.timeout)
+        # Close client sockets first so aiohttp's shutdown does not wait on them; the
+        # engine closes in the cleanup context, after in-flight API calls are done.
+        await node.drain(cfg.shutdown.timeout)
 
     app.on_shutdown.append(on_shutdown)
 
