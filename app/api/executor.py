@@ -459,7 +459,9 @@ class ApiExecutor:
         self, commands: list[tuple[str, dict[str, Any]] | None], parallel: bool
     ) -> list[dict[str, Any]]:
         if not parallel:
-            return [await self._batch_one(c) for c in commands]
+            return await self._batch_in_order(commands)
+        if len(commands) <= MAX_CONCURRENCY:
+            return list(await asyncio.gather(*(self._batch_one(c) for c in commands)))
         sem = asyncio.Semaphore(MAX_CONCURRENCY)
 
         async def one(c: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
@@ -467,6 +469,36 @@ class ApiExecutor:
                 return await self._batch_one(c)
 
         return list(await asyncio.gather(*(one(c) for c in commands)))
+
+    async def _batch_in_order(
+        self, commands: list[tuple[str, dict[str, Any]] | None]
+    ) -> list[dict[str, Any]]:
+        """A sequential batch: each command applies after the ones before it.
+
+        A run of consecutive publishes is started back to back without awaiting each one:
+        tasks run their first step in creation order, and a publish reaches the broker
+        without suspending (the Redis engine queues it on its pipeline, which keeps issue
+        order per connection, and a channel always maps to one connection; the memory
+        engine completes it synchronously). So the publishes are applied in batch order,
+        in one Redis round trip instead of one each. Any other command waits for the
+        publishes before it and runs alone.
+        """
+        replies: list[dict[str, Any]] = []
+        run: list[asyncio.Task[dict[str, Any]]] = []
+        for c in commands:
+            if c is not None and c[0] == "publish":
+                run.append(asyncio.create_task(self._batch_one(c)))
+                if len(run) >= MAX_CONCURRENCY:
+                    replies.extend(await asyncio.gather(*run))
+                    run = []
+                continue
+            if run:
+                replies.extend(await asyncio.gather(*run))
+                run = []
+            replies.append(await self._batch_one(c))
+        if run:
+            replies.extend(await asyncio.gather(*run))
+        return replies
 
     # --- publish / broadcast ---
 

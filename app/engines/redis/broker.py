@@ -39,15 +39,30 @@ DEFAULT_META_TTL = 720 * 3600
 _LETTERS = string.ascii_letters.encode()
 
 
+_EPOCH_LETTERS = bytes(_LETTERS[i % 52] for i in range(256))
+
+
+def _epoch_bytes() -> bytes:
+    return os.urandom(8).translate(_EPOCH_LETTERS)
+
+
 def new_epoch() -> str:
     """A fresh candidate epoch for every call (8 letters): the scripts adopt it only
     when the stream meta is missing. Cheap, since it runs on every publish."""
-    return bytes(_LETTERS[b % 52] for b in os.urandom(8)).decode()
+    return _epoch_bytes().decode()
+
+
+_TTLS: dict[float, str] = {}
 
 
 def _ttl(seconds: float) -> str:
     """Whole seconds for EXPIRE, never rounding a positive TTL down to 'forever'."""
-    return str(max(int(seconds + 0.999), 1)) if seconds > 0 else "0"
+    text = _TTLS.get(seconds)
+    if text is None:
+        text = str(max(int(seconds + 0.999), 1)) if seconds > 0 else "0"
+        if len(_TTLS) < 1024:  # a handful of namespace settings in practice
+            _TTLS[seconds] = text
+    return text
 
 
 class RedisBroker:
@@ -184,25 +199,26 @@ class RedisBroker:
         result_key = keys.result(channel, opts.idempotency_key)
         try:
             if opts.history_size > 0 and opts.history_ttl > 0:
-                offset, epoch, cached = await shard.scripts["history_add"](
-                    keys=[keys.stream(channel), keys.meta(channel), result_key],
-                    args=[
+                offset, epoch, cached = await shard.eval(
+                    "history_add",
+                    [keys.stream(channel), keys.meta(channel), result_key],
+                    [
                         payload,
                         opts.history_size,
                         _ttl(opts.history_ttl),
                         pubsub_channel,
                         _ttl(opts.history_meta_ttl or DEFAULT_META_TTL),
-                        new_epoch(),
+                        _epoch_bytes(),
                         result_ttl,
                     ],
                 )
                 return PublishResult(StreamPosition(int(offset), epoch.decode()), cached == b"1")
             if opts.idempotency_key:
-                published = await shard.scripts["publish_idempotent"](
-                    keys=[result_key], args=[pubsub_channel, payload, result_ttl]
+                published = await shard.eval(
+                    "publish_idempotent", [result_key], [pubsub_channel, payload, result_ttl]
                 )
                 return PublishResult(StreamPosition(), not published)
-            await shard.client.execute_command("SPUBLISH", pubsub_channel, payload)  # type: ignore[union-attr]
+            await shard.spublish(pubsub_channel, payload)
             return PublishResult(StreamPosition())
         except (RedisError, OSError) as e:
             log.warning("publish to %r failed: %s", channel, e)
@@ -212,8 +228,8 @@ class RedisBroker:
         shard = self.shard_for(channel)
         assert shard.keys is not None
         try:
-            await shard.client.execute_command(  # type: ignore[union-attr]
-                "SPUBLISH", shard.keys.client_channel(channel), prefix + codec.encode_info(info)
+            await shard.spublish(
+                shard.keys.client_channel(channel), prefix + codec.encode_info(info)
             )
         except (RedisError, OSError) as e:
             log.warning("join/leave to %r failed: %s", channel, e)
@@ -247,15 +263,16 @@ class RedisBroker:
             start = "-" if flt.since is None else f"{flt.since.offset + 1}-0"
         limit = flt.limit if flt.limit > 0 else 0
         try:
-            top, epoch, entries = await shard.scripts["history_get"](
-                keys=[keys.stream(channel), keys.meta(channel)],
-                args=[
+            top, epoch, entries = await shard.eval(
+                "history_get",
+                [keys.stream(channel), keys.meta(channel)],
+                [
                     "1" if include else "0",
                     start,
                     limit,
                     "1" if flt.reverse else "0",
                     _ttl(flt.meta_ttl or DEFAULT_META_TTL),
-                    new_epoch(),
+                    _epoch_bytes(),
                 ],
             )
         except (RedisError, OSError) as e:
@@ -272,7 +289,7 @@ class RedisBroker:
         shard = self.shard_for(channel)
         assert shard.keys is not None
         try:
-            await shard.scripts["history_remove"](keys=[shard.keys.stream(channel)], args=[])
+            await shard.eval("history_remove", [shard.keys.stream(channel)], [])
         except (RedisError, OSError) as e:
             log.warning("history remove of %r failed: %s", channel, e)
             raise ClientError(ERROR_INTERNAL) from None

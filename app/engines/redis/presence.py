@@ -33,14 +33,15 @@ class RedisPresenceManager:
         keys = shard.keys
         assert keys is not None
         try:
-            return await shard.scripts[script](
-                keys=[
+            return await shard.eval(
+                script,
+                [
                     keys.presence_data(channel),
                     keys.presence_expire(channel),
                     keys.presence_user_expire(channel),
                     keys.presence_user_clients(channel),
                 ],
-                args=args,
+                args,
             )
         except (RedisError, OSError) as e:
             log.warning("presence %s on %r failed: %s", script, channel, e)

@@ -23,11 +23,11 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.config import RedisConfig
+from app.engines.redis.pipeline import AutoPipeline, Script
 from app.engines.redis.pubsub import Endpoint
 
 log = logging.getLogger("centrifugo.redis")
@@ -282,7 +282,13 @@ def _ssl_context(tls: bool) -> ssl.SSLContext | None:
 
 
 class Shard:
-    """Command client, scripts and PUB/SUB endpoints of one Redis deployment."""
+    """Command client, scripts and PUB/SUB endpoints of one Redis deployment.
+
+    Scripts and SPUBLISH go through implicit pipelines (`eval`, `spublish`): one per
+    standalone/Sentinel deployment, one per master in a Cluster (chosen by the slot of the
+    command's first key, falling back to redis-py's cluster client on redirections and
+    connection errors). Everything else uses the redis-py `client`.
+    """
 
     def __init__(self, spec: ShardSpec, rcfg: RedisConfig, index: int) -> None:
         self.spec = spec
@@ -291,9 +297,11 @@ class Shard:
         self._io_timeout = float(rcfg.io_timeout)
         self.client: Redis | RedisCluster | None = None
         self._sentinel: Sentinel | None = None
-        self.scripts: dict[str, AsyncScript] = {}
+        self.scripts: dict[str, Script] = {}
         self.keys: Keys | None = None
         self.prefix = rcfg.prefix
+        self._pipe: AutoPipeline | None = None  # standalone / Sentinel
+        self._node_pipes: dict[str, AutoPipeline] = {}  # cluster: per master node name
 
     @property
     def cluster(self) -> bool:
@@ -361,9 +369,75 @@ class Shard:
         self.client = client
         self.keys = Keys(self.prefix, self.cluster)
         for name in SCRIPTS:
-            self.scripts[name] = client.register_script((LUA_DIR / f"{name}.lua").read_text())
+            self.scripts[name] = Script(name, (LUA_DIR / f"{name}.lua").read_text())
+        if not self.cluster:
+            self._pipe = AutoPipeline(
+                self.endpoint,
+                db=spec.db,
+                connect_timeout=self._connect_timeout,
+                io_timeout=self._io_timeout,
+                name=f"shard {self.index}",
+                scripts=list(self.scripts.values()),
+            )
+
+    # --- pipelined commands ---
+
+    def eval(self, name: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """EVALSHA of script `name`; queued before this returns (issue order is kept)."""
+        pipe = self._pipe if self._pipe is not None else self._node_pipe(keys[0])
+        if pipe is None:
+            script = self.scripts[name]
+            return self._cluster_fallback(("EVAL", script.body, len(keys), *keys, *args))
+        return pipe.evalsha(self.scripts[name], keys, args)
+
+    def spublish(self, channel: str, payload: bytes) -> Awaitable[Any]:
+        pipe = self._pipe if self._pipe is not None else self._node_pipe(channel)
+        if pipe is None:
+            return self._cluster_fallback(("SPUBLISH", channel, payload))
+        return pipe.execute("SPUBLISH", channel, payload)
+
+    def _node_pipe(self, key: str) -> AutoPipeline | None:
+        """The pipeline to the master of `key`'s slot, per redis-py's current slot map."""
+        assert isinstance(self.client, RedisCluster)
+        owners = self.client.nodes_manager.slots_cache.get(key_slot(key.encode()))
+        if not owners:
+            return None  # slot map being rebuilt: let redis-py route it
+        node = owners[0]
+        pipe = self._node_pipes.get(node.name)
+        if pipe is None:
+            spec = self.spec
+            ep = Endpoint(
+                host=node.host,
+                port=node.port,
+                username=spec.username,
+                password=spec.password,
+                ssl=_ssl_context(spec.tls),
+            )
+
+            async def resolve() -> Endpoint:
+                return ep
+
+            pipe = AutoPipeline(
+                resolve,
+                connect_timeout=self._connect_timeout,
+                io_timeout=self._io_timeout,
+                name=f"shard {self.index} node {node.name}",
+                fallback=self._cluster_fallback,
+                scripts=list(self.scripts.values()),
+            )
+            self._node_pipes[node.name] = pipe
+        return pipe
+
+    async def _cluster_fallback(self, args: tuple[Any, ...]) -> Any:
+        # redis-py's cluster client follows MOVED/ASK and re-reads the slot map itself.
+        return await self.client.execute_command(*args)  # type: ignore[union-attr]
 
     async def close(self) -> None:
+        for pipe in [self._pipe, *self._node_pipes.values()]:
+            if pipe is not None:
+                await pipe.close()
+        self._pipe = None
+        self._node_pipes.clear()
         if self.client is not None:
             await self.client.aclose()
         if self._sentinel is not None:
