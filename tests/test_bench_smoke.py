@@ -132,3 +132,28 @@ def test_bench_smoke_writes_sane_json(tmp_path: Path, redis_server_available: No
     assert len(tables["targets"].splitlines()) == 2 + 8
     assert tables["fanout"].splitlines()[0].split()[:3] == ["scenario", "load", "target/path"]
     assert doc["table"] in proc.stdout
+
+
+def test_profile_summary_shares_of_collapsed_stacks() -> None:
+    from bench.profile_summary import parse, summarize
+
+    text = (
+        "run (asyncio/base_events.py:607);deliver (app/hub.py:10);enqueue (app/writer.py:5) 30\n"
+        "run (asyncio/base_events.py:607);deliver (app/hub.py:12) 10\n"
+        "run (asyncio/base_events.py:607);write (asyncio/selector_events.py:1057) 60\n"
+    )
+    stacks = parse(text)
+    assert [n for _, n in stacks] == [30, 10, 60]
+    assert stacks[0][0][-1] == ("enqueue", "app/writer.py")
+    out = summarize(stacks, top=5).splitlines()
+    assert out[0] == "100 samples"
+    self_fn = out[out.index("self time by function:") + 1 : out.index("self time by module:")]
+    assert self_fn == [
+        "   60.0%  write (asyncio/selector_events.py)",
+        "   30.0%  enqueue (app/writer.py)",
+        "   10.0%  deliver (app/hub.py)",
+    ]
+    # Inclusive: deliver is on 40% of the stacks; the loop's root frame (100%) is left out.
+    incl = out[out.index("inclusive time by function:") + 1 :]
+    assert "   40.0%  deliver (app/hub.py)" in incl
+    assert not any("run (" in line for line in incl)
