@@ -430,10 +430,19 @@ class ApiExecutor:
             if cmd is None:
                 commands.append(None)  # answered with 107
                 continue
-            cmd = _obj(cmd, f"commands[{i}]")
+            if not isinstance(cmd, dict):
+                raise ApiDecodeError(f"commands[{i}]: expected object")
             # Every known field is decoded (a bad one fails the whole batch, as in Go);
             # the first one set in Centrifugo's order is run; none set means 104.
             chosen: tuple[str, dict[str, Any]] | None = None
+            if len(cmd) == 1:
+                # The usual shape, one method per command: no need to try all 13 names.
+                ((name, value),) = cmd.items()
+                spec = _SPECS.get(name)
+                if spec is not None and value is not None:
+                    chosen = (name, _decode(value, spec))
+                commands.append(chosen if chosen is not None else ("", {}))
+                continue
             for name in _BATCH_ORDER:
                 value = cmd.get(name)
                 if value is None:

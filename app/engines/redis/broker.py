@@ -194,14 +194,14 @@ class RedisBroker:
         keys = shard.keys
         assert keys is not None
         payload = codec.encode_payload(data, opts.client_info, opts.tags, 0, opts.delta)
-        pubsub_channel = keys.client_channel(channel)
+        stream, meta, pubsub_channel, result_prefix = keys.publish_keys(channel)
         result_ttl = _ttl(opts.idempotent_result_ttl) if opts.idempotency_key else "0"
-        result_key = keys.result(channel, opts.idempotency_key)
+        result_key = result_prefix + opts.idempotency_key
         try:
             if opts.history_size > 0 and opts.history_ttl > 0:
                 offset, epoch, cached = await shard.eval(
                     "history_add",
-                    [keys.stream(channel), keys.meta(channel), result_key],
+                    [stream, meta, result_key],
                     [
                         payload,
                         opts.history_size,

@@ -205,6 +205,7 @@ class Keys:
         self.partition_tags = balanced_partition_tags(CLUSTER_PARTITIONS) if cluster else [""]
         p = prefix
         self.control = f"{p}.control".encode()
+        self._publish_keys: dict[str, tuple[str, str, str, str]] = {}
 
     def partition(self, channel: str) -> int:
         if not self.cluster:
@@ -216,6 +217,22 @@ class Keys:
         if not self.cluster:
             return ""
         return "{" + self.partition_tags[self.partition(channel)] + "}."
+
+    def publish_keys(self, channel: str) -> tuple[str, str, str, str]:
+        """(stream, meta, PUB/SUB channel, result key prefix) of `channel`, cached: every
+        publish needs them, and in a cluster each costs a partition hash."""
+        names = self._publish_keys.get(channel)
+        if names is None:
+            names = (
+                self.stream(channel),
+                self.meta(channel),
+                self.client_channel(channel),
+                self.result(channel, ""),
+            )
+            if len(self._publish_keys) >= 16384:
+                self._publish_keys.clear()
+            self._publish_keys[channel] = names
+        return names
 
     def stream(self, channel: str) -> str:
         return f"{self.prefix}.stream.{self._t(channel)}{channel}"
