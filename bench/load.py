@@ -525,7 +525,7 @@ class LoadWorker:
             target.port,
         )
         try:
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(60):
                 await ready
         except BaseException:
             proto.close()

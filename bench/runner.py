@@ -332,16 +332,16 @@ def start_app(
     return svc, port
 
 
-def launch_raw(workdir: Path, redis_port: int, send: str) -> tuple[Service, int]:
-    port = free_port()
+def launch_raw(workdir: Path, redis_port: int, send: str, port: int = 0) -> tuple[Service, int]:
+    port = port or free_port()
     cmd = [sys.executable, "-m", "bench.raw_server", "--port", str(port)]
     cmd += ["--redis-port", str(redis_port), "--prefix", RAW_PREFIX]
     cmd += ["--readers", ",".join(RAW_REDIS_PATHS), "--send", send]
     return Service("raw peer", cmd, workdir / "raw.log"), port
 
 
-def launch_sio(workdir: Path, redis_port: int) -> tuple[Service, int]:
-    port = free_port()
+def launch_sio(workdir: Path, redis_port: int, port: int = 0) -> tuple[Service, int]:
+    port = port or free_port()
     cmd = [sys.executable, "-m", "bench.socketio_server", "--port", str(port)]
     cmd += ["--redis-port", str(redis_port), "--channel", SIO_CHANNEL]
     return Service("socketio peer", cmd, workdir / "sio.log"), port
@@ -401,6 +401,7 @@ class Run:
     storm: list[dict[str, Any]] = field(default_factory=list)
     batch: list[dict[str, Any]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
+    replaced: list[Service] = field(default_factory=list)  # started by restart(): stop at the end
 
     def server(self, target: str) -> Service:
         if target == "sio":
@@ -422,6 +423,66 @@ class Run:
             if any(p.startswith(name + "/") for p in self.opts.paths):
                 out.append(name)
         return out
+
+    def connected(self, target: str) -> int:
+        """Connections the server still counts (the app: clients over all its nodes)."""
+        if target == "app":
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{self.app_port}/api/info",
+                data=b"{}",
+                headers={"X-API-Key": self.api_key, "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                nodes = json.loads(resp.read())["result"]["nodes"]
+            return sum(n.get("num_clients", 0) for n in nodes)
+        port = self.raw_port if target == "raw" else self.sio_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as resp:
+            return int(json.loads(resp.read())["subscribers"])
+
+    def wait_drained(self, target: str, timeout: float = 120.0) -> None:
+        """Waits until the server has let go of every closed connection, so the next phase
+        does not share the machine with its cleanup."""
+        deadline = time.monotonic() + timeout
+        n = -1
+        while time.monotonic() < deadline:
+            try:
+                n = self.connected(target)
+            except (OSError, KeyError, ValueError):
+                n = -1
+            if n == 0:
+                return
+            time.sleep(0.2)
+        log(f"{target}: still {n} connections {timeout:.0f}s after disconnecting")
+
+    def restart(self, target: str) -> None:
+        """A fresh server process on the same port (the app: a new gunicorn worker)."""
+        if target == "app":
+            old = set(self.app.workers())
+            for pid in old:
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                pids = self.app.workers()
+                if pids and not set(pids) & old:
+                    break
+                time.sleep(0.1)
+            self.app.wait_http(f"http://127.0.0.1:{self.app_port}/health")
+            return
+        svc = self.server(target)
+        svc.stop()
+        if target == "raw":
+            svc, _ = launch_raw(self.workdir, self.redis_port, self.opts.raw_send, self.raw_port)
+            self.raw = svc
+        else:
+            svc, _ = launch_sio(self.workdir, self.redis_port, self.sio_port)
+            self.sio = svc
+        self.replaced.append(svc)
+        port = self.raw_port if target == "raw" else self.sio_port
+        svc.wait_http(f"http://127.0.0.1:{port}/health")
+
+    def stop_replaced(self) -> None:
+        for svc in self.replaced:
+            svc.stop()
 
     def snapshot(self, target: str) -> dict[str, float]:
         return {
@@ -609,6 +670,8 @@ class Run:
             if latency:
                 self.latency(sc, rep + 1, base, count, specs)
         self.lg.disconnect()
+        for target in self.targets():
+            self.wait_drained(target)
         log(f"{sc.name}: clients disconnected")
         time.sleep(1.0)  # the app unsubscribes its node a moment after the last client
 
@@ -766,6 +829,7 @@ def run(opts: Options) -> dict[str, Any]:
             lg,
             pool,
         )
+        stack.callback(r.stop_replaced)
         try:
             wanted = set(opts.scenarios)
             if "idle" in wanted:
@@ -781,7 +845,7 @@ def run(opts: Options) -> dict[str, Any]:
             if "batch" in wanted:
                 stages.batch(r, stack)
         except Exception:
-            for svc in (app_svc, raw_svc, sio_svc):
+            for svc in (r.app, r.raw, r.sio):
                 if svc is not None:
                     tail = svc.log.read_text(errors="replace")[-3000:]
                     log(f"--- {svc.name} log tail ---\n{tail}")

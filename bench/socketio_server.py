@@ -32,8 +32,8 @@ def make_app(redis_port: int, channel: str) -> web.Application:
         return "ok"
 
     async def health(request: web.Request) -> web.Response:
-        rooms = sio.manager.rooms.get("/", {})
-        clients = sum(len(m) for name, m in rooms.items() if name is not None)
+        # Every connected client is in the namespace's `None` room.
+        clients = len(sio.manager.rooms.get("/", {}).get(None, ()))
         return web.json_response({"subscribers": clients})
 
     app = web.Application()
