@@ -469,6 +469,27 @@ class ApiExecutor:
     ) -> list[dict[str, Any]]:
         if not parallel:
             return await self._batch_in_order(commands)
+        if getattr(self.node, "publish_many", None) is not None:
+            # Every publish in one run, the other commands concurrently beside it.
+            pubs = [i for i, c in enumerate(commands) if c is not None and c[0] == "publish"]
+            if pubs:
+                chosen = set(pubs)
+                rest = [i for i in range(len(commands)) if i not in chosen]
+                run = self._publish_run([commands[i] for i in pubs])  # type: ignore[misc]
+                done, others = await asyncio.gather(
+                    run, self._batch_parallel([commands[i] for i in rest])
+                )
+                replies: list[dict[str, Any]] = [{}] * len(commands)
+                for i, reply in zip(pubs, done, strict=True):
+                    replies[i] = reply
+                for i, reply in zip(rest, others, strict=True):
+                    replies[i] = reply
+                return replies
+        return await self._batch_parallel(commands)
+
+    async def _batch_parallel(
+        self, commands: list[tuple[str, dict[str, Any]] | None]
+    ) -> list[dict[str, Any]]:
         if len(commands) <= MAX_CONCURRENCY:
             return list(await asyncio.gather(*(self._batch_one(c) for c in commands)))
         sem = asyncio.Semaphore(MAX_CONCURRENCY)
@@ -484,30 +505,79 @@ class ApiExecutor:
     ) -> list[dict[str, Any]]:
         """A sequential batch: each command applies after the ones before it.
 
-        A run of consecutive publishes is started back to back without awaiting each one:
-        tasks run their first step in creation order, and a publish reaches the broker
-        without suspending (the Redis engine queues it on its pipeline, which keeps issue
-        order per connection, and a channel always maps to one connection; the memory
-        engine completes it synchronously). So the publishes are applied in batch order,
-        in one Redis round trip instead of one each. Any other command waits for the
-        publishes before it and runs alone.
+        A run of consecutive publishes is issued back to back without awaiting each one
+        (see _publish_run), so the publishes apply in batch order in one Redis round trip
+        instead of one each. Any other command waits for the publishes before it and runs
+        alone.
         """
         replies: list[dict[str, Any]] = []
-        run: list[asyncio.Task[dict[str, Any]]] = []
+        run: list[tuple[str, dict[str, Any]]] = []
         for c in commands:
             if c is not None and c[0] == "publish":
-                run.append(asyncio.create_task(self._batch_one(c)))
-                if len(run) >= MAX_CONCURRENCY:
-                    replies.extend(await asyncio.gather(*run))
-                    run = []
+                run.append(c)
                 continue
             if run:
-                replies.extend(await asyncio.gather(*run))
+                replies.extend(await self._publish_run(run))
                 run = []
             replies.append(await self._batch_one(c))
         if run:
-            replies.extend(await asyncio.gather(*run))
+            replies.extend(await self._publish_run(run))
         return replies
+
+    async def _publish_run(self, run: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Batch replies of consecutive publish commands, applied in order.
+
+        With `Node.publish_many` every publication is checked here and handed over in one
+        call: the Redis engine queues all of them on its pipeline (issue order is kept per
+        connection, and a channel always maps to one connection) before awaiting any.
+        Without it each publish is a task: tasks run their first step in creation order
+        and a publish reaches the broker without suspending (Redis: queued on the pipeline;
+        memory engine: done synchronously), which gives the same order.
+        """
+        publish_many = getattr(self.node, "publish_many", None)
+        if publish_many is None:
+            replies: list[dict[str, Any]] = []
+            for i in range(0, len(run), MAX_CONCURRENCY):
+                tasks = [
+                    asyncio.create_task(self._batch_one(c)) for c in run[i : i + MAX_CONCURRENCY]
+                ]
+                replies.extend(await asyncio.gather(*tasks))
+            return replies
+        out: list[dict[str, Any]] = []
+        items: list[tuple[str, bytes, dict[str, Any]]] = []
+        slots: list[int] = []
+        for _, req in run:
+            try:
+                channel = req["channel"]
+                if not channel:
+                    raise api_error(107)
+                data, value = self._payload(req)
+                options = self._check_format(channel, data, value)
+            except ClientError as e:
+                out.append({"error": error_body(e)})
+                continue
+            except Exception:
+                log.exception("api publish failed")
+                out.append({"error": error_body(api_error(100))})
+                continue
+            slots.append(len(out))
+            out.append({})
+            # The same arguments as _publish_one gives Node.publish.
+            kwargs = {
+                "tags": req["tags"] or None,
+                "skip_history": req["skip_history"],
+                "idempotency_key": req["idempotency_key"],
+                "delta": req["delta"] or options.delta_publish,
+            }
+            items.append((channel, data, kwargs))
+        if items:
+            results = await publish_many(items)
+            for i, result in zip(slots, results, strict=True):
+                if isinstance(result, ClientError):
+                    out[i] = {"error": error_body(result)}
+                else:
+                    out[i] = {"publish": _position_dict(result.position)}
+        return out
 
     # --- publish / broadcast ---
 

@@ -32,7 +32,8 @@ from app.config import load_config
 from app.engines.redis import create_redis_engine
 from app.engines.redis.pipeline import AutoPipeline, Script
 from app.engines.redis.pubsub import Endpoint
-from app.models import PublishOptions
+from app.errors import ClientError
+from app.models import PublishOptions, PublishResult, StreamPosition
 from app.node import Node
 
 from .conftest import REDIS_SERVER, url_of
@@ -284,6 +285,25 @@ async def test_concurrent_publishes_apply_and_arrive_in_issue_order(
     pubs = await rec.wait_pubs("ch", 1000)
     assert [(p.offset, p.data) for p in pubs] == [(i + 1, b"%d" % i) for i in range(1000)]
     assert await reads(rdb) - before < 100
+
+
+async def test_publish_many_applies_in_order_and_fails_per_item(
+    make_engine, redis_proc, rdb
+) -> None:
+    broker, _, rec = await make_engine(url_of(redis_proc))
+    await broker.subscribe(["a", "b"])
+    await rdb.set("centrifugo.stream.meta.bad", "not a hash")  # history_add: WRONGTYPE
+    items = [(("a", "b", "bad")[i % 3], b"%d" % i, HIST) for i in range(300)]
+    items.append(("a", b"plain", PublishOptions()))
+    before = await reads(rdb)
+    results = await broker.publish_many(items)
+    assert await reads(rdb) - before < 30
+    assert [r.position.offset for r in results[0:300:3]] == list(range(1, 101))
+    assert [r.position.offset for r in results[1:300:3]] == list(range(1, 101))
+    assert all(isinstance(r, ClientError) and r.code == 100 for r in results[2:300:3])
+    assert results[300] == PublishResult(StreamPosition())
+    pubs = await rec.wait_pubs("a", 101)
+    assert [p.data for p in pubs] == [b"%d" % i for i in range(0, 300, 3)] + [b"plain"]
 
 
 @pytest.fixture

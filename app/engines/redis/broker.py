@@ -14,6 +14,8 @@ import logging
 import os
 import string
 from collections import defaultdict
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -63,6 +65,18 @@ def _ttl(seconds: float) -> str:
         if len(_TTLS) < 1024:  # a handful of namespace settings in practice
             _TTLS[seconds] = text
     return text
+
+
+_WITH_HISTORY, _IDEMPOTENT, _PLAIN = range(3)  # what a publish command answers
+
+
+def _publish_result(kind: int, reply: Any) -> PublishResult:
+    if kind == _WITH_HISTORY:
+        offset, epoch, cached = reply
+        return PublishResult(StreamPosition(int(offset), epoch.decode()), cached == b"1")
+    if kind == _IDEMPOTENT:
+        return PublishResult(StreamPosition(), not reply)  # 0: the key was seen before
+    return PublishResult(StreamPosition())
 
 
 class RedisBroker:
@@ -190,6 +204,48 @@ class RedisBroker:
     # --- commands ---
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
+        try:
+            kind, reply = self._issue_publish(channel, data, opts)
+            return _publish_result(kind, await reply)
+        except (RedisError, OSError) as e:
+            log.warning("publish to %r failed: %s", channel, e)
+            raise ClientError(ERROR_INTERNAL) from None
+
+    async def publish_many(
+        self, items: Sequence[tuple[str, bytes, PublishOptions]]
+    ) -> list[PublishResult | ClientError]:
+        """`publish` of every item, issued in order before any reply is awaited (so a
+        channel's publications apply in item order, in one round trip), with one wait for
+        all of them. A failed item gets ClientError(100) in its place; nothing is raised.
+        """
+        issued: list[tuple[int, Awaitable[Any]] | Exception] = []
+        for channel, data, opts in items:
+            try:
+                issued.append(self._issue_publish(channel, data, opts))
+            except (RedisError, OSError) as e:
+                issued.append(e)
+        results: list[PublishResult | ClientError] = []
+        failed: list[tuple[str, Exception]] = []
+        for (channel, _, _), entry in zip(items, issued, strict=True):
+            try:
+                if isinstance(entry, Exception):
+                    raise entry
+                kind, reply = entry
+                results.append(_publish_result(kind, await reply))
+            except (RedisError, OSError) as e:
+                failed.append((channel, e))
+                results.append(ClientError(ERROR_INTERNAL))
+        if failed:
+            channel, e = failed[0]
+            log.warning(
+                "publish of %d publication(s) failed, first to %r: %s", len(failed), channel, e
+            )
+        return results
+
+    def _issue_publish(
+        self, channel: str, data: bytes, opts: PublishOptions
+    ) -> tuple[int, Awaitable[Any]]:
+        """Queues the publication's one command; returns (kind, its reply)."""
         shard = self.shard_for(channel)
         keys = shard.keys
         assert keys is not None
@@ -197,32 +253,27 @@ class RedisBroker:
         stream, meta, pubsub_channel, result_prefix = keys.publish_keys(channel)
         result_ttl = _ttl(opts.idempotent_result_ttl) if opts.idempotency_key else "0"
         result_key = result_prefix + opts.idempotency_key
-        try:
-            if opts.history_size > 0 and opts.history_ttl > 0:
-                offset, epoch, cached = await shard.eval(
-                    "history_add",
-                    [stream, meta, result_key],
-                    [
-                        payload,
-                        opts.history_size,
-                        _ttl(opts.history_ttl),
-                        pubsub_channel,
-                        _ttl(opts.history_meta_ttl or DEFAULT_META_TTL),
-                        _epoch_bytes(),
-                        result_ttl,
-                    ],
-                )
-                return PublishResult(StreamPosition(int(offset), epoch.decode()), cached == b"1")
-            if opts.idempotency_key:
-                published = await shard.eval(
-                    "publish_idempotent", [result_key], [pubsub_channel, payload, result_ttl]
-                )
-                return PublishResult(StreamPosition(), not published)
-            await shard.spublish(pubsub_channel, payload)
-            return PublishResult(StreamPosition())
-        except (RedisError, OSError) as e:
-            log.warning("publish to %r failed: %s", channel, e)
-            raise ClientError(ERROR_INTERNAL) from None
+        if opts.history_size > 0 and opts.history_ttl > 0:
+            reply = shard.eval(
+                "history_add",
+                [stream, meta, result_key],
+                [
+                    payload,
+                    opts.history_size,
+                    _ttl(opts.history_ttl),
+                    pubsub_channel,
+                    _ttl(opts.history_meta_ttl or DEFAULT_META_TTL),
+                    _epoch_bytes(),
+                    result_ttl,
+                ],
+            )
+            return _WITH_HISTORY, reply
+        if opts.idempotency_key:
+            reply = shard.eval(
+                "publish_idempotent", [result_key], [pubsub_channel, payload, result_ttl]
+            )
+            return _IDEMPOTENT, reply
+        return _PLAIN, shard.spublish(pubsub_channel, payload)
 
     async def _publish_info(self, channel: str, prefix: bytes, info: ClientInfo) -> None:
         shard = self.shard_for(channel)
