@@ -7,7 +7,9 @@ at the end of the event-loop turn, or as soon as it holds MAX_BATCH commands. Re
 commands of one connection in order and answers in order, so replies are matched to the
 awaiting callers by a FIFO, and two commands issued one after another (e.g. two publishes
 to one channel) are applied in that order without the first being awaited. This is what
-centrifuge does with rueidis (research/redis-engine.md §7, §9).
+centrifuge does with rueidis (research/redis-engine.md §7, §9). There is no extra flush
+delay: under load every turn already carries many commands, and a timer would only add
+latency to a lone publish (epoll rounds waits up to whole milliseconds).
 
 Failure handling mirrors what the engine had with redis-py:
 - connection errors (a refused connect, a connection closed under in-flight commands, a
@@ -16,6 +18,7 @@ Failure handling mirrors what the engine had with redis-py:
 - no progress on a connection with commands outstanding for `io_timeout` aborts it and fails
   those commands with redis TimeoutError (no retry: Redis may be frozen, and a retry would
   double the wait); a connect that takes longer than `connect_timeout` fails the same way;
+- AUTH and SELECT are awaited on a new connection before any command is written to it;
 - scripts given to the pipeline are loaded (SCRIPT LOAD) in the handshake of every new
   connection, so a restarted Redis (empty script cache) never answers NOSCRIPT to commands
   that wait for the reconnect. A NOSCRIPT all the same (SCRIPT FLUSH under a live connection)
@@ -23,7 +26,8 @@ Failure handling mirrors what the engine had with redis-py:
   the NOSCRIPT came back then run before it (the only case where issue order is not kept);
 - with a `fallback` (Redis Cluster), redirections (MOVED/ASK/TRYAGAIN/CLUSTERDOWN) and
   connection errors hand the command to the fallback (redis-py's cluster client, which
-  re-reads the slot map and retries) instead.
+  re-reads the slot map and retries) instead; such a command may overtake later ones.
+Nothing bounds how many commands wait: callers are bounded upstream (API batches, clients).
 """
 
 from __future__ import annotations
