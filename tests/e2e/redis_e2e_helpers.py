@@ -462,5 +462,17 @@ class ApiClient:
                 await asyncio.sleep(0.05)  # poll interval
         return None
 
+    async def wait_nodes(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Poll API `info` until `count` nodes (workers) have announced themselves, i.e.
+        every worker has finished booting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = (await self.result("info"))["nodes"]
+            if len(nodes) >= count:
+                return nodes
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(nodes)} of {count} nodes after {timeout}s")
+            await asyncio.sleep(0.1)  # poll interval
+
     async def close(self) -> None:
         await self._session.close()

@@ -84,6 +84,9 @@ async def test_redis_down_health_500_and_fast_errors(
     try:
         subs, raws = await _subscribers(srv, ch, 3, 3)
         await api.wait_health(200, streak=6)
+        # Every worker must be up before Redis goes: a worker still booting would fail
+        # its start-up instead of showing the running node's behaviour under test.
+        await api.wait_nodes(WORKERS)
         assert (await api.result("publish", {"channel": ch, "data": {"n": 1}}))["offset"] == 1
         await wait_all(subs, lambda s: len(s.pubs) >= 1)
 
@@ -150,6 +153,7 @@ async def test_redis_restart_epoch_change_recovered_false(
         assert {r["epoch"] for r in before.values()} == {old_epoch}
         await wait_all(subs, lambda s: len(s.pubs) >= 24)
         await wait_all(raws, lambda c: len(c.pubs[ch]) >= 24)
+        await api.wait_nodes(WORKERS)  # no worker may still be booting when Redis goes
 
         redis_server.stop()
         await api.wait_health(500, streak=8, timeout=10)
