@@ -277,6 +277,55 @@ class Node:
         metrics.child(metrics.NODE_MESSAGES_SENT, "publication", chinfo.namespace).inc()
         return result
 
+    async def publish_many(
+        self, items: Sequence[tuple[str, bytes, dict[str, Any]]]
+    ) -> list[PublishResult | ClientError]:
+        """`publish(channel, data, **kwargs)` of every item, for server API batches.
+
+        All publications are handed to the broker before any reply is awaited: the Redis
+        engine pipelines them (a channel's publications apply in item order) and nobody
+        pays a task or a coroutine chain per publication. A failure (an unknown channel,
+        the broker) is returned in its item's place, never raised.
+        """
+        out: list[PublishResult | ClientError] = []
+        todo: list[tuple[int, str, tuple[str, bytes, PublishOptions]]] = []
+        for channel, data, kw in items:
+            try:
+                chinfo = self.resolve(channel, kw.get("client_side", False))
+            except ClientError as e:
+                out.append(e)
+                continue
+            ns = chinfo.options
+            opts = PublishOptions(
+                client_info=kw.get("info"),
+                tags=kw.get("tags") or None,
+                idempotency_key=kw.get("idempotency_key", ""),
+                delta=kw.get("delta", False) or ns.delta_publish,
+            )
+            if ns.history_enabled and not kw.get("skip_history", False):
+                opts.history_size = ns.history_size
+                opts.history_ttl = ns.history_ttl
+                opts.history_meta_ttl = ns.history_meta_ttl
+            todo.append((len(out), chinfo.namespace, (channel, data, opts)))
+            out.append(ClientError(ERROR_INTERNAL))  # replaced below
+        many = getattr(self.broker, "publish_many", None)
+        if many is not None:
+            results = await many([args for _, _, args in todo])
+        else:
+            # Tasks start in order and the memory broker publishes synchronously.
+            results = await asyncio.gather(
+                *(self.broker.publish(*args) for _, _, args in todo), return_exceptions=True
+            )
+        for (i, namespace, _), result in zip(todo, results, strict=True):
+            if isinstance(result, PublishResult):
+                metrics.child(metrics.NODE_MESSAGES_SENT, "publication", namespace).inc()
+                out[i] = result
+            elif isinstance(result, ClientError):
+                out[i] = result
+            elif isinstance(result, BaseException):
+                log.error("publish failed: %r", result)
+        return out
+
     async def history(
         self,
         channel: str,
