@@ -11,6 +11,7 @@ the SSE transport, which differs only in framing.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -123,7 +124,7 @@ def ensure_peer_watch(app: web.Application) -> None:
         app.on_cleanup.append(watch.stop)
 
 
-class StreamTransport:
+class StreamTransport(abc.ABC):
     """A Client's side of a streaming response. `write` frames each message for
     the wire; `close` ends the response (the handler returns)."""
 
@@ -138,8 +139,9 @@ class StreamTransport:
         self.codec = codec
         self._done = asyncio.Event()
 
+    @abc.abstractmethod
     def encode(self, frame: bytes) -> bytes:
-        raise NotImplementedError
+        """How a frame of messages looks on this stream (lines, SSE events...)."""
 
     async def write(self, frame: bytes) -> None:
         data = self.encode(frame)
