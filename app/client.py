@@ -127,12 +127,13 @@ class Client:
         self._token_channels: tuple[str, ...] = ()
         self._connect_failed = False
         self._subs: dict[str, Subscription] = {}
+        # Issue 7: an idle connection holds no task or asyncio.Event (~0.8 KB each); the
+        # writer schedules itself only while it has data, and nothing awaited `_closed`.
         self._writer = Writer(transport, self.cfg.queue_max_size, self._on_writer_error)
         self._waiting_pong = False
         self._ping_handle: asyncio.TimerHandle | None = None
         self._pong_handle: asyncio.TimerHandle | None = None
         self._expire_handle: asyncio.TimerHandle | None = None
-        self._closed = asyncio.Event()
         self._inbox: asyncio.Queue[bytes] | None = None
         self._m_received = metrics.child(metrics.TRANSPORT_RECEIVED, transport.name, "", "")
         self._m_received_size = metrics.child(
@@ -294,7 +295,6 @@ class Client:
                 await self.transport.close(disconnect)
             except Exception:
                 log.debug("transport close failed", exc_info=True)
-        self._closed.set()
 
     async def transport_closed(self) -> None:
         """The peer went away: clean up without sending anything."""

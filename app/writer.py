@@ -1,15 +1,26 @@
 """Per-connection outgoing queue.
 
-Messages queued in one event-loop turn leave as one frame (newline-joined), so a
-burst of replies and pushes costs one socket write. The queue is bounded in bytes:
-a client that does not read fast enough is disconnected with 3008 instead of
-growing memory or slowing the fan-out for everyone else.
+Messages queued in one event-loop turn leave as one frame (joined by the codec's
+separator), so a burst of replies and pushes costs one socket write.
+
+An idle connection costs no task and no event: a writer with something queued joins
+its loop's `_Flusher`, and one `call_soon` callback per loop turn flushes every such
+writer. Transports with a synchronous `write_now` (WebSocket without compression) are
+written right there; a fan-out to N connections therefore costs N list appends and N
+socket writes, and no task switch. Transports that only offer an async `write`
+(HTTP streams, SSE, gRPC) get a task for as long as they have batches to write.
+
+The queue is bounded in bytes: a client that does not read fast enough is disconnected
+with 3008 instead of growing memory or slowing the fan-out for everyone else. For the
+synchronous path the bound applies to what the transport still holds unsent (its write
+buffer) after each flush; for the async path, to what waits behind the write in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
+import weakref
 from collections.abc import Callable
 from typing import Protocol
 
@@ -17,9 +28,20 @@ from app import metrics
 from app.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR, Disconnect
 from app.protocol import Codec
 
+log = logging.getLogger("centrifugo.writer")
+
+# What a transport raises when its peer is gone.
+WRITE_ERRORS = (ConnectionError, RuntimeError, OSError)
+
 
 class Transport(Protocol):
-    """A socket owned by a transport handler (WebSocket, SSE, ...)."""
+    """A socket owned by a transport handler (WebSocket, SSE, ...).
+
+    Optional fast path: `write_now(frame) -> int` writes the frame synchronously and
+    returns how many bytes the transport still holds unsent (the backpressure measure);
+    it raises one of WRITE_ERRORS when the peer is gone. A transport without it (or with
+    `write_now = None`) is written through the async `write`.
+    """
 
     name: str  # "websocket", "sse", ...
     codec: Codec  # how this connection's frames are encoded
@@ -29,26 +51,66 @@ class Transport(Protocol):
 
     async def write(self, frame: bytes) -> None: ...
 
-    def reopen_for_last(self) -> None:
-        """Allow one more message (the disconnect push) after an overflow closed us."""
-        self._closed = False
-        self._max_size = 0
-
     async def close(self, disconnect: Disconnect) -> None: ...
+
+
+class _Flusher:
+    """The writers of one event loop that have something queued.
+
+    The first writer queued in a loop turn schedules one callback; every writer queued
+    until that callback runs is flushed by it, so batching costs one loop callback per
+    turn in all, not one per connection.
+    """
+
+    __slots__ = ("_loop", "_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Weak: the flusher lives in a map keyed by its loop and must not keep it alive.
+        self._loop = weakref.ref(loop)
+        self._pending: list[Writer] = []
+
+    def add(self, writer: Writer) -> None:
+        pending = self._pending
+        if not pending:
+            loop = self._loop()
+            assert loop is not None
+            loop.call_soon(self._run)
+        pending.append(writer)
+
+    def _run(self) -> None:
+        pending = self._pending
+        self._pending = []
+        for writer in pending:
+            try:
+                writer._flush()
+            except Exception:  # a bug in one connection must not stall the others
+                log.exception("flushing a connection failed")
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    f = _flushers.get(loop)
+    if f is None:
+        f = _flushers[loop] = _Flusher(loop)
+    return f
 
 
 class Writer:
     __slots__ = (
         "_transport",
+        "_sync",
+        "_flusher",
         "_buf",
         "_size",
         "_max_size",
-        "_wake",
-        "_task",
         "_on_error",
         "_closed",
-        "_idle",
         "_sep",
+        "_task",
         "_m_sent",
         "_m_sent_size",
     )
@@ -60,53 +122,79 @@ class Writer:
         on_error: Callable[[Disconnect], None],
     ) -> None:
         self._transport = transport
+        self._sync = getattr(transport, "write_now", None) is not None
+        self._flusher = _flusher(asyncio.get_running_loop())
         self._sep = transport.codec.separator
         self._m_sent = metrics.child(metrics.TRANSPORT_SENT, transport.name, "", "")
         self._m_sent_size = metrics.child(metrics.TRANSPORT_SENT_SIZE, transport.name, "", "")
-        self._buf: list[bytes] = []
-        self._size = 0
+        # Messages of the next frame; None while nothing is queued (no list per idle
+        # connection). Not None means the writer is in its flusher's list, or (async
+        # path) its task will take the batch once the write in flight is done.
+        self._buf: list[bytes] | None = None
+        self._size = 0  # bytes in _buf
         self._max_size = max_size
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()  # set while nothing is queued or being written
-        self._idle.set()
         self._on_error = on_error
         self._closed = False
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task: asyncio.Task[None] | None = None  # async path, while writing
 
     def enqueue(self, data: bytes) -> None:
         if self._closed:
             return
         buf = self._buf
-        if not buf:
-            # Only the first message of a batch wakes the writer; the rest just join it.
-            self._idle.clear()
-            self._wake.set()
-        buf.append(data)
-        self._size += len(data)
-        if self._max_size > 0 and self._size > self._max_size:
-            self._closed = True
-            buf.clear()
-            self._on_error(Disconnect(DISCONNECT_SLOW))
+        if buf is None:
+            self._buf = [data]
+            self._size = len(data)
+            self._flusher.add(self)
+        else:
+            buf.append(data)
+            self._size += len(data)
+        if self._size > self._max_size > 0:
+            self._fail(Disconnect(DISCONNECT_SLOW))
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._buf:
-                batch = self._buf
-                self._buf = []
-                self._size = 0
-                frame = batch[0] if len(batch) == 1 else self._sep.join(batch)
-                # Counted per frame, not per message: cheap on the fan-out path.
-                self._m_sent.inc(len(batch))
-                self._m_sent_size.inc(len(frame))
+    def _take(self) -> bytes:
+        """The queued messages as one frame; the queue is empty afterwards."""
+        batch = self._buf
+        assert batch is not None
+        self._buf = None
+        self._size = 0
+        frame = batch[0] if len(batch) == 1 else self._sep.join(batch)
+        # Counted per frame, not per message: cheap on the fan-out path.
+        self._m_sent.inc(len(batch))
+        self._m_sent_size.inc(len(frame))
+        return frame
+
+    def _flush(self) -> None:
+        if self._buf is None:
+            return  # already flushed by close(), or dropped by a failure
+        if not self._sync:
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._write_async())
+            return  # else the task in flight takes the batch when its write is done
+        frame = self._take()
+        try:
+            unsent = self._transport.write_now(frame)  # type: ignore[attr-defined]
+        except WRITE_ERRORS:
+            self._fail(Disconnect(DISCONNECT_WRITE_ERROR))
+            return
+        if unsent > self._max_size > 0:
+            self._fail(Disconnect(DISCONNECT_SLOW))
+
+    async def _write_async(self) -> None:
+        try:
+            while self._buf is not None:
                 try:
-                    await self._transport.write(frame)
-                except (ConnectionError, RuntimeError, OSError):
-                    self._closed = True
-                    self._on_error(Disconnect(DISCONNECT_WRITE_ERROR))
+                    await self._transport.write(self._take())
+                except WRITE_ERRORS:
+                    self._fail(Disconnect(DISCONNECT_WRITE_ERROR))
                     return
-            self._idle.set()
+        finally:
+            self._task = None
+
+    def _fail(self, disconnect: Disconnect) -> None:
+        self._closed = True
+        self._buf = None
+        self._size = 0
+        self._on_error(disconnect)
 
     def reopen_for_last(self) -> None:
         """Allow one more message (the disconnect push) after an overflow closed us."""
@@ -114,11 +202,17 @@ class Writer:
         self._max_size = 0
 
     async def close(self, timeout: float = 1.0) -> None:
-        """Send what is queued (best effort within timeout), then stop."""
+        """Send what is queued (the async path: best effort within timeout), then stop."""
         self._closed = True
-        if not self._idle.is_set() and not self._task.done():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        if self._sync:
+            self._flush()
+            return
+        if self._buf is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._write_async())
+        task = self._task
+        if task is None:
+            return
+        await asyncio.wait((task,), timeout=timeout)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))  # unlike `await task`, keeps our own cancellation

@@ -13,8 +13,10 @@ connection fails to decode and closes with 3501.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
+import struct
 
 from aiohttp import WSMsgType, web
 
@@ -27,6 +29,16 @@ from app.protocol.protobuf import PROTOBUF
 
 log = logging.getLogger("centrifugo.websocket")
 
+_HEADER_16 = struct.Struct("!BBH").pack
+_HEADER_64 = struct.Struct("!BBQ").pack
+# Server frame headers (FIN set, no mask) of payloads shorter than 126 bytes, by length.
+_SHORT_HEADERS = {
+    op: tuple(bytes((0x80 | op, n)) for n in range(126))
+    for op in (WSMsgType.TEXT, WSMsgType.BINARY)
+}
+# Above this a frame is written as header + payload separately instead of being copied.
+_COPY_LIMIT = 65536
+
 _CLOSE_TYPES = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
 # Server preference order, as in Centrifugo's upgrader.
@@ -34,23 +46,66 @@ SUBPROTOCOLS = ("centrifuge-json", "centrifuge-protobuf")
 
 
 class WebSocketTransport:
+    """`write_now` frames a message and writes it synchronously to the socket (RFC 6455
+    §5.2 server frame: FIN, opcode, length, no mask), which is what aiohttp's
+    `send_frame` does for uncompressed frames minus the coroutine. Connections that
+    negotiated permessage-deflate use `DeflateWebSocketTransport` (aiohttp compresses)."""
+
     name = "websocket"
     unidirectional = False
     disconnect_push = False  # the close frame carries code and reason
 
-    __slots__ = ("_ws", "codec", "_msg_type")
+    __slots__ = ("_ws", "_sock", "codec", "_opcode", "_first", "_short")
 
-    def __init__(self, ws: web.WebSocketResponse, codec: Codec = JSON) -> None:
+    def __init__(self, ws: web.WebSocketResponse, sock: asyncio.Transport, codec: Codec) -> None:
         self._ws = ws
+        self._sock = sock  # the connection's asyncio transport (prepared response)
         self.codec = codec
-        self._msg_type = WSMsgType.TEXT if codec is JSON else WSMsgType.BINARY
+        self._opcode = WSMsgType.TEXT if codec is JSON else WSMsgType.BINARY
+        self._first = 0x80 | int(self._opcode)  # FIN + opcode
+        self._short = _SHORT_HEADERS[self._opcode]
+
+    def write_now(self, frame: bytes) -> int:
+        sock = self._sock
+        # After aiohttp started a closing handshake no data frame may follow the close.
+        if self._ws.closed or sock.is_closing():
+            raise ConnectionResetError("websocket is closing")
+        n = len(frame)
+        if n < 126:
+            sock.write(self._short[n] + frame)
+            return sock.get_write_buffer_size()
+        if n < 65536:
+            header = _HEADER_16(self._first, 126, n)
+        else:
+            header = _HEADER_64(self._first, 127, n)
+        if n <= _COPY_LIMIT:
+            sock.write(header + frame)
+        else:
+            sock.write(header)
+            sock.write(frame)
+        return sock.get_write_buffer_size()
 
     async def write(self, frame: bytes) -> None:
-        await self._ws.send_frame(frame, self._msg_type)
+        self.write_now(frame)
 
     async def close(self, disconnect: Disconnect) -> None:
-        # WebSocket close reasons are limited to 123 bytes.
-        await self._ws.close(code=disconnect.code, message=disconnect.reason.encode()[:123])
+        # WebSocket close reasons are limited to 123 bytes. No drain: a slow client's
+        # backlog must not hold the close up; aiohttp still waits (with its timeout) for
+        # the peer's close frame and then drops the socket.
+        await self._ws.close(
+            code=disconnect.code, message=disconnect.reason.encode()[:123], drain=False
+        )
+
+
+class DeflateWebSocketTransport(WebSocketTransport):
+    """permessage-deflate: frames go through aiohttp, which owns the compressor state."""
+
+    write_now = None  # type: ignore[assignment]
+
+    __slots__ = ()
+
+    async def write(self, frame: bytes) -> None:
+        await self._ws.send_frame(frame, self._opcode)
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
@@ -102,8 +157,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         compress=cfg.websocket.compression,
         autoping=True,
     )
-    await ws.prepare(request)
-    transport = WebSocketTransport(ws, select_codec(request, subprotocol))
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:
+        # The socket closed during the upgrade (peer gone, worker draining): nothing to
+        # log. aiohttp's attempt to send this response fails quietly the same way.
+        return web.Response(status=499)
+    sock = request.transport
+    if sock is None:  # the peer left right after the upgrade
+        return ws
+    cls = DeflateWebSocketTransport if ws.compress else WebSocketTransport
+    transport = cls(ws, sock, select_codec(request, subprotocol))  # type: ignore[arg-type]
     client = Client(node, transport, headers=request.headers)
     try:
         async for msg in ws:
@@ -115,6 +179,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 break
             if not await client.handle_frame(data):
                 break
+            msg = data = None  # type: ignore[assignment]  # an idle connection keeps no copy
         if ws.close_code == 1009:
             log.info("client %s sent a message over websocket.message_size_limit", client.uid)
     finally:
