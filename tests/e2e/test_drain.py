@@ -27,7 +27,7 @@ from .helpers import ServerHandle
 from .redis_e2e_helpers import ApiClient, RedisProcess, Watched, redis_config, worker_pids
 
 SHUTDOWN_TIMEOUT = 10.0
-BATCH = 10_000  # publications in the slow batch (~2 s) that is in flight at SIGTERM
+BATCH = 5_000  # publications in the slow batch (~2 s) that is in flight at SIGTERM
 
 
 def uid() -> str:
@@ -254,7 +254,13 @@ async def test_sigterm_drains_to_other_server_without_loss(
 
     # A slow API call in flight on A when it gets SIGTERM: it must complete, exactly once each.
     batch_channel = f"big:batch-{uid()}"
-    commands = [{"publish": {"channel": batch_channel, "data": {"i": i}}} for i in range(BATCH)]
+    # Each publish is followed by a history read: a sequential batch awaits every non-publish
+    # command, so the batch takes one Redis round trip per command (a few seconds) instead of
+    # a few pipelined writes, and is surely still running while the worker drains.
+    commands = []
+    for i in range(BATCH):
+        commands.append({"publish": {"channel": batch_channel, "data": {"i": i}}})
+        commands.append({"history": {"channel": batch_channel, "limit": 0}})
     batch = asyncio.get_running_loop().create_task(
         api_a.call("batch", {"commands": commands}, timeout=30)
     )
@@ -279,10 +285,10 @@ async def test_sigterm_drains_to_other_server_without_loss(
     assert elapsed < SHUTDOWN_TIMEOUT, f"server exited after {elapsed:.1f}s"
 
     reply = await batch
-    replies = reply["replies"]
-    assert len(replies) == BATCH
+    assert len(reply["replies"]) == 2 * BATCH
+    replies = reply["replies"][::2]  # the publishes
     assert [r.get("publish", {}).get("offset") for r in replies] == list(range(1, BATCH + 1)), [
-        r for r in replies if "error" in r
+        r for r in reply["replies"] if "error" in r
     ][:3]
     stored = (await api_b.result("history", {"channel": batch_channel, "limit": -1}))[
         "publications"
