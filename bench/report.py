@@ -129,8 +129,8 @@ def fanout_table(rows: list[dict[str, Any]]) -> str:
 def latency_table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'scenario':<9} {'of peak':<7} {'target/path':<14} {'offered/s':>10} "
-        f"{'deliveries/s':>12} {'msg/frm':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-        f"{'samples':>8} {'lost':>6}"
+        f"{'deliveries/s':>12} {'msg/frm':>7} {'srv s/1M':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'max ms':>7} {'samples':>8} {'lost':>6}"
     )
     body = []
     for r in rows:
@@ -138,8 +138,8 @@ def latency_table(rows: list[dict[str, Any]]) -> str:
         body.append(
             f"{r['scenario']:<9} {r['load'][1:] + '%':<7} {r['target'] + '/' + r['path']:<14} "
             f"{r['offered_deliveries_per_s']:>10,} {r['deliveries_per_s']:>12,} "
-            f"{r['msgs_per_frame']:>7} {lat['p50']:>7} {lat['p99']:>7} {lat['max']:>7} "
-            f"{lat['samples']:>8} {r['lost']:>6}"
+            f"{r['msgs_per_frame']:>7} {r['server_cpu_s_per_1M']:>8} {lat['p50']:>7} "
+            f"{lat['p99']:>7} {lat['max']:>7} {lat['samples']:>8} {r['lost']:>6}"
         )
     return _lines(head, body)
 
@@ -218,6 +218,27 @@ def targets(doc: dict[str, Any], subs: int) -> list[dict[str, Any]]:
             f"fanout saturate: app/{path} deliveries/s / best raw Redis path"
             + (f"; app {app['msgs_per_frame']} msgs/frame" if app else ""),
         )
+    # The raw peer sends one message per frame; under saturate the app batches. Near one
+    # message per frame (the lowest latency load) both keep up, so compare the CPU each
+    # spends per delivery: if both were CPU-bound, that is the ratio of their ceilings.
+    low = sorted(
+        {r["load"] for r in rows if r["load"][1:].isdigit() and r["scenario"] == "fanout"},
+        key=lambda x: int(x[1:]),
+    )
+    app = _find(rows, scenario="fanout", load=low[0], target="app") if low else None
+    raw = _find(rows, scenario="fanout", load=low[0], target="raw") if low else None
+    v = None
+    if app and raw and app["server_cpu_s_per_1M"]:
+        v = round(raw["server_cpu_s_per_1M"] / app["server_cpu_s_per_1M"], 2)
+    add(
+        f"broadcast 1x{subs}, ~1 msg/frame: CPU per delivery, raw / app",
+        ">= 0.85",
+        v,
+        None if v is None else v >= 0.85,
+        f"latency {low[0][1:]}% of peak: app {app['msgs_per_frame']} msgs/frame"
+        if app
+        else "latency stage",
+    )
     app = _find(rows, scenario="fanout", load="saturate", target="app", path="api")
     sio = app["ratio_to_sio"] if app else None
     add(
@@ -276,11 +297,43 @@ def targets(doc: dict[str, Any], subs: int) -> list[dict[str, Any]]:
 
 
 def targets_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'target':<52} {'goal':<24} {'measured':>12} {'met':<4}"
+    head = f"{'target':<60} {'goal':<22} {'measured':>10} {'met':<4}"
     body = []
     for t in rows:
         v = t["value"]
         shown = "-" if v is None else (f"{v:,.0f}" if v >= 1000 else f"{v:.2f}")
         met = "-" if t["met"] is None else ("yes" if t["met"] else "NO")
-        body.append(f"{t['target']:<52} {t['goal']:<24} {shown:>12} {met:<4}")
+        body.append(f"{t['target']:<60} {t['goal']:<22} {shown:>10} {met:<4}")
     return _lines(head, body)
+
+
+def render(doc: dict[str, Any]) -> dict[str, str]:
+    """The tables of a result document (`targets` recomputed from its rows)."""
+    rows = doc["rows"]
+    doc["targets"] = targets(doc, doc["meta"]["options"]["subs"])
+    fan = [x for x in rows if x["load"] in ("paced", "saturate")]
+    lat = [x for x in rows if x["load"] not in ("paced", "saturate")]
+    return {
+        "fanout": fanout_table(fan) if fan else "",
+        "latency": latency_table(lat) if lat else "",
+        "idle": idle_table(doc["idle"]) if doc.get("idle") else "",
+        "storm": storm_table(doc["storm"]) if doc.get("storm") else "",
+        "batch": batch_table(doc["batch"]) if doc.get("batch") else "",
+        "targets": targets_table(doc["targets"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.report RESULTS.json`: prints the tables of a finished run again."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    ap.add_argument("results", type=Path)
+    doc = json.loads(ap.parse_args(argv).results.read_text())
+    print("\n\n".join(t for t in render(doc).values() if t))
+
+
+if __name__ == "__main__":
+    main()

@@ -875,17 +875,7 @@ def write(opts: Options, r: Run, started: float, info: dict[str, Any]) -> dict[s
         if opts.repeat > 1
         else {},
     }
-    doc["targets"] = report.targets(doc, opts.subs)
-    fan = [x for x in rows if x["load"] in ("paced", "saturate")]
-    lat = [x for x in rows if x["load"] not in ("paced", "saturate")]
-    tables = {
-        "fanout": report.fanout_table(fan) if fan else "",
-        "latency": report.latency_table(lat) if lat else "",
-        "idle": report.idle_table(idle) if idle else "",
-        "storm": report.storm_table(storm) if storm else "",
-        "batch": report.batch_table(batch) if batch else "",
-        "targets": report.targets_table(doc["targets"]),
-    }
+    tables = report.render(doc)  # also sets doc["targets"]
     doc["tables"] = tables
     doc["table"] = "\n\n".join(t for t in tables.values() if t)
     opts.out.parent.mkdir(parents=True, exist_ok=True)

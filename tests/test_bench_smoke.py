@@ -117,9 +117,11 @@ def test_bench_smoke_writes_sane_json(tmp_path: Path, redis_server_available: No
 
     # Issue 7's targets are all listed; those smoke cannot measure have no value.
     names = [t["target"] for t in doc["targets"]]
-    assert len(names) == 8 and len(set(names)) == 8
+    assert len(names) == 9 and len(set(names)) == 9
     by_goal = {t["goal"]: t for t in doc["targets"]}
     assert by_goal["<= 15 ms"]["value"] is not None
+    per_frame = next(t for t in doc["targets"] if "msg/frame" in t["target"])
+    assert per_frame["value"] is not None and per_frame["value"] > 0
     assert by_goal["<= 16 KB RSS"]["value"] == idle[1]["kb_per_conn"]
     assert by_goal[">= 50,000/s"]["value"] is None  # no 2-worker run in smoke
 
@@ -129,7 +131,7 @@ def test_bench_smoke_writes_sane_json(tmp_path: Path, redis_server_available: No
     assert len(tables["latency"].splitlines()) == 2 + 2
     assert len(tables["idle"].splitlines()) == 2 + len(idle)
     assert len(tables["storm"].splitlines()) == 2 + 2
-    assert len(tables["targets"].splitlines()) == 2 + 8
+    assert len(tables["targets"].splitlines()) == 2 + 9
     assert tables["fanout"].splitlines()[0].split()[:3] == ["scenario", "load", "target/path"]
     assert doc["table"] in proc.stdout
 
