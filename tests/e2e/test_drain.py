@@ -26,7 +26,7 @@ from centrifuge import Client, ClientEventHandler, SubscriptionEventHandler
 from .helpers import ServerHandle
 from .redis_e2e_helpers import ApiClient, RedisProcess, Watched, redis_config, worker_pids
 
-SHUTDOWN_TIMEOUT = 10.0
+SHUTDOWN_TIMEOUT = 20.0  # room for the slow batch on a loaded machine
 BATCH = 5_000  # publications in the slow batch (~2 s) that is in flight at SIGTERM
 
 
