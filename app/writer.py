@@ -22,7 +22,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from app import metrics
 from app.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR, Disconnect
@@ -62,24 +62,21 @@ class _Flusher:
     turn in all, not one per connection.
     """
 
-    __slots__ = ("_loop", "_pending")
+    __slots__ = ("_loop", "pending")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Weak: the flusher lives in a map keyed by its loop and must not keep it alive.
         self._loop = weakref.ref(loop)
-        self._pending: list[Writer] = []
+        self.pending: list[Writer] = []  # Writer.enqueue appends itself (inlined: hot path)
 
-    def add(self, writer: Writer) -> None:
-        pending = self._pending
-        if not pending:
-            loop = self._loop()
-            assert loop is not None
-            loop.call_soon(self._run)
-        pending.append(writer)
+    def schedule(self) -> None:
+        loop = self._loop()
+        assert loop is not None
+        loop.call_soon(self._run)
 
     def _run(self) -> None:
-        pending = self._pending
-        self._pending = []
+        pending = self.pending
+        self.pending = []
         for writer in pending:
             try:
                 writer._flush()
@@ -97,6 +94,11 @@ def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
     if f is None:
         f = _flushers[loop] = _Flusher(loop)
     return f
+
+
+def _live(metric: Any) -> Any:
+    """None for the stand-in of a disabled Prometheus, so the flush skips the calls."""
+    return None if metric is getattr(metrics, "_NOOP", None) else metric
 
 
 class Writer:
@@ -125,12 +127,15 @@ class Writer:
         self._sync = getattr(transport, "write_now", None) is not None
         self._flusher = _flusher(asyncio.get_running_loop())
         self._sep = transport.codec.separator
-        self._m_sent = metrics.child(metrics.TRANSPORT_SENT, transport.name, "", "")
-        self._m_sent_size = metrics.child(metrics.TRANSPORT_SENT_SIZE, transport.name, "", "")
-        # Messages of the next frame; None while nothing is queued (no list per idle
-        # connection). Not None means the writer is in its flusher's list, or (async
-        # path) its task will take the batch once the write in flight is done.
-        self._buf: list[bytes] | None = None
+        self._m_sent = _live(metrics.child(metrics.TRANSPORT_SENT, transport.name, "", ""))
+        self._m_sent_size = _live(
+            metrics.child(metrics.TRANSPORT_SENT_SIZE, transport.name, "", "")
+        )
+        # The next frame: None while nothing is queued, one message as is (the shared
+        # bytes of a fan-out), or a list of messages. Not None means the writer is in its
+        # flusher's list, or (async path) its task takes the batch once the write in
+        # flight is done.
+        self._buf: bytes | list[bytes] | None = None
         self._size = 0  # bytes in _buf
         self._max_size = max_size
         self._on_error = on_error
@@ -142,25 +147,39 @@ class Writer:
             return
         buf = self._buf
         if buf is None:
-            self._buf = [data]
+            self._buf = data
             self._size = len(data)
-            self._flusher.add(self)
+            flusher = self._flusher
+            if not flusher.pending:
+                flusher.schedule()
+            flusher.pending.append(self)
+            if self._size <= self._max_size or self._max_size <= 0:
+                return
         else:
-            buf.append(data)
+            if type(buf) is bytes:
+                self._buf = [buf, data]
+            else:
+                buf.append(data)  # type: ignore[union-attr]
             self._size += len(data)
-        if self._size > self._max_size > 0:
-            self._fail(Disconnect(DISCONNECT_SLOW))
+            if self._size <= self._max_size or self._max_size <= 0:
+                return
+        self._fail(Disconnect(DISCONNECT_SLOW))
 
     def _take(self) -> bytes:
         """The queued messages as one frame; the queue is empty afterwards."""
         batch = self._buf
-        assert batch is not None
         self._buf = None
         self._size = 0
-        frame = batch[0] if len(batch) == 1 else self._sep.join(batch)
-        # Counted per frame, not per message: cheap on the fan-out path.
-        self._m_sent.inc(len(batch))
-        self._m_sent_size.inc(len(frame))
+        if type(batch) is bytes:
+            frame = batch
+            count = 1
+        else:
+            frame = self._sep.join(batch)  # type: ignore[arg-type]
+            count = len(batch)  # type: ignore[arg-type]
+        if self._m_sent is not None:
+            # Counted per frame, not per message: cheap on the fan-out path.
+            self._m_sent.inc(count)
+            self._m_sent_size.inc(len(frame))
         return frame
 
     def _flush(self) -> None:
@@ -170,9 +189,8 @@ class Writer:
             if self._task is None:
                 self._task = asyncio.get_running_loop().create_task(self._write_async())
             return  # else the task in flight takes the batch when its write is done
-        frame = self._take()
         try:
-            unsent = self._transport.write_now(frame)  # type: ignore[attr-defined]
+            unsent = self._transport.write_now(self._take())  # type: ignore[attr-defined]
         except WRITE_ERRORS:
             self._fail(Disconnect(DISCONNECT_WRITE_ERROR))
             return

@@ -170,16 +170,20 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     transport = cls(ws, sock, select_codec(request, subprotocol))  # type: ignore[arg-type]
     client = Client(node, transport, headers=request.headers)
     try:
-        async for msg in ws:
+        # `receive()` rather than `async for`: one coroutine frame less held per idle
+        # connection; any other message type (close, error) ends the loop the same way.
+        while True:
+            msg = await ws.receive()
             if msg.type is WSMsgType.TEXT:
                 data = msg.data.encode()
             elif msg.type is WSMsgType.BINARY:
                 data = msg.data
             else:
                 break
+            msg = None  # type: ignore[assignment]  # an idle connection keeps no copy
             if not await client.handle_frame(data):
                 break
-            msg = data = None  # type: ignore[assignment]  # an idle connection keeps no copy
+            data = None  # type: ignore[assignment]
         if ws.close_code == 1009:
             log.info("client %s sent a message over websocket.message_size_limit", client.uid)
     finally:
