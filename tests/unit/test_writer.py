@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from app.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR, Disconnect
 from app.protocol.json import JSON
 from app.protocol.protobuf import PROTOBUF
-from app.transports.websocket import WebSocketTransport
+from app.transports.websocket import DeflateWebSocketTransport, WebSocketTransport
 from app.writer import Writer
 
 Handler = Callable[[web.WebSocketResponse, WebSocketTransport], Awaitable[None]]
@@ -39,11 +39,13 @@ async def server() -> AsyncIterator[Server]:
     srv = Server(url="")
 
     async def ws_handler(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(compress=False)
+        ws = web.WebSocketResponse(compress="deflate" in request.query)
         await ws.prepare(request)
         codec = PROTOBUF if request.query.get("format") == "protobuf" else JSON
         assert request.transport is not None
-        transport = WebSocketTransport(ws, request.transport, codec)
+        # As the app's handler: aiohttp compresses when the client negotiated it.
+        cls = DeflateWebSocketTransport if ws.compress else WebSocketTransport
+        transport = cls(ws, request.transport, codec)
         try:
             assert srv.handler is not None
             await srv.handler(ws, transport)
@@ -143,6 +145,28 @@ async def test_protobuf_frames_are_binary(server: Server) -> None:
     await finished(server)
     # Protobuf messages are length-delimited, so the separator is empty.
     assert (msg.type, msg.data) == (WSMsgType.BINARY, b"\x02\x08\x01\x01\x00")
+
+
+async def test_permessage_deflate_goes_through_aiohttp(server: Server) -> None:
+    kinds: list[str] = []
+
+    async def handler(ws: web.WebSocketResponse, transport: WebSocketTransport) -> None:
+        kinds.append(type(transport).__name__)
+        w = Writer(transport, 1 << 20, Errors())
+        w.enqueue(b'{"z":"' + b"z" * 1000 + b'"}')
+        w.enqueue(b'{"y":1}')
+        await ws.receive()
+
+    server.handler = handler
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(server.url + "?deflate", compress=15) as ws,
+    ):
+        msg = await ws.receive(timeout=5)
+        await ws.close()
+    await finished(server)
+    assert kinds == ["DeflateWebSocketTransport"]
+    assert msg.data == '{"z":"' + "z" * 1000 + '"}\n{"y":1}'
 
 
 async def test_close_sends_queued_data_before_the_close_frame(server: Server) -> None:
