@@ -106,6 +106,38 @@ class _SubRequest:
 
 
 class Client:
+    # Slots, not an instance dict: ~0.5 KB less per idle connection (issue 7's 16 KB).
+    __slots__ = (
+        "node",
+        "cfg",
+        "transport",
+        "codec",
+        "uid",
+        "session",
+        "headers",
+        "user",
+        "conn_info",
+        "state",
+        "expire_at",
+        "meta",
+        "_token_channels",
+        "_connect_failed",
+        "_subs",
+        "_writer",
+        "_waiting_pong",
+        "_ping_handle",
+        "_pong_handle",
+        "_expire_handle",
+        "_stale_handle",
+        "_inbox",
+        "_m_received",
+        "_m_received_size",
+        "_m_inflight",
+        "_emulated_headers",
+        "_client_name",
+        "__weakref__",
+    )
+
     def __init__(
         self,
         node: Node,

@@ -137,6 +137,16 @@ def select_codec(request: web.Request, subprotocol: str | None) -> Codec:
     return JSON
 
 
+def _release_http_parser(request: web.Request) -> None:
+    """Drop aiohttp's HTTP request parser once the upgrade is done (~1 KB per idle
+    connection, issue 7). From then on aiohttp feeds bytes to the WebSocket reader only;
+    every remaining use of the HTTP parser in its protocol checks for None (it is what
+    connection_lost leaves behind)."""
+    proto = request.protocol
+    if getattr(proto, "_upgraded", False) and getattr(proto, "_payload_parser", None):
+        proto._parser = None  # type: ignore[attr-defined]
+
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     cfg = node.config
@@ -166,6 +176,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     sock = request.transport
     if sock is None:  # the peer left right after the upgrade
         return ws
+    _release_http_parser(request)
     cls = DeflateWebSocketTransport if ws.compress else WebSocketTransport
     transport = cls(ws, sock, select_codec(request, subprotocol))  # type: ignore[arg-type]
     client = Client(node, transport, headers=request.headers)

@@ -301,6 +301,32 @@ async def test_replies_batched_in_one_frame(main: ServerHandle) -> None:
     ]
 
 
+async def test_flood_of_frames_is_answered_in_order(main: ServerHandle) -> None:
+    # 500 frames of 1 KB sent at once outrun aiohttp's WebSocket queue (64 KiB), so it
+    # pauses and resumes reading the socket: the upgraded connection's flow control must
+    # work without the HTTP parser the handler releases after the upgrade. The replies
+    # (~30 KB) fit in the socket buffers, so this client is never "slow" (3008).
+    n = 500
+    pad = "x" * 1000
+    async with open_session(main) as ws:
+        first = ws.next_id()
+        ids = list(range(first, first + n))
+
+        async def flood() -> None:
+            for i in ids:
+                await ws.send_text(json.dumps({"id": i, "ping": {}, "pad": pad}))
+
+        async def collect() -> list[int]:
+            got: list[int] = []
+            while len(got) < n:
+                frame = await ws.recv_frame()
+                got += [json.loads(line)["id"] for line in frame.split("\n") if line]
+            return got
+
+        _, got = await asyncio.gather(flood(), collect())
+    assert got == ids
+
+
 async def test_json_omission_rules(main: ServerHandle) -> None:
     ch = uniq("shape")
     anon = main.token("")  # anonymous connection token: user ""
