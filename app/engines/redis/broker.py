@@ -183,12 +183,16 @@ class RedisBroker:
             assert shard.keys is not None
             groups[(shard, shard.keys.partition(ch))].append(shard.keys.client_channel(ch).encode())
         try:
-            await asyncio.gather(
-                *(
-                    self._conn_for(shard, part).subscribe(names, self._io_timeout)
-                    for (shard, part), names in groups.items()
+            if len(groups) == 1:  # one client's channel: no task for a gather
+                (((shard, part), names),) = groups.items()
+                await self._conn_for(shard, part).subscribe(names, self._io_timeout)
+            else:
+                await asyncio.gather(
+                    *(
+                        self._conn_for(shard, part).subscribe(names, self._io_timeout)
+                        for (shard, part), names in groups.items()
+                    )
                 )
-            )
         except PubSubUnavailable as e:
             log.warning("subscribe failed: %s", e)
             raise ClientError(ERROR_INTERNAL) from None

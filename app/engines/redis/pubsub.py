@@ -109,6 +109,9 @@ class PubSubConnection:
         self._ready_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # (command, channels) asked for in this loop turn: a burst of connects costs one
+        # socket write (and few commands) instead of one per subscribe.
+        self._queued: list[tuple[bytes, list[bytes]]] = []
 
     @property
     def ready(self) -> bool:
@@ -144,10 +147,13 @@ class PubSubConnection:
         if not futs:
             return
         if self._ready:
-            self._send_batches(self._sub_cmd, new)
+            self._queue(self._sub_cmd, new)
         try:
             async with asyncio.timeout(timeout):
-                await asyncio.gather(*futs)
+                if len(futs) == 1:  # the common case, one client's channel: no gather
+                    await futs[0]
+                else:
+                    await asyncio.gather(*futs)
         except TimeoutError:
             for ch, fut in zip(new, futs, strict=True):
                 if not fut.done():
@@ -163,16 +169,42 @@ class PubSubConnection:
             self._wanted.discard(ch)
             self._confirmed.discard(ch)
         if gone and self._ready:
-            self._send_batches(self._unsub_cmd, gone)
+            # Written at once (after any subscribes queued before it, to keep their order):
+            # the caller does not wait for a confirmation, so the call itself is the send.
+            self._queue(self._unsub_cmd, gone)
+            self._flush_queued()
 
     # --- internals ---
 
-    def _send_batches(self, cmd: bytes, channels: list[bytes]) -> None:
+    def _queue(self, cmd: bytes, channels: list[bytes]) -> None:
+        queued = self._queued
+        if not queued:
+            asyncio.get_running_loop().call_soon(self._flush_queued)
+        # (an early flush leaves the queue empty and this callback a no-op)
+        if queued and queued[-1][0] == cmd:
+            queued[-1][1].extend(channels)
+        else:
+            queued.append((cmd, list(channels)))
+
+    def _flush_queued(self) -> None:
+        # In order, so an unsubscribe and a re-subscribe of one channel stay in sequence.
+        # Nothing is lost if the link dropped meanwhile: the reconnect resubscribes every
+        # wanted channel, and their waiters resolve then.
+        queued, self._queued = self._queued, []
+        if queued:
+            self._send_batches(*queued)
+
+    def _send_batches(self, *ops: tuple[bytes, list[bytes]]) -> None:
         proto = self._proto
         if proto is None or proto.transport is None:
             return
-        for i in range(0, len(channels), BATCH):
-            proto.transport.write(_command(cmd, *channels[i : i + BATCH]))
+        proto.transport.write(
+            b"".join(
+                _command(cmd, *channels[i : i + BATCH])
+                for cmd, channels in ops
+                for i in range(0, len(channels), BATCH)
+            )
+        )
 
     def _on_reply(self, reply: object) -> None:
         if type(reply) is list and reply:
@@ -288,7 +320,7 @@ class PubSubConnection:
             fut = loop.create_future()
             self._waiters.setdefault(ch, []).append(fut)
             futs.append(fut)
-        self._send_batches(self._sub_cmd, wanted)
+        self._send_batches((self._sub_cmd, wanted))
         async with asyncio.timeout(max(self._connect_timeout * 4, 5.0)):
             await asyncio.gather(*futs)
 
@@ -314,7 +346,7 @@ class PubSubConnection:
                 ch for ch in self._wanted if ch not in self._confirmed and ch in self._waiters
             ]
             if missing:
-                self._send_batches(self._sub_cmd, missing)
+                self._send_batches((self._sub_cmd, missing))
             await self._lost.wait()
             if not self._closing:
                 log.warning("%s: pub/sub connection lost, reconnecting", self._name)
