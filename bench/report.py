@@ -203,9 +203,32 @@ def targets(doc: dict[str, Any], subs: int) -> list[dict[str, Any]]:
     """Issue 7's targets against this run's results (None when the run did not measure it)."""
     rows = doc["rows"]
     out: list[dict[str, Any]] = []
+    calib = doc.get("meta", {}).get("machine", {}).get("calibration") or {}
 
-    def add(name: str, goal: str, value: float | None, ok: bool | None, source: str) -> None:
-        out.append({"target": name, "goal": goal, "value": value, "met": ok, "from": source})
+    def add(
+        name: str,
+        goal: str,
+        value: float | None,
+        ok: bool | None,
+        source: str,
+        floor: float | None = None,
+        factor: float | None = None,
+    ) -> None:
+        """`floor` (a throughput goal) times `factor` (this machine's speed against the
+        anchors' machine, bench/calibrate.py) is the same goal scaled to this machine."""
+        scaled = round(floor * factor) if floor and factor else None
+        met_scaled = None if scaled is None or value is None else value >= scaled
+        out.append(
+            {
+                "target": name,
+                "goal": goal,
+                "value": value,
+                "met": ok,
+                "from": source,
+                "scaled_goal": scaled,
+                "met_scaled": met_scaled,
+            }
+        )
 
     for path in ("api", "spublish"):
         app = _find(rows, scenario="fanout", load="saturate", target="app", path=path)
@@ -256,6 +279,8 @@ def targets(doc: dict[str, Any], subs: int) -> list[dict[str, Any]]:
         v,
         None if v is None else v >= 80_000,
         "personal saturate: app/spublish",
+        80_000,
+        calib.get("factor"),
     )
     b2 = _find(doc.get("batch", []), workers=2, history=True)
     v = b2["ok_per_s"] if b2 else None
@@ -264,7 +289,14 @@ def targets(doc: dict[str, Any], subs: int) -> list[dict[str, Any]]:
         ">= 50,000/s",
         v,
         None if v is None else v >= 50_000,
-        "batch stage",
+        "batch stage"
+        + (
+            f"; {v / calib['hist_add_p16_per_s']:.2f}x redis-benchmark's history-add ceiling"
+            if v and calib.get("hist_add_p16_per_s")
+            else ""
+        ),
+        50_000,
+        calib.get("vs_anchors", {}).get("hist_add"),
     )
     lat = _find(rows, load="p50", target="app")
     v = lat["latency_ms"]["p99"] if lat else None
@@ -292,18 +324,29 @@ def targets(doc: dict[str, Any], subs: int) -> list[dict[str, Any]]:
         v,
         None if v is None else v >= 3000,
         f"idle stage: last ramp step to {top['conns']:,}" if top else "idle stage",
+        3000,
+        calib.get("factor"),
     )
     return out
 
 
 def targets_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'target':<60} {'goal':<22} {'measured':>10} {'met':<4}"
+    """`scaled` is the goal times this machine's speed against the anchors' machine."""
+
+    def verdict(ok: bool | None) -> str:
+        return "-" if ok is None else ("yes" if ok else "NO")
+
+    head = f"{'target':<60} {'goal':<22} {'measured':>10} {'met':<4} {'scaled':>8} {'met':<4}"
     body = []
     for t in rows:
         v = t["value"]
         shown = "-" if v is None else (f"{v:,.0f}" if v >= 1000 else f"{v:.2f}")
-        met = "-" if t["met"] is None else ("yes" if t["met"] else "NO")
-        body.append(f"{t['target']:<60} {t['goal']:<22} {shown:>10} {met:<4}")
+        scaled = t.get("scaled_goal")
+        scaled_s = "-" if scaled is None else f"{scaled:,}"
+        body.append(
+            f"{t['target']:<60} {t['goal']:<22} {shown:>10} {verdict(t['met']):<4}"
+            f" {scaled_s:>8} {verdict(t.get('met_scaled')):<4}"
+        )
     return _lines(head, body)
 
 

@@ -37,6 +37,7 @@ import jwt
 import psutil
 
 from bench import report
+from bench.calibrate import calibrate
 from bench.load import ConnSpec, LoadGenerator, Target
 from bench.publish import PublishJob, channel_name, run_job
 
@@ -790,6 +791,9 @@ def run(opts: Options) -> dict[str, Any]:
         redis_svc, redis_port = start_redis(workdir)
         log(f"redis-server on port {redis_port}")
         stack.callback(redis_svc.stop)
+        # Before any server is busy: this machine's speed against the anchors' machine.
+        info["calibration"] = calibrate(redis_port, opts.smoke)
+        log(f"calibration: {info['calibration'] or 'redis-benchmark not installed'}")
         secret, api_key = secrets.token_hex(16), secrets.token_hex(16)
         cfg = app_config(redis_port, secret, api_key, opts.history)
         # Servers boot in parallel; each is stopped however the run ends.
@@ -802,7 +806,7 @@ def run(opts: Options) -> dict[str, Any]:
         if opts.sio:
             sio_svc, sio_port = launch_sio(workdir, redis_port)
             stack.callback(sio_svc.stop)
-        lg = LoadGenerator(opts.procs)
+        lg = LoadGenerator(opts.procs, opts.sample_every)
         stack.callback(lg.close)
         pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
         stack.callback(pool.shutdown)
