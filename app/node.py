@@ -187,9 +187,10 @@ class Node:
     # --- broker events (BrokerEventHandler) ---
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
-        metrics.child(
-            metrics.NODE_MESSAGES_RECEIVED, "publication", metrics.namespace_of(channel)
-        ).inc()
+        if metrics.enabled():
+            metrics.child(
+                metrics.NODE_MESSAGES_RECEIVED, "publication", metrics.namespace_of(channel)
+            ).inc()
         self.hub.broadcast_publication(channel, pub, epoch)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:

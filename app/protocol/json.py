@@ -120,6 +120,12 @@ class JsonCodec:
     def encode_pub_push(self, channel: str, pub: Publication) -> bytes:
         if not _is_json(pub.data):
             return b""  # binary payload: JSON clients get 3506 instead
+        if pub.info is None and not pub.tags and not pub.time and pub.data:
+            # The common shape (API publications) spliced by hand: the same bytes orjson
+            # writes for the dict below, at a third of the cost on the fan-out path.
+            tail = b',"offset":%d}}' % pub.offset if pub.offset else b"}}"
+            body = b'{"channel":' + orjson.dumps(channel) + b',"pub":{"data":' + pub.data + tail
+            return body if self.bare else b'{"push":' + body + b"}"
         push = {"channel": channel, "pub": publication_obj(pub)}
         return orjson.dumps(push if self.bare else {"push": push})
 

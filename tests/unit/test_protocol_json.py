@@ -101,3 +101,22 @@ def test_protocol_neutral_results_render_as_json():
 
 def test_binary_payload_has_no_json_frame():
     assert JSON.encode_pub_push("ch", Publication(data=b"\x00\x01")) == b""
+
+
+@pytest.mark.parametrize("channel", ["news", 'we"ird\\ch', "ünï:ch", "$private"])
+@pytest.mark.parametrize("data", [b'{"a":1}', b'"text"', b"[1, 2]", b"null"])
+@pytest.mark.parametrize("offset", [0, 1, 2**40])
+def test_pub_push_fast_path_matches_the_general_encoding(
+    channel: str, data: bytes, offset: int
+) -> None:
+    # Publications without info/tags/time are spliced by hand; with them, built by orjson.
+    # Both must produce one wire shape: compare against the general path's output.
+    from app.protocol.json import JSON_UNI, publication_obj
+
+    pub = Publication(data=data, offset=offset)
+    for codec in (JSON, JSON_UNI):
+        push = {"channel": channel, "pub": publication_obj(pub)}
+        expected = orjson.dumps(push if codec.bare else {"push": push})
+        assert codec.encode_pub_push(channel, pub) == expected
+    frame = JSON.encode_pub_push(channel, pub)
+    assert orjson.loads(frame)["push"]["pub"]["data"] == orjson.loads(data)

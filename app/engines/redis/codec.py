@@ -53,7 +53,7 @@ def encode_payload(
 
 def decode_payload(payload: bytes, offset: int = 0) -> Publication:
     nl = payload.index(b"\n")
-    pub = Publication(data=payload[nl + 1 :], offset=offset)
+    pub = Publication(payload[nl + 1 :], None, offset)  # positional: the fan-out hot path
     if nl:
         meta = orjson.loads(payload[:nl])
         i = meta.get("i")
@@ -71,10 +71,11 @@ LEAVE = b"__l__"
 
 def decode_frame(frame: bytes) -> tuple[str, Publication | ClientInfo, str]:
     """Returns (kind, object, epoch); kind is "pub", "join" or "leave"."""
-    if frame.startswith(b"__p1:"):
+    if frame[:5] == b"__p1:":
         end = frame.index(b"__", 5)
-        offset_raw, epoch = frame[5:end].split(b":", 1)
-        return "pub", decode_payload(frame[end + 2 :], int(offset_raw)), epoch.decode()
+        colon = frame.index(b":", 5, end)
+        epoch = frame[colon + 1 : end].decode()
+        return "pub", decode_payload(frame[end + 2 :], int(frame[5:colon])), epoch
     if frame.startswith(JOIN):
         return "join", decode_info(frame[5:]), ""
     if frame.startswith(LEAVE):
