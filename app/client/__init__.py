@@ -1,0 +1,19 @@
+"""One client connection: its state machine, command dispatch, subscriptions and timers.
+
+Transport-agnostic: a transport feeds frames to `handle_frame` and provides
+`write`/`close`. Rules follow Centrifugo's client protocol v2 (research §1, §3–§5):
+connect first, 3501 for malformed input, errors as replies, disconnects as
+close codes, recovery and positioning per subscription.
+
+- `connection`: `Client` itself: frames in and out, dispatch, connect, refresh, ping/pong,
+  closing;
+- `subscribing`: subscribe (permissions, proxy, positioning, recovery), subscription
+  expiry, server-side subscriptions, publication delivery;
+- `commands`: the other channel commands (publish, presence, history, rpc, ...);
+- `state`: the connection state and per-subscription records.
+"""
+
+from app.client.connection import Client
+from app.client.state import State, Subscription
+
+__all__ = ["Client", "State", "Subscription"]

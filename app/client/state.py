@@ -1,0 +1,58 @@
+"""Connection state and the records a connection keeps per subscription."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.auth import SubscribeOverride
+from app.channels import ChannelInfo
+from app.hub import Frames
+from app.models import Publication
+
+
+class State(enum.Enum):
+    CONNECTING = 1
+    CONNECTED = 2
+    CLOSED = 3
+
+
+@dataclass(slots=True)
+class Subscription:
+    channel: str
+    chinfo: ChannelInfo
+    server_side: bool
+    chan_info: bytes | None = None
+    presence: bool = False
+    join_leave: bool = False  # this subscription emits join/leave events
+    push_join_leave: bool = False  # this client receives join/leave pushes
+    positioned: bool = False
+    recoverable: bool = False
+    offset: int = 0
+    epoch: str = ""
+    expire_at: int = 0
+    expire_handle: asyncio.TimerHandle | None = None
+    checked_offset: int = -1  # offset at the last periodic position check
+    m_inflight: Any = None  # subscriptions_inflight metric child
+    # Publications that arrive while the subscribe is in flight wait here.
+    buffer: list[tuple[Publication, str, Frames]] | None = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SubRequest:
+    """What a subscribe asks for, from a client command, a token or the server API."""
+
+    token: str = ""
+    recover: bool = False
+    offset: int = 0
+    epoch: str = ""
+    positioned: bool = False
+    recoverable: bool = False
+    join_leave: bool = False
+    data: bytes | None = None  # SubscribeResult.data, from a token or the subscribe proxy
+    info: bytes | None = None
+    expire_at: int = 0
+    override: SubscribeOverride | None = None
+    client_data: bytes | None = None  # the client's own subscribe data (for the proxy)

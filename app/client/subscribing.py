@@ -1,0 +1,497 @@
+"""Subscriptions of a connection: subscribe (permissions, token or proxy, positioning,
+recovery), their expiry and refresh, server-side subscriptions, and delivering
+publications and join/leave to this connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from app import metrics
+from app.auth import SubscribeOverride, TokenExpired, TokenInvalid
+from app.channels import ChannelInfo
+from app.client.state import State, SubRequest, Subscription
+from app.errors import (
+    DISCONNECT_BAD_REQUEST,
+    DISCONNECT_INAPPROPRIATE_PROTOCOL,
+    DISCONNECT_INSUFFICIENT_STATE,
+    DISCONNECT_INVALID_TOKEN,
+    DISCONNECT_SUB_EXPIRED,
+    ERROR_ALREADY_SUBSCRIBED,
+    ERROR_EXPIRED,
+    ERROR_INTERNAL,
+    ERROR_LIMIT_EXCEEDED,
+    ERROR_PERMISSION_DENIED,
+    ERROR_TOKEN_EXPIRED,
+    UNSUBSCRIBE_EXPIRED,
+    UNSUBSCRIBE_INSUFFICIENT_STATE,
+    UNSUBSCRIBE_REASONS,
+    UNSUBSCRIBE_SERVER,
+    ClientError,
+    Disconnect,
+)
+from app.hub import Frames
+from app.models import ClientInfo, HistoryFilter, HistoryResult, Publication, StreamPosition
+from app.protocol import get_bool, get_int, get_raw, get_str
+from app.proxy import REFRESH_RETRY_DELAY, ProxyContext, ProxyUnavailable
+from app.recovery import cache_recovered, stream_recovered
+
+log = logging.getLogger("centrifugo.client")
+
+
+class SubscribeFlow:
+    """Mixin of `Client` (app/client/connection.py), whose attributes it uses."""
+
+    __slots__ = ()
+
+    # ------------------------------------------------------------ subscribe
+
+    def _history_permitted(self, ns: Any, subscribed: bool) -> bool:
+        if self.cfg.insecure:
+            return True
+        if not self.user and not ns.allow_history_for_anonymous:
+            return False
+        return ns.allow_history_for_client or (ns.allow_history_for_subscriber and subscribed)
+
+    def _presence_permitted(self, ns: Any, subscribed: bool) -> bool:
+        if self.cfg.insecure:
+            return True
+        if not self.user and not ns.allow_presence_for_anonymous:
+            return False
+        return ns.allow_presence_for_client or (ns.allow_presence_for_subscriber and subscribed)
+
+    async def _cmd_subscribe(self, cmd_id: int, params: dict[str, Any]) -> None:
+        channel = get_str(params, "channel")
+        if not channel:
+            raise Disconnect(DISCONNECT_BAD_REQUEST)
+        req = SubRequest(
+            token=get_str(params, "token"),
+            recover=get_bool(params, "recover"),
+            offset=get_int(params, "offset"),
+            epoch=get_str(params, "epoch"),
+            positioned=get_bool(params, "positioned"),
+            recoverable=get_bool(params, "recoverable"),
+            join_leave=get_bool(params, "join_leave"),
+            client_data=get_raw(params, "data") or None,
+        )
+        chinfo = self.node.resolve(channel, client_side=True)
+        if channel in self._subs:
+            raise ClientError(ERROR_ALREADY_SUBSCRIBED)
+        if self.cfg.channel_limit > 0 and len(self._subs) >= self.cfg.channel_limit:
+            raise ClientError(ERROR_LIMIT_EXCEEDED)
+        await self._authorize_subscribe(chinfo, req)
+        sub, result = await self._subscribe(chinfo, req, server_side=False)
+        self.send(self.codec.encode_reply(cmd_id, "subscribe", result))
+        self._activate(sub)
+
+    async def _authorize_subscribe(self, chinfo: ChannelInfo, req: SubRequest) -> None:
+        """Permission order of research §4.2; fills req from a subscription token."""
+        if req.token:
+            try:
+                claims = await self.node.verifier.verify_subscribe_token(req.token)
+            except TokenExpired:
+                raise ClientError(ERROR_TOKEN_EXPIRED) from None
+            except TokenInvalid as e:
+                log.info("invalid subscription token: %s", e)
+                raise ClientError(ERROR_PERMISSION_DENIED) from None
+            self._check_token_owner(claims, chinfo.channel)
+            if claims.expire_at > 0:
+                if claims.expire_at < int(time.time()):
+                    raise ClientError(ERROR_EXPIRED)
+                req.expire_at = claims.expire_at
+            req.info = claims.info
+            req.data = claims.data
+            req.override = claims.override
+            return
+        if chinfo.private:
+            raise ClientError(ERROR_PERMISSION_DENIED)
+        proxy = self.node.proxies.subscribe_proxy(chinfo.options)
+        if proxy is not None and chinfo.allowed_users is None:
+            await self._proxy_subscribe(proxy, chinfo, req)
+            return
+        if not self._may_subscribe_without_token(chinfo):
+            raise ClientError(ERROR_PERMISSION_DENIED)
+
+    async def _proxy_subscribe(self, proxy: Any, chinfo: ChannelInfo, req: SubRequest) -> None:
+        """The backend decides; the client's own stream flags are not applied."""
+        try:
+            res = await proxy.subscribe(
+                self.proxy_context(), chinfo.channel, token=req.token, data=req.client_data
+            )
+        except ProxyUnavailable:
+            raise ClientError(ERROR_INTERNAL) from None
+        if res.expire_at > 0:
+            if res.expire_at < int(time.time()):
+                raise ClientError(ERROR_EXPIRED)
+            req.expire_at = res.expire_at
+        req.info = res.info
+        req.data = res.data
+        req.override = res.override
+        req.recoverable = req.positioned = req.join_leave = False
+
+    def _check_token_owner(self, claims: Any, channel: str) -> None:
+        """A subscription token is for one channel, user and (optionally) client."""
+        if (
+            claims.channel != channel
+            or claims.user != self.user
+            or (claims.client and claims.client != self.uid)
+        ):
+            raise Disconnect(DISCONNECT_INVALID_TOKEN, detail="subscription token of another")
+
+    def _may_subscribe_without_token(self, chinfo: ChannelInfo) -> bool:
+        if chinfo.allowed_users is not None:
+            # A user-limited channel admits exactly its listed users.
+            return self.user in chinfo.allowed_users
+        ns = chinfo.options
+        if ns.allow_subscribe_for_client and (self.user or ns.allow_subscribe_for_anonymous):
+            return True
+        return bool(self.cfg.insecure)
+
+    async def _subscribe(
+        self, chinfo: ChannelInfo, req: SubRequest, *, server_side: bool
+    ) -> tuple[Subscription, dict[str, Any]]:
+        """Subscribe this connection; the subscription buffers until `_activate`."""
+        ns = chinfo.options
+        ov = req.override
+        channel = chinfo.channel
+
+        def pick(value: bool | None, default: bool) -> bool:
+            return default if value is None else value
+
+        presence = pick(ov.presence if ov else None, ns.presence)
+        join_leave = pick(ov.join_leave if ov else None, ns.join_leave)
+        force_push = pick(ov.force_push_join_leave if ov else None, ns.force_push_join_leave)
+        force_recovery = pick(ov.force_recovery if ov else None, ns.force_recovery)
+        force_positioning = pick(ov.force_positioning if ov else None, ns.force_positioning)
+        history_ok = server_side or self._history_permitted(ns, True)
+
+        recoverable = ns.history_enabled and (
+            force_recovery or (req.recoverable and (ns.allow_recovery or history_ok))
+        )
+        positioned = ns.history_enabled and (
+            recoverable
+            or force_positioning
+            or (req.positioned and (ns.allow_positioning or history_ok))
+        )
+        push_join_leave = join_leave and (
+            force_push or server_side or (req.join_leave and self._presence_permitted(ns, True))
+        )
+        sub = Subscription(
+            channel=channel,
+            chinfo=chinfo,
+            server_side=server_side,
+            chan_info=req.info,
+            presence=presence,
+            join_leave=join_leave,
+            push_join_leave=push_join_leave,
+            positioned=positioned,
+            recoverable=recoverable,
+            expire_at=req.expire_at,
+        )
+        self._subs[channel] = sub
+        try:
+            await self.node.add_subscriber(channel, self)
+            result: dict[str, Any] = {}
+            # A sub_refresh proxy refreshes server-side: no expires/ttl for the client.
+            if req.expire_at and self.node.proxies.sub_refresh_proxy(ns) is None:
+                result["expires"] = True
+                result["ttl"] = max(int(req.expire_at - time.time()), 0)
+            if positioned:
+                result.update(await self._position(sub, req, ns))
+            if req.data:
+                result["data"] = req.data
+            if presence:
+                await self.node.presence_manager.add_presence(channel, self.uid, self._info(sub))
+        except BaseException:
+            await self._drop_subscription(sub, announce=False)
+            raise
+        labels = (self._client_name, chinfo.namespace)
+        metrics.child(metrics.SUBSCRIPTIONS_ACCEPTED, *labels).inc()
+        sub.m_inflight = metrics.child(metrics.SUBSCRIPTIONS_INFLIGHT, *labels)
+        sub.m_inflight.inc()
+        return sub, result
+
+    async def _position(self, sub: Subscription, req: SubRequest, ns: Any) -> dict[str, Any]:
+        """Stream position, and recovery when asked (research §5)."""
+        result: dict[str, Any] = {}
+        if sub.recoverable:
+            result["recoverable"] = True
+        result["positioned"] = True
+        meta_ttl = ns.history_meta_ttl
+        if not (req.recover and sub.recoverable):
+            hist = await self.node.stream_history(sub.channel, HistoryFilter(meta_ttl=meta_ttl))
+            top = hist.position
+            sub.offset, sub.epoch = top.offset, top.epoch
+            result["epoch"] = top.epoch
+            if top.offset:
+                result["offset"] = top.offset
+            return result
+
+        result["was_recovering"] = True
+        pubs: list[Publication]
+        cache = ns.force_recovery_mode == "cache"
+        if cache:
+            hist = await self.node.stream_history(
+                sub.channel, HistoryFilter(limit=1, reverse=True, meta_ttl=meta_ttl)
+            )
+            top = hist.position
+            recovered, pubs = cache_recovered(hist.publications, top, req.offset, req.epoch)
+        else:
+            hist = await self._recover_stream(sub.channel, req, meta_ttl)
+            top = hist.position
+            pubs = hist.publications
+            recovered = stream_recovered(pubs, top, req.offset, req.epoch)
+        sub.epoch = top.epoch
+        result["epoch"] = top.epoch
+        metrics.child(
+            metrics.RECOVER,
+            "yes" if recovered else "no",
+            sub.chinfo.namespace,
+            "yes" if recovered and pubs else "no",
+        ).inc()
+        if recovered:
+            result["recovered"] = True
+            last = pubs[-1].offset if pubs else req.offset
+            sub.offset = top.offset if cache else max(last, req.offset)
+            if req.offset:
+                result["offset"] = req.offset
+            if pubs:
+                result["publications"] = pubs
+        else:
+            sub.offset = top.offset
+            if top.offset:
+                result["offset"] = top.offset
+        return result
+
+    async def _recover_stream(
+        self, channel: str, req: SubRequest, meta_ttl: float
+    ) -> HistoryResult:
+        return await self.node.stream_history(
+            channel,
+            HistoryFilter(
+                since=StreamPosition(req.offset, req.epoch),
+                limit=self.cfg.recovery_max_publication_limit,
+                meta_ttl=meta_ttl,
+            ),
+        )
+
+    def _activate(self, sub: Subscription) -> None:
+        """The subscribe reply is queued: release buffered publications after it."""
+        buffered = sub.buffer or []
+        sub.buffer = None
+        for pub, epoch, frames in buffered:
+            self.deliver_publication(sub.channel, pub, epoch, frames)
+            if sub.channel not in self._subs:
+                return
+        if sub.expire_at:
+            self._schedule_sub_expiry(sub)
+        if sub.join_leave:
+            self.node.spawn(self.node.broker.publish_join(sub.channel, self._info(sub)))
+
+    def _info(self, sub: Subscription | None = None) -> ClientInfo:
+        return ClientInfo(
+            self.user, self.uid, self.conn_info, sub.chan_info if sub is not None else None
+        )
+
+    def positions_to_check(self) -> list[Subscription]:
+        """Positioned subscriptions that received nothing since the last check.
+
+        A subscription whose offset moved was verified by live delivery, so it
+        only needs the stream top once it goes quiet."""
+        out = []
+        for sub in self._subs.values():
+            if not sub.positioned or sub.buffer is not None:
+                continue
+            if sub.offset == sub.checked_offset:
+                out.append(sub)
+            sub.checked_offset = sub.offset
+        return out
+
+    def check_position(self, sub: Subscription, top: StreamPosition) -> None:
+        if self._subs.get(sub.channel) is not sub or self.state is not State.CONNECTED:
+            return
+        if sub.epoch and top.epoch != sub.epoch or top.offset != sub.offset:
+            log.info("client %s lost position in %r", self.uid, sub.channel)
+            self._insufficient_state(sub)
+
+    def proxy_context(self) -> ProxyContext:
+        return ProxyContext(
+            client=self.uid,
+            transport=self.transport.name,
+            protocol="protobuf" if self.codec.name.startswith("protobuf") else "json",
+            user=self.user,
+            meta=self.meta,
+            headers=self.headers or None,
+            emulated_headers=self._emulated_headers,
+        )
+
+    def channels(self) -> list[str]:
+        return list(self._subs)
+
+    def presence_entries(self) -> list[tuple[str, ClientInfo]]:
+        return [(ch, self._info(s)) for ch, s in self._subs.items() if s.presence]
+
+    async def _drop_subscription(self, sub: Subscription, announce: bool = True) -> None:
+        if self._subs.get(sub.channel) is sub:
+            del self._subs[sub.channel]
+        if sub.m_inflight is not None:
+            sub.m_inflight.dec()
+            sub.m_inflight = None
+        if sub.expire_handle is not None:
+            sub.expire_handle.cancel()
+        node = self.node
+        node.remove_subscriber(sub.channel, self)
+        try:
+            if sub.presence:
+                await node.presence_manager.remove_presence(sub.channel, self.uid, self.user)
+            if announce and sub.join_leave and sub.buffer is None:
+                await node.broker.publish_leave(sub.channel, self._info(sub))
+        except Exception as e:  # engine down: the entry expires by itself
+            log.error("cleanup of subscription %s failed: %s", sub.channel, e)
+
+    def _schedule_sub_expiry(self, sub: Subscription, delay: float | None = None) -> None:
+        if sub.expire_handle is not None:
+            sub.expire_handle.cancel()
+        loop = asyncio.get_running_loop()
+        if self.node.proxies.sub_refresh_proxy(sub.chinfo.options) is not None:
+            # Server-side refresh: ask the backend when the subscription expires.
+            if delay is None:
+                delay = max(sub.expire_at - time.time(), 0)
+            sub.expire_handle = loop.call_later(
+                delay, lambda: self.node.spawn(self._proxy_sub_refresh(sub))
+            )
+            return
+        delay = max(sub.expire_at - time.time(), 0) + self.cfg.expired_sub_close_delay
+        sub.expire_handle = loop.call_later(delay, self._check_sub_expired, sub)
+
+    async def _proxy_sub_refresh(self, sub: Subscription) -> None:
+        sub.expire_handle = None
+        proxy = self.node.proxies.sub_refresh_proxy(sub.chinfo.options)
+        if self._subs.get(sub.channel) is not sub or proxy is None:
+            return
+        try:
+            res = await proxy.sub_refresh(self.proxy_context(), sub.channel)
+        except ProxyUnavailable:
+            self._schedule_sub_expiry(sub, REFRESH_RETRY_DELAY)
+            return
+        if self._subs.get(sub.channel) is not sub:
+            return
+        # A past expire_at ends it too (0 means no expiry any more), as in Centrifugo.
+        if res.expired or 0 < res.expire_at < int(time.time()):
+            if sub.server_side:
+                await self.close(Disconnect(DISCONNECT_SUB_EXPIRED))
+            else:
+                await self._server_unsubscribe(sub, UNSUBSCRIBE_EXPIRED)
+            return
+        if res.info is not None:
+            sub.chan_info = res.info
+        sub.expire_at = res.expire_at
+        if sub.expire_at:
+            self._schedule_sub_expiry(sub)
+
+    def _check_sub_expired(self, sub: Subscription) -> None:
+        sub.expire_handle = None
+        if self._subs.get(sub.channel) is not sub:
+            return
+        if sub.expire_at and sub.expire_at <= time.time():
+            if sub.server_side:
+                self.disconnect_soon(Disconnect(DISCONNECT_SUB_EXPIRED))
+            else:
+                self.node.spawn(self._server_unsubscribe(sub, UNSUBSCRIBE_EXPIRED))
+        else:
+            self._schedule_sub_expiry(sub)
+
+    async def _server_unsubscribe(self, sub: Subscription, code: int) -> None:
+        if self._subs.get(sub.channel) is not sub or self.state is not State.CONNECTED:
+            return
+        await self._drop_subscription(sub)
+        metrics.child(metrics.SERVER_UNSUBSCRIBES, str(code), sub.chinfo.namespace).inc()
+        body = {"code": code, "reason": UNSUBSCRIBE_REASONS.get(code, "")}
+        self.send(self.codec.encode_push(sub.channel, "unsubscribe", body))
+
+    async def subscribe_server_side(
+        self,
+        channel: str,
+        *,
+        info: bytes | None = None,
+        data: bytes | None = None,
+        recover_since: StreamPosition | None = None,
+        expire_at: int = 0,
+        override: SubscribeOverride | None = None,
+    ) -> None:
+        """Server API `subscribe`: add a subscription and tell the client with a push."""
+        if self.state is not State.CONNECTED or channel in self._subs:
+            return
+        chinfo = self.node.resolve(channel, client_side=False)
+        req = SubRequest(info=info, data=data, expire_at=expire_at, override=override)
+        if recover_since is not None:
+            req.recover = True
+            req.offset = recover_since.offset
+            req.epoch = recover_since.epoch
+        sub, result = await self._subscribe(chinfo, req, server_side=True)
+        pubs = result.pop("publications", None)
+        for k in ("was_recovering", "recovered", "expires", "ttl"):
+            result.pop(k, None)
+        self.send(self.codec.encode_push(channel, "subscribe", result))
+        for p in pubs or ():
+            self.send(self.codec.encode_push(channel, "pub", p))
+        self._activate(sub)
+
+    async def unsubscribe_server_side(self, channel: str) -> None:
+        sub = self._subs.get(channel)
+        if sub is not None:
+            await self._server_unsubscribe(sub, UNSUBSCRIBE_SERVER)
+
+    # ------------------------------------------------------------ delivery
+
+    def deliver_publication(
+        self, channel: str, pub: Publication, epoch: str, frames: Frames
+    ) -> None:
+        sub = self._subs.get(channel)
+        if sub is None:
+            return
+        if sub.buffer is not None:
+            sub.buffer.append((pub, epoch, frames))
+            return
+        if sub.positioned and pub.offset:
+            if not sub.epoch:
+                sub.epoch = epoch  # stream did not exist at subscribe time
+            if epoch != sub.epoch or pub.offset > sub.offset + 1:
+                self._insufficient_state(sub)
+                return
+            if pub.offset <= sub.offset:
+                return  # already delivered (recovered or duplicate)
+            sub.offset = pub.offset
+        frame = frames.get(self.codec)
+        if not frame:
+            # Binary payload (b64data) cannot travel over the JSON protocol.
+            self.disconnect_soon(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL))
+            return
+        self._writer.enqueue(frame)
+
+    def deliver_join_leave(self, channel: str, frames: Frames) -> None:
+        sub = self._subs.get(channel)
+        if sub is not None and sub.push_join_leave and sub.buffer is None:
+            self._writer.enqueue(frames.get(self.codec))
+
+    def _insufficient_state(self, sub: Subscription) -> None:
+        if sub.server_side:
+            self.disconnect_soon(Disconnect(DISCONNECT_INSUFFICIENT_STATE))
+        else:
+            # Remove synchronously so later publications in this loop turn are not sent.
+            del self._subs[sub.channel]
+            sub.buffer = []  # suppress the leave announcement of a half-dropped sub
+            self.node.spawn(self._finish_insufficient(sub))
+
+    async def _finish_insufficient(self, sub: Subscription) -> None:
+        await self._drop_subscription(sub, announce=False)
+        metrics.child(
+            metrics.SERVER_UNSUBSCRIBES, str(UNSUBSCRIBE_INSUFFICIENT_STATE), sub.chinfo.namespace
+        ).inc()
+        body = {
+            "code": UNSUBSCRIBE_INSUFFICIENT_STATE,
+            "reason": UNSUBSCRIBE_REASONS[UNSUBSCRIBE_INSUFFICIENT_STATE],
+        }
+        self.send(self.codec.encode_push(sub.channel, "unsubscribe", body))
