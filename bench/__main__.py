@@ -69,6 +69,9 @@ def parse_args(argv: list[str]) -> Options:
     ap.add_argument("--raw-send", choices=("frame", "str"), default="frame")
     ap.add_argument("--no-history", action="store_true", help="bench channels without history")
     ap.add_argument("--profile", type=Path, help="py-spy every app phase into this folder")
+    ap.add_argument(
+        "--profile-native", action="store_true", help="with --profile: C frames too (--native)"
+    )
     ap.add_argument("--keep-workdir", action="store_true", help="keep logs and configs")
     ap.add_argument(
         "--app-env",
@@ -153,6 +156,7 @@ def parse_args(argv: list[str]) -> Options:
     opts.history = not a.no_history
     opts.sio = not a.no_sio
     opts.profile_dir = a.profile
+    opts.profile_native = a.profile_native
     return opts
 
 

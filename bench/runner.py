@@ -107,6 +107,7 @@ class Options:
     history: bool = True
     out: Path = Path("bench-results.json")
     profile_dir: Path | None = None
+    profile_native: bool = False  # py-spy --native: C frames too (syscalls, uvloop, orjson)
     smoke: bool = False
     # python-socketio peer: offered deliveries/s and deliveries per phase are capped (it drains
     # ~30k/s at best, perf-anchors §3.6; an uncapped saturating phase takes minutes to drain)
@@ -349,13 +350,15 @@ def launch_sio(workdir: Path, redis_port: int, port: int = 0) -> tuple[Service, 
 
 
 @contextmanager
-def py_spy(pid: int, out: Path | None) -> Iterator[None]:
+def py_spy(pid: int, out: Path | None, native: bool = False) -> Iterator[None]:
     """Samples `pid` with py-spy (collapsed stacks) while the block runs, when asked to."""
     exe = shutil.which("py-spy")
     if out is None or exe is None:
         yield
         return
     cmd = [exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "-o", str(out)]
+    if native:
+        cmd.append("--native")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
@@ -553,7 +556,7 @@ class Run:
         if o.profile_dir is not None and target == "app":
             prof = o.profile_dir / f"{sc.name}-{path}-{load}.txt"
         worker_pid = self.server(target).workers()[-1]
-        with py_spy(worker_pid, prof):
+        with py_spy(worker_pid, prof, o.profile_native):
             pub = self.publish(job, job.duration + 120)
             published = pub["published"]
             expected = [
