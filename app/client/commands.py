@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from app.auth import TokenExpired, TokenInvalid
 from app.channels import ChannelInfo
+from app.client.tokens import verified
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
-    DISCONNECT_INVALID_TOKEN,
     DISCONNECT_SUB_EXPIRED,
     ERROR_BAD_REQUEST,
     ERROR_EXPIRED,
@@ -164,14 +163,11 @@ class ChannelCommands:
             raise Disconnect(DISCONNECT_BAD_REQUEST)  # refreshed server-side by the proxy
         if not token:
             raise ClientError(ERROR_BAD_REQUEST)
-        try:
-            claims = await self.node.verifier.verify_subscribe_token(token)
-        except TokenExpired:
-            raise Disconnect(DISCONNECT_SUB_EXPIRED) from None
-        except TokenInvalid as e:
-            raise Disconnect(
-                DISCONNECT_INVALID_TOKEN, detail=f"invalid subscription refresh token: {e}"
-            ) from None
+        claims = await verified(
+            self.node.verifier.verify_subscribe_token(token),
+            Disconnect(DISCONNECT_SUB_EXPIRED),
+            "subscription refresh token",
+        )
         self._check_token_owner(claims, channel)
         if claims.expire_at and claims.expire_at <= time.time():
             raise ClientError(ERROR_EXPIRED)

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from app import VERSION_STRING, metrics
-from app.auth import TokenExpired, TokenInvalid
 from app.client.commands import ChannelCommands
 from app.client.state import State, SubRequest, Subscription
 from app.client.subscribing import SubscribeFlow
+from app.client.tokens import verified
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_CONNECTION_LIMIT,
@@ -363,14 +363,11 @@ class Client(SubscribeFlow, ChannelCommands):
                     info=opts.info, data=opts.data, override=opts.override
                 )
         elif token:
-            try:
-                claims = await node.verifier.verify_connect_token(token)
-            except TokenExpired:
-                raise ClientError(ERROR_TOKEN_EXPIRED) from None
-            except TokenInvalid as e:
-                raise Disconnect(
-                    DISCONNECT_INVALID_TOKEN, detail=f"invalid connection token: {e}"
-                ) from None
+            claims = await verified(
+                node.verifier.verify_connect_token(token),
+                ClientError(ERROR_TOKEN_EXPIRED),
+                "connection token",
+            )
             if claims.user == "" and cfg.disallow_anonymous_connection_tokens:
                 raise Disconnect(DISCONNECT_PERMISSION_DENIED)
             self.user = claims.user
@@ -573,14 +570,11 @@ class Client(SubscribeFlow, ChannelCommands):
         if not token or self.node.proxies.refresh_proxy() is not None:
             # With a refresh proxy, refreshing is the server's job.
             raise Disconnect(DISCONNECT_BAD_REQUEST)
-        try:
-            claims = await self.node.verifier.verify_connect_token(token)
-        except TokenExpired:
-            raise Disconnect(DISCONNECT_EXPIRED) from None
-        except TokenInvalid as e:
-            raise Disconnect(
-                DISCONNECT_INVALID_TOKEN, detail=f"invalid refresh token: {e}"
-            ) from None
+        claims = await verified(
+            self.node.verifier.verify_connect_token(token),
+            Disconnect(DISCONNECT_EXPIRED),
+            "refresh token",
+        )
         if claims.user != self.user:
             raise Disconnect(DISCONNECT_INVALID_TOKEN)
         if set(claims.channels) | set(claims.subs) != set(self._token_channels):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.auth import SubscribeOverride
 from app.channels import ChannelInfo
+from app.errors import ERROR_EXPIRED, ClientError
 from app.hub import Frames
 from app.models import Publication
 
@@ -56,3 +58,20 @@ class SubRequest:
     expire_at: int = 0
     override: SubscribeOverride | None = None
     client_data: bytes | None = None  # the client's own subscribe data (for the proxy)
+
+    def grant(
+        self,
+        expire_at: int,
+        info: bytes | None,
+        data: bytes | None,
+        override: SubscribeOverride | None,
+    ) -> None:
+        """What a subscription token or the subscribe proxy granted; an expiry already
+        in the past is error 110 (Centrifugo checks it at subscribe time)."""
+        if expire_at > 0:
+            if expire_at < int(time.time()):
+                raise ClientError(ERROR_EXPIRED)
+            self.expire_at = expire_at
+        self.info = info
+        self.data = data
+        self.override = override

@@ -20,7 +20,6 @@ from app.errors import (
     DISCONNECT_INVALID_TOKEN,
     DISCONNECT_SUB_EXPIRED,
     ERROR_ALREADY_SUBSCRIBED,
-    ERROR_EXPIRED,
     ERROR_INTERNAL,
     ERROR_LIMIT_EXCEEDED,
     ERROR_PERMISSION_DENIED,
@@ -97,13 +96,7 @@ class SubscribeFlow:
                 log.info("invalid subscription token: %s", e)
                 raise ClientError(ERROR_PERMISSION_DENIED) from None
             self._check_token_owner(claims, chinfo.channel)
-            if claims.expire_at > 0:
-                if claims.expire_at < int(time.time()):
-                    raise ClientError(ERROR_EXPIRED)
-                req.expire_at = claims.expire_at
-            req.info = claims.info
-            req.data = claims.data
-            req.override = claims.override
+            req.grant(claims.expire_at, claims.info, claims.data, claims.override)
             return
         if chinfo.private:
             raise ClientError(ERROR_PERMISSION_DENIED)
@@ -122,13 +115,7 @@ class SubscribeFlow:
             )
         except ProxyUnavailable:
             raise ClientError(ERROR_INTERNAL) from None
-        if res.expire_at > 0:
-            if res.expire_at < int(time.time()):
-                raise ClientError(ERROR_EXPIRED)
-            req.expire_at = res.expire_at
-        req.info = res.info
-        req.data = res.data
-        req.override = res.override
+        req.grant(res.expire_at, res.info, res.data, res.override)
         req.recoverable = req.positioned = req.join_leave = False
 
     def _check_token_owner(self, claims: Any, channel: str) -> None:
