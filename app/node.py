@@ -288,7 +288,7 @@ class Node:
         pays a task or a coroutine chain per publication. A failure (an unknown channel,
         the broker) is returned in its item's place, never raised.
         """
-        out: list[PublishResult | ClientError] = []
+        out: list[Any] = []  # PublishResult | ClientError once filled in below
         todo: list[tuple[int, str, tuple[str, bytes, PublishOptions]]] = []
         for channel, data, kw in items:
             try:
@@ -308,7 +308,7 @@ class Node:
                 opts.history_ttl = ns.history_ttl
                 opts.history_meta_ttl = ns.history_meta_ttl
             todo.append((len(out), chinfo.namespace, (channel, data, opts)))
-            out.append(ClientError(ERROR_INTERNAL))  # replaced below
+            out.append(None)  # filled in below
         many = getattr(self.broker, "publish_many", None)
         if many is not None:
             results = await many([args for _, _, args in todo])
@@ -317,14 +317,17 @@ class Node:
             results = await asyncio.gather(
                 *(self.broker.publish(*args) for _, _, args in todo), return_exceptions=True
             )
+        count = metrics.enabled()
         for (i, namespace, _), result in zip(todo, results, strict=True):
             if isinstance(result, PublishResult):
-                metrics.child(metrics.NODE_MESSAGES_SENT, "publication", namespace).inc()
+                if count:
+                    metrics.child(metrics.NODE_MESSAGES_SENT, "publication", namespace).inc()
                 out[i] = result
             elif isinstance(result, ClientError):
                 out[i] = result
-            elif isinstance(result, BaseException):
+            else:
                 log.error("publish failed: %r", result)
+                out[i] = ClientError(ERROR_INTERNAL)
         return out
 
     async def history(
