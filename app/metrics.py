@@ -216,11 +216,6 @@ def child(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels) if _enabled else _NOOP
 
 
-def enabled() -> bool:
-    """Whether metrics are collected: hot paths skip even building label values if not."""
-    return _enabled
-
-
 def namespace_of(channel: str) -> str:
     """Namespace label of a channel, without resolving it (cheap, no errors)."""
     name = channel.lstrip("$")

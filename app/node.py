@@ -57,6 +57,30 @@ log = logging.getLogger("centrifugo.node")
 UNSUBSCRIBE_DELAY = 5.0
 
 
+def _publish_options(
+    chinfo: ChannelInfo,
+    info: ClientInfo | None,
+    tags: dict[str, str] | None,
+    skip_history: bool,
+    idempotency_key: str,
+    delta: bool,
+) -> PublishOptions:
+    """How a publication to this channel is stored: its namespace's history settings
+    unless the caller skips history."""
+    ns = chinfo.options
+    opts = PublishOptions(
+        client_info=info,
+        tags=tags or None,
+        idempotency_key=idempotency_key,
+        delta=delta or ns.delta_publish,
+    )
+    if ns.history_enabled and not skip_history:
+        opts.history_size = ns.history_size
+        opts.history_ttl = ns.history_ttl
+        opts.history_meta_ttl = ns.history_meta_ttl
+    return opts
+
+
 class Node:
     def __init__(self, cfg: Config, broker: Broker, presence: PresenceManager) -> None:
         self.config = cfg
@@ -187,10 +211,9 @@ class Node:
     # --- broker events (BrokerEventHandler) ---
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
-        if metrics.enabled():
-            metrics.child(
-                metrics.NODE_MESSAGES_RECEIVED, "publication", metrics.namespace_of(channel)
-            ).inc()
+        metrics.child(
+            metrics.NODE_MESSAGES_RECEIVED, "publication", metrics.namespace_of(channel)
+        ).inc()
         self.hub.broadcast_publication(channel, pub, epoch)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
@@ -263,17 +286,7 @@ class Node:
         client_side: bool = False,
     ) -> PublishResult:
         chinfo = self.resolve(channel, client_side)
-        ns = chinfo.options
-        opts = PublishOptions(
-            client_info=info,
-            tags=tags or None,
-            idempotency_key=idempotency_key,
-            delta=delta or ns.delta_publish,
-        )
-        if ns.history_enabled and not skip_history:
-            opts.history_size = ns.history_size
-            opts.history_ttl = ns.history_ttl
-            opts.history_meta_ttl = ns.history_meta_ttl
+        opts = _publish_options(chinfo, info, tags, skip_history, idempotency_key, delta)
         result = await self.broker.publish(channel, data, opts)
         metrics.child(metrics.NODE_MESSAGES_SENT, "publication", chinfo.namespace).inc()
         return result
@@ -296,17 +309,14 @@ class Node:
             except ClientError as e:
                 out.append(e)
                 continue
-            ns = chinfo.options
-            opts = PublishOptions(
-                client_info=kw.get("info"),
-                tags=kw.get("tags") or None,
-                idempotency_key=kw.get("idempotency_key", ""),
-                delta=kw.get("delta", False) or ns.delta_publish,
+            opts = _publish_options(
+                chinfo,
+                kw.get("info"),
+                kw.get("tags"),
+                kw.get("skip_history", False),
+                kw.get("idempotency_key", ""),
+                kw.get("delta", False),
             )
-            if ns.history_enabled and not kw.get("skip_history", False):
-                opts.history_size = ns.history_size
-                opts.history_ttl = ns.history_ttl
-                opts.history_meta_ttl = ns.history_meta_ttl
             todo.append((len(out), chinfo.namespace, (channel, data, opts)))
             out.append(None)  # filled in below
         many = getattr(self.broker, "publish_many", None)
@@ -317,11 +327,9 @@ class Node:
             results = await asyncio.gather(
                 *(self.broker.publish(*args) for _, _, args in todo), return_exceptions=True
             )
-        count = metrics.enabled()
         for (i, namespace, _), result in zip(todo, results, strict=True):
             if isinstance(result, PublishResult):
-                if count:
-                    metrics.child(metrics.NODE_MESSAGES_SENT, "publication", namespace).inc()
+                metrics.child(metrics.NODE_MESSAGES_SENT, "publication", namespace).inc()
                 out[i] = result
             elif isinstance(result, ClientError):
                 out[i] = result

@@ -36,8 +36,12 @@ _SHORT_HEADERS = {
     op: tuple(bytes((0x80 | op, n)) for n in range(126))
     for op in (WSMsgType.TEXT, WSMsgType.BINARY)
 }
-# Above this a frame is written as header + payload separately instead of being copied.
-_COPY_LIMIT = 65536
+# The last message framed, per opcode: (message, header + message). A fan-out hands the
+# same bytes object to every subscriber's writer, and one-message frames are flushed
+# back to back, so the frame is built once per publication, not once per subscriber.
+_last_framed: dict[int, tuple[bytes, bytes]] = {
+    op: (b"", b"") for op in (WSMsgType.TEXT, WSMsgType.BINARY)
+}
 
 _CLOSE_TYPES = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
@@ -70,19 +74,19 @@ class WebSocketTransport:
         # After aiohttp started a closing handshake no data frame may follow the close.
         if self._ws.closed or sock.is_closing():
             raise ConnectionResetError("websocket is closing")
-        n = len(frame)
-        if n < 126:
-            sock.write(self._short[n] + frame)
-            return sock.get_write_buffer_size()
-        if n < 65536:
-            header = _HEADER_16(self._first, 126, n)
-        else:
-            header = _HEADER_64(self._first, 127, n)
-        if n <= _COPY_LIMIT:
-            sock.write(header + frame)
-        else:
-            sock.write(header)
-            sock.write(frame)
+        last, framed = _last_framed[self._opcode]
+        if frame is not last:
+            n = len(frame)
+            if n < 126:
+                framed = self._short[n] + frame
+            elif n < 65536:
+                framed = _HEADER_16(self._first, 126, n) + frame
+            else:  # no copy of a big payload: header and payload written apart
+                sock.write(_HEADER_64(self._first, 127, n))
+                sock.write(frame)
+                return sock.get_write_buffer_size()
+            _last_framed[self._opcode] = (frame, framed)
+        sock.write(framed)
         return sock.get_write_buffer_size()
 
     async def write(self, frame: bytes) -> None:

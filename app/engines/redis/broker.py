@@ -45,13 +45,9 @@ _EPOCH_LETTERS = bytes(_LETTERS[i % 52] for i in range(256))
 
 
 def _epoch_bytes() -> bytes:
-    return os.urandom(8).translate(_EPOCH_LETTERS)
-
-
-def new_epoch() -> str:
     """A fresh candidate epoch for every call (8 letters): the scripts adopt it only
     when the stream meta is missing. Cheap, since it runs on every publish."""
-    return _epoch_bytes().decode()
+    return os.urandom(8).translate(_EPOCH_LETTERS)
 
 
 _TTLS: dict[float, str] = {}
