@@ -17,7 +17,6 @@ import grpc.aio
 from app.config import ProxyConfig
 
 from .gen import proxy_pb2 as pb
-from .gen.proxy_pb2_grpc import CentrifugoProxyStub
 from .models import ProxyContext, ProxyUnavailable
 from .tls import load_pem
 
@@ -25,14 +24,16 @@ __all__ = ["GRPCCaller", "grpc_request_metadata", "message_to_dict", "grpc_targe
 
 log = logging.getLogger("centrifugo.proxy")
 
-# kind -> (stub method, request message)
-_METHODS: dict[str, tuple[str, Callable[..., Any]]] = {
-    "connect": ("Connect", pb.ConnectRequest),
-    "refresh": ("Refresh", pb.RefreshRequest),
-    "subscribe": ("Subscribe", pb.SubscribeRequest),
-    "publish": ("Publish", pb.PublishRequest),
-    "rpc": ("RPC", pb.RPCRequest),
-    "sub_refresh": ("SubRefresh", pb.SubRefreshRequest),
+_SERVICE = pb.DESCRIPTOR.services_by_name["CentrifugoProxy"].full_name
+
+# kind -> (service method, request message, response message)
+_METHODS: dict[str, tuple[str, Callable[..., Any], Any]] = {
+    "connect": ("Connect", pb.ConnectRequest, pb.ConnectResponse),
+    "refresh": ("Refresh", pb.RefreshRequest, pb.RefreshResponse),
+    "subscribe": ("Subscribe", pb.SubscribeRequest, pb.SubscribeResponse),
+    "publish": ("Publish", pb.PublishRequest, pb.PublishResponse),
+    "rpc": ("RPC", pb.RPCRequest, pb.RPCResponse),
+    "sub_refresh": ("SubRefresh", pb.SubRefreshRequest, pb.SubRefreshResponse),
 }
 
 
@@ -110,7 +111,7 @@ class GRPCCaller:
         self.cfg = cfg
         self.target = grpc_target(cfg.endpoint)
         self._channel: grpc.aio.Channel | None = None
-        self._stub: CentrifugoProxyStub | None = None
+        self._calls: dict[str, Any] = {}  # kind -> unary callable on the channel
         self._credentials: grpc.ChannelCredentials | None = None
         self._options: list[tuple[str, Any]] = []
         tls = cfg.grpc.tls
@@ -131,23 +132,32 @@ class GRPCCaller:
         if cfg.grpc.credentials_key:
             self._call_md.append((cfg.grpc.credentials_key.lower(), cfg.grpc.credentials_value))
 
-    def _get_stub(self) -> CentrifugoProxyStub:
-        if self._stub is None:
-            compression = self.compression
-            if self._credentials is not None:
-                self._channel = grpc.aio.secure_channel(
-                    self.target, self._credentials, self._options, compression
-                )
-            else:
-                self._channel = grpc.aio.insecure_channel(self.target, self._options, compression)
-            self._stub = CentrifugoProxyStub(self._channel)
-        return self._stub
+    def _method(self, kind: str) -> Any:
+        """The unary call of `kind` on this proxy's channel (both made on first use)."""
+        method = self._calls.get(kind)
+        if method is None:
+            if self._channel is None:
+                compression = self.compression
+                if self._credentials is not None:
+                    self._channel = grpc.aio.secure_channel(
+                        self.target, self._credentials, self._options, compression
+                    )
+                else:
+                    self._channel = grpc.aio.insecure_channel(
+                        self.target, self._options, compression
+                    )
+            name, request_cls, response_cls = _METHODS[kind]
+            method = self._calls[kind] = self._channel.unary_unary(
+                f"/{_SERVICE}/{name}",
+                request_serializer=request_cls.SerializeToString,
+                response_deserializer=response_cls.FromString,
+            )
+        return method
 
     async def call(self, kind: str, fields: Mapping[str, Any], ctx: ProxyContext) -> dict:
-        method_name, request_cls = _METHODS[kind]
-        request = request_cls(**fields)
+        request = _METHODS[kind][1](**fields)
         metadata = grpc_request_metadata(self.cfg, ctx) + self._call_md
-        method = getattr(self._get_stub(), method_name)
+        method = self._method(kind)
         timeout = self.cfg.timeout if self.cfg.timeout > 0 else None
         try:
             reply = await method(request, timeout=timeout, metadata=metadata)
@@ -160,6 +170,7 @@ class GRPCCaller:
         return message_to_dict(reply)
 
     async def close(self) -> None:
-        channel, self._channel, self._stub = self._channel, None, None
+        channel, self._channel = self._channel, None
+        self._calls = {}
         if channel is not None:
             await channel.close()

@@ -19,10 +19,11 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import any_pb2
+from grpc_gen import api_pb2_grpc, uni_pb2_grpc
 
 from app import VERSION_STRING
 from app.api.gen import api_pb2 as pb
-from app.api.gen import api_pb2_grpc, uni_pb2, uni_pb2_grpc
+from app.api.gen import uni_pb2
 
 from .helpers import RawWS, ServerHandle, free_port
 

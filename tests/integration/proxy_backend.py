@@ -32,9 +32,9 @@ import grpc
 import grpc.aio
 import orjson
 from aiohttp import web
+from grpc_gen import proxy_pb2_grpc as pb_grpc
 
 from app.proxy.gen import proxy_pb2 as pb
-from app.proxy.gen import proxy_pb2_grpc as pb_grpc
 
 KINDS = ("connect", "refresh", "subscribe", "publish", "rpc", "sub_refresh")
 

@@ -6,7 +6,7 @@
 import grpc
 import warnings
 
-from . import api_pb2 as api__pb2
+from app.api.gen import api_pb2 as api__pb2
 
 GRPC_GENERATED_VERSION = "1.85.1"
 GRPC_VERSION = grpc.__version__

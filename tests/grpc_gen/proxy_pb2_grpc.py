@@ -6,7 +6,7 @@
 import grpc
 import warnings
 
-from . import proxy_pb2 as proxy__pb2
+from app.proxy.gen import proxy_pb2 as proxy__pb2
 
 GRPC_GENERATED_VERSION = "1.85.1"
 GRPC_VERSION = grpc.__version__
