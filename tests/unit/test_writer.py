@@ -12,6 +12,7 @@ import base64
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -73,6 +74,19 @@ async def finished(srv: Server) -> None:
         raise exc
 
 
+async def first_message(server: Server, query: str = "", **connect: Any) -> aiohttp.WSMessage:
+    """Connects, returns the first message the handler sends, closes, and waits until the
+    handler finished (re-raising its failure)."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(server.url + query, **connect) as ws,
+    ):
+        msg = await ws.receive(timeout=5)
+        await ws.close()
+    await finished(server)
+    return msg
+
+
 class Errors(list[Disconnect]):
     """on_error callback that records what it was given."""
 
@@ -123,10 +137,7 @@ async def test_frame_lengths(server: Server, size: int) -> None:
         await ws.receive()
 
     server.handler = handler
-    async with aiohttp.ClientSession() as s, s.ws_connect(server.url) as ws:
-        msg = await ws.receive(timeout=5)
-        await ws.close()
-    await finished(server)
+    msg = await first_message(server)
     assert msg.type is WSMsgType.TEXT
     assert msg.data == payload.decode()
 
@@ -139,10 +150,7 @@ async def test_protobuf_frames_are_binary(server: Server) -> None:
         await ws.receive()
 
     server.handler = handler
-    async with aiohttp.ClientSession() as s, s.ws_connect(server.url + "?format=protobuf") as ws:
-        msg = await ws.receive(timeout=5)
-        await ws.close()
-    await finished(server)
+    msg = await first_message(server, "?format=protobuf")
     # Protobuf messages are length-delimited, so the separator is empty.
     assert (msg.type, msg.data) == (WSMsgType.BINARY, b"\x02\x08\x01\x01\x00")
 
@@ -158,13 +166,7 @@ async def test_permessage_deflate_goes_through_aiohttp(server: Server) -> None:
         await ws.receive()
 
     server.handler = handler
-    async with (
-        aiohttp.ClientSession() as s,
-        s.ws_connect(server.url + "?deflate", compress=15) as ws,
-    ):
-        msg = await ws.receive(timeout=5)
-        await ws.close()
-    await finished(server)
+    msg = await first_message(server, "?deflate", compress=15)
     assert kinds == ["DeflateWebSocketTransport"]
     assert msg.data == '{"z":"' + "z" * 1000 + '"}\n{"y":1}'
 
@@ -258,10 +260,7 @@ async def test_oversized_batch_in_one_turn_is_slow(server: Server) -> None:
         await ws.receive()
 
     server.handler = handler
-    async with aiohttp.ClientSession() as s, s.ws_connect(server.url) as ws:
-        msg = await ws.receive(timeout=5)
-        await ws.close()
-    await finished(server)
+    msg = await first_message(server)
     assert msg.data == '{"disconnect":{}}'
 
 
