@@ -88,6 +88,12 @@ def parse_args(argv: list[str]) -> Options:
     g = ap.add_argument_group("latency (b)")
     g.add_argument("--latency-scenario", help="fan-out scenario measured (default fanout)")
     g.add_argument("--latency-fractions", type=_floats, help="of the peak (default 0.1,0.5,0.8)")
+    g.add_argument(
+        "--latency-peak",
+        choices=("step", "saturate"),
+        help="peak = highest paced rate with p99 <= 100 ms and no loss (step, default) "
+        "or the saturate drain rate",
+    )
     g = ap.add_argument_group("idle connections and connect rate (c, d)")
     g.add_argument("--idle-steps", type=_ints, help="ramp (default 1000,2500,5000,10000)")
     g.add_argument("--idle-targets", type=_names, help="default app,raw,sio")
@@ -129,6 +135,7 @@ def parse_args(argv: list[str]) -> Options:
         "sio_max_rate",
         "latency_scenario",
         "latency_fractions",
+        "latency_peak",
         "idle_steps",
         "idle_targets",
         "idle_channels",

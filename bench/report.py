@@ -144,6 +144,21 @@ def latency_table(rows: list[dict[str, Any]]) -> str:
     return _lines(head, body)
 
 
+def peak_table(rows: list[dict[str, Any]]) -> str:
+    """The latency stage's search for the app's peak, every step of every run."""
+    head = (
+        f"{'scenario':<9} {'run':>3} {'step':>4} {'offered/s':>10} {'deliveries/s':>12} "
+        f"{'msg/frm':>7} {'srv s/1M':>8} {'p99 ms':>8} {'lost':>6} {'ok':>3}"
+    )
+    body = [
+        f"{r['scenario']:<9} {r['run']:>3} {r['step']:>4} {r['offered_deliveries_per_s']:>10,} "
+        f"{r['deliveries_per_s']:>12,} {r['msgs_per_frame']:>7} {r['server_cpu_s_per_1M']:>8} "
+        f"{r['latency_ms']['p99']:>8} {r['lost']:>6} {'yes' if r['ok'] else 'no':>3}"
+        for r in rows
+    ]
+    return _lines(head, body)
+
+
 def idle_table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'target':<7} {'conns':>6} {'RSS MB':>8} {'KB/conn':>8} {'connect+sub/s':>13} "
@@ -305,7 +320,19 @@ def targets(doc: dict[str, Any], subs: int) -> list[dict[str, Any]]:
         "<= 15 ms",
         v,
         None if v is None else v <= 15,
-        f"latency stage: {lat['scenario']} app/{lat['path']}" if lat else "latency stage",
+        f"latency stage: {lat['scenario']} app/{lat['path']}, peak "
+        f"{lat.get('peak_deliveries_per_s', 0):,}/s ({lat.get('peak_method', 'saturate')})"
+        if lat
+        else "latency stage",
+    )
+    raw = _find(rows, load="p50", target="raw")
+    v = raw["latency_ms"]["p99"] if raw else None
+    add(
+        "  same rate, raw aiohttp peer (reference, not a target)",
+        "-",
+        v,
+        None,
+        "latency stage: raw/hiredis at the app's 50% rate",
     )
     idle = [r for r in doc.get("idle", []) if r["target"] == "app"]
     top = max(idle, key=lambda r: r["conns"]) if idle else None
@@ -358,6 +385,7 @@ def render(doc: dict[str, Any]) -> dict[str, str]:
     lat = [x for x in rows if x["load"] not in ("paced", "saturate")]
     return {
         "fanout": fanout_table(fan) if fan else "",
+        "peak": peak_table(doc["peak_search"]) if doc.get("peak_search") else "",
         "latency": latency_table(lat) if lat else "",
         "idle": idle_table(doc["idle"]) if doc.get("idle") else "",
         "storm": storm_table(doc["storm"]) if doc.get("storm") else "",

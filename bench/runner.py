@@ -114,9 +114,15 @@ class Options:
     sio: bool = True
     sio_max_rate: float = 50_000
     sio_max_deliveries: int = 60_000  # per phase: shortens its publishing time
-    # (b) latency at these fractions of the app's measured peak (saturate) in this scenario
+    # (b) latency at these fractions of the app's peak in this scenario. "step" (perf-anchors
+    # §4.2 a): the highest paced rate, stepped up from a quarter of the saturate drain rate,
+    # that still has p99 <= peak_p99_ms and no loss. "saturate": the drain rate itself.
     latency_scenario: str = "fanout"
     latency_fractions: tuple[float, ...] = (0.1, 0.5, 0.8)
+    latency_peak: str = "step"
+    peak_p99_ms: float = 100.0
+    peak_step: float = 1.25
+    peak_max_steps: int = 8
     # (c) idle connections: ramp steps (connections), targets; connect concurrency per process
     idle_steps: tuple[int, ...] = (1000, 2500, 5000, 10000)
     idle_targets: tuple[str, ...] = ("app", "raw", "sio")
@@ -150,6 +156,7 @@ class Options:
             out=out,
             smoke=True,
             latency_fractions=(0.5,),
+            peak_max_steps=2,
             idle_steps=(10, 20),
             idle_settle=0.2,
             storm_clients=20,
@@ -404,6 +411,7 @@ class Run:
     idle: list[dict[str, Any]] = field(default_factory=list)
     storm: list[dict[str, Any]] = field(default_factory=list)
     batch: list[dict[str, Any]] = field(default_factory=list)
+    peak_search: list[dict[str, Any]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
     replaced: list[Service] = field(default_factory=list)  # started by restart(): stop at the end
 
@@ -680,9 +688,9 @@ class Run:
         time.sleep(1.0)  # the app unsubscribes its node a moment after the last client
 
     def latency(self, sc: Scenario, run: int, base: str, count: int, specs: list[ConnSpec]) -> None:
-        """(b) publish -> deliver latency through the app's HTTP API at fractions of the peak
-        the app reached in this scenario (its saturate drain rate), with the raw peer at the
-        same offered rates for reference."""
+        """(b) publish -> deliver latency through the app's HTTP API at fractions of the app's
+        peak in this scenario (see Options.latency_peak), with the raw peer at the same offered
+        rates for reference."""
         api = sc.api_mode
         peak_row = next(
             (
@@ -698,17 +706,69 @@ class Run:
             peak_row["run"] = run
             self.rows.append(peak_row)
             self._log_row(peak_row)
-        peak = peak_row["deliveries_per_s"]
-        log(f"{sc.name}: latency at {self.opts.latency_fractions} of the app's peak {peak:,}/s")
+        drain = peak_row["deliveries_per_s"]
+        peak = drain
+        if self.opts.latency_peak == "step":
+            peak = self.find_peak(sc, run, base, count, specs, drain)
+        log(
+            f"{sc.name}: latency at {self.opts.latency_fractions} of the app's peak {peak:,}/s "
+            f"({self.opts.latency_peak}; saturate drain rate {drain:,}/s)"
+        )
         for frac in self.opts.latency_fractions:
             load = f"p{round(frac * 100)}"
             for target, path in (("app", "api"), ("raw", "hiredis")):
                 row = self.phase(sc, target, path, load, base, count, specs, rate=frac * peak)
                 row["run"] = run
                 row["peak_deliveries_per_s"] = peak
+                row["peak_method"] = self.opts.latency_peak
                 self.rows.append(row)
                 self._log_row(row)
                 time.sleep(0.3)
+
+    def find_peak(
+        self,
+        sc: Scenario,
+        run: int,
+        base: str,
+        count: int,
+        specs: list[ConnSpec],
+        drain: float,
+    ) -> int:
+        """The highest paced rate (offered deliveries/s) at which the app loses nothing and
+        keeps p99 <= peak_p99_ms: stepped up by peak_step from a quarter of the drain rate,
+        or down when that quarter already fails."""
+        o = self.opts
+        rate = drain / 4
+        passed: int | None = None
+        for step in range(o.peak_max_steps):
+            row = self.phase(sc, "app", "api", "peak", base, count, specs, rate=rate)
+            ok = row["lost"] == 0 and row["latency_ms"]["p99"] <= o.peak_p99_ms
+            self.peak_search.append(
+                {
+                    "scenario": sc.name,
+                    "run": run,
+                    "step": step + 1,
+                    "offered_deliveries_per_s": row["offered_deliveries_per_s"],
+                    "deliveries_per_s": row["deliveries_per_s"],
+                    "msgs_per_frame": row["msgs_per_frame"],
+                    "server_cpu_s_per_1M": row["server_cpu_s_per_1M"],
+                    "latency_ms": row["latency_ms"],
+                    "lost": row["lost"],
+                    "ok": ok,
+                }
+            )
+            self._log_row(row)
+            time.sleep(0.3)
+            if ok:
+                passed = row["offered_deliveries_per_s"]
+                if rate >= drain:
+                    break
+                rate = min(rate * o.peak_step, drain)
+            elif passed is not None:
+                break
+            else:
+                rate /= o.peak_step
+        return passed if passed is not None else round(rate)
 
     def token(self, i: int | str) -> str:
         sub = f"u{i}" if isinstance(i, int) else i
@@ -878,6 +938,7 @@ def write(opts: Options, r: Run, started: float, info: dict[str, Any]) -> dict[s
         "idle": idle,
         "storm": storm,
         "batch": batch,
+        "peak_search": r.peak_search,
         "runs": {"rows": r.rows, "idle": r.idle, "storm": r.storm, "batch": r.batch}
         if opts.repeat > 1
         else {},

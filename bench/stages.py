@@ -243,7 +243,7 @@ def batch(r: Run, stack: ExitStack) -> None:
 
 
 def _batch_once(r: Run, svc: Any, port: int, workers: int) -> dict[str, Any]:
-    from bench.runner import cpu_seconds
+    from bench.runner import cpu_seconds, py_spy
 
     o = r.opts
     job = PublishJob(
@@ -261,7 +261,9 @@ def _batch_once(r: Run, svc: Any, port: int, workers: int) -> dict[str, Any]:
     master = [p for p in svc.pids() if p not in pids]
     before = [cpu_seconds([p]) for p in pids]
     m0, redis0 = cpu_seconds(master), cpu_seconds(r.redis.pids())
-    pub = r.publish(job, o.batch_duration + 120)
+    prof = None if o.profile_dir is None else o.profile_dir / f"batch-{workers}w.txt"
+    with py_spy(pids[-1], prof, o.profile_native):
+        pub = r.publish(job, o.batch_duration + 120)
     after = [cpu_seconds([p]) for p in pids]
     m1, redis1 = cpu_seconds(master), cpu_seconds(r.redis.pids())
     secs = pub["t1"] - pub["t0"]

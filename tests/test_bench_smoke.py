@@ -87,11 +87,22 @@ def test_bench_smoke_writes_sane_json(tmp_path: Path, redis_server_available: No
         if HAS_SIO and r["load"] == "paced":
             assert r["ratio_to_sio"] is not None and r["ratio_to_sio"] > 0, where
         assert r["latency_ms"]["samples"] > 0, where
-    peak = next(r for r in rows if r["load"] == "saturate")["deliveries_per_s"]
-    for r in rows:
-        if r["load"] == "p50":  # offered half of the app's measured peak
-            assert r["peak_deliveries_per_s"] == peak
-            assert r["offered_pubs_per_s"] == pytest.approx(peak * 0.5 / 20, rel=0.01)
+    # The peak is searched by paced steps from a quarter of the saturate drain rate: the
+    # highest offered rate that lost nothing and kept p99 <= 100 ms.
+    drain = next(r for r in rows if r["load"] == "saturate")["deliveries_per_s"]
+    search = doc["peak_search"]
+    assert 1 <= len(search) <= 2 and [s["step"] for s in search] == list(range(1, len(search) + 1))
+    assert search[0]["offered_deliveries_per_s"] == pytest.approx(drain / 4, rel=0.05)
+    for s in search:
+        assert s["ok"] == (s["lost"] == 0 and s["latency_ms"]["p99"] <= 100), s
+    passed = [s["offered_deliveries_per_s"] for s in search if s["ok"]]
+    p50 = [r for r in rows if r["load"] == "p50"]
+    assert len(p50) == 2
+    for r in p50:  # offered half of the app's peak
+        peak = r["peak_deliveries_per_s"]
+        assert r["peak_method"] == "step"
+        assert peak == max(passed) if passed else 0 < peak < drain / 4
+        assert r["offered_pubs_per_s"] == pytest.approx(peak * 0.5 / 20, rel=0.01)
 
     idle = doc["idle"]
     targets = ["app", "raw", "sio"] if HAS_SIO else ["app", "raw"]
@@ -117,7 +128,7 @@ def test_bench_smoke_writes_sane_json(tmp_path: Path, redis_server_available: No
 
     # Issue 7's targets are all listed; those smoke cannot measure have no value.
     names = [t["target"] for t in doc["targets"]]
-    assert len(names) == 9 and len(set(names)) == 9
+    assert len(names) == 10 and len(set(names)) == 10
     by_goal = {t["goal"]: t for t in doc["targets"]}
     assert by_goal["<= 15 ms"]["value"] is not None
     per_frame = next(t for t in doc["targets"] if "msg/frame" in t["target"])
@@ -131,7 +142,8 @@ def test_bench_smoke_writes_sane_json(tmp_path: Path, redis_server_available: No
     assert len(tables["latency"].splitlines()) == 2 + 2
     assert len(tables["idle"].splitlines()) == 2 + len(idle)
     assert len(tables["storm"].splitlines()) == 2 + 2
-    assert len(tables["targets"].splitlines()) == 2 + 9
+    assert len(tables["targets"].splitlines()) == 2 + 10
+    assert len(tables["peak"].splitlines()) == 2 + len(search)
     assert tables["fanout"].splitlines()[0].split()[:3] == ["scenario", "load", "target/path"]
     assert doc["table"] in proc.stdout
 
