@@ -1,4 +1,7 @@
 -- Publish with history: idempotency check, epoch, offset, append, fan-out, all atomic.
+-- Takes one publication or several (a server API batch): item i (from 0) has
+-- KEYS[3i+1 .. 3i+3] and ARGV[7i+1 .. 7i+7]. One call per publication would spend most
+-- of Redis's time entering and leaving the script; the items stay independent.
 -- KEYS[1] stream key        (P.stream.<ch>)
 -- KEYS[2] meta hash key     (P.stream.meta.<ch>: e = epoch, s = top offset)
 -- KEYS[3] result hash key   (P.result.<ch>.<idempotency key>; unused when ARGV[7] == '0')
@@ -9,33 +12,52 @@
 -- ARGV[5] meta ttl, s       ('0' = meta never expires)
 -- ARGV[6] candidate epoch   (adopted only when the meta hash has none)
 -- ARGV[7] result ttl, s     ('0' = no idempotency key)
--- Returns {offset, epoch, from_cache ('1' when an idempotency key matched)}.
-if ARGV[7] ~= '0' then
-  local cached = redis.call('hmget', KEYS[3], 'e', 's')
-  if cached[1] then
-    return {tonumber(cached[2]), cached[1], '1'}
+-- Returns {offset, epoch, from_cache ('1' when an idempotency key matched)} per item,
+-- flattened; a failed item returns {0, its error message, 'e'} and the others still apply,
+-- as separate calls would.
+local function add(i, j)
+  local stream, meta, result = KEYS[i + 1], KEYS[i + 2], KEYS[i + 3]
+  local payload, channel, result_ttl = ARGV[j + 1], ARGV[j + 4], ARGV[j + 7]
+  if result_ttl ~= '0' then
+    local cached = redis.call('hmget', result, 'e', 's')
+    if cached[1] then
+      return tonumber(cached[2]), cached[1], '1'
+    end
   end
+  local epoch = redis.call('hget', meta, 'e')
+  if not epoch then
+    epoch = ARGV[j + 6]
+    redis.call('hset', meta, 'e', epoch)
+  end
+  local offset = redis.call('hincrby', meta, 's', 1)
+  if ARGV[j + 5] ~= '0' then
+    redis.call('expire', meta, ARGV[j + 5])
+  end
+  if offset == 1 then
+    -- A new series (meta expired or evicted while the stream survived): drop stale entries.
+    redis.call('del', stream)
+  end
+  redis.call('xadd', stream, 'MAXLEN', ARGV[j + 2], offset .. '-0', 'd', payload)
+  redis.call('expire', stream, ARGV[j + 3])
+  if channel ~= '' then
+    redis.call('spublish', channel, '__p1:' .. offset .. ':' .. epoch .. '__' .. payload)
+  end
+  if result_ttl ~= '0' then
+    redis.call('hset', result, 'e', epoch, 's', offset)
+    redis.call('expire', result, result_ttl)
+  end
+  return offset, epoch, '0'
 end
-local epoch = redis.call('hget', KEYS[2], 'e')
-if not epoch then
-  epoch = ARGV[6]
-  redis.call('hset', KEYS[2], 'e', epoch)
+
+local out = {}
+for n = 0, #KEYS / 3 - 1 do
+  local ok, offset, epoch, cached = pcall(add, 3 * n, 7 * n)
+  if not ok then
+    -- redis.call raises a table {err = message}
+    offset, epoch, cached = 0, type(offset) == 'table' and offset.err or tostring(offset), 'e'
+  end
+  out[3 * n + 1] = offset
+  out[3 * n + 2] = epoch
+  out[3 * n + 3] = cached
 end
-local offset = redis.call('hincrby', KEYS[2], 's', 1)
-if ARGV[5] ~= '0' then
-  redis.call('expire', KEYS[2], ARGV[5])
-end
-if offset == 1 then
-  -- A new series (meta expired or evicted while the stream survived): drop stale entries.
-  redis.call('del', KEYS[1])
-end
-redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
-redis.call('expire', KEYS[1], ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('spublish', ARGV[4], '__p1:' .. offset .. ':' .. epoch .. '__' .. ARGV[1])
-end
-if ARGV[7] ~= '0' then
-  redis.call('hset', KEYS[3], 'e', epoch, 's', offset)
-  redis.call('expire', KEYS[3], ARGV[7])
-end
-return {offset, epoch, '0'}
+return out

@@ -24,7 +24,13 @@ from redis_topologies import (
 
 from app.engines.redis import RedisBroker, RedisPresenceManager, create_redis_engine
 from app.engines.redis.shard import CLUSTER_PARTITIONS, Keys
-from app.models import ClientInfo, HistoryFilter, PublishOptions, StreamPosition
+from app.models import (
+    ClientInfo,
+    HistoryFilter,
+    PublishOptions,
+    PublishResult,
+    StreamPosition,
+)
 
 pytest_plugins = ["redis_topologies"]
 
@@ -145,6 +151,30 @@ async def test_publish_history_spread_over_all_masters(
             assert held == ({stream.encode(), meta.encode()} if port == owner else set())
     assert masters_used == set(redis_cluster.ports)
     assert all(stored.values())  # every master holds streams of this test
+
+
+async def test_publish_many_shares_script_calls_per_partition(engines: EngineFactory) -> None:
+    """A batch over channels of every partition: each (shard, partition) gets its own
+    history_add calls (a cluster refuses keys of two slots in one script), offsets count
+    per channel in item order, and every channel gets its own epoch."""
+    e = await engines()
+    channels = channels_in_partitions("many")
+    items = [
+        (ch, b'{"ch":"%s","n":%d}' % (ch.encode(), n), HISTORY)
+        for n in range(1, 61)
+        for ch in channels
+    ]
+    results = await e.broker.publish_many(items)
+    assert all(isinstance(r, PublishResult) for r in results), results[:3]
+    for ch in channels:
+        mine = [r for (c, _, _), r in zip(items, results, strict=True) if c == ch]
+        assert [r.position.offset for r in mine] == list(range(1, 61))  # type: ignore[union-attr]
+        hist = await e.broker.history(ch, HistoryFilter(limit=-1))
+        assert [p.data for p in hist.publications] == [  # the last history_size of them
+            b'{"ch":"%s","n":%d}' % (ch.encode(), n) for n in range(51, 61)
+        ]
+    epochs = {r.position.epoch for r in results}  # type: ignore[union-attr]
+    assert len(epochs) > 1
 
 
 async def test_idempotent_publish_and_remove_history(engines: EngineFactory) -> None:

@@ -30,6 +30,7 @@ from redis_topologies import channels_in_partitions, redis_engine_config
 from app.api.executor import ApiExecutor
 from app.config import load_config
 from app.engines.redis import create_redis_engine
+from app.engines.redis.broker import HISTORY_ITEMS_PER_CALL
 from app.engines.redis.pipeline import AutoPipeline, Script
 from app.engines.redis.pubsub import Endpoint
 from app.errors import ClientError
@@ -304,6 +305,23 @@ async def test_publish_many_applies_in_order_and_fails_per_item(
     assert results[300] == PublishResult(StreamPosition())
     pubs = await rec.wait_pubs("a", 101)
     assert [p.data for p in pubs] == [b"%d" % i for i in range(0, 300, 3)] + [b"plain"]
+
+
+async def test_publish_many_keeps_a_channels_order_across_options(
+    make_engine, redis_proc, rdb
+) -> None:
+    """History publications of a batch share script calls (HISTORY_ITEMS_PER_CALL each); a
+    publication without history in between still arrives in its place."""
+    broker, _, rec = await make_engine(url_of(redis_proc))
+    await broker.subscribe(["a"])
+    n = 2 * HISTORY_ITEMS_PER_CALL + 10
+    items = [("a", b"%d" % i, HIST) for i in range(n)]
+    items.insert(70, ("a", b"plain", PublishOptions()))
+    results = await broker.publish_many(items)
+    offsets = [r.position.offset for r in results]  # type: ignore[union-attr]
+    assert offsets == list(range(1, 71)) + [0] + list(range(71, n + 1))
+    pubs = await rec.wait_pubs("a", n + 1)
+    assert [p.data for p in pubs] == [data for _, data, _ in items]
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from app.broker import BrokerEventHandler
 from app.engines.redis import codec
@@ -65,14 +65,44 @@ def _ttl(seconds: float) -> str:
 
 _WITH_HISTORY, _IDEMPOTENT, _PLAIN = range(3)  # what a publish command answers
 
+# Publications per history_add call in a batch: enough to spread the cost of entering the
+# script, few enough that one call holds Redis for about a millisecond at most.
+HISTORY_ITEMS_PER_CALL = 50
 
-def _publish_result(kind: int, reply: Any) -> PublishResult:
+
+def _publish_result(kind: int, reply: Any, item: int = 0) -> PublishResult:
+    """`reply` of a publish command; `item` picks one publication of a history_add call."""
     if kind == _WITH_HISTORY:
-        offset, epoch, cached = reply
+        offset, epoch, cached = reply[3 * item : 3 * item + 3]
+        if cached == b"e":  # this item's command failed inside the script
+            raise ResponseError(epoch.decode(errors="replace"))
         return PublishResult(StreamPosition(int(offset), epoch.decode()), cached == b"1")
     if kind == _IDEMPOTENT:
         return PublishResult(StreamPosition(), not reply)  # 0: the key was seen before
     return PublishResult(StreamPosition())
+
+
+class _HistoryCall:
+    """Publications with history of one batch bound for one (shard, partition), added
+    by one history_add call; every item's result comes from its one reply."""
+
+    __slots__ = ("shard", "epoch", "keys", "args", "reply")
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        # One candidate epoch serves the call: channels are told apart by their keys, and
+        # a channel's meta cannot vanish between two of its items in one script.
+        self.epoch = _epoch_bytes()
+        self.keys: list[Any] = []
+        self.args: list[Any] = []
+        self.reply: asyncio.Future[Any] | None = None
+
+    def issue(self) -> None:
+        try:
+            self.reply = asyncio.ensure_future(self.shard.eval("history_add", self.keys, self.args))
+        except (RedisError, OSError) as e:  # every item of the call fails alike
+            self.reply = asyncio.get_running_loop().create_future()
+            self.reply.set_exception(e)
 
 
 class RedisBroker:
@@ -216,22 +246,51 @@ class RedisBroker:
     ) -> list[PublishResult | ClientError]:
         """`publish` of every item, issued in order before any reply is awaited (so a
         channel's publications apply in item order, in one round trip), with one wait for
-        all of them. A failed item gets ClientError(100) in its place; nothing is raised.
+        all of them. Publications with history bound for the same (shard, partition) share
+        history_add calls. A failed item gets ClientError(100) in its place; nothing is
+        raised.
         """
-        issued: list[tuple[int, Awaitable[Any]] | Exception] = []
+        # per item: (kind, reply, index in a shared history_add reply) or its error
+        issued: list[tuple[int, Any, int] | Exception] = []
+        open_calls: dict[tuple[int, int], _HistoryCall] = {}
         for channel, data, opts in items:
             try:
-                issued.append(self._issue_publish(channel, data, opts))
+                if opts.history_size > 0 and opts.history_ttl > 0:
+                    shard = self.shard_for(channel)
+                    assert shard.keys is not None
+                    group = (shard.index, shard.keys.partition(channel))
+                    call = open_calls.get(group)
+                    if call is None:
+                        call = open_calls[group] = _HistoryCall(shard)
+                    keys, args = self._history_add_args(shard, channel, data, opts, call.epoch)
+                    issued.append((_WITH_HISTORY, call, len(call.keys) // 3))
+                    call.keys += keys
+                    call.args += args
+                    if len(call.keys) >= 3 * HISTORY_ITEMS_PER_CALL:
+                        del open_calls[group]
+                        call.issue()
+                    continue
+                # Calls still open would apply after this: issue them first, so that a
+                # channel's publications keep their order whatever their options.
+                for call in open_calls.values():
+                    call.issue()
+                open_calls.clear()
+                kind, reply = self._issue_publish(channel, data, opts)
+                issued.append((kind, reply, 0))
             except (RedisError, OSError) as e:
                 issued.append(e)
+        for call in open_calls.values():
+            call.issue()
         results: list[PublishResult | ClientError] = []
         failed: list[tuple[str, Exception]] = []
         for (channel, _, _), entry in zip(items, issued, strict=True):
             try:
                 if isinstance(entry, Exception):
                     raise entry
-                kind, reply = entry
-                results.append(_publish_result(kind, await reply))
+                kind, reply, item = entry
+                if isinstance(reply, _HistoryCall):
+                    reply = reply.reply
+                results.append(_publish_result(kind, await reply, item))
             except (RedisError, OSError) as e:
                 failed.append((channel, e))
                 results.append(ClientError(ERROR_INTERNAL))
@@ -242,35 +301,41 @@ class RedisBroker:
             )
         return results
 
+    def _history_add_args(
+        self, shard: Shard, channel: str, data: bytes, opts: PublishOptions, epoch: bytes
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV of one publication in a history_add call."""
+        keys = shard.keys
+        assert keys is not None
+        stream, meta, pubsub_channel, result_prefix = keys.publish_keys(channel)
+        result_ttl = _ttl(opts.idempotent_result_ttl) if opts.idempotency_key else "0"
+        return [stream, meta, result_prefix + opts.idempotency_key], [
+            codec.encode_payload(data, opts.client_info, opts.tags, 0, opts.delta),
+            opts.history_size,
+            _ttl(opts.history_ttl),
+            pubsub_channel,
+            _ttl(opts.history_meta_ttl or DEFAULT_META_TTL),
+            epoch,
+            result_ttl,
+        ]
+
     def _issue_publish(
         self, channel: str, data: bytes, opts: PublishOptions
     ) -> tuple[int, Awaitable[Any]]:
         """Queues the publication's one command; returns (kind, its reply)."""
         shard = self.shard_for(channel)
+        if opts.history_size > 0 and opts.history_ttl > 0:
+            keys, args = self._history_add_args(shard, channel, data, opts, _epoch_bytes())
+            return _WITH_HISTORY, shard.eval("history_add", keys, args)
         keys = shard.keys
         assert keys is not None
         payload = codec.encode_payload(data, opts.client_info, opts.tags, 0, opts.delta)
-        stream, meta, pubsub_channel, result_prefix = keys.publish_keys(channel)
-        result_ttl = _ttl(opts.idempotent_result_ttl) if opts.idempotency_key else "0"
-        result_key = result_prefix + opts.idempotency_key
-        if opts.history_size > 0 and opts.history_ttl > 0:
-            reply = shard.eval(
-                "history_add",
-                [stream, meta, result_key],
-                [
-                    payload,
-                    opts.history_size,
-                    _ttl(opts.history_ttl),
-                    pubsub_channel,
-                    _ttl(opts.history_meta_ttl or DEFAULT_META_TTL),
-                    _epoch_bytes(),
-                    result_ttl,
-                ],
-            )
-            return _WITH_HISTORY, reply
+        _, _, pubsub_channel, result_prefix = keys.publish_keys(channel)
         if opts.idempotency_key:
             reply = shard.eval(
-                "publish_idempotent", [result_key], [pubsub_channel, payload, result_ttl]
+                "publish_idempotent",
+                [result_prefix + opts.idempotency_key],
+                [pubsub_channel, payload, _ttl(opts.idempotent_result_ttl)],
             )
             return _IDEMPOTENT, reply
         return _PLAIN, shard.spublish(pubsub_channel, payload)
