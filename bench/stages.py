@@ -49,6 +49,8 @@ def idle(r: Run) -> None:
 
 
 def _idle_target(r: Run, target: str, run: int) -> None:
+    from bench.runner import py_spy
+
     o = r.opts
     svc = r.server(target)
     tgt = r.target(target)
@@ -61,8 +63,12 @@ def _idle_target(r: Run, target: str, run: int) -> None:
         # node-level Redis subscription and a stream-position read, as a user channel would.
         k = o.idle_channels
         specs = [ConnSpec(i, f"idle_{i % k if k else i}", r.token(i)) for i in range(n, step)]
+        prof = None
+        if o.profile_dir is not None and target == "app":
+            prof = o.profile_dir / f"idle-connect-{step}.txt"
         cpu0 = _cpu(r, target)
-        secs = r.lg.connect(tgt, specs, 0, concurrency=o.connect_concurrency, read_delay=0.05)
+        with py_spy(workers[-1], prof, o.profile_native):
+            secs = r.lg.connect(tgt, specs, 0, concurrency=o.connect_concurrency, read_delay=0.05)
         cpu1 = _cpu(r, target)
         time.sleep(o.idle_settle)  # let the connect burst's garbage go before reading RSS
         rss = _rss(workers)
