@@ -1,6 +1,6 @@
 """Redis engine with several gunicorn workers: one node per worker, fan-out through Redis.
 
-A real redis-server (no persistence, free port) and `python -m app --workers 3`. Clients land
+A real redis-server (no persistence, free port) and `python -m app --workers 2`. Clients land
 on whichever worker accepts their socket; psutil tells which one (the worker process holding
 the server end of the TCP connection), so every cross-worker claim is checked against where the
 connections really are. Server API calls use a new TCP connection each, landing on random
@@ -34,7 +34,10 @@ from .redis_e2e_helpers import (
     worker_pids,
 )
 
-WORKERS = 3
+# No more workers than the 2 cores CI has: with more, the kernel wakes the workers waiting on
+# the shared listening socket in the same order every time, the two first woken take the
+# connection, and the last one almost never gets any (seen: 1 of 60 connections).
+WORKERS = 2
 
 
 def uid() -> str:
@@ -130,7 +133,7 @@ async def wait_info(
 # --------------------------------------------------------------------------------------------
 
 
-async def test_fanout_over_three_workers(
+async def test_fanout_over_every_worker(
     srv: ServerHandle, api: ApiClient, closing: list[Any]
 ) -> None:
     ch = f"rec:fan-{uid()}"
