@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,7 @@ class Node:
         self.proxies = ProxyManager(cfg)
         self._broker_subs: dict[str, asyncio.Future[None]] = {}
         self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
+        self._plain_options: dict[int, tuple[Any, PublishOptions]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._presence_task: asyncio.Task[None] | None = None
         self._position_task: asyncio.Task[None] | None = None
@@ -309,14 +311,17 @@ class Node:
             except ClientError as e:
                 out.append(e)
                 continue
-            opts = _publish_options(
-                chinfo,
-                kw.get("info"),
-                kw.get("tags"),
-                kw.get("skip_history", False),
-                kw.get("idempotency_key", ""),
-                kw.get("delta", False),
-            )
+            if kw:
+                opts = _publish_options(
+                    chinfo,
+                    kw.get("info"),
+                    kw.get("tags"),
+                    kw.get("skip_history", False),
+                    kw.get("idempotency_key", ""),
+                    kw.get("delta", False),
+                )
+            else:
+                opts = self._plain_publish_options(chinfo)
             todo.append((len(out), chinfo.namespace, (channel, data, opts)))
             out.append(None)  # filled in below
         many = getattr(self.broker, "publish_many", None)
@@ -327,16 +332,31 @@ class Node:
             results = await asyncio.gather(
                 *(self.broker.publish(*args) for _, _, args in todo), return_exceptions=True
             )
+        sent: Counter[str] = Counter()
         for (i, namespace, _), result in zip(todo, results, strict=True):
             if isinstance(result, PublishResult):
-                metrics.child(metrics.NODE_MESSAGES_SENT, "publication", namespace).inc()
+                sent[namespace] += 1
                 out[i] = result
             elif isinstance(result, ClientError):
                 out[i] = result
             else:
                 log.error("publish failed: %r", result)
                 out[i] = ClientError(ERROR_INTERNAL)
+        for namespace, n in sent.items():
+            metrics.child(metrics.NODE_MESSAGES_SENT, "publication", namespace).inc(n)
         return out
+
+    def _plain_publish_options(self, chinfo: ChannelInfo) -> PublishOptions:
+        """`_publish_options` with every caller option at its default, one per namespace:
+        a batch's publications share it (brokers only read their options)."""
+        ns = chinfo.options
+        hit = self._plain_options.get(id(ns))
+        if hit is None or hit[0] is not ns:
+            hit = self._plain_options[id(ns)] = (
+                ns,
+                _publish_options(chinfo, None, None, False, "", False),
+            )
+        return hit[1]
 
     async def history(
         self,

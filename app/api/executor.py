@@ -188,7 +188,33 @@ Decoder = Callable[[Any, str], Any]
 
 def _decode(params: Any, spec: dict[str, Decoder]) -> dict[str, Any]:
     p = _obj(params, "params")
-    return {key: conv(p.get(key), key) for key, conv in spec.items()}
+    fixed, fresh = _ZEROS[id(spec)]
+    out = dict(fixed)
+    for key, conv in fresh:
+        out[key] = conv(None, key)
+    # Only the fields sent are converted: a batch item usually sets 2 of the 9.
+    for key, value in p.items():
+        if value is not None:
+            conv = spec.get(key)
+            if conv is not None:
+                out[key] = conv(value, key)
+    return out
+
+
+def _zero_values(
+    spec: dict[str, Decoder],
+) -> tuple[dict[str, Any], tuple[tuple[str, Decoder], ...]]:
+    """A spec's zero values to copy, and the fields whose zero value (a list or a dict)
+    is made anew for every request."""
+    fixed: dict[str, Any] = {}
+    fresh: list[tuple[str, Decoder]] = []
+    for key, conv in spec.items():
+        zero = conv(None, key)
+        if isinstance(zero, (list, dict)):
+            fresh.append((key, conv))
+        else:
+            fixed[key] = zero
+    return fixed, tuple(fresh)
 
 
 _PUBLISH_FIELDS: dict[str, Decoder] = {
@@ -262,6 +288,7 @@ _BATCH_ORDER = (
 )
 
 METHODS = frozenset((*_SPECS, "batch"))
+_ZEROS = {id(spec): _zero_values(spec) for spec in _SPECS.values()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,13 +589,16 @@ class ApiExecutor:
                 continue
             slots.append(len(out))
             out.append({})
-            # The same arguments as _publish_one gives Node.publish.
-            kwargs = {
-                "tags": req["tags"] or None,
-                "skip_history": req["skip_history"],
-                "idempotency_key": req["idempotency_key"],
-                "delta": req["delta"] or options.delta_publish,
-            }
+            # The arguments _publish_one gives Node.publish, only those not at their default.
+            kwargs: dict[str, Any] = {}
+            if req["tags"]:
+                kwargs["tags"] = req["tags"]
+            if req["skip_history"]:
+                kwargs["skip_history"] = True
+            if req["idempotency_key"]:
+                kwargs["idempotency_key"] = req["idempotency_key"]
+            if req["delta"] or options.delta_publish:
+                kwargs["delta"] = True
             items.append((channel, data, kwargs))
         if items:
             results = await publish_many(items)
