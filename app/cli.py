@@ -472,6 +472,13 @@ def _bind(address: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+# Pending connections a listener holds. The kernel caps it at net.core.somaxconn, which is
+# what Go's listeners (Centrifugo's) ask for. aiohttp would listen again with 128: a burst of
+# reconnects beyond that (a deploy, a network blip) overflowed it, and every dropped SYN left
+# its client waiting a full second to retry.
+LISTEN_BACKLOG = 65535
+
+
 def gunicorn_options(cfg: Config, workers: int) -> dict[str, Any]:
     """Gunicorn settings for running ``cfg`` with ``workers`` processes."""
     server = cfg.http_server
@@ -485,6 +492,7 @@ def gunicorn_options(cfg: Config, workers: int) -> dict[str, Any]:
         "worker_class": "aiohttp.GunicornWebWorker",
         "graceful_timeout": max(1, round(cfg.shutdown.timeout)),
         "keepalive": 75,
+        "backlog": LISTEN_BACKLOG,
         "accesslog": None,
         "errorlog": cfg.log.file or "-",
         "loglevel": _GUNICORN_LEVELS.get(cfg.log.level, "info"),
@@ -577,6 +585,12 @@ def _draining_runner(app: Any, options: dict[str, Any]) -> Any:
     from aiohttp import web
 
     class DrainingRunner(web.AppRunner):
+        def _reg_site(self, site: Any) -> None:
+            # aiohttp's gunicorn worker makes its sites with the default backlog (128), and
+            # starting a site listens again on gunicorn's socket with it.
+            site._backlog = options.get("backlog", LISTEN_BACKLOG)
+            super()._reg_site(site)
+
         async def cleanup(self) -> None:
             # On Python 3.11 aiohttp marks every connection closing right after the listeners
             # close; one accepted a moment earlier whose request was not read yet drops that
