@@ -588,7 +588,7 @@ def _draining_runner(app: Any, options: dict[str, Any]) -> Any:
         def _reg_site(self, site: Any) -> None:
             # aiohttp's gunicorn worker makes its sites with the default backlog (128), and
             # starting a site listens again on gunicorn's socket with it.
-            site._backlog = options.get("backlog", LISTEN_BACKLOG)
+            site._backlog = options["backlog"]
             super()._reg_site(site)
 
         async def cleanup(self) -> None:

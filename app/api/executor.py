@@ -579,7 +579,7 @@ class ApiExecutor:
                 if not channel:
                     raise api_error(107)
                 data, value = self._payload(req)
-                options = self._check_format(channel, data, value)
+                self._check_format(channel, data, value)
             except ClientError as e:
                 out.append({"error": error_body(e)})
                 continue
@@ -597,7 +597,7 @@ class ApiExecutor:
                 kwargs["skip_history"] = True
             if req["idempotency_key"]:
                 kwargs["idempotency_key"] = req["idempotency_key"]
-            if req["delta"] or options.delta_publish:
+            if req["delta"]:
                 kwargs["delta"] = True
             items.append((channel, data, kwargs))
         if items:
@@ -620,12 +620,13 @@ class ApiExecutor:
             return b"", None
         return _dumps(data), data
 
-    def _check_format(self, channel: str, data: bytes, value: Any) -> Any:
-        """Resolve the channel (102/107) and check data against publication_data_format."""
+    def _check_format(self, channel: str, data: bytes, value: Any) -> None:
+        """Resolve the channel (102/107) and check data against publication_data_format.
+        (The namespace's delta_publish is applied by Node, from the same options.)"""
         options = self.node.resolver.resolve(channel, client_side=False).options
         fmt = options.publication_data_format or self.node.config.channel.publication_data_format
         if fmt == "binary":
-            return options
+            return
         if not data:
             raise api_error(107)
         if fmt == "json" and value is None and not _is_json(data):
@@ -636,21 +637,20 @@ class ApiExecutor:
                     raise api_error(107)
             elif not (data.lstrip()[:1] == b"{" and _is_json(data)):
                 raise api_error(107)
-        return options
 
     async def _publish_one(
         self, channel: str, data: bytes, value: Any, req: dict[str, Any]
     ) -> dict[str, Any]:
         if not channel:
             raise api_error(107)
-        options = self._check_format(channel, data, value)
+        self._check_format(channel, data, value)
         result = await self.node.publish(
             channel,
             data,
             tags=req["tags"] or None,
             skip_history=req["skip_history"],
             idempotency_key=req["idempotency_key"],
-            delta=req["delta"] or options.delta_publish,
+            delta=req["delta"],
         )
         return _position_dict(result.position)
 

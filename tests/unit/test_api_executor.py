@@ -230,6 +230,10 @@ async def test_publish_delta_flag(api: ApiExecutor, node: Node) -> None:
     pubs = (await node.history("news", limit=-1)).publications
     assert [p.delta for p in pubs] == [True, False]
     assert (await node.history("dl:a", limit=-1)).publications[0].delta is True
+    # A batch's publications take the namespace's delta_publish too.
+    batch = {"commands": [{"publish": {"channel": "dl:b", "data": 4}}]}
+    await api.call("batch", batch)
+    assert (await node.history("dl:b", limit=-1)).publications[0].delta is True
 
 
 # --------------------------------------------------------------------------------------------
