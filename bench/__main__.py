@@ -90,9 +90,10 @@ def parse_args(argv: list[str]) -> Options:
     g.add_argument("--latency-fractions", type=_floats, help="of the peak (default 0.1,0.5,0.8)")
     g.add_argument(
         "--latency-peak",
-        choices=("step", "saturate"),
-        help="peak = highest paced rate with p99 <= 100 ms and no loss (step, default) "
-        "or the saturate drain rate",
+        choices=("single", "step", "saturate"),
+        help="peak = highest paced rate with p99 <= 100 ms, no loss and one message per "
+        "frame (single, default), the same without the frame condition (step), or the "
+        "saturate drain rate",
     )
     g = ap.add_argument_group("idle connections and connect rate (c, d)")
     g.add_argument("--idle-steps", type=_ints, help="ramp (default 1000,2500,5000,10000)")
