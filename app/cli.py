@@ -585,6 +585,14 @@ def _draining_runner(app: Any, options: dict[str, Any]) -> Any:
     from aiohttp import web
 
     class DrainingRunner(web.AppRunner):
+        async def _make_server(self) -> Any:
+            # Plain upgrades to the WebSocket endpoint skip aiohttp's request handling
+            # (issue 7: connect rate); every other request still goes to aiohttp.
+            from app.transports.websocket_lean import LeanServer
+
+            server = await super()._make_server()
+            return LeanServer(server, self.app, options["keepalive"])
+
         def _reg_site(self, site: Any) -> None:
             # aiohttp's gunicorn worker makes its sites with the default backlog (128), and
             # starting a site listens again on gunicorn's socket with it.

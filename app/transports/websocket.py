@@ -17,6 +17,7 @@ import asyncio
 import fnmatch
 import logging
 import struct
+from collections.abc import Mapping
 
 from aiohttp import WSMsgType, web
 
@@ -120,18 +121,17 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     return any(p == "*" or fnmatch.fnmatchcase(origin, p.lower()) for p in allowed)
 
 
-def select_subprotocol(request: web.Request) -> str | None:
+def select_subprotocol(headers: Mapping[str, str]) -> str | None:
     """The first of our sub-protocols that the client offers (server preference)."""
     offered = {
         p.strip()
-        for h in request.headers.getall("Sec-WebSocket-Protocol", ())
+        for h in headers.getall("Sec-WebSocket-Protocol", ())  # type: ignore[attr-defined]
         for p in h.split(",")
     }
     return next((p for p in SUBPROTOCOLS if p in offered), None)
 
 
-def select_codec(request: web.Request, subprotocol: str | None) -> Codec:
-    query = request.query
+def select_codec(query: Mapping[str, str], subprotocol: str | None) -> Codec:
     if (
         subprotocol == "centrifuge-protobuf"
         or query.get("format") == "protobuf"
@@ -163,7 +163,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if limit > 0 and node.hub.num_clients >= limit:
         log.info("node connection limit %d reached", limit)
         return web.Response(status=503, text="connection limit reached")
-    subprotocol = select_subprotocol(request)
+    subprotocol = select_subprotocol(request.headers)
     ws = web.WebSocketResponse(
         protocols=(subprotocol,) if subprotocol else (),
         # aiohttp refuses a message of exactly max_msg_size; Centrifugo allows it.
@@ -182,7 +182,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return ws
     _release_http_parser(request)
     cls = DeflateWebSocketTransport if ws.compress else WebSocketTransport
-    transport = cls(ws, sock, select_codec(request, subprotocol))  # type: ignore[arg-type]
+    transport = cls(ws, sock, select_codec(request.query, subprotocol))  # type: ignore[arg-type]
     client = Client(node, transport, headers=request.headers)
     try:
         # `receive()` rather than `async for`: one coroutine frame less held per idle
