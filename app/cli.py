@@ -597,6 +597,11 @@ def _draining_runner(app: Any, options: dict[str, Any]) -> Any:
             # aiohttp's gunicorn worker makes its sites with the default backlog (128), and
             # starting a site listens again on gunicorn's socket with it.
             site._backlog = options["backlog"]
+            # Accepted sockets inherit SO_KEEPALIVE: aiohttp sets it per connection, which
+            # the lean WebSocket path skips.
+            sock = getattr(site, "_sock", None)
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             super()._reg_site(site)
 
         async def cleanup(self) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +38,16 @@ from app.proxy import REFRESH_RETRY_DELAY, ProxyUnavailable
 from app.writer import Transport, Writer
 
 log = logging.getLogger("centrifugo.client")
+
+
+_UUID_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def new_client_id() -> str:
+    """A random (version 4) UUID string, as uuid.uuid4() gives, at a third of its cost:
+    one is made per connection."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 class Client(SubscribeFlow, ChannelCommands):
@@ -84,7 +94,7 @@ class Client(SubscribeFlow, ChannelCommands):
         self.cfg = node.config.client
         self.transport = transport
         self.codec = transport.codec
-        self.uid = str(uuid.uuid4())
+        self.uid = new_client_id()
         self.session = session
         self.headers = headers or {}
         self.user = ""

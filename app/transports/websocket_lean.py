@@ -25,8 +25,6 @@ import collections
 import contextlib
 import hashlib
 import logging
-import re
-import socket
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -51,8 +49,6 @@ CLOSE_TIMEOUT = 10.0  # wait for the peer's close frame, as aiohttp's default di
 INBOX_HIGH = 64
 INBOX_LOW = 16
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Close codes a peer may send (RFC 6455 §7.4): the defined ones and 3000-4999.
 _PEER_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013))
 
@@ -82,22 +78,26 @@ class Upgrade:
 def parse_upgrade(head: bytes, path: bytes, compression: bool) -> Upgrade | None:
     """The upgrade in a request head (up to, without, the blank line), or None when the
     request is anything but a plain WebSocket upgrade to `path` that we serve here."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
+    line_end = head.find(b"\r\n")
+    parts = (head if line_end < 0 else head[:line_end]).split(b" ")
     if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
         return None
     target, _, query = parts[1].partition(b"?")
     if target != path:
         return None
     pairs = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.fullmatch(name):
-            return None  # obs-fold, space before the colon, junk: aiohttp decides
-        value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
-            return None
-        pairs.append((name.decode("ascii"), value.decode("utf-8", "surrogateescape")))
+    if line_end >= 0:
+        for line in head[line_end + 2 :].decode("utf-8", "surrogateescape").split("\r\n"):
+            name, sep, value = line.partition(":")
+            value = value.strip(" \t")
+            # Names of letters, digits and dashes, printable values: anything else
+            # (obs-fold, a space before the colon, control characters, rarer token
+            # characters) is left to aiohttp's parser.
+            if not (sep and name.isascii() and name.replace("-", "").isalnum()):
+                return None
+            if not value.isprintable():
+                return None
+            pairs.append((name, value))
     headers: CIMultiDict[str] = CIMultiDict(pairs)
     if (
         headers.get("Upgrade", "").strip().lower() != "websocket"
@@ -251,9 +251,6 @@ class LeanWebSocket(asyncio.Protocol):
         self._cancel_timer()
         sock = self._sock
         assert sock is not None
-        raw = sock.get_extra_info("socket")
-        if raw is not None:  # as aiohttp's server does for every connection
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.write(handshake_response(upgrade))
         self._ws = True
         self._rbuf = bytearray()

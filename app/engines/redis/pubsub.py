@@ -148,20 +148,24 @@ class PubSubConnection:
             return
         if self._ready:
             self._queue(self._sub_cmd, new)
+        # A timer that fails what is still unconfirmed: cheaper than asyncio.timeout (one
+        # subscribe per connect).
+        timer = loop.call_later(timeout, self._expire, new, futs)
         try:
-            async with asyncio.timeout(timeout):
-                if len(futs) == 1:  # the common case, one client's channel: no gather
-                    await futs[0]
-                else:
-                    await asyncio.gather(*futs)
-        except TimeoutError:
-            for ch, fut in zip(new, futs, strict=True):
-                if not fut.done():
-                    fut.cancel()
-                    waiters = self._waiters.get(ch)
-                    if waiters and fut in waiters:
-                        waiters.remove(fut)
-            raise PubSubUnavailable("pub/sub subscribe not confirmed in time") from None
+            if len(futs) == 1:  # the common case, one client's channel: no gather
+                await futs[0]
+            else:
+                await asyncio.gather(*futs)
+        finally:
+            timer.cancel()
+
+    def _expire(self, channels: list[bytes], futs: list[asyncio.Future[None]]) -> None:
+        for ch, fut in zip(channels, futs, strict=True):
+            if not fut.done():
+                fut.set_exception(PubSubUnavailable("pub/sub subscribe not confirmed in time"))
+                waiters = self._waiters.get(ch)
+                if waiters and fut in waiters:
+                    waiters.remove(fut)
 
     def unsubscribe(self, channels: list[bytes]) -> None:
         gone = [ch for ch in channels if ch in self._wanted]
