@@ -176,6 +176,7 @@ class LeanWebSocket(asyncio.Protocol):
         "_ended",
         "_finished",
         "_acked",
+        "_peer_closed",
         "_ack",
         "closed",
     )
@@ -264,6 +265,7 @@ class LeanWebSocket(asyncio.Protocol):
         self._ended = False
         self._finished = False
         self._acked = False
+        self._peer_closed = False
         self._ack: asyncio.Future[None] | None = None
         codec = select_codec(upgrade.query, upgrade.subprotocol)
         transport = WebSocketTransport(self, sock, codec)  # type: ignore[arg-type]
@@ -315,8 +317,8 @@ class LeanWebSocket(asyncio.Protocol):
             payload = unmask(bytes(buf[start + 4 : end]), bytes(buf[start : start + 4]))
             pos = end
             self._frame(b0, payload)
-            if self._ended:
-                return n  # the rest of the input is not read any more
+            if self._peer_closed:
+                return n  # nothing after the peer's close frame is read
         return pos
 
     def _frame(self, b0: int, payload: bytes) -> None:
@@ -375,24 +377,30 @@ class LeanWebSocket(asyncio.Protocol):
                 payload[2:].decode()
             except UnicodeDecodeError:
                 raise ProtocolError(1007, "invalid UTF-8 close reason") from None
+        self._peer_closed = True
         if self.closed:  # the answer to our close frame: the handshake is done
             self._resolve_ack()
             if self._sock is not None:
                 self._sock.close()
         else:
-            # The Client first gets the frames that came before; then we answer.
+            # The Client first gets the frames that came before; then we answer. A close
+            # of ours sent meanwhile completes the handshake at once.
+            self._acked = True
             self._ended = True
             self._push(_END, force=True)
 
     def _fail(self, e: ProtocolError) -> None:
+        if self.closed:  # broken frames while waiting for the peer's close: stop here
+            if self._sock is not None:
+                self._sock.close()
+            return
         if e.code == 1009:
             log.info("client %s sent a message over websocket.message_size_limit", self._client.uid)
         else:
             log.info("client %s broke the WebSocket protocol: %s", self._client.uid, e)
         self._ended = True
-        if not self.closed:
-            self._send_close(e.code, b"")
-            self._arm_close_timeout()
+        self._send_close(e.code, b"")
+        self._arm_close_timeout()
         self._push(_END, force=True)
 
     # -------------------------------------------------- frames to the Client
@@ -421,7 +429,12 @@ class LeanWebSocket(asyncio.Protocol):
                 if item is _END:
                     done = True
                     break
-                if not await client.handle_frame(item):
+                try:
+                    if not await client.handle_frame(item):
+                        done = True
+                        break
+                except Exception:  # a bug must not leave the connection half alive
+                    log.exception("client %s: handling a frame failed", client.uid)
                     done = True
                     break
                 if self._paused and len(inbox) <= INBOX_LOW and self._sock is not None:
@@ -466,11 +479,12 @@ class LeanWebSocket(asyncio.Protocol):
             return False
         self._send_close(code, message)
         sock = self._sock
-        if sock is None or self._acked:
+        if sock is None:
             return True
-        self._ack = asyncio.get_running_loop().create_future()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._ack), CLOSE_TIMEOUT)
+        if not self._acked:
+            self._ack = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._ack), CLOSE_TIMEOUT)
         sock.close()
         return True
 

@@ -232,3 +232,19 @@ async def test_compression_negotiated_when_enabled(servers: dict[str, ServerHand
                 await ws.send_str(CONNECT.decode())
                 reply = json.loads(await ws.receive_str(timeout=5))
                 assert "client" in reply["connect"]
+
+
+@pytest.mark.parametrize(
+    "trigger", [frame(b"\xff"), frame(b'{"id":1,"bogus":{}}')], ids=["1007", "3501"]
+)
+async def test_close_answer_behind_a_data_frame_ends_the_connection(
+    srv: ServerHandle, trigger: bytes
+) -> None:
+    async with peer(srv) as p:
+        await p.send(trigger)
+        op, payload = await p.recv()
+        assert op == 8
+        # Our answer arrives behind a late data frame, in one write: the server must still
+        # find it and drop the socket now, not after its 10 s wait for an answer.
+        await p.send(frame(CONNECT) + frame(payload[:2], opcode=8))
+        assert await asyncio.wait_for(p.reader.read(), 5) == b""
