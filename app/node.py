@@ -98,6 +98,7 @@ class Node:
         self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
         self._plain_options: dict[int, tuple[Any, PublishOptions]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self._position_task: asyncio.Task[None] | None = None
         self.membership = Membership(
@@ -112,7 +113,18 @@ class Node:
 
     # --- lifecycle ---
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's event loop. Per-connection code asks here rather than calling
+        asyncio.get_running_loop(), which costs a getpid() syscall on CPython 3.11 (the
+        connect path called it eight times)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.broker.run(self)
         interval = self.config.client.presence_update_interval
         if interval > 0:
@@ -167,7 +179,7 @@ class Node:
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a background coroutine, keeping a reference so it is not collected."""
-        task = asyncio.get_running_loop().create_task(coro)
+        task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -234,7 +246,7 @@ class Node:
             timer.cancel()
         fut = self._broker_subs.get(channel)
         if fut is None:
-            fut = asyncio.get_running_loop().create_future()
+            fut = self.loop.create_future()
             self._broker_subs[channel] = fut
             try:
                 await self.broker.subscribe([channel])
@@ -249,7 +261,7 @@ class Node:
 
     def remove_subscriber(self, channel: str, client: Client) -> None:
         if self.hub.remove_subscriber(channel, client) and channel in self._broker_subs:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             self._unsub_timers[channel] = loop.call_later(
                 UNSUBSCRIBE_DELAY, self._maybe_unsubscribe, channel
             )

@@ -122,10 +122,11 @@ class Writer:
         transport: Transport,
         max_size: int,
         on_error: Callable[[Disconnect], None],
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._transport = transport
         self._sync = getattr(transport, "write_now", None) is not None
-        self._flusher = _flusher(asyncio.get_running_loop())
+        self._flusher = _flusher(loop or asyncio.get_running_loop())
         self._sep = transport.codec.separator
         self._m_sent = _live(metrics.child(metrics.TRANSPORT_SENT, transport.name, "", ""))
         self._m_sent_size = _live(

@@ -106,7 +106,7 @@ class Client(SubscribeFlow, ChannelCommands):
         self._subs: dict[str, Subscription] = {}
         # Issue 7: an idle connection holds no task or asyncio.Event (~0.8 KB each); the
         # writer schedules itself only while it has data, and nothing awaited `_closed`.
-        self._writer = Writer(transport, self.cfg.queue_max_size, self._on_writer_error)
+        self._writer = Writer(transport, self.cfg.queue_max_size, self._on_writer_error, node.loop)
         self._waiting_pong = False
         self._ping_handle: asyncio.TimerHandle | None = None
         self._pong_handle: asyncio.TimerHandle | None = None
@@ -120,7 +120,7 @@ class Client(SubscribeFlow, ChannelCommands):
         self.meta: bytes | None = None  # server-only JSON from token or connect proxy
         self._emulated_headers: dict[str, str] | None = None
         self._client_name = ""
-        loop = asyncio.get_running_loop()
+        loop = node.loop
         self._stale_handle: asyncio.TimerHandle | None = loop.call_later(
             self.cfg.stale_close_delay, self._on_stale
         )
@@ -301,7 +301,7 @@ class Client(SubscribeFlow, ChannelCommands):
             return
         # Spread the first ping so that a reconnect wave does not ping in lockstep.
         delay = random.uniform(interval / 2, interval) if first else interval
-        self._ping_handle = asyncio.get_running_loop().call_later(delay, self._on_ping_time)
+        self._ping_handle = self.node.loop.call_later(delay, self._on_ping_time)
 
     def _on_ping_time(self) -> None:
         if self.state is not State.CONNECTED:
@@ -309,9 +309,7 @@ class Client(SubscribeFlow, ChannelCommands):
         self.send(self.codec.ping)
         if self._pong_expected() and not self._waiting_pong:
             self._waiting_pong = True
-            self._pong_handle = asyncio.get_running_loop().call_later(
-                self.cfg.pong_timeout, self._on_no_pong
-            )
+            self._pong_handle = self.node.loop.call_later(self.cfg.pong_timeout, self._on_no_pong)
         self._schedule_ping()
 
     def _on_pong(self) -> None:
@@ -531,7 +529,7 @@ class Client(SubscribeFlow, ChannelCommands):
             self._expire_handle = None
         if self.expire_at <= 0:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.node.loop
         if self.node.proxies.refresh_proxy() is not None:
             # Server-side refresh: ask the backend when the connection expires.
             if delay is None:

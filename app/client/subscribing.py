@@ -4,7 +4,6 @@ publications and join/leave to this connection."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -341,7 +340,7 @@ class SubscribeFlow:
     def _schedule_sub_expiry(self, sub: Subscription, delay: float | None = None) -> None:
         if sub.expire_handle is not None:
             sub.expire_handle.cancel()
-        loop = asyncio.get_running_loop()
+        loop = self.node.loop
         if self.node.proxies.sub_refresh_proxy(sub.chinfo.options) is not None:
             # Server-side refresh: ask the backend when the subscription expires.
             if delay is None:

@@ -196,7 +196,7 @@ class LeanWebSocket(asyncio.Protocol):
         self._sock = transport  # type: ignore[assignment]
         timeout = self._server.keepalive_timeout
         if timeout > 0:  # aiohttp also drops a connection that never sends a request
-            self._timer = asyncio.get_running_loop().call_later(timeout, transport.close)
+            self._timer = self._server.loop.call_later(timeout, transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self._ws:
@@ -413,7 +413,7 @@ class LeanWebSocket(asyncio.Protocol):
             inbox = self._inbox = collections.deque()
         inbox.append(item)
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+            self._task = self._server.loop.create_task(self._drain())
         if len(inbox) > INBOX_HIGH and not self._paused and self._sock is not None:
             self._paused = True
             self._sock.pause_reading()
@@ -463,7 +463,7 @@ class LeanWebSocket(asyncio.Protocol):
     def _arm_close_timeout(self) -> None:
         if self._sock is not None and not self._acked:
             sock = self._sock
-            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, sock.close)
+            self._timer = self._server.loop.call_later(CLOSE_TIMEOUT, sock.close)
 
     def _resolve_ack(self) -> None:
         self._acked = True
@@ -482,7 +482,7 @@ class LeanWebSocket(asyncio.Protocol):
         if sock is None:
             return True
         if not self._acked:
-            self._ack = asyncio.get_running_loop().create_future()
+            self._ack = self._server.loop.create_future()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._ack), CLOSE_TIMEOUT)
         sock.close()
@@ -496,6 +496,7 @@ class LeanServer:
     def __init__(self, server: Any, app: Any, keepalive_timeout: float) -> None:
         self._aiohttp = server
         self.node: Node = app[NODE_KEY]
+        self.loop = asyncio.get_running_loop()
         cfg = self.node.config
         self.keepalive_timeout = keepalive_timeout
         self._path = cfg.websocket.handler_prefix.encode()

@@ -112,13 +112,17 @@ class PubSubConnection:
         # (command, channels) asked for in this loop turn: a burst of connects costs one
         # socket write (and few commands) instead of one per subscribe.
         self._queued: list[tuple[bytes, list[bytes]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def ready(self) -> bool:
         return self._ready
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._supervise())
+        # Kept: asyncio.get_running_loop() costs a getpid() syscall on CPython 3.11, and
+        # subscribe runs once per connect.
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._supervise())
 
     async def close(self) -> None:
         self._closing = True
@@ -133,7 +137,7 @@ class PubSubConnection:
 
     async def subscribe(self, channels: list[bytes], timeout: float) -> None:
         """Returns once Redis confirmed every channel; raises on timeout."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         futs = []
         new = []
         for ch in channels:
@@ -183,7 +187,7 @@ class PubSubConnection:
     def _queue(self, cmd: bytes, channels: list[bytes]) -> None:
         queued = self._queued
         if not queued:
-            asyncio.get_running_loop().call_soon(self._flush_queued)
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush_queued)
         # (an early flush leaves the queue empty and this callback a no-op)
         if queued and queued[-1][0] == cmd:
             queued[-1][1].extend(channels)
