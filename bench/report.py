@@ -47,6 +47,26 @@ def median_rows(
     return out
 
 
+def overlay_median(
+    rows: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    key: Callable[[dict[str, Any]], tuple[Any, ...]],
+    metric: str,
+    fields: tuple[str, ...] = (),
+) -> None:
+    """A second main figure for rows made by median_rows: `metric` and its `fields` come
+    from the run with the median `metric` (an idle row's connect rate is not the one of the
+    run with the median memory)."""
+    for row in rows:
+        same = sorted((r for r in runs if key(r) == key(row)), key=lambda r: r[metric])
+        if not same:
+            continue
+        mid = same[len(same) // 2]
+        for f in (metric, *fields):
+            row[f] = mid[f]
+        row[f"runs_{metric}"] = [r[metric] for r in runs if key(r) == key(row)]
+
+
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fan-out and latency rows: one per (scenario, load, target, path), the run with the
     median deliveries/s, with the median server CPU per 1M deliveries and the median

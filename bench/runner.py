@@ -932,7 +932,23 @@ def run(opts: Options) -> dict[str, Any]:
 def write(opts: Options, r: Run, started: float, info: dict[str, Any]) -> dict[str, Any]:
     rows = report.summarize(r.rows) if r.rows else []
     report.add_ratios(rows)
-    idle = report.median_rows(r.idle, lambda x: (x["target"], x["conns"]), "kb_per_conn")
+
+    def idle_key(x: dict[str, Any]) -> tuple[Any, ...]:
+        return (x["target"], x["conns"])
+
+    idle = report.median_rows(r.idle, idle_key, "kb_per_conn")
+    report.overlay_median(
+        idle,
+        r.idle,
+        idle_key,
+        "connects_per_s",
+        (
+            "connect_s",
+            "server_cpu_ms_per_connect",
+            "loadgen_cpu_ms_per_connect",
+            "redis_cpu_ms_per_connect",
+        ),
+    )
     storm = report.median_rows(r.storm, lambda x: (x["trigger"],), "all_s")
     batch = report.median_rows(r.batch, lambda x: (x["workers"], x["history"]), "ok_per_s")
     doc: dict[str, Any] = {

@@ -196,3 +196,28 @@ def test_summary_takes_the_median_latency_of_the_runs() -> None:
     assert out["deliveries_per_s"] == 95
     assert out["latency_ms"] == {"p50": 9.7, "p99": 19.4, "max": 20.4, "samples": 30}
     assert out["runs_p99"] == [19.4, 14.2, 30.3]
+
+
+def test_idle_rows_take_the_connect_rate_of_their_own_median_run() -> None:
+    from bench.report import median_rows, overlay_median
+
+    def row(run: int, kb: float, rate: int) -> dict[str, Any]:
+        return {
+            "target": "app",
+            "conns": 10,
+            "run": run,
+            "kb_per_conn": kb,
+            "connects_per_s": rate,
+            "server_cpu_ms_per_connect": 1000 / rate,
+        }
+
+    runs = [row(1, 6.0, 2600), row(2, 6.5, 1100), row(3, 7.0, 2800)]
+    (out,) = median_rows(runs, lambda r: (r["target"],), "kb_per_conn")
+    assert out["kb_per_conn"] == 6.5 and out["connects_per_s"] == 1100
+    overlay_median(
+        [out], runs, lambda r: (r["target"],), "connects_per_s", ("server_cpu_ms_per_connect",)
+    )
+    assert out["kb_per_conn"] == 6.5  # still the median memory
+    assert out["connects_per_s"] == 2600
+    assert out["server_cpu_ms_per_connect"] == 1000 / 2600
+    assert out["runs_connects_per_s"] == [2600, 1100, 2800]
