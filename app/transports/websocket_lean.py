@@ -519,7 +519,7 @@ class LeanServer:
         (which then answers 403, 404 or 503 as the handler decides)."""
         node = self.node
         cfg = node.config
-        if node.closing or sock is None:
+        if node.closing or sock is None or cfg.websocket.disabled:
             return None
         if self._internal_port and sock.get_extra_info("sockname")[1] == self._internal_port:
             return None

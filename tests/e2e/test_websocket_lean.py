@@ -24,13 +24,18 @@ from .helpers import ServerHandle
 
 CONFIG: dict[str, Any] = {"client": {"insecure": True}, "websocket": {"message_size_limit": 4096}}
 COMPRESSED: dict[str, Any] = {"client": {"insecure": True}, "websocket": {"compression": True}}
+DISABLED: dict[str, Any] = {"client": {"insecure": True}, "websocket": {"disabled": True}}
 
 CONNECT = json.dumps({"id": 1, "connect": {}}).encode()
 
 
 @pytest.fixture(scope="module")
 def servers(server_factory: Any) -> dict[str, ServerHandle]:
-    return {"plain": server_factory(CONFIG), "compressed": server_factory(COMPRESSED)}
+    return {
+        "plain": server_factory(CONFIG),
+        "compressed": server_factory(COMPRESSED),
+        "disabled": server_factory(DISABLED),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +253,15 @@ async def test_close_answer_behind_a_data_frame_ends_the_connection(
         # find it and drop the socket now, not after its 10 s wait for an answer.
         await p.send(frame(CONNECT) + frame(payload[:2], opcode=8))
         assert await asyncio.wait_for(p.reader.read(), 5) == b""
+
+
+async def test_disabled_websocket_is_not_served(servers: dict[str, ServerHandle]) -> None:
+    srv = servers["disabled"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(upgrade_head(key))
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+        assert status.startswith(b"HTTP/1.1 404 "), status
+    finally:
+        writer.close()
