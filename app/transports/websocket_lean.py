@@ -50,7 +50,9 @@ INBOX_HIGH = 64
 INBOX_LOW = 16
 
 # Close codes a peer may send (RFC 6455 §7.4): the defined ones and 3000-4999.
-_PEER_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013))
+_PEER_CLOSE_CODES = frozenset(
+    (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
+)
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
