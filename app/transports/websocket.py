@@ -123,12 +123,14 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
 
 def select_subprotocol(headers: Mapping[str, str]) -> str | None:
     """The first of our sub-protocols that the client offers (server preference)."""
-    offered = {
-        p.strip()
-        for h in headers.getall("Sec-WebSocket-Protocol", ())  # type: ignore[attr-defined]
-        for p in h.split(",")
-    }
-    return next((p for p in SUBPROTOCOLS if p in offered), None)
+    values = headers.getall("Sec-WebSocket-Protocol", ())  # type: ignore[attr-defined]
+    if not values:
+        return None
+    offered = {p.strip() for h in values for p in h.split(",")}
+    for p in SUBPROTOCOLS:
+        if p in offered:
+            return p
+    return None
 
 
 def select_codec(query: Mapping[str, str], subprotocol: str | None) -> Codec:

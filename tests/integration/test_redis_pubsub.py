@@ -249,3 +249,28 @@ async def test_frozen_server_publish_fails_within_io_timeout(make_engine, restar
         os.kill(pid, signal.SIGCONT)
     await broker.subscribe(["ch"])
     await publish_until_delivered(broker, rec, "ch")
+
+
+async def test_frozen_server_subscribe_fails_within_io_timeout(make_engine, restart_proc):
+    if not restart_proc.running():
+        restart_proc.start()
+    broker, _, rec = await make_engine(
+        url_of(restart_proc), io_timeout="500ms", connect_timeout="500ms"
+    )
+    await broker.subscribe(["warm"])  # the pub/sub connection is up and confirmed
+    pid = restart_proc.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        # Subscribes made a moment apart share the deadline check; each fails on time.
+        first = asyncio.ensure_future(broker.subscribe(["frozen.a"]))
+        await asyncio.sleep(0.2)  # a later subscribe, not synchronisation
+        second = asyncio.ensure_future(broker.subscribe(["frozen.b", "frozen.c"]))
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        elapsed = time.monotonic() - start
+        assert all(isinstance(r, ClientError) and r.code == 100 for r in results), results
+        assert elapsed < 0.2 + 0.5 + 0.5, f"subscribe took {elapsed:.2f}s against a frozen redis"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await broker.subscribe(["frozen.a"])
+    await publish_until_delivered(broker, rec, "frozen.a")

@@ -11,6 +11,7 @@ never waits on a client.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import ssl
@@ -113,6 +114,12 @@ class PubSubConnection:
         # socket write (and few commands) instead of one per subscribe.
         self._queued: list[tuple[bytes, list[bytes]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Subscribes waiting for Redis, oldest first: (deadline, channels, futures). One
+        # timer walks them, instead of a timer per subscribe (one per connect).
+        self._deadlines: collections.deque[
+            tuple[float, list[bytes], list[asyncio.Future[None]]]
+        ] = collections.deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     @property
     def ready(self) -> bool:
@@ -126,6 +133,10 @@ class PubSubConnection:
 
     async def close(self) -> None:
         self._closing = True
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadlines.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,24 +163,32 @@ class PubSubConnection:
             return
         if self._ready:
             self._queue(self._sub_cmd, new)
-        # A timer that fails what is still unconfirmed: cheaper than asyncio.timeout (one
-        # subscribe per connect).
-        timer = loop.call_later(timeout, self._expire, new, futs)
-        try:
-            if len(futs) == 1:  # the common case, one client's channel: no gather
-                await futs[0]
-            else:
-                await asyncio.gather(*futs)
-        finally:
-            timer.cancel()
+        deadline = loop.time() + timeout
+        self._deadlines.append((deadline, new, futs))
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(deadline, self._expire)
+        if len(futs) == 1:  # the common case, one client's channel: no gather
+            await futs[0]
+        else:
+            await asyncio.gather(*futs)
 
-    def _expire(self, channels: list[bytes], futs: list[asyncio.Future[None]]) -> None:
-        for ch, fut in zip(channels, futs, strict=True):
-            if not fut.done():
-                fut.set_exception(PubSubUnavailable("pub/sub subscribe not confirmed in time"))
-                waiters = self._waiters.get(ch)
-                if waiters and fut in waiters:
-                    waiters.remove(fut)
+    def _expire(self) -> None:
+        """Fail the subscribes past their deadline that Redis has not confirmed."""
+        self._deadline_timer = None
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time()
+        pending = self._deadlines
+        while pending and pending[0][0] <= now:
+            _, channels, futs = pending.popleft()
+            for ch, fut in zip(channels, futs, strict=True):
+                if not fut.done():
+                    fut.set_exception(PubSubUnavailable("pub/sub subscribe not confirmed in time"))
+                    waiters = self._waiters.get(ch)
+                    if waiters and fut in waiters:
+                        waiters.remove(fut)
+        if pending:
+            # A little late rather than a timer firing per connect under load.
+            self._deadline_timer = loop.call_at(max(pending[0][0], now + 0.1), self._expire)
 
     def unsubscribe(self, channels: list[bytes]) -> None:
         gone = [ch for ch in channels if ch in self._wanted]
