@@ -20,6 +20,7 @@ import struct
 from collections.abc import Mapping
 
 from aiohttp import WSMsgType, web
+from multidict import MultiMapping
 
 from app.client import Client
 from app.errors import Disconnect
@@ -121,9 +122,9 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     return any(p == "*" or fnmatch.fnmatchcase(origin, p.lower()) for p in allowed)
 
 
-def select_subprotocol(headers: Mapping[str, str]) -> str | None:
+def select_subprotocol(headers: MultiMapping[str]) -> str | None:
     """The first of our sub-protocols that the client offers (server preference)."""
-    values = headers.getall("Sec-WebSocket-Protocol", ())  # type: ignore[attr-defined]
+    values = headers.getall("Sec-WebSocket-Protocol", ())
     if not values:
         return None
     offered = {p.strip() for h in values for p in h.split(",")}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import os
 import signal
 import urllib.error
@@ -240,6 +241,13 @@ def redis_server() -> Iterator[RedisProcess]:
     r.cleanup()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _redis_outlives_servers(redis_server: RedisProcess) -> RedisProcess:
+    """Set up before the module's servers, so torn down after them: a worker that
+    gunicorn (re)starts while Redis is already gone fails to boot, with a traceback."""
+    return redis_server
+
+
 @pytest.fixture
 async def closing() -> AsyncIterator[list[Any]]:
     items: list[Any] = []
@@ -467,6 +475,20 @@ async def test_killed_worker_gauges_vanish_counters_stay(
     assert got.total("centrifugo_client_connections_accepted") == total
     assert got.total("centrifugo_client_subscriptions_accepted") == total
     assert got.value("centrifugo_node_build", version=VERSION_STRING) == 1
+
+    # The replacement serves clients too. (Awaited also so that the test does not end
+    # while it is still booting: a worker that boots after the module's Redis stopped
+    # fails to start, with a traceback in the server log.)
+    (new_pid,) = set(worker_pids(srv)) - set(by_worker)
+    deadline = asyncio.get_running_loop().time() + 15
+    for i in itertools.count():
+        c = CountingClient(srv.ws_url, f"late{i}")
+        closing.append(c)
+        await c.connect(srv.token(f"late-{i}"))
+        if worker_of(srv, c.local_port) == new_pid:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "the replacement never served"
+        await asyncio.sleep(0.05)  # poll interval while gunicorn's replacement boots
 
 
 async def test_counters_survive_worker_rotation(
