@@ -58,13 +58,13 @@ def overlay_median(
     from the run with the median `metric` (an idle row's connect rate is not the one of the
     run with the median memory)."""
     for row in rows:
-        same = sorted((r for r in runs if key(r) == key(row)), key=lambda r: r[metric])
+        same = [r for r in runs if key(r) == key(row)]
         if not same:
             continue
-        mid = same[len(same) // 2]
+        mid = sorted(same, key=lambda r: r[metric])[len(same) // 2]
         for f in (metric, *fields):
             row[f] = mid[f]
-        row[f"runs_{metric}"] = [r[metric] for r in runs if key(r) == key(row)]
+        row[f"runs_{metric}"] = [r[metric] for r in same]
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

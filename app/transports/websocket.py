@@ -45,8 +45,6 @@ _last_framed: dict[int, tuple[bytes, bytes]] = {
     op: (b"", b"") for op in (WSMsgType.TEXT, WSMsgType.BINARY)
 }
 
-_CLOSE_TYPES = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
-
 # Server preference order, as in Centrifugo's upgrader.
 SUBPROTOCOLS = ("centrifuge-json", "centrifuge-protobuf")
 

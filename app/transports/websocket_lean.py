@@ -161,7 +161,6 @@ class LeanWebSocket(asyncio.Protocol):
 
     __slots__ = (
         "_server",
-        "_node",
         "_sock",
         "_head",
         "_timer",
@@ -185,7 +184,6 @@ class LeanWebSocket(asyncio.Protocol):
 
     def __init__(self, server: LeanServer) -> None:
         self._server = server
-        self._node: Node = server.node
         self._sock: asyncio.Transport | None = None
         self._head = b""
         self._timer: asyncio.TimerHandle | None = None
@@ -260,7 +258,8 @@ class LeanWebSocket(asyncio.Protocol):
         self._frag_op = 0
         self._frag: list[bytes] = []
         self._frag_size = 0
-        self._limit = self._node.config.websocket.message_size_limit
+        node = self._server.node
+        self._limit = node.config.websocket.message_size_limit
         self._inbox: collections.deque[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._paused = False
@@ -271,7 +270,7 @@ class LeanWebSocket(asyncio.Protocol):
         self._ack: asyncio.Future[None] | None = None
         codec = select_codec(upgrade.query, upgrade.subprotocol)
         transport = WebSocketTransport(self, sock, codec)  # type: ignore[arg-type]
-        self._client = Client(self._node, transport, headers=upgrade.headers)
+        self._client = Client(node, transport, headers=upgrade.headers)
         if tail:
             self._feed(tail)
 
@@ -389,7 +388,7 @@ class LeanWebSocket(asyncio.Protocol):
             # of ours sent meanwhile completes the handshake at once.
             self._acked = True
             self._ended = True
-            self._push(_END, force=True)
+            self._push(_END)
 
     def _fail(self, e: ProtocolError) -> None:
         if self.closed:  # broken frames while waiting for the peer's close: stop here
@@ -403,12 +402,13 @@ class LeanWebSocket(asyncio.Protocol):
         self._ended = True
         self._send_close(e.code, b"")
         self._arm_close_timeout()
-        self._push(_END, force=True)
+        self._push(_END)
 
     # -------------------------------------------------- frames to the Client
 
-    def _push(self, item: Any, force: bool = False) -> None:
-        if self._finished or (self._ended and not force and item is not _END):
+    def _push(self, item: Any) -> None:
+        # Once ended only the end marker is queued, and nothing once the end was handled.
+        if self._finished or (self._ended and item is not _END):
             return
         inbox = self._inbox
         if inbox is None:

@@ -70,6 +70,10 @@ _WITH_HISTORY, _IDEMPOTENT, _PLAIN = range(3)  # what a publish command answers
 HISTORY_ITEMS_PER_CALL = 50
 
 
+def _keeps_history(opts: PublishOptions) -> bool:
+    return opts.history_size > 0 and opts.history_ttl > 0
+
+
 def _publish_result(kind: int, reply: Any, item: int = 0) -> PublishResult:
     """`reply` of a publish command; `item` picks one publication of a history_add call."""
     if kind == _WITH_HISTORY:
@@ -255,7 +259,7 @@ class RedisBroker:
         open_calls: dict[tuple[int, int], _HistoryCall] = {}
         for channel, data, opts in items:
             try:
-                if opts.history_size > 0 and opts.history_ttl > 0:
+                if _keeps_history(opts):
                     shard = self.shard_for(channel)
                     assert shard.keys is not None
                     group = (shard.index, shard.keys.partition(channel))
@@ -324,7 +328,7 @@ class RedisBroker:
     ) -> tuple[int, Awaitable[Any]]:
         """Queues the publication's one command; returns (kind, its reply)."""
         shard = self.shard_for(channel)
-        if opts.history_size > 0 and opts.history_ttl > 0:
+        if _keeps_history(opts):
             keys, args = self._history_add_args(shard, channel, data, opts, _epoch_bytes())
             return _WITH_HISTORY, shard.eval("history_add", keys, args)
         keys = shard.keys

@@ -125,11 +125,16 @@ class PubSubConnection:
     def ready(self) -> bool:
         return self._ready
 
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop, kept: asyncio.get_running_loop() costs a getpid() syscall on CPython
+        3.11, and subscribe runs once per connect."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def start(self) -> None:
-        # Kept: asyncio.get_running_loop() costs a getpid() syscall on CPython 3.11, and
-        # subscribe runs once per connect.
-        self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._supervise())
+        self._task = self._get_loop().create_task(self._supervise())
 
     async def close(self) -> None:
         self._closing = True
@@ -148,7 +153,7 @@ class PubSubConnection:
 
     async def subscribe(self, channels: list[bytes], timeout: float) -> None:
         """Returns once Redis confirmed every channel; raises on timeout."""
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self._get_loop()
         futs = []
         new = []
         for ch in channels:
@@ -175,7 +180,7 @@ class PubSubConnection:
     def _expire(self) -> None:
         """Fail the subscribes past their deadline that Redis has not confirmed."""
         self._deadline_timer = None
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self._get_loop()
         now = loop.time()
         pending = self._deadlines
         while pending and pending[0][0] <= now:
@@ -206,7 +211,7 @@ class PubSubConnection:
     def _queue(self, cmd: bytes, channels: list[bytes]) -> None:
         queued = self._queued
         if not queued:
-            (self._loop or asyncio.get_running_loop()).call_soon(self._flush_queued)
+            self._get_loop().call_soon(self._flush_queued)
         # (an early flush leaves the queue empty and this callback a no-op)
         if queued and queued[-1][0] == cmd:
             queued[-1][1].extend(channels)
