@@ -148,9 +148,15 @@ def redis_config(port: int, **extra: Any) -> dict[str, Any]:
 
 def worker_pids(handle: ServerHandle) -> list[int]:
     """Pids of the live gunicorn workers of `handle` (children of the master process)."""
-    return sorted(
-        p.pid for p in psutil.Process(handle.proc.pid).children() if p.status() != "zombie"
-    )
+    return sorted(p.pid for p in psutil.Process(handle.proc.pid).children() if _alive(p))
+
+
+def _alive(p: psutil.Process) -> bool:
+    # A killed worker can be reaped between listing the children and reading its status.
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def worker_of(handle: ServerHandle, local_port: int) -> int | None:
