@@ -203,17 +203,32 @@ _NOOP = _Noop()
 _enabled = True
 
 
+def enabled() -> bool:
+    """Whether metrics are collected: hot paths skip timing and labelling when not."""
+    return _enabled
+
+
 def enable(on: bool) -> None:
     """Called once per worker before any connection exists (app factory)."""
     global _enabled
     _enabled = on
-    child.cache_clear()
+    _labelled.cache_clear()
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """A labelled child, cached: `.labels()` costs a dict lookup and a lock. With
+    metrics off the stand-in comes back before any hashing of the labels."""
+    return _labelled(metric, *labels) if _enabled else _NOOP
+
+
+def live(metric: Any) -> Any:
+    """None for the stand-in of disabled metrics, so hot paths can skip the calls."""
+    return None if metric is _NOOP else metric
 
 
 @lru_cache(maxsize=4096)
-def child(metric: Any, *labels: str) -> Any:
-    """A labelled child, cached: `.labels()` costs a dict lookup and a lock."""
-    return metric.labels(*labels) if _enabled else _NOOP
+def _labelled(metric: Any, *labels: str) -> Any:
+    return metric.labels(*labels)
 
 
 def namespace_of(channel: str) -> str:

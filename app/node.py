@@ -48,6 +48,7 @@ from app.models import (
 )
 from app.presence import PresenceManager
 from app.proxy import ProxyManager
+from app.timers import CoarseTimers
 
 if TYPE_CHECKING:
     from app.client import Client
@@ -99,6 +100,7 @@ class Node:
         self._plain_options: dict[int, tuple[Any, PublishOptions]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: CoarseTimers | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self._position_task: asyncio.Task[None] | None = None
         self.membership = Membership(
@@ -122,6 +124,14 @@ class Node:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         return loop
+
+    @property
+    def timers(self) -> CoarseTimers:
+        """Per-connection deadlines (stale, keepalive, ping): see app/timers.py."""
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = CoarseTimers(self.loop)
+        return timers
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from app import metrics
 from app.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR, Disconnect
@@ -89,16 +89,21 @@ _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
 )
 
 
+# The last loop asked for and its flusher: a worker has one loop, and a weak-keyed
+# lookup builds a weak reference per call (one per connection).
+_last: tuple[asyncio.AbstractEventLoop | None, _Flusher | None] = (None, None)
+
+
 def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    global _last
+    last_loop, f = _last
+    if last_loop is loop and f is not None:
+        return f
     f = _flushers.get(loop)
     if f is None:
         f = _flushers[loop] = _Flusher(loop)
+    _last = (loop, f)
     return f
-
-
-def _live(metric: Any) -> Any:
-    """None for the stand-in of a disabled Prometheus, so the flush skips the calls."""
-    return None if metric is getattr(metrics, "_NOOP", None) else metric
 
 
 class Writer:
@@ -128,8 +133,8 @@ class Writer:
         self._sync = getattr(transport, "write_now", None) is not None
         self._flusher = _flusher(loop or asyncio.get_running_loop())
         self._sep = transport.codec.separator
-        self._m_sent = _live(metrics.child(metrics.TRANSPORT_SENT, transport.name, "", ""))
-        self._m_sent_size = _live(
+        self._m_sent = metrics.live(metrics.child(metrics.TRANSPORT_SENT, transport.name, "", ""))
+        self._m_sent_size = metrics.live(
             metrics.child(metrics.TRANSPORT_SENT_SIZE, transport.name, "", "")
         )
         # The next frame: None while nothing is queued, one message as is (the shared

@@ -165,7 +165,7 @@ class ChannelCommands:
             raise ClientError(ERROR_BAD_REQUEST)
         claims = await verified(
             self.node.verifier.verify_subscribe_token(token),
-            Disconnect(DISCONNECT_SUB_EXPIRED),
+            lambda: Disconnect(DISCONNECT_SUB_EXPIRED),
             "subscription refresh token",
         )
         self._check_token_owner(claims, channel)

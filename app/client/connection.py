@@ -35,6 +35,7 @@ from app.errors import (
 from app.node import Node
 from app.protocol import Command, DecodeError, get_bool, get_dict, get_int, get_raw, get_str
 from app.proxy import REFRESH_RETRY_DELAY, ProxyUnavailable
+from app.timers import CoarseTimer
 from app.writer import Transport, Writer
 
 log = logging.getLogger("centrifugo.client")
@@ -73,6 +74,12 @@ def new_client_id() -> str:
     one is made per connection."""
     h = _random.take16().hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+def _namespace(cmd: Command) -> str:
+    """The namespace label of a command's channel (metrics)."""
+    channel = cmd.params.get("channel")
+    return metrics.namespace_of(channel) if type(channel) is str else ""
 
 
 class Client(SubscribeFlow, ChannelCommands):
@@ -133,11 +140,13 @@ class Client(SubscribeFlow, ChannelCommands):
         # writer schedules itself only while it has data, and nothing awaited `_closed`.
         self._writer = Writer(transport, self.cfg.queue_max_size, self._on_writer_error, node.loop)
         self._waiting_pong = False
-        self._ping_handle: asyncio.TimerHandle | None = None
-        self._pong_handle: asyncio.TimerHandle | None = None
+        self._ping_handle: CoarseTimer | None = None
+        self._pong_handle: CoarseTimer | None = None
         self._expire_handle: asyncio.TimerHandle | None = None
         self._inbox: asyncio.Queue[bytes] | None = None
-        self._m_received = metrics.child(metrics.TRANSPORT_RECEIVED, transport.name, "", "")
+        self._m_received = metrics.live(
+            metrics.child(metrics.TRANSPORT_RECEIVED, transport.name, "", "")
+        )
         self._m_received_size = metrics.child(
             metrics.TRANSPORT_RECEIVED_SIZE, transport.name, "", ""
         )
@@ -145,8 +154,7 @@ class Client(SubscribeFlow, ChannelCommands):
         self.meta: bytes | None = None  # server-only JSON from token or connect proxy
         self._emulated_headers: dict[str, str] | None = None
         self._client_name = ""
-        loop = node.loop
-        self._stale_handle: asyncio.TimerHandle | None = loop.call_later(
+        self._stale_handle: CoarseTimer | None = node.timers.call_later(
             self.cfg.stale_close_delay, self._on_stale
         )
         node.clients.add(self)
@@ -175,8 +183,9 @@ class Client(SubscribeFlow, ChannelCommands):
         """Process one incoming frame. Returns False once the connection is closing."""
         if self.state is State.CLOSED:
             return False
-        self._m_received.inc()
-        self._m_received_size.inc(len(data))
+        if self._m_received is not None:
+            self._m_received.inc()
+            self._m_received_size.inc(len(data))
         try:
             commands = self.codec.decode_commands(data)
         except DecodeError as e:
@@ -216,9 +225,8 @@ class Client(SubscribeFlow, ChannelCommands):
             await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
             return False
         handler = getattr(self, "_cmd_" + method)
-        channel = cmd.params.get("channel")
-        ns = metrics.namespace_of(channel) if type(channel) is str else ""
-        started = time.perf_counter()
+        timed = metrics.enabled()
+        started = time.perf_counter() if timed else 0.0
         try:
             result = await handler(cmd.id, cmd.params)
             if result is not None:
@@ -226,7 +234,7 @@ class Client(SubscribeFlow, ChannelCommands):
         except ClientError as e:
             if method == "connect":
                 self._connect_failed = True
-            metrics.child(metrics.REPLY_ERRORS, method, str(e.code), ns).inc()
+            metrics.child(metrics.REPLY_ERRORS, method, str(e.code), _namespace(cmd)).inc()
             self.send(self.codec.encode_error(cmd.id, e.to_dict()))
         except Disconnect as d:
             await self.close(d)
@@ -240,9 +248,11 @@ class Client(SubscribeFlow, ChannelCommands):
                 self._connect_failed = True
             self.send(self.codec.encode_error(cmd.id, ClientError(ERROR_INTERNAL).to_dict()))
         finally:
-            elapsed = time.perf_counter() - started
-            metrics.child(metrics.COMMAND_DURATION, method, ns).observe(elapsed)
-            metrics.child(metrics.COMMAND_DURATION_HISTOGRAM, method, ns).observe(elapsed)
+            if timed:
+                elapsed = time.perf_counter() - started
+                ns = _namespace(cmd)
+                metrics.child(metrics.COMMAND_DURATION, method, ns).observe(elapsed)
+                metrics.child(metrics.COMMAND_DURATION_HISTOGRAM, method, ns).observe(elapsed)
         return self.state is not State.CLOSED
 
     # ------------------------------------------------------------- closing
@@ -326,7 +336,7 @@ class Client(SubscribeFlow, ChannelCommands):
             return
         # Spread the first ping so that a reconnect wave does not ping in lockstep.
         delay = random.uniform(interval / 2, interval) if first else interval
-        self._ping_handle = self.node.loop.call_later(delay, self._on_ping_time)
+        self._ping_handle = self.node.timers.call_later(delay, self._on_ping_time)
 
     def _on_ping_time(self) -> None:
         if self.state is not State.CONNECTED:
@@ -334,7 +344,7 @@ class Client(SubscribeFlow, ChannelCommands):
         self.send(self.codec.ping)
         if self._pong_expected() and not self._waiting_pong:
             self._waiting_pong = True
-            self._pong_handle = self.node.loop.call_later(self.cfg.pong_timeout, self._on_no_pong)
+            self._pong_handle = self.node.timers.call_later(self.cfg.pong_timeout, self._on_no_pong)
         self._schedule_ping()
 
     def _on_pong(self) -> None:
@@ -398,7 +408,7 @@ class Client(SubscribeFlow, ChannelCommands):
         elif token:
             claims = await verified(
                 node.verifier.verify_connect_token(token),
-                ClientError(ERROR_TOKEN_EXPIRED),
+                lambda: ClientError(ERROR_TOKEN_EXPIRED),
                 "connection token",
             )
             if claims.user == "" and cfg.disallow_anonymous_connection_tokens:
@@ -605,7 +615,7 @@ class Client(SubscribeFlow, ChannelCommands):
             raise Disconnect(DISCONNECT_BAD_REQUEST)
         claims = await verified(
             self.node.verifier.verify_connect_token(token),
-            Disconnect(DISCONNECT_EXPIRED),
+            lambda: Disconnect(DISCONNECT_EXPIRED),
             "refresh token",
         )
         if claims.user != self.user:

@@ -19,7 +19,6 @@ us before). Frames go to the Client in order; an idle connection holds no task.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import collections
 import contextlib
@@ -32,6 +31,7 @@ from multidict import CIMultiDict
 
 from app.client import Client
 from app.node import NODE_KEY, Node
+from app.timers import CoarseTimer
 from app.transports.websocket import (
     WebSocketTransport,
     origin_allowed,
@@ -113,13 +113,13 @@ def parse_upgrade(head: bytes, path: bytes, compression: bool) -> Upgrade | None
         headers.getall("Sec-WebSocket-Extensions", ())
     ):
         return None  # aiohttp negotiates and runs the compressor
-    key = headers.get("Sec-WebSocket-Key", "").strip()
+    key = headers.get("Sec-WebSocket-Key", "")
     try:
-        if len(base64.b64decode(key, validate=True)) != 16:
+        if len(binascii.a2b_base64(key, strict_mode=True)) != 16:
             return None
     except (binascii.Error, ValueError):
         return None
-    accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest())
+    accept = binascii.b2a_base64(hashlib.sha1(key.encode() + _GUID).digest(), newline=False)
     args: dict[str, str] = {}
     if query:
         for k, v in parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True):
@@ -186,7 +186,7 @@ class LeanWebSocket(asyncio.Protocol):
         self._server = server
         self._sock: asyncio.Transport | None = None
         self._head = b""
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: CoarseTimer | None = None
         self._ws = False  # upgraded
         self.closed = False  # our close frame is out (or the socket is gone)
 
@@ -196,7 +196,7 @@ class LeanWebSocket(asyncio.Protocol):
         self._sock = transport  # type: ignore[assignment]
         timeout = self._server.keepalive_timeout
         if timeout > 0:  # aiohttp also drops a connection that never sends a request
-            self._timer = self._server.loop.call_later(timeout, transport.close)
+            self._timer = self._server.node.timers.call_later(timeout, transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self._ws:
@@ -465,7 +465,7 @@ class LeanWebSocket(asyncio.Protocol):
     def _arm_close_timeout(self) -> None:
         if self._sock is not None and not self._acked:
             sock = self._sock
-            self._timer = self._server.loop.call_later(CLOSE_TIMEOUT, sock.close)
+            self._timer = self._server.node.timers.call_later(CLOSE_TIMEOUT, sock.close)
 
     def _resolve_ack(self) -> None:
         self._acked = True
