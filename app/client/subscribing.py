@@ -39,6 +39,29 @@ from app.recovery import cache_recovered, stream_recovered
 log = logging.getLogger("centrifugo.client")
 
 
+def _flags(ns: Any, ov: SubscribeOverride | None) -> tuple[bool, bool, bool, bool, bool]:
+    """presence, join_leave, force_push_join_leave, force_recovery, force_positioning of
+    the namespace, with a token's or proxy's overrides (None: not overridden) applied."""
+    flags = (
+        ns.presence,
+        ns.join_leave,
+        ns.force_push_join_leave,
+        ns.force_recovery,
+        ns.force_positioning,
+    )
+    if ov is None:
+        return flags
+    over = (
+        ov.presence,
+        ov.join_leave,
+        ov.force_push_join_leave,
+        ov.force_recovery,
+        ov.force_positioning,
+    )
+    p, j, fp, fr, fpos = (d if o is None else o for o, d in zip(over, flags, strict=True))
+    return p, j, fp, fr, fpos
+
+
 class SubscribeFlow:
     """Mixin of `Client` (app/client/connection.py), whose attributes it uses."""
 
@@ -64,15 +87,20 @@ class SubscribeFlow:
         channel = get_str(params, "channel")
         if not channel:
             raise Disconnect(DISCONNECT_BAD_REQUEST)
-        req = SubRequest(
-            token=get_str(params, "token"),
-            recover=get_bool(params, "recover"),
-            offset=get_int(params, "offset"),
-            epoch=get_str(params, "epoch"),
-            positioned=get_bool(params, "positioned"),
-            recoverable=get_bool(params, "recoverable"),
-            join_leave=get_bool(params, "join_leave"),
-            client_data=get_raw(params, "data") or None,
+        # Most subscribes name only the channel: then every other field is its default.
+        req = (
+            SubRequest()
+            if len(params) == 1
+            else SubRequest(
+                token=get_str(params, "token"),
+                recover=get_bool(params, "recover"),
+                offset=get_int(params, "offset"),
+                epoch=get_str(params, "epoch"),
+                positioned=get_bool(params, "positioned"),
+                recoverable=get_bool(params, "recoverable"),
+                join_leave=get_bool(params, "join_leave"),
+                client_data=get_raw(params, "data") or None,
+            )
         )
         chinfo = self.node.resolve(channel, client_side=True)
         if channel in self._subs:
@@ -140,17 +168,10 @@ class SubscribeFlow:
     ) -> tuple[Subscription, dict[str, Any]]:
         """Subscribe this connection; the subscription buffers until `_activate`."""
         ns = chinfo.options
-        ov = req.override
         channel = chinfo.channel
-
-        def pick(value: bool | None, default: bool) -> bool:
-            return default if value is None else value
-
-        presence = pick(ov.presence if ov else None, ns.presence)
-        join_leave = pick(ov.join_leave if ov else None, ns.join_leave)
-        force_push = pick(ov.force_push_join_leave if ov else None, ns.force_push_join_leave)
-        force_recovery = pick(ov.force_recovery if ov else None, ns.force_recovery)
-        force_positioning = pick(ov.force_positioning if ov else None, ns.force_positioning)
+        presence, join_leave, force_push, force_recovery, force_positioning = _flags(
+            ns, req.override
+        )
         history_ok = server_side or self._history_permitted(ns, True)
 
         recoverable = ns.history_enabled and (

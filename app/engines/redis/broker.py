@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import string
-from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -207,21 +206,25 @@ class RedisBroker:
             self._handler.handle_control(data)
 
     async def subscribe(self, channels: list[str]) -> None:
-        groups: dict[tuple[Shard, int], list[bytes]] = defaultdict(list)
+        groups: dict[PubSubConnection, list[bytes]] = {}
         for ch in channels:
             shard = self.shard_for(ch)
-            assert shard.keys is not None
-            groups[(shard, shard.keys.partition(ch))].append(shard.keys.client_channel(ch).encode())
+            keys = shard.keys
+            assert keys is not None
+            conn = self._conn_for(shard, keys.partition(ch))
+            name = keys.client_channel(ch).encode()
+            names = groups.get(conn)
+            if names is None:
+                groups[conn] = [name]
+            else:
+                names.append(name)
         try:
             if len(groups) == 1:  # one client's channel: no task for a gather
-                (((shard, part), names),) = groups.items()
-                await self._conn_for(shard, part).subscribe(names, self._io_timeout)
+                ((conn, names),) = groups.items()
+                await conn.subscribe(names, self._io_timeout)
             else:
                 await asyncio.gather(
-                    *(
-                        self._conn_for(shard, part).subscribe(names, self._io_timeout)
-                        for (shard, part), names in groups.items()
-                    )
+                    *(conn.subscribe(names, self._io_timeout) for conn, names in groups.items())
                 )
         except PubSubUnavailable as e:
             log.warning("subscribe failed: %s", e)

@@ -230,13 +230,13 @@ class PubSubConnection:
         proto = self._proto
         if proto is None or proto.transport is None:
             return
-        proto.transport.write(
-            b"".join(
-                _command(cmd, *channels[i : i + BATCH])
-                for cmd, channels in ops
-                for i in range(0, len(channels), BATCH)
-            )
-        )
+        commands = [
+            _command(cmd, *channels[i : i + BATCH])
+            for cmd, channels in ops
+            for i in range(0, len(channels), BATCH)
+        ]
+        if commands:
+            proto.transport.write(commands[0] if len(commands) == 1 else b"".join(commands))
 
     def _on_reply(self, reply: object) -> None:
         if type(reply) is list and reply:
