@@ -493,7 +493,7 @@ class LeanWebSocket(asyncio.Protocol):
 
 class LeanServer:
     """Stands in for aiohttp's `web.Server` as the listeners' protocol factory: each
-    connection starts as a LeanWebSocket; everything else is aiohttp's Server's."""
+    connection starts as a LeanWebSocket; the shutdown calls go to aiohttp's Server."""
 
     def __init__(self, server: Any, app: Any, keepalive_timeout: float) -> None:
         self._aiohttp = server
@@ -510,8 +510,23 @@ class LeanServer:
     def __call__(self) -> asyncio.Protocol:
         return LeanWebSocket(self)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._aiohttp, name)
+    # What aiohttp's runner asks of its server besides making protocols. Forwarded by
+    # name, not by __getattr__: a class with __getattr__ pays a slower lookup on every
+    # attribute, and connections read this object's attributes several times each.
+    def pre_shutdown(self) -> None:
+        self._aiohttp.pre_shutdown()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        await self._aiohttp.shutdown(timeout)
+
+    @property
+    def connections(self) -> Any:
+        return self._aiohttp.connections
+
+    @property
+    def requests_count(self) -> int:
+        """HTTP requests aiohttp served (gunicorn's worker checks it against max_requests)."""
+        return self._aiohttp.requests_count  # type: ignore[no-any-return]
 
     def aiohttp_protocol(self) -> asyncio.Protocol:
         return self._aiohttp()  # type: ignore[no-any-return]
