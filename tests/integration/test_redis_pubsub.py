@@ -118,6 +118,30 @@ async def test_subscribe_is_idempotent(engine):
     assert [p.data for p in pubs] == [b"x", b"sentinel"]  # one delivery each, not two
 
 
+async def _ssubscribe_calls(rdb) -> int:
+    stats = await rdb.info("commandstats")
+    return int(stats.get("cmdstat_ssubscribe", {}).get("calls", 0))
+
+
+async def test_a_stream_of_subscribes_shares_commands(engine):
+    """A connect storm: subscribes arriving one loop turn after another leave in a few
+    SSUBSCRIBE commands (each write waits up to FLUSH_DELAY once the link is busy), not
+    in one command and one socket write each."""
+    broker, rec, rdb = engine
+    await broker.subscribe(["warm"])
+    before = await _ssubscribe_calls(rdb)
+    tasks = []
+    for i in range(20):
+        tasks.append(asyncio.create_task(broker.subscribe([f"storm{i}"])))
+        await asyncio.sleep(0)  # the next subscribe comes in a loop turn of its own
+    await asyncio.gather(*tasks)
+    calls = await _ssubscribe_calls(rdb) - before
+    assert 1 <= calls <= 10, calls
+    # Every channel is subscribed for real: a publication to the last one arrives.
+    await broker.publish("storm19", b"x", PublishOptions())
+    assert [p.data for p in await rec.wait_pubs("storm19", 1)] == [b"x"]
+
+
 async def test_unsubscribe_stops_delivery(engine):
     broker, rec, rdb = engine
     await broker.subscribe(["ch", "other"])

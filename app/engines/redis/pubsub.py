@@ -25,6 +25,10 @@ from app import metrics
 log = logging.getLogger("centrifugo.redis.pubsub")
 
 BATCH = 512
+# While subscribes stream in (a connect storm), a command waits up to this long for
+# company, so that one socket write and one read carry several: Centrifugo's Redis
+# client does the same (rueidis MaxFlushDelay, 100 µs). libuv counts whole milliseconds.
+FLUSH_DELAY = 0.001
 
 
 @dataclass(slots=True)
@@ -113,6 +117,8 @@ class PubSubConnection:
         # (command, channels) asked for in this loop turn: a burst of connects costs one
         # socket write (and few commands) instead of one per subscribe.
         self._queued: list[tuple[bytes, list[bytes]]] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._flushed_at = float("-inf")  # loop time of the last write of queued commands
         self._loop: asyncio.AbstractEventLoop | None = None
         # Subscribes waiting for Redis, oldest first: (deadline, channels, futures). One
         # timer walks them, instead of a timer per subscribe (one per connect).
@@ -138,6 +144,9 @@ class PubSubConnection:
 
     async def close(self) -> None:
         self._closing = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
@@ -210,9 +219,13 @@ class PubSubConnection:
 
     def _queue(self, cmd: bytes, channels: list[bytes]) -> None:
         queued = self._queued
-        if not queued:
-            self._get_loop().call_soon(self._flush_queued)
-        # (an early flush leaves the queue empty and this callback a no-op)
+        if self._flush_handle is None:
+            loop = self._get_loop()
+            if loop.time() - self._flushed_at < FLUSH_DELAY:
+                # The last write was a moment ago: more subscribes are likely on the way.
+                self._flush_handle = loop.call_later(FLUSH_DELAY, self._flush_queued)
+            else:
+                self._flush_handle = loop.call_soon(self._flush_queued)
         if queued and queued[-1][0] == cmd:
             queued[-1][1].extend(channels)
         else:
@@ -222,8 +235,12 @@ class PubSubConnection:
         # In order, so an unsubscribe and a re-subscribe of one channel stay in sequence.
         # Nothing is lost if the link dropped meanwhile: the reconnect resubscribes every
         # wanted channel, and their waiters resolve then.
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()  # called early (an unsubscribe writes at once)
         queued, self._queued = self._queued, []
         if queued:
+            self._flushed_at = self._get_loop().time()
             self._send_batches(*queued)
 
     def _send_batches(self, *ops: tuple[bytes, list[bytes]]) -> None:
