@@ -68,15 +68,31 @@ class Script:
         self.sha = hashlib.sha1(self.body).hexdigest().encode()
 
 
+def bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def evalsha_command(sha: bytes, nkeys: int, nargs: int, packed: bytes) -> bytes:
+    """EVALSHA in RESP, around keys and args already encoded as bulk strings: the same
+    bytes hiredis.pack_command gives for the whole argument list."""
+    n = str(nkeys).encode()
+    return b"*%d\r\n$7\r\nEVALSHA\r\n%b%b%b" % (3 + nkeys + nargs, bulk(sha), bulk(n), packed)
+
+
 class _Cmd:
     __slots__ = ("fut", "args", "data", "script", "retried", "reloaded")
 
     def __init__(
-        self, fut: asyncio.Future[Any] | None, args: tuple[Any, ...], script: Script | None
+        self,
+        fut: asyncio.Future[Any] | None,
+        args: tuple[Any, ...],
+        script: Script | None,
+        data: bytes | None = None,
     ) -> None:
         self.fut = fut  # None: a script load whose reply nobody awaits
-        self.args = args
-        self.data: bytes = hiredis.pack_command(args)
+        self.args = args  # kept for a NOSCRIPT retry and the cluster fallback
+        self.data: bytes = hiredis.pack_command(args) if data is None else data
         self.script = script
         self.retried = False  # used its one retry after a connection error
         self.reloaded = False  # used its one retry after NOSCRIPT
@@ -181,10 +197,19 @@ class AutoPipeline:
         return fut
 
     def evalsha(
-        self, script: Script, keys: Sequence[Any], args: Sequence[Any]
+        self,
+        script: Script,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        packed: bytes | None = None,
     ) -> asyncio.Future[Any]:
+        """`packed`, when given, is `keys` and `args` already encoded as RESP bulk strings
+        (see `bulk`): a caller that builds them from cached pieces saves hiredis packing
+        every argument again (~0.3 µs each; a batch call has hundreds)."""
         fut = self._loop.create_future()
-        self._enqueue(_Cmd(fut, ("EVALSHA", script.sha, len(keys), *keys, *args), script))
+        cmd_args = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        data = None if packed is None else evalsha_command(script.sha, len(keys), len(args), packed)
+        self._enqueue(_Cmd(fut, cmd_args, script, data))
         return fut
 
     def _enqueue(self, cmd: _Cmd) -> None:

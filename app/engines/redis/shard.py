@@ -27,7 +27,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.config import RedisConfig
-from app.engines.redis.pipeline import AutoPipeline, Script
+from app.engines.redis.pipeline import AutoPipeline, Script, bulk
 from app.engines.redis.pubsub import Endpoint
 
 log = logging.getLogger("centrifugo.redis")
@@ -206,6 +206,7 @@ class Keys:
         p = prefix
         self.control = f"{p}.control".encode()
         self._publish_keys: dict[str, tuple[str, str, str, str]] = {}
+        self._history_resp: dict[str, tuple[tuple[bytes, bytes], bytes]] = {}
 
     def partition(self, channel: str) -> int:
         if not self.cluster:
@@ -233,6 +234,20 @@ class Keys:
                 self._publish_keys.clear()
             self._publish_keys[channel] = names
         return names
+
+    def history_resp(self, channel: str) -> tuple[tuple[bytes, bytes], bytes]:
+        """`channel`'s history_add keys as RESP bulk strings, cached like publish_keys:
+        ((stream + meta, stream + meta + result key without idempotency key), PUB/SUB
+        channel). A batch's history_add call is built from them."""
+        resp = self._history_resp.get(channel)
+        if resp is None:
+            stream, meta, pubsub_channel, result_prefix = self.publish_keys(channel)
+            head = bulk(stream.encode()) + bulk(meta.encode())
+            resp = ((head, head + bulk(result_prefix.encode())), bulk(pubsub_channel.encode()))
+            if len(self._history_resp) >= 16384:
+                self._history_resp.clear()
+            self._history_resp[channel] = resp
+        return resp
 
     def stream(self, channel: str) -> str:
         return f"{self.prefix}.stream.{self._t(channel)}{channel}"
@@ -399,13 +414,16 @@ class Shard:
 
     # --- pipelined commands ---
 
-    def eval(self, name: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        """EVALSHA of script `name`; queued before this returns (issue order is kept)."""
+    def eval(
+        self, name: str, keys: list[str], args: list[Any], packed: bytes | None = None
+    ) -> Awaitable[Any]:
+        """EVALSHA of script `name`; queued before this returns (issue order is kept).
+        `packed`: keys and args already RESP-encoded (AutoPipeline.evalsha)."""
         pipe = self._pipe if self._pipe is not None else self._node_pipe(keys[0])
         if pipe is None:
             script = self.scripts[name]
             return self._cluster_fallback(("EVAL", script.body, len(keys), *keys, *args))
-        return pipe.evalsha(self.scripts[name], keys, args)
+        return pipe.evalsha(self.scripts[name], keys, args, packed)
 
     def spublish(self, channel: str, payload: bytes) -> Awaitable[Any]:
         pipe = self._pipe if self._pipe is not None else self._node_pipe(channel)

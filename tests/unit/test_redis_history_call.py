@@ -1,0 +1,64 @@
+"""A history_add call built from cached RESP pieces (app/engines/redis/broker.py) must be
+byte for byte the command hiredis packs from the same keys and args."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hiredis
+import pytest
+
+from app.engines.redis.broker import _HistoryCall
+from app.engines.redis.pipeline import Script, evalsha_command
+from app.engines.redis.shard import Keys
+from app.models import ClientInfo, PublishOptions
+
+SCRIPT = Script("history_add", "return 1")
+
+
+class _Shard:
+    """What _HistoryCall needs of a shard: its key names, and eval (recorded)."""
+
+    def __init__(self, cluster: bool) -> None:
+        self.keys = Keys("centrifugo", cluster)
+        self.calls: list[tuple[str, list[Any], list[Any], bytes | None]] = []
+
+    def eval(self, name: str, keys: list[Any], args: list[Any], packed: bytes | None = None):
+        self.calls.append((name, keys, args, packed))
+        return _done()
+
+
+async def _done() -> list[Any]:
+    return []
+
+
+OPTIONS = [
+    PublishOptions(history_size=100, history_ttl=300),
+    PublishOptions(history_size=10, history_ttl=0.5, history_meta_ttl=3600, delta=True),
+    PublishOptions(
+        history_size=5,
+        history_ttl=60,
+        idempotency_key="key-ä",
+        idempotent_result_ttl=30,
+        tags={"a": "b"},
+        client_info=ClientInfo("user", "client", b'{"x":1}', None),
+    ),
+]
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+async def test_packed_command_equals_hiredis_packing(cluster: bool) -> None:
+    shard = _Shard(cluster)
+    call = _HistoryCall(shard)  # type: ignore[arg-type]
+    for i in range(12):
+        index = call.add(f"ns:chän{i % 5}", b'{"n":%d}' % i, OPTIONS[i % len(OPTIONS)])
+        assert index == i
+    assert len(call) == 12
+    call.issue()
+    await call.reply  # type: ignore[misc]
+    ((name, keys, args, packed),) = shard.calls
+    assert name == "history_add"
+    assert len(keys) == 3 * 12 and len(args) == 7 * 12
+    assert packed is not None
+    expected = hiredis.pack_command(("EVALSHA", SCRIPT.sha, len(keys), *keys, *args))
+    assert evalsha_command(SCRIPT.sha, len(keys), len(args), packed) == expected
