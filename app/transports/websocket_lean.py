@@ -498,7 +498,7 @@ class LeanServer:
     def __init__(self, server: Any, app: Any, keepalive_timeout: float) -> None:
         self._aiohttp = server
         self.node: Node = app[NODE_KEY]
-        self.loop = asyncio.get_running_loop()
+        self.loop = self.node.loop  # read per frame: kept here, one hop closer
         cfg = self.node.config
         self.keepalive_timeout = keepalive_timeout
         self._path = cfg.websocket.handler_prefix.encode()

@@ -174,7 +174,7 @@ class _HistoryCall:
         keys_resp, channel_resp = keys.history_resp(channel)
         o = _item_options(opts)
         payload = codec.encode_payload(data, opts.client_info, opts.tags, 0, opts.delta)
-        index = len(self.keys) // 3
+        index = len(self._rkeys)
         if opts.idempotency_key:
             result_key = result_prefix + opts.idempotency_key
             self._rkeys.append(keys_resp[0] + bulk(result_key.encode()))

@@ -11,7 +11,6 @@ never waits on a client.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import ssl
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 import hiredis
 
 from app import metrics
+from app.timers import CoarseTimers
 
 log = logging.getLogger("centrifugo.redis.pubsub")
 
@@ -120,12 +120,9 @@ class PubSubConnection:
         self._flush_handle: asyncio.Handle | None = None
         self._flushed_at = float("-inf")  # loop time of the last write of queued commands
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Subscribes waiting for Redis, oldest first: (deadline, channels, futures). One
-        # timer walks them, instead of a timer per subscribe (one per connect).
-        self._deadlines: collections.deque[
-            tuple[float, list[bytes], list[asyncio.Future[None]]]
-        ] = collections.deque()
-        self._deadline_timer: asyncio.TimerHandle | None = None
+        # Deadlines of subscribes waiting for Redis (one per connect): coarse timers, not
+        # a loop timer each.
+        self._timers: CoarseTimers | None = None
 
     @property
     def ready(self) -> bool:
@@ -147,10 +144,6 @@ class PubSubConnection:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        self._deadlines.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -177,32 +170,23 @@ class PubSubConnection:
             return
         if self._ready:
             self._queue(self._sub_cmd, new)
-        deadline = loop.time() + timeout
-        self._deadlines.append((deadline, new, futs))
-        if self._deadline_timer is None:
-            self._deadline_timer = loop.call_at(deadline, self._expire)
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = CoarseTimers(loop)
+        timers.call_later(timeout, self._expire, new, futs)
         if len(futs) == 1:  # the common case, one client's channel: no gather
             await futs[0]
         else:
             await asyncio.gather(*futs)
 
-    def _expire(self) -> None:
-        """Fail the subscribes past their deadline that Redis has not confirmed."""
-        self._deadline_timer = None
-        loop = self._get_loop()
-        now = loop.time()
-        pending = self._deadlines
-        while pending and pending[0][0] <= now:
-            _, channels, futs = pending.popleft()
-            for ch, fut in zip(channels, futs, strict=True):
-                if not fut.done():
-                    fut.set_exception(PubSubUnavailable("pub/sub subscribe not confirmed in time"))
-                    waiters = self._waiters.get(ch)
-                    if waiters and fut in waiters:
-                        waiters.remove(fut)
-        if pending:
-            # A little late rather than a timer firing per connect under load.
-            self._deadline_timer = loop.call_at(max(pending[0][0], now + 0.1), self._expire)
+    def _expire(self, channels: list[bytes], futs: list[asyncio.Future[None]]) -> None:
+        """Fail the subscribes of one call that Redis has not confirmed in time."""
+        for ch, fut in zip(channels, futs, strict=True):
+            if not fut.done():
+                fut.set_exception(PubSubUnavailable("pub/sub subscribe not confirmed in time"))
+                waiters = self._waiters.get(ch)
+                if waiters and fut in waiters:
+                    waiters.remove(fut)
 
     def unsubscribe(self, channels: list[bytes]) -> None:
         gone = [ch for ch in channels if ch in self._wanted]
