@@ -18,8 +18,10 @@ from app.client.subscribing import SubscribeFlow
 from app.client.tokens import verified
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
+    DISCONNECT_CHANNEL_LIMIT,
     DISCONNECT_CONNECTION_LIMIT,
     DISCONNECT_EXPIRED,
+    DISCONNECT_INAPPROPRIATE_PROTOCOL,
     DISCONNECT_INSUFFICIENT_STATE,
     DISCONNECT_INVALID_TOKEN,
     DISCONNECT_NO_PONG,
@@ -33,7 +35,16 @@ from app.errors import (
     Disconnect,
 )
 from app.node import Node
-from app.protocol import Command, DecodeError, get_bool, get_dict, get_int, get_raw, get_str
+from app.protocol import (
+    Command,
+    DecodeError,
+    EncodeError,
+    get_bool,
+    get_dict,
+    get_int,
+    get_raw,
+    get_str,
+)
 from app.proxy import REFRESH_RETRY_DELAY, ProxyUnavailable
 from app.timers import CoarseTimer
 from app.writer import Transport, Writer
@@ -241,6 +252,9 @@ class Client(SubscribeFlow, ChannelCommands):
             return False
         except DecodeError as e:
             await self.close(Disconnect(DISCONNECT_BAD_REQUEST, detail=f"bad {method}: {e}"))
+            return False
+        except EncodeError as e:
+            await self.close(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL, detail=str(e)))
             return False
         except Exception:
             log.exception("error handling %s for client %s", method, self.uid)
@@ -464,6 +478,16 @@ class Client(SubscribeFlow, ChannelCommands):
             r.offset = get_int(raw, "offset")
             r.epoch = get_str(raw, "epoch")
 
+        # client.channel_limit bounds the subscriptions a connect makes too (token
+        # `channels`/`subs`, proxy, personal channel, the client's `subs`), as in
+        # centrifuge: one over the limit and the connection is refused with 3505.
+        channel_limit = cfg.channel_limit
+        if channel_limit > 0 and len(sub_requests) > channel_limit:
+            raise Disconnect(
+                DISCONNECT_CHANNEL_LIMIT,
+                detail=f"{len(sub_requests)} subscriptions at connect, limit {channel_limit}",
+            )
+
         # Resolve every server-side channel before touching any state.
         resolved = []
         for ch, req in sub_requests.items():
@@ -545,6 +569,9 @@ class Client(SubscribeFlow, ChannelCommands):
             return False
         except DecodeError:
             await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
+            return False
+        except EncodeError as e:
+            await self.close(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL, detail=str(e)))
             return False
         return self.state is State.CONNECTED
 

@@ -14,6 +14,7 @@ from app.channels import ChannelInfo
 from app.client.state import State, SubRequest, Subscription
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
+    DISCONNECT_CHANNEL_LIMIT,
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
     DISCONNECT_INSUFFICIENT_STATE,
     DISCONNECT_INVALID_TOKEN,
@@ -32,7 +33,7 @@ from app.errors import (
 )
 from app.hub import Frames
 from app.models import ClientInfo, HistoryFilter, HistoryResult, Publication, StreamPosition
-from app.protocol import get_bool, get_int, get_raw, get_str
+from app.protocol import EncodeError, get_bool, get_int, get_raw, get_str
 from app.proxy import REFRESH_RETRY_DELAY, ProxyContext, ProxyUnavailable
 from app.recovery import cache_recovered, stream_recovered
 
@@ -431,6 +432,11 @@ class SubscribeFlow:
         """Server API `subscribe`: add a subscription and tell the client with a push."""
         if self.state is not State.CONNECTED or channel in self._subs:
             return
+        limit = self.cfg.channel_limit
+        if limit > 0 and len(self._subs) >= limit:
+            # As centrifuge's Client.Subscribe: the connection holding too many goes.
+            self.disconnect_soon(Disconnect(DISCONNECT_CHANNEL_LIMIT))
+            return
         chinfo = self.node.resolve(channel, client_side=False)
         req = SubRequest(info=info, data=data, expire_at=expire_at, override=override)
         if recover_since is not None:
@@ -441,9 +447,14 @@ class SubscribeFlow:
         pubs = result.pop("publications", None)
         for k in ("was_recovering", "recovered", "expires", "ttl"):
             result.pop(k, None)
-        self.send(self.codec.encode_push(channel, "subscribe", result))
-        for p in pubs or ():
-            self.send(self.codec.encode_push(channel, "pub", p))
+        try:
+            frames = [self.codec.encode_push(channel, "subscribe", result)]
+            frames += [self.codec.encode_push(channel, "pub", p) for p in pubs or ()]
+        except EncodeError as e:
+            self.disconnect_soon(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL, detail=str(e)))
+            return
+        for frame in frames:
+            self.send(frame)
         self._activate(sub)
 
     async def unsubscribe_server_side(self, channel: str) -> None:

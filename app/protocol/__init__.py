@@ -9,9 +9,11 @@ complete on its own; a frame is messages joined by `codec.separator`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from app import jsonraw
 from app.models import ClientInfo, Publication
 
 # Request fields a Command may carry, in the order the server looks for them.
@@ -33,6 +35,11 @@ METHODS = (
 
 class DecodeError(ValueError):
     """The frame is not a valid Command; the connection is closed with 3501."""
+
+
+class EncodeError(ValueError):
+    """A reply or push cannot be written in this protocol (binary data for a JSON client);
+    the connection is closed with 3506 (inappropriate protocol), as Centrifugo does."""
 
 
 @dataclass(slots=True)
@@ -78,15 +85,25 @@ def get_str(params: dict[str, Any], key: str) -> str:
     return v
 
 
+# 64-bit integers as protobuf's JSON mapping writes them (a decimal string); ASCII digits
+# only and at most 20 of them, so "--5", "²" or 5,000 digits are refused before int() sees them.
+_INT_STRING = re.compile(r"-?[0-9]{1,20}")
+_U64_MAX = (1 << 64) - 1
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def get_int(params: dict[str, Any], key: str, *, signed: bool = False) -> int:
+    """An integer field: a JSON number or a decimal string (protobuf JSON's form for
+    64-bit integers), within uint64 (int64 when `signed`); anything else is a DecodeError."""
     v = params.get(key)
     if v is None:
         return 0
-    if type(v) is str and v.lstrip("-").isdigit():
-        # protobuf JSON encodes 64-bit integers as strings; accept both forms.
+    if type(v) is str and _INT_STRING.fullmatch(v):
         v = int(v)
-    if type(v) is not int or (v < 0 and not signed):
+    if type(v) is not int:
         raise DecodeError(f"{key} must be an integer")
+    if not (_I64_MIN <= v <= _I64_MAX if signed else 0 <= v <= _U64_MAX):
+        raise DecodeError(f"{key} is out of range")
     return v
 
 
@@ -109,12 +126,9 @@ def get_dict(params: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def get_raw(params: dict[str, Any], key: str) -> bytes:
-    """A `bytes` field: raw JSON re-serialised compactly, or Protobuf bytes; b"" if absent."""
-    v = params.get(key)
-    if v is None:
-        return b""
-    if type(v) is bytes:
-        return v
-    import orjson
-
-    return orjson.dumps(v)
+    """A `bytes` field: the JSON received (app.jsonraw keeps it as msgspec.Raw) or Protobuf
+    bytes; b"" if absent or null."""
+    try:
+        return jsonraw.payload(params.get(key))
+    except jsonraw.JsonError:
+        raise DecodeError(f"{key} must be raw JSON or bytes") from None

@@ -1,9 +1,11 @@
 """Client protocol v2, JSON flavour.
 
 Wire rules (research §1.2–1.6): several objects per frame separated by `\\n`;
-`bytes` fields (`data`, `info`, `conn_info`, `chan_info`) are raw JSON values, so
-they are spliced in with `orjson.Fragment` and never re-parsed; zero values are
-omitted except where SDKs rely on a field being present.
+`bytes` fields (`data`, `info`, `conn_info`, `chan_info`) are raw JSON values: decoded
+as the bytes received (app/jsonraw.py) and spliced into replies with `orjson.Fragment`,
+never re-parsed or re-serialised; zero values are omitted except where SDKs rely on a
+field being present. A payload that is not JSON (published in binary by a Protobuf client
+or with `b64data`) cannot be written into a text frame: encoding it raises EncodeError.
 """
 
 from __future__ import annotations
@@ -12,24 +14,36 @@ from typing import Any
 
 import orjson
 
+from app import jsonraw
 from app.models import ClientInfo, Publication
-from app.protocol import METHODS, Command, DecodeError
+from app.protocol import METHODS, Command, DecodeError, EncodeError
+from app.protocol.gen.client_pb2 import Command as PbCommand
 
 _OPTS = orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+_COMMAND = jsonraw.decoder(PbCommand.DESCRIPTOR)
+
+
+def _raw(data: bytes) -> orjson.Fragment:
+    """A payload spliced as it is, once it is known to be JSON text."""
+    if not jsonraw.is_json(data):
+        raise EncodeError("binary payload on the JSON protocol")
+    return orjson.Fragment(data)
 
 
 def client_info_obj(info: ClientInfo) -> dict[str, Any]:
     # user and client are always written: SDKs read them unconditionally.
     out: dict[str, Any] = {"user": info.user, "client": info.client}
     if info.conn_info:
-        out["conn_info"] = orjson.Fragment(info.conn_info)
+        out["conn_info"] = _raw(info.conn_info)
     if info.chan_info:
-        out["chan_info"] = orjson.Fragment(info.chan_info)
+        out["chan_info"] = _raw(info.chan_info)
     return out
 
 
 def publication_obj(pub: Publication) -> dict[str, Any]:
-    out: dict[str, Any] = {"data": orjson.Fragment(pub.data or b"null")}
+    out: dict[str, Any] = {"data": _raw(pub.data) if pub.data else orjson.Fragment(b"null")}
     if pub.info is not None:
         out["info"] = client_info_obj(pub.info)
     if pub.offset:
@@ -44,7 +58,7 @@ def publication_obj(pub: Publication) -> dict[str, Any]:
 def _default(obj: Any) -> Any:
     """How protocol-neutral values look in JSON."""
     if type(obj) is bytes:
-        return orjson.Fragment(obj)  # raw JSON payload, spliced as is
+        return _raw(obj)  # raw JSON payload, spliced as is
     if type(obj) is Publication:
         return publication_obj(obj)
     if type(obj) is ClientInfo:
@@ -53,15 +67,13 @@ def _default(obj: Any) -> Any:
 
 
 def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=_default, option=_OPTS)
-
-
-def _is_json(data: bytes) -> bool:
     try:
-        orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return True
+        return orjson.dumps(obj, default=_default, option=_OPTS)
+    except TypeError as e:
+        # orjson wraps what `default` raised in a TypeError: unwrap ours.
+        if isinstance(e.__cause__, EncodeError):
+            raise e.__cause__ from None
+        raise
 
 
 def _to_command(obj: Any) -> Command:
@@ -99,9 +111,9 @@ class JsonCodec:
             if not line.strip():
                 continue
             try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                raise DecodeError("invalid JSON") from e
+                obj = jsonraw.decode(_COMMAND, line)
+            except jsonraw.JsonError as e:
+                raise DecodeError(f"invalid command: {e}") from None
             out.append(_to_command(obj))
         if not out:
             raise DecodeError("empty frame")
@@ -118,7 +130,7 @@ class JsonCodec:
         return _dumps(push if self.bare else {"push": push})
 
     def encode_pub_push(self, channel: str, pub: Publication) -> bytes:
-        if not _is_json(pub.data):
+        if not jsonraw.is_json(pub.data):
             return b""  # binary payload: JSON clients get 3506 instead
         if pub.info is None and not pub.tags and not pub.time and pub.data:
             # The common shape (API publications) spliced by hand: the same bytes orjson

@@ -19,14 +19,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from app import jsonraw
 from app.client import Client
 from app.config import CodeTransformsConfig, Config
 from app.errors import DISCONNECT_BAD_REQUEST, DISCONNECT_SERVER_ERROR, ClientError, Disconnect
 from app.node import NODE_KEY, Node
 from app.protocol import DecodeError
+from app.protocol.gen.client_pb2 import ConnectRequest
 from app.protocol.json import JSON_UNI
 
 log = logging.getLogger("centrifugo.uni")
@@ -48,16 +49,19 @@ class BadConnectRequest(ValueError):
     """The ConnectRequest is not a JSON object (or `null`)."""
 
 
+_CONNECT_REQUEST = jsonraw.decoder(ConnectRequest.DESCRIPTOR)
+
+
 def decode_connect_request(data: bytes | str) -> dict[str, Any]:
-    """A JSON ConnectRequest; `null` is an empty request, as in Centrifugo."""
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise BadConnectRequest(str(e)) from None
-    if obj is None:
+    """A JSON ConnectRequest (its `data` kept as the bytes received); `null` is an empty
+    request, as in Centrifugo."""
+    buf = data.encode() if isinstance(data, str) else data
+    if buf.strip() == b"null":
         return {}
-    if not isinstance(obj, dict):
-        raise BadConnectRequest("connect request is not an object")
+    try:
+        obj: dict[str, Any] = jsonraw.decode(_CONNECT_REQUEST, buf)
+    except jsonraw.JsonError as e:
+        raise BadConnectRequest(str(e)) from None
     return obj
 
 
