@@ -41,6 +41,28 @@ def _is_map(field: FieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
+def _field_type(f: FieldDescriptor, building: set[str], cache: dict[str, Any]) -> Any:
+    """Raw for a payload; a (list or map of) shape(s) for messages holding payloads; a null
+    message decodes as absent, as Go leaves a nil pointer (a null payload is Raw(b"null"):
+    see payload()); Any for everything else."""
+    if f.type == FieldDescriptor.TYPE_BYTES:
+        return list[Raw] | None if f.is_repeated else Raw
+    if f.message_type is None:
+        return Any
+    if _is_map(f):
+        value = f.message_type.fields_by_name["value"]
+        if value.type == FieldDescriptor.TYPE_BYTES:
+            return dict[str, Raw] | None
+        if value.message_type is None:
+            return Any
+        t = _shape(value.message_type, building, cache)
+        return Any if t is Any else dict[str, t | None] | None
+    t = _shape(f.message_type, building, cache)
+    if t is Any:
+        return Any
+    return list[t] | None if f.is_repeated else t | None
+
+
 def _shape(desc: Descriptor, building: set[str], cache: dict[str, Any]) -> Any:
     """A TypedDict for `desc`, or Any when no field below it holds a payload."""
     if desc.full_name in cache:
@@ -51,19 +73,8 @@ def _shape(desc: Descriptor, building: set[str], cache: dict[str, Any]) -> Any:
     fields: dict[str, Any] = {}
     has_raw = False
     for f in desc.fields:
-        if f.type == FieldDescriptor.TYPE_BYTES:
-            t: Any = Raw
-        elif f.message_type is not None and not _is_map(f):
-            t = _shape(f.message_type, building, cache)
-        else:
-            t = Any
-        if t is not Any:
-            has_raw = True
-            if f.is_repeated:
-                t = list[t] | None
-            elif t is not Raw:  # (a null payload is Raw(b"null"): see payload())
-                # A null message decodes as absent, as Go leaves a nil pointer.
-                t = t | None
+        t = _field_type(f, building, cache)
+        has_raw = has_raw or t is not Any
         fields[f.name] = t
     building.discard(desc.full_name)
     shape: Any = TypedDict(desc.name, fields, total=False) if has_raw else Any  # type: ignore[operator]

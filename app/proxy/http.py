@@ -138,7 +138,7 @@ class HTTPCaller:
             log.error("error proxying %s to %s: %r", kind, self.name, e)
             raise ProxyUnavailable(f"HTTP request error: {e!r}") from e
         try:
-            return decode_json_response(data)
+            return decode_json_response(kind, data)
         except ProxyUnavailable as e:
             log.error("error proxying %s to %s: %s", kind, self.name, e)
             raise

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from app import jsonraw
 from app.auth import OVERRIDE_FIELDS, SubscribeOptionsClaim, SubscribeOverride
 from app.errors import ClientError, Disconnect
+from app.proxy.gen import proxy_pb2 as pb
 
 __all__ = [
     "ProxyUnavailable",
@@ -164,12 +165,10 @@ def _put_data(out: dict[str, Any], data: bytes | None, binary: bool, ctx: ProxyC
     if ctx.protocol != "json":
         # JSON-protocol payloads were validated by the codec; protobuf clients may send
         # anything, and Centrifugo fails the call when it cannot embed the bytes as JSON.
-        try:
-            orjson.loads(data)
-        except orjson.JSONDecodeError:
+        if not jsonraw.is_json(data):
             raise ProxyUnavailable(
                 "payload is not valid JSON (enable binary_encoding for binary payloads)"
-            ) from None
+            )
     out["data"] = data
 
 
@@ -259,31 +258,31 @@ def sub_refresh_request(
 # ----------------------------------------------------------------------------- responses
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+# The response message of each proxy kind: its payload fields are kept as the bytes the
+# backend sent (app/jsonraw.py), as Centrifugo keeps them (json.RawMessage).
+_RESPONSES = {
+    "connect": jsonraw.decoder(pb.ConnectResponse.DESCRIPTOR),
+    "refresh": jsonraw.decoder(pb.RefreshResponse.DESCRIPTOR),
+    "subscribe": jsonraw.decoder(pb.SubscribeResponse.DESCRIPTOR),
+    "publish": jsonraw.decoder(pb.PublishResponse.DESCRIPTOR),
+    "rpc": jsonraw.decoder(pb.RPCResponse.DESCRIPTOR),
+    "sub_refresh": jsonraw.decoder(pb.SubRefreshResponse.DESCRIPTOR),
+}
 
 
-def decode_json_response(body: bytes) -> dict[str, Any]:
-    """Parse an HTTP proxy response body; anything but a JSON object is unusable.
-
-    The standard library parser is used on purpose: it keeps integers of any size exact
-    (orjson turns those beyond 64 bits into floats), and payload fields are re-encoded from
-    the parsed values. Replies are small; the network round trip dominates.
-    """
+def decode_json_response(kind: str, body: bytes) -> dict[str, Any]:
+    """Parse the HTTP proxy response body of `kind` (connect, refresh, subscribe, publish,
+    rpc, sub_refresh); anything but a JSON object of that shape is unusable."""
     try:
-        value = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):
-        raise ProxyUnavailable("invalid JSON in proxy response") from None
-    if not isinstance(value, dict):
-        raise ProxyUnavailable("proxy response is not a JSON object")
+        value: dict[str, Any] = jsonraw.decode(_RESPONSES[kind], body)
+    except jsonraw.JsonError as e:
+        raise ProxyUnavailable(f"invalid JSON in proxy response: {e}") from None
     return value
 
 
 def _dump(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # integers beyond 64 bits
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """A raw field of a reply the server made itself (status code transforms)."""
+    return orjson.dumps(value)
 
 
 class _Reader:
@@ -359,7 +358,7 @@ class _Reader:
             return None
         v = self.obj[key]
         if self.from_json:
-            return _dump(v)
+            return bytes(v) if type(v) is jsonraw.Raw else _dump(v)
         if not isinstance(v, bytes):
             raise self._bad(key, "bytes")
         return v or None

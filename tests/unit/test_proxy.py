@@ -164,12 +164,23 @@ def test_proto_package_and_service_names() -> None:
 
 
 def test_decode_json_response() -> None:
-    assert m.decode_json_response(b'{"result":{}}') == {"result": {}}
-    big = m.decode_json_response(b'{"result":{"data":123456789012345678901234567890}}')
+    assert m.decode_json_response("rpc", b'{"result":{}}') == {"result": {}}
+    big = m.decode_json_response("rpc", b'{"result":{"data":123456789012345678901234567890}}')
     assert m.parse_rpc(big, from_json=True).data == b"123456789012345678901234567890"
     for bad in (b"", b"nope", b"[]", b"1", b'{"a":NaN}', b"\xff"):
         with pytest.raises(ProxyUnavailable):
-            m.decode_json_response(bad)
+            m.decode_json_response("rpc", bad)
+
+
+def test_proxy_payloads_are_the_bytes_the_backend_sent() -> None:
+    """Payloads are opaque: nothing a parse-and-dump round trip would change is changed."""
+    for data in (b"1E2", b'{"a":1,"a":2}', b"0.1000000000000000055511151231257827", b"null"):
+        body = b'{"result":{"data":%s,"info":%s,"subs":{"c":{"data":%s}}}}' % (data, data, data)
+        res = m.parse_connect(m.decode_json_response("connect", body), from_json=True)
+        assert res is not None
+        assert (res.data, res.info, res.subs["c"].data) == (data, data, data)
+        body = b'{"result":{"data":%s}}' % data
+        assert m.parse_publish(m.decode_json_response("publish", body), from_json=True).data == data
 
 
 def test_disconnect_wins_over_error_wins_over_result() -> None:
