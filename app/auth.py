@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt import PyJWK
 from jwt.algorithms import get_default_algorithms
 
+from app import jsonraw
+
 __all__ = [
     "ConnectTokenClaims",
     "SubscribeOptionsClaim",
@@ -184,11 +186,9 @@ def _parse_token(token: str) -> tuple[str, str, bytes, bytes, dict[str, Any]]:
         _header_cache[h_seg] = header
     alg, kid = header
     try:
-        claims = orjson.loads(_b64url(p_seg))
-    except orjson.JSONDecodeError:
-        raise TokenInvalid("malformed token: payload is not JSON") from None
-    if type(claims) is not dict:
-        raise TokenInvalid("malformed token: payload is not an object")
+        claims = jsonraw.object_keeping(_b64url(p_seg), _RAW_CLAIMS)
+    except jsonraw.JsonError:
+        raise TokenInvalid("malformed token: payload is not a JSON object") from None
     signature = _b64url(s_seg)
     try:
         signing_input = token[: len(h_seg) + 1 + len(p_seg)].encode("ascii")
@@ -226,17 +226,25 @@ def _audience(claims: dict[str, Any]) -> list[str]:
     raise TokenInvalid("aud claim must be a string or a list of strings")
 
 
+# Claims whose JSON is kept as the bytes in the token (Centrifugo: json.RawMessage), for
+# the connection token and for each entry of its `subs`.
+_RAW_CLAIMS = frozenset(("info", "data", "meta", "subs"))
+_RAW_SUB_OPTIONS = frozenset(("info", "data"))
+
+
+def _raw_claim(obj: dict[str, Any], key: str) -> bytes | None:
+    """A raw JSON claim as the bytes in the token; None when absent or null."""
+    return jsonraw.payload(obj.get(key)) or None
+
+
 def _json_or_b64(obj: dict[str, Any], json_key: str, b64_key: str) -> bytes | None:
-    """`b64<x>` (binary, wins when non-empty) or `<x>` (any JSON, re-encoded compactly)."""
+    """`b64<x>` (binary, wins when non-empty) or `<x>` (any JSON, as in the token)."""
     b64 = obj.get(b64_key)
     if b64 is not None:
         decoded = _b64std(b64, b64_key)
         if b64:
             return decoded
-    value = obj.get(json_key)
-    if value is None:
-        return None
-    return orjson.dumps(value)
+    return _raw_claim(obj, json_key)
 
 
 def _parse_override(value: Any) -> SubscribeOverride | None:
@@ -263,17 +271,23 @@ def _parse_override(value: Any) -> SubscribeOverride | None:
 
 
 def _parse_subs(value: Any) -> dict[str, SubscribeOptionsClaim]:
-    if value is None:
+    raw = jsonraw.payload(value)
+    if not raw:
         return {}
-    if type(value) is not dict:
-        raise TokenInvalid("subs claim must be an object")
+    try:
+        entries = jsonraw.members(raw)
+    except jsonraw.JsonError:
+        raise TokenInvalid("subs claim must be an object") from None
     subs: dict[str, SubscribeOptionsClaim] = {}
-    for channel, opts in value.items():
-        if opts is None:
+    for channel, entry in entries.items():
+        entry_raw = jsonraw.payload(entry)
+        if not entry_raw:
             subs[channel] = SubscribeOptionsClaim()
             continue
-        if type(opts) is not dict:
-            raise TokenInvalid("subs values must be objects")
+        try:
+            opts = jsonraw.object_keeping(entry_raw, _RAW_SUB_OPTIONS)
+        except jsonraw.JsonError:
+            raise TokenInvalid("subs values must be objects") from None
         subs[channel] = SubscribeOptionsClaim(
             info=_json_or_b64(opts, "info", "b64info"),
             data=_json_or_b64(opts, "data", "b64data"),
@@ -728,8 +742,7 @@ class TokenVerifier:
         info = _json_or_b64(claims, "info", "b64info")
         channels = _parse_channels(claims.get("channels"))
         subs = _parse_subs(claims.get("subs"))
-        meta_value = claims.get("meta")
-        meta = None if meta_value is None else orjson.dumps(meta_value)
+        meta = _raw_claim(claims, "meta")
         expire_at = _expire_at(claims, exp)
         if _opt_str(claims, "channel"):
             raise TokenInvalid("connection JWT can not contain channel claim")

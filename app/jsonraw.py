@@ -118,6 +118,21 @@ def loads(buf: bytes) -> Any:
     return decode(_ANY, buf)
 
 
+_RAW_OBJECT = msgspec.json.Decoder(dict[str, Raw])
+
+
+def members(buf: bytes) -> dict[str, Raw]:
+    """A JSON object's members, every value kept Raw."""
+    out: dict[str, Raw] = decode(_RAW_OBJECT, buf)
+    return out
+
+
+def object_keeping(buf: bytes, raw_keys: frozenset[str]) -> dict[str, Any]:
+    """A JSON object of open shape (JWT claims: any custom claim may be read) whose
+    `raw_keys` values stay Raw while the others are decoded."""
+    return {k: v if k in raw_keys else decode(_ANY, bytes(v)) for k, v in members(buf).items()}
+
+
 def payload(value: Any) -> bytes:
     """A payload field as bytes: Raw -> the JSON received, absent or null -> b"", bytes (from
     Protobuf) as they are."""

@@ -361,6 +361,32 @@ async def test_expire_at_semantics() -> None:
 # --------------------------------------------------------------------------- connect claims
 
 
+def hs_raw(payload: bytes, secret: str = SECRET) -> str:
+    """An HS256 token over exactly these payload bytes (jwt.encode would re-serialise them)."""
+    signing_input = b64url(b'{"alg":"HS256","typ":"JWT"}') + "." + b64url(payload)
+    sig = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64url(sig)
+
+
+async def test_raw_claims_are_the_bytes_in_the_token() -> None:
+    """info, meta, subs[*].info/data, subscription data: opaque JSON, not re-serialised."""
+    v = verifier(hmac_secret_key=SECRET)
+    for raw in (b'{"a":1,"a":2}', b"123456789012345678901234567890", b"1E2", b"[0.10]"):
+        payload = b'{"sub":"1","info":%s,"meta":%s,"subs":{"c":{"info":%s,"data":%s}}}' % (
+            (raw,) * 4
+        )
+        c = await v.verify_connect_token(hs_raw(payload))
+        assert (c.info, c.meta, c.subs["c"].info, c.subs["c"].data) == (raw,) * 4
+        payload = b'{"sub":"1","channel":"c","info":%s,"data":%s}' % (raw, raw)
+        s = await v.verify_subscribe_token(hs_raw(payload))
+        assert (s.info, s.data) == (raw, raw)
+    c = await v.verify_connect_token(hs_raw(b'{"sub":"1","info":null,"subs":{"c":null}}'))
+    assert c.info is None and c.subs["c"].info is None
+    for bad in (b'{"sub":"1","subs":[1]}', b'{"sub":"1","subs":{"c":2}}', b"[1]"):
+        with pytest.raises(TokenInvalid):
+            await v.verify_connect_token(hs_raw(bad))
+
+
 async def test_info_and_b64info() -> None:
     v = verifier(hmac_secret_key=SECRET)
     c = await v.verify_connect_token(hs({"sub": "1", "info": {"name": "Alex", "n": [1, 2]}}))
