@@ -7,7 +7,7 @@ only ever talk to this contract, so engines swap without touching them.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from app.models import (
     ClientInfo,
@@ -76,3 +76,12 @@ class Broker(Protocol):
 
     async def remove_history(self, channel: str) -> None:
         """Drop stored publications but keep the meta (epoch and top offset)."""
+
+
+@runtime_checkable
+class HealthReporter(Protocol):
+    """Optional capability of a broker whose backend can be away (Redis): /health answers
+    500 while `healthy` is false. A broker without it is always healthy (memory)."""
+
+    @property
+    def healthy(self) -> bool: ...

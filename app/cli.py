@@ -636,20 +636,19 @@ def _leave_listener_to_uvloop(site: Any) -> None:
 
 
 def _check_redis(cfg: Config) -> None:
-    """Fail start-up with one line, not a worker traceback loop, if Redis is down."""
+    """Refuse a malformed Redis address with one line. Reachability is not checked: workers
+    boot and serve while Redis is down (/health 500) and heal when it answers, so an outage
+    at start-up is no different from one later (Centrifugo exits here instead)."""
     sections = [cfg.engine] if cfg.engine.type == "redis" else []
     sections += [s for s in (cfg.broker, cfg.presence_manager) if s.enabled and s.type == "redis"]
     if not sections:
         return
-    import asyncio
-
-    from app.engines.redis import check_reachable
-    from app.engines.redis.shard import RedisConfigError
+    from app.engines.redis.shard import RedisConfigError, specs_from_config
 
     for section in sections:
         try:
-            asyncio.run(check_reachable(section.redis))
-        except (ConnectionError, RedisConfigError) as e:
+            specs_from_config(section.redis)
+        except RedisConfigError as e:
             raise CliError(str(e)) from None
 
 

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from app import VERSION_STRING, control, metrics
 from app.auth import SubscribeOverride, TokenVerifier
-from app.broker import Broker
+from app.broker import Broker, HealthReporter
 from app.channels import ChannelInfo, ChannelResolver
 from app.config import Config
 from app.errors import (
@@ -146,8 +146,9 @@ class Node:
 
     @property
     def healthy(self) -> bool:
-        """False while the engine cannot serve (e.g. Redis unreachable)."""
-        return getattr(self.broker, "healthy", True)
+        """False while the engine cannot serve (Redis unreachable or not answering)."""
+        broker = self.broker
+        return not isinstance(broker, HealthReporter) or broker.healthy
 
     async def drain(self, timeout: float = 5.0) -> None:
         """First step of a graceful stop: refuse new connections and disconnect every

@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,8 +262,12 @@ def start_server(
     workers: int = 1,
     env: Mapping[str, str] | None = None,
     args: Iterable[str] = (),
+    ready: Callable[[ServerHandle], bool] | None = None,
 ) -> ServerHandle:
     """Start `python -m app -c <tmp config> --http_server.port <free port>` and wait for /health.
+
+    `ready(handle)`, when given, replaces the /health 200 probe (a server started while its
+    Redis is down answers 500 until Redis is back).
 
     `config` is completed by `prepare_config`. `env` is added to the inherited environment
     (with any CENTRIFUGO_* variables of the caller removed so they cannot leak into tests).
@@ -300,7 +304,7 @@ def start_server(
             text = handle.log_text()
             handle.stop(check_log=False)
             raise ServerStartError(f"server exited with {proc.returncode} before ready:\n{text}")
-        if _probe_ready(handle):
+        if (ready or _probe_ready)(handle):
             return handle
         if time.monotonic() > deadline:
             text = handle.log_text()

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -95,9 +96,20 @@ class RedisProcess:
                 raise RuntimeError(f"redis-server on {self.port} not ready in {timeout}s")
             time.sleep(0.02)  # readiness poll interval
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open, nothing is answered (a hung Redis)."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after `freeze`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """SIGTERM and wait: the port is closed and every connection dropped on return."""
         if self.proc is not None and self.proc.poll() is None:
+            self.thaw()  # a frozen redis-server would act on SIGTERM only when continued
             self.proc.terminate()
             try:
                 self.proc.wait(10)
@@ -338,7 +350,9 @@ class SdkSubscriber(Watched):
     """A centrifuge-python Client subscribed to one channel, recording what the SDK reports.
 
     `pubs` holds (offset, data) of every publication event; `subscribed` every
-    SubscribedContext; `client_log` the client's connection events by name.
+    SubscribedContext; `sub_errors` the subscription's errors (e.g. a temporary ReplyError
+    of a refused subscribe, which the SDK retries); `client_log` the client's connection
+    events by name.
     """
 
     def __init__(self, url: str, token: str, channel: str, name: str = "") -> None:
@@ -349,6 +363,7 @@ class SdkSubscriber(Watched):
         self.subscribed: list[Any] = []
         self.unsubscribed: list[Any] = []
         self.subscribing: list[Any] = []
+        self.sub_errors: list[Any] = []  # the errors of failed subscribe attempts
         self.client_log: list[str] = []
         watched = self
 
@@ -376,6 +391,10 @@ class SdkSubscriber(Watched):
 
             async def on_unsubscribed(self, ctx: Any) -> None:
                 watched.unsubscribed.append(ctx)
+                watched._changed()
+
+            async def on_error(self, ctx: Any) -> None:
+                watched.sub_errors.append(ctx.error)
                 watched._changed()
 
             async def on_publication(self, ctx: Any) -> None:

@@ -1,4 +1,4 @@
-"""Redis faults: the Redis server restarts under connected clients; Redis down at start-up.
+"""Redis faults: the Redis server restarts under connected clients; a malformed address.
 
 Each test owns its redis-server (no persistence), so a restart loses every stream: the epoch of
 a channel changes, which subscribers must learn as `recovered: false`.
@@ -233,14 +233,15 @@ async def test_client_leaving_while_redis_down_logs_no_traceback(
     assert "Traceback" not in log, log[-3000:]
 
 
-def test_start_with_redis_unreachable(tmp_path: Path) -> None:
-    """`python -m app -c cfg` with Redis down: exit code 1, one `error:` line, no traceback."""
-    dead_port = free_port()  # nothing listens there
-    cfg = prepare_config(redis_config(dead_port))
+def test_start_with_malformed_redis_address(tmp_path: Path) -> None:
+    """`python -m app -c cfg` with a Redis address it cannot parse: exit code 1, one `error:`
+    line, no traceback. (Redis merely down at start-up is no error: the server starts and
+    heals, see test_redis_outage.py.)"""
+    cfg = prepare_config(redis_config(free_port()))
+    cfg["engine"]["redis"]["address"] = "ftp://127.0.0.1:6379"
     cfg.setdefault("http_server", {})["port"] = free_port()
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
-    t0 = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "app", "-c", str(path)],
         cwd=REPO_ROOT,
@@ -248,11 +249,9 @@ def test_start_with_redis_unreachable(tmp_path: Path) -> None:
         text=True,
         timeout=30,
     )
-    elapsed = time.monotonic() - t0
     assert done.returncode != 0
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: "), done.stderr
-    assert f"127.0.0.1:{dead_port}" in lines[0]
+    assert "'ftp'" in lines[0], done.stderr
     assert "Traceback" not in done.stderr + done.stdout
-    assert elapsed < 15

@@ -4,11 +4,18 @@ Workers hold no channel state: a publication goes through one script that
 appends to the stream, bumps the offset and SPUBLISHes, and comes back to every
 node subscribed to the channel. This node SSUBSCRIBEs exactly the channels with
 local subscribers, over one connection per (shard, partition).
+
+Redis may be away when a worker boots, or go away at any time: `run` never fails because
+of it. Each shard is brought up in the background (first contact, then its control
+PUB/SUB link), retried with backoff until Redis answers; until then every command fails
+with ClientError(100) at once, /health answers 500 (`healthy`), and a shard's mode
+(standalone or Cluster, from INFO) is learnt at that first contact, not at boot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -22,7 +29,7 @@ from app.broker import BrokerEventHandler
 from app.engines.redis import codec
 from app.engines.redis.pipeline import bulk
 from app.engines.redis.pubsub import PubSubConnection, PubSubUnavailable
-from app.engines.redis.shard import Shard, fnv64a, jump_hash
+from app.engines.redis.shard import Shard, ShardUnavailable, fnv64a, jump_hash
 from app.errors import ERROR_INTERNAL, ClientError
 from app.models import (
     ClientInfo,
@@ -68,6 +75,9 @@ _WITH_HISTORY, _IDEMPOTENT, _PLAIN = range(3)  # what a publish command answers
 # Publications per history_add call in a batch: enough to spread the cost of entering the
 # script, few enough that one call holds Redis for about a millisecond at most.
 HISTORY_ITEMS_PER_CALL = 50
+
+# Pauses between attempts to reach a shard that never answered yet (doubling).
+BRING_UP_BACKOFF = (0.05, 2.0)
 
 
 def _keeps_history(opts: PublishOptions) -> bool:
@@ -168,8 +178,7 @@ class _HistoryCall:
     def add(self, channel: str, data: bytes, opts: PublishOptions) -> int:
         """Appends one publication (KEYS and ARGV as lua/history_add.lua documents them);
         returns its index in the call's reply."""
-        keys = self.shard.keys
-        assert keys is not None
+        keys = self.shard.require_keys()
         stream, meta, pubsub_channel, result_prefix = keys.publish_keys(channel)
         keys_resp, channel_resp = keys.history_resp(channel)
         o = _item_options(opts)
@@ -215,7 +224,8 @@ class RedisBroker:
         self._io_timeout = io_timeout
         self._handler: BrokerEventHandler | None = None
         self._data: dict[tuple[int, int], PubSubConnection] = {}
-        self._control: list[PubSubConnection] = []
+        self._control: dict[int, PubSubConnection] = {}  # shard index -> link, once reached
+        self._bring_up: list[asyncio.Task[None]] = []
         self._control_rr = itertools.count()
         self._node_id = ""
 
@@ -230,8 +240,7 @@ class RedisBroker:
         key = (shard.index, partition)
         conn = self._data.get(key)
         if conn is None:
-            assert shard.keys is not None
-            keys = shard.keys
+            keys = shard.require_keys()
 
             def on_message(name: bytes, frame: bytes) -> None:
                 self._dispatch(keys.channel_from_pubsub(name), frame)
@@ -241,6 +250,7 @@ class RedisBroker:
                 on_message,
                 sharded=True,
                 connect_timeout=shard._connect_timeout,
+                io_timeout=shard._io_timeout,
                 name=f"shard {shard.index} partition {partition}",
             )
             conn.start()
@@ -250,38 +260,75 @@ class RedisBroker:
     # --- lifecycle ---
 
     async def run(self, handler: BrokerEventHandler) -> None:
+        """Starts bringing every shard up in the background. Returns once each shard was
+        tried once: ready if Redis answered (as a test or a first request expects), else
+        unhealthy and still trying. Never raises because Redis is away."""
         self._handler = handler
         self._node_id = getattr(handler, "id", "")
-        for shard in self.shards:
-            await shard.connect()
-        for shard in self.shards:
-            assert shard.keys is not None
-            conn = PubSubConnection(
-                shard.control_endpoint,
-                self._on_control,
-                sharded=False,
-                connect_timeout=shard._connect_timeout,
-                name=f"shard {shard.index} control",
-            )
-            conn.start()
-            self._control.append(conn)
-            await conn.subscribe(
-                [shard.keys.control, shard.keys.node_channel(self._node_id)],
-                timeout=max(self._io_timeout, 5.0),
-            )
-            await conn.wait_ready(max(self._io_timeout, 5.0))
+        loop = asyncio.get_running_loop()
+        tried = [loop.create_future() for _ in self.shards]
+        self._bring_up = [
+            loop.create_task(self._bring_up_shard(shard, first))
+            for shard, first in zip(self.shards, tried, strict=True)
+        ]
+        await asyncio.gather(*tried)
+
+    async def _bring_up_shard(self, shard: Shard, tried: asyncio.Future[None]) -> None:
+        """First contact with `shard` (retried with backoff, logged once per outage), then
+        its control link; the link resubscribes by itself after every later loss."""
+        backoff, failures = BRING_UP_BACKOFF[0], 0
+        while True:
+            try:
+                await shard.connect()
+                break
+            except Exception as e:  # redis-py's errors, RedisClusterException, OSError
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "redis %s unreachable, retrying in the background: %s", shard.where, e
+                    )
+                else:
+                    log.debug("redis %s still unreachable: %s", shard.where, e)
+                if not tried.done():
+                    tried.set_result(None)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BRING_UP_BACKOFF[1])
+        if failures:
+            log.info("redis %s reached after %d failed attempt(s)", shard.where, failures)
+        keys = shard.require_keys()
+        conn = PubSubConnection(
+            shard.control_endpoint,
+            self._on_control,
+            sharded=False,
+            connect_timeout=shard._connect_timeout,
+            io_timeout=shard._io_timeout,
+            name=f"shard {shard.index} control",
+        )
+        conn.keep([keys.control, keys.node_channel(self._node_id)])
+        conn.start()
+        self._control[shard.index] = conn
+        if not tried.done():
+            with contextlib.suppress(TimeoutError):
+                await conn.wait_ready(max(self._io_timeout, 5.0))
+            tried.set_result(None)
 
     async def close(self) -> None:
-        for conn in [*self._data.values(), *self._control]:
+        for task in self._bring_up:
+            task.cancel()
+        await asyncio.gather(*self._bring_up, return_exceptions=True)
+        for conn in [*self._data.values(), *self._control.values()]:
             await conn.close()
         for shard in self.shards:
             await shard.close()
 
     @property
     def healthy(self) -> bool:
-        """Every control link up, and every data link that carries channels."""
-        return all(c.ready for c in self._control) and all(
-            c.ready for c in self._data.values() if c.has_channels
+        """Every shard reached with its control link up (which a keepalive PING checks),
+        and every data link that carries channels up."""
+        return (
+            len(self._control) == len(self.shards)
+            and all(c.ready for c in self._control.values())
+            and all(c.ready for c in self._data.values() if c.has_channels)
         )
 
     # --- PUB/SUB delivery ---
@@ -308,18 +355,17 @@ class RedisBroker:
 
     async def subscribe(self, channels: list[str]) -> None:
         groups: dict[PubSubConnection, list[bytes]] = {}
-        for ch in channels:
-            shard = self.shard_for(ch)
-            keys = shard.keys
-            assert keys is not None
-            conn = self._conn_for(shard, keys.partition(ch))
-            name = keys.client_channel(ch).encode()
-            names = groups.get(conn)
-            if names is None:
-                groups[conn] = [name]
-            else:
-                names.append(name)
         try:
+            for ch in channels:
+                shard = self.shard_for(ch)
+                keys = shard.require_keys()
+                conn = self._conn_for(shard, keys.partition(ch))
+                name = keys.client_channel(ch).encode()
+                names = groups.get(conn)
+                if names is None:
+                    groups[conn] = [name]
+                else:
+                    names.append(name)
             if len(groups) == 1:  # one client's channel: no task for a gather
                 ((conn, names),) = groups.items()
                 await conn.subscribe(names, self._io_timeout)
@@ -327,14 +373,15 @@ class RedisBroker:
                 await asyncio.gather(
                     *(conn.subscribe(names, self._io_timeout) for conn, names in groups.items())
                 )
-        except PubSubUnavailable as e:
+        except (PubSubUnavailable, ShardUnavailable) as e:
             log.warning("subscribe failed: %s", e)
             raise ClientError(ERROR_INTERNAL) from None
 
     async def unsubscribe(self, channels: list[str]) -> None:
         for ch in channels:
             shard = self.shard_for(ch)
-            assert shard.keys is not None
+            if shard.keys is None:
+                continue  # never reached: nothing was subscribed
             conn = self._data.get((shard.index, shard.keys.partition(ch)))
             if conn is not None:
                 conn.unsubscribe([shard.keys.client_channel(ch).encode()])
@@ -365,8 +412,7 @@ class RedisBroker:
             try:
                 if _keeps_history(opts):
                     shard = self.shard_for(channel)
-                    assert shard.keys is not None
-                    group = (shard.index, shard.keys.partition(channel))
+                    group = (shard.index, shard.require_keys().partition(channel))
                     call = open_calls.get(group)
                     if call is None:
                         call = open_calls[group] = _HistoryCall(shard)
@@ -417,8 +463,7 @@ class RedisBroker:
             call.issue()
             assert call.reply is not None
             return _WITH_HISTORY, call.reply
-        keys = shard.keys
-        assert keys is not None
+        keys = shard.require_keys()
         payload = codec.encode_payload(data, opts.client_info, opts.tags, 0, opts.delta)
         _, _, pubsub_channel, result_prefix = keys.publish_keys(channel)
         if opts.idempotency_key:
@@ -432,10 +477,9 @@ class RedisBroker:
 
     async def _publish_info(self, channel: str, prefix: bytes, info: ClientInfo) -> None:
         shard = self.shard_for(channel)
-        assert shard.keys is not None
         try:
             await shard.spublish(
-                shard.keys.client_channel(channel), prefix + codec.encode_info(info)
+                shard.require_keys().client_channel(channel), prefix + codec.encode_info(info)
             )
         except (RedisError, OSError) as e:
             log.warning("join/leave to %r failed: %s", channel, e)
@@ -448,9 +492,9 @@ class RedisBroker:
 
     async def publish_control(self, data: bytes, node_id: str = "") -> None:
         shard = self.shards[next(self._control_rr) % len(self.shards)]
-        assert shard.keys is not None
-        target = shard.keys.node_channel(node_id) if node_id else shard.keys.control
         try:
+            keys = shard.require_keys()
+            target = keys.node_channel(node_id) if node_id else keys.control
             await shard.client.publish(target, data)  # type: ignore[union-attr]
         except (RedisError, OSError) as e:
             log.warning("control publish failed: %s", e)
@@ -458,8 +502,6 @@ class RedisBroker:
 
     async def history(self, channel: str, flt: HistoryFilter) -> HistoryResult:
         shard = self.shard_for(channel)
-        keys = shard.keys
-        assert keys is not None
         include = flt.limit != 0
         if flt.reverse:
             start = "+" if flt.since is None else f"{flt.since.offset - 1}-0"
@@ -469,6 +511,7 @@ class RedisBroker:
             start = "-" if flt.since is None else f"{flt.since.offset + 1}-0"
         limit = flt.limit if flt.limit > 0 else 0
         try:
+            keys = shard.require_keys()
             top, epoch, entries = await shard.eval(
                 "history_get",
                 [keys.stream(channel), keys.meta(channel)],
@@ -493,9 +536,8 @@ class RedisBroker:
 
     async def remove_history(self, channel: str) -> None:
         shard = self.shard_for(channel)
-        assert shard.keys is not None
         try:
-            await shard.eval("history_remove", [shard.keys.stream(channel)], [])
+            await shard.eval("history_remove", [shard.require_keys().stream(channel)], [])
         except (RedisError, OSError) as e:
             log.warning("history remove of %r failed: %s", channel, e)
             raise ClientError(ERROR_INTERNAL) from None

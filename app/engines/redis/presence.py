@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from app.engines.redis import codec
 from app.engines.redis.broker import RedisBroker
@@ -27,12 +27,12 @@ class RedisPresenceManager:
 
     async def _call(self, script: str, channel: str, args: list) -> object:
         shard = self._broker.shard_for(channel)
-        if shard.client is None:
-            # A presence-only engine: nobody ran the broker, so connect here.
-            await shard.connect()
-        keys = shard.keys
-        assert keys is not None
         try:
+            if shard.keys is None:
+                # A presence-only engine (nobody runs its broker), or Redis not reached yet:
+                # first contact here, failing like any command while Redis is away.
+                await shard.connect()
+            keys = shard.require_keys()
             return await shard.eval(
                 script,
                 [
@@ -43,7 +43,7 @@ class RedisPresenceManager:
                 ],
                 args,
             )
-        except (RedisError, OSError) as e:
+        except (RedisError, RedisClusterException, OSError) as e:
             log.warning("presence %s on %r failed: %s", script, channel, e)
             raise ClientError(ERROR_INTERNAL) from None
 

@@ -6,6 +6,13 @@ batches before declaring itself ready, and a `subscribe` call returns only once
 Redis has confirmed every channel (the subscribe-then-read rule of recovery).
 Messages are handed to a synchronous callback that must not block: the reader
 never waits on a client.
+
+A link that carries nothing looks the same whether Redis is idle or frozen (SIGSTOP, a
+hung host): TCP stays open and no error ever comes. So an idle ready link sends PING every
+KEEPALIVE seconds, and one whose PING goes unanswered for `io_timeout` is dropped and
+reconnected; `ready` (what /health reports) turns false within 2 * KEEPALIVE + io_timeout
+of Redis going silent. Centrifuge does the same through rueidis (a PING every 400 ms
+waiting `io_timeout`: redis_shard.go).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ BATCH = 512
 # company, so that one socket write and one read carry several: Centrifugo's Redis
 # client does the same (rueidis MaxFlushDelay, 100 µs). libuv counts whole milliseconds.
 FLUSH_DELAY = 0.001
+# PING cadence of an idle ready link (centrifuge's rueidis dialer KeepAlive).
+KEEPALIVE = 0.4
 
 
 @dataclass(slots=True)
@@ -55,9 +64,11 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        owner = self._owner
+        owner._rx_at = owner._get_loop().time()
         reader = self._reader
         reader.feed(data)
-        on_reply = self._owner._on_reply
+        on_reply = owner._on_reply
         while True:
             reply = reader.gets()
             if reply is False:
@@ -89,6 +100,7 @@ class PubSubConnection:
         *,
         sharded: bool,
         connect_timeout: float = 1.0,
+        io_timeout: float = 4.0,
         name: str = "",
         on_state: Callable[[bool], None] | None = None,
     ) -> None:
@@ -101,6 +113,7 @@ class PubSubConnection:
         self._sub_kind = b"ssubscribe" if sharded else b"subscribe"
         self._unsub_kind = b"sunsubscribe" if sharded else b"unsubscribe"
         self._connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
         self._name = name
         self._on_state = on_state
         self._wanted: set[bytes] = set()
@@ -112,6 +125,12 @@ class PubSubConnection:
         self._in_handshake = False
         self._ready = False
         self._ready_event = asyncio.Event()
+        # A connect attempt failed and none succeeded since: Redis is unreachable, and a
+        # subscribe fails at once instead of waiting for a confirmation that cannot come.
+        self._down = False
+        self._rx_at = 0.0  # loop time data last arrived
+        self._ping_at = 0.0  # loop time of the keepalive PING awaiting an answer, or 0
+        self._keepalive_handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         # (command, channels) asked for in this loop turn: a burst of connects costs one
@@ -128,6 +147,11 @@ class PubSubConnection:
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def down(self) -> bool:
+        """The last connect attempt failed (Redis unreachable)."""
+        return self._down
+
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         """The loop, kept: asyncio.get_running_loop() costs a getpid() syscall on CPython
         3.11, and subscribe runs once per connect."""
@@ -141,6 +165,7 @@ class PubSubConnection:
 
     async def close(self) -> None:
         self._closing = True
+        self._stop_keepalive()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -153,8 +178,19 @@ class PubSubConnection:
 
     # --- public API ---
 
+    def keep(self, channels: list[bytes]) -> None:
+        """Subscribe `channels` for the life of this link without awaiting a confirmation:
+        `ready` then means they are subscribed (every reconnect resubscribes them first)."""
+        new = [ch for ch in channels if ch not in self._wanted]
+        self._wanted.update(new)
+        if new and self._ready:
+            self._queue(self._sub_cmd, new)
+
     async def subscribe(self, channels: list[bytes], timeout: float) -> None:
-        """Returns once Redis confirmed every channel; raises on timeout."""
+        """Returns once Redis confirmed every channel; raises PubSubUnavailable on timeout,
+        or at once while Redis is unreachable (nothing is kept then)."""
+        if self._down:
+            raise PubSubUnavailable("redis unreachable")
         loop = self._get_loop()
         futs = []
         new = []
@@ -271,6 +307,7 @@ class PubSubConnection:
             self._drop_transport()
 
     def _on_lost(self, exc: Exception | None) -> None:
+        self._stop_keepalive()
         self._set_ready(False)
         self._confirmed.clear()
         self._proto = None
@@ -293,6 +330,7 @@ class PubSubConnection:
 
     def _set_ready(self, ready: bool) -> None:
         if ready:
+            self._down = False
             self._ready_event.set()
         else:
             self._ready_event.clear()
@@ -300,6 +338,45 @@ class PubSubConnection:
             self._ready = ready
             if self._on_state is not None:
                 self._on_state(ready)
+
+    # --- keepalive ---
+
+    def _start_keepalive(self) -> None:
+        self._stop_keepalive()
+        loop = self._get_loop()
+        self._rx_at = loop.time()
+        self._ping_at = 0.0
+        self._keepalive_handle = loop.call_later(KEEPALIVE, self._keepalive)
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+
+    def _keepalive(self) -> None:
+        self._keepalive_handle = None
+        proto = self._proto
+        if proto is None or proto.transport is None or not self._ready:
+            return
+        loop = self._get_loop()
+        now = loop.time()
+        if self._ping_at and self._rx_at < self._ping_at:
+            if now - self._ping_at >= self._io_timeout:
+                log.warning(
+                    "%s: no reply from redis in %.1fs, reconnecting",
+                    self._name,
+                    now - self._ping_at,
+                )
+                self._drop_transport()
+                return
+        elif now - self._rx_at >= KEEPALIVE:
+            # Answered ["pong", ""] in subscribed mode, +PONG otherwise: either is ignored
+            # by _on_reply; only its arrival (data_received) matters.
+            proto.transport.write(b"*1\r\n$4\r\nPING\r\n")
+            self._ping_at = now
+        else:
+            self._ping_at = 0.0
+        self._keepalive_handle = loop.call_later(KEEPALIVE, self._keepalive)
 
     def _fail_waiters(self, exc: Exception) -> None:
         for futs in self._waiters.values():
@@ -368,12 +445,14 @@ class PubSubConnection:
                 # (e.g. MasterNotFoundError while a sentinel fails over), not builtin ones.
                 log.warning("%s: pub/sub connect failed: %s", self._name, e)
                 metrics.child(metrics.REDIS_PUBSUB_ERRORS, type(e).__name__).inc()
+                self._down = True
                 self._drop_transport()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
             self._set_ready(True)
+            self._start_keepalive()
             # Channels asked for while we were resubscribing.
             missing = [
                 ch for ch in self._wanted if ch not in self._confirmed and ch in self._waiters

@@ -52,6 +52,11 @@ class RedisConfigError(ValueError):
     pass
 
 
+class ShardUnavailable(RedisConnectionError):
+    """The shard was never reached yet: its mode (cluster or not), and so its keys, are
+    unknown. Callers treat it as any connection error (Centrifugo's internal error)."""
+
+
 # --- hashing ---
 
 
@@ -323,6 +328,8 @@ class Shard:
     """
 
     def __init__(self, spec: ShardSpec, rcfg: RedisConfig, index: int) -> None:
+        """No I/O: the deployment is first contacted by `connect` (a worker must boot and
+        serve while Redis is down)."""
         self.spec = spec
         self.index = index
         self._connect_timeout = float(rcfg.connect_timeout)
@@ -334,10 +341,27 @@ class Shard:
         self.prefix = rcfg.prefix
         self._pipe: AutoPipeline | None = None  # standalone / Sentinel
         self._node_pipes: dict[str, AutoPipeline] = {}  # cluster: per master node name
+        self._connecting = asyncio.Lock()  # one first contact at a time (broker, presence)
 
     @property
     def cluster(self) -> bool:
         return self.spec.kind == "cluster"
+
+    @property
+    def where(self) -> str:
+        """The address an operator configured, for log lines."""
+        spec = self.spec
+        if spec.unix_path:
+            return f"{spec.kind} at {spec.unix_path}"
+        hosts = spec.seeds or [(spec.host, spec.port)]
+        return f"{spec.kind} at " + ",".join(f"{h}:{p}" for h, p in hosts)
+
+    def require_keys(self) -> Keys:
+        """The key builder, known once the shard was reached; ShardUnavailable before."""
+        keys = self.keys
+        if keys is None:
+            raise ShardUnavailable(f"redis {self.where} not reached yet")
+        return keys
 
     def _common(self) -> dict:
         common = {
@@ -361,6 +385,30 @@ class Shard:
         return common
 
     async def connect(self) -> None:
+        """First contact: learn the deployment's mode (a plain address may point at a
+        Cluster node: INFO tells), then set up clients, keys and pipelines. Raises what the
+        attempt raised (redis-py errors; RedisClusterException is not one) and leaves the
+        shard as before, so it may be called again; a no-op once it succeeded. Callers that
+        arrive while an attempt is under way share its outcome instead of queueing their own
+        (a frozen Redis would otherwise hold each for a full timeout in turn)."""
+        if self.keys is not None:
+            return
+        if self._connecting.locked():
+            async with self._connecting:
+                pass
+            self.require_keys()
+            return
+        async with self._connecting:
+            if self.keys is not None:
+                return
+            try:
+                client = await self._first_contact()
+            except BaseException:
+                await self._close_sentinels()
+                raise
+            self._set_up(client)
+
+    async def _first_contact(self) -> Redis | RedisCluster:
         spec = self.spec
         if spec.kind == "standalone":
             kwargs = self._common()
@@ -370,19 +418,28 @@ class Shard:
                 )
             else:
                 client = Redis(host=spec.host, port=spec.port, db=spec.db, ssl=spec.tls, **kwargs)
-            info = await client.info("cluster")
-            if info.get("cluster_enabled") in (1, "1"):
-                # A plain address that points at a cluster node: switch to cluster mode.
+            try:
+                info = await client.info("cluster")
+            except BaseException:
                 await client.aclose()
-                spec.kind = "cluster"
-                spec.seeds = [(spec.host, spec.port)]
+                raise
+            if info.get("cluster_enabled") not in (1, "1"):
+                return client
+            # A plain address that points at a cluster node: switch to cluster mode.
+            await client.aclose()
+            spec.kind = "cluster"
+            spec.seeds = [(spec.host, spec.port)]
         if spec.kind == "cluster":
             client = RedisCluster(
                 startup_nodes=[ClusterNode(h, p) for h, p in spec.seeds],
                 ssl=spec.tls,
                 **self._common(),
             )
-            await client.initialize()
+            try:
+                await client.initialize()
+            except BaseException:
+                await client.aclose()
+                raise
         elif spec.kind == "sentinel":
             self._sentinel = Sentinel(
                 spec.seeds,
@@ -396,7 +453,15 @@ class Shard:
                 **self._common(),
             )
             client = self._sentinel.master_for(spec.master_name)
-            await client.ping()
+            try:
+                await client.ping()
+            except BaseException:
+                await client.aclose()
+                raise
+        return client
+
+    def _set_up(self, client: Redis | RedisCluster) -> None:
+        spec = self.spec
         client.execute_command = _bounded(client.execute_command)  # type: ignore[method-assign]
         self.client = client
         self.keys = Keys(self.prefix, self.cluster)
@@ -475,9 +540,13 @@ class Shard:
         self._node_pipes.clear()
         if self.client is not None:
             await self.client.aclose()
+        await self._close_sentinels()
+
+    async def _close_sentinels(self) -> None:
         if self._sentinel is not None:
             for s in self._sentinel.sentinels:
                 await s.aclose()
+            self._sentinel = None
 
     async def endpoint(self, partition: int = 0) -> Endpoint:
         """Where the PUB/SUB connection for `partition` must go right now."""
