@@ -6,9 +6,10 @@ SO_REUSEPORT so the kernel spreads calls over the workers. Every method runs thr
 `ApiExecutor`, so semantics and error codes are those of the HTTP API: request messages are
 turned into the executor's params dicts and its result dicts back into messages.
 
-`bytes` payloads stay bytes both ways: request `data`/`info` travel to the executor as
-base64 (its binary-safe path) and stored payloads come back unparsed, so binary
-publications work over gRPC although they cannot be shown in a JSON answer.
+`bytes` payloads stay bytes both ways: request `data`/`info`/`params` reach the executor as
+the bytes received (as a JSON body's payloads do, as Raw spans) and stored payloads come back
+unparsed, so binary publications work over gRPC although they cannot be shown in a JSON
+answer.
 
 Auth: with `grpc_api.key` set, calls need metadata `authorization: apikey <key>`.
 Errors go in the response's `error` field, or as a gRPC status (with the `Error` message
@@ -18,10 +19,9 @@ in the status details) under `grpc_api.error_mode: transport` or per call with m
 
 from __future__ import annotations
 
-import base64
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -100,42 +100,6 @@ def add_port(server: grpc.aio.Server, target: str, tls: TLSConfig, what: str) ->
 # messages <-> executor dicts
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _publish_fixup(p: dict[str, Any]) -> None:
-    # b64data is the executor's binary-safe input; an explicit b64data wins, as in Centrifugo.
-    data = p.pop("data", None)
-    if data and "b64data" not in p:
-        p["b64data"] = _b64(data)
-
-
-def _subscribe_fixup(p: dict[str, Any]) -> None:
-    _publish_fixup(p)
-    info = p.pop("info", None)
-    if info and "b64info" not in p:
-        p["b64info"] = _b64(info)
-
-
-def _raw_fixup(key: str) -> Callable[[dict[str, Any]], None]:
-    # Fields the executor re-serialises as JSON: a Fragment serialises to its bytes unchanged.
-    def fix(p: dict[str, Any]) -> None:
-        if key in p:
-            p[key] = orjson.Fragment(p[key])
-
-    return fix
-
-
-_FIXUPS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "PublishRequest": _publish_fixup,
-    "BroadcastRequest": _publish_fixup,
-    "SubscribeRequest": _subscribe_fixup,
-    "RefreshRequest": _raw_fixup("info"),
-    "RPCRequest": _raw_fixup("params"),
-}
-
-
 def _value(fd: Any, value: Any) -> Any:
     if fd.type == fd.TYPE_MESSAGE:
         return message_params(value)
@@ -154,9 +118,6 @@ def message_params(msg: Message) -> dict[str, Any]:
             out[fd.name] = [_value(fd, v) for v in value]
         else:
             out[fd.name] = _value(fd, value)
-    fixup = _FIXUPS.get(msg.DESCRIPTOR.name)
-    if fixup is not None:
-        fixup(out)
     return out
 
 

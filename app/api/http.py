@@ -5,19 +5,32 @@ Request handling order follows Centrifugo: unknown path 404, non-POST 405, bad A
 `{"error": {"code", "message"}}`. In transport error mode (`http_api.error_mode: transport` or
 header `X-Centrifugo-Error-Mode: transport`) errors become `{"code", "message"}` bodies with
 a mapped HTTP status; `batch` keeps its per-command errors and always answers 200.
+
+Bodies are decoded by app/api/request.py, payloads kept as the bytes received. A batch longer
+than one chunk (BATCH_CHUNK commands) is answered as it runs: the reply is streamed chunk by
+chunk (chunked transfer encoding), so neither the decoded commands nor the replies of a
+64 MB batch are ever held at once.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 from aiohttp import web
 
-from app.api.executor import METHODS, ApiDecodeError, ApiExecutor, api_error, error_body
+from app.api import request as api_request
+from app.api.executor import (
+    BATCH_CHUNK,
+    METHODS,
+    ApiDecodeError,
+    ApiExecutor,
+    api_error,
+    error_body,
+)
 from app.errors import ClientError
 from app.node import NODE_KEY
 
@@ -27,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("centrifugo.api")
 
 # Largest request body read (Centrifugo sets no limit; batches of publications can be big).
+# A batch of this size holds the body, 48 bytes a command for its span, and one chunk
+# decoded (see app/api/executor.py).
 MAX_BODY_SIZE = 64 * 1024 * 1024
 
 # api.proto Command.MethodType numbers used by the legacy `{"method": N}` form.
@@ -90,10 +105,6 @@ _TRANSPORT_STATUS = {100: 500, 102: 404, 104: 404, 107: 400, 108: 400, 112: 416,
 _JSON = "application/json"
 
 
-class _BadBody(Exception):
-    pass
-
-
 def _check_key(request: web.Request, key: str) -> bool:
     """X-API-Key, else `Authorization: apikey <key>`, then `?api_key=` as a fallback."""
     if not key:
@@ -120,62 +131,26 @@ async def _read_body(request: web.Request) -> bytes:
         raise web.HTTPRequestEntityTooLarge(
             max_size=MAX_BODY_SIZE, actual_size=request.content_length
         )
-    chunks: list[bytes] = []
-    size = 0
+    # One growing buffer, not a list of chunks joined at the end: a big body is held once.
+    body = bytearray()
     while True:
         chunk = await request.content.read(1 << 16)
         if not chunk:
             break
-        size += len(chunk)
-        if size > MAX_BODY_SIZE:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_SIZE, actual_size=size)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if len(body) + len(chunk) > MAX_BODY_SIZE:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=MAX_BODY_SIZE, actual_size=len(body) + len(chunk)
+            )
+        body += chunk
+    return body  # a bytearray: msgspec and the payload copies read it like bytes
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"invalid JSON constant {name}")
-
-
-def _loads(body: bytes) -> Any:
+def batch_command(span: msgspec.Raw) -> Any:
+    """One batch command decoded from its span: the `decode` the executor's batch() takes."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    # orjson rejects integers beyond 64 bits, valid in JSON and accepted by Go for raw data.
-    try:
-        value = json.loads(body, parse_constant=_reject_constant)
-        # Lone surrogate escapes (orjson's other refusal) would break every later encode.
-        json.dumps(value, ensure_ascii=False).encode()
-        return value
-    except (ValueError, UnicodeError) as e:
-        raise _BadBody(str(e)) from None
-
-
-def _loads_stream(body: bytes) -> list[Any]:
-    """Consecutive JSON values separated by whitespace (usually one per line)."""
-    try:
-        return [orjson.loads(line) for line in body.splitlines() if line.strip()]
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        text = body.decode()
-    except UnicodeDecodeError as e:
-        raise _BadBody(str(e)) from None
-    decoder = json.JSONDecoder(parse_constant=_reject_constant)
-    values: list[Any] = []
-    pos = 0
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n":
-            pos += 1
-        if pos == len(text):
-            return values
-        try:
-            value, pos = decoder.raw_decode(text, pos)
-            json.dumps(value, ensure_ascii=False).encode()
-        except (ValueError, UnicodeError) as e:
-            raise _BadBody(str(e)) from None
-        values.append(value)
+        return api_request.command(span)
+    except api_request.BadBody as e:
+        raise ApiDecodeError(str(e)) from None
 
 
 def _bad_request(request: web.Request, reason: str) -> web.Response:
@@ -223,12 +198,12 @@ class _ApiHandlers:
         rejected = self._precheck(request)
         if rejected is not None:
             return rejected
+        if name == "batch":
+            return await self._batch(request)
         try:
-            params = _loads(await _read_body(request))
-        except _BadBody as e:
+            params = api_request.params(name, await _read_body(request))
+        except api_request.BadBody as e:
             return _bad_request(request, str(e))
-        if params is not None and not isinstance(params, dict):
-            return _bad_request(request, "body is not a JSON object")
         try:
             result = await self.executor(request).call(name, params)
         except ApiDecodeError as e:
@@ -240,8 +215,39 @@ class _ApiHandlers:
             ):
                 return _json(body, _TRANSPORT_STATUS.get(e.code, 500))
             return _json({"error": body})
-        # A batch answers with its replies at the top level, not wrapped in `result`.
-        return _json(result if name == "batch" else {"result": result})
+        return _json({"result": result})
+
+    async def _batch(self, request: web.Request) -> web.StreamResponse:
+        """A batch answers with its replies at the top level, not wrapped in `result`."""
+        try:
+            commands, parallel = api_request.batch(await _read_body(request))
+        except api_request.BadBody as e:
+            return _bad_request(request, str(e))
+        chunks = self.executor(request).batch(commands, batch_command, parallel)
+        try:
+            # The first chunk comes once every command has decoded: a bad one is a 400.
+            first = await anext(chunks, None)
+        except ApiDecodeError as e:
+            return _bad_request(request, e.detail)
+        if first is None:
+            return _json({"replies": []})
+        if len(commands) <= BATCH_CHUNK:
+            return _json({"replies": first})
+        resp = web.StreamResponse(headers={"Content-Type": _JSON})
+        try:
+            await resp.prepare(request)
+            await resp.write(b'{"replies":' + orjson.dumps(first)[:-1])
+            del first
+            async for chunk in chunks:
+                await resp.write(b"," + orjson.dumps(chunk)[1:-1])
+            await resp.write(b"]}")
+            await resp.write_eof()
+        except ConnectionResetError:
+            # The caller went away: the commands already sent have run, the rest will not.
+            log.info("api batch: client closed the connection before the reply was written")
+        finally:
+            await chunks.aclose()
+        return resp
 
     async def legacy(self, request: web.Request) -> web.StreamResponse:
         rejected = self._precheck(request)
@@ -251,12 +257,12 @@ class _ApiHandlers:
         if not body:
             return _bad_request(request, "empty body")
         try:
-            commands = [_legacy_command(v) for v in _loads_stream(body)]
-        except _BadBody as e:
+            commands = [_legacy_command(v) for v in api_request.legacy_stream(body)]
+        except api_request.BadBody as e:
             return _bad_request(request, str(e))
         executor = self.executor(request)
         lines: list[bytes] = []
-        for cmd_id, method, params in commands:
+        for cmd_id, method, span in commands:
             reply: dict[str, Any] = {}
             if cmd_id:
                 reply["id"] = cmd_id
@@ -264,12 +270,17 @@ class _ApiHandlers:
                 name = LEGACY_METHODS.get(method)
                 if name is None:
                     raise api_error(104)
-                if params is _MISSING:
+                if span is None:
                     # Go decodes absent params as empty input: a decode error, except for
                     # info whose params are ignored.
                     if name != "info":
                         raise api_error(107)
                     params = None
+                else:
+                    try:
+                        params = api_request.params(name, bytes(span))
+                    except api_request.BadBody:
+                        raise api_error(107) from None
                 reply["result"] = await executor.call(name, params)
             except ClientError as e:
                 reply["error"] = error_body(e)
@@ -277,34 +288,30 @@ class _ApiHandlers:
         return web.Response(body=b"\n".join(lines), content_type=_JSON)
 
 
-_MISSING: Any = object()
-
-
-def _legacy_command(value: Any) -> tuple[int, int, Any]:
-    """(id, method number, params) of one legacy command; _BadBody when it cannot decode."""
+def _legacy_command(
+    value: tuple[Any, Any, msgspec.Raw | None] | None,
+) -> tuple[int, int, msgspec.Raw | None]:
+    """(id, method number, params span or None when absent) of one legacy command;
+    BadBody when it cannot decode."""
     if value is None:
-        return 0, 0, _MISSING
-    if not isinstance(value, dict):
-        raise _BadBody("command is not a JSON object")
-    cmd_id = value.get("id")
+        return 0, 0, None
+    cmd_id, method, span = value
     if cmd_id is None:
         cmd_id = 0
     elif isinstance(cmd_id, bool) or not isinstance(cmd_id, int) or not 0 <= cmd_id < 2**32:
-        raise _BadBody("id: expected uint32")
-    method = value.get("method")
+        raise api_request.BadBody("id: expected uint32")
     if method is None:
         number = 0  # Go's zero value: publish
     elif isinstance(method, str):
         found = _LEGACY_BY_NAME.get(method.lower())
         if found is None:
-            raise _BadBody(f"unknown method {method!r}")
+            raise api_request.BadBody(f"unknown method {method!r}")
         number = found
     elif isinstance(method, int) and not isinstance(method, bool) and -(2**31) <= method < 2**31:
         number = method
     else:
-        raise _BadBody("method: expected string or number")
-    params = value.get("params", _MISSING)
-    return cmd_id, number, params
+        raise api_request.BadBody("method: expected string or number")
+    return cmd_id, number, span
 
 
 def add_api_routes(app: web.Application, cfg: Config) -> None:

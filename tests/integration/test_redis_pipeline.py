@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from pytest_redis import factories
 from redis.asyncio import Redis
@@ -27,6 +28,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis_topologies import channels_in_partitions, redis_engine_config
 
+from app.api import request
 from app.api.executor import ApiExecutor
 from app.config import load_config
 from app.engines.redis import create_redis_engine
@@ -353,7 +355,8 @@ async def test_sequential_batch_applies_in_order_in_few_round_trips(
     commands.insert(60, {"history": {"channel": "b", "limit": -1}})  # a barrier
     commands.insert(30, {"publish": {"channel": "", "data": {}}})  # fails alone (107)
     before = await reads(rdb)
-    replies = (await api.call("batch", {"commands": commands}))["replies"]
+    params = request.params("batch", orjson.dumps({"commands": commands}))
+    replies = (await api.call("batch", params))["replies"]
     after = await reads(rdb)
     assert replies[30] == {"error": {"code": 107, "message": "bad request"}}
     hist = replies[61]["history"]
@@ -369,7 +372,8 @@ async def test_sequential_batch_applies_in_order_in_few_round_trips(
 async def test_parallel_batch_keeps_per_channel_order(redis_node: Node, rdb: Redis) -> None:
     api = ApiExecutor(redis_node)
     commands = [{"publish": {"channel": f"p{i % 3}", "data": {"n": i}}} for i in range(300)]
-    replies = (await api.call("batch", {"commands": commands, "parallel": True}))["replies"]
+    params = request.params("batch", orjson.dumps({"commands": commands, "parallel": True}))
+    replies = (await api.call("batch", params))["replies"]
     for ch in range(3):
         offsets = [r["publish"]["offset"] for i, r in enumerate(replies) if i % 3 == ch]
         assert offsets == list(range(1, 101))

@@ -1,11 +1,14 @@
 """ApiExecutor against a real Node with the memory engine (research §2.2, §9 item 10).
 
+Params go in as the HTTP API gives them: encoded to a JSON body and decoded by
+app/api/request.py, so payloads reach the executor as the bytes of that body.
 Every result shape is also decoded with the `cent` SDK's own response models, so a shape
 that `cent` cannot parse fails here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -16,7 +19,9 @@ import cent.dto as cent_dto
 import orjson
 import pytest
 
-from app.api.executor import ApiDecodeError, ApiExecutor
+from app.api import request
+from app.api.executor import BATCH_CHUNK, ApiDecodeError, ApiExecutor
+from app.api.http import batch_command
 from app.config import load_config
 from app.engines.memory import MemoryBroker, MemoryPresenceManager
 from app.errors import ClientError
@@ -52,9 +57,40 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         await n.shutdown()
 
 
+def json_body(params: Any) -> bytes:
+    try:
+        return orjson.dumps(params)
+    except TypeError:  # integers beyond 64 bits
+        return json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class JsonApi:
+    """The executor driven as the HTTP API drives it: params sent as a JSON body (or as the
+    exact bytes given), decoded against the method's request message, then run. A body that
+    does not decode is an ApiDecodeError, as the HTTP layer answers both with 400."""
+
+    def __init__(self, executor: ApiExecutor) -> None:
+        self.executor = executor
+
+    async def call(self, method: str, params: Any) -> dict[str, Any]:
+        if method not in request.REQUEST_MESSAGES:
+            return await self.executor.call(method, None)
+        body = params if isinstance(params, bytes) else json_body(params)
+        try:
+            if method == "batch":
+                # Split into command spans, run chunk by chunk (as POST /api/batch does).
+                spans, parallel = request.batch(body)
+                chunks = self.executor.batch(spans, batch_command, parallel)
+                return {"replies": [reply async for chunk in chunks for reply in chunk]}
+            decoded = request.params(method, body)
+        except request.BadBody as e:
+            raise ApiDecodeError(str(e)) from None
+        return await self.executor.call(method, decoded)
+
+
 @pytest.fixture
-def api(node: Node) -> ApiExecutor:
-    return ApiExecutor(node)
+def api(node: Node) -> JsonApi:
+    return JsonApi(ApiExecutor(node))
 
 
 def wire(result: dict[str, Any]) -> Any:
@@ -71,14 +107,14 @@ def cent_parse(request: Any, result: dict[str, Any]) -> Any:
     return request.parse_response(body.decode()).result
 
 
-async def code_of(api: ApiExecutor, method: str, params: Any) -> int:
+async def code_of(api: JsonApi, method: str, params: Any) -> int:
     with pytest.raises(ClientError) as exc:
         await api.call(method, params)
     assert not isinstance(exc.value, ApiDecodeError), "expected an API error, got a decode error"
     return exc.value.code
 
 
-async def assert_decode_error(api: ApiExecutor, method: str, params: Any) -> None:
+async def assert_decode_error(api: JsonApi, method: str, params: Any) -> None:
     with pytest.raises(ApiDecodeError) as exc:
         await api.call(method, params)
     assert exc.value.code == 107
@@ -88,7 +124,7 @@ async def assert_decode_error(api: ApiExecutor, method: str, params: Any) -> Non
 # publish
 
 
-async def test_publish_with_history_returns_offset_and_epoch(api: ApiExecutor) -> None:
+async def test_publish_with_history_returns_offset_and_epoch(api: JsonApi) -> None:
     r1 = await api.call("publish", {"channel": "news", "data": {"x": 1}})
     r2 = await api.call("publish", {"channel": "news", "data": {"x": 2}})
     assert r1["offset"] == 1 and r2["offset"] == 2
@@ -97,7 +133,7 @@ async def test_publish_with_history_returns_offset_and_epoch(api: ApiExecutor) -
     assert (parsed.offset, parsed.epoch) == (2, r2["epoch"])
 
 
-async def test_publish_without_history_omits_zero_values(api: ApiExecutor) -> None:
+async def test_publish_without_history_omits_zero_values(api: JsonApi) -> None:
     assert await api.call("publish", {"channel": "plain:a", "data": "hi"}) == {}
     # skip_history on a channel with history: nothing stored, so offset 0 / epoch "" omitted
     assert await api.call("publish", {"channel": "news", "data": 1, "skip_history": True}) == {}
@@ -118,7 +154,7 @@ async def test_publish_without_history_omits_zero_values(api: ApiExecutor) -> No
         {"channel": "news", "b64data": ""},  # empty b64data and no data
     ],
 )
-async def test_publish_bad_request(api: ApiExecutor, params: dict[str, Any]) -> None:
+async def test_publish_bad_request(api: JsonApi, params: dict[str, Any]) -> None:
     assert await code_of(api, "publish", params) == 107
 
 
@@ -139,19 +175,17 @@ async def test_publish_bad_request(api: ApiExecutor, params: dict[str, Any]) -> 
         {"channel": "news", "data": 1, "version": -1},
     ],
 )
-async def test_publish_wrong_types_are_decode_errors(
-    api: ApiExecutor, params: dict[str, Any]
-) -> None:
+async def test_publish_wrong_types_are_decode_errors(api: JsonApi, params: dict[str, Any]) -> None:
     await assert_decode_error(api, "publish", params)
 
 
-async def test_publish_unknown_namespace(api: ApiExecutor) -> None:
+async def test_publish_unknown_namespace(api: JsonApi) -> None:
     assert await code_of(api, "publish", {"channel": "nope:x", "data": 1}) == 102
     # Centrifugo resolves the namespace before it checks the data.
     assert await code_of(api, "publish", {"channel": "nope:x"}) == 102
 
 
-async def test_publish_error_messages_are_api_messages(api: ApiExecutor) -> None:
+async def test_publish_error_messages_are_api_messages(api: JsonApi) -> None:
     with pytest.raises(ClientError) as exc:
         await api.call("nope", {})
     assert (exc.value.code, exc.value.message) == (104, "not found")
@@ -160,7 +194,7 @@ async def test_publish_error_messages_are_api_messages(api: ApiExecutor) -> None
     assert (exc.value.code, exc.value.message) == (102, "unknown channel")
 
 
-async def test_publish_data_is_stored_byte_exact(api: ApiExecutor, node: Node) -> None:
+async def test_publish_data_is_stored_byte_exact(api: JsonApi, node: Node) -> None:
     data = {"b": 1, "a": [1, 2.5, "ü", None, True], "nested": {"k": "v"}}
     await api.call("publish", {"channel": "news", "data": data, "tags": {"t": "1"}})
     hist = await node.history("news", limit=-1)
@@ -168,14 +202,58 @@ async def test_publish_data_is_stored_byte_exact(api: ApiExecutor, node: Node) -
     assert hist.publications[0].tags == {"t": "1"}
 
 
-async def test_publish_big_integer_data(api: ApiExecutor, node: Node) -> None:
-    big = 2**70
-    await api.call("publish", {"channel": "news", "data": {"n": big}})
+# Values a parse-and-dump round trip changes (issue 14 point 3).
+EXACT = [
+    b"123456789012345678901234567890",
+    b"18446744073709551616",
+    b"0.1000000000000000055511151231257827",
+    b"1E2",
+    b'{"a":1,"a":2}',
+    b'{ "spaced" : [ 1 , -0.0 , "\\u00fc" ] }',
+    b'"\\ud83d\\ude00"',
+]
+
+
+@pytest.mark.parametrize("data", EXACT)
+async def test_publish_data_is_kept_as_the_bytes_received(
+    api: JsonApi, node: Node, data: bytes
+) -> None:
+    await api.call("publish", b'{"channel":"news","data":' + data + b"}")
+    await api.call("broadcast", b'{"channels":["js:a"],"data":' + data + b"}")
+    batch = b'{"commands":[{"publish":{"channel":"dl:b","data":' + data + b"}}]}"
+    await api.call("batch", batch)
+    for channel in ("news", "js:a", "dl:b"):
+        assert (await node.history(channel, limit=-1)).publications[0].data == data
+    # and the API's own history answer splices them unchanged
+    body = orjson.dumps(await api.call("history", {"channel": "news", "limit": -1}))
+    assert b'"data":' + data + b',"offset":1' in body
+
+
+async def test_publish_big_integer_data(api: JsonApi, node: Node) -> None:
+    await api.call("publish", {"channel": "news", "data": {"n": 2**70}})
     hist = await api.call("history", {"channel": "news", "limit": 1})
-    assert wire(hist)["publications"][0]["data"] == {"n": big}
+    assert b'"data":{"n":1180591620717411303424}' in orjson.dumps(hist)
 
 
-async def test_publish_b64data(api: ApiExecutor, node: Node) -> None:
+async def test_subscribe_and_refresh_payloads_are_raw(api: JsonApi) -> None:
+    # null payloads are absent; wrong-typed payload fields cannot occur from a JSON body
+    for params in (
+        b'{"user":"u","channel":"news","data":1E2,"info":{"a":1,"a":2}}',
+        b'{"user":"u","channel":"news","data":null,"info":null}',
+    ):
+        assert await api.call("subscribe", params) == {}
+    assert await api.call("refresh", b'{"user":"u","info":18446744073709551616}') == {}
+
+
+async def test_nesting_bounds(api: JsonApi, node: Node) -> None:
+    deep = b"[" * 900 + b"]" * 900
+    await api.call("publish", b'{"channel":"news","data":' + deep + b"}")
+    assert (await node.history("news", limit=-1)).publications[0].data == deep
+    too_deep = b"[" * 2000 + b"]" * 2000
+    await assert_decode_error(api, "publish", b'{"channel":"news","data":' + too_deep + b"}")
+
+
+async def test_publish_b64data(api: JsonApi, node: Node) -> None:
     raw = b'{"from":"b64"}'
     res = await api.call(
         "publish", {"channel": "news", "b64data": base64.b64encode(raw).decode(), "data": {"x": 1}}
@@ -185,7 +263,7 @@ async def test_publish_b64data(api: ApiExecutor, node: Node) -> None:
     assert hist.publications[0].data == raw  # b64data wins over data
 
 
-async def test_publication_data_format(api: ApiExecutor) -> None:
+async def test_publication_data_format(api: JsonApi) -> None:
     # json_object: only objects
     assert (await api.call("publish", {"channel": "obj:a", "data": {"k": 1}}))["offset"] == 1
     assert await code_of(api, "publish", {"channel": "obj:a", "data": [1]}) == 107
@@ -215,7 +293,7 @@ async def test_publication_data_format(api: ApiExecutor) -> None:
     ] == 1
 
 
-async def test_publish_idempotency_key(api: ApiExecutor, node: Node) -> None:
+async def test_publish_idempotency_key(api: JsonApi, node: Node) -> None:
     p = {"channel": "news", "data": {"x": 1}, "idempotency_key": "k1"}
     r1 = await api.call("publish", p)
     r2 = await api.call("publish", p)
@@ -223,7 +301,7 @@ async def test_publish_idempotency_key(api: ApiExecutor, node: Node) -> None:
     assert len((await node.history("news", limit=-1)).publications) == 1
 
 
-async def test_publish_delta_flag(api: ApiExecutor, node: Node) -> None:
+async def test_publish_delta_flag(api: JsonApi, node: Node) -> None:
     await api.call("publish", {"channel": "news", "data": 1, "delta": True})
     await api.call("publish", {"channel": "news", "data": 2})
     await api.call("publish", {"channel": "dl:a", "data": 3})  # namespace delta_publish
@@ -240,7 +318,7 @@ async def test_publish_delta_flag(api: ApiExecutor, node: Node) -> None:
 # broadcast
 
 
-async def test_broadcast_per_channel_responses(api: ApiExecutor) -> None:
+async def test_broadcast_per_channel_responses(api: JsonApi) -> None:
     params = {"channels": ["news", "plain:b", "", "nope:c", "obj:d"], "data": [1]}
     res = await api.call("broadcast", params)
     responses = res["responses"]
@@ -263,7 +341,7 @@ async def test_broadcast_per_channel_responses(api: ApiExecutor) -> None:
         ({"channels": ["news"], "b64data": "!!"}, 107),
     ],
 )
-async def test_broadcast_bad_request(api: ApiExecutor, params: dict[str, Any], code: int) -> None:
+async def test_broadcast_bad_request(api: JsonApi, params: dict[str, Any], code: int) -> None:
     assert await code_of(api, "broadcast", params) == code
 
 
@@ -271,11 +349,11 @@ async def test_broadcast_bad_request(api: ApiExecutor, params: dict[str, Any], c
     "params",
     [{"channels": "news", "data": 1}, {"channels": ["news", 1], "data": 1}],
 )
-async def test_broadcast_wrong_types(api: ApiExecutor, params: dict[str, Any]) -> None:
+async def test_broadcast_wrong_types(api: JsonApi, params: dict[str, Any]) -> None:
     await assert_decode_error(api, "broadcast", params)
 
 
-async def test_broadcast_missing_data_errors_per_channel(api: ApiExecutor) -> None:
+async def test_broadcast_missing_data_errors_per_channel(api: JsonApi) -> None:
     res = await api.call("broadcast", {"channels": ["news", "bin:x"]})
     assert res["responses"][0]["error"]["code"] == 107
     assert res["responses"][1]["result"]["offset"] == 1
@@ -285,14 +363,14 @@ async def test_broadcast_missing_data_errors_per_channel(api: ApiExecutor) -> No
 # history
 
 
-async def publish_n(api: ApiExecutor, channel: str, n: int) -> str:
+async def publish_n(api: JsonApi, channel: str, n: int) -> str:
     epoch = ""
     for i in range(1, n + 1):
         epoch = (await api.call("publish", {"channel": channel, "data": {"i": i}}))["epoch"]
     return epoch
 
 
-async def test_history_without_limit_returns_position_only(api: ApiExecutor) -> None:
+async def test_history_without_limit_returns_position_only(api: JsonApi) -> None:
     epoch = await publish_n(api, "news", 3)
     res = await api.call("history", {"channel": "news"})
     assert res == {"publications": [], "offset": 3, "epoch": epoch}
@@ -300,13 +378,13 @@ async def test_history_without_limit_returns_position_only(api: ApiExecutor) -> 
     assert parsed.publications == [] and parsed.offset == 3
 
 
-async def test_history_empty_channel_keeps_all_keys(api: ApiExecutor) -> None:
+async def test_history_empty_channel_keeps_all_keys(api: JsonApi) -> None:
     res = wire(await api.call("history", {"channel": "fresh", "limit": 10}))
     assert set(res) == {"publications", "offset", "epoch"}
     assert res["publications"] == [] and res["offset"] == 0 and len(res["epoch"]) == 8
 
 
-async def test_history_limits_since_and_reverse(api: ApiExecutor) -> None:
+async def test_history_limits_since_and_reverse(api: JsonApi) -> None:
     epoch = await publish_n(api, "news", 5)
 
     async def offsets(**params: Any) -> list[int]:
@@ -321,7 +399,7 @@ async def test_history_limits_since_and_reverse(api: ApiExecutor) -> None:
     assert await offsets(limit=-7) == [1, 2, 3, 4, 5]  # any negative limit means all
 
 
-async def test_history_publication_shape(api: ApiExecutor, node: Node) -> None:
+async def test_history_publication_shape(api: JsonApi, node: Node) -> None:
     data = {"z": [1, 2], "a": "ü"}
     await api.call("publish", {"channel": "news", "data": data, "tags": {"k": "v"}})
     info = ClientInfo(user="u1", client="c1", conn_info=b'{"name":"x"}')
@@ -342,7 +420,7 @@ async def test_history_publication_shape(api: ApiExecutor, node: Node) -> None:
     assert parsed.publications[0].tags == {"k": "v"}
 
 
-async def test_history_errors(api: ApiExecutor) -> None:
+async def test_history_errors(api: JsonApi) -> None:
     await publish_n(api, "news", 2)
     assert await code_of(api, "history", {"channel": "plain:x", "limit": 1}) == 108
     assert await code_of(api, "history", {"channel": "nope:x"}) == 102
@@ -364,18 +442,18 @@ async def test_history_errors(api: ApiExecutor) -> None:
         {"channel": "news", "reverse": "no"},
     ],
 )
-async def test_history_wrong_types(api: ApiExecutor, params: dict[str, Any]) -> None:
+async def test_history_wrong_types(api: JsonApi, params: dict[str, Any]) -> None:
     await assert_decode_error(api, "history", params)
 
 
-async def test_history_binary_payload_cannot_be_shown(api: ApiExecutor) -> None:
+async def test_history_binary_payload_cannot_be_shown(api: JsonApi) -> None:
     await api.call("publish", {"channel": "bin:x", "b64data": base64.b64encode(b"\xff").decode()})
     assert await code_of(api, "history", {"channel": "bin:x", "limit": -1}) == 100
     # position only is still fine
     assert (await api.call("history", {"channel": "bin:x"}))["offset"] == 1
 
 
-async def test_history_remove(api: ApiExecutor) -> None:
+async def test_history_remove(api: JsonApi) -> None:
     epoch = await publish_n(api, "news", 2)
     assert await api.call("history_remove", {"channel": "news"}) == {}
     res = await api.call("history", {"channel": "news", "limit": -1})
@@ -391,7 +469,7 @@ async def test_history_remove(api: ApiExecutor) -> None:
 # presence
 
 
-async def test_presence_and_stats(api: ApiExecutor, node: Node) -> None:
+async def test_presence_and_stats(api: JsonApi, node: Node) -> None:
     pm = node.presence_manager
     await pm.add_presence("room", "c1", ClientInfo("u1", "c1", conn_info=b'{"a":1}'))
     await pm.add_presence("room", "c2", ClientInfo("u1", "c2", chan_info=b"[true]"))
@@ -411,7 +489,7 @@ async def test_presence_and_stats(api: ApiExecutor, node: Node) -> None:
     cent_parse(cent_dto.PresenceStatsRequest(channel="room"), stats)
 
 
-async def test_presence_empty_shapes(api: ApiExecutor) -> None:
+async def test_presence_empty_shapes(api: JsonApi) -> None:
     assert await api.call("presence", {"channel": "empty"}) == {"presence": {}}
     assert await api.call("presence_stats", {"channel": "empty"}) == {
         "num_clients": 0,
@@ -421,7 +499,7 @@ async def test_presence_empty_shapes(api: ApiExecutor) -> None:
 
 
 @pytest.mark.parametrize("method", ["presence", "presence_stats"])
-async def test_presence_errors(api: ApiExecutor, method: str) -> None:
+async def test_presence_errors(api: JsonApi, method: str) -> None:
     assert await code_of(api, method, {"channel": "plain:x"}) == 108
     assert await code_of(api, method, {"channel": "nope:x"}) == 102
     assert await code_of(api, method, {}) == 107
@@ -433,7 +511,7 @@ async def test_presence_errors(api: ApiExecutor, method: str) -> None:
 # user-targeted methods (no connections here: shapes and validation; delivery is e2e)
 
 
-async def test_user_methods_succeed_with_empty_result(api: ApiExecutor) -> None:
+async def test_user_methods_succeed_with_empty_result(api: JsonApi) -> None:
     override = {"presence": {"value": True}, "join_leave": {}}
     assert (
         await api.call(
@@ -460,7 +538,7 @@ async def test_user_methods_succeed_with_empty_result(api: ApiExecutor) -> None:
     cent_parse(cent_dto.RefreshRequest(user="u"), {})
 
 
-async def test_subscribe_errors(api: ApiExecutor) -> None:
+async def test_subscribe_errors(api: JsonApi) -> None:
     assert await code_of(api, "subscribe", {"user": "u"}) == 107
     assert await code_of(api, "subscribe", {"user": "u", "channel": "nope:x"}) == 102
     p = {"user": "u", "channel": "news"}
@@ -478,7 +556,7 @@ async def test_subscribe_errors(api: ApiExecutor) -> None:
         await assert_decode_error(api, "subscribe", bad)
 
 
-async def test_unsubscribe_disconnect_refresh_errors(api: ApiExecutor) -> None:
+async def test_unsubscribe_disconnect_refresh_errors(api: JsonApi) -> None:
     assert await code_of(api, "unsubscribe", {"user": "u", "channel": "nope:x"}) == 102
     await assert_decode_error(api, "unsubscribe", {"user": "u", "channel": 1})
     await assert_decode_error(api, "disconnect", {"user": "u", "whitelist": "c1"})
@@ -494,7 +572,7 @@ async def test_unsubscribe_disconnect_refresh_errors(api: ApiExecutor) -> None:
 # channels, info, rpc, unknown
 
 
-async def test_channels_empty(api: ApiExecutor) -> None:
+async def test_channels_empty(api: JsonApi) -> None:
     res = await api.call("channels", {})
     assert res == {"channels": {}}
     cent_parse(cent_dto.ChannelsRequest(), res)
@@ -502,7 +580,7 @@ async def test_channels_empty(api: ApiExecutor) -> None:
     await assert_decode_error(api, "channels", {"pattern": 1})
 
 
-async def test_info(api: ApiExecutor, node: Node) -> None:
+async def test_info(api: JsonApi, node: Node) -> None:
     res = await api.call("info", {})
     (n,) = res["nodes"]
     assert n["uid"] == node.id and n["name"] == node.name and n["version"]
@@ -515,7 +593,7 @@ async def test_info(api: ApiExecutor, node: Node) -> None:
     await assert_decode_error(api, "info", [1])
 
 
-async def test_rpc(api: ApiExecutor) -> None:
+async def test_rpc(api: JsonApi) -> None:
     assert await code_of(api, "rpc", {"method": "", "params": {}}) == 107
     assert await code_of(api, "rpc", {}) == 107
     with pytest.raises(ClientError) as exc:
@@ -525,7 +603,7 @@ async def test_rpc(api: ApiExecutor) -> None:
 
 
 @pytest.mark.parametrize("method", ["nope", "connections", "map_publish", ""])
-async def test_unknown_method(api: ApiExecutor, method: str) -> None:
+async def test_unknown_method(api: JsonApi, method: str) -> None:
     assert await code_of(api, method, {}) == 104
 
 
@@ -533,7 +611,7 @@ async def test_unknown_method(api: ApiExecutor, method: str) -> None:
 # batch
 
 
-async def test_batch_sequential(api: ApiExecutor) -> None:
+async def test_batch_sequential(api: JsonApi) -> None:
     commands = [
         {"publish": {"channel": "news", "data": 1}},
         {"publish": {"channel": "news", "data": 2}},
@@ -561,7 +639,7 @@ async def test_batch_sequential(api: ApiExecutor) -> None:
     assert replies[9]["info"]["nodes"][0]["uid"]
 
 
-async def test_batch_parallel_keeps_order(api: ApiExecutor, node: Node) -> None:
+async def test_batch_parallel_keeps_order(api: JsonApi, node: Node) -> None:
     commands = [{"publish": {"channel": f"ch{i}", "data": i}} for i in range(50)]
     res = await api.call("batch", {"commands": commands, "parallel": True})
     assert [r["publish"]["offset"] for r in res["replies"]] == [1] * 50
@@ -569,7 +647,7 @@ async def test_batch_parallel_keeps_order(api: ApiExecutor, node: Node) -> None:
         assert (await node.history(f"ch{i}", limit=-1)).publications[0].data == str(i).encode()
 
 
-async def test_batch_decodes_with_cent(api: ApiExecutor) -> None:
+async def test_batch_decodes_with_cent(api: JsonApi) -> None:
     request = cent_dto.BatchRequest(
         requests=[
             cent_dto.PublishRequest(channel="news", data={"a": 1}),
@@ -585,7 +663,7 @@ async def test_batch_decodes_with_cent(api: ApiExecutor) -> None:
     assert parsed.replies[2].presence == {}
 
 
-async def test_batch_shapes_and_decode_errors(api: ApiExecutor) -> None:
+async def test_batch_shapes_and_decode_errors(api: JsonApi) -> None:
     assert await api.call("batch", {}) == {"replies": []}
     assert await api.call("batch", {"commands": []}) == {"replies": []}
     await assert_decode_error(api, "batch", {"commands": {}})
@@ -600,3 +678,60 @@ async def test_batch_shapes_and_decode_errors(api: ApiExecutor) -> None:
     }
     await assert_decode_error(api, "batch", bad)
     assert (await api.call("history", {"channel": "news"}))["offset"] == 0
+
+
+async def test_batch_longer_than_a_chunk_runs_in_order(api: JsonApi, node: Node) -> None:
+    n = BATCH_CHUNK * 2 + 500
+    commands: list[Any] = [{"publish": {"channel": f"c{i % 7}", "data": i}} for i in range(n)]
+    commands[BATCH_CHUNK] = {"history": {"channel": "c0", "limit": 0}}
+    res = await api.call("batch", {"commands": commands})
+    replies = res["replies"]
+    assert len(replies) == n
+    # offsets count per channel across the chunk boundaries; the history in chunk 2 saw
+    # every publish of chunk 1 to its channel
+    seen: dict[str, int] = {}
+    for i, (cmd, reply) in enumerate(zip(commands, replies, strict=True)):
+        if "history" in cmd:
+            assert reply["history"]["offset"] == seen["c0"], i
+            continue
+        ch = cmd["publish"]["channel"]
+        seen[ch] = seen.get(ch, 0) + 1
+        # history_size 10 keeps offsets counting
+        assert reply["publish"]["offset"] == seen[ch], i
+    last = (await node.history("c6", limit=1, reverse=True)).publications[0]
+    assert last.data == str(max(i for i in range(n) if i % 7 == 6)).encode()
+
+
+async def test_long_batch_with_a_bad_command_runs_nothing(api: JsonApi) -> None:
+    commands: list[Any] = [{"publish": {"channel": "news", "data": i}} for i in range(2500)]
+    commands.append({"publish": {"channel": 5, "data": 1}})
+    await assert_decode_error(api, "batch", {"commands": commands})
+    commands[-1] = 7  # not an object
+    await assert_decode_error(api, "batch", {"commands": commands})
+    # broken JSON after the first chunk: the split fails before anything runs
+    await assert_decode_error(api, "batch", b'{"commands":[' + b"{}," * 2500 + b'{"publish":]}')
+    assert (await api.call("history", {"channel": "news"}))["offset"] == 0
+
+
+async def test_long_batch_gives_the_loop_turns(api: JsonApi) -> None:
+    # The memory engine publishes without suspending: only the batch's own yields between
+    # chunks let another task run while it works.
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    commands = [{"publish": {"channel": "news", "data": i}} for i in range(BATCH_CHUNK * 4)]
+    await api.call("batch", {"commands": commands})
+    during = ticks - before
+    stop.set()
+    await task
+    # a check pass and a run pass, each yielding between its 4 chunks
+    assert during >= 6
