@@ -436,6 +436,7 @@ class PubSubConnection:
 
     async def _supervise(self) -> None:
         backoff = 0.05
+        failures = 0  # in a row: one warning per outage, not one per attempt
         while not self._closing:
             try:
                 await self._connect()
@@ -443,14 +444,18 @@ class PubSubConnection:
             except Exception as e:
                 # Whatever failed, supervision must go on: the resolver's errors are redis-py's
                 # (e.g. MasterNotFoundError while a sentinel fails over), not builtin ones.
-                log.warning("%s: pub/sub connect failed: %s", self._name, e)
+                failures += 1
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(level, "%s: pub/sub connect failed: %r", self._name, e)
                 metrics.child(metrics.REDIS_PUBSUB_ERRORS, type(e).__name__).inc()
                 self._down = True
                 self._drop_transport()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            backoff = 0.05
+            if failures:
+                log.info("%s: pub/sub connected after %d failed attempt(s)", self._name, failures)
+            backoff, failures = 0.05, 0
             self._set_ready(True)
             self._start_keepalive()
             # Channels asked for while we were resubscribing.
