@@ -14,6 +14,14 @@ The queue is bounded in bytes: a client that does not read fast enough is discon
 with 3008 instead of growing memory or slowing the fan-out for everyone else. For the
 synchronous path the bound applies to what the transport still holds unsent (its write
 buffer) after each flush; for the async path, to what waits behind the write in flight.
+
+And in time, as Centrifugo's `websocket.write_timeout` bounds each write: a peer that
+stops reading fills the kernel's send buffer, and then the transport's buffer holds what
+the kernel did not take. Bytes that wait there longer than the transport's
+`write_timeout` disconnect the client with 3009 (write error), however far below the
+queue bound the backlog is. On the synchronous path one loop timer per stalled connection
+checks it (armed when a write leaves bytes behind, so a peer that keeps up costs none);
+async transports bound their own `write`.
 """
 
 from __future__ import annotations
@@ -40,7 +48,12 @@ class Transport(Protocol):
     Optional fast path: `write_now(frame) -> int` writes the frame synchronously and
     returns how many bytes the transport still holds unsent (the backpressure measure);
     it raises one of WRITE_ERRORS when the peer is gone. A transport without it (or with
-    `write_now = None`) is written through the async `write`.
+    `write_now = None`) is written through the async `write`, which must itself give up
+    (raise one of WRITE_ERRORS, TimeoutError is one) on a peer that takes nothing.
+
+    A transport with `write_now` also offers `unsent() -> int` (what `write_now` would
+    return now) and `write_timeout: float` (seconds its unsent bytes may wait for the
+    kernel to take them; 0 for no limit), see `SyncTransport`.
     """
 
     name: str  # "websocket", "sse", ...
@@ -52,6 +65,21 @@ class Transport(Protocol):
     async def write(self, frame: bytes) -> None: ...
 
     async def close(self, disconnect: Disconnect) -> None: ...
+
+
+class SyncTransport(Transport, Protocol):
+    """The synchronous fast path (see Transport)."""
+
+    write_timeout: float
+
+    def write_now(self, frame: bytes) -> int: ...
+
+    def unsent(self) -> int: ...
+
+
+# Bytes a transport may add to a message when it frames it (a WebSocket server frame
+# header is at most 10 bytes): the write timeout's accounting allows for them.
+FRAME_OVERHEAD = 10
 
 
 class _Flusher:
@@ -120,6 +148,9 @@ class Writer:
         "_task",
         "_m_sent",
         "_m_sent_size",
+        "_loop",
+        "_stall",
+        "_stall_written",
     )
 
     def __init__(
@@ -131,7 +162,8 @@ class Writer:
     ) -> None:
         self._transport = transport
         self._sync = getattr(transport, "write_now", None) is not None
-        self._flusher = _flusher(loop or asyncio.get_running_loop())
+        self._loop = loop or asyncio.get_running_loop()
+        self._flusher = _flusher(self._loop)
         self._sep = transport.codec.separator
         self._m_sent = metrics.live(metrics.child(metrics.TRANSPORT_SENT, transport.name, "", ""))
         self._m_sent_size = metrics.live(
@@ -147,6 +179,10 @@ class Writer:
         self._on_error = on_error
         self._closed = False
         self._task: asyncio.Task[None] | None = None  # async path, while writing
+        # Sync path, while the transport holds unsent bytes: the write timeout's timer,
+        # and the bytes written since it was armed.
+        self._stall: asyncio.TimerHandle | None = None
+        self._stall_written = 0
 
     def enqueue(self, data: bytes) -> None:
         if self._closed:
@@ -195,13 +231,43 @@ class Writer:
             if self._task is None:
                 self._task = asyncio.get_running_loop().create_task(self._write_async())
             return  # else the task in flight takes the batch when its write is done
+        frame = self._take()
         try:
-            unsent = self._transport.write_now(self._take())  # type: ignore[attr-defined]
+            unsent = self._transport.write_now(frame)  # type: ignore[attr-defined]
         except WRITE_ERRORS:
             self._fail(Disconnect(DISCONNECT_WRITE_ERROR))
             return
+        if self._stall is not None:
+            self._stall_written += len(frame) + FRAME_OVERHEAD
+        elif unsent:
+            self._arm_stall()
         if unsent > self._max_size > 0:
             self._fail(Disconnect(DISCONNECT_SLOW))
+
+    def _arm_stall(self) -> None:
+        """Bytes the transport holds now must be taken by the kernel within its
+        write_timeout (Centrifugo sets that deadline on each write)."""
+        timeout = self._transport.write_timeout  # type: ignore[attr-defined]
+        if timeout > 0:
+            self._stall_written = 0
+            self._stall = self._loop.call_later(timeout, self._check_stall)
+
+    def _check_stall(self) -> None:
+        self._stall = None
+        if self._closed:
+            return
+        unsent = self._transport.unsent()  # type: ignore[attr-defined]
+        # Of what the transport holds, at most `_stall_written` bytes were written since
+        # the timer was armed: anything more is older, and waited the whole timeout.
+        if unsent > self._stall_written:
+            self._fail(Disconnect(DISCONNECT_WRITE_ERROR, detail="write timeout"))
+        elif unsent:
+            self._arm_stall()
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     async def _write_async(self) -> None:
         try:
@@ -215,6 +281,7 @@ class Writer:
             self._task = None
 
     def _fail(self, disconnect: Disconnect) -> None:
+        self._cancel_stall()
         self._closed = True
         self._buf = None
         self._size = 0
@@ -230,6 +297,8 @@ class Writer:
         self._closed = True
         if self._sync:
             self._flush()
+            # From here the transport's close bounds the time (app/transports/closing.py).
+            self._cancel_stall()
             return
         if self._buf is not None and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._write_async())

@@ -28,6 +28,7 @@ from app.node import NODE_KEY
 from app.protocol import Codec
 from app.protocol.json import JSON
 from app.protocol.protobuf import PROTOBUF
+from app.transports import closing
 from app.transports.cors import cors_headers, empty_response, origin_allowed, preflight_response
 
 log = logging.getLogger("centrifugo.http_stream")
@@ -200,6 +201,10 @@ async def serve_stream(
     the stream (and the session) alive until the client closes or the peer leaves."""
     node = request.app[NODE_KEY]
     resp = web.StreamResponse(headers=headers)
+    # The stream is the connection's last response: once it ends the socket is released
+    # (bounded, app/transports/closing.py), not kept for a next request.
+    resp.force_close()
+    sock = request.transport
     transport = make_transport(resp)
     await resp.prepare(request)
     if preamble:
@@ -217,13 +222,26 @@ async def serve_stream(
             await client.close(Disconnect(DISCONNECT_BAD_REQUEST))
         elif await client.handle_frame(data):
             await transport.wait_done()
+        await end_stream(resp)
     finally:
         if watch is not None:
             watch.discard(transport)
         if node.sessions.get(session) is client:
             del node.sessions[session]
         await client.transport_closed()
+        closing.release_request(request, sock, WRITE_TIMEOUT)
     return resp
+
+
+async def end_stream(resp: web.StreamResponse) -> None:
+    """The last chunk, within WRITE_TIMEOUT: aiohttp's write_eof waits for the buffer to
+    drain, for ever if the peer reads nothing (its socket is then dropped by the caller's
+    `closing.release_request`)."""
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await resp.write_eof()
+    except (ConnectionError, OSError) as e:  # TimeoutError is an OSError
+        log.debug("stream end not sent: %r", e)
 
 
 async def http_stream_handler(request: web.Request) -> web.StreamResponse:

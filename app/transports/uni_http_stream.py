@@ -29,6 +29,7 @@ from app.node import NODE_KEY, Node
 from app.protocol import DecodeError
 from app.protocol.gen.client_pb2 import ConnectRequest
 from app.protocol.json import JSON_UNI
+from app.transports import closing
 
 log = logging.getLogger("centrifugo.uni")
 
@@ -40,6 +41,9 @@ NO_CACHE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
+# Centrifugo gives each streaming write one second (streamWriteTimeout): a peer that takes
+# nothing for that long is disconnected with 3009 and its socket dropped.
+WRITE_TIMEOUT = 1.0
 # How often streams the server only writes to are checked for a peer that went away. A
 # write to a gone peer fails anyway (pings at the latest); this just frees state sooner.
 PEER_CHECK_INTERVAL = 1.0
@@ -171,16 +175,19 @@ class StreamTransport:
         if self._resp is None:
             self._pending.append(frame)
             return
-        await self._resp.write(self._format(frame))
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await self._resp.write(self._format(frame))
 
     async def start(self, resp: web.StreamResponse, preamble: bytes = b"") -> None:
         """Send the held frames, then let writes through."""
         if preamble:
-            await resp.write(preamble)
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await resp.write(preamble)
         while self._pending:
             batch, self._pending = self._pending, []
             for frame in batch:
-                await resp.write(self._format(frame))
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await resp.write(self._format(frame))
         # No await since the last check: no frame can slip in between.
         self._resp = resp
 
@@ -253,6 +260,11 @@ async def serve_stream(
     client = new_client(node, transport, request.headers)
     watcher = request.app[PEER_WATCHER]
     resp = web.StreamResponse(status=200, headers={**NO_CACHE_HEADERS, **headers})
+    # The stream is the connection's last response: once it ends the socket is released
+    # (bounded, app/transports/closing.py), not kept for a next request.
+    resp.force_close()
+    sock = request.transport
+    streamed = False
     try:
         if http_response.enabled:
             err = await connect_or_error(client, connect_request)
@@ -262,6 +274,7 @@ async def serve_stream(
             # A failed connect still answers 200: its disconnect push is the body.
             await connect(client, connect_request)
         await resp.prepare(request)
+        streamed = True
         await transport.start(resp, preamble)
         if not transport.done.is_set():
             watcher.watch(request, transport.done)
@@ -269,12 +282,16 @@ async def serve_stream(
                 await transport.done.wait()
             finally:
                 watcher.unwatch(transport.done)
-        await resp.write_eof()
+        # aiohttp's write_eof waits for the buffer to drain: for ever if the peer reads nothing.
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await resp.write_eof()
     except (ConnectionError, RuntimeError, OSError) as e:
-        # The peer went away mid-write: nothing more can be sent.
+        # The peer went away mid-write (or took nothing for WRITE_TIMEOUT).
         log.debug("%s stream of client %s ended: %r", transport.name, client.uid, e)
     finally:
         await client.transport_closed()
+        if streamed:
+            closing.release_request(request, sock, WRITE_TIMEOUT)
     return resp
 
 

@@ -6,11 +6,17 @@ WebSocket message, or a burst newline-joined into one message with `join_push_me
 A disconnect is a `disconnect` push followed by a close frame with the same code and
 reason (`disable_disconnect_push` keeps only the close frame). Messages the client sends
 after connecting are read and ignored.
+
+`uni_websocket.write_timeout` bounds each write (3009 when the peer takes nothing) and the
+close, as on the bidirectional endpoint (app/transports/websocket.py): a peer that reads
+nothing holds no memory or kernel buffers once dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -27,7 +33,7 @@ from app.transports.uni_http_stream import (
     new_client,
     service_unavailable,
 )
-from app.transports.websocket import origin_allowed
+from app.transports.websocket import close_bounded, origin_allowed, release
 
 log = logging.getLogger("centrifugo.uni_websocket")
 
@@ -42,17 +48,46 @@ class UniWebSocketTransport:
     codec = JSON_UNI
     unidirectional = True
 
-    __slots__ = ("_ws", "_join", "_abort", "disconnect_push")
+    __slots__ = (
+        "_ws",
+        "_sock",
+        "_join",
+        "_handshake",
+        "_write_timeout",
+        "_alive",
+        "disconnect_push",
+        "closing",
+    )
 
     def __init__(
-        self, ws: web.WebSocketResponse, *, join: bool, disconnect_push: bool, abort: Any
+        self,
+        ws: web.WebSocketResponse,
+        sock: asyncio.Transport,
+        *,
+        join: bool,
+        disconnect_push: bool,
+        handshake: bool,
+        write_timeout: float,
+        alive: Callable[[], bool],
     ) -> None:
         self._ws = ws
+        self._sock = sock
         self._join = join
-        self._abort = abort  # closes the socket without a closing handshake, or None
+        self._handshake = handshake  # False: close the socket without a closing handshake
+        self._write_timeout = write_timeout
+        self._alive = alive
         self.disconnect_push = disconnect_push
+        self.closing = False  # we are closing the connection
 
     async def write(self, frame: bytes) -> None:
+        if self._write_timeout <= 0:
+            await self._send(frame)
+            return
+        # aiohttp waits for the transport to drain past its high-water mark.
+        async with asyncio.timeout(self._write_timeout):
+            await self._send(frame)
+
+    async def _send(self, frame: bytes) -> None:
         if self._join or b"\n" not in frame:
             await self._ws.send_frame(frame, WSMsgType.TEXT)
             return
@@ -61,11 +96,20 @@ class UniWebSocketTransport:
             await self._ws.send_frame(msg, WSMsgType.TEXT)
 
     async def close(self, disconnect: Disconnect) -> None:
-        if self._abort is not None:
-            self._abort()
+        self.closing = True
+        if not self._handshake:
+            if self._alive():
+                release(self._sock, self._write_timeout, self._alive)
             return
         # WebSocket close reasons are limited to 123 bytes.
-        await self._ws.close(code=disconnect.code, message=disconnect.reason.encode()[:123])
+        await close_bounded(
+            self._ws,
+            self._sock,
+            disconnect.code,
+            disconnect.reason.encode()[:123],
+            self._write_timeout,
+            self._alive,
+        )
 
 
 async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -99,14 +143,21 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
         autoping=True,
     )
     await ws.prepare(request)
-    abort = None
-    if ucfg.disable_closing_handshake and request.transport is not None:
-        abort = request.transport.close
+    sock = request.transport
+    if sock is None:  # the peer left right after the upgrade
+        return ws
+
+    def alive() -> bool:
+        return request.transport is sock
+
     transport = UniWebSocketTransport(
         ws,
+        sock,  # type: ignore[arg-type]
         join=ucfg.join_push_messages,
         disconnect_push=not ucfg.disable_disconnect_push,
-        abort=abort,
+        handshake=not ucfg.disable_closing_handshake,
+        write_timeout=ucfg.write_timeout,
+        alive=alive,
     )
     client = new_client(node, transport, request.headers)
     try:
@@ -128,6 +179,10 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
             pass  # nothing is expected from the client; reading notices the close
     finally:
         await client.transport_closed()
+        if alive() and not transport.closing:
+            # The peer closed: aiohttp answered and closes the socket once its buffer is
+            # sent, however long that takes. Bounded here.
+            release(sock, ucfg.write_timeout, alive)  # type: ignore[arg-type]
     return ws
 
 

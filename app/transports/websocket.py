@@ -3,6 +3,12 @@
 Disconnects travel as the close frame's code and reason (no disconnect push),
 which is how SDKs decide whether to reconnect.
 
+`websocket.write_timeout` (Centrifugo's, default 1 s) bounds every write: bytes the
+kernel does not take within it disconnect the client with 3009 (app/writer.py), and a
+close frame that does not reach the kernel within it (a peer that reads nothing) drops
+the socket at once. A close whose handshake the peer does not complete drops it too:
+nothing of a peer we gave up on stays in memory or in the kernel (app/transports/closing.py).
+
 Protocol selection follows Centrifugo: Protobuf when the client negotiates the
 `centrifuge-protobuf` sub-protocol or asks with `?format=protobuf` /
 `?cf_protocol=protobuf`; JSON otherwise. Protobuf frames go out as binary
@@ -17,9 +23,9 @@ import asyncio
 import fnmatch
 import logging
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import MultiMapping
 
 from app.client import Client
@@ -28,6 +34,7 @@ from app.node import NODE_KEY
 from app.protocol import Codec
 from app.protocol.json import JSON
 from app.protocol.protobuf import PROTOBUF
+from app.transports import closing
 
 log = logging.getLogger("centrifugo.websocket")
 
@@ -45,6 +52,10 @@ _last_framed: dict[int, tuple[bytes, bytes]] = {
     op: (b"", b"") for op in (WSMsgType.TEXT, WSMsgType.BINARY)
 }
 
+# How long a close of ours waits for the peer's close frame before dropping the socket:
+# Centrifugo's closeFrameWait.
+CLOSE_TIMEOUT = 5.0
+
 # Server preference order, as in Centrifugo's upgrader.
 SUBPROTOCOLS = ("centrifuge-json", "centrifuge-protobuf")
 
@@ -59,12 +70,35 @@ class WebSocketTransport:
     unidirectional = False
     disconnect_push = False  # the close frame carries code and reason
 
-    __slots__ = ("_ws", "_sock", "codec", "_opcode", "_first", "_short")
+    __slots__ = (
+        "_ws",
+        "_sock",
+        "codec",
+        "_opcode",
+        "_first",
+        "_short",
+        "write_timeout",
+        "_alive",
+        "closing",
+    )
 
-    def __init__(self, ws: web.WebSocketResponse, sock: asyncio.Transport, codec: Codec) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        sock: asyncio.Transport,
+        codec: Codec,
+        *,
+        write_timeout: float = 0.0,
+        alive: Callable[[], bool] | None = None,
+    ) -> None:
         self._ws = ws
         self._sock = sock  # the connection's asyncio transport (prepared response)
         self.codec = codec
+        self.write_timeout = write_timeout  # seconds; 0: no limit
+        # aiohttp's connection only: whether `sock` is still connected. The lean path's
+        # `ws` bounds its own close (app/transports/websocket_lean.py).
+        self._alive = alive
+        self.closing = False  # we started the closing handshake
         self._opcode = WSMsgType.TEXT if codec is JSON else WSMsgType.BINARY
         self._first = 0x80 | int(self._opcode)  # FIN + opcode
         self._short = _SHORT_HEADERS[self._opcode]
@@ -89,15 +123,21 @@ class WebSocketTransport:
         sock.write(framed)
         return sock.get_write_buffer_size()
 
+    def unsent(self) -> int:
+        return self._sock.get_write_buffer_size()
+
     async def write(self, frame: bytes) -> None:
         self.write_now(frame)
 
     async def close(self, disconnect: Disconnect) -> None:
-        # WebSocket close reasons are limited to 123 bytes. No drain: a slow client's
-        # backlog must not hold the close up; aiohttp still waits (with its timeout) for
-        # the peer's close frame and then drops the socket.
-        await self._ws.close(
-            code=disconnect.code, message=disconnect.reason.encode()[:123], drain=False
+        # WebSocket close reasons are limited to 123 bytes.
+        self.closing = True
+        message = disconnect.reason.encode()[:123]
+        if self._alive is None:  # the lean path's connection bounds its own close
+            await self._ws.close(code=disconnect.code, message=message, drain=False)
+            return
+        await close_bounded(
+            self._ws, self._sock, disconnect.code, message, self.write_timeout, self._alive
         )
 
 
@@ -109,7 +149,51 @@ class DeflateWebSocketTransport(WebSocketTransport):
     __slots__ = ()
 
     async def write(self, frame: bytes) -> None:
-        await self._ws.send_frame(frame, self._opcode)
+        if self.write_timeout <= 0:
+            await self._ws.send_frame(frame, self._opcode)
+            return
+        # aiohttp waits for the transport to drain past its high-water mark.
+        async with asyncio.timeout(self.write_timeout):
+            await self._ws.send_frame(frame, self._opcode)
+
+
+def release(sock: asyncio.Transport, timeout: float, alive: Callable[[], bool]) -> None:
+    """After a closing handshake (or a peer that left): close once our bytes are out,
+    drop the socket if they are not out within `timeout`."""
+    closing.close_within(sock, timeout, alive, asyncio.get_running_loop())
+
+
+async def close_bounded(
+    ws: web.WebSocketResponse,
+    sock: asyncio.Transport,
+    code: int,
+    message: bytes,
+    write_timeout: float,
+    alive: Callable[[], bool],
+) -> None:
+    """aiohttp's closing handshake with a peer that may not read: no drain (a slow
+    client's backlog must not hold the close up); a close frame that has not reached the
+    kernel within `write_timeout` drops the socket; so does a peer that does not answer
+    within the response's timeout (aiohttp would close it gracefully, which waits for the
+    peer to read everything first, forever)."""
+
+    def stuck() -> None:
+        if alive() and sock.get_write_buffer_size():
+            closing.abort(sock)
+
+    guard = None
+    if write_timeout > 0:
+        guard = asyncio.get_running_loop().call_later(write_timeout, stuck)
+    try:
+        await ws.close(code=code, message=message, drain=False)
+    finally:
+        if guard is not None:
+            guard.cancel()
+    if alive():
+        if ws.close_code == WSCloseCode.ABNORMAL_CLOSURE:
+            closing.abort(sock)  # the peer never answered: drop what it left
+        else:
+            release(sock, write_timeout, alive)
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
@@ -171,6 +255,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         max_msg_size=cfg.websocket.message_size_limit + 1,
         compress=cfg.websocket.compression,
         autoping=True,
+        timeout=CLOSE_TIMEOUT,
     )
     try:
         await ws.prepare(request)
@@ -183,7 +268,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return ws
     _release_http_parser(request)
     cls = DeflateWebSocketTransport if ws.compress else WebSocketTransport
-    transport = cls(ws, sock, select_codec(request.query, subprotocol))  # type: ignore[arg-type]
+
+    def alive() -> bool:
+        return request.transport is sock
+
+    transport = cls(
+        ws,  # type: ignore[arg-type]
+        sock,  # type: ignore[arg-type]
+        select_codec(request.query, subprotocol),
+        write_timeout=cfg.websocket.write_timeout,
+        alive=alive,
+    )
     client = Client(node, transport, headers=request.headers)
     try:
         # `receive()` rather than `async for`: one coroutine frame less held per idle
@@ -204,4 +299,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             log.info("client %s sent a message over websocket.message_size_limit", client.uid)
     finally:
         await client.transport_closed()
+        if alive() and not transport.closing:
+            # The peer closed, or broke the protocol: aiohttp answered and closes the
+            # socket once its buffer is sent, however long that takes. Bounded here
+            # (our own close bounds itself, in WebSocketTransport.close).
+            release(sock, cfg.websocket.write_timeout, alive)  # type: ignore[arg-type]
     return ws

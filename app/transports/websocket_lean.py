@@ -14,6 +14,12 @@ The WebSocket side speaks RFC 6455 as a server: masked client frames, fragmentat
 ping -> pong, the closing handshake, 1002/1007/1009 for protocol errors, invalid text
 and oversize messages (over `websocket.message_size_limit`, as aiohttp refused them for
 us before). Frames go to the Client in order; an idle connection holds no task.
+
+Closing is bounded as on aiohttp's path (app/transports/websocket.py): a close frame
+that does not reach the kernel within `websocket.write_timeout`, or that the peer does
+not answer within CLOSE_TIMEOUT, drops the socket with what it holds (RST,
+app/transports/closing.py); after a complete handshake the socket is closed once our
+bytes are out, and dropped if they are not out within the write timeout.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from multidict import CIMultiDict
 from app.client import Client
 from app.node import NODE_KEY, Node
 from app.timers import CoarseTimer
+from app.transports import closing
 from app.transports.websocket import (
+    CLOSE_TIMEOUT,
     WebSocketTransport,
     origin_allowed,
     select_codec,
@@ -44,7 +52,6 @@ log = logging.getLogger("centrifugo.websocket")
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _HEAD_END = b"\r\n\r\n"
 MAX_HEAD = 16384  # larger request heads go to aiohttp (its limits answer them)
-CLOSE_TIMEOUT = 10.0  # wait for the peer's close frame, as aiohttp's default did
 # Messages waiting for the Client before the socket stops being read.
 INBOX_HIGH = 64
 INBOX_LOW = 16
@@ -179,6 +186,8 @@ class LeanWebSocket(asyncio.Protocol):
         "_acked",
         "_peer_closed",
         "_ack",
+        "_lost",
+        "_released",
         "closed",
     )
 
@@ -188,6 +197,7 @@ class LeanWebSocket(asyncio.Protocol):
         self._head = b""
         self._timer: CoarseTimer | None = None
         self._ws = False  # upgraded
+        self._lost = False  # connection_lost was called: the socket is gone
         self.closed = False  # our close frame is out (or the socket is gone)
 
     # --------------------------------------------------------------- sniffing
@@ -239,6 +249,7 @@ class LeanWebSocket(asyncio.Protocol):
             self._timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._cancel_timer()
         if not self._ws:
             return
@@ -267,9 +278,15 @@ class LeanWebSocket(asyncio.Protocol):
         self._finished = False
         self._acked = False
         self._peer_closed = False
+        self._released = False
         self._ack: asyncio.Future[None] | None = None
         codec = select_codec(upgrade.query, upgrade.subprotocol)
-        transport = WebSocketTransport(self, sock, codec)  # type: ignore[arg-type]
+        transport = WebSocketTransport(
+            self,  # type: ignore[arg-type]
+            sock,
+            codec,
+            write_timeout=node.config.websocket.write_timeout,
+        )
         self._client = Client(node, transport, headers=upgrade.headers)
         if tail:
             self._feed(tail)
@@ -381,8 +398,7 @@ class LeanWebSocket(asyncio.Protocol):
         self._peer_closed = True
         if self.closed:  # the answer to our close frame: the handshake is done
             self._resolve_ack()
-            if self._sock is not None:
-                self._sock.close()
+            self._release()
         else:
             # The Client first gets the frames that came before; then we answer. A close
             # of ours sent meanwhile completes the handshake at once.
@@ -392,8 +408,7 @@ class LeanWebSocket(asyncio.Protocol):
 
     def _fail(self, e: ProtocolError) -> None:
         if self.closed:  # broken frames while waiting for the peer's close: stop here
-            if self._sock is not None:
-                self._sock.close()
+            self._drop()
             return
         if e.code == 1009:
             log.info("client %s sent a message over websocket.message_size_limit", self._client.uid)
@@ -450,8 +465,7 @@ class LeanWebSocket(asyncio.Protocol):
             if not self.closed:
                 # The peer closed (or the connection dropped): answer as aiohttp did.
                 self._send_close(1000, b"")
-                if self._sock is not None:
-                    self._sock.close()
+                self._release()
             await client.transport_closed()
 
     # ------------------------------------------------------------ closing
@@ -464,8 +478,28 @@ class LeanWebSocket(asyncio.Protocol):
 
     def _arm_close_timeout(self) -> None:
         if self._sock is not None and not self._acked:
-            sock = self._sock
-            self._timer = self._server.node.timers.call_later(CLOSE_TIMEOUT, sock.close)
+            self._timer = self._server.node.timers.call_later(CLOSE_TIMEOUT, self._drop)
+
+    def _release(self) -> None:
+        """The closing handshake is complete (or the peer left): close the socket once our
+        bytes are out, drop it if they are not out within the write timeout."""
+        sock = self._sock
+        if sock is None or self._lost or self._released:
+            return
+        self._released = True
+        timeout = self._server.node.config.websocket.write_timeout
+        closing.close_within(sock, timeout, self._alive, self._server.loop)
+
+    def _drop(self) -> None:
+        """No complete closing handshake: drop the socket with what it holds (RST)."""
+        sock = self._sock
+        if sock is None or self._lost:
+            return
+        self._released = True
+        closing.abort(sock)
+
+    def _alive(self) -> bool:
+        return not self._lost
 
     def _resolve_ack(self) -> None:
         self._acked = True
@@ -484,11 +518,26 @@ class LeanWebSocket(asyncio.Protocol):
         if sock is None:
             return True
         if not self._acked:
-            self._ack = self._server.loop.create_future()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._ack), CLOSE_TIMEOUT)
-        sock.close()
+            ack = self._ack = self._server.loop.create_future()
+            wait = CLOSE_TIMEOUT
+            write_timeout = self._server.node.config.websocket.write_timeout
+            if 0 < write_timeout < CLOSE_TIMEOUT:
+                # A close frame still in our buffer after the write timeout sits behind a
+                # backlog the peer does not read: it will never be answered.
+                await _wait(ack, write_timeout)
+                wait = 0.0 if sock.get_write_buffer_size() else CLOSE_TIMEOUT - write_timeout
+            await _wait(ack, wait)
+        if self._peer_closed:
+            self._release()
+        else:
+            self._drop()
         return True
+
+
+async def _wait(future: asyncio.Future[None], timeout: float) -> None:
+    if timeout > 0 and not future.done():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), timeout)
 
 
 class LeanServer:
