@@ -18,6 +18,7 @@ from app.errors import (
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
     DISCONNECT_INSUFFICIENT_STATE,
     DISCONNECT_INVALID_TOKEN,
+    DISCONNECT_SERVER_ERROR,
     DISCONNECT_SUB_EXPIRED,
     ERROR_ALREADY_SUBSCRIBED,
     ERROR_INTERNAL,
@@ -212,6 +213,19 @@ class SubscribeFlow:
                 result["data"] = req.data
             if presence:
                 await self.node.presence_manager.add_presence(channel, self.uid, self._info(sub))
+        except Disconnect:
+            await self._drop_subscription(sub, announce=False)
+            raise
+        except Exception as e:
+            await self._drop_subscription(sub, announce=False)
+            if isinstance(e, ClientError) and e.code != ERROR_INTERNAL:
+                raise
+            # The engine failed (Redis away or not answering): as centrifuge does, the
+            # connection goes with 3004, a reconnect code, and the SDK comes back and
+            # subscribes again.
+            raise Disconnect(
+                DISCONNECT_SERVER_ERROR, detail=f"subscribe to {channel} failed: {e!r}"
+            ) from None
         except BaseException:
             await self._drop_subscription(sub, announce=False)
             raise
@@ -443,7 +457,11 @@ class SubscribeFlow:
             req.recover = True
             req.offset = recover_since.offset
             req.epoch = recover_since.epoch
-        sub, result = await self._subscribe(chinfo, req, server_side=True)
+        try:
+            sub, result = await self._subscribe(chinfo, req, server_side=True)
+        except Disconnect as d:
+            self.disconnect_soon(d)
+            return
         pubs = result.pop("publications", None)
         for k in ("was_recovering", "recovered", "expires", "ttl"):
             result.pop(k, None)

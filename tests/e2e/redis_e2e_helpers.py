@@ -352,7 +352,8 @@ class SdkSubscriber(Watched):
     `pubs` holds (offset, data) of every publication event; `subscribed` every
     SubscribedContext; `sub_errors` the subscription's errors (e.g. a temporary ReplyError
     of a refused subscribe, which the SDK retries); `client_log` the client's connection
-    events by name.
+    events by name, `disconnect_codes` the code of each disconnect (with or without
+    a reconnect).
     """
 
     def __init__(self, url: str, token: str, channel: str, name: str = "") -> None:
@@ -365,11 +366,14 @@ class SdkSubscriber(Watched):
         self.subscribing: list[Any] = []
         self.sub_errors: list[Any] = []  # the errors of failed subscribe attempts
         self.client_log: list[str] = []
+        self.disconnect_codes: list[int] = []
         watched = self
 
         class Ev(ClientEventHandler):
             async def on_connecting(self, ctx: Any) -> None:
                 watched.client_log.append("connecting")
+                if ctx.code >= 3000:  # a disconnect the SDK reconnects after
+                    watched.disconnect_codes.append(ctx.code)
                 watched._changed()
 
             async def on_connected(self, ctx: Any) -> None:
@@ -378,6 +382,7 @@ class SdkSubscriber(Watched):
 
             async def on_disconnected(self, ctx: Any) -> None:
                 watched.client_log.append("disconnected")
+                watched.disconnect_codes.append(ctx.code)
                 watched._changed()
 
         class SubEv(SubscriptionEventHandler):
