@@ -3,7 +3,7 @@
 Starts one server worker (memory engine by default, `--engine redis` starts a redis-server),
 sends one batch of `--count` publishes (about 59 bytes each, as in issue 14: 300k = 17.8 MB)
 and meanwhile samples the worker's RSS every 10 ms and probes `/health` back to back. Prints
-one JSON line: body size, batch time, RSS before / peak / retained one second after the reply
+one JSON line: body size, batch time, the worker's CPU seconds, RSS before / peak / retained one second after the reply
 (MB), and the slowest `/health` answer while the batch ran (ms).
 
     python -m bench.api_batch --count 300000
@@ -97,7 +97,9 @@ def measure(handle: ServerHandle, body: bytes) -> dict[str, Any]:
     (pid,) = worker_pids(handle)
     with RssSampler(pid) as sampler:
         before = sampler.rss()
+        cpu0 = sum(sampler.proc.cpu_times()[:2])
         status, reply, health, took = asyncio.run(send_batch(handle, body))
+        cpu = sum(sampler.proc.cpu_times()[:2]) - cpu0
         time.sleep(1.0)  # what the worker keeps once the batch is over
         retained = sampler.rss()
     return {
@@ -105,6 +107,7 @@ def measure(handle: ServerHandle, body: bytes) -> dict[str, Any]:
         "body_mb": round(len(body) / MB, 1),
         "reply_mb": round(len(reply) / MB, 1),
         "batch_s": round(took, 2),
+        "worker_cpu_s": round(cpu, 2),
         "rss_before_mb": round(before / MB),
         "rss_peak_mb": round(sampler.peak / MB),
         "rss_retained_mb": round(retained / MB),
