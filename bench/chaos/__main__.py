@@ -43,6 +43,12 @@ def parse(argv: list[str]) -> tuple[Options, Path | None]:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--log-level", default=d.log_level, help="the app's log level")
     p.add_argument("--keep-workdir", action="store_true")
+    p.add_argument(
+        "--app-root",
+        type=Path,
+        default=d.app_root,
+        help="run `python -m app` from this checkout (e.g. an older commit, to compare)",
+    )
     p.add_argument("--out", type=Path, help="write the JSON report here")
     a = p.parse_args(argv)
     faults = tuple(x for x in a.faults.split(",") if x)
@@ -68,6 +74,7 @@ def parse(argv: list[str]) -> tuple[Options, Path | None]:
         seed=a.seed,
         log_level=a.log_level,
         keep_workdir=a.keep_workdir,
+        app_root=a.app_root,
     )
     return opts, a.out
 

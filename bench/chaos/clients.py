@@ -35,6 +35,7 @@ from centrifuge import (  # type: ignore[import-untyped]
 )
 
 from bench.chaos.accounting import Event, Received, Subscribed
+from bench.chaos.publisher import BIG
 
 
 class _ClientEvents(ClientEventHandler):
@@ -79,6 +80,10 @@ class _SubEvents(SubscriptionEventHandler):
     async def on_publication(self, ctx: PublicationContext) -> None:
         data = ctx.pub.data
         pub_id = data.get("id", -1) if isinstance(data, dict) else -1
+        if pub_id == -1 or data.get("big") != BIG:
+            self.rec.corrupted += 1
+            if not self.rec.corrupted_example:
+                self.rec.corrupted_example = repr(data)[:200]
         self.rec.got.add(pub_id)
         self.rec.timeline.append(Received(pub_id, ctx.pub.offset))
 
@@ -96,6 +101,8 @@ class SdkSubscriber:
         self.timeline: list[Event] = []
         self.got: set[int] = set()
         self.reset_at = 0.0
+        self.corrupted = 0  # publications whose data did not arrive as published
+        self.corrupted_example = ""
         self.counts: Counter[str] = Counter()  # connecting, connected, subscribed
         self.terminal: str = ""
         self.client = Client(

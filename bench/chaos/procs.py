@@ -207,6 +207,7 @@ class App:
     config: dict[str, Any]
     workers: int
     workdir: Path
+    root: Path = REPO_ROOT
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -232,7 +233,7 @@ class App:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd,
-                cwd=REPO_ROOT,
+                cwd=self.root,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -252,11 +253,14 @@ class App:
     def worker_pids(self) -> list[int]:
         return children(self.master) if self.master_exit() is None else []
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log_tail(self, lines: int = 30, errors_only: bool = False) -> str:
+        """The log's last lines (only error-level and traceback lines if `errors_only`)."""
         try:
             text = self.log.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return ""
+        if errors_only:
+            text = [ln for ln in text if '"level":"error"' in ln or not ln.startswith("{")]
         return "\n".join(text[-lines:])
 
     def stop(self) -> None:

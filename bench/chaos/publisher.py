@@ -1,6 +1,6 @@
 """The soak's paced publisher: POST /api/publish with an idempotency key per publication.
 
-Publication n goes to channel `n % channels` with data `{"id": n}` and idempotency key
+Publication n goes to channel `n % channels` with data `{"id":n,"big":<BIG>}` and idempotency key
 `chaos-<run>-<n>`. An attempt that fails in any way (connection refused or reset, timeout,
 HTTP 5xx, an error in the reply) is retried with the same key until the server answers with a
 result or `give_up_s` passes: the server may have applied a publish whose answer was lost
@@ -23,6 +23,9 @@ import aiohttp
 
 from bench.chaos.accounting import Ack
 
+# Sent as these very bytes: a server that parses and re-dumps `data` instead of passing it
+# through (issue 14 point 3) turns it into 1.2345678901234568e+29, which clients detect.
+BIG = 123456789012345678901234567890
 ATTEMPT_TIMEOUT_S = 6.0  # above the server's 4 s Redis timeout: its own error comes first
 RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -125,11 +128,10 @@ class Publisher:
 
     async def _publish_one(self, item: tuple[int, str]) -> None:
         n, channel = item
-        body: dict[str, Any] = {
-            "channel": channel,
-            "data": {"id": n},
-            "idempotency_key": f"chaos-{self.run_id}-{n}",
-        }
+        body = (
+            f'{{"channel":"{channel}","data":{{"id":{n},"big":{BIG}}},'
+            f'"idempotency_key":"chaos-{self.run_id}-{n}"}}'
+        ).encode()
         started = time.monotonic()
         attempt = 0
         try:
@@ -147,12 +149,13 @@ class Publisher:
         finally:
             self.pending.pop(n, None)
 
-    async def _attempt(self, body: dict[str, Any]) -> dict[str, Any] | None:
+    async def _attempt(self, body: bytes) -> dict[str, Any] | None:
         """The publish result, or None after counting why there is none."""
         try:
             async with self._session.post(
                 f"{self.api_url}/publish",
-                json=body,
+                data=body,
+                headers={"Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT_S),
             ) as resp:
                 if resp.status != 200:

@@ -93,6 +93,8 @@ def build(
         }
         for r in results
     ]
+    corrupted = sum(s.corrupted for s in soak.subs)
+    example = next((s.corrupted_example for s in soak.subs if s.corrupted), "")
     lost = sum(c["lost"] for c in clients)
     dups = sum(c["duplicates"] for c in clients)
     unrecovered = sum(c["unrecovered"] for c in clients)
@@ -108,6 +110,8 @@ def build(
         failures.append(f"{lost} publications lost")
     if dups:
         failures.append(f"{dups} publications delivered twice")
+    if corrupted:
+        failures.append(f"{corrupted} deliveries with data not as published, e.g. {example}")
     if unhealed:
         failures += [
             f"{f['kind']} at {f['at_s']}s not healed: {f['waiting_for']}" for f in unhealed
@@ -139,6 +143,7 @@ def build(
             "resubscribes": sum(c["resubscribes"] for c in clients),
             "unrecovered_resubscribes": unrecovered,
             "reordered": sum(c["reordered"] for c in clients),
+            "corrupted": corrupted,
             "drain_s": round(drain_s, 1),
             "worker_restarts": len(set(workers) - soak.initial_workers),
             "redis_restarts": max(len(redis_pids) - 1, 0),
@@ -224,7 +229,9 @@ def render(doc: dict[str, Any]) -> str:
         for c in doc["clients"]
         if c["lost"] or c["duplicates"] or c["reordered"] or c["recovered_epoch_change"]
     ]
-    if bad:
+    if not doc["clients"]:
+        out.append("no accounting: the run ended before the drain")
+    elif bad:
         out.append(
             _table(
                 [
@@ -320,6 +327,7 @@ def render(doc: dict[str, Any]) -> str:
             f"{t['resubscribes']} ({t['unrecovered_resubscribes']})",
         ],
         ["reordered deliveries", t["reordered"]],
+        ["deliveries with data not byte-exact", t["corrupted"]],
         ["faults injected / healed", f"{len(doc['faults'])} / {len(heal)}"],
         ["heal time median / max (s)", f"{_median(heal)} / {max(heal, default=None)}"],
         ["worker restarts / Redis restarts", f"{t['worker_restarts']} / {t['redis_restarts']}"],

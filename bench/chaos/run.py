@@ -26,7 +26,7 @@ from bench.chaos import report
 from bench.chaos.accounting import ClientResult, account_all
 from bench.chaos.clients import SdkErrors, SdkSubscriber
 from bench.chaos.faults import KINDS, Fault, Injector
-from bench.chaos.procs import App, ProcSample, Redis, sample
+from bench.chaos.procs import REPO_ROOT, App, ProcSample, Redis, sample
 from bench.chaos.publisher import Publisher
 
 HEALTH_STREAK = 6  # /health 200 answers in a row on fresh connections (random workers)
@@ -45,11 +45,12 @@ class Options:
     heal_timeout_s: float = 60.0
     drain_timeout_s: float = 30.0
     redis_outage_s: float = 2.0
-    freeze_s: float = 5.0
+    freeze_s: float = 7.0  # above 0.8 s + the 4 s io_timeout after which /health says 500
     slow_release_s: float = 20.0
     seed: int = 1
     log_level: str = "info"
     keep_workdir: bool = False
+    app_root: Path = REPO_ROOT  # where `python -m app` runs: another checkout to compare
 
 
 @dataclass(slots=True)
@@ -87,7 +88,7 @@ class Soak:
         self.secret = secrets.token_hex(16)
         self.api_key = secrets.token_hex(16)
         self.redis = Redis(self.workdir, opts.aof)
-        self.app = App(self.config(), opts.workers, self.workdir)
+        self.app = App(self.config(), opts.workers, self.workdir, opts.app_root)
         self.channels = [f"chaos:ch{i}" for i in range(opts.channels)]
         self.subs: list[SdkSubscriber] = []
         self.publisher: Publisher | None = None
@@ -322,7 +323,8 @@ class Soak:
             if code is not None:
                 self.fatal = (
                     f"gunicorn master exited with {code} during {kind}; the server is gone.\n"
-                    f"----- app log (tail) -----\n{self.app.log_tail(40)}"
+                    f"----- app log: last error lines -----\n"
+                    f"{self.app.log_tail(12, errors_only=True)}"
                 )
                 return
             await asyncio.sleep(opts.gap_s)
