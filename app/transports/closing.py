@@ -12,9 +12,10 @@ with RST and free the send queue at once. `close_within` closes gracefully once 
 written has left this host (so a peer that reads gets all of it, the close frame last),
 and aborts when that takes longer than the write timeout.
 
-Both touch the socket's file descriptor, so they must only be called while the
-connection is alive (before the protocol's `connection_lost`): a closed descriptor's
-number may already belong to another connection. Callers pass that check as `alive`.
+Both touch the socket's file descriptor only while the transport still has it open
+(`connected`): a closed descriptor's number may already belong to another connection.
+aiohttp forgets a connection's transport before it is closed (`request.transport` is
+None once aiohttp decided to close it), so the transport itself is asked.
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ import contextlib
 import fcntl
 import socket
 import struct
-from collections.abc import Callable
-
-from aiohttp import web
 
 # Linux ioctl: bytes in a TCP socket's send queue not sent yet (SIOCOUTQ also counts
 # bytes sent but not acknowledged, which a peer that reads will acknowledge soon).
@@ -38,31 +36,37 @@ _INT = struct.Struct("i")
 POLL_INTERVAL = 0.05
 
 
+def connected(sock: asyncio.BaseTransport) -> bool:
+    """Whether the transport still holds its socket open (asyncio's and uvloop's
+    transports mark their socket object closed, fd -1, when they close it)."""
+    raw = sock.get_extra_info("socket")
+    return raw is not None and raw.fileno() >= 0
+
+
 def unsent(sock: asyncio.WriteTransport) -> int:
     """Bytes written to `sock` that have not left this host: the transport's buffer plus
     the kernel's not-yet-sent queue (Linux; elsewhere the transport's buffer only)."""
-    n = sock.get_write_buffer_size()
     raw = sock.get_extra_info("socket")
-    if raw is not None:
-        with contextlib.suppress(OSError, ValueError):
-            n += _INT.unpack(fcntl.ioctl(raw.fileno(), SIOCOUTQNSD, b"\0\0\0\0"))[0]
+    if raw is None or raw.fileno() < 0:
+        return 0
+    n = sock.get_write_buffer_size()
+    with contextlib.suppress(OSError, ValueError):
+        n += _INT.unpack(fcntl.ioctl(raw.fileno(), SIOCOUTQNSD, b"\0\0\0\0"))[0]
     return n
 
 
 def abort(sock: asyncio.WriteTransport) -> None:
     """Drop the connection now, with what it still holds unsent (RST)."""
     raw = sock.get_extra_info("socket")
-    if raw is not None:
-        with contextlib.suppress(OSError, ValueError):
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    if raw is None or raw.fileno() < 0:
+        return  # already closed
+    with contextlib.suppress(OSError, ValueError):
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
     sock.abort()
 
 
 def close_within(
-    sock: asyncio.WriteTransport,
-    timeout: float,
-    alive: Callable[[], bool],
-    loop: asyncio.AbstractEventLoop,
+    sock: asyncio.WriteTransport, timeout: float, loop: asyncio.AbstractEventLoop
 ) -> None:
     """Close once everything written has left this host; abort if that takes longer than
     `timeout` (or at once when `timeout` <= 0). `sock` may already be closing (aiohttp
@@ -76,7 +80,7 @@ def close_within(
     deadline = loop.time() + timeout
 
     def check() -> None:
-        if not alive():
+        if not connected(sock):
             return
         if unsent(sock) == 0:
             sock.close()
@@ -88,15 +92,9 @@ def close_within(
     loop.call_later(POLL_INTERVAL, check)
 
 
-def release_request(
-    request: web.BaseRequest, sock: asyncio.BaseTransport | None, timeout: float
-) -> None:
-    """Nothing more is sent on `request`'s connection (`sock`, taken when the request
-    began: aiohttp forgets it once the connection is lost): close it once our bytes are
+def release_request(sock: asyncio.BaseTransport | None, timeout: float) -> None:
+    """Nothing more is sent on a request's connection (`sock`, taken when the request
+    began: aiohttp forgets it once it decides to close it): close it once our bytes are
     out, drop it if they are not out within `timeout`."""
-    if sock is not None and request.transport is sock:
-
-        def alive() -> bool:
-            return request.transport is sock
-
-        close_within(sock, timeout, alive, asyncio.get_running_loop())  # type: ignore[arg-type]
+    if sock is not None and connected(sock):
+        close_within(sock, timeout, asyncio.get_running_loop())  # type: ignore[arg-type]

@@ -229,7 +229,7 @@ async def serve_stream(
         if node.sessions.get(session) is client:
             del node.sessions[session]
         await client.transport_closed()
-        closing.release_request(request, sock, WRITE_TIMEOUT)
+        closing.release_request(sock, WRITE_TIMEOUT)
     return resp
 
 

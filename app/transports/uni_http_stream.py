@@ -291,7 +291,7 @@ async def serve_stream(
     finally:
         await client.transport_closed()
         if streamed:
-            closing.release_request(request, sock, WRITE_TIMEOUT)
+            closing.release_request(sock, WRITE_TIMEOUT)
     return resp
 
 

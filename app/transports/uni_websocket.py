@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -54,7 +53,6 @@ class UniWebSocketTransport:
         "_join",
         "_handshake",
         "_write_timeout",
-        "_alive",
         "disconnect_push",
         "closing",
     )
@@ -68,14 +66,12 @@ class UniWebSocketTransport:
         disconnect_push: bool,
         handshake: bool,
         write_timeout: float,
-        alive: Callable[[], bool],
     ) -> None:
         self._ws = ws
         self._sock = sock
         self._join = join
         self._handshake = handshake  # False: close the socket without a closing handshake
         self._write_timeout = write_timeout
-        self._alive = alive
         self.disconnect_push = disconnect_push
         self.closing = False  # we are closing the connection
 
@@ -98,8 +94,7 @@ class UniWebSocketTransport:
     async def close(self, disconnect: Disconnect) -> None:
         self.closing = True
         if not self._handshake:
-            if self._alive():
-                release(self._sock, self._write_timeout, self._alive)
+            release(self._sock, self._write_timeout)
             return
         # WebSocket close reasons are limited to 123 bytes.
         await close_bounded(
@@ -108,7 +103,6 @@ class UniWebSocketTransport:
             disconnect.code,
             disconnect.reason.encode()[:123],
             self._write_timeout,
-            self._alive,
         )
 
 
@@ -147,9 +141,6 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
     if sock is None:  # the peer left right after the upgrade
         return ws
 
-    def alive() -> bool:
-        return request.transport is sock
-
     transport = UniWebSocketTransport(
         ws,
         sock,  # type: ignore[arg-type]
@@ -157,7 +148,6 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
         disconnect_push=not ucfg.disable_disconnect_push,
         handshake=not ucfg.disable_closing_handshake,
         write_timeout=ucfg.write_timeout,
-        alive=alive,
     )
     client = new_client(node, transport, request.headers)
     try:
@@ -179,10 +169,10 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
             pass  # nothing is expected from the client; reading notices the close
     finally:
         await client.transport_closed()
-        if alive() and not transport.closing:
+        if not transport.closing:
             # The peer closed: aiohttp answered and closes the socket once its buffer is
             # sent, however long that takes. Bounded here.
-            release(sock, ucfg.write_timeout, alive)  # type: ignore[arg-type]
+            release(sock, ucfg.write_timeout)  # type: ignore[arg-type]
     return ws
 
 

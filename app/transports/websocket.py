@@ -23,7 +23,7 @@ import asyncio
 import fnmatch
 import logging
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import MultiMapping
@@ -78,7 +78,6 @@ class WebSocketTransport:
         "_first",
         "_short",
         "write_timeout",
-        "_alive",
         "closing",
     )
 
@@ -89,15 +88,11 @@ class WebSocketTransport:
         codec: Codec,
         *,
         write_timeout: float = 0.0,
-        alive: Callable[[], bool] | None = None,
     ) -> None:
         self._ws = ws
         self._sock = sock  # the connection's asyncio transport (prepared response)
         self.codec = codec
         self.write_timeout = write_timeout  # seconds; 0: no limit
-        # aiohttp's connection only: whether `sock` is still connected. The lean path's
-        # `ws` bounds its own close (app/transports/websocket_lean.py).
-        self._alive = alive
         self.closing = False  # we started the closing handshake
         self._opcode = WSMsgType.TEXT if codec is JSON else WSMsgType.BINARY
         self._first = 0x80 | int(self._opcode)  # FIN + opcode
@@ -133,12 +128,11 @@ class WebSocketTransport:
         # WebSocket close reasons are limited to 123 bytes.
         self.closing = True
         message = disconnect.reason.encode()[:123]
-        if self._alive is None:  # the lean path's connection bounds its own close
+        if not isinstance(self._ws, web.WebSocketResponse):
+            # The lean path's connection (websocket_lean.py) bounds its own close.
             await self._ws.close(code=disconnect.code, message=message, drain=False)
             return
-        await close_bounded(
-            self._ws, self._sock, disconnect.code, message, self.write_timeout, self._alive
-        )
+        await close_bounded(self._ws, self._sock, disconnect.code, message, self.write_timeout)
 
 
 class DeflateWebSocketTransport(WebSocketTransport):
@@ -157,10 +151,11 @@ class DeflateWebSocketTransport(WebSocketTransport):
             await self._ws.send_frame(frame, self._opcode)
 
 
-def release(sock: asyncio.Transport, timeout: float, alive: Callable[[], bool]) -> None:
+def release(sock: asyncio.Transport, timeout: float) -> None:
     """After a closing handshake (or a peer that left): close once our bytes are out,
     drop the socket if they are not out within `timeout`."""
-    closing.close_within(sock, timeout, alive, asyncio.get_running_loop())
+    if closing.connected(sock):
+        closing.close_within(sock, timeout, asyncio.get_running_loop())
 
 
 async def close_bounded(
@@ -169,7 +164,6 @@ async def close_bounded(
     code: int,
     message: bytes,
     write_timeout: float,
-    alive: Callable[[], bool],
 ) -> None:
     """aiohttp's closing handshake with a peer that may not read: no drain (a slow
     client's backlog must not hold the close up); a close frame that has not reached the
@@ -178,7 +172,7 @@ async def close_bounded(
     peer to read everything first, forever)."""
 
     def stuck() -> None:
-        if alive() and sock.get_write_buffer_size():
+        if sock.get_write_buffer_size():
             closing.abort(sock)
 
     guard = None
@@ -189,11 +183,10 @@ async def close_bounded(
     finally:
         if guard is not None:
             guard.cancel()
-    if alive():
-        if ws.close_code == WSCloseCode.ABNORMAL_CLOSURE:
-            closing.abort(sock)  # the peer never answered: drop what it left
-        else:
-            release(sock, write_timeout, alive)
+    if ws.close_code == WSCloseCode.ABNORMAL_CLOSURE:
+        closing.abort(sock)  # the peer never answered: drop what it left
+    else:
+        release(sock, write_timeout)
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
@@ -268,16 +261,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return ws
     _release_http_parser(request)
     cls = DeflateWebSocketTransport if ws.compress else WebSocketTransport
-
-    def alive() -> bool:
-        return request.transport is sock
-
     transport = cls(
-        ws,  # type: ignore[arg-type]
+        ws,
         sock,  # type: ignore[arg-type]
         select_codec(request.query, subprotocol),
         write_timeout=cfg.websocket.write_timeout,
-        alive=alive,
     )
     client = Client(node, transport, headers=request.headers)
     try:
@@ -299,9 +287,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             log.info("client %s sent a message over websocket.message_size_limit", client.uid)
     finally:
         await client.transport_closed()
-        if alive() and not transport.closing:
+        if not transport.closing:
             # The peer closed, or broke the protocol: aiohttp answered and closes the
             # socket once its buffer is sent, however long that takes. Bounded here
             # (our own close bounds itself, in WebSocketTransport.close).
-            release(sock, cfg.websocket.write_timeout, alive)  # type: ignore[arg-type]
+            release(sock, cfg.websocket.write_timeout)  # type: ignore[arg-type]
     return ws

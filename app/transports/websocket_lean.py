@@ -488,7 +488,7 @@ class LeanWebSocket(asyncio.Protocol):
             return
         self._released = True
         timeout = self._server.node.config.websocket.write_timeout
-        closing.close_within(sock, timeout, self._alive, self._server.loop)
+        closing.close_within(sock, timeout, self._server.loop)
 
     def _drop(self) -> None:
         """No complete closing handshake: drop the socket with what it holds (RST)."""
@@ -497,9 +497,6 @@ class LeanWebSocket(asyncio.Protocol):
             return
         self._released = True
         closing.abort(sock)
-
-    def _alive(self) -> bool:
-        return not self._lost
 
     def _resolve_ack(self) -> None:
         self._acked = True

@@ -14,7 +14,9 @@ browser tab or a malicious peer would.
   (write error) once a write waited `websocket.write_timeout`, as Centrifugo does.
 
 Both run on the lean WebSocket path and on aiohttp's (a request head the lean sniffer
-leaves to aiohttp: a header name with an underscore).
+leaves to aiohttp: a header name with an underscore). The HTTP streams (SSE and the
+unidirectional HTTP stream) have no close frame but the same fault: aiohttp's end of a
+response waits for the peer to read it, for ever.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import os
 import socket
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +151,43 @@ class StalledPeer:
         self.sock.close()
 
 
+class StalledStream:
+    """Opens a streaming response subscribed to CHANNEL, reads its head, then never reads."""
+
+    def __init__(self, srv: ServerHandle, kind: str) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
+        s.settimeout(5)
+        s.connect(("127.0.0.1", srv.port))
+        self.sock = s
+        self.port = s.getsockname()[1]
+        if kind == "sse":
+            connect = json.dumps({"id": 1, "connect": {"subs": {CHANNEL: {}}}})
+            query = urllib.parse.quote(connect)
+            head = f"GET /connection/sse?cf_connect={query} HTTP/1.1\r\nHost: x\r\n\r\n"
+            s.sendall(head.encode())
+        else:
+            body = json.dumps({"subs": {CHANNEL: {}}}).encode()
+            s.sendall(
+                b"POST /connection/uni_http_stream HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = s.recv(4096)
+            assert chunk, "server closed the connection"
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200"), got
+        # The connect reply or push follows the head: subscribed once it is in.
+        while CHANNEL.encode() not in got:
+            chunk = s.recv(4096)
+            assert chunk, "server closed the connection"
+            got += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def publish(srv: ServerHandle, n: int, until: str = "", seen: int = 0) -> float | None:
     """`n` API publishes of PAYLOAD bytes each; with `until`, stops at the first after
     which the log holds more than `seen` lines with `until` and returns that time."""
@@ -232,5 +272,32 @@ def test_peer_that_takes_nothing_is_dropped_by_write_timeout(
         assert srv.log_text().count("3009 write error") == before + 1
         wait_released(srv, peer, within=1.0 + SLACK)
         assert time.monotonic() - done <= 3 * 1.0 + SLACK
+    finally:
+        peer.close()
+
+
+@pytest.fixture(scope="module")
+def stream_srv(server_factory: Any) -> ServerHandle:
+    cfg = base_config()
+    cfg.update({"sse": {"enabled": True}, "uni_http_stream": {"enabled": True}})
+    return server_factory(cfg)
+
+
+@pytest.mark.parametrize("kind", ["sse", "uni_http_stream"])
+def test_stalled_stream_is_released(stream_srv: ServerHandle, kind: str) -> None:
+    srv = stream_srv
+    peer = StalledStream(srv, kind)
+    try:
+        before = srv.log_text().count("disconnect client")
+        # A write waits up to 1 s (Centrifugo's stream write timeout) before 3009, unless
+        # the queue bound gives 3008 first: either way a disconnect.
+        seen = publish(srv, 40, until="disconnect client", seen=before)
+        if seen is None:
+            seen = wait_log(srv, "disconnect client", before + 1, 2 * 1.0 + SLACK)
+        assert "3008 slow" in srv.log_tail(5) or "3009 write error" in srv.log_tail(5)
+        # The disconnect push and the response's end each get a write timeout, then the
+        # socket is dropped.
+        wait_released(srv, peer, within=3 * 1.0 + SLACK)
+        assert time.monotonic() - seen <= 3 * 1.0 + SLACK
     finally:
         peer.close()
