@@ -23,6 +23,9 @@ class _Shard:
         self.keys = Keys("centrifugo", cluster)
         self.calls: list[tuple[str, list[Any], list[Any], bytes | None]] = []
 
+    def require_keys(self) -> Keys:
+        return self.keys
+
     def eval(self, name: str, keys: list[Any], args: list[Any], packed: bytes | None = None):
         self.calls.append((name, keys, args, packed))
         return _done()
