@@ -107,12 +107,16 @@ async def test_worker_replaced_while_redis_down_boots_and_heals(
         await api.wait_health(500, streak=6, timeout=10)
 
         os.kill(victim, signal.SIGKILL)
-        await until(
-            lambda: len(worker_pids(srv)) == WORKERS and victim not in worker_pids(srv),
-            15,
-            "a replacement worker",
-        )
-        (replacement,) = set(worker_pids(srv)) - {survivor}
+        newcomers: set[int] = set()
+
+        def replaced() -> bool:
+            nonlocal newcomers
+            pids = set(worker_pids(srv))  # read once: workers may come and go between reads
+            newcomers = pids - {survivor, victim}
+            return survivor in pids and len(newcomers) == 1
+
+        await until(replaced, 15, "a replacement worker")
+        (replacement,) = newcomers
         # Only the replacement accepts while the survivor is stopped: what answers is it.
         os.kill(survivor, signal.SIGSTOP)
         try:
