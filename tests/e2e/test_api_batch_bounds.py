@@ -36,14 +36,14 @@ CONFIG: dict[str, Any] = {
 
 
 async def post_batch_while_probing(
-    server: ServerHandle, body: bytes
+    server: ServerHandle, body: bytes, path: str = "/batch"
 ) -> tuple[int, bytes, list[float]]:
     done = asyncio.Event()
     probe = asyncio.create_task(health_probe(f"{server.url}/health", done))
     try:
         async with aiohttp.ClientSession() as s:
             async with s.post(
-                f"{server.api_url}/batch", data=body, headers={"X-API-Key": server.api_key}
+                f"{server.api_url}{path}", data=body, headers={"X-API-Key": server.api_key}
             ) as resp:
                 status, reply = resp.status, await resp.read()
     finally:
@@ -71,6 +71,26 @@ async def test_big_batch_bounded_memory_and_loop_stays_responsive(
     assert len(latencies) >= 5, (latencies, time.monotonic() - started)
     assert max(latencies) < MAX_HEALTH_LATENCY, max(latencies)
     print(f"rss growth {growth / 2**20:.0f} MB, /health max {max(latencies) * 1000:.0f} ms")
+
+
+async def test_big_legacy_command_stream_bounded_memory(fresh_server_factory: Any) -> None:
+    # The legacy `POST /api` stream: its replies are written into one buffer (a list of
+    # orjson outputs held 4 KB each: +700 MB for these 150k commands).
+    server = fresh_server_factory(CONFIG)
+    (pid,) = worker_pids(server)
+    body = b"\n".join(
+        b'{"method":"publish","params":{"channel":"b%d","data":%d}}' % (i % 100, i)
+        for i in range(COMMANDS)
+    )
+    with RssSampler(pid) as sampler:
+        before = sampler.rss()
+        status, reply, latencies = await post_batch_while_probing(server, body, path="")
+    assert status == 200
+    assert reply.count(b'"result"') == COMMANDS
+    growth = sampler.peak - before
+    assert growth < MAX_RSS_GROWTH, f"RSS grew {growth / 2**20:.0f} MB for a {len(body)} B body"
+    assert max(latencies) < MAX_HEALTH_LATENCY, max(latencies)
+    print(f"legacy: rss growth {growth / 2**20:.0f} MB, /health max {max(latencies) * 1000:.0f} ms")
 
 
 async def test_client_leaving_a_streamed_batch_is_one_log_line(fresh_server_factory: Any) -> None:
