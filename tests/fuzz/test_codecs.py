@@ -10,8 +10,6 @@ escaping (ValueError from int(), RecursionError, orjson's encode errors...) beco
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -19,99 +17,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from app.protocol import (
-    METHODS,
-    Command,
-    DecodeError,
-    get_bool,
-    get_dict,
-    get_int,
-    get_raw,
-    get_str,
-)
+from app.protocol import DecodeError, get_dict, get_int, get_raw
 from app.protocol.json import JSON
 from app.protocol.protobuf import PROTOBUF
 
 from . import strategies as S
+from .codec_checks import check_getters, decode
 from .profiles import examples
-
-UINT64 = 2**64
-
-
-def assert_json(raw: bytes) -> None:
-    """raw is JSON text. orjson stops at 1024 levels, which JSON itself does not: deeper
-    text is parsed again by the stdlib with room for its recursion."""
-    try:
-        orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        if "depth" not in str(e):
-            raise
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(limit + 4 * len(raw))
-        try:
-            json.loads(raw)
-        finally:
-            sys.setrecursionlimit(limit)
-
-
-def _check_commands(commands: list[Command]) -> None:
-    assert commands, "a frame decodes to at least one command"
-    for cmd in commands:
-        assert type(cmd.id) is int and 0 <= cmd.id <= 0xFFFFFFFF, cmd
-        assert cmd.method == "" or cmd.method in METHODS, cmd
-        assert isinstance(cmd.params, dict), cmd
-
-
-def _decode(codec: Any, frame: bytes) -> list[Command] | None:
-    try:
-        commands = codec.decode_commands(frame)
-    except DecodeError:
-        return None
-    _check_commands(commands)
-    return commands
-
-
-def _objects(params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """params and every object nested in it (subs entries, `since`, ...)."""
-    yield params
-    for v in params.values():
-        if isinstance(v, dict):
-            yield from _objects(v)
-        elif isinstance(v, list):
-            for item in v:
-                if isinstance(item, dict):
-                    yield from _objects(item)
-
-
-def _check_getters(params: dict[str, Any], *, raw_is_json: bool) -> None:
-    """Every getter on every field of every nested object: its type, or DecodeError."""
-    for obj in _objects(params):
-        for key in list(obj):
-            for signed in (False, True):
-                try:
-                    v = get_int(obj, key, signed=signed)
-                except DecodeError:
-                    pass
-                else:
-                    assert type(v) is int, (key, obj[key])
-                    # No protocol integer is wider than 64 bits: Centrifugo's decoder
-                    # refuses the rest as a bad request.
-                    lo = -(2**63) if signed else 0
-                    assert lo <= v < UINT64, (key, obj[key], v)
-            for getter, t in ((get_str, str), (get_bool, bool), (get_dict, dict)):
-                try:
-                    assert isinstance(getter(obj, key), t), (getter.__name__, key, obj[key])
-                except DecodeError:
-                    pass
-            try:
-                raw = get_raw(obj, key)
-            except DecodeError:
-                continue
-            assert type(raw) is bytes, (key, obj[key])
-            if raw_is_json and raw:
-                # JSON payloads are spliced into text frames as they are: they must parse.
-                assert_json(raw)
-
 
 # ------------------------------------------------------------------------------ JSON
 
@@ -119,7 +31,7 @@ def _check_getters(params: dict[str, Any], *, raw_is_json: bool) -> None:
 @settings(max_examples=examples(500))
 @given(st.binary(max_size=300))
 def test_json_decode_of_any_bytes_is_commands_or_decode_error(frame: bytes) -> None:
-    _decode(JSON, frame)
+    decode(JSON, frame)
 
 
 @settings(max_examples=examples(400))
@@ -129,9 +41,9 @@ def test_json_decode_of_any_bytes_is_commands_or_decode_error(frame: bytes) -> N
 @example(b'{"id":1,"history":{"channel":"x","since":{"offset":"' + b"9" * 5000 + b'"}}}')
 @example(b'{"id":1,"publish":{"channel":"x","data":' + b"[" * 300 + b"]" * 300 + b"}}")
 def test_json_commands_decode_and_every_field_reads_typed_or_decode_error(frame: bytes) -> None:
-    commands = _decode(JSON, frame)
+    commands = decode(JSON, frame)
     for cmd in commands or ():
-        _check_getters(cmd.params, raw_is_json=True)
+        check_getters(cmd.params, raw_is_json=True)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +88,7 @@ def test_deeply_nested_publish_data_is_kept_or_a_decode_error() -> None:
 @settings(max_examples=examples(500))
 @given(st.binary(max_size=300))
 def test_protobuf_decode_of_any_bytes_is_commands_or_decode_error(frame: bytes) -> None:
-    _decode(PROTOBUF, frame)
+    decode(PROTOBUF, frame)
 
 
 @settings(max_examples=examples(400))
@@ -184,6 +96,6 @@ def test_protobuf_decode_of_any_bytes_is_commands_or_decode_error(frame: bytes) 
 def test_protobuf_commands_decode_and_every_field_reads_typed_or_decode_error(
     frame: bytes,
 ) -> None:
-    commands = _decode(PROTOBUF, frame)
+    commands = decode(PROTOBUF, frame)
     for cmd in commands or ():
-        _check_getters(cmd.params, raw_is_json=False)
+        check_getters(cmd.params, raw_is_json=False)
