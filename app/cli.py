@@ -8,6 +8,7 @@ ends as one ``error: ...`` line on stderr and exit code 1, never a traceback.
 import argparse
 import asyncio
 import base64
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -15,6 +16,7 @@ import logging
 import logging.config
 import os
 import platform
+import queue
 import signal
 import socket
 import sys
@@ -553,6 +555,8 @@ def _worker_class() -> type:
         base = GunicornUVLoopWebWorker
 
     class CentrifugoWorker(base):  # type: ignore[valid-type,misc]
+        master_signals: Any = None  # set by _remember_master_signals (post_fork)
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             # aiohttp's worker notices SIGTERM only at its next 1 s tick (SIGQUIT and SIGINT
             # wake it at once): clients would wait up to a second longer for their 3001.
@@ -572,8 +576,33 @@ def _worker_class() -> type:
                 loop.call_soon_threadsafe(self.handle_exit, sig, None)
 
             signal.signal(signal.SIGTERM, on_term)
+            # A SIGTERM that arrived between the fork and here went to the master's handler,
+            # inherited by this process, which only queues it in the master's (copied) queue:
+            # the worker would miss it and stay up until the master's SIGKILL (a server
+            # stopped right after it started, its second worker still booting).
+            if signal.SIGTERM in _drain(self.master_signals):
+                loop.call_soon(self.handle_exit, signal.SIGTERM, None)
 
     return CentrifugoWorker
+
+
+def _remember_master_signals(server: Any, worker: Any) -> None:
+    """gunicorn's post_fork hook (in the new worker): keep the master's signal queue, as
+    copied by the fork, for CentrifugoWorker.init_signals."""
+    worker.master_signals = server.SIG_QUEUE
+
+
+def _drain(signals: Any) -> list[int]:
+    """What a gunicorn master's SIG_QUEUE holds (a SimpleQueue; a list before gunicorn 23)."""
+    if signals is None:
+        return []
+    if isinstance(signals, list):
+        return list(signals)
+    out = []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            out.append(signals.get_nowait())
+    return out
 
 
 # Pause between closing a worker's listeners and aiohttp closing its open connections.
@@ -719,6 +748,7 @@ def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     options["max_requests"] = args.max_requests
     options["max_requests_jitter"] = args.max_requests_jitter
     options["worker_class"] = _worker_class()
+    options["post_fork"] = _remember_master_signals
     _make_gunicorn_app(cfg, options).run()
     return 0
 
