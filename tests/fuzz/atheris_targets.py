@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import atheris
+import atheris  # type: ignore[import-untyped]
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
@@ -39,9 +39,9 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 with atheris.instrument_imports(include=["app"]):
     import app.client  # noqa: F401
     import app.jsonraw  # noqa: F401
-    import app.protocol.json as _json  # noqa: F401  (instrumented before first use)
-    import app.protocol.protobuf as _protobuf  # noqa: F401
-    import app.transports.websocket_lean as _lean  # noqa: F401
+    import app.protocol.json  # noqa: F401  (instrumented before first use)
+    import app.protocol.protobuf  # noqa: F401
+    import app.transports.websocket_lean  # noqa: F401
 
 from app.protocol.json import JSON  # noqa: E402
 from app.protocol.protobuf import PROTOBUF  # noqa: E402
@@ -162,11 +162,12 @@ def main() -> None:
         if arg.startswith("--crash-dir="):
             crash_dir = Path(arg.split("=", 1)[1])
             sys.argv.remove(arg)
-    target: Callable[[bytes], None] = {
+    targets: dict[str, Callable[[bytes], None]] = {
         "json": _json,
         "protobuf": _protobuf,
         "head": _head,
-    }.get(name) or _websocket_target()
+    }
+    target = targets[name] if name in targets else _websocket_target()
 
     global _name, _CRASHES
     _name, _CRASHES = name, crash_dir

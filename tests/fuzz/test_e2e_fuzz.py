@@ -24,7 +24,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from centrifuge import Client, PublicationContext, SubscriptionEventHandler
+from centrifuge import (  # type: ignore[import-untyped]
+    Client,
+    PublicationContext,
+    SubscriptionEventHandler,
+)
 from e2e.helpers import ServerHandle, start_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
