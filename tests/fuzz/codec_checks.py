@@ -29,18 +29,21 @@ from app.protocol import (
 UINT64 = 2**64
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def assert_json(raw: bytes) -> None:
-    """raw is JSON text. orjson stops at 1024 levels, which JSON itself does not: deeper
-    text is parsed again by the stdlib with room for its recursion."""
+    """raw is JSON text (RFC 8259 grammar). orjson answers first; what it refuses beyond
+    the grammar (nesting past 1024 levels, numbers past a double: `1e9999`) is checked
+    again by the stdlib parser, with room for its recursion and NaN/Infinity refused."""
     try:
         orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        if "depth" not in str(e):
-            raise
+    except orjson.JSONDecodeError:
         limit = sys.getrecursionlimit()
         sys.setrecursionlimit(limit + 4 * len(raw))
         try:
-            json.loads(raw)
+            json.loads(raw, parse_constant=_no_constants)
         finally:
             sys.setrecursionlimit(limit)
 

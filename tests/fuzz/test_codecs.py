@@ -40,6 +40,7 @@ def test_json_decode_of_any_bytes_is_commands_or_decode_error(frame: bytes) -> N
 @example(b'{"id":1,"history":{"channel":"x","limit":"\xc2\xb2"}}')
 @example(b'{"id":1,"history":{"channel":"x","since":{"offset":"' + b"9" * 5000 + b'"}}}')
 @example(b'{"id":1,"publish":{"channel":"x","data":' + b"[" * 300 + b"]" * 300 + b"}}")
+@example(b'{"id":3,"publish":{"channel":"x","data":[1e9992,"2"]}}')  # atheris: past a double
 def test_json_commands_decode_and_every_field_reads_typed_or_decode_error(frame: bytes) -> None:
     commands = decode(JSON, frame)
     for cmd in commands or ():
