@@ -21,10 +21,22 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos.accounting import Ack, ClientResult, Event, Received, Subscribed, account_all
-from bench.chaos.faults import KINDS
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# `bench` is not an installed package: found from the checkout, as `python -m pytest` does
+# (plain `pytest` would otherwise fail the whole collection here).
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.chaos.accounting import (  # noqa: E402
+    Ack,
+    ClientResult,
+    Event,
+    Received,
+    Subscribed,
+    account_all,
+)
+from bench.chaos.faults import KINDS  # noqa: E402
+
 CH = "chaos:ch0"
 
 
