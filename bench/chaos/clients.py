@@ -167,10 +167,14 @@ class SlowConsumer:
     """
 
     RCVBUF = 4096
+    # The server serves plain upgrades on its lean WebSocket path and leaves request heads
+    # it does not sniff (a header name with an underscore) to aiohttp's: both must let go.
+    ROUTES = {"lean": "", "aiohttp": "X_Route: aiohttp\r\n"}
 
-    def __init__(self, port: int, path: str, token: str, channel: str) -> None:
+    def __init__(self, port: int, path: str, token: str, channel: str, route: str) -> None:
         self.port = port
         self.path = path
+        self.route = route
         self.token = token
         self.channel = channel
         self.local_port = 0
@@ -192,7 +196,8 @@ class SlowConsumer:
                 (
                     f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
                     "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                    f"{self.ROUTES[self.route]}\r\n"
                 ).encode()
             )
             head = await reader.readuntil(b"\r\n\r\n")

@@ -254,7 +254,11 @@ class Injector:
         f = Fault("slow-consumer", time.monotonic())
         self._slow_seq += 1
         channel = f"bulk:slow-{self._slow_seq}"
-        slow = SlowConsumer(self.app.port, "/connection/websocket", self.token("slow"), channel)
+        route = ("lean", "aiohttp")[self._slow_seq % 2 == 0]
+        f.info["route"] = route
+        slow = SlowConsumer(
+            self.app.port, "/connection/websocket", self.token("slow"), channel, route
+        )
         f.cleanup = slow.close
         try:
             await slow.open()
@@ -285,7 +289,8 @@ class Injector:
 
         f.extra_check = check
         f.detail = (
-            f"raw client never reads; {sent} x {SLOW_PAYLOAD // 1024} KB published to it; "
+            f"raw client ({route} WebSocket path) never reads; "
+            f"{sent} x {SLOW_PAYLOAD // 1024} KB published to it; "
             f"server socket must be released within {self.slow_release_s:.0f}s"
         )
         return f
