@@ -283,7 +283,7 @@ def _fill(msg: Any, values: dict[str, Any]) -> None:
                 getattr(msg, key).extend(value if isinstance(value, list) else [value])
             else:
                 setattr(msg, key, value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             continue  # the wrong type for protobuf: not representable, skip it
 
 
