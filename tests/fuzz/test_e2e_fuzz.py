@@ -95,6 +95,9 @@ class Rig:
             await self.http.close()
 
         self.loop.run_until_complete(stop())
+        # The SDK closes its connection in a task of its own: let it finish.
+        pending = asyncio.all_tasks(self.loop)
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
         self.srv.stop()
 
