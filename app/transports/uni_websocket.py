@@ -136,6 +136,9 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
         else DEFAULT_PING_INTERVAL,
         autoping=True,
     )
+    if not request.headers.get("Sec-WebSocket-Key", "").isascii():
+        log.info("bad Sec-WebSocket-Key from %s", request.remote)  # aiohttp would raise
+        return web.Response(status=400, text="bad Sec-WebSocket-Key")
     await ws.prepare(request)
     sock = request.transport
     if sock is None:  # the peer left right after the upgrade

@@ -241,6 +241,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if limit > 0 and node.hub.num_clients >= limit:
         log.info("node connection limit %d reached", limit)
         return web.Response(status=503, text="connection limit reached")
+    if not request.headers.get("Sec-WebSocket-Key", "").isascii():
+        # aiohttp's handshake would raise ValueError from b64decode (HTTP 500 and a
+        # traceback); Centrifugo answers 400 to a malformed key.
+        log.info("bad Sec-WebSocket-Key from %s", request.remote)
+        return web.Response(status=400, text="bad Sec-WebSocket-Key")
     subprotocol = select_subprotocol(request.headers)
     ws = web.WebSocketResponse(
         protocols=(subprotocol,) if subprotocol else (),
