@@ -63,8 +63,22 @@ def _pb_replies(payload: bytes) -> list[dict[str, Any]]:
     return out
 
 
-def parse_server_bytes(data: bytes, *, protobuf: bool = False) -> Outcome:
-    """Parse what the server wrote; an AssertionError names the first thing out of spec."""
+def _complete_frame(buf: bytes, pos: int) -> bool:
+    if len(buf) - pos < 2:
+        return False
+    n = buf[pos + 1] & 0x7F
+    head = 2 + (2 if n == 126 else 8 if n == 127 else 0)
+    if len(buf) - pos < head:
+        return False
+    if n >= 126:
+        n = int.from_bytes(buf[pos + 2 : pos + head], "big")
+    return len(buf) - pos >= head + n
+
+
+def parse_server_bytes(data: bytes, *, protobuf: bool = False, reset: bool = False) -> Outcome:
+    """Parse what the server wrote; an AssertionError names the first thing out of spec.
+    `reset`: the connection ended with a TCP reset (the server aborts a socket it closed),
+    which may discard the tail of what it wrote: parsing stops at a cut frame."""
     out = Outcome()
     if not data:
         return out
@@ -72,6 +86,8 @@ def parse_server_bytes(data: bytes, *, protobuf: bool = False) -> Outcome:
     # line ("GET /path") as HTTP/0.9 (which it still upgrades to a WebSocket).
     assert re.match(rb"HTTP/\d\.\d \d\d\d ", data), f"not an HTTP response: {data[:200]!r}"
     head_end = data.find(b"\r\n\r\n")
+    if head_end < 0 and reset:
+        return out
     assert head_end > 0, f"unterminated response head: {data[:400]!r}"
     out.status = int(data[9:12])
     assert out.status < 500, f"server error for bad input: {data[:400]!r}"
@@ -80,6 +96,8 @@ def parse_server_bytes(data: bytes, *, protobuf: bool = False) -> Outcome:
     buf = data[head_end + 4 :]
     pos = 0
     while pos < len(buf):
+        if reset and not _complete_frame(buf, pos):
+            break
         assert len(buf) - pos >= 2, f"truncated frame header: {buf[pos:]!r}"
         b0, b1 = buf[pos], buf[pos + 1]
         assert b0 & 0x80, f"server frames are never fragmented: {buf[pos : pos + 20]!r}"

@@ -171,13 +171,20 @@ async def _exchange(
     server closes after our EOF. Then the bystander must be unharmed."""
     reader, writer = await asyncio.open_connection("127.0.0.1", rig.srv.port)
     received = bytearray()
+    reset = False
     try:
         writer.write(data)
         if not probe:
             writer.write_eof()
         async with asyncio.timeout(ANSWER_TIMEOUT):
             while True:
-                chunk = await reader.read(65536)
+                try:
+                    chunk = await reader.read(65536)
+                except ConnectionResetError:
+                    # The server aborts a socket it has closed (SO_LINGER 0, so a peer that
+                    # never reads cannot hold it); the reset may overtake its last bytes.
+                    reset = True
+                    break
                 if not chunk:
                     break
                 received += chunk
@@ -185,8 +192,8 @@ async def _exchange(
                     break
     finally:
         writer.close()
-    out = parse_server_bytes(bytes(received), protobuf=protobuf)
-    if probe and out.status == 101:
+    out = parse_server_bytes(bytes(received), protobuf=protobuf, reset=reset)
+    if probe and out.status == 101 and not reset:
         assert out.close_code is not None or any(r.get("id") == PROBE_ID for r in out.replies), (
             f"neither the probe's reply nor a close: {out}"
         )
@@ -230,11 +237,6 @@ def test_protobuf_messages_get_documented_answers(rig: Rig, messages: list[bytes
     rig.run(_exchange(rig, data, protobuf=True))
 
 
-@pytest.mark.skip(
-    reason="fails under load in CI with ConnectionResetError read by the fuzzing client after "
-    "the server resets a closed socket (SO_LINGER 0); the rig must accept a reset after a close "
-    "frame: open in the issue 14 closing note"
-)
 @settings(max_examples=examples(100))
 @given(st.lists(S.ws_frames(st.one_of(S.json_frames(), st.binary(max_size=64))), max_size=4))
 def test_broken_frames_get_documented_answers(rig: Rig, frames: list[bytes]) -> None:
