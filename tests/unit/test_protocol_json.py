@@ -1,5 +1,7 @@
 """JSON codec of client protocol v2: framing, type checks and omission rules."""
 
+import os
+
 import orjson
 import pytest
 
@@ -120,3 +122,26 @@ def test_pub_push_fast_path_matches_the_general_encoding(
         assert codec.encode_pub_push(channel, pub) == expected
     frame = JSON.encode_pub_push(channel, pub)
     assert orjson.loads(frame)["push"]["pub"]["data"] == orjson.loads(data)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+def test_encoded_frames_hold_only_their_own_size() -> None:
+    """Frames wait in per-connection queues bounded in bytes (client.queue_max_size): a short
+    frame must not keep orjson's 4 KB working buffer (20,000 replies held 82 MB before)."""
+    pub = Publication(data=b'{"n":1}', offset=1, info=ClientInfo("u", "c"))
+    before = _rss()
+    frames = [
+        *(JSON.encode_reply(i, "publish", {}) for i in range(10_000)),
+        *(
+            JSON.encode_error(i, {"code": 103, "message": "permission denied"})
+            for i in range(5_000)
+        ),
+        *(JSON.encode_pub_push("ch", pub) for _ in range(5_000)),
+    ]
+    per_frame = (_rss() - before) / len(frames)
+    assert per_frame < 1024, f"{per_frame:.0f} bytes held per frame"
