@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 import msgspec
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor  # type: ignore[import-untyped]
 
 Raw = msgspec.Raw
 
@@ -56,11 +56,11 @@ def _field_type(f: FieldDescriptor, building: set[str], cache: dict[str, Any]) -
         if value.message_type is None:
             return Any
         t = _shape(value.message_type, building, cache)
-        return Any if t is Any else dict[str, t | None] | None
+        return Any if t is Any else dict[str, t | None] | None  # type: ignore[valid-type]
     t = _shape(f.message_type, building, cache)
     if t is Any:
         return Any
-    return list[t] | None if f.is_repeated else t | None
+    return list[t] | None if f.is_repeated else t | None  # type: ignore[valid-type]
 
 
 def _shape(desc: Descriptor, building: set[str], cache: dict[str, Any]) -> Any:

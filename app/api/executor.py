@@ -30,7 +30,7 @@ import asyncio
 import binascii
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -485,7 +485,7 @@ class ApiExecutor:
 
     async def batch(
         self, commands: Sequence[Any], decode: Callable[[Any], Any], parallel: Any
-    ) -> AsyncIterator[list[dict[str, Any]]]:
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
         """The replies of a batch, one list per chunk of BATCH_CHUNK commands, in order.
 
         `decode(item)` turns one element of `commands` into the command object (a dict with
@@ -506,7 +506,7 @@ class ApiExecutor:
 
     async def _batch_chunks(
         self, commands: Sequence[Any], decode: Callable[[Any], Any], parallel: Any
-    ) -> AsyncIterator[list[dict[str, Any]]]:
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
         run_parallel = _bool(parallel, "parallel")
 
         def chunk_at(start: int) -> list[_BatchCommand]:
