@@ -150,8 +150,3 @@ def _legacy(buf: bytes) -> tuple[Any, Any, Raw | None] | None:
     if value is None:
         return None
     return value.get("id"), value.get("method"), value.get("params")
-
-
-def legacy_params(method: str, span: Raw) -> dict[str, Any] | None:
-    """A legacy command's params for `method`."""
-    return params(method, bytes(span))

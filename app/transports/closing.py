@@ -23,17 +23,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import socket
 import struct
+
+from aiohttp import web
 
 # Linux ioctl: bytes in a TCP socket's send queue not sent yet (SIOCOUTQ also counts
 # bytes sent but not acknowledged, which a peer that reads will acknowledge soon).
 SIOCOUTQNSD = 0x894B
+log = logging.getLogger("centrifugo.transports")
+
 _LINGER_RST = struct.pack("ii", 1, 0)
 _INT = struct.Struct("i")
 # How often a closing connection with unsent bytes is looked at (only those, and only
 # until they are gone or the timeout ends).
 POLL_INTERVAL = 0.05
+# Centrifugo gives each write of a streaming response (SSE, HTTP-stream, their
+# unidirectional forms) one second (streamWriteTimeout) before treating the peer as gone.
+STREAM_WRITE_TIMEOUT = 1.0
 
 
 def connected(sock: asyncio.BaseTransport) -> bool:
@@ -92,9 +100,28 @@ def close_within(
     loop.call_later(POLL_INTERVAL, check)
 
 
-def release_request(sock: asyncio.BaseTransport | None, timeout: float) -> None:
-    """Nothing more is sent on a request's connection (`sock`, taken when the request
-    began: aiohttp forgets it once it decides to close it): close it once our bytes are
-    out, drop it if they are not out within `timeout`."""
+def release(sock: asyncio.BaseTransport | None, timeout: float) -> None:
+    """Nothing more is sent on this connection (after a closing handshake, a peer that left,
+    the end of a stream): close it once our bytes are out, drop it if they are not out
+    within `timeout`. `sock` is the transport taken when the request began: aiohttp forgets
+    it once it decides to close it."""
     if sock is not None and connected(sock):
         close_within(sock, timeout, asyncio.get_running_loop())  # type: ignore[arg-type]
+
+
+async def write_stream(resp: web.StreamResponse, data: bytes) -> None:
+    """One write of a streaming response; TimeoutError (an OSError) when the peer takes
+    nothing for STREAM_WRITE_TIMEOUT (aiohttp waits for the buffer to drain)."""
+    async with asyncio.timeout(STREAM_WRITE_TIMEOUT):
+        await resp.write(data)
+
+
+async def end_stream(resp: web.StreamResponse) -> None:
+    """The last chunk of a streaming response, within STREAM_WRITE_TIMEOUT: aiohttp's
+    write_eof waits for the buffer to drain, for ever if the peer reads nothing (its socket
+    is then dropped by `release`)."""
+    try:
+        async with asyncio.timeout(STREAM_WRITE_TIMEOUT):
+            await resp.write_eof()
+    except (ConnectionError, OSError) as e:  # TimeoutError is an OSError
+        log.debug("stream end not sent: %r", e)

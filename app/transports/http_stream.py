@@ -33,8 +33,6 @@ from app.transports.cors import cors_headers, empty_response, origin_allowed, pr
 
 log = logging.getLogger("centrifugo.http_stream")
 
-# Centrifugo gives a streaming write one second before treating the peer as gone.
-WRITE_TIMEOUT = 1.0
 # Used when a max_request_body_size is configured as 0 (Centrifugo's default limit).
 DEFAULT_BODY_LIMIT = 64 * 1024
 # Status Centrifugo answers when the peer vanished while sending its body (nginx's 499).
@@ -145,10 +143,8 @@ class StreamTransport(abc.ABC):
         """How a frame of messages looks on this stream (lines, SSE events...)."""
 
     async def write(self, frame: bytes) -> None:
-        data = self.encode(frame)
         try:
-            async with asyncio.timeout(WRITE_TIMEOUT):
-                await self._resp.write(data)
+            await closing.write_stream(self._resp, self.encode(frame))
         except TimeoutError:
             raise ConnectionError("stream write timed out") from None
 
@@ -222,26 +218,15 @@ async def serve_stream(
             await client.close(Disconnect(DISCONNECT_BAD_REQUEST))
         elif await client.handle_frame(data):
             await transport.wait_done()
-        await end_stream(resp)
+        await closing.end_stream(resp)
     finally:
         if watch is not None:
             watch.discard(transport)
         if node.sessions.get(session) is client:
             del node.sessions[session]
         await client.transport_closed()
-        closing.release_request(sock, WRITE_TIMEOUT)
+        closing.release(sock, closing.STREAM_WRITE_TIMEOUT)
     return resp
-
-
-async def end_stream(resp: web.StreamResponse) -> None:
-    """The last chunk, within WRITE_TIMEOUT: aiohttp's write_eof waits for the buffer to
-    drain, for ever if the peer reads nothing (its socket is then dropped by the caller's
-    `closing.release_request`)."""
-    try:
-        async with asyncio.timeout(WRITE_TIMEOUT):
-            await resp.write_eof()
-    except (ConnectionError, OSError) as e:  # TimeoutError is an OSError
-        log.debug("stream end not sent: %r", e)
 
 
 async def http_stream_handler(request: web.Request) -> web.StreamResponse:

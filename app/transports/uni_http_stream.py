@@ -41,9 +41,6 @@ NO_CACHE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
-# Centrifugo gives each streaming write one second (streamWriteTimeout): a peer that takes
-# nothing for that long is disconnected with 3009 and its socket dropped.
-WRITE_TIMEOUT = 1.0
 # How often streams the server only writes to are checked for a peer that went away. A
 # write to a gone peer fails anyway (pings at the latest); this just frees state sooner.
 PEER_CHECK_INTERVAL = 1.0
@@ -175,19 +172,16 @@ class StreamTransport:
         if self._resp is None:
             self._pending.append(frame)
             return
-        async with asyncio.timeout(WRITE_TIMEOUT):
-            await self._resp.write(self._format(frame))
+        await closing.write_stream(self._resp, self._format(frame))
 
     async def start(self, resp: web.StreamResponse, preamble: bytes = b"") -> None:
         """Send the held frames, then let writes through."""
         if preamble:
-            async with asyncio.timeout(WRITE_TIMEOUT):
-                await resp.write(preamble)
+            await closing.write_stream(resp, preamble)
         while self._pending:
             batch, self._pending = self._pending, []
             for frame in batch:
-                async with asyncio.timeout(WRITE_TIMEOUT):
-                    await resp.write(self._format(frame))
+                await closing.write_stream(resp, self._format(frame))
         # No await since the last check: no frame can slip in between.
         self._resp = resp
 
@@ -282,16 +276,14 @@ async def serve_stream(
                 await transport.done.wait()
             finally:
                 watcher.unwatch(transport.done)
-        # aiohttp's write_eof waits for the buffer to drain: for ever if the peer reads nothing.
-        async with asyncio.timeout(WRITE_TIMEOUT):
-            await resp.write_eof()
+        await closing.end_stream(resp)
     except (ConnectionError, RuntimeError, OSError) as e:
-        # The peer went away mid-write (or took nothing for WRITE_TIMEOUT).
+        # The peer went away mid-write (or took nothing for STREAM_WRITE_TIMEOUT).
         log.debug("%s stream of client %s ended: %r", transport.name, client.uid, e)
     finally:
         await client.transport_closed()
         if streamed:
-            closing.release_request(sock, WRITE_TIMEOUT)
+            closing.release(sock, closing.STREAM_WRITE_TIMEOUT)
     return resp
 
 

@@ -25,6 +25,7 @@ from app.config import Config
 from app.errors import DISCONNECT_BAD_REQUEST, Disconnect
 from app.node import NODE_KEY
 from app.protocol.json import JSON_UNI
+from app.transports import closing
 from app.transports.uni_http_stream import (
     BadConnectRequest,
     connect,
@@ -32,7 +33,7 @@ from app.transports.uni_http_stream import (
     new_client,
     service_unavailable,
 )
-from app.transports.websocket import close_bounded, origin_allowed, release
+from app.transports.websocket import close_bounded, origin_allowed, refuse_bad_key
 
 log = logging.getLogger("centrifugo.uni_websocket")
 
@@ -94,7 +95,7 @@ class UniWebSocketTransport:
     async def close(self, disconnect: Disconnect) -> None:
         self.closing = True
         if not self._handshake:
-            release(self._sock, self._write_timeout)
+            closing.release(self._sock, self._write_timeout)
             return
         # WebSocket close reasons are limited to 123 bytes.
         await close_bounded(
@@ -136,9 +137,9 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
         else DEFAULT_PING_INTERVAL,
         autoping=True,
     )
-    if not request.headers.get("Sec-WebSocket-Key", "").isascii():
-        log.info("bad Sec-WebSocket-Key from %s", request.remote)  # aiohttp would raise
-        return web.Response(status=400, text="bad Sec-WebSocket-Key")
+    bad = refuse_bad_key(request)
+    if bad is not None:
+        return bad
     await ws.prepare(request)
     sock = request.transport
     if sock is None:  # the peer left right after the upgrade
@@ -175,7 +176,7 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
         if not transport.closing:
             # The peer closed: aiohttp answered and closes the socket once its buffer is
             # sent, however long that takes. Bounded here.
-            release(sock, ucfg.write_timeout)  # type: ignore[arg-type]
+            closing.release(sock, ucfg.write_timeout)
     return ws
 
 

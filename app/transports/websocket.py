@@ -151,13 +151,6 @@ class DeflateWebSocketTransport(WebSocketTransport):
             await self._ws.send_frame(frame, self._opcode)
 
 
-def release(sock: asyncio.Transport, timeout: float) -> None:
-    """After a closing handshake (or a peer that left): close once our bytes are out,
-    drop the socket if they are not out within `timeout`."""
-    if closing.connected(sock):
-        closing.close_within(sock, timeout, asyncio.get_running_loop())
-
-
 async def close_bounded(
     ws: web.WebSocketResponse,
     sock: asyncio.Transport,
@@ -186,7 +179,17 @@ async def close_bounded(
     if ws.close_code == WSCloseCode.ABNORMAL_CLOSURE:
         closing.abort(sock)  # the peer never answered: drop what it left
     else:
-        release(sock, write_timeout)
+        closing.release(sock, write_timeout)
+
+
+def refuse_bad_key(request: web.Request) -> web.Response | None:
+    """400 for a Sec-WebSocket-Key that is not ASCII, before aiohttp's handshake sees it:
+    its b64decode raises ValueError there (HTTP 500 and a traceback). Centrifugo answers
+    400 to a malformed key; aiohttp answers the other malformed keys 400 itself."""
+    if request.headers.get("Sec-WebSocket-Key", "").isascii():
+        return None
+    log.info("bad Sec-WebSocket-Key from %s", request.remote)
+    return web.Response(status=400, text="bad Sec-WebSocket-Key")
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
@@ -241,11 +244,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if limit > 0 and node.hub.num_clients >= limit:
         log.info("node connection limit %d reached", limit)
         return web.Response(status=503, text="connection limit reached")
-    if not request.headers.get("Sec-WebSocket-Key", "").isascii():
-        # aiohttp's handshake would raise ValueError from b64decode (HTTP 500 and a
-        # traceback); Centrifugo answers 400 to a malformed key.
-        log.info("bad Sec-WebSocket-Key from %s", request.remote)
-        return web.Response(status=400, text="bad Sec-WebSocket-Key")
+    bad = refuse_bad_key(request)
+    if bad is not None:
+        return bad
     subprotocol = select_subprotocol(request.headers)
     ws = web.WebSocketResponse(
         protocols=(subprotocol,) if subprotocol else (),
@@ -296,5 +297,5 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             # The peer closed, or broke the protocol: aiohttp answered and closes the
             # socket once its buffer is sent, however long that takes. Bounded here
             # (our own close bounds itself, in WebSocketTransport.close).
-            release(sock, cfg.websocket.write_timeout)  # type: ignore[arg-type]
+            closing.release(sock, cfg.websocket.write_timeout)
     return ws

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
 from .helpers import node_available
+from .redis_e2e_helpers import RedisProcess
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +19,22 @@ def node_js() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (.ci/run installs it)")
         pytest.skip(reason)
+
+
+def _redis() -> Iterator[RedisProcess]:
+    r = RedisProcess()
+    r.start()
+    yield r
+    r.cleanup()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisProcess]:
+    """A redis-server of the module's own (free port, no persistence)."""
+    yield from _redis()
+
+
+@pytest.fixture
+def fresh_redis_server() -> Iterator[RedisProcess]:
+    """A redis-server of the test's own, for tests that stop, kill or freeze it."""
+    yield from _redis()

@@ -15,6 +15,7 @@ import urllib.request
 from typing import Any
 
 import pytest
+from payloads import OPAQUE
 
 from app.api.executor import BATCH_CHUNK
 
@@ -31,16 +32,7 @@ CONFIG: dict[str, Any] = {
     },
 }
 
-DEEP = b"[" * 900 + b"]" * 900
-VALUES = {
-    "big-int": b"123456789012345678901234567890",
-    "uint64-overflow": b"18446744073709551616",
-    "long-decimal": b"0.1000000000000000055511151231257827",
-    "exponent": b"1E2",
-    "duplicate-keys": b'{"a":1,"a":2}',
-    "spaced-escaped": b'{ "k" : [ 1 , -0.0 , "\\u00fc\\ud83d\\ude00" ] }',
-    "nested-900": DEEP,
-}
+VALUES = OPAQUE
 CHANNELS = ("pub", "bc1", "bc2", "batch", "chunked", "legacy")
 
 

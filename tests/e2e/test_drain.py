@@ -17,7 +17,7 @@ import contextlib
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -207,14 +207,6 @@ async def wait_caught_up(subs: list[Subscriber], last: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisProcess]:
-    r = RedisProcess()
-    r.start()
-    yield r
-    r.cleanup()
 
 
 @pytest.fixture

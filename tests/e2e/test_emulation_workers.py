@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -22,14 +22,6 @@ from .test_emulation import EmuSession, dumps, uid
 
 WORKERS = 2
 CONNECT_TRIES = 60
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisProcess]:
-    r = RedisProcess()
-    r.start()
-    yield r
-    r.cleanup()
 
 
 def emulation_config(port: int, **extra: Any) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,14 +118,6 @@ async def test_lines_are_json_with_worker_and_node(srv: ServerHandle) -> None:
     nodes = {obj.get("node") for obj in own}
     info = srv.api("info")["result"]["nodes"]
     assert nodes == {n["uid"] for n in info}, (nodes, info)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisProcess]:
-    r = RedisProcess()
-    r.start()
-    yield r
-    r.cleanup()
 
 
 async def test_each_worker_logs_its_own_node(server_factory, redis_server: RedisProcess) -> None:

@@ -17,7 +17,7 @@ import signal
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -231,14 +231,6 @@ def metrics_config(redis_port: int, **extra: Any) -> dict[str, Any]:
     cfg["client"] = {**cfg["client"], "ping_interval": "300s", "pong_timeout": "10s"}
     cfg.update(extra)
     return cfg
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisProcess]:
-    r = RedisProcess()
-    r.start()
-    yield r
-    r.cleanup()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -12,12 +12,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from .helpers import REPO_ROOT, ServerHandle, free_port, prepare_config
 from .redis_e2e_helpers import (
@@ -34,14 +32,6 @@ WORKERS = 2
 
 def uid() -> str:
     return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisProcess]:
-    r = RedisProcess()
-    r.start()
-    yield r
-    r.cleanup()
 
 
 async def _subscribers(
@@ -73,11 +63,11 @@ def _stop_and_take_log(srv: ServerHandle) -> str:
 
 
 async def test_redis_down_health_500_and_fast_errors(
-    fresh_server_factory, redis_server: RedisProcess
+    fresh_server_factory, fresh_redis_server: RedisProcess
 ) -> None:
     """While Redis is down: /health 500 on every worker, API calls fail with 100 within a few
     seconds, clients stay connected; /health 200 again once Redis is back."""
-    srv = fresh_server_factory(redis_config(redis_server.port), workers=WORKERS)
+    srv = fresh_server_factory(redis_config(fresh_redis_server.port), workers=WORKERS)
     api = ApiClient(srv)
     ch = f"rec:down-{uid()}"
     subs, raws = [], []
@@ -90,7 +80,7 @@ async def test_redis_down_health_500_and_fast_errors(
         assert (await api.result("publish", {"channel": ch, "data": {"n": 1}}))["offset"] == 1
         await wait_all(subs, lambda s: len(s.pubs) >= 1)
 
-        redis_server.stop()
+        fresh_redis_server.stop()
         await api.wait_health(500, streak=8, timeout=10)
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{srv.url}/health") as resp:
@@ -108,7 +98,7 @@ async def test_redis_down_health_500_and_fast_errors(
         assert all(c.closed is None for c in raws)
         assert all(s.client_log == ["connecting", "connected"] for s in subs)
 
-        redis_server.start()
+        fresh_redis_server.start()
         await api.wait_health(200, streak=10, timeout=15)
         assert all(c.closed is None for c in raws)
         # Checked before the clients leave: their cleanup right after a restart is
@@ -134,13 +124,13 @@ async def _publish_burst(api: ApiClient, ch: str, tag: str, n: int) -> dict[int,
 
 
 async def test_redis_restart_epoch_change_recovered_false(
-    fresh_server_factory, redis_server: RedisProcess
+    fresh_server_factory, fresh_redis_server: RedisProcess
 ) -> None:
     """Redis restarts empty under subscribers while the backend keeps publishing: nodes
     reconnect and resubscribe by themselves, publications succeed, the first one opens a new
     epoch, every subscriber gets unsubscribe 2500 and (SDK) resubscribes with recovered=false;
     from then on publications reach everyone on every worker."""
-    srv = fresh_server_factory(redis_config(redis_server.port), workers=WORKERS)
+    srv = fresh_server_factory(redis_config(fresh_redis_server.port), workers=WORKERS)
     api = ApiClient(srv)
     ch = f"rec:restart-{uid()}"
     subs, raws = [], []
@@ -155,9 +145,9 @@ async def test_redis_restart_epoch_change_recovered_false(
         await wait_all(raws, lambda c: len(c.pubs[ch]) >= 24)
         await api.wait_nodes(WORKERS)  # no worker may still be booting when Redis goes
 
-        redis_server.stop()
+        fresh_redis_server.stop()
         await api.wait_health(500, streak=8, timeout=10)
-        redis_server.start()
+        fresh_redis_server.start()
         await api.wait_health(200, streak=10, timeout=15)
 
         # Publishing goes on: every publication must succeed, in a new stream (new epoch).
@@ -209,15 +199,15 @@ async def test_redis_restart_epoch_change_recovered_false(
 
 
 async def test_client_leaving_while_redis_down_logs_no_traceback(
-    fresh_server_factory, redis_server: RedisProcess
+    fresh_server_factory, fresh_redis_server: RedisProcess
 ) -> None:
-    srv = fresh_server_factory(redis_config(redis_server.port), workers=1)
+    srv = fresh_server_factory(redis_config(fresh_redis_server.port), workers=1)
     api = ApiClient(srv)
     ch = f"rec:leave-{uid()}"
     subs, raws = [], []
     try:
         subs, raws = await _subscribers(srv, ch, 0, 1)
-        redis_server.stop()
+        fresh_redis_server.stop()
         await api.wait_health(500, streak=3, timeout=10)
         await raws[0].close()
         # The leaving client's presence removal fails against the dead Redis; await its

@@ -18,10 +18,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from .helpers import ServerHandle, start_server
 from .redis_e2e_helpers import (
@@ -40,14 +38,6 @@ POLL = 0.05  # interval of the deadline polls below (process lists, /health)
 
 def uid() -> str:
     return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisProcess]:
-    r = RedisProcess()
-    r.start()
-    yield r
-    r.cleanup()
 
 
 async def until(pred: Callable[[], bool], timeout: float, what: str) -> None:
@@ -90,12 +80,12 @@ async def heals(api: ApiClient, s: SdkSubscriber, ch: str) -> None:
 
 
 async def test_worker_replaced_while_redis_down_boots_and_heals(
-    fresh_server_factory: Callable[..., ServerHandle], redis_server: RedisProcess
+    fresh_server_factory: Callable[..., ServerHandle], fresh_redis_server: RedisProcess
 ) -> None:
     """Redis down, one worker SIGKILLed: the master and the other worker stay, the replacement
     boots and answers /health 500, an SDK client is refused temporarily and keeps retrying;
     Redis back on the same port: /health 200, the client subscribes and receives."""
-    srv = fresh_server_factory(redis_config(redis_server.port), workers=WORKERS)
+    srv = fresh_server_factory(redis_config(fresh_redis_server.port), workers=WORKERS)
     api = ApiClient(srv)
     ch = f"rec:outage-{uid()}"
     s = SdkSubscriber(srv.ws_url, srv.token("u1"), ch, "u1")
@@ -103,7 +93,7 @@ async def test_worker_replaced_while_redis_down_boots_and_heals(
     try:
         await api.wait_nodes(WORKERS)
         victim, survivor = worker_pids(srv)
-        redis_server.stop()
+        fresh_redis_server.stop()
         await api.wait_health(500, streak=6, timeout=10)
 
         os.kill(victim, signal.SIGKILL)
@@ -130,7 +120,7 @@ async def test_worker_replaced_while_redis_down_boots_and_heals(
         assert srv.proc.poll() is None, srv.log_tail()
         assert set(worker_pids(srv)) == {survivor, replacement}
 
-        redis_server.start()
+        fresh_redis_server.start()
         await heals(api, s, ch)
         assert set(worker_pids(srv)) == {survivor, replacement}
         await api.wait_nodes(WORKERS)
@@ -171,12 +161,12 @@ async def test_server_started_while_redis_down_boots_and_heals() -> None:
 
 
 async def test_frozen_redis_turns_health_500_within_bound(
-    fresh_server_factory: Callable[..., ServerHandle], redis_server: RedisProcess
+    fresh_server_factory: Callable[..., ServerHandle], fresh_redis_server: RedisProcess
 ) -> None:
     """SIGSTOP Redis: /health turns 500 within 2 keepalive intervals + io_timeout on every
     worker, an API publish answers 100 after io_timeout (outcome unknown: a retry with the
     same idempotency_key stores it once); SIGCONT: /health 200 again."""
-    cfg: dict[str, Any] = redis_config(redis_server.port)
+    cfg: dict[str, Any] = redis_config(fresh_redis_server.port)
     cfg["engine"]["redis"]["io_timeout"] = f"{IO_TIMEOUT:g}s"
     srv = fresh_server_factory(cfg, workers=WORKERS)
     api = ApiClient(srv)
@@ -185,7 +175,7 @@ async def test_frozen_redis_turns_health_500_within_bound(
     try:
         await api.wait_nodes(WORKERS)
         await api.wait_health(200, streak=6)
-        redis_server.freeze()
+        fresh_redis_server.freeze()
         frozen_at = time.monotonic()
         # Both workers: a streak of 500s over fresh connections (random workers).
         await api.wait_health(500, streak=8, timeout=2 * KEEPALIVE + IO_TIMEOUT + 2.0)
@@ -196,7 +186,7 @@ async def test_frozen_redis_turns_health_500_within_bound(
         assert body.get("error", {}).get("code") == 100, body
         assert waited < IO_TIMEOUT + 1.0, f"publish waited {waited:.1f}s"
 
-        redis_server.thaw()
+        fresh_redis_server.thaw()
         await api.wait_health(200, streak=10, timeout=10)
         # The outcome was unknown: the retry with the same key is applied at most once.
         res = await api.result("publish", publish)
@@ -205,5 +195,5 @@ async def test_frozen_redis_turns_health_500_within_bound(
         assert res["offset"] == 1
         print(f"first /health 500 {first_500:.2f}s after SIGSTOP")
     finally:
-        redis_server.thaw()
+        fresh_redis_server.thaw()
         await api.close()

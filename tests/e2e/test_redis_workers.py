@@ -15,7 +15,7 @@ import itertools
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -42,14 +42,6 @@ WORKERS = 2
 
 def uid() -> str:
     return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisProcess]:
-    r = RedisProcess()
-    r.start()
-    yield r
-    r.cleanup()
 
 
 @pytest.fixture(scope="module")

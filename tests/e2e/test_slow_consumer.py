@@ -88,15 +88,21 @@ def frame(payload: bytes) -> bytes:
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+def small_window_socket(srv: ServerHandle) -> socket.socket:
+    """A client socket to `srv` with a small receive buffer: a peer that stops reading
+    fills it, and then the server's send queue, quickly."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", srv.port))
+    return s
+
+
 class StalledPeer:
     """Connects and subscribes, reading only the replies it needs; then never reads."""
 
     def __init__(self, srv: ServerHandle, extra_header: str) -> None:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
-        s.settimeout(5)
-        s.connect(("127.0.0.1", srv.port))
-        self.sock = s
+        s = self.sock = small_window_socket(srv)
         self.port = s.getsockname()[1]
         self._buf = b""
         key = base64.b64encode(os.urandom(16)).decode()
@@ -155,11 +161,7 @@ class StalledStream:
     """Opens a streaming response subscribed to CHANNEL, reads its head, then never reads."""
 
     def __init__(self, srv: ServerHandle, kind: str) -> None:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
-        s.settimeout(5)
-        s.connect(("127.0.0.1", srv.port))
-        self.sock = s
+        s = self.sock = small_window_socket(srv)
         self.port = s.getsockname()[1]
         if kind == "sse":
             connect = json.dumps({"id": 1, "connect": {"subs": {CHANNEL: {}}}})

@@ -30,6 +30,20 @@ from app.transports.websocket_lean import LeanServer
 from app.web import create_app
 
 SESSION_TIMEOUT = 5.0
+# The channels both the in-process and the e2e fuzz servers serve: history, presence, a
+# namespace with join/leave and recovery, so generated commands reach those code paths.
+CHANNELS: dict[str, Any] = {
+    "without_namespace": {"presence": True, "history_size": 10, "history_ttl": "60s"},
+    "namespaces": [
+        {
+            "name": "ns",
+            "join_leave": True,
+            "force_recovery": True,
+            "history_size": 5,
+            "history_ttl": "60s",
+        }
+    ],
+}
 _KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 

@@ -37,6 +37,7 @@ from app.protocol.gen import client_pb2 as pb
 from app.protocol.protobuf import varint
 
 from . import strategies as S
+from .harness import CHANNELS
 from .outcome import Outcome, parse_server_bytes
 from .profiles import LONG, examples
 
@@ -47,18 +48,7 @@ PROBE_ID = 999_999
 ANSWER_TIMEOUT = 10.0  # the probe's answer; a hang past this fails the example
 CONFIG: dict[str, Any] = {
     "client": {"insecure": True},
-    "channel": {
-        "without_namespace": {"presence": True, "history_size": 10, "history_ttl": "60s"},
-        "namespaces": [
-            {
-                "name": "ns",
-                "join_leave": True,
-                "force_recovery": True,
-                "history_size": 5,
-                "history_ttl": "60s",
-            }
-        ],
-    },
+    "channel": CHANNELS,
 }
 
 

@@ -24,7 +24,7 @@ from app.protocol.protobuf import varint
 from app.transports.websocket_lean import handshake_response, parse_upgrade
 
 from . import strategies as S
-from .harness import InProcessServer
+from .harness import CHANNELS, InProcessServer
 from .outcome import Outcome, answered, parse_server_bytes
 from .profiles import examples
 
@@ -32,18 +32,7 @@ SIZE_LIMIT = 8192
 CONFIG: dict[str, Any] = {
     "client": {"insecure": True, "token": {"hmac_secret_key": "fuzz"}},
     "websocket": {"message_size_limit": SIZE_LIMIT},
-    "channel": {
-        "without_namespace": {"presence": True, "history_size": 10, "history_ttl": "60s"},
-        "namespaces": [
-            {
-                "name": "ns",
-                "join_leave": True,
-                "force_recovery": True,
-                "history_size": 5,
-                "history_ttl": "60s",
-            }
-        ],
-    },
+    "channel": CHANNELS,
 }
 
 UPGRADE = (

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from app.broker import BrokerEventHandler
 from app.engines.redis import codec
+from app.engines.redis.outage import Outage
 from app.engines.redis.pipeline import bulk
 from app.engines.redis.pubsub import PubSubConnection, PubSubUnavailable
 from app.engines.redis.shard import Shard, ShardUnavailable, fnv64a, jump_hash
@@ -75,9 +76,6 @@ _WITH_HISTORY, _IDEMPOTENT, _PLAIN = range(3)  # what a publish command answers
 # Publications per history_add call in a batch: enough to spread the cost of entering the
 # script, few enough that one call holds Redis for about a millisecond at most.
 HISTORY_ITEMS_PER_CALL = 50
-
-# Pauses between attempts to reach a shard that never answered yet (doubling).
-BRING_UP_BACKOFF = (0.05, 2.0)
 
 
 def _keeps_history(opts: PublishOptions) -> bool:
@@ -276,25 +274,17 @@ class RedisBroker:
     async def _bring_up_shard(self, shard: Shard, tried: asyncio.Future[None]) -> None:
         """First contact with `shard` (retried with backoff, logged once per outage), then
         its control link; the link resubscribes by itself after every later loss."""
-        backoff, failures = BRING_UP_BACKOFF[0], 0
+        outage = Outage(log, f"redis {shard.where}")
         while True:
             try:
                 await shard.connect()
                 break
             except Exception as e:  # redis-py's errors, RedisClusterException, OSError
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "redis %s unreachable, retrying in the background: %s", shard.where, e
-                    )
-                else:
-                    log.debug("redis %s still unreachable: %s", shard.where, e)
+                delay = outage.failed(e)
                 if not tried.done():
                     tried.set_result(None)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BRING_UP_BACKOFF[1])
-        if failures:
-            log.info("redis %s reached after %d failed attempt(s)", shard.where, failures)
+                await asyncio.sleep(delay)
+        outage.ended()
         keys = shard.require_keys()
         conn = PubSubConnection(
             shard.control_endpoint,

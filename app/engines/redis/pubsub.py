@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import hiredis
 
 from app import metrics
+from app.engines.redis.outage import Outage
 from app.timers import CoarseTimers
 
 log = logging.getLogger("centrifugo.redis.pubsub")
@@ -435,8 +436,7 @@ class PubSubConnection:
             await asyncio.gather(*futs)
 
     async def _supervise(self) -> None:
-        backoff = 0.05
-        failures = 0  # in a row: one warning per outage, not one per attempt
+        outage = Outage(log, f"{self._name}: pub/sub")
         while not self._closing:
             try:
                 await self._connect()
@@ -444,18 +444,13 @@ class PubSubConnection:
             except Exception as e:
                 # Whatever failed, supervision must go on: the resolver's errors are redis-py's
                 # (e.g. MasterNotFoundError while a sentinel fails over), not builtin ones.
-                failures += 1
-                level = logging.WARNING if failures == 1 else logging.DEBUG
-                log.log(level, "%s: pub/sub connect failed: %r", self._name, e)
+                delay = outage.failed(e)
                 metrics.child(metrics.REDIS_PUBSUB_ERRORS, type(e).__name__).inc()
                 self._down = True
                 self._drop_transport()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(delay)
                 continue
-            if failures:
-                log.info("%s: pub/sub connected after %d failed attempt(s)", self._name, failures)
-            backoff, failures = 0.05, 0
+            outage.ended()
             self._set_ready(True)
             self._start_keepalive()
             # Channels asked for while we were resubscribing.

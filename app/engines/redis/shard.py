@@ -318,6 +318,16 @@ def _ssl_context(tls: bool) -> ssl.SSLContext | None:
     return ssl.create_default_context() if tls else None
 
 
+async def _or_close(client: Redis | RedisCluster, probe: Awaitable[Any]) -> Any:
+    """The first call on a new client; the client is closed when it fails (a failed first
+    contact leaves nothing open behind it)."""
+    try:
+        return await probe
+    except BaseException:
+        await client.aclose()
+        raise
+
+
 class Shard:
     """Command client, scripts and PUB/SUB endpoints of one Redis deployment.
 
@@ -418,11 +428,7 @@ class Shard:
                 )
             else:
                 client = Redis(host=spec.host, port=spec.port, db=spec.db, ssl=spec.tls, **kwargs)
-            try:
-                info = await client.info("cluster")
-            except BaseException:
-                await client.aclose()
-                raise
+            info = await _or_close(client, client.info("cluster"))
             if info.get("cluster_enabled") not in (1, "1"):
                 return client
             # A plain address that points at a cluster node: switch to cluster mode.
@@ -435,11 +441,7 @@ class Shard:
                 ssl=spec.tls,
                 **self._common(),
             )
-            try:
-                await client.initialize()
-            except BaseException:
-                await client.aclose()
-                raise
+            await _or_close(client, client.initialize())
         elif spec.kind == "sentinel":
             self._sentinel = Sentinel(
                 spec.seeds,
@@ -453,11 +455,7 @@ class Shard:
                 **self._common(),
             )
             client = self._sentinel.master_for(spec.master_name)
-            try:
-                await client.ping()
-            except BaseException:
-                await client.aclose()
-                raise
+            await _or_close(client, client.ping())
         return client
 
     def _set_up(self, client: Redis | RedisCluster) -> None:
