@@ -8,6 +8,7 @@ test fails if the server log contains a Python traceback.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +29,15 @@ ServerFactory = Callable[..., ServerHandle]
 
 
 ENGINE_KEYS = ("engine", "broker", "presence_manager")
+
+
+@pytest.fixture
+def redis_server_available() -> None:
+    """Skip without a redis-server on the PATH (fail under CI, which installs it)."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed")
+        pytest.skip("redis-server is not installed")
 
 
 @pytest.fixture(scope="session")

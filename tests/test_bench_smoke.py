@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,14 +36,6 @@ LATENCY_PHASES = {
     ("fanout", "p50", "app", "api"),
     ("fanout", "p50", "raw", "hiredis"),
 }
-
-
-@pytest.fixture
-def redis_server_available() -> None:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
 
 
 @pytest.mark.timeout(300)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -148,14 +147,6 @@ def test_recovered_true_with_another_epoch_is_flagged() -> None:
 
 
 # ------------------------------------------------------------------------------ the soak
-
-
-@pytest.fixture
-def redis_server_available() -> None:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
 
 
 @pytest.mark.timeout(200)
