@@ -102,20 +102,18 @@ def _check_utf8(buf: bytes) -> None:
             raise JsonError(f"invalid UTF-8 at byte {e.start}") from None
 
 
-def decode(dec: msgspec.json.Decoder[Any], buf: bytes) -> Any:
-    """`buf` decoded by `dec`; any failure (syntax, shape, depth, encoding) is a JsonError."""
-    _check_utf8(buf)
+def decode(dec: msgspec.json.Decoder[Any], buf: bytes, *, check_utf8: bool = True) -> Any:
+    """`buf` decoded by `dec`; any failure (syntax, shape, depth, encoding) is a JsonError.
+    `check_utf8=False` when the payloads are checked later, one by one (a whole batch body
+    would otherwise be decoded into one str), or `buf` is part of a checked buffer."""
+    if check_utf8:
+        _check_utf8(buf)
     try:
         return dec.decode(buf)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise JsonError(str(e)) from None
     except RecursionError:
         raise JsonError("JSON nested too deeply") from None
-
-
-def loads(buf: bytes) -> Any:
-    """Plain JSON decoding with the same error contract as `decode` (no payloads kept raw)."""
-    return decode(_ANY, buf)
 
 
 _RAW_OBJECT = msgspec.json.Decoder(dict[str, Raw])
@@ -130,7 +128,10 @@ def members(buf: bytes) -> dict[str, Raw]:
 def object_keeping(buf: bytes, raw_keys: frozenset[str]) -> dict[str, Any]:
     """A JSON object of open shape (JWT claims: any custom claim may be read) whose
     `raw_keys` values stay Raw while the others are decoded."""
-    return {k: v if k in raw_keys else decode(_ANY, bytes(v)) for k, v in members(buf).items()}
+    return {
+        k: v if k in raw_keys else decode(_ANY, bytes(v), check_utf8=False)
+        for k, v in members(buf).items()
+    }
 
 
 def payload(value: Any) -> bytes:

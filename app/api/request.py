@@ -77,9 +77,9 @@ _BATCH = msgspec.json.Decoder(_BatchSpans | None)
 _LEGACY = msgspec.json.Decoder(_LegacyCommand | None)
 
 
-def _decode(dec: msgspec.json.Decoder[Any], buf: bytes) -> Any:
+def _decode(dec: msgspec.json.Decoder[Any], buf: bytes, *, check_utf8: bool = True) -> Any:
     try:
-        return jsonraw.decode(dec, buf)
+        return jsonraw.decode(dec, buf, check_utf8=check_utf8)
     except jsonraw.JsonError as e:
         raise BadBody(str(e)) from None
 
@@ -92,14 +92,9 @@ def params(method: str, body: bytes) -> dict[str, Any] | None:
 
 def batch(body: bytes) -> tuple[list[Raw], Any]:
     """A batch body's command spans and its `parallel` value (not yet type-checked)."""
-    # Not through jsonraw.decode: its UTF-8 check would decode the whole body (up to 64 MB)
-    # into one str; each command's span is checked when it is decoded (command()).
-    try:
-        value = _BATCH.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise BadBody(str(e)) from None
-    except RecursionError:
-        raise BadBody("JSON nested too deeply") from None
+    # Each command's span is checked for UTF-8 when it is decoded (command()), not the whole
+    # body (up to 64 MB) at once here.
+    value = _decode(_BATCH, body, check_utf8=False)
     if value is None:
         return [], None
     return value.get("commands") or [], value.get("parallel")
