@@ -28,7 +28,7 @@ from app.node import NODE_KEY
 from app.protocol import Codec
 from app.protocol.json import JSON
 from app.protocol.protobuf import PROTOBUF
-from app.transports import closing
+from app.transports import admission, closing
 from app.transports.cors import cors_headers, empty_response, origin_allowed, preflight_response
 
 log = logging.getLogger("centrifugo.http_stream")
@@ -171,16 +171,12 @@ class HttpStreamTransport(StreamTransport):
 
 def reject_request(request: web.Request, cfg: Config) -> web.Response | None:
     """The checks every connection endpoint makes before reading anything."""
-    node = request.app[NODE_KEY]
+    refused = admission.refuse(request.app[NODE_KEY])
+    if refused is not None:
+        return refused
     if not origin_allowed(request.headers.get("Origin"), cfg.client.allowed_origins):
         log.info("request Origin %r is not allowed", request.headers.get("Origin"))
         return web.Response(status=403, text="Invalid origin")
-    if node.closing:
-        return web.Response(status=503, text="shutting down")
-    limit = cfg.client.connection_limit
-    if limit > 0 and node.hub.num_clients >= limit:
-        log.info("node connection limit %d reached", limit)
-        return web.Response(status=503, text="connection limit reached")
     return None
 
 

@@ -27,6 +27,7 @@ from app.errors import Disconnect
 from app.node import NODE_KEY, Node
 from app.protocol import DecodeError
 from app.protocol.protobuf import PROTOBUF_UNI
+from app.transports import admission
 from app.transports.uni_http_stream import connect, new_client
 
 log = logging.getLogger("centrifugo.uni_grpc")
@@ -113,11 +114,9 @@ class UniStreamService:
 
     async def consume(self, request: pb.ConnectRequest, context: grpc.aio.ServicerContext) -> None:
         node = self.node
-        if node.closing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "shutting down")
-        limit = node.config.client.connection_limit
-        if limit > 0 and node.hub.num_clients >= limit:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection limit reached")
+        refused = admission.refusal(node, rate=False)  # no rate limit here, as Centrifugo
+        if refused is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, refused)
         headers: CIMultiDict[str] = CIMultiDict(
             (k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
         )

@@ -29,7 +29,7 @@ from app.node import NODE_KEY, Node
 from app.protocol import DecodeError
 from app.protocol.gen.client_pb2 import ConnectRequest
 from app.protocol.json import JSON_UNI
-from app.transports import closing
+from app.transports import admission, closing
 
 log = logging.getLogger("centrifugo.uni")
 
@@ -83,14 +83,8 @@ async def read_limited_body(request: web.Request, limit: int) -> bytes | None:
 
 
 def service_unavailable(node: Node) -> web.Response | None:
-    """503 while shutting down or at `client.connection_limit`, like the WebSocket handler."""
-    if node.closing:
-        return web.Response(status=503, text="shutting down")
-    limit = node.config.client.connection_limit
-    if limit > 0 and node.hub.num_clients >= limit:
-        log.info("node connection limit %d reached", limit)
-        return web.Response(status=503, text="connection limit reached")
-    return None
+    """503 while shutting down or over a connection limit (app/transports/admission.py)."""
+    return admission.refuse(node)
 
 
 def new_client(node: Node, transport: Any, headers: Any) -> Client:

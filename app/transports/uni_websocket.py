@@ -111,12 +111,12 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     cfg = node.config
     ucfg = cfg.uni_websocket
-    if not origin_allowed(request.headers.get("Origin"), cfg.client.allowed_origins):
-        log.info("request Origin %r is not allowed", request.headers.get("Origin"))
-        return web.Response(status=403, text="Invalid origin")
     unavailable = service_unavailable(node)
     if unavailable is not None:
         return unavailable
+    if not origin_allowed(request.headers.get("Origin"), cfg.client.allowed_origins):
+        log.info("request Origin %r is not allowed", request.headers.get("Origin"))
+        return web.Response(status=403, text="Invalid origin")
     connect_request: dict[str, Any] | None = None
     raw = request.query.get(CONNECT_PARAM, "")
     if raw:

@@ -34,7 +34,7 @@ from app.node import NODE_KEY
 from app.protocol import Codec
 from app.protocol.json import JSON
 from app.protocol.protobuf import PROTOBUF
-from app.transports import closing
+from app.transports import admission, closing
 
 log = logging.getLogger("centrifugo.websocket")
 
@@ -235,15 +235,12 @@ def _release_http_parser(request: web.Request) -> None:
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     cfg = node.config
+    refused = admission.refuse(node)
+    if refused is not None:
+        return refused
     if not origin_allowed(request.headers.get("Origin"), cfg.client.allowed_origins):
         log.info("request Origin %r is not allowed", request.headers.get("Origin"))
         return web.Response(status=403, text="Invalid origin")
-    if node.closing:
-        return web.Response(status=503, text="shutting down")
-    limit = cfg.client.connection_limit
-    if limit > 0 and node.hub.num_clients >= limit:
-        log.info("node connection limit %d reached", limit)
-        return web.Response(status=503, text="connection limit reached")
     bad = refuse_bad_key(request)
     if bad is not None:
         return bad

@@ -5,10 +5,10 @@ middlewares, a handler task, WebSocketResponse with its writer, reader and queue
 alone capped connect + subscribe near 2.5k/s per worker. Here a small protocol reads the
 first request of each connection itself. A plain upgrade to `websocket.handler_prefix`
 (GET, HTTP/1.1, the WebSocket headers, no body, no compression offered or compression
-off) is answered right here with the 101 and served by `LeanWebSocket`. Anything else
-(other paths, the HTTP API, compression, a rejected origin, a draining node, odd or
-malformed requests) is handed unchanged to aiohttp's own protocol, which answers as it
-always did.
+off) is answered right here with the 101 and served by `LeanWebSocket`, or with the 503
+of a refused admission (a draining node, the connection limits: app/transports/admission.py).
+Anything else (other paths, the HTTP API, compression, a rejected origin, odd or malformed
+requests) is handed unchanged to aiohttp's own protocol, which answers as it always did.
 
 The WebSocket side speaks RFC 6455 as a server: masked client frames, fragmentation,
 ping -> pong, the closing handshake, 1002/1007/1009 for protocol errors, invalid text
@@ -38,7 +38,7 @@ from multidict import CIMultiDict
 from app.client import Client
 from app.node import NODE_KEY, Node
 from app.timers import CoarseTimer
-from app.transports import closing
+from app.transports import admission, closing
 from app.transports.websocket import (
     CLOSE_TIMEOUT,
     WebSocketTransport,
@@ -229,7 +229,23 @@ class LeanWebSocket(asyncio.Protocol):
             self._hand_over(head)
             return
         self._head = b""
+        # Only here, for the upgrades served here: what is handed over is admitted (once)
+        # by aiohttp's handler.
+        refused = admission.refusal(self._server.node)
+        if refused is not None:
+            self._refuse(refused)
+            return
         self._start(upgrade, head[end + 4 :])
+
+    def _refuse(self, reason: str) -> None:
+        """503, as aiohttp's handler would answer; the connection ends after it."""
+        self._cancel_timer()
+        sock = self._sock
+        assert sock is not None
+        self._sock = None  # nothing more is read or answered on this connection
+        sock.pause_reading()
+        sock.write(admission.refusal_head(reason))
+        closing.release(sock, self._server.node.config.websocket.write_timeout)
 
     def _hand_over(self, data: bytes) -> None:
         """Not ours: aiohttp's protocol takes the connection from its first byte."""
@@ -578,16 +594,13 @@ class LeanServer:
         return self._aiohttp()  # type: ignore[no-any-return]
 
     def accept(self, head: bytes, sock: asyncio.Transport | None) -> Upgrade | None:
-        """The upgrade, when this worker serves it here now; None hands it to aiohttp
-        (which then answers 403, 404 or 503 as the handler decides)."""
+        """The upgrade, when it is one this path serves; None hands it to aiohttp (which
+        then answers 403 or 404 as the handler decides). Admission comes after."""
         node = self.node
         cfg = node.config
-        if node.closing or sock is None or cfg.websocket.disabled:
+        if sock is None or cfg.websocket.disabled:
             return None
         if self._internal_port and sock.get_extra_info("sockname")[1] == self._internal_port:
-            return None
-        limit = cfg.client.connection_limit
-        if limit > 0 and node.hub.num_clients >= limit:
             return None
         upgrade = parse_upgrade(head, self._path, self._compression)
         if upgrade is None:
