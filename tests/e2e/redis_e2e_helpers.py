@@ -1,7 +1,7 @@
 """Helpers for the Redis engine end-to-end tests (multi-worker servers, Redis faults).
 
 - `RedisProcess`: a throw-away `redis-server` (no persistence) on a free 127.0.0.1 port that a
-  test can stop and start again on the same port.
+  test can stop and start again on the same port (the binary from tests/redis_binary.py).
 - `redis_config(port)`: a server config using it, with a recoverable namespace `rec`.
 - `worker_pids` / `worker_of`: which gunicorn worker owns a given client socket (psutil).
 - `WsClient`: a raw JSON-protocol client with a background reader; tests await conditions on
@@ -38,7 +38,11 @@ from centrifuge import (
 
 from .helpers import ServerHandle, free_port
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+try:
+    import redis_binary
+except ImportError:  # tests/ imported as a package
+    from tests import redis_binary
+
 EVENT_TIMEOUT = 10.0
 
 
@@ -70,7 +74,7 @@ class RedisProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.proc = subprocess.Popen(
             [
-                REDIS_SERVER,
+                redis_binary.server(),
                 "--port",
                 str(self.port),
                 "--bind",

