@@ -668,15 +668,20 @@ def _check_redis(cfg: Config) -> None:
     """Refuse a malformed Redis address with one line. Reachability is not checked: workers
     boot and serve while Redis is down (/health 500) and heal when it answers, so an outage
     at start-up is no different from one later (Centrifugo exits here instead)."""
-    sections = [cfg.engine] if cfg.engine.type == "redis" else []
-    sections += [s for s in (cfg.broker, cfg.presence_manager) if s.enabled and s.type == "redis"]
+    sections = [("engine", cfg.engine.redis)] if cfg.engine.type == "redis" else []
+    sections += [
+        (name, s.redis)
+        for name, s in (("broker", cfg.broker), ("presence_manager", cfg.presence_manager))
+        if s.enabled and s.type == "redis"
+    ]
     if not sections:
         return
     from app.engines.redis.shard import RedisConfigError, specs_from_config
 
-    for section in sections:
+    for name, rcfg in sections:
         try:
-            specs_from_config(section.redis)
+            # Builds the TLS contexts too: a bad certificate stops start-up here.
+            specs_from_config(rcfg, f"{name}.redis")
         except RedisConfigError as e:
             raise CliError(str(e)) from None
 

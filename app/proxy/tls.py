@@ -19,6 +19,18 @@ def _is_pem(data: bytes) -> bool:
     return b"-----BEGIN " in data and b"-----END " in data
 
 
+def _parses_as_certificate(pem: bytes) -> bool:
+    """Whether OpenSSL reads `pem` as certificates (to tell which half of a refused key pair
+    is wrong: load_cert_chain's error does not say)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+            cadata=pem.decode("ascii", "replace")
+        )
+    except ssl.SSLError:
+        return False
+    return True
+
+
 def load_pem(value: str, what: str) -> bytes:
     """Resolve one PEM setting; raises ValueError naming `what` when it is unusable."""
     raw = value.encode()
@@ -40,15 +52,18 @@ def load_pem(value: str, what: str) -> bytes:
 
 
 def ssl_context(tls: Any, what: str) -> ssl.SSLContext | None:
-    """An SSLContext for an HTTP proxy, or None when `tls.enabled` is false."""
+    """A client SSLContext (an HTTP proxy, Redis), or None when `tls.enabled` is false.
+    Raises ValueError naming the unusable key (`what.server_ca_pem`, ...)."""
     if not tls.enabled:
         return None
     ctx = ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls.server_ca_pem:
-        ctx.load_verify_locations(
-            cadata=load_pem(tls.server_ca_pem, f"{what}.server_ca_pem").decode()
-        )
+        cadata = load_pem(tls.server_ca_pem, f"{what}.server_ca_pem").decode()
+        try:
+            ctx.load_verify_locations(cadata=cadata)
+        except ssl.SSLError as e:
+            raise ValueError(f"{what}.server_ca_pem: invalid certificate ({e.reason})") from None
     if tls.cert_pem and tls.key_pem:
         cert = load_pem(tls.cert_pem, f"{what}.cert_pem")
         key = load_pem(tls.key_pem, f"{what}.key_pem")
@@ -60,7 +75,14 @@ def ssl_context(tls: Any, what: str) -> ssl.SSLContext | None:
                 f.write(cert)
             with open(key_path, "wb") as f:
                 f.write(key)
-            ctx.load_cert_chain(cert_path, key_path)
+            try:
+                ctx.load_cert_chain(cert_path, key_path)
+            except ssl.SSLError as e:
+                if not _parses_as_certificate(cert):
+                    raise ValueError(f"{what}.cert_pem: invalid certificate") from None
+                raise ValueError(
+                    f"{what}.key_pem: not a private key matching {what}.cert_pem ({e.reason})"
+                ) from None
     if tls.insecure_skip_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

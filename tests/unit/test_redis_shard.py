@@ -34,7 +34,7 @@ def rcfg(**flags):
 def test_parse_redis_url_with_credentials_and_db():
     s = parse_address("redis://user:pass@h:6380/2", rcfg())
     assert (s.kind, s.host, s.port, s.db) == ("standalone", "h", 6380, 2)
-    assert (s.username, s.password, s.tls, s.unix_path) == ("user", "pass", False, "")
+    assert (s.username, s.password, s.tls is None, s.unix_path) == ("user", "pass", True, "")
 
 
 def test_parse_redis_url_percent_encoded_password_and_defaults():
@@ -44,7 +44,7 @@ def test_parse_redis_url_percent_encoded_password_and_defaults():
 
 def test_parse_rediss_enables_tls():
     s = parse_address("rediss://h:6390", rcfg())
-    assert (s.kind, s.host, s.port, s.tls) == ("standalone", "h", 6390, True)
+    assert (s.kind, s.host, s.port, s.tls is not None) == ("standalone", "h", 6390, True)
 
 
 def test_parse_unix_socket_with_db():
@@ -75,7 +75,7 @@ def test_parse_cluster():
 
 def test_parse_bare_host_port_and_host():
     s = parse_address("10.0.0.5:6381", rcfg())
-    assert (s.kind, s.host, s.port, s.tls) == ("standalone", "10.0.0.5", 6381, False)
+    assert (s.kind, s.host, s.port, s.tls is None) == ("standalone", "10.0.0.5", 6381, True)
     s = parse_address("localhost", rcfg())
     assert (s.host, s.port) == ("localhost", 6379)
 

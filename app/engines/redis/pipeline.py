@@ -270,7 +270,11 @@ class AutoPipeline:
                         )
                     else:
                         _, conn = await self._loop.create_connection(
-                            lambda: _Conn(self), ep.host, ep.port, ssl=ep.ssl
+                            lambda: _Conn(self),
+                            ep.host,
+                            ep.port,
+                            ssl=ep.ssl_context,
+                            server_hostname=ep.server_hostname,
                         )
             except TimeoutError:
                 raise RedisTimeoutError("Timeout connecting to server") from None

@@ -28,6 +28,7 @@ import hiredis
 
 from app import metrics
 from app.engines.redis.outage import Outage
+from app.engines.redis.tls import TLSDial
 from app.timers import CoarseTimers
 
 log = logging.getLogger("centrifugo.redis.pubsub")
@@ -48,7 +49,17 @@ class Endpoint:
     unix_path: str = ""
     username: str = ""
     password: str = ""
-    ssl: ssl.SSLContext | None = None
+    tls: TLSDial | None = None  # never over unix_path
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """`ssl` of asyncio's create_connection to this endpoint."""
+        return None if self.tls is None else self.tls.context
+
+    @property
+    def server_hostname(self) -> str | None:
+        """`server_hostname` of create_connection: checked against the certificate, SNI."""
+        return None if self.tls is None else self.tls.server_hostname(self.host)
 
 
 class PubSubUnavailable(ConnectionError):
@@ -407,7 +418,11 @@ class PubSubConnection:
                 _, proto = await loop.create_unix_connection(lambda: _Protocol(self), ep.unix_path)
             else:
                 _, proto = await loop.create_connection(
-                    lambda: _Protocol(self), ep.host, ep.port, ssl=ep.ssl
+                    lambda: _Protocol(self),
+                    ep.host,
+                    ep.port,
+                    ssl=ep.ssl_context,
+                    server_hostname=ep.server_hostname,
                 )
         self._proto = proto
         try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from app.config import RedisConfig
 from app.engines.redis.pipeline import AutoPipeline, Script, bulk
 from app.engines.redis.pubsub import Endpoint
+from app.engines.redis.tls import (
+    TLSDial,
+    TLSSettingError,
+    connection_class,
+    dial_from_config,
+    sentinel_connection_class,
+)
 
 log = logging.getLogger("centrifugo.redis")
 
@@ -106,7 +112,8 @@ class ShardSpec:
     db: int = 0
     username: str = ""
     password: str = ""
-    tls: bool = False
+    tls: TLSDial | None = None  # data connections (tls.py: `tls`, rediss://)
+    sentinel_tls: TLSDial | None = None  # connections to the Sentinels
     seeds: list[tuple[str, int]] = field(default_factory=list)  # cluster or sentinel nodes
     master_name: str = ""
     sentinel_username: str = ""
@@ -123,20 +130,41 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
         raise RedisConfigError(f"invalid redis address {text!r}") from e
 
 
-def parse_address(address: str, rcfg: RedisConfig) -> ShardSpec:
+def _go_bool(q: dict[str, str], key: str) -> bool:
+    """A query option read as Go's strconv.ParseBool does (Centrifugo's address options)."""
+    text = q.get(key)
+    if text is None:
+        return False
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise RedisConfigError(f"invalid {key} value: {text!r}")
+
+
+def _dials(
+    rcfg: RedisConfig, where: str, tls_on: bool = False, sentinel_tls_on: bool = False
+) -> tuple[TLSDial | None, TLSDial | None]:
+    """(data, Sentinel) dials of a section; the address may turn TLS on with defaults."""
+    try:
+        return (
+            dial_from_config(rcfg.tls, f"{where}.tls", tls_on),
+            dial_from_config(rcfg.sentinel_tls, f"{where}.sentinel_tls", sentinel_tls_on),
+        )
+    except TLSSettingError as e:
+        raise RedisConfigError(str(e)) from None
+
+
+def parse_address(address: str, rcfg: RedisConfig, where: str = "redis") -> ShardSpec:
     """Centrifugo's address forms: redis://, rediss://, unix://, redis+sentinel://,
-    redis+cluster://, or a bare host:port."""
+    rediss+sentinel://, redis+cluster://, or a bare host:port. `where` names the section in
+    error messages ("engine.redis")."""
     if "://" not in address:
         address = "redis://" + address
     u = urlsplit(address)
     q = {k: v[-1] for k, v in parse_qs(u.query).items()}
     extra = parse_qs(u.query).get("addr", [])
-    spec = ShardSpec(
-        db=rcfg.db,
-        username=rcfg.user,
-        password=rcfg.password,
-        tls=rcfg.tls.enabled if hasattr(rcfg.tls, "enabled") else False,
-    )
+    spec = ShardSpec(db=rcfg.db, username=rcfg.user, password=rcfg.password)
     if u.username:
         spec.username = unquote(u.username)
     if u.password:
@@ -145,11 +173,19 @@ def parse_address(address: str, rcfg: RedisConfig) -> ShardSpec:
         spec.db = int(q["db"])
     scheme = u.scheme.lower()
     if scheme == "unix":
+        # No TLS over a unix socket (Centrifugo dials it plain whatever `tls` says).
         spec.unix_path = u.path
         return spec
     if scheme not in ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+sentinel"):
         raise RedisConfigError(f"unsupported redis address scheme {u.scheme!r}")
-    spec.tls = spec.tls or scheme.startswith("rediss")
+    # rediss+sentinel:// is TLS to the Sentinels and to the master alike (Centrifugo).
+    rediss = scheme.startswith("rediss")
+    spec.tls, spec.sentinel_tls = _dials(
+        rcfg,
+        where,
+        tls_on=rediss or _go_bool(q, "tls_enabled"),
+        sentinel_tls_on=rediss or _go_bool(q, "sentinel_tls_enabled"),
+    )
     default_port = 26379 if "sentinel" in scheme else 6379
     spec.host, spec.port = _host_port(u.netloc.rpartition("@")[2] or "127.0.0.1", default_port)
     if u.path and u.path.strip("/").isdigit():
@@ -168,9 +204,12 @@ def parse_address(address: str, rcfg: RedisConfig) -> ShardSpec:
     return spec
 
 
-def specs_from_config(rcfg: RedisConfig) -> list[ShardSpec]:
+def specs_from_config(rcfg: RedisConfig, where: str = "redis") -> list[ShardSpec]:
+    """The shards of one Redis section; RedisConfigError (one line naming the key, the
+    section being `where`) for an address or a TLS setting that cannot be used."""
     if rcfg.cluster_address:
         seeds = [_host_port(a.split("://")[-1], 6379) for a in rcfg.cluster_address]
+        tls, _ = _dials(rcfg, where)
         return [
             ShardSpec(
                 kind="cluster",
@@ -179,10 +218,12 @@ def specs_from_config(rcfg: RedisConfig) -> list[ShardSpec]:
                 seeds=seeds,
                 username=rcfg.user,
                 password=rcfg.password,
+                tls=tls,
             )
         ]
     if rcfg.sentinel_address:
         seeds = [_host_port(a.split("://")[-1], 26379) for a in rcfg.sentinel_address]
+        tls, sentinel_tls = _dials(rcfg, where)
         return [
             ShardSpec(
                 kind="sentinel",
@@ -193,9 +234,11 @@ def specs_from_config(rcfg: RedisConfig) -> list[ShardSpec]:
                 username=rcfg.user,
                 password=rcfg.password,
                 db=rcfg.db,
+                tls=tls,
+                sentinel_tls=sentinel_tls,
             )
         ]
-    return [parse_address(a, rcfg) for a in rcfg.address]
+    return [parse_address(a, rcfg, where) for a in rcfg.address]
 
 
 # --- keys ---
@@ -314,8 +357,13 @@ def _bounded(execute: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
     return execute_command
 
 
-def _ssl_context(tls: bool) -> ssl.SSLContext | None:
-    return ssl.create_default_context() if tls else None
+def _dial_cluster(client: RedisCluster, dial: TLSDial) -> None:
+    """TLS on every node connection of `client`: the seeds it was given and the nodes it
+    learns from the slot map later (NodesManager builds them from `connection_kwargs`)."""
+    cls = connection_class(dial)
+    client.connection_kwargs["connection_class"] = cls
+    for node in client.startup_nodes:
+        node.connection_class = cls
 
 
 async def _or_close(client: Redis | RedisCluster, probe: Awaitable[Any]) -> Any:
@@ -427,7 +475,10 @@ class Shard:
                     unix_socket_path=spec.unix_path, db=spec.db, **kwargs
                 )
             else:
-                client = Redis(host=spec.host, port=spec.port, db=spec.db, ssl=spec.tls, **kwargs)
+                client = Redis(host=spec.host, port=spec.port, db=spec.db, **kwargs)
+                if spec.tls is not None:
+                    # redis-py takes the class of its connections, not a dial.
+                    client.connection_pool.connection_class = connection_class(spec.tls)
             info = await _or_close(client, client.info("cluster"))
             if info.get("cluster_enabled") not in (1, "1"):
                 return client
@@ -437,12 +488,15 @@ class Shard:
             spec.seeds = [(spec.host, spec.port)]
         if spec.kind == "cluster":
             client = RedisCluster(
-                startup_nodes=[ClusterNode(h, p) for h, p in spec.seeds],
-                ssl=spec.tls,
-                **self._common(),
+                startup_nodes=[ClusterNode(h, p) for h, p in spec.seeds], **self._common()
             )
+            if spec.tls is not None:
+                _dial_cluster(client, spec.tls)
             await _or_close(client, client.initialize())
         elif spec.kind == "sentinel":
+            common = self._common()
+            if spec.tls is not None:
+                common["connection_class"] = sentinel_connection_class(spec.tls)
             self._sentinel = Sentinel(
                 spec.seeds,
                 sentinel_kwargs={
@@ -452,8 +506,12 @@ class Shard:
                     "socket_timeout": self._io_timeout,
                 },
                 db=spec.db,
-                **self._common(),
+                **common,
             )
+            if spec.sentinel_tls is not None:
+                sentinel_class = connection_class(spec.sentinel_tls)
+                for sentinel in self._sentinel.sentinels:
+                    sentinel.connection_pool.connection_class = sentinel_class
             client = self._sentinel.master_for(spec.master_name)
             await _or_close(client, client.ping())
         return client
@@ -509,7 +567,7 @@ class Shard:
                 port=node.port,
                 username=spec.username,
                 password=spec.password,
-                ssl=_ssl_context(spec.tls),
+                tls=spec.tls,
             )
 
             async def resolve() -> Endpoint:
@@ -549,11 +607,7 @@ class Shard:
     async def endpoint(self, partition: int = 0) -> Endpoint:
         """Where the PUB/SUB connection for `partition` must go right now."""
         spec = self.spec
-        base = Endpoint(
-            username=spec.username,
-            password=spec.password,
-            ssl=_ssl_context(spec.tls),
-        )
+        base = Endpoint(username=spec.username, password=spec.password, tls=spec.tls)
         if spec.kind == "standalone":
             base.host, base.port, base.unix_path = spec.host, spec.port, spec.unix_path
         elif spec.kind == "sentinel":
