@@ -35,6 +35,7 @@ from jwt import PyJWK
 from jwt.algorithms import get_default_algorithms
 
 from app import jsonraw
+from app.goregex import GoRegexp, compile_go_regexp
 
 __all__ = [
     "ConnectTokenClaims",
@@ -588,14 +589,15 @@ class _Keys:
         self.user_id_claim: str = claim
 
     @staticmethod
-    def _compile(tcfg: Any, name: str, section: str) -> re.Pattern[str] | None:
+    def _compile(tcfg: Any, name: str, section: str) -> GoRegexp | None:
         pattern = getattr(tcfg, name, "") or ""
         if not pattern:
             return None
         try:
-            return re.compile(pattern)
+            # Go regexps (RE2), as Centrifugo: linear-time matching, Go's syntax.
+            return compile_go_regexp(pattern)
         except re.error as e:
-            raise ValueError(f"{section}.{name}: {e}") from None
+            raise ValueError(f"invalid value for {section}.{name}: {pattern!r}: {e}") from None
 
     def check_aud_iss(self, claims: dict[str, Any]) -> dict[str, str]:
         """Check aud/iss; returns the named regex groups (JWKS URL template variables).
@@ -611,9 +613,9 @@ class _Keys:
                 raise TokenInvalid("invalid audience")
             if self.audience_re is not None:
                 for a in audience:
-                    m = self.audience_re.search(a)
-                    if m is not None:
-                        variables.update({k: v or "" for k, v in m.groupdict().items()})
+                    groups = self.audience_re.named_groups(a)
+                    if groups is not None:
+                        variables.update(groups)
                         break
                 else:
                     raise TokenInvalid("audience not matched")
@@ -622,10 +624,10 @@ class _Keys:
             if self.issuer and issuer != self.issuer:
                 raise TokenInvalid("invalid issuer")
             if self.issuer_re is not None:
-                m = self.issuer_re.search(issuer)
-                if m is None:
+                groups = self.issuer_re.named_groups(issuer)
+                if groups is None:
                     raise TokenInvalid("issuer not matched")
-                variables.update({k: v or "" for k, v in m.groupdict().items()})
+                variables.update(groups)
         return variables
 
     def verify_static(self, alg: str, msg: bytes, sig: bytes) -> None:

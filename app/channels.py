@@ -21,12 +21,11 @@ Resolution runs for every command that names a channel, so results are cached.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from app.errors import ERROR_BAD_REQUEST, ERROR_UNKNOWN_CHANNEL, ClientError
-from app.goregex import compile_channel_regex
+from app.goregex import GoRegexp, compile_channel_regex
 
 if TYPE_CHECKING:
     from app.config import ChannelOptions, Config
@@ -68,8 +67,9 @@ class ChannelResolver:
         self._namespaces: dict[str, ChannelOptions] = {ns.name: ns for ns in ch.namespaces}
         # Compiled once: a bad pattern fails at startup, not on a client's command.
         # Centrifugo uses Go's regexp MatchString, an unanchored search, so we
-        # search too; anchor the pattern (^...$) to require a full match.
-        self._regexes: dict[str, re.Pattern[str]] = {}
+        # search too (RE2, linear time: app/goregex.py); anchor the pattern (^...$)
+        # to require a full match.
+        self._regexes: dict[str, GoRegexp] = {}
         if self._without_namespace.channel_regex:
             self._regexes[""] = compile_channel_regex(self._without_namespace.channel_regex)
         for name, opts in self._namespaces.items():
@@ -128,7 +128,7 @@ class ChannelResolver:
         if client_side:
             regex = self._regexes.get(namespace)
             if regex is not None:
-                if regex.search(rest) is None:
+                if not regex.matches(rest):
                     raise ClientError(ERROR_BAD_REQUEST)
             elif not channel.isascii():
                 raise ClientError(ERROR_BAD_REQUEST)
