@@ -32,7 +32,7 @@ import tomli_w
 import yaml
 from jwt.warnings import InsecureKeyLengthWarning
 
-from app import VERSION
+from app import VERSION, listeners
 from app.config import (
     Config,
     ConfigError,
@@ -556,6 +556,7 @@ def _worker_class() -> type:
 
     class CentrifugoWorker(base):  # type: ignore[valid-type,misc]
         master_signals: Any = None  # set by _remember_master_signals (post_fork)
+        listener_slot = 0  # set by app.listeners (pre_fork): which listeners it serves
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             # aiohttp's worker notices SIGTERM only at its next 1 s tick (SIGQUIT and SIGINT
@@ -754,6 +755,8 @@ def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     options["max_requests_jitter"] = args.max_requests_jitter
     options["worker_class"] = _worker_class()
     options["post_fork"] = _remember_master_signals
+    # One SO_REUSEPORT listener per worker slot, so a burst of connects spreads evenly.
+    listeners.configure(options, workers, LISTEN_BACKLOG)
     _make_gunicorn_app(cfg, options).run()
     return 0
 

@@ -1,0 +1,151 @@
+"""Listening sockets under gunicorn: one SO_REUSEPORT listener per worker slot (issue 15).
+
+With one listening socket shared by every worker, the worker that wakes first accepts the
+whole queue: 1,000 WebSocket connects arriving at once split 64-100 % / 0-36 % over two
+workers (`python -m bench.spread --designs shared`), while connects arriving one by one split
+evenly. Here the master binds one listener per worker slot on the same address, all with
+SO_REUSEPORT, and the kernel hashes each new connection onto one of them; each worker accepts
+only on its slot's socket. Measured on the same 2-core VM, 1,000 connects at once, median of
+3 runs (`python -m bench.spread`): the largest worker's share 0.50-0.52 instead of 0.64-1.0,
+connects/s no lower (figures in bench/spread.py).
+
+Why the master holds every slot's socket (and not gunicorn's own `reuse_port`, which has each
+worker bind its own socket after the fork): a socket leaves the reuseport group only when its
+last file descriptor closes, and the connections queued on it are then reset. The master
+keeps its descriptors until it stops, so a slot whose worker died (SIGKILL) or is being
+rotated (`--max-requests`) keeps its queue, and the worker gunicorn forks in its place takes
+the same slot and accepts what waited there, as a shared socket's backlog waits for a
+restarted worker. No other socket of the master sits in the group: every listener the master
+holds is some slot's, and every slot gets a worker.
+
+What a worker must not keep: the other slots' descriptors. Each worker closes them right
+after the fork, so that once the master has closed its listeners (shutdown) no draining
+worker keeps a sibling's socket listening with nobody accepting on it.
+
+`CFPY_LISTENERS=shared` (not a Centrifugo option: the benchmark compares both designs in one
+run) keeps the shared socket; so does one worker, or a platform without SO_REUSEPORT.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+MODE_ENV = "CFPY_LISTENERS"
+REUSEPORT, SHARED = "reuseport", "shared"
+
+
+class SlottedWorker(Protocol):
+    """A gunicorn worker that remembers its listener slot (assigned in the master)."""
+
+    listener_slot: int
+    sockets: list[Any]
+
+
+class ListenError(Exception):
+    """A slot listener could not be bound: one line, like gunicorn's "Connection in use"."""
+
+
+def mode_from_env(workers: int) -> str:
+    """The listener design for a run with `workers` processes."""
+    wanted = os.environ.get(MODE_ENV, REUSEPORT)
+    if wanted == SHARED or workers < 2 or not hasattr(socket, "SO_REUSEPORT"):
+        return SHARED
+    return REUSEPORT
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _bind_group(address: tuple[str, int], slots: int, backlog: int) -> list[socket.socket]:
+    """`slots` listening sockets on `address` in one reuseport group (the port of the first
+    one for the others, so port 0 works too)."""
+    group: list[socket.socket] = []
+    try:
+        for _ in range(slots):
+            s = socket.socket(_family(address[0]), socket.SOCK_STREAM)
+            group.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.bind(group[0].getsockname() if len(group) > 1 else address)
+            s.listen(backlog)
+    except OSError as e:
+        for s in group:
+            s.close()
+        raise ListenError(
+            f"can not listen on {address[0]}:{address[1]}: {e.strerror or e}"
+        ) from None
+    return group
+
+
+class SlotListeners:
+    """gunicorn hooks giving every worker slot its own SO_REUSEPORT listener per address.
+
+    `settings()` returns the hooks to merge into gunicorn's settings: `on_starting` binds the
+    groups and hands them to the arbiter as its listeners (it then binds nothing itself),
+    `pre_fork` picks the new worker's slot in the master, `post_fork` leaves the worker only
+    its slot's sockets.
+    """
+
+    def __init__(self, slots: int, backlog: int) -> None:
+        self.slots = slots
+        self.backlog = backlog
+        # groups[a][k]: gunicorn's listener object of address a, slot k.
+        self.groups: list[list[Any]] = []
+
+    def settings(self, post_fork: Callable[[Any, Any], None]) -> dict[str, Any]:
+        def chained_post_fork(server: Any, worker: Any) -> None:
+            post_fork(server, worker)
+            self.post_fork(server, worker)
+
+        return {
+            "on_starting": self.on_starting,
+            "pre_fork": self.pre_fork,
+            "post_fork": chained_post_fork,
+        }
+
+    def on_starting(self, server: Any) -> None:
+        from gunicorn.sock import create_sockets  # type: ignore[import-untyped]
+
+        groups = [_bind_group(addr, self.slots, self.backlog) for addr in server.cfg.address]
+        # gunicorn's wrappers (what its workers and aiohttp's sites expect), made from the
+        # bound sockets' descriptors; the arbiter closes them all when it stops.
+        wrapped = create_sockets(
+            server.cfg, server.log, fds=[s.detach() for group in groups for s in group]
+        )
+        self.groups = [wrapped[i * self.slots : (i + 1) * self.slots] for i in range(len(groups))]
+        server.LISTENERS = wrapped
+
+    def pre_fork(self, server: Any, worker: SlottedWorker) -> None:
+        # The slot with the fewest live workers: the one a dead or rotated worker left
+        # (gunicorn forks its replacement once it has reaped it); during a reload (HUP) new
+        # and old workers share a slot until the old ones exit.
+        live = [0] * self.slots
+        for other in server.WORKERS.values():
+            live[other.listener_slot] += 1
+        worker.listener_slot = live.index(min(live))
+
+    def post_fork(self, server: Any, worker: SlottedWorker) -> None:
+        slot = worker.listener_slot
+        worker.sockets = [group[slot] for group in self.groups]
+        for group in self.groups:
+            for k, lnr in enumerate(group):
+                if k != slot:
+                    lnr.close()
+
+
+def configure(options: dict[str, Any], workers: int, backlog: int) -> None:
+    """Merge the listener hooks for `workers` processes into gunicorn `options` (whose
+    `post_fork`, if any, still runs first)."""
+    if mode_from_env(workers) != REUSEPORT:
+        return
+    keep = options.get("post_fork", _no_hook)
+    options.update(SlotListeners(workers, backlog).settings(post_fork=keep))
+
+
+def _no_hook(server: Any, worker: Any) -> None:
+    pass
