@@ -35,7 +35,7 @@ from jwt import PyJWK
 from jwt.algorithms import get_default_algorithms
 
 from app import jsonraw
-from app.goregex import GoRegexp, compile_go_regexp
+from app.goregex import GoSubmatchRegexp, compile_go_submatch_regexp
 
 __all__ = [
     "ConnectTokenClaims",
@@ -589,13 +589,13 @@ class _Keys:
         self.user_id_claim: str = claim
 
     @staticmethod
-    def _compile(tcfg: Any, name: str, section: str) -> GoRegexp | None:
+    def _compile(tcfg: Any, name: str, section: str) -> GoSubmatchRegexp | None:
         pattern = getattr(tcfg, name, "") or ""
         if not pattern:
             return None
         try:
             # Go regexps (RE2), as Centrifugo: linear-time matching, Go's syntax.
-            return compile_go_regexp(pattern)
+            return compile_go_submatch_regexp(pattern)
         except re.error as e:
             raise ValueError(f"invalid value for {section}.{name}: {pattern!r}: {e}") from None
 

@@ -6,7 +6,10 @@ channel took 0.5 s of CPU and each 2 more characters 4 times that, so one subscr
 hold a worker. google-re2 binds C++ RE2, the engine Go's follows (same author, same syntax
 in Perl mode, leftmost-first matching, `$` only at the end of the text without `(?m)`,
 ASCII-only `\w \d \s \b` and `[[:alpha:]]`, Unicode `\pL`, flags `i m s U`, no
-backreferences or lookarounds). `bench/regex.py` measures the difference.
+backreferences or lookarounds). `python -m bench.regex` measures it: `^(a+)+$` takes 1.3 µs
+at 24 characters and 23 µs at 10,000 (re: 0.4 s at 24); for ordinary patterns on short
+channels re is faster (0.3 µs against RE2's 1.3 µs, mostly the binding's per-call cost),
+which ChannelResolver's cache of resolved channels absorbs.
 
 Where C++ RE2 accepts what Go refuses, we refuse too, so a config means the same here:
 - `\C` (one byte, even inside a UTF-8 character): "invalid escape sequence" in Go;
@@ -40,7 +43,10 @@ class GoRegexError(re.error):
 
 
 class GoRegexp:
-    """One compiled Go regexp; searches are unanchored, as Go's MatchString."""
+    """A Go regexp for yes/no matching, as Go's MatchString (an unanchored search).
+
+    Compiled without capture groups: RE2 then answers from its DFA alone, 25 times faster
+    than with groups (`^(a+)+$` on 10,000 characters: 24 µs instead of 590 µs)."""
 
     __slots__ = ("_re", "pattern")
 
@@ -49,12 +55,22 @@ class GoRegexp:
         self._re = compiled
 
     def matches(self, text: str) -> bool:
-        """Go's `MatchString`: does the pattern match anywhere in `text`?"""
+        """Does the pattern match anywhere in `text`?"""
         return self._re.search(_utf8(text)) is not None
 
+
+class GoSubmatchRegexp:
+    """A Go regexp whose named groups are read, as Go's FindStringSubmatch + SubexpNames."""
+
+    __slots__ = ("_re", "pattern")
+
+    def __init__(self, pattern: str, compiled: re2._Regexp) -> None:
+        self.pattern = pattern
+        self._re = compiled
+
     def named_groups(self, text: str) -> dict[str, str] | None:
-        """Go's `FindStringSubmatch` read through `SubexpNames`: None without a match, else
-        each named group's text ("" for a group that took no part, as in Go)."""
+        """None without a match, else each named group's text ("" for a group that took
+        no part, as in Go)."""
         m = self._re.search(_utf8(text))
         if m is None:
             return None
@@ -91,8 +107,18 @@ def _byte_escape_at(pattern: str) -> int:
 
 
 def compile_go_regexp(pattern: str) -> GoRegexp:
-    """Compile `pattern` as Go's `regexp.Compile` would; raises GoRegexError (an re.error,
-    so config validation reports it as a bad pattern) for what Go or RE2 refuses."""
+    """Compile `pattern` as Go's `regexp.Compile` would, for `matches`; raises GoRegexError
+    (an re.error, so config validation reports it as a bad pattern) for what Go or RE2
+    refuses."""
+    return GoRegexp(pattern, _compile(pattern, captures=False))
+
+
+def compile_go_submatch_regexp(pattern: str) -> GoSubmatchRegexp:
+    """As compile_go_regexp, for reading named groups."""
+    return GoSubmatchRegexp(pattern, _compile(pattern, captures=True))
+
+
+def _compile(pattern: str, *, captures: bool) -> re2._Regexp:
     try:
         pattern.encode("utf-8")
     except UnicodeEncodeError:
@@ -106,6 +132,7 @@ def compile_go_regexp(pattern: str) -> GoRegexp:
         options.longest_match = False  # leftmost-first, as Go (not POSIX leftmost-longest)
         options.log_errors = False  # the caller reports the error once, naming the pattern
         options.encoding = re2.Options.Encoding.UTF8
+        options.never_capture = not captures
         try:
             compiled = re2.compile(pattern, options)
             break
@@ -117,10 +144,11 @@ def compile_go_regexp(pattern: str) -> GoRegexp:
     # bring back the very cost this module exists to remove.
     if compiled is None or isinstance(compiled, re.Pattern):
         raise GoRegexError("not compiled by RE2")
+    # RE2 reports the names even with never_capture.
     for name in compiled.groupindex:
         if not _CAPTURE_NAME.match(name):
             raise GoRegexError(f"invalid named capture: (?P<{name}>")
-    return GoRegexp(pattern, compiled)
+    return compiled
 
 
 # The name config validation and channel resolution call it by.

@@ -18,7 +18,7 @@ from app.auth import TokenVerifier
 from app.channels import ChannelResolver
 from app.config import ConfigError, load_config
 from app.errors import ClientError
-from app.goregex import GoRegexError, compile_go_regexp
+from app.goregex import GoRegexError, compile_go_regexp, compile_go_submatch_regexp
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_matches_as_go(pattern: str, text: str, matched: bool) -> None:
     ],
 )
 def test_named_groups_as_go(pattern: str, text: str, groups: dict[str, str] | None) -> None:
-    assert compile_go_regexp(pattern).named_groups(text) == groups
+    assert compile_go_submatch_regexp(pattern).named_groups(text) == groups
 
 
 @pytest.mark.parametrize(
@@ -122,11 +122,12 @@ def test_named_groups_as_go(pattern: str, text: str, groups: dict[str, str] | No
     ],
 )
 def test_refused_as_go(pattern: str, fragment: str) -> None:
-    with pytest.raises(GoRegexError) as exc:
-        compile_go_regexp(pattern)
-    assert fragment in str(exc.value)
-    # An re.error, so config validation reports it as it reports any bad pattern.
-    assert isinstance(exc.value, re.error)
+    for compile_ in (compile_go_regexp, compile_go_submatch_regexp):
+        with pytest.raises(GoRegexError) as exc:
+            compile_(pattern)
+        assert fragment in str(exc.value)
+        # An re.error, so config validation reports it as it reports any bad pattern.
+        assert isinstance(exc.value, re.error)
 
 
 def test_large_unicode_program_gets_the_larger_budget() -> None:
@@ -153,6 +154,10 @@ def test_nested_quantifier_is_linear() -> None:
     assert not rx.matches("a" * 10_000 + "!")
     assert compile_go_regexp(r"(x+x+)+y").matches("x" * 10_000 + "y")
     assert not compile_go_regexp(r"(x+x+)+y").matches("x" * 10_000)
+    # With groups read (the token regexes), too.
+    rx_groups = compile_go_submatch_regexp(r"^(?P<a>a+)+$")
+    assert rx_groups.named_groups("a" * 10_000) == {"a": "a" * 10_000}
+    assert rx_groups.named_groups("a" * 10_000 + "!") is None
 
 
 # ------------------------------------------------------------------ through config and resolver
