@@ -41,6 +41,7 @@ from app.config import (
     flag_kind,
     format_duration,
     load_config,
+    load_config_report,
 )
 from app.logs import logging_dict
 
@@ -156,6 +157,12 @@ def _build_parser() -> _Parser:
 
     p = sub.add_parser("checkconfig", help="check configuration file")
     config_arg(p)
+    p.add_argument(
+        "-s",
+        "--strict",
+        action="store_true",
+        help="strict check - fail on unknown keys and on keys this server does not support",
+    )
 
     p = sub.add_parser("defaultconfig", help="generate full configuration file with defaults")
     config_arg(p, "path to default config file to generate")
@@ -300,8 +307,15 @@ def cmd_genconfig(args: argparse.Namespace) -> int:
 
 def cmd_checkconfig(args: argparse.Namespace) -> int:
     path, _ = _config_path(args)
-    load_config(path)
-    return 0
+    if not args.strict:
+        load_config(path)
+        return 0
+    _, report = load_config_report(path)
+    problems = [f"unknown key in config: {key}" for key in report.unknown_keys]
+    problems += [finding.message() for finding in report.unsupported]
+    for line in problems:
+        print(line, file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_defaultconfig(args: argparse.Namespace) -> int:
@@ -632,6 +646,9 @@ def _draining_runner(app: Any, options: dict[str, Any]) -> Any:
             sock = getattr(site, "_sock", None)
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                # HTTPS on the listeners that have TLS (app/tls.py); gunicorn's own
+                # certfile setting would put one certificate on every port.
+                site._ssl_context = options.get("tls", {}).get(sock.getsockname()[1])
             super()._reg_site(site)
 
         async def cleanup(self) -> None:
@@ -743,8 +760,14 @@ def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
         raise CliError(MEMORY_WORKERS_ERROR)
     child_exit = _prepare_multiprocess_metrics() if cfg.prometheus.enabled else None
     _check_redis(cfg)
+    from app.tls import listener_contexts
+
+    tls_by_port = listener_contexts(cfg)  # a bad certificate stops start-up here
 
     _configure_server_logging(cfg)
+    for port, ctx in tls_by_port.items():
+        if ctx is not None:  # gunicorn's "Listening at: http://" line does not know
+            logging.getLogger("centrifugo").info("TLS on port %d: serving HTTPS and WSS", port)
     options = gunicorn_options(cfg, workers)
     if child_exit is not None:
         options["child_exit"] = child_exit
@@ -757,6 +780,7 @@ def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     options["post_fork"] = _remember_master_signals
     # One SO_REUSEPORT listener per worker slot, so a burst of connects spreads evenly.
     listeners.configure(options, workers, LISTEN_BACKLOG)
+    options["tls"] = tls_by_port
     _make_gunicorn_app(cfg, options).run()
     return 0
 

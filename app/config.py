@@ -24,6 +24,7 @@ from typing import Any, NewType
 
 import yaml
 
+from app.config_support import Finding, findings
 from app.goregex import compile_channel_regex
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "ChannelOptions",
     "Duration",
     "load_config",
+    "load_config_report",
+    "LoadReport",
     "default_config_dict",
     "parse_duration",
     "format_duration",
@@ -215,6 +218,7 @@ class RedisConfig(_Section):
     sentinel_client_name: str = ""
     sentinel_tls: TLSConfig = _section(TLSConfig)
     history_use_lists: bool = False
+    replica_client: EnabledConfig = _section(EnabledConfig)
     presence_ttl: Duration = Duration(60.0)
     presence_hash_field_ttl: bool = False
     presence_user_mapping: bool = False
@@ -250,6 +254,9 @@ class BrokerConfig(_Section):
     type: str = "memory"
     redis: RedisConfig = _section(RedisConfig)
     nats: NatsConfig = _section(NatsConfig)
+    # Not implemented (reported by app/config_support.py when set): kept opaque.
+    redisnats: dict[str, Any] = _empty_map()
+    postgres: dict[str, Any] = _empty_map()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1517,6 +1524,16 @@ def _read_file(path: str) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """What a load found besides the configuration: keys it did not know, and keys of
+    Centrifugo's schema set to values this server does not honour (app/config_support.py)."""
+
+    unknown_keys: tuple[str, ...] = ()
+    unknown_envs: tuple[str, ...] = ()
+    unsupported: tuple[Finding, ...] = ()
+
+
 def load_config(
     path: str | None,
     env: Mapping[str, str] | None = None,
@@ -1525,15 +1542,33 @@ def load_config(
     """Load, merge (flags > env > file > defaults), resolve and validate the configuration.
 
     ``env`` defaults to ``os.environ``. ``flags`` maps dotted key paths ("http_server.port") to
-    values; strings are parsed by the key's type like env values.
+    values; strings are parsed by the key's type like env values. Unknown keys and unsupported
+    keys are logged, one warning each; an unsupported key that is a security promise
+    (`config_support.REFUSED`) raises ConfigError.
     """
+    cfg, report = load_config_report(path, env, flags)
+    for key in report.unknown_keys:
+        logger.warning("unknown key in configuration file: %s", key)
+    for env_key in report.unknown_envs:
+        logger.warning("unknown environment variable: %s", env_key)
+    for finding in report.unsupported:
+        if finding.refused:
+            raise ConfigError(finding.message())
+        logger.warning("%s", finding.message())
+    return cfg
+
+
+def load_config_report(
+    path: str | None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> tuple[Config, LoadReport]:
+    """`load_config` without logging: the configuration and what the load found."""
     if env is None:
         env = os.environ
     loader = _Loader(env)
 
     file_data = loader.section(Config, _read_file(path), "", item=False) if path else {}
-    for key in loader.unknown:
-        logger.warning("unknown key in configuration file: %s", key)
 
     # Environment.
     env_data: dict[str, Any] = {}
@@ -1552,9 +1587,11 @@ def load_config(
         key_path, f = entry
         _set_path(env_data, key_path, loader.coerce(f, text, ".".join(key_path), from_string=True))
     merged = _merge(Config, False, file_data, env_data)
-    for env_key in _apply_item_overrides(loader, merged, pending):
-        if not _K8S_ENV_RE.match(env_key):
-            logger.warning("unknown environment variable: %s", env_key)
+    unknown_envs = [
+        env_key
+        for env_key in _apply_item_overrides(loader, merged, pending)
+        if not _K8S_ENV_RE.match(env_key)
+    ]
 
     # Flags.
     if flags:
@@ -1575,7 +1612,8 @@ def load_config(
         raise ConfigError(f"invalid configuration: {e}") from None
     _validate(cfg)
     object.__setattr__(cfg, "raw", _render(cfg, False))
-    return cfg
+    report = LoadReport(tuple(loader.unknown), tuple(unknown_envs), tuple(findings(cfg)))
+    return cfg, report
 
 
 def default_config_dict() -> dict[str, Any]:
