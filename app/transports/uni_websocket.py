@@ -25,7 +25,8 @@ from app.config import Config
 from app.errors import DISCONNECT_BAD_REQUEST, Disconnect
 from app.node import NODE_KEY
 from app.protocol.json import JSON_UNI
-from app.transports import closing
+from app.transports import closing, deflate
+from app.transports.deflate import Deflater, server_frame
 from app.transports.uni_http_stream import (
     BadConnectRequest,
     connect,
@@ -41,9 +42,14 @@ CONNECT_PARAM = "cf_connect"
 # Centrifugo's defaults when the options are zero.
 DEFAULT_PING_INTERVAL = 25.0
 DEFAULT_MESSAGE_SIZE_LIMIT = 65536
+_TEXT_FIN = 0x80 | WSMsgType.TEXT
 
 
 class UniWebSocketTransport:
+    """Frames are built here and written synchronously (the writer's fast path, which
+    bounds what the peer leaves unread by `write_timeout`), compressed per
+    app/transports/deflate.py when the client negotiated permessage-deflate."""
+
     name = "uni_websocket"
     codec = JSON_UNI
     unidirectional = True
@@ -53,7 +59,8 @@ class UniWebSocketTransport:
         "_sock",
         "_join",
         "_handshake",
-        "_write_timeout",
+        "_deflater",
+        "write_timeout",
         "disconnect_push",
         "closing",
     )
@@ -67,35 +74,42 @@ class UniWebSocketTransport:
         disconnect_push: bool,
         handshake: bool,
         write_timeout: float,
+        deflater: Deflater | None = None,
     ) -> None:
         self._ws = ws
         self._sock = sock
         self._join = join
         self._handshake = handshake  # False: close the socket without a closing handshake
-        self._write_timeout = write_timeout
+        self._deflater = deflater
+        self.write_timeout = write_timeout
         self.disconnect_push = disconnect_push
         self.closing = False  # we are closing the connection
 
-    async def write(self, frame: bytes) -> None:
-        if self._write_timeout <= 0:
-            await self._send(frame)
-            return
-        # aiohttp waits for the transport to drain past its high-water mark.
-        async with asyncio.timeout(self._write_timeout):
-            await self._send(frame)
-
-    async def _send(self, frame: bytes) -> None:
-        if self._join or b"\n" not in frame:
-            await self._ws.send_frame(frame, WSMsgType.TEXT)
-            return
+    def write_now(self, frame: bytes) -> int:
+        sock = self._sock
+        # After aiohttp started a closing handshake no data frame may follow the close.
+        if self._ws.closed or sock.is_closing():
+            raise ConnectionResetError("websocket is closing")
         # A frame is newline-joined pushes (compact JSON has no raw newlines).
-        for msg in frame.split(b"\n"):
-            await self._ws.send_frame(msg, WSMsgType.TEXT)
+        messages = (frame,) if self._join or b"\n" not in frame else frame.split(b"\n")
+        deflater = self._deflater
+        for msg in messages:
+            if deflater is None:
+                sock.write(server_frame(_TEXT_FIN, msg))
+            else:
+                sock.write(deflater.frame(msg, WSMsgType.TEXT))
+        return sock.get_write_buffer_size()
+
+    def unsent(self) -> int:
+        return self._sock.get_write_buffer_size()
+
+    async def write(self, frame: bytes) -> None:
+        self.write_now(frame)
 
     async def close(self, disconnect: Disconnect) -> None:
         self.closing = True
         if not self._handshake:
-            closing.release(self._sock, self._write_timeout)
+            closing.release(self._sock, self.write_timeout)
             return
         # WebSocket close reasons are limited to 123 bytes.
         await close_bounded(
@@ -103,7 +117,7 @@ class UniWebSocketTransport:
             self._sock,
             disconnect.code,
             disconnect.reason.encode()[:123],
-            self._write_timeout,
+            self.write_timeout,
         )
 
 
@@ -127,9 +141,16 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
             return web.Response(status=400, text="invalid connect request")
 
     size_limit = ucfg.message_size_limit or DEFAULT_MESSAGE_SIZE_LIMIT
-    ws = web.WebSocketResponse(
+    window_bits, notakeover = deflate.offered(request.headers) if ucfg.compression else (0, False)
+    if size_limit <= 0:
+        max_msg_size = 0
+    elif window_bits:
+        max_msg_size = deflate.max_message_size(size_limit, ucfg.decompressed_message_size_limit)
+    else:
         # aiohttp refuses a message of exactly max_msg_size; Centrifugo allows it.
-        max_msg_size=size_limit + 1 if size_limit > 0 else 0,
+        max_msg_size = size_limit + 1
+    ws = web.WebSocketResponse(
+        max_msg_size=max_msg_size,
         compress=ucfg.compression,
         # Protocol-level pings keep proxies from dropping a socket that is only written to.
         heartbeat=cfg.client.ping_interval
@@ -152,6 +173,11 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
         disconnect_push=not ucfg.disable_disconnect_push,
         handshake=not ucfg.disable_closing_handshake,
         write_timeout=ucfg.write_timeout,
+        deflater=Deflater(
+            ucfg.compression_level, ws.compress, notakeover, ucfg.compression_min_size
+        )
+        if ws.compress
+        else None,
     )
     client = new_client(node, transport, request.headers)
     try:

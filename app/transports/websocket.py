@@ -34,7 +34,8 @@ from app.node import NODE_KEY
 from app.protocol import Codec
 from app.protocol.json import JSON
 from app.protocol.protobuf import PROTOBUF
-from app.transports import admission, closing
+from app.transports import admission, closing, deflate
+from app.transports.deflate import Deflater
 
 log = logging.getLogger("centrifugo.websocket")
 
@@ -56,6 +57,9 @@ _last_framed: dict[int, tuple[bytes, bytes]] = {
 # Centrifugo's closeFrameWait.
 CLOSE_TIMEOUT = 5.0
 
+# Centrifugo's message size limit when the configured one is 0.
+DEFAULT_MESSAGE_SIZE_LIMIT = 65536
+
 # Server preference order, as in Centrifugo's upgrader.
 SUBPROTOCOLS = ("centrifuge-json", "centrifuge-protobuf")
 
@@ -64,7 +68,7 @@ class WebSocketTransport:
     """`write_now` frames a message and writes it synchronously to the socket (RFC 6455
     §5.2 server frame: FIN, opcode, length, no mask), which is what aiohttp's
     `send_frame` does for uncompressed frames minus the coroutine. Connections that
-    negotiated permessage-deflate use `DeflateWebSocketTransport` (aiohttp compresses)."""
+    negotiated permessage-deflate use `DeflateWebSocketTransport`."""
 
     name = "websocket"
     unidirectional = False
@@ -136,19 +140,29 @@ class WebSocketTransport:
 
 
 class DeflateWebSocketTransport(WebSocketTransport):
-    """permessage-deflate: frames go through aiohttp, which owns the compressor state."""
+    """permessage-deflate: each frame compressed at the configured level (or not, up to
+    `compression_min_size`) and written whole, synchronously (app/transports/deflate.py)."""
 
-    write_now = None  # type: ignore[assignment]
+    __slots__ = ("_deflater",)
 
-    __slots__ = ()
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        sock: asyncio.Transport,
+        codec: Codec,
+        deflater: Deflater,
+        *,
+        write_timeout: float = 0.0,
+    ) -> None:
+        super().__init__(ws, sock, codec, write_timeout=write_timeout)
+        self._deflater = deflater
 
-    async def write(self, frame: bytes) -> None:
-        if self.write_timeout <= 0:
-            await self._ws.send_frame(frame, self._opcode)
-            return
-        # aiohttp waits for the transport to drain past its high-water mark.
-        async with asyncio.timeout(self.write_timeout):
-            await self._ws.send_frame(frame, self._opcode)
+    def write_now(self, frame: bytes) -> int:
+        sock = self._sock
+        if self._ws.closed or sock.is_closing():
+            raise ConnectionResetError("websocket is closing")
+        sock.write(self._deflater.frame(frame, self._opcode))
+        return sock.get_write_buffer_size()
 
 
 async def close_bounded(
@@ -180,6 +194,11 @@ async def close_bounded(
         closing.abort(sock)  # the peer never answered: drop what it left
     else:
         closing.release(sock, write_timeout)
+
+
+def message_size_limit(configured: int) -> int:
+    """Centrifugo's `websocket.message_size_limit`: 0 (or less) means its default 64 KB."""
+    return configured if configured > 0 else DEFAULT_MESSAGE_SIZE_LIMIT
 
 
 def refuse_bad_key(request: web.Request) -> web.Response | None:
@@ -245,11 +264,16 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if bad is not None:
         return bad
     subprotocol = select_subprotocol(request.headers)
+    wcfg = cfg.websocket
+    window_bits, notakeover = deflate.offered(request.headers) if wcfg.compression else (0, False)
+    size_limit = message_size_limit(wcfg.message_size_limit)
     ws = web.WebSocketResponse(
         protocols=(subprotocol,) if subprotocol else (),
         # aiohttp refuses a message of exactly max_msg_size; Centrifugo allows it.
-        max_msg_size=cfg.websocket.message_size_limit + 1,
-        compress=cfg.websocket.compression,
+        max_msg_size=deflate.max_message_size(size_limit, wcfg.decompressed_message_size_limit)
+        if window_bits
+        else size_limit + 1,
+        compress=wcfg.compression,
         autoping=True,
         timeout=CLOSE_TIMEOUT,
     )
@@ -263,13 +287,26 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if sock is None:  # the peer left right after the upgrade
         return ws
     _release_http_parser(request)
-    cls = DeflateWebSocketTransport if ws.compress else WebSocketTransport
-    transport = cls(
-        ws,
-        sock,  # type: ignore[arg-type]
-        select_codec(request.query, subprotocol),
-        write_timeout=cfg.websocket.write_timeout,
-    )
+    codec = select_codec(request.query, subprotocol)
+    transport: WebSocketTransport
+    if ws.compress:
+        deflater = Deflater(
+            wcfg.compression_level, ws.compress, notakeover, wcfg.compression_min_size
+        )
+        transport = DeflateWebSocketTransport(
+            ws,
+            sock,  # type: ignore[arg-type]
+            codec,
+            deflater,
+            write_timeout=wcfg.write_timeout,
+        )
+    else:
+        transport = WebSocketTransport(
+            ws,
+            sock,  # type: ignore[arg-type]
+            codec,
+            write_timeout=wcfg.write_timeout,
+        )
     client = Client(node, transport, headers=request.headers)
     try:
         # `receive()` rather than `async for`: one coroutine frame less held per idle
@@ -287,7 +324,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 break
             data = None  # type: ignore[assignment]
         if ws.close_code == 1009:
-            log.info("client %s sent a message over websocket.message_size_limit", client.uid)
+            log.info(
+                "client %s sent a message over websocket.%s",
+                client.uid,
+                "decompressed_message_size_limit" if ws.compress else "message_size_limit",
+            )
     finally:
         await client.transport_closed()
         if not transport.closing:

@@ -42,6 +42,7 @@ from app.transports import admission, closing
 from app.transports.websocket import (
     CLOSE_TIMEOUT,
     WebSocketTransport,
+    message_size_limit,
     origin_allowed,
     select_codec,
     select_subprotocol,
@@ -286,7 +287,7 @@ class LeanWebSocket(asyncio.Protocol):
         self._frag: list[bytes] = []
         self._frag_size = 0
         node = self._server.node
-        self._limit = node.config.websocket.message_size_limit
+        self._limit = message_size_limit(node.config.websocket.message_size_limit)
         self._inbox: collections.deque[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._paused = False
