@@ -27,6 +27,7 @@ from app.errors import (
     DISCONNECT_NO_PONG,
     DISCONNECT_NOT_AVAILABLE,
     DISCONNECT_PERMISSION_DENIED,
+    DISCONNECT_SERVER_ERROR,
     DISCONNECT_STALE,
     ERROR_EXPIRED,
     ERROR_INTERNAL,
@@ -456,7 +457,10 @@ class Client(SubscribeFlow, ChannelCommands):
 
         personal = cfg.subscribe_to_user_personal_channel
         if personal.enabled and self.user:
-            sub_requests.setdefault(node.resolver.personal_channel(self.user), SubRequest())
+            channel = node.resolver.personal_channel(self.user)
+            if personal.single_connection:
+                await self._single_connection(node, channel)
+            sub_requests.setdefault(channel, SubRequest())
 
         # The connect request names channels with their recovery positions: those
         # granted server-side above, and public ones the client could join itself.
@@ -548,6 +552,21 @@ class Client(SubscribeFlow, ChannelCommands):
         self._schedule_ping(first=True)
         self._schedule_expiry()
         return None
+
+    async def _single_connection(self, node: Node, personal_channel: str) -> None:
+        """`subscribe_to_user_personal_channel.single_connection`, as Centrifugo does it: a
+        user already present in their personal channel (on any worker or node) has those
+        connections closed with 3504 before this one is accepted."""
+        try:
+            stats = await node.presence_stats(personal_channel)
+            if stats.num_clients >= 1:
+                await node.disconnect_user(
+                    self.user, Disconnect(DISCONNECT_CONNECTION_LIMIT), whitelist=[self.uid]
+                )
+        except Exception as e:  # the engine failed: a reconnect code, as in Centrifugo
+            raise Disconnect(
+                DISCONNECT_SERVER_ERROR, detail=f"single connection check failed: {e!r}"
+            ) from None
 
     async def connect_request(self, request: dict[str, Any]) -> None:
         """Run a ConnectRequest of a unidirectional transport, answering with the
