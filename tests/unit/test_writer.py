@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from app.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR, Disconnect
 from app.protocol.json import JSON
 from app.protocol.protobuf import PROTOBUF
+from app.transports.deflate import Deflater
 from app.transports.websocket import DeflateWebSocketTransport, WebSocketTransport
 from app.writer import Writer
 
@@ -44,9 +45,13 @@ async def server() -> AsyncIterator[Server]:
         await ws.prepare(request)
         codec = PROTOBUF if request.query.get("format") == "protobuf" else JSON
         assert request.transport is not None
-        # As the app's handler: aiohttp compresses when the client negotiated it.
-        cls = DeflateWebSocketTransport if ws.compress else WebSocketTransport
-        transport = cls(ws, request.transport, codec)
+        # As the app's handler: frames are deflated when the client negotiated it.
+        transport: WebSocketTransport
+        if ws.compress:
+            deflater = Deflater(1, ws.compress, False, 0)
+            transport = DeflateWebSocketTransport(ws, request.transport, codec, deflater)
+        else:
+            transport = WebSocketTransport(ws, request.transport, codec)
         try:
             assert srv.handler is not None
             await srv.handler(ws, transport)
@@ -155,7 +160,7 @@ async def test_protobuf_frames_are_binary(server: Server) -> None:
     assert (msg.type, msg.data) == (WSMsgType.BINARY, b"\x02\x08\x01\x01\x00")
 
 
-async def test_permessage_deflate_goes_through_aiohttp(server: Server) -> None:
+async def test_permessage_deflate_frames_reach_an_aiohttp_client(server: Server) -> None:
     kinds: list[str] = []
 
     async def handler(ws: web.WebSocketResponse, transport: WebSocketTransport) -> None:
