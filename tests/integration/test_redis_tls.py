@@ -212,7 +212,7 @@ async def test_mtls_refused_without_client_certificate(mtls_redis, pki):
     await first_contact_error(redis_config(mtls_redis.address(), **ca_tls(pki)))
 
 
-async def test_mtls_pubsub_and_pipeline_refused_without_client_certificate(
+async def test_engine_unhealthy_on_mtls_redis_without_client_certificate(
     engine_of, mtls_redis, pki
 ):
     broker, _, _ = await engine_of(redis_config(mtls_redis.address(), **ca_tls(pki)))
