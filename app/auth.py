@@ -492,11 +492,15 @@ class _JwksClient:
 
 
 def _group_body(pattern: str, name: str) -> str | None:
-    """Text inside the named group `(?P<name>...)` of a regex pattern, or None."""
-    start = pattern.find(f"(?P<{name}>")
-    if start < 0:
+    """Text inside the named group `(?P<name>...)` (or Go's `(?<name>...)`) of a regex
+    pattern, or None."""
+    for opener in (f"(?P<{name}>", f"(?<{name}>"):
+        start = pattern.find(opener)
+        if start >= 0:
+            break
+    else:
         return None
-    i = start + len(name) + 5
+    i = start + len(opener)
     body_start, depth = i, 1
     while i < len(pattern):
         ch = pattern[i]

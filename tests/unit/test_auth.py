@@ -945,6 +945,12 @@ def test_jwks_template_needs_explicit_alternation() -> None:
     assert relaxed._conn.jwks is not None
     with pytest.raises(ValueError, match="jwks_public_endpoint"):
         verifier(jwks_public_endpoint="ftp://example.com/keys")
+    # Go's (?<name>...) spelling of a named group counts as Python's (?P<name>...).
+    go_style = verifier(
+        jwks_public_endpoint="http://127.0.0.1:1/{{realm}}/certs",
+        issuer_regex=r"https://auth/(?<realm>alpha|beta)",
+    )
+    assert go_style._conn.jwks is not None
 
 
 # --------------------------------------------------------------------------- cost
