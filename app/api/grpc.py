@@ -37,7 +37,7 @@ from app.errors import ClientError
 from app.models import ClientInfo, Publication
 from app.node import NODE_KEY
 from app.protocol.protobuf import varint
-from app.proxy.tls import load_pem
+from app.tls import load_pem
 
 if TYPE_CHECKING:
     from app.node import Node

@@ -15,10 +15,10 @@ import grpc
 import grpc.aio
 
 from app.config import ProxyConfig
+from app.tls import load_pem
 
 from .gen import proxy_pb2 as pb
 from .models import ProxyContext, ProxyUnavailable
-from .tls import load_pem
 
 __all__ = ["GRPCCaller", "grpc_request_metadata", "message_to_dict", "grpc_target"]
 

@@ -18,9 +18,9 @@ import orjson
 from multidict import CIMultiDict
 
 from app.config import ProxyConfig
+from app.tls import ssl_context
 
 from .models import RAW_FIELDS, ProxyContext, ProxyUnavailable, decode_json_response
-from .tls import ssl_context
 
 __all__ = ["HTTPCaller", "encode_json_request", "http_request_headers", "new_session"]
 

@@ -18,13 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from app.config import ConfigError, TLSConfig
 from app.tls import server_context
 from tests.tls_certs import CA, make_ca, self_signed
 
-from .helpers import REPO_ROOT, free_port, node_available, run_js, start_server
+from .helpers import REPO_ROOT, deep_merge, free_port, node_available, run_js, start_server
+from .redis_e2e_helpers import RedisProcess, redis_config, worker_of
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +257,42 @@ def test_server_context_accepts_every_pem_form(tmp_path: Path) -> None:
         server_context(
             TLSConfig(enabled=True, cert_pem=str(leaf.cert_path), key_pem="nope"), "http_server.tls"
         )
+
+
+async def test_every_worker_serves_wss(ca: CA, redis_server: RedisProcess) -> None:
+    """Two gunicorn workers (one SO_REUSEPORT listener each): both answer over TLS."""
+    leaf = ca.issue("two-workers")
+    config = deep_merge(
+        redis_config(redis_server.port),
+        {
+            "http_server": {
+                "tls": {
+                    "enabled": True,
+                    "cert_pem": str(leaf.cert_path),
+                    "key_pem": str(leaf.key_path),
+                }
+            }
+        },
+    )
+    handle = start_server(config, workers=2, ready=_ready_over(ca.client_context()))
+    try:
+        ctx = ca.client_context()
+        workers: set[int | None] = set()
+        async with aiohttp.ClientSession() as session:
+            sockets = []
+            for _ in range(40):
+                ws = await session.ws_connect(
+                    f"wss://127.0.0.1:{handle.port}/connection/websocket", ssl=ctx
+                )
+                await ws.send_str(json.dumps({"id": 1, "connect": {"token": handle.token("u")}}))
+                reply = json.loads((await ws.receive(timeout=5)).data)
+                assert "connect" in reply, reply
+                sockets.append(ws)
+            for ws in sockets:
+                local = ws.get_extra_info("sockname")[1]
+                workers.add(worker_of(handle, local))
+            for ws in sockets:
+                await ws.close()
+        assert None not in workers and len(workers) == 2, workers
+    finally:
+        handle.stop()

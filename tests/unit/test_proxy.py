@@ -21,7 +21,7 @@ from app.proxy import models as m
 from app.proxy.gen import proxy_pb2 as pb
 from app.proxy.grpc import grpc_request_metadata, grpc_target, message_to_dict
 from app.proxy.http import HTTPCaller, encode_json_request, http_request_headers
-from app.proxy.tls import load_pem
+from app.tls import load_pem
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
 """TLS to Redis: a `tls` / `sentinel_tls` block (or a `rediss://` address) turned into a dial.
 
 Centrifugo's rules (internal/redisshard): `tls.enabled` builds a TLS config from the block
-(PEM values as raw text, base64 or a file path, app/proxy/tls.py) for every data connection
+(PEM values as raw text, base64 or a file path, app/tls.py) for every data connection
 of the section; without it, a `rediss://` or `rediss+sentinel://` address or the
 `tls_enabled=true` query option turns on TLS with the system roots. Sentinel connections take
 `sentinel_tls` (or `rediss+sentinel://`, `sentinel_tls_enabled=true`) the same way. TLS 1.2 at
@@ -23,7 +23,7 @@ from redis.asyncio.connection import Connection
 from redis.asyncio.sentinel import SentinelManagedConnection
 
 from app.config import TLSConfig
-from app.proxy.tls import ssl_context
+from app.tls import ssl_context
 
 __all__ = ["TLSDial", "dial_from_config", "connection_class", "sentinel_connection_class"]
 
