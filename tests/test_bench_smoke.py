@@ -212,3 +212,29 @@ def test_idle_rows_take_the_connect_rate_of_their_own_median_run() -> None:
     assert out["connects_per_s"] == 2600
     assert out["server_cpu_ms_per_connect"] == 1000 / 2600
     assert out["runs_connects_per_s"] == [2600, 1100, 2800]
+
+
+@pytest.mark.timeout(60)
+def test_spread_bench_reports_each_design(tmp_path: Path, redis_server_available: None) -> None:
+    """`python -m bench.spread` at a tiny size: both listener designs start, every burst
+    connection is held by some worker, and the JSON says each design's shares and rate."""
+    out = tmp_path / "spread.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.spread", "--clients", "20", "--runs", "1", "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    doc = json.loads(out.read_text())
+    assert doc["clients"] == 20 and doc["workers"] == 2 and doc["runs"] == 1
+    assert set(doc["designs"]) == {"reuseport", "shared"}
+    for design, d in doc["designs"].items():
+        (shares,) = d["shares_runs"]
+        assert len(shares) == 2 and sum(shares) == pytest.approx(1.0), design
+        assert shares == sorted(shares, reverse=True), design
+        assert d["largest_share_median"] == shares[0], design
+        assert d["connects_per_s_median"] > 0, design
