@@ -1,13 +1,33 @@
 """Listening sockets under gunicorn: one SO_REUSEPORT listener per worker slot (issue 15).
 
 With one listening socket shared by every worker, the worker that wakes first accepts the
-whole queue: 1,000 WebSocket connects arriving at once split 64-100 % / 0-36 % over two
-workers (`python -m bench.spread --designs shared`), while connects arriving one by one split
-evenly. Here the master binds one listener per worker slot on the same address, all with
-SO_REUSEPORT, and the kernel hashes each new connection onto one of them; each worker accepts
-only on its slot's socket. Measured on the same 2-core VM, 1,000 connects at once, median of
-3 runs (`python -m bench.spread`): the largest worker's share 0.50-0.52 instead of 0.64-1.0,
-connects/s no lower (figures in bench/spread.py).
+whole queue: 1,000 WebSocket connects arriving at once gave the larger worker 0.56-0.64 of
+them (single runs up to 1.0) while connects arriving one by one split evenly. Here the master
+binds one listener per worker slot on the same address, all with SO_REUSEPORT, and the kernel
+hashes each new connection onto one of them; each worker accepts only on its slot's socket.
+`python -m bench.spread` (2 workers, 1,000 connects at once, 3 runs per design, alternating;
+2-core VM shared with other jobs), two sessions:
+
+    design     larger worker's share (median; runs)   connects/s (median)
+    reuseport  0.511 (0.523 0.511 0.504)              1,552
+    shared     0.620 (0.623 0.595 0.620)              1,195
+    reuseport  0.508 (0.525 0.508 0.504)              8,245
+    shared     0.560 (0.537 0.574 0.560)              5,068
+
+The hash split of 1,000 connections has a standard deviation of 0.016, so 0.40-0.60 holds by
+six of them whatever the machine does; connects/s was higher in both sessions (each new
+connection wakes only its slot's worker instead of both).
+
+Not chosen: bounding the accepts per loop turn. asyncio accepts up to the listen backlog per
+wake-up, but uvloop (used where installed) hands the socket to libuv 1.52, which accepts
+until EAGAIN with no bound and no longer reads UV_TCP_SINGLE_ACCEPT; a Python accept loop
+(add_reader + connect_accepted_socket) would cost a task per connection on the connect path
+issue 7 made lean. EPOLLEXCLUSIVE wakes one waiter but that one still drains the queue.
+
+The cost is at a worker's exit: connections hashed to its slot wait until gunicorn's
+replacement accepts them. After SIGTERM to one of 2 idle workers, 40 upgrades waited up to
+0.36-0.49 s (drain, reap, fork, app start) against 0.01 s with the shared socket, where the
+other worker takes everything at once. Nothing is lost, as the test proves for a SIGKILL.
 
 Why the master holds every slot's socket (and not gunicorn's own `reuse_port`, which has each
 worker bind its own socket after the fork): a socket leaves the reuseport group only when its
