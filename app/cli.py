@@ -759,6 +759,11 @@ def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     if workers > 1 and _uses_memory_engine(cfg):
         raise CliError(MEMORY_WORKERS_ERROR)
     child_exit = _prepare_multiprocess_metrics() if cfg.prometheus.enabled else None
+    if cfg.client.connection_rate_limit > 0 and workers > 1:
+        # One bucket for the node (Centrifugo's limit is per node), in a page the workers share.
+        from app.transports.admission import share_across_workers
+
+        share_across_workers()
     _check_redis(cfg)
     from app.tls import listener_contexts
 

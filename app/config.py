@@ -1370,6 +1370,20 @@ def _validate(cfg: Config) -> None:
         port = getattr(cfg.http_server, port_key)
         if not 0 <= port <= 65535:
             raise ConfigError(f"invalid value for http_server.{port_key}: {port}")
+    for section in ("websocket", "uni_websocket"):
+        ws = getattr(cfg, section)
+        if ws.compression and not -2 <= ws.compression_level <= 9:
+            # Centrifugo logs this on every connection and compresses at level 1.
+            logger.warning(
+                "%s.compression_level %d is not a flate level (-2..9): level 1 is used",
+                section,
+                ws.compression_level,
+            )
+        for key in ("compression_min_size", "decompressed_message_size_limit"):
+            if getattr(ws, key) < 0:
+                raise ConfigError(f"invalid value for {section}.{key}: must not be negative")
+    if cfg.client.connection_rate_limit < 0:
+        raise ConfigError("invalid value for client.connection_rate_limit: must not be negative")
 
     client = cfg.client
     if client.ping_interval > 0 and client.pong_timeout > 0:

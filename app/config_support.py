@@ -35,6 +35,9 @@ _AUTOCERT = (
     "automatic ACME certificates need a public ACME server; use http_server.tls with your "
     "certificate"
 )
+_GO_BUFFERS = (
+    "Go's WebSocket buffer tuning has no equivalent here (asyncio reads into its own buffer)"
+)
 _MAP = "map subscriptions and shared poll are not implemented"
 _DELTA = "delta compression is not implemented"
 _NATS = "the NATS broker is not implemented (broker.type accepts memory and redis)"
@@ -89,6 +92,10 @@ UNSUPPORTED: dict[str, str] = {
         k: "cache recovery without a force_recovery_mode is not implemented"
         for k in _ns("auto_cache_recover")
     },
+    "*websocket.read_buffer_size": _GO_BUFFERS,
+    "*websocket.write_buffer_size": _GO_BUFFERS,
+    "*websocket.use_write_buffer_pool": _GO_BUFFERS,
+    "client.concurrency": "commands of one connection are processed one at a time",
     "client.channel_position_max_time_lag": "positioning checks the stream position only, "
     "not the time lag",
     "**.grpc.tls.insecure_skip_verify": "gRPC proxies always verify the server certificate "

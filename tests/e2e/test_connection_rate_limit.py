@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from .helpers import ServerHandle, start_server
+from .helpers import ServerHandle, deep_merge, start_server
+from .redis_e2e_helpers import RedisProcess, redis_config
 
 LIMIT = 2
 CONFIG: dict[str, Any] = {
@@ -132,3 +133,18 @@ async def test_the_bucket_refills_at_the_limit_per_second(srv: ServerHandle, con
     await asyncio.sleep(1.0)
     statuses = await conns.send_together(srv.port, [LEAN_WS] * (LIMIT + 2))
     assert sorted(statuses) == [101] * LIMIT + [503] * 2
+
+
+async def test_the_limit_is_per_node_across_workers(
+    redis_server: RedisProcess, conns: Conns
+) -> None:
+    """Two workers (each with its own SO_REUSEPORT listener) draw from one bucket: the
+    limit holds for the node, not per worker."""
+    handle = start_server(deep_merge(redis_config(redis_server.port), CONFIG), workers=2)
+    try:
+        await asyncio.sleep(1.0)  # a full bucket (the refill interval, as in `srv`)
+        statuses = await conns.send_together(handle.port, [LEAN_WS] * (LIMIT + 8))
+        assert sorted(statuses) == [101] * LIMIT + [503] * 8
+    finally:
+        await conns.close()
+        handle.stop()
