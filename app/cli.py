@@ -825,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_cli_logging()
     try:
         return _dispatch(list(sys.argv[1:] if argv is None else argv))
-    except (CliError, ConfigError) as e:
+    except (CliError, ConfigError, listeners.ListenError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except SystemExit as e:  # argparse --help, gunicorn's arbiter exit
