@@ -53,8 +53,6 @@ UNSUPPORTED: dict[str, str] = {
     "**.redis.history_use_lists": "history is kept in Redis streams only",
     "**.redis.presence_hash_field_ttl": "presence uses the classic hash + sorted set layout",
     "**.redis.presence_user_mapping": "presence uses the classic hash + sorted set layout",
-    "**.redis.client_name": "Redis connections are not named",
-    "**.redis.sentinel_client_name": "Redis connections are not named",
     "broker.nats.**": _NATS,
     "broker.redisnats": "the redisnats broker is not implemented",
     "broker.postgres": _PG,

@@ -18,7 +18,8 @@ Failure handling mirrors what the engine had with redis-py:
 - no progress on a connection with commands outstanding for `io_timeout` aborts it and fails
   those commands with redis TimeoutError (no retry: Redis may be frozen, and a retry would
   double the wait); a connect that takes longer than `connect_timeout` fails the same way;
-- AUTH and SELECT are awaited on a new connection before any command is written to it;
+- AUTH, CLIENT SETNAME (the section's client_name, if any) and SELECT are awaited on a new
+  connection before any command is written to it;
 - scripts given to the pipeline are loaded (SCRIPT LOAD) in the handshake of every new
   connection, so a restarted Redis (empty script cache) never answers NOSCRIPT to commands
   that wait for the reconnect. A NOSCRIPT all the same (SCRIPT FLUSH under a live connection)
@@ -99,7 +100,7 @@ class _Cmd:
 
 
 class _HandshakeError(RedisConnectionError):
-    """AUTH or SELECT refused: retrying cannot help."""
+    """AUTH, CLIENT SETNAME or SELECT refused: retrying cannot help."""
 
 
 def _fail(cmd: _Cmd, exc: BaseException) -> None:
@@ -117,7 +118,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.inflight: deque[_Cmd] = deque()
         self.progress_at = 0.0  # loop time of the last reply, or of a write into idle
-        self.ready = False  # AUTH/SELECT done: commands may be written
+        self.ready = False  # handshake (AUTH, SETNAME, SELECT) done: commands may be written
         self.dropped = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -303,14 +304,17 @@ class AutoPipeline:
         self._flush()
 
     async def _setup(self, conn: _Conn, ep: Endpoint) -> None:
-        """AUTH and SELECT, awaited before any command is written: a command must never
-        run as another user or in another database because its handshake failed."""
+        """AUTH, CLIENT SETNAME and SELECT, awaited before any command is written: a command
+        must never run as another user or in another database because its handshake failed.
+        The name goes on every connection, as rueidis sends ClientName in its HELLO."""
         setup: list[tuple[Any, ...]] = []
         if ep.password:
             if ep.username:
                 setup.append(("AUTH", ep.username, ep.password))
             else:
                 setup.append(("AUTH", ep.password))
+        if ep.client_name:
+            setup.append(("CLIENT", "SETNAME", ep.client_name))
         if self._db:
             setup.append(("SELECT", self._db))
         if self._closed:
@@ -362,7 +366,7 @@ class AutoPipeline:
             conn.transport.abort()
         inflight, conn.inflight = conn.inflight, deque()
         if not conn.ready:
-            # Lost during AUTH/SELECT: _connect handles that (see _connect_failed).
+            # Lost during the handshake: _connect handles that (see _connect_failed).
             for cmd in inflight:
                 _fail(cmd, exc)
             return

@@ -40,6 +40,8 @@ BATCH = 512
 FLUSH_DELAY = 0.001
 # PING cadence of an idle ready link (centrifuge's rueidis dialer KeepAlive).
 KEEPALIVE = 0.4
+# The readers' connection name when the section sets no client_name.
+DEFAULT_NAME = b"centrifugo-py-pubsub"
 
 
 @dataclass(slots=True)
@@ -50,6 +52,7 @@ class Endpoint:
     username: str = ""
     password: str = ""
     tls: TLSDial | None = None  # never over unix_path
+    client_name: str = ""  # CLIENT SETNAME in the handshake ("": none, or the reader's own)
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -432,7 +435,10 @@ class PubSubConnection:
                     args.append(ep.username.encode())
                 args.append(ep.password.encode())
                 await self._handshake_call(*args)
-            await self._handshake_call(b"CLIENT", b"SETNAME", b"centrifugo-py-pubsub")
+            # The configured client_name, as Centrifugo (rueidis names every connection, PUB/SUB
+            # ones included); without one, a name of its own tells the readers apart.
+            name = ep.client_name.encode() or DEFAULT_NAME
+            await self._handshake_call(b"CLIENT", b"SETNAME", name)
         finally:
             self._in_handshake = False
 

@@ -114,6 +114,8 @@ class ShardSpec:
     password: str = ""
     tls: TLSDial | None = None  # data connections (tls.py: `tls`, rediss://)
     sentinel_tls: TLSDial | None = None  # connections to the Sentinels
+    client_name: str = ""  # CLIENT SETNAME on every data connection ("": none)
+    sentinel_client_name: str = ""  # the same on connections to the Sentinels
     seeds: list[tuple[str, int]] = field(default_factory=list)  # cluster or sentinel nodes
     master_name: str = ""
     sentinel_username: str = ""
@@ -155,6 +157,31 @@ def _dials(
         raise RedisConfigError(str(e)) from None
 
 
+def _client_name(value: str, key: str) -> str:
+    """`value` if Redis would take it in CLIENT SETNAME. Redis refuses a name with spaces,
+    newlines or any byte outside '!'..'~' (networking.c), so no connection could ever be
+    made: start-up refuses with one line naming the key instead (Centrifugo fails creating
+    its rueidis client, whose handshake sends the name, the same way)."""
+    if any(not "!" <= ch <= "~" for ch in value):
+        raise RedisConfigError(
+            f"{key}: {value!r} is not a valid Redis client name "
+            "(printable ASCII, no spaces or special characters)"
+        )
+    return value
+
+
+def _names(rcfg: RedisConfig, where: str) -> tuple[str, str]:
+    """The section's (client_name, sentinel_client_name), checked. Only the section's keys name
+    connections: Centrifugo's address options know no client_name (redisshard.go
+    optionsFromAddress). sentinel_client_name also applies to a redis+sentinel:// address,
+    as sentinel_user, sentinel_password and sentinel_tls do here (Centrifugo reads it with
+    sentinel_address only, and would drop it silently)."""
+    return (
+        _client_name(rcfg.client_name, f"{where}.client_name"),
+        _client_name(rcfg.sentinel_client_name, f"{where}.sentinel_client_name"),
+    )
+
+
 def parse_address(address: str, rcfg: RedisConfig, where: str = "redis") -> ShardSpec:
     """Centrifugo's address forms: redis://, rediss://, unix://, redis+sentinel://,
     rediss+sentinel://, redis+cluster://, or a bare host:port. `where` names the section in
@@ -164,7 +191,14 @@ def parse_address(address: str, rcfg: RedisConfig, where: str = "redis") -> Shar
     u = urlsplit(address)
     q = {k: v[-1] for k, v in parse_qs(u.query).items()}
     extra = parse_qs(u.query).get("addr", [])
-    spec = ShardSpec(db=rcfg.db, username=rcfg.user, password=rcfg.password)
+    name, sentinel_name = _names(rcfg, where)
+    spec = ShardSpec(
+        db=rcfg.db,
+        username=rcfg.user,
+        password=rcfg.password,
+        client_name=name,
+        sentinel_client_name=sentinel_name,
+    )
     if u.username:
         spec.username = unquote(u.username)
     if u.password:
@@ -206,7 +240,8 @@ def parse_address(address: str, rcfg: RedisConfig, where: str = "redis") -> Shar
 
 def specs_from_config(rcfg: RedisConfig, where: str = "redis") -> list[ShardSpec]:
     """The shards of one Redis section; RedisConfigError (one line naming the key, the
-    section being `where`) for an address or a TLS setting that cannot be used."""
+    section being `where`) for an address, a TLS setting or a client name that cannot be used."""
+    name, sentinel_name = _names(rcfg, where)
     if rcfg.cluster_address:
         seeds = [_host_port(a.split("://")[-1], 6379) for a in rcfg.cluster_address]
         tls, _ = _dials(rcfg, where)
@@ -219,6 +254,7 @@ def specs_from_config(rcfg: RedisConfig, where: str = "redis") -> list[ShardSpec
                 username=rcfg.user,
                 password=rcfg.password,
                 tls=tls,
+                client_name=name,
             )
         ]
     if rcfg.sentinel_address:
@@ -236,6 +272,8 @@ def specs_from_config(rcfg: RedisConfig, where: str = "redis") -> list[ShardSpec
                 db=rcfg.db,
                 tls=tls,
                 sentinel_tls=sentinel_tls,
+                client_name=name,
+                sentinel_client_name=sentinel_name,
             )
         ]
     return [parse_address(a, rcfg, where) for a in rcfg.address]
@@ -425,6 +463,9 @@ class Shard:
         common = {
             "username": self.spec.username or None,
             "password": self.spec.password or None,
+            # CLIENT SETNAME on each connection redis-py opens (standalone, Cluster nodes,
+            # Sentinel-managed masters), as rueidis does with ClientName.
+            "client_name": self.spec.client_name or None,
             "socket_connect_timeout": self._connect_timeout,
             "socket_timeout": self._io_timeout,
             "decode_responses": False,
@@ -502,6 +543,7 @@ class Shard:
                 sentinel_kwargs={
                     "username": spec.sentinel_username or None,
                     "password": spec.sentinel_password or None,
+                    "client_name": spec.sentinel_client_name or None,
                     "socket_connect_timeout": self._connect_timeout,
                     "socket_timeout": self._io_timeout,
                 },
@@ -568,6 +610,7 @@ class Shard:
                 username=spec.username,
                 password=spec.password,
                 tls=spec.tls,
+                client_name=spec.client_name,
             )
 
             async def resolve() -> Endpoint:
@@ -607,7 +650,12 @@ class Shard:
     async def endpoint(self, partition: int = 0) -> Endpoint:
         """Where the PUB/SUB connection for `partition` must go right now."""
         spec = self.spec
-        base = Endpoint(username=spec.username, password=spec.password, tls=spec.tls)
+        base = Endpoint(
+            username=spec.username,
+            password=spec.password,
+            tls=spec.tls,
+            client_name=spec.client_name,
+        )
         if spec.kind == "standalone":
             base.host, base.port, base.unix_path = spec.host, spec.port, spec.unix_path
         elif spec.kind == "sentinel":
