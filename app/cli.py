@@ -308,9 +308,10 @@ def cmd_genconfig(args: argparse.Namespace) -> int:
 def cmd_checkconfig(args: argparse.Namespace) -> int:
     path, _ = _config_path(args)
     if not args.strict:
-        load_config(path)
+        _check_resources(load_config(path))
         return 0
-    _, report = load_config_report(path)
+    cfg, report = load_config_report(path)
+    _check_resources(cfg)
     problems = [f"unknown key in config: {key}" for key in report.unknown_keys]
     problems += [finding.message() for finding in report.unsupported]
     for line in problems:
@@ -680,6 +681,15 @@ def _leave_listener_to_uvloop(site: Any) -> None:
     inner = getattr(getattr(site, "_sock", None), "sock", None)
     if isinstance(inner, socket.socket):
         inner.detach()
+
+
+def _check_resources(cfg: Config) -> None:
+    """What start-up checks beyond the schema: Redis addresses and settings, and the
+    listeners' certificates (so checkconfig passes only a config that can start)."""
+    _check_redis(cfg)
+    from app.tls import listener_contexts
+
+    listener_contexts(cfg)
 
 
 def _check_redis(cfg: Config) -> None:

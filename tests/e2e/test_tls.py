@@ -296,3 +296,30 @@ async def test_every_worker_serves_wss(ca: CA, redis_server: RedisProcess) -> No
         assert None not in workers and len(workers) == 2, workers
     finally:
         handle.stop()
+
+
+def test_checkconfig_checks_certificates(tmp_path: Path) -> None:
+    """checkconfig passes only a config that can start: the certificate files are read."""
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "http_server": {
+                    "tls": {
+                        "enabled": True,
+                        "cert_pem": str(tmp_path / "x.crt"),
+                        "key_pem": str(tmp_path / "x.key"),
+                    }
+                }
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "checkconfig", "-c", str(config)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("error: http_server.tls.cert_pem:"), done.stderr
