@@ -8,7 +8,6 @@ test fails if the server log contains a Python traceback.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -52,12 +51,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def redis_server_available() -> str:
     """The Redis server binary (tests/redis_binary.py); skips when there is none, fails
     under CI (which installs redis-server, and the [test] extra brings valkey-server)."""
-    path = redis_binary.server_path()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(redis_binary.MISSING)
-        pytest.skip(redis_binary.MISSING)
-    return path
+    return redis_binary.require()
 
 
 @pytest.fixture(scope="session")

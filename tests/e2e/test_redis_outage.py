@@ -131,7 +131,9 @@ async def test_worker_replaced_while_redis_down_boots_and_heals(
         await api.close()
 
 
-async def test_server_started_while_redis_down_boots_and_heals() -> None:
+async def test_server_started_while_redis_down_boots_and_heals(
+    redis_server_available: str,
+) -> None:
     """The server starts with its Redis not yet running: every worker boots and answers
     /health 500, clients are refused temporarily, the API answers 100; once Redis starts,
     everything heals without a restart."""

@@ -27,7 +27,7 @@ from app.engines.redis.presence import RedisPresenceManager
 from app.models import ClientInfo, Publication
 
 # A string at import time (pytest-redis takes it when the module loads); without any binary,
-# `_redis_binary` below skips the directory before pytest-redis would try to run it.
+# `pytest_runtest_setup` below skips the Redis tests before pytest-redis would run it.
 REDIS_SERVER = redis_binary.server_path() or "redis-server"
 
 redis_proc = factories.redis_proc(executable=REDIS_SERVER, port=None)
@@ -35,10 +35,11 @@ redis_proc2 = factories.redis_proc(executable=REDIS_SERVER, port=None)
 redis_proc_restart = factories.redis_proc(executable=REDIS_SERVER, port=None)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _redis_binary(redis_server_available: str) -> None:
-    """Every test here runs Redis: skip (fail under CI) without a server binary. Session
-    scope and autouse, so it runs before pytest-redis' session fixtures start one."""
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The test_redis_* modules run Redis: skip them (fail under CI) without a server binary.
+    A hook, not a fixture: it runs before pytest-redis' session fixtures would start one."""
+    if item.path.name.startswith("test_redis_"):
+        redis_binary.require()
 
 
 def url_of(proc: Any) -> str:
