@@ -93,7 +93,6 @@ UNSUPPORTED: dict[str, str] = {
     "*websocket.read_buffer_size": _GO_BUFFERS,
     "*websocket.write_buffer_size": _GO_BUFFERS,
     "*websocket.use_write_buffer_pool": _GO_BUFFERS,
-    "client.concurrency": "commands of one connection are processed one at a time",
     "client.channel_position_max_time_lag": "positioning checks the stream position only, "
     "not the time lag",
     "**.grpc.tls.insecure_skip_verify": "gRPC proxies always verify the server certificate "

@@ -36,6 +36,7 @@ class ChannelCommands:
         channel = get_str(params, "channel")
         if not channel:
             raise Disconnect(DISCONNECT_BAD_REQUEST)
+        await self._subscribe_settled(channel)
         sub = self._subs.get(channel)
         if sub is not None:
             await self._drop_subscription(sub)
@@ -48,7 +49,7 @@ class ChannelCommands:
             raise Disconnect(DISCONNECT_BAD_REQUEST)
         chinfo = self.node.resolve(channel, client_side=True)
         ns = chinfo.options
-        sub = self._subs.get(channel)
+        sub = self._subscribed(channel)
         fmt = ns.publication_data_format
         if fmt == "json_object" and not data.startswith(b"{"):
             raise ClientError(ERROR_BAD_REQUEST)
@@ -100,7 +101,8 @@ class ChannelCommands:
     def _check_presence(self, chinfo: ChannelInfo) -> None:
         if not chinfo.options.presence:
             raise ClientError(ERROR_NOT_AVAILABLE)
-        if not self._presence_permitted(chinfo.options, chinfo.channel in self._subs):
+        subscribed = self._subscribed(chinfo.channel) is not None
+        if not self._presence_permitted(chinfo.options, subscribed):
             raise ClientError(ERROR_PERMISSION_DENIED)
 
     async def _cmd_history(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +118,7 @@ class ChannelCommands:
             since = StreamPosition(get_int(since_raw, "offset"), get_str(since_raw, "epoch"))
         if not ns.history_enabled:
             raise ClientError(ERROR_NOT_AVAILABLE)
-        if not self._history_permitted(ns, chinfo.channel in self._subs):
+        if not self._history_permitted(ns, self._subscribed(chinfo.channel) is not None):
             raise ClientError(ERROR_PERMISSION_DENIED)
         if since is not None and reverse and since.offset == 0:
             raise ClientError(ERROR_BAD_REQUEST)
@@ -156,8 +158,8 @@ class ChannelCommands:
         token = get_str(params, "token")
         if not channel:
             raise Disconnect(DISCONNECT_BAD_REQUEST)
-        sub = self._subs.get(channel)
-        if sub is None:
+        sub = self._subscribed(channel)
+        if sub is None:  # as centrifuge: a subscribe still in flight is not subscribed yet
             raise ClientError(ERROR_PERMISSION_DENIED)
         if self.node.proxies.sub_refresh_proxy(sub.chinfo.options) is not None:
             raise Disconnect(DISCONNECT_BAD_REQUEST)  # refreshed server-side by the proxy

@@ -8,11 +8,12 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from app import VERSION_STRING, metrics
 from app.client.commands import ChannelCommands
+from app.client.inflight import CONCURRENT, InFlight
 from app.client.state import State, SubRequest, Subscription
 from app.client.subscribing import SubscribeFlow
 from app.client.tokens import verified
@@ -88,6 +89,14 @@ def new_client_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
+_Handler = Callable[[int, dict[str, Any]], Coroutine[Any, Any, Any]]
+
+
+async def _reraise(e: Exception) -> Any:
+    """An awaitable failing with `e`: a handler that refused before its first await."""
+    raise e
+
+
 def _namespace(cmd: Command) -> str:
     """The namespace label of a command's channel (metrics)."""
     channel = cmd.params.get("channel")
@@ -124,6 +133,8 @@ class Client(SubscribeFlow, ChannelCommands):
         "_m_inflight",
         "_emulated_headers",
         "_client_name",
+        "_inflight",
+        "_subscribing",
         "__weakref__",
     )
 
@@ -166,6 +177,11 @@ class Client(SubscribeFlow, ChannelCommands):
         self.meta: bytes | None = None  # server-only JSON from token or connect proxy
         self._emulated_headers: dict[str, str] | None = None
         self._client_name = ""
+        # client.concurrency > 1: the commands in flight, made at the first one.
+        self._inflight: InFlight | None = None
+        # Channels with a client subscribe in flight -> the future an unsubscribe waits on
+        # (app/client/subscribing.py); None while there are none.
+        self._subscribing: dict[str, asyncio.Future[None] | None] | None = None
         self._stale_handle: CoarseTimer | None = node.timers.call_later(
             self.cfg.stale_close_delay, self._on_stale
         )
@@ -237,10 +253,46 @@ class Client(SubscribeFlow, ChannelCommands):
             await self.close(Disconnect(DISCONNECT_BAD_REQUEST))
             return False
         handler = getattr(self, "_cmd_" + method)
+        if self.cfg.concurrency > 1 and method in CONCURRENT and self._has_handler(method):
+            return await self._start_concurrently(cmd, handler)
+        return await self._run(cmd, handler)
+
+    def _has_handler(self, method: str) -> bool:
+        # Centrifugo registers its RPC handler only with an RPC proxy or extension: without
+        # one centrifuge answers an rpc in the reader, whatever the concurrency.
+        if method != "rpc":
+            return True
+        return self.node.proxies.has_rpc_proxies or self.node.config.rpc.ping.enabled
+
+    async def _start_concurrently(self, cmd: Command, handler: _Handler) -> bool:
+        """client.concurrency: run the command in a task once a slot is free. The handler
+        is called here, in the reader: what it checks before its first await (subscribe
+        takes its channel's reservation there) is done in the order the commands came."""
+        inflight = self._inflight
+        if inflight is None:
+            inflight = self._inflight = InFlight(self.cfg.concurrency)
+        await inflight.acquire()
+        if self.state is State.CLOSED:
+            inflight.release()
+            return False
+        try:
+            call = handler(cmd.id, cmd.params)
+        except Exception as e:  # refused before any await: answered here, in order
+            inflight.release()
+            return await self._run(cmd, handler, _reraise(e))
+        inflight.start(self._run(cmd, handler, call), call)
+        return True
+
+    async def _run(
+        self, cmd: Command, handler: _Handler, call: Coroutine[Any, Any, Any] | None = None
+    ) -> bool:
+        """Run one command and write its reply or error exactly once; `call` is the
+        handler's awaitable when already made. Returns False once the connection closes."""
+        method = cmd.method
         timed = metrics.enabled()
         started = time.perf_counter() if timed else 0.0
         try:
-            result = await handler(cmd.id, cmd.params)
+            result = await (handler(cmd.id, cmd.params) if call is None else call)
             if result is not None:
                 self.send(self.codec.encode_reply(cmd.id, method, result))
         except ClientError as e:
@@ -287,6 +339,11 @@ class Client(SubscribeFlow, ChannelCommands):
         was_connected = self.state is State.CONNECTED
         self.state = State.CLOSED
         self.node.clients.discard(self)
+        if self._inflight is not None:
+            # Commands in flight end here: none subscribes, refreshes or calls a proxy for
+            # a closed connection (their own cleanup runs as they are cancelled).
+            self._inflight.cancel()
+        self._end_subscribing()
         if self._inbox is not None:
             self._inbox.put_nowait(b"")  # wake the emulation reader so it ends
         for h in (self._ping_handle, self._pong_handle, self._expire_handle, self._stale_handle):

@@ -4,13 +4,16 @@ publications and join/leave to this connection."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from app import metrics
 from app.auth import SubscribeOverride, TokenExpired, TokenInvalid
 from app.channels import ChannelInfo
+from app.client.inflight import InFlight
 from app.client.state import State, SubRequest, Subscription
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
@@ -40,6 +43,10 @@ from app.recovery import cache_recovered, stream_recovered
 
 log = logging.getLogger("centrifugo.client")
 
+# How long an unsubscribe waits for a subscribe to its channel in flight (centrifuge's
+# maxWaitTimeout in Client.unsubscribe).
+SUBSCRIBE_WAIT = 5.0
+
 
 def _flags(ns: Any, ov: SubscribeOverride | None) -> tuple[bool, bool, bool, bool, bool]:
     """presence, join_leave, force_push_join_leave, force_recovery, force_positioning of
@@ -68,6 +75,10 @@ class SubscribeFlow:
     """Mixin of `Client` (app/client/connection.py), whose attributes it uses."""
 
     __slots__ = ()
+    # Some of them (slots of Client), declared for the type checker.
+    _subs: dict[str, Subscription]
+    _subscribing: dict[str, asyncio.Future[None] | None] | None
+    _inflight: InFlight | None
 
     # ------------------------------------------------------------ subscribe
 
@@ -85,7 +96,10 @@ class SubscribeFlow:
             return False
         return ns.allow_presence_for_client or (ns.allow_presence_for_subscriber and subscribed)
 
-    async def _cmd_subscribe(self, cmd_id: int, params: dict[str, Any]) -> None:
+    def _cmd_subscribe(self, cmd_id: int, params: dict[str, Any]) -> Coroutine[Any, Any, None]:
+        """Checks the request and reserves its channel before returning the coroutine
+        that subscribes: with client.concurrency the reader calls this, in command order,
+        as centrifuge checks and reserves in its reader (validateSubscribeRequest)."""
         channel = get_str(params, "channel")
         if not channel:
             raise Disconnect(DISCONNECT_BAD_REQUEST)
@@ -105,14 +119,76 @@ class SubscribeFlow:
             )
         )
         chinfo = self.node.resolve(channel, client_side=True)
-        if channel in self._subs:
+        if channel in self._subs or self._subscribing_to(channel):
             raise ClientError(ERROR_ALREADY_SUBSCRIBED)
-        if self.cfg.channel_limit > 0 and len(self._subs) >= self.cfg.channel_limit:
+        limit = self.cfg.channel_limit
+        if limit > 0 and self._num_channels() >= limit:
             raise ClientError(ERROR_LIMIT_EXCEEDED)
-        await self._authorize_subscribe(chinfo, req)
-        sub, result = await self._subscribe(chinfo, req, server_side=False)
-        self.send(self.codec.encode_reply(cmd_id, "subscribe", result))
-        self._activate(sub)
+        subscribing = self._subscribing
+        if subscribing is None:
+            subscribing = self._subscribing = {}
+        subscribing[channel] = None
+        return self._subscribe_reserved(cmd_id, chinfo, req)
+
+    async def _subscribe_reserved(self, cmd_id: int, chinfo: ChannelInfo, req: SubRequest) -> None:
+        try:
+            await self._authorize_subscribe(chinfo, req)
+            sub, result = await self._subscribe(chinfo, req, server_side=False)
+            self.send(self.codec.encode_reply(cmd_id, "subscribe", result))
+            self._activate(sub)
+        finally:
+            self._end_subscribing(chinfo.channel)
+
+    # A client subscribe reserves its channel from its checks to its reply (centrifuge's
+    # subscribingCh): a second subscribe to it is 105, client.channel_limit counts it, an
+    # unsubscribe of it waits for it, and a server-side subscribe leaves it alone.
+
+    def _subscribed(self, channel: str) -> Subscription | None:
+        """The subscription to `channel` once its subscribe has been answered (centrifuge's
+        IsSubscribed): permissions for subscribers and sub_refresh need one."""
+        sub = self._subs.get(channel)
+        return sub if sub is not None and sub.buffer is None else None
+
+    def _subscribing_to(self, channel: str) -> bool:
+        return self._subscribing is not None and channel in self._subscribing
+
+    def _num_channels(self) -> int:
+        """Subscriptions and reserved channels (a reservation is also in `_subs` from
+        the moment `_subscribe` starts)."""
+        n = len(self._subs)
+        if self._subscribing is not None:
+            n += sum(1 for ch in self._subscribing if ch not in self._subs)
+        return n
+
+    def _end_subscribing(self, channel: str | None = None) -> None:
+        """Drop the reservation of `channel` (of every channel: the connection closes) and
+        wake the unsubscribe waiting for it."""
+        subscribing = self._subscribing
+        if subscribing is None:
+            return
+        waiters = [subscribing.pop(channel, None)] if channel is not None else subscribing.values()
+        for waiter in waiters:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        if channel is None or not subscribing:
+            self._subscribing = None
+
+    async def _subscribe_settled(self, channel: str) -> None:
+        """Wait for a client subscribe to `channel` in flight (client.concurrency) to end,
+        as centrifuge's unsubscribe does: 5 s at most, then the connection goes with 3004
+        (a subscribe that long means the server is in trouble)."""
+        subscribing = self._subscribing
+        if subscribing is None or channel not in subscribing:
+            return
+        waiter = subscribing[channel]
+        if waiter is None:
+            waiter = subscribing[channel] = self.node.loop.create_future()
+        try:
+            await asyncio.wait_for(waiter, SUBSCRIBE_WAIT)
+        except TimeoutError:
+            raise Disconnect(
+                DISCONNECT_SERVER_ERROR, detail=f"subscribe to {channel} still in flight"
+            ) from None
 
     async def _authorize_subscribe(self, chinfo: ChannelInfo, req: SubRequest) -> None:
         """Permission order of research §4.2; fills req from a subscription token."""
@@ -201,7 +277,13 @@ class SubscribeFlow:
         )
         self._subs[channel] = sub
         try:
-            await self.node.add_subscriber(channel, self)
+            adding = self.node.add_subscriber(channel, self)
+            if self._inflight is None:
+                await adding
+            else:
+                # A concurrent command is cancelled when its connection closes; the broker
+                # subscribe that other connections to the channel may await must not be.
+                await asyncio.shield(adding)
             result: dict[str, Any] = {}
             # A sub_refresh proxy refreshes server-side: no expires/ttl for the client.
             if req.expire_at and self.node.proxies.sub_refresh_proxy(ns) is None:
@@ -446,8 +528,10 @@ class SubscribeFlow:
         """Server API `subscribe`: add a subscription and tell the client with a push."""
         if self.state is not State.CONNECTED or channel in self._subs:
             return
+        if self._subscribing_to(channel):
+            return  # the client's own subscribe to it is in flight
         limit = self.cfg.channel_limit
-        if limit > 0 and len(self._subs) >= limit:
+        if limit > 0 and self._num_channels() >= limit:
             # As centrifuge's Client.Subscribe: the connection holding too many goes.
             self.disconnect_soon(Disconnect(DISCONNECT_CHANNEL_LIMIT))
             return
