@@ -75,7 +75,7 @@ class Membership:
             if origin not in self._peers:
                 # A newcomer: tell it about us now rather than in up to 3 s.
                 spawn(
-                    self._send(
+                    self._send_best_effort(
                         control.encode_message(control.NODE, self._id, self._local_info()), origin
                     )
                 )
@@ -94,10 +94,18 @@ class Membership:
 
     async def _reply(self, origin: str, body: dict[str, Any]) -> None:
         data = await self._answer(body["op"], body.get("data"))
-        await self._send(
+        await self._send_best_effort(
             control.encode_message(control.REPLY, self._id, {"id": body["id"], "data": data}),
             origin,
         )
+
+    async def _send_best_effort(self, data: bytes, to: str) -> None:
+        """A message nobody waits on (a greeting, a survey reply): when the broker is down
+        it is lost like a heartbeat (the broker has logged why); the survey times out."""
+        try:
+            await self._send(data, to)
+        except Exception as e:
+            log.debug("control message to %s lost: %s", to or "all", e)
 
     # --- queries ---
 
