@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -39,6 +39,7 @@ from .models import (
 __all__ = ["Proxy", "ProxyManager", "DEFAULT_PROXY_NAME", "REFRESH_RETRY_DELAY"]
 
 log = logging.getLogger("centrifugo.proxy")
+_R = TypeVar("_R")
 
 DEFAULT_PROXY_NAME = "default"
 
@@ -127,6 +128,17 @@ class Proxy:
     def _from_json(self) -> bool:
         return self.protocol == "http"
 
+    def _parsed(self, kind: str, parse: Callable[..., _R], reply: Any) -> _R:
+        """`parse(reply)`; a reply it refuses (a wrong type, a number past its field's
+        type, bad base64) failed the call as one that got no answer: one error line and
+        the error metric, as the transport does for an undecodable body."""
+        try:
+            return parse(reply, from_json=self._from_json)
+        except ProxyUnavailable as e:
+            log.error("error proxying %s to %s: %s", kind, self.name, e)
+            self._metrics[kind].errors.inc()
+            raise
+
     async def connect(
         self,
         ctx: ProxyContext,
@@ -142,13 +154,13 @@ class Proxy:
             ctx, binary=self.binary, data=data, name=name, version=version, channels=channels
         )
         reply = await self._call("connect", fields, ctx)
-        return m.parse_connect(reply, from_json=self._from_json)
+        return self._parsed("connect", m.parse_connect, reply)
 
     async def refresh(self, ctx: ProxyContext) -> RefreshProxyResult:
         """`expired=True` also for replies without a result (error/disconnect included)."""
         fields = m.refresh_request(ctx, binary=self.binary, include_meta=self.include_meta)
         reply = await self._call("refresh", fields, ctx)
-        return m.parse_refresh(reply, from_json=self._from_json)
+        return self._parsed("refresh", m.parse_refresh, reply)
 
     async def subscribe(
         self, ctx: ProxyContext, channel: str, *, token: str = "", data: bytes | None = None
@@ -157,7 +169,7 @@ class Proxy:
             ctx, channel, binary=self.binary, include_meta=self.include_meta, token=token, data=data
         )
         reply = await self._call("subscribe", fields, ctx)
-        return m.parse_subscribe(reply, from_json=self._from_json)
+        return self._parsed("subscribe", m.parse_subscribe, reply)
 
     async def publish(
         self, ctx: ProxyContext, channel: str, data: bytes | None
@@ -166,14 +178,14 @@ class Proxy:
             ctx, channel, data, binary=self.binary, include_meta=self.include_meta
         )
         reply = await self._call("publish", fields, ctx)
-        return m.parse_publish(reply, from_json=self._from_json)
+        return self._parsed("publish", m.parse_publish, reply)
 
     async def rpc(self, ctx: ProxyContext, method: str, data: bytes | None) -> RPCProxyResult:
         fields = m.rpc_request(
             ctx, method, data, binary=self.binary, include_meta=self.include_meta
         )
         reply = await self._call("rpc", fields, ctx)
-        return m.parse_rpc(reply, from_json=self._from_json)
+        return self._parsed("rpc", m.parse_rpc, reply)
 
     async def sub_refresh(self, ctx: ProxyContext, channel: str) -> SubRefreshProxyResult:
         """`expired=True` also for replies without a result (error/disconnect included)."""
@@ -181,7 +193,7 @@ class Proxy:
             ctx, channel, binary=self.binary, include_meta=self.include_meta
         )
         reply = await self._call("sub_refresh", fields, ctx)
-        return m.parse_sub_refresh(reply, from_json=self._from_json)
+        return self._parsed("sub_refresh", m.parse_sub_refresh, reply)
 
     async def close(self) -> None:
         await self._caller.close()

@@ -285,6 +285,12 @@ def _dump(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+# (min, max, name) of the proto integer types of reply fields.
+INT64 = (-(2**63), 2**63 - 1, "int64")
+UINT32 = (0, 2**32 - 1, "uint32")
+UINT64 = (0, 2**64 - 1, "uint64")
+
+
 class _Reader:
     """Typed field access over one response object.
 
@@ -312,14 +318,17 @@ class _Reader:
             raise self._bad(key, "a string")
         return v
 
-    def get_int(self, key: str, *, unsigned: bool = False) -> int:
+    def get_int(self, key: str, bounds: tuple[int, int, str] = INT64) -> int:
+        """An integer within the proto field's type (`bounds`): Go's Unmarshal refuses a
+        number past it (2^64 into an int64, -1 into a uint32) and so the reply."""
         v = self.obj.get(key)
         if v is None:
             return 0
         if isinstance(v, bool) or not isinstance(v, int):
             raise self._bad(key, "an integer")
-        if unsigned and v < 0:
-            raise self._bad(key, "a non-negative integer")
+        lo, hi, name = bounds
+        if not lo <= v <= hi:
+            raise self._bad(key, f"an {name}")
         return v
 
     def get_bool(self, key: str) -> bool:
@@ -382,11 +391,11 @@ class _Reader:
 def _raise_for_reply(resp: _Reader) -> None:
     disconnect = resp.obj_or_none("disconnect")
     if disconnect is not None:
-        raise Disconnect(disconnect.get_int("code", unsigned=True), disconnect.get_str("reason"))
+        raise Disconnect(disconnect.get_int("code", UINT32), disconnect.get_str("reason"))
     error = resp.obj_or_none("error")
     if error is not None:
         raise ClientError(
-            error.get_int("code", unsigned=True),
+            error.get_int("code", UINT32),
             error.get_str("message"),
             error.get_bool("temporary"),
         )
@@ -476,7 +485,7 @@ def parse_publish(obj: Any, *, from_json: bool) -> PublishProxyResult:
         tags=r.str_map("tags") or None,
         idempotency_key=r.get_str("idempotency_key"),
         delta=r.get_bool("delta"),
-        version=r.get_int("version", unsigned=True),
+        version=r.get_int("version", UINT64),
         version_epoch=r.get_str("version_epoch"),
     )
 
