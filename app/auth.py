@@ -198,6 +198,9 @@ def _parse_token(token: str) -> tuple[str, str, bytes, bytes, dict[str, Any]]:
     return alg, kid, signing_input, signature, claims
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _opt_str(claims: dict[str, Any], name: str) -> str:
     value = claims.get(name)
     if value is None:
@@ -213,6 +216,9 @@ def _opt_time(claims: dict[str, Any], name: str) -> float | None:
         return None
     if type(value) is not int and type(value) is not float:
         raise TokenInvalid(f"{name} claim must be a number")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        # Past any time Go holds (an int64 of seconds); a later ttl would not fit a reply.
+        raise TokenInvalid(f"{name} claim out of range")
     return value
 
 
@@ -311,6 +317,8 @@ def _expire_at(claims: dict[str, Any], exp: float | None) -> int:
         return int(exp) if exp is not None else 0
     if type(value) is not int:
         raise TokenInvalid("expire_at claim must be an integer")
+    if not _INT64_MIN <= value <= _INT64_MAX:  # Go's Unmarshal into *int64 refuses it
+        raise TokenInvalid("expire_at claim out of range")
     return value if value > 0 else 0
 
 

@@ -308,7 +308,9 @@ async def uni_http_stream_handler(request: web.Request) -> web.StreamResponse:
     try:
         connect_request = decode_connect_request(body)
     except BadConnectRequest as e:
-        log.debug("uni_http_stream: malformed connect request: %s", e)
+        # One info line per refused body, as uni_sse writes (Centrifugo logs this one at
+        # debug level, which would leave a refused request without a trace at info).
+        log.info("uni_http_stream: malformed connect request: %s", e)
         return web.Response(status=400)
     return await serve_stream(
         request,
