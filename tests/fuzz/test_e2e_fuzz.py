@@ -63,16 +63,26 @@ class _Publications(SubscriptionEventHandler):
 class Rig:
     """The server, the bystander and an HTTP session, on one event loop of their own."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.srv: ServerHandle = start_server(CONFIG)
+    def __init__(
+        self,
+        config: dict[str, Any] = CONFIG,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        env: dict[str, str] | None = None,
+        bystander_user: str = "",
+    ) -> None:
+        """`bystander_user`: the bystander connects with a token of this user (needed
+        where connections without a token go to a connect proxy)."""
+        self.loop = loop or asyncio.new_event_loop()
+        self.srv: ServerHandle = start_server(config, env=env)
         self._log_offset = 0
         self._seq = 0
-        self.loop.run_until_complete(self._start())
+        self.loop.run_until_complete(self._start(bystander_user))
 
-    async def _start(self) -> None:
+    async def _start(self, user: str) -> None:
         self.http = aiohttp.ClientSession()
-        self.bystander = Client(self.srv.ws_url, proxy=None)
+        token = self.srv.token(user) if user else ""
+        self.bystander = Client(self.srv.ws_url, proxy=None, token=token)
         self.pubs = _Publications()
         sub = self.bystander.new_subscription(CHANNEL, events=self.pubs)
         await self.bystander.connect()
@@ -96,6 +106,21 @@ class Rig:
 
     async def check_unharmed(self) -> None:
         """The bystander gets a publication made now; the log has no new error."""
+        await self.bystander_gets_publication()
+        bad = [
+            line
+            for line in self.new_log_lines()
+            if '"level":"error"' in line or "Traceback" in line
+        ]
+        assert not bad, "server log for bad input:\n" + "\n".join(bad)
+
+    def new_log_lines(self) -> list[str]:
+        """The server log's lines written since the last call."""
+        text = self.srv.log_text()
+        new, self._log_offset = text[self._log_offset :], len(text)
+        return new.splitlines()
+
+    async def bystander_gets_publication(self) -> None:
         self._seq += 1
         data = orjson.dumps({"seq": self._seq})
         async with self.http.post(
@@ -106,12 +131,6 @@ class Rig:
             assert resp.status == 200, await resp.text()
         got = await asyncio.wait_for(self.pubs.queue.get(), 5.0)
         assert got == data, (got, data)
-        text = self.srv.log_text()
-        new, self._log_offset = text[self._log_offset :], len(text)
-        bad = [
-            line for line in new.splitlines() if '"level":"error"' in line or "Traceback" in line
-        ]
-        assert not bad, "server log for bad input:\n" + "\n".join(bad)
 
 
 @pytest.fixture(scope="module")
