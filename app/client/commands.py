@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from app.channels import ChannelInfo
+from app.client.state import ttl_until
 from app.client.tokens import verified
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
@@ -180,7 +181,7 @@ class ChannelCommands:
         if sub.expire_at:
             self._schedule_sub_expiry(sub)
             result["expires"] = True
-            result["ttl"] = max(int(sub.expire_at - time.time()), 0)
+            result["ttl"] = ttl_until(sub.expire_at)
         elif sub.expire_handle is not None:
             sub.expire_handle.cancel()
             sub.expire_handle = None

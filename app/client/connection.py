@@ -14,7 +14,7 @@ from typing import Any
 from app import VERSION_STRING, metrics
 from app.client.commands import ChannelCommands
 from app.client.inflight import CONCURRENT, InFlight
-from app.client.state import State, SubRequest, Subscription
+from app.client.state import State, SubRequest, Subscription, ttl_until
 from app.client.subscribing import SubscribeFlow
 from app.client.tokens import verified
 from app.errors import (
@@ -565,7 +565,7 @@ class Client(SubscribeFlow, ChannelCommands):
         # ClientSideRefresh = !refreshProxyEnabled hides expires/ttl).
         if self.expire_at and node.proxies.refresh_proxy() is None:
             result["expires"] = True
-            result["ttl"] = max(int(self.expire_at - time.time()), 0)
+            result["ttl"] = ttl_until(self.expire_at)
         if self._pings():
             result["ping"] = int(cfg.ping_interval)
             if self._pong_expected():
@@ -735,7 +735,7 @@ class Client(SubscribeFlow, ChannelCommands):
         result: dict[str, Any] = {"client": self.uid, "version": VERSION_STRING}
         if self.expire_at:
             result["expires"] = True
-            result["ttl"] = max(int(self.expire_at - time.time()), 0)
+            result["ttl"] = ttl_until(self.expire_at)
         return result
 
     async def refresh_server_side(

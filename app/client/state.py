@@ -88,3 +88,14 @@ class SubRequest:
         self.info = info
         self.data = data
         self.override = override
+
+
+# `ttl` is uint32 in the protocol: Centrifugo sends uint32(ttl). A far expiry (a valid int64
+# `expire_at`, e.g. 2^40) is capped here instead of wrapping around, which would tell the
+# client to refresh at some arbitrary near time; the Protobuf encoder refuses larger values.
+MAX_TTL = 2**32 - 1
+
+
+def ttl_until(expire_at: float) -> int:
+    """Seconds left until `expire_at` (unix seconds) as the protocol's uint32 `ttl`."""
+    return min(max(int(expire_at - time.time()), 0), MAX_TTL)

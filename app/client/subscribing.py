@@ -14,7 +14,7 @@ from app import metrics
 from app.auth import SubscribeOverride, TokenExpired, TokenInvalid
 from app.channels import ChannelInfo
 from app.client.inflight import InFlight
-from app.client.state import State, SubRequest, Subscription
+from app.client.state import State, SubRequest, Subscription, ttl_until
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_CHANNEL_LIMIT,
@@ -288,7 +288,7 @@ class SubscribeFlow:
             # A sub_refresh proxy refreshes server-side: no expires/ttl for the client.
             if req.expire_at and self.node.proxies.sub_refresh_proxy(ns) is None:
                 result["expires"] = True
-                result["ttl"] = max(int(req.expire_at - time.time()), 0)
+                result["ttl"] = ttl_until(req.expire_at)
             if positioned:
                 result.update(await self._position(sub, req, ns))
             if req.data:

@@ -134,7 +134,9 @@ class WebSocketTransport:
         message = disconnect.reason.encode()[:123]
         if not isinstance(self._ws, web.WebSocketResponse):
             # The lean path's connection (websocket_lean.py) bounds its own close.
-            await self._ws.close(code=disconnect.code, message=message, drain=False)
+            await self._ws.close(
+                code=disconnect.code & 0xFFFF, message=message, drain=False
+            )  # uint16, as Centrifugo
             return
         await close_bounded(self._ws, self._sock, disconnect.code, message, self.write_timeout)
 
@@ -186,7 +188,7 @@ async def close_bounded(
     if write_timeout > 0:
         guard = asyncio.get_running_loop().call_later(write_timeout, stuck)
     try:
-        await ws.close(code=code, message=message, drain=False)
+        await ws.close(code=code & 0xFFFF, message=message, drain=False)  # uint16, as Centrifugo
     finally:
         if guard is not None:
             guard.cancel()

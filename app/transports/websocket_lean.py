@@ -156,7 +156,9 @@ def unmask(payload: bytes, mask: bytes) -> bytes:
 
 
 def close_frame(code: int, message: bytes = b"") -> bytes:
-    payload = code.to_bytes(2, "big") + message[:123]
+    # Disconnect codes are uint32 (a proxy may send any); the close frame holds 16 bits and
+    # Centrifugo writes uint16(code), as here.
+    payload = (code & 0xFFFF).to_bytes(2, "big") + message[:123]
     return bytes((0x80 | OP_CLOSE, len(payload))) + payload
 
 

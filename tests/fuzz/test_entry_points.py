@@ -743,13 +743,10 @@ def test_proxy_replies(rig: EntryRig, case: tuple[str, bytes]) -> None:
     rig.run(run())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a disconnect code past 65535 (uint32 in the proto) breaks the WebSocket close "
-    "frame (code.to_bytes(2) in websocket_lean.py): the socket drops (1006) with a traceback; "
-    "Centrifugo writes uint16(code) (gorilla's FormatCloseMessage)",
-)
 def test_proxy_disconnect_code_past_uint16(rig: EntryRig) -> None:
+    """A disconnect code is uint32; the close frame carries uint16(code), as Centrifugo's
+    (gorilla's FormatCloseMessage) does."""
+
     async def run() -> None:
         answer = await proxied(rig, "rpc", b'{"disconnect":{"code":70000}}')
         assert answer.close_code == 70000 & 0xFFFF, answer.close_code
