@@ -751,7 +751,7 @@ class Client(SubscribeFlow, ChannelCommands):
         if expire_at > 0:
             if info:
                 self.conn_info = info
-            body = {"expires": True, "ttl": ttl}
+            body = {"expires": True, "ttl": ttl_until(expire_at)}
         self.expire_at = expire_at
         self._schedule_expiry()
         self.send(self.codec.encode_push("", "refresh", body))
