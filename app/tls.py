@@ -62,6 +62,29 @@ def load_pem(value: str, what: str) -> bytes:
     raise ValueError(f"{what}: not raw PEM, base64-encoded PEM or a PEM file path")
 
 
+def _load_cert_chain(ctx: ssl.SSLContext, tls: Any, what: str) -> None:
+    """Load `tls.cert_pem` + `tls.key_pem` into `ctx`; ValueError naming the key at fault."""
+    cert = load_pem(tls.cert_pem, f"{what}.cert_pem")
+    key = load_pem(tls.key_pem, f"{what}.key_pem")
+    # The ssl module loads a certificate chain from files only; the files live only for the
+    # call (private key material is not left on disk).
+    with tempfile.TemporaryDirectory() as d:
+        cert_path = os.path.join(d, "cert.pem")
+        key_path = os.path.join(d, "key.pem")
+        with open(cert_path, "wb") as f:
+            f.write(cert)
+        with open(key_path, "wb") as f:
+            f.write(key)
+        try:
+            ctx.load_cert_chain(cert_path, key_path)
+        except ssl.SSLError as e:
+            if not _parses_as_certificate(cert):
+                raise ValueError(f"{what}.cert_pem: invalid certificate") from None
+            raise ValueError(
+                f"{what}.key_pem: not a private key matching {what}.cert_pem ({e.reason})"
+            ) from None
+
+
 def ssl_context(tls: Any, what: str) -> ssl.SSLContext | None:
     """A client SSLContext (an HTTP proxy, Redis), or None when `tls.enabled` is false.
     Raises ValueError naming the unusable key (`what.server_ca_pem`, ...)."""
@@ -76,24 +99,7 @@ def ssl_context(tls: Any, what: str) -> ssl.SSLContext | None:
         except ssl.SSLError as e:
             raise ValueError(f"{what}.server_ca_pem: invalid certificate ({e.reason})") from None
     if tls.cert_pem and tls.key_pem:
-        cert = load_pem(tls.cert_pem, f"{what}.cert_pem")
-        key = load_pem(tls.key_pem, f"{what}.key_pem")
-        # The ssl module loads client certificates from files only.
-        with tempfile.TemporaryDirectory() as d:
-            cert_path = os.path.join(d, "cert.pem")
-            key_path = os.path.join(d, "key.pem")
-            with open(cert_path, "wb") as f:
-                f.write(cert)
-            with open(key_path, "wb") as f:
-                f.write(key)
-            try:
-                ctx.load_cert_chain(cert_path, key_path)
-            except ssl.SSLError as e:
-                if not _parses_as_certificate(cert):
-                    raise ValueError(f"{what}.cert_pem: invalid certificate") from None
-                raise ValueError(
-                    f"{what}.key_pem: not a private key matching {what}.cert_pem ({e.reason})"
-                ) from None
+        _load_cert_chain(ctx, tls, what)
     if tls.insecure_skip_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -107,34 +113,23 @@ def server_context(tls: TLSConfig, what: str) -> ssl.SSLContext | None:
         return None
     if not tls.cert_pem or not tls.key_pem:
         raise ConfigError(f"{what}: cert_pem and key_pem are required when TLS is enabled")
-    try:
-        cert = load_pem(tls.cert_pem, f"{what}.cert_pem")
-        key = load_pem(tls.key_pem, f"{what}.key_pem")
-        client_ca = (
-            load_pem(tls.client_ca_pem, f"{what}.client_ca_pem") if tls.client_ca_pem else None
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # Centrifugo's MinVersion
     # HTTP/1.1 only: a client offering h2 must not pick it (WebSocket needs HTTP/1.1 here).
     ctx.set_alpn_protocols(["http/1.1"])
     try:
-        # The ssl module loads a certificate chain from files only; the files live only for
-        # the call (private key material is not left on disk).
-        with tempfile.TemporaryDirectory() as d:
-            cert_path = os.path.join(d, "cert.pem")
-            key_path = os.path.join(d, "key.pem")
-            with open(cert_path, "wb") as f:
-                f.write(cert)
-            with open(key_path, "wb") as f:
-                f.write(key)
-            ctx.load_cert_chain(cert_path, key_path)
-        if client_ca is not None:
-            ctx.load_verify_locations(cadata=client_ca.decode("ascii", "replace"))
+        _load_cert_chain(ctx, tls, what)
+        if tls.client_ca_pem:
+            client_ca = load_pem(tls.client_ca_pem, f"{what}.client_ca_pem")
+            try:
+                ctx.load_verify_locations(cadata=client_ca.decode("ascii", "replace"))
+            except ssl.SSLError as e:
+                raise ValueError(
+                    f"{what}.client_ca_pem: invalid certificate ({e.reason})"
+                ) from None
             ctx.verify_mode = ssl.CERT_REQUIRED
-    except ssl.SSLError as e:
-        raise ConfigError(f"{what}: certificate or key unusable: {e.reason or e}") from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return ctx
 
 

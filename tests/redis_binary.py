@@ -19,7 +19,6 @@ sys.path) and by bench/ from the checkout (`bench.redis_bin`).
 
 from __future__ import annotations
 
-import datetime
 import functools
 import os
 import re
@@ -126,34 +125,10 @@ def describe() -> str:
 
 def _self_signed(workdir: Path) -> tuple[Path, Path]:
     """A throw-away certificate and key for 127.0.0.1 (only to see whether TLS starts)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from tests.tls_certs import self_signed
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = workdir / "probe.crt", workdir / "probe.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
+    leaf = self_signed(workdir, "probe")
+    return leaf.cert_path, leaf.key_path
 
 
 def _listening(port: int) -> bool:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CA", "Leaf", "make_ca", "self_signed"]
+__all__ = ["CA", "Leaf", "make_ca", "self_signed", "self_signed_pem"]
 
 _DAY = datetime.timedelta(days=1)
 
@@ -141,19 +141,32 @@ def make_ca(directory: Path, name: str = "test-ca") -> CA:
     return CA(directory, cert, key, leaf.cert_pem, leaf.cert_path)
 
 
-def self_signed(directory: Path, stem: str, hosts: tuple[str, ...] = ("127.0.0.1",)) -> Leaf:
-    """A server certificate signed by its own key (no CA will vouch for it)."""
+def self_signed_pem(
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), cn: str = "self-signed"
+) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) signed by its own key: no CA vouches for it, and a client
+    that trusts exactly this certificate (its own CA, `BasicConstraints(ca=True)`) accepts it."""
     key = _key()
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(stem))
-        .issuer_name(_name(stem))
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _DAY)
         .not_valid_after(now + _DAY)
         .add_extension(_sans(hosts), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    return _write(directory, stem, cert, key)
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def self_signed(directory: Path, stem: str, hosts: tuple[str, ...] = ("127.0.0.1",)) -> Leaf:
+    """`self_signed_pem` written as `<stem>.crt` / `<stem>.key` in `directory`."""
+    cert_pem, key_pem = self_signed_pem(hosts, stem)
+    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+    cert_path.write_bytes(cert_pem)
+    key_path.write_bytes(key_pem)
+    return Leaf(cert_pem, key_pem, cert_path, key_path)

@@ -24,6 +24,7 @@ from grpc_gen import api_pb2_grpc, uni_pb2_grpc
 from app import VERSION_STRING
 from app.api.gen import api_pb2 as pb
 from app.api.gen import uni_pb2
+from tests.tls_certs import self_signed_pem
 
 from .helpers import RawWS, ServerHandle, free_port
 
@@ -656,44 +657,8 @@ async def test_workers_share_grpc_ports(server_factory: Any, engine: str) -> Non
 # TLS
 
 
-def self_signed() -> tuple[bytes, bytes]:
-    """A self-signed certificate for 127.0.0.1 / localhost and its key (PEM)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "grpc-e2e")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 async def test_tls(server_factory: Any) -> None:
-    cert, key = self_signed()
+    cert, key = self_signed_pem()
     tls = {"enabled": True, "cert_pem": cert.decode(), "key_pem": key.decode()}
     cfg = grpc_config()
     cfg["grpc_api"]["tls"] = tls

@@ -35,6 +35,7 @@ from aiohttp import web
 from grpc_gen import proxy_pb2_grpc as pb_grpc
 
 from app.proxy.gen import proxy_pb2 as pb
+from tests.tls_certs import self_signed_pem
 
 KINDS = ("connect", "refresh", "subscribe", "publish", "rpc", "sub_refresh")
 
@@ -291,41 +292,7 @@ def _server_ssl_context(cert: bytes, key: bytes) -> ssl.SSLContext:
 
 def self_signed_cert(host: str = "127.0.0.1") -> tuple[bytes, bytes]:
     """A throwaway (cert PEM, key PEM) pair valid for `host` (IP SAN) and localhost."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy-backend-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert_pem, key_pem
+    return self_signed_pem((host, "localhost"), "proxy-backend-test")
 
 
 class _Servicer(pb_grpc.CentrifugoProxyServicer):
