@@ -433,9 +433,14 @@ class Node:
             out.append(c)
         return out  # type: ignore[return-value]
 
-    async def _user_action(self, action: control.UserAction) -> None:
-        """Apply here, then tell every other node (their clients may be that user's too)."""
-        await self._apply(action)
+    async def _user_action(self, action: control.UserAction, wait_local: bool = True) -> None:
+        """Apply here, then tell every other node (their clients may be that user's too).
+        With `wait_local` false the local part runs in the background, as it does on the
+        other nodes: a connection closed here may take up to its close handshake's bound."""
+        if wait_local:
+            await self._apply(action)
+        else:
+            self.spawn(self._apply(action))
         await self.broker.publish_control(control.encode(self.id, action))
 
     def handle_control(self, data: bytes) -> None:
@@ -545,6 +550,7 @@ class Node:
         client: str = "",
         session: str = "",
         whitelist: Sequence[str] = (),
+        wait_local: bool = True,
     ) -> None:
         await self._user_action(
             control.UserAction(
@@ -555,7 +561,8 @@ class Node:
                 code=disconnect.code,
                 reason=disconnect.reason,
                 whitelist=list(whitelist),
-            )
+            ),
+            wait_local=wait_local,
         )
 
     async def refresh_user(

@@ -617,8 +617,13 @@ class Client(SubscribeFlow, ChannelCommands):
         try:
             stats = await node.presence_stats(personal_channel)
             if stats.num_clients >= 1:
+                # Not waiting for the old connections' closing handshakes (a peer that does
+                # not read holds one up to 5 s): Centrifugo's Disconnect is asynchronous too.
                 await node.disconnect_user(
-                    self.user, Disconnect(DISCONNECT_CONNECTION_LIMIT), whitelist=[self.uid]
+                    self.user,
+                    Disconnect(DISCONNECT_CONNECTION_LIMIT),
+                    whitelist=[self.uid],
+                    wait_local=False,
                 )
         except Exception as e:  # the engine failed: a reconnect code, as in Centrifugo
             raise Disconnect(

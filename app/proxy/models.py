@@ -389,16 +389,21 @@ class _Reader:
 
 
 def _raise_for_reply(resp: _Reader) -> None:
+    # Both are read before either is acted on: Go decodes the whole reply first, so an
+    # `error` of the wrong shape fails the reply even beside a `disconnect`.
     disconnect = resp.obj_or_none("disconnect")
+    error = resp.obj_or_none("error")
+    client_error = (
+        None
+        if error is None
+        else ClientError(
+            error.get_int("code", UINT32), error.get_str("message"), error.get_bool("temporary")
+        )
+    )
     if disconnect is not None:
         raise Disconnect(disconnect.get_int("code", UINT32), disconnect.get_str("reason"))
-    error = resp.obj_or_none("error")
-    if error is not None:
-        raise ClientError(
-            error.get_int("code", UINT32),
-            error.get_str("message"),
-            error.get_bool("temporary"),
-        )
+    if client_error is not None:
+        raise client_error
 
 
 def _override(r: _Reader) -> SubscribeOverride | None:

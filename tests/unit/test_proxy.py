@@ -247,6 +247,9 @@ def test_invalid_types_are_unusable() -> None:
         ({"error": {"code": -1}}, m.parse_publish),
         ({"error": "x"}, m.parse_publish),
         ({"disconnect": {"code": "4000"}}, m.parse_subscribe),
+        # Go decodes the whole reply before acting: a bad `error` fails it beside a disconnect.
+        ({"disconnect": {}, "error": 2**63}, m.parse_connect),
+        ({"disconnect": {"code": 4001}, "error": {"code": -1}}, m.parse_rpc),
     ]
     for reply, parse in bad_replies:
         with pytest.raises(ProxyUnavailable):
