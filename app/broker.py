@@ -61,6 +61,14 @@ class Broker(Protocol):
         With history the returned position has the new offset and the stream epoch;
         without it the position is zero. A repeated idempotency key inside its window
         returns the first result with `suppressed=True` and delivers nothing.
+
+        With history and `opts.version` > 0, a publication whose version is not greater
+        than the channel's last stored version in the same `opts.version_epoch` ("" matches
+        any) is dropped in the same atomic step: nothing stored or delivered, its
+        idempotency key not remembered, and the stream's current top returned with
+        `suppressed=True, suppress_reason="version"`. A stored versioned publication
+        becomes the channel's last version; an unversioned one is not checked and leaves
+        it as it is. Without history versions are ignored (centrifuge's WithVersion).
         """
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...

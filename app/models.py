@@ -50,13 +50,19 @@ class PublishOptions:
     idempotency_key: str = ""
     idempotent_result_ttl: float = 300.0
     delta: bool = False
+    # Versioned publish (with history only): dropped when the channel's last stored version
+    # in the same version_epoch ("" matches any) is >= version; 0 = not versioned.
+    version: int = 0
+    version_epoch: str = ""
 
 
 @dataclass(slots=True)
 class PublishResult:
     position: StreamPosition
-    # True when an idempotency key matched: the original result is returned and nothing is sent.
+    # True when nothing was stored or sent: an idempotency key matched (the original result
+    # is returned) or a version was not newer (the stream's current top is returned).
     suppressed: bool = False
+    suppress_reason: str = ""  # "idempotency" | "version", as centrifuge's SuppressReason
 
 
 @dataclass(slots=True)

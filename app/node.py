@@ -66,6 +66,8 @@ def _publish_options(
     skip_history: bool,
     idempotency_key: str,
     delta: bool,
+    version: int = 0,
+    version_epoch: str = "",
 ) -> PublishOptions:
     """How a publication to this channel is stored: its namespace's history settings
     unless the caller skips history."""
@@ -75,6 +77,8 @@ def _publish_options(
         tags=tags or None,
         idempotency_key=idempotency_key,
         delta=delta or ns.delta_publish,
+        version=version,
+        version_epoch=version_epoch,
     )
     if ns.history_enabled and not skip_history:
         opts.history_size = ns.history_size
@@ -308,10 +312,14 @@ class Node:
         skip_history: bool = False,
         idempotency_key: str = "",
         delta: bool = False,
+        version: int = 0,
+        version_epoch: str = "",
         client_side: bool = False,
     ) -> PublishResult:
         chinfo = self.resolve(channel, client_side)
-        opts = _publish_options(chinfo, info, tags, skip_history, idempotency_key, delta)
+        opts = _publish_options(
+            chinfo, info, tags, skip_history, idempotency_key, delta, version, version_epoch
+        )
         result = await self.broker.publish(channel, data, opts)
         metrics.child(metrics.NODE_MESSAGES_SENT, "publication", chinfo.namespace).inc()
         return result
@@ -342,6 +350,8 @@ class Node:
                     kw.get("skip_history", False),
                     kw.get("idempotency_key", ""),
                     kw.get("delta", False),
+                    kw.get("version", 0),
+                    kw.get("version_epoch", ""),
                 )
             else:
                 opts = self._plain_publish_options(chinfo)

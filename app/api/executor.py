@@ -238,7 +238,7 @@ _PUBLISH_FIELDS: dict[str, Decoder] = {
     "tags": _str_map,
     "idempotency_key": _str,
     "delta": _bool,
-    # Accepted for compatibility; publication versioning is not implemented by the node.
+    # Versioned publish: the broker drops a version not newer than the channel's last one.
     "version": _uint64,
     "version_epoch": _str,
 }
@@ -627,6 +627,9 @@ class ApiExecutor:
                 kwargs["idempotency_key"] = req["idempotency_key"]
             if req["delta"]:
                 kwargs["delta"] = True
+            if req["version"]:
+                kwargs["version"] = req["version"]
+                kwargs["version_epoch"] = req["version_epoch"]
             items.append((channel, data, kwargs))
         if items:
             results = await self.node.publish_many(items)
@@ -676,7 +679,10 @@ class ApiExecutor:
             skip_history=req["skip_history"],
             idempotency_key=req["idempotency_key"],
             delta=req["delta"],
+            version=req["version"],
+            version_epoch=req["version_epoch"],
         )
+        # A dropped version answers the stream's current top, as Centrifugo does.
         return _position_dict(result.position)
 
     async def _publish(self, req: dict[str, Any]) -> dict[str, Any]:

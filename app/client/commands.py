@@ -69,6 +69,8 @@ class ChannelCommands:
                 skip_history=res.skip_history,
                 idempotency_key=res.idempotency_key,
                 delta=res.delta,
+                version=res.version,
+                version_epoch=res.version_epoch,
                 client_side=True,
             )
             return {}

@@ -13,6 +13,11 @@ as with Redis:
   stream key's EXPIRE is refreshed on every publish: the items are dropped
   `history_ttl` after the last publication while the meta (epoch, top) stays.
 - Items are trimmed to `history_size`, oldest first.
+- Versioned publish: the stream keeps the last stored `version` and `version_epoch`
+  (beside epoch and top, like the Redis meta hash's v and ve); a publication whose
+  version is not newer in the same version epoch ("" matches any) is dropped and the
+  current top returned. An unversioned publication neither is checked nor resets them
+  (as Redis does; centrifuge's memory broker resets them to 0).
 
 Everything runs on the event loop without awaiting in between, so each method
 is atomic with respect to the others. Expired state is dropped lazily on access
@@ -99,11 +104,22 @@ class _ExpiryQueue(Generic[K]):
 
 
 class _Stream:
-    __slots__ = ("epoch", "top", "items", "meta_expire_at", "items_expire_at")
+    __slots__ = (
+        "epoch",
+        "top",
+        "items",
+        "meta_expire_at",
+        "items_expire_at",
+        "version",
+        "version_epoch",
+    )
 
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
         self.top = 0
+        # The last stored publication's version (0: none yet) and its version epoch.
+        self.version = 0
+        self.version_epoch = ""
         # Offsets in `items` are dense: items[i].offset == top - len(items) + 1 + i.
         self.items: deque[Publication] = deque()
         self.meta_expire_at = math.inf
@@ -231,13 +247,21 @@ class MemoryBroker:
             if cached is not None:
                 if cached[0] > now:
                     pos = cached[1]
-                    return PublishResult(StreamPosition(pos.offset, pos.epoch), suppressed=True)
+                    return PublishResult(StreamPosition(pos.offset, pos.epoch), True, "idempotency")
                 del self._results[result_key]
 
         pub = Publication(data=data, info=opts.client_info, tags=opts.tags, delta=opts.delta)
         if opts.history_size > 0 and opts.history_ttl > 0:
             s = self._stream(channel, now, create=True)
             assert s is not None
+            version = opts.version
+            if version:
+                if version <= s.version and opts.version_epoch in ("", s.version_epoch):
+                    # Not newer than what the channel holds: not stored, not sent, and
+                    # its idempotency key not remembered (centrifuge's historyHub.add).
+                    return PublishResult(StreamPosition(s.top, s.epoch), True, "version")
+                s.version = version
+                s.version_epoch = opts.version_epoch
             s.top += 1
             pub.offset = s.top
             items = s.items

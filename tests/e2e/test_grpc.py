@@ -241,6 +241,29 @@ async def test_publish_and_history(server: ServerHandle) -> None:
         assert r.HasField("result") and r.result == pb.PublishResult()
 
 
+async def test_publish_version_drops_stale_publications(server: ServerHandle) -> None:
+    """gRPC Publish and Broadcast carry version and version_epoch to the broker too."""
+    ch = uniq("v")
+    async with api_client(server) as api:
+        offsets = []
+        for v in (1, 2, 2, 1, 3):
+            r = await api.Publish(
+                pb.PublishRequest(channel=ch, data=b"%d" % v, version=v, version_epoch="e")
+            )
+            offsets.append(r.result.offset)
+        assert offsets == [1, 2, 2, 2, 3]
+        b = await api.Broadcast(
+            pb.BroadcastRequest(channels=[ch], data=b"3", version=3, version_epoch="e")
+        )
+        assert b.result.responses[0].result.offset == 3
+        hist = await api.History(pb.HistoryRequest(channel=ch, limit=-1))
+        assert [(p.offset, p.data) for p in hist.result.publications] == [
+            (1, b"1"),
+            (2, b"2"),
+            (3, b"3"),
+        ]
+
+
 async def test_binary_payloads(server: ServerHandle) -> None:
     ch = uniq("bin:b")
     payload = bytes(range(256))

@@ -707,6 +707,32 @@ async def test_publish_result_takes_effect(
     assert [p["data"] for p in hist["publications"]] == [{"text": "keep"}]
 
 
+async def test_publish_result_version_drops_stale_publications(
+    srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory
+) -> None:
+    """The publish proxy's `version` and `version_epoch` reach the broker as Centrifugo's
+    publish handler passes them (WithVersion): a version not newer is dropped, and the
+    client's publish still succeeds."""
+    ch = f"px:v-{uid()}"
+    backend.handler(
+        "publish",
+        lambda r: {"result": {"version": body_value(r, "data")["v"], "version_epoch": "e"}},
+    )
+    pc, _, _ = await token_client(srv, sdk, "pub-" + uid(), meta={"role": "writer"})
+    sc, _, _ = await token_client(srv, sdk, "sub-" + uid())
+    _, sev, _ = await subscribed(sc, ch)
+    for v in (1, 2, 2, 1, 3):
+        await pc.publish(ch, {"v": v})
+    got = [(await sev.next("publication")).pub.data["v"] for _ in range(3)]
+    assert got == [1, 2, 3]
+    hist = await api(srv, "history", {"channel": ch, "limit": 10})
+    assert [(p["offset"], p["data"]) for p in hist["publications"]] == [
+        (1, {"v": 1}),
+        (2, {"v": 2}),
+        (3, {"v": 3}),
+    ]
+
+
 async def test_publish_custom_error_and_disconnect(
     srv: ServerHandle, backend: ProxyBackend, sdk: SdkFactory
 ) -> None:
