@@ -384,7 +384,8 @@ class ChannelOptions(_Section):
     subscribe_stream_proxy_enabled: bool = False
     subscribe_stream_proxy_name: str = "default"
     subscribe_stream_proxy_bidirectional: bool = False
-    # [6.8+] experimental subscription types; accepted so such configs load, not implemented.
+    # [6.8+] subscription types: a subscribe of another type is refused (103); map and
+    # shared poll subscriptions themselves are not implemented.
     subscription_type: str = ""
     map: dict[str, Any] = _empty_map()
     shared_poll: dict[str, Any] = _empty_map()
@@ -1291,6 +1292,10 @@ def _check_second_precision(seconds: float, key: str) -> None:
         )
 
 
+# A namespace's subscription_type ("" is stream), as Centrifugo validates it.
+_SUBSCRIPTION_TYPES = ("", "stream", "map", "map_clients", "map_users", "shared_poll")
+
+
 def _validate_channel_options(
     opts: ChannelOptions, where: str, cfg: Config, proxies: set[str]
 ) -> None:
@@ -1317,6 +1322,17 @@ def _validate_channel_options(
         raise ConfigError(
             f"invalid value for {where}.force_recovery_mode: {opts.force_recovery_mode!r} "
             "(must be stream or cache)"
+        )
+    if opts.auto_cache_recover and not (
+        opts.force_recovery and opts.force_recovery_mode == "cache"
+    ):
+        raise ConfigError(
+            f"{where}.auto_cache_recover requires force_recovery and force_recovery_mode "
+            "set to cache"
+        )
+    if opts.subscription_type not in _SUBSCRIPTION_TYPES:
+        raise ConfigError(
+            f"invalid value for {where}.subscription_type: unknown {opts.subscription_type!r}"
         )
     if opts.channel_regex:
         try:

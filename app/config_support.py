@@ -69,7 +69,6 @@ UNSUPPORTED: dict[str, str] = {
     **{
         k: _MAP
         for k in _ns(
-            "subscription_type",
             "map",
             "shared_poll",
             "map_clients_presence_channel_prefix",
@@ -86,10 +85,6 @@ UNSUPPORTED: dict[str, str] = {
     },
     **{k: _DELTA for k in _ns("allowed_delta_types", "delta_publish")},
     **{k: "publication tags filtering is not implemented" for k in _ns("allow_tags_filter")},
-    **{
-        k: "cache recovery without a force_recovery_mode is not implemented"
-        for k in _ns("auto_cache_recover")
-    },
     "*websocket.read_buffer_size": _GO_BUFFERS,
     "*websocket.write_buffer_size": _GO_BUFFERS,
     "*websocket.use_write_buffer_pool": _GO_BUFFERS,

@@ -71,6 +71,7 @@ class SubRequest:
     expire_at: int = 0
     override: SubscribeOverride | None = None
     client_data: bytes | None = None  # the client's own subscribe data (for the proxy)
+    flag: int = 0  # SubscribeRequest.flag bits (SUB_FLAG_* in app/client/subscribing.py)
 
     def grant(
         self,

@@ -24,10 +24,13 @@ from app.errors import (
     DISCONNECT_SERVER_ERROR,
     DISCONNECT_SUB_EXPIRED,
     ERROR_ALREADY_SUBSCRIBED,
+    ERROR_BAD_REQUEST,
     ERROR_INTERNAL,
     ERROR_LIMIT_EXCEEDED,
+    ERROR_NOT_AVAILABLE,
     ERROR_PERMISSION_DENIED,
     ERROR_TOKEN_EXPIRED,
+    ERROR_UNRECOVERABLE_POSITION,
     UNSUBSCRIBE_EXPIRED,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
     UNSUBSCRIBE_REASONS,
@@ -37,7 +40,7 @@ from app.errors import (
 )
 from app.hub import Frames
 from app.models import ClientInfo, HistoryFilter, HistoryResult, Publication, StreamPosition
-from app.protocol import EncodeError, get_bool, get_int, get_raw, get_str
+from app.protocol import DecodeError, EncodeError, get_bool, get_int, get_raw, get_str
 from app.proxy import REFRESH_RETRY_DELAY, ProxyContext, ProxyUnavailable
 from app.recovery import cache_recovered, stream_recovered
 
@@ -46,6 +49,33 @@ log = logging.getLogger("centrifugo.client")
 # How long an unsubscribe waits for a subscribe to its channel in flight (centrifuge's
 # maxWaitTimeout in Client.unsubscribe).
 SUBSCRIBE_WAIT = 5.0
+
+# SubscribeRequest.flag bits (centrifuge client.go subscriptionFlag*). 1 (channel compaction)
+# changes nothing here; 2 asks for error 112 instead of `recovered: false` when stream
+# recovery fails, so that an SDK with getState reloads its state instead.
+SUB_FLAG_REJECT_UNRECOVERED = 2
+
+# SubscribeRequest.type (centrifuge SubscriptionType, an int32) and the name a namespace's
+# subscription_type gives it; any other number is "unknown", allowed nowhere.
+SUB_TYPE_STREAM = 0
+SUB_TYPE_SHARED_POLL = 4
+_SUB_TYPE_NAMES = {0: "stream", 1: "map", 2: "map_clients", 3: "map_users", 4: "shared_poll"}
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _subscription_type(params: dict[str, Any]) -> int:
+    sub_type = get_int(params, "type", signed=True)
+    if not _INT32_MIN <= sub_type <= _INT32_MAX:
+        raise DecodeError("type is out of range")
+    return sub_type
+
+
+def _subscription_type_allowed(sub_type: int, configured: str) -> bool:
+    """Centrifugo's isSubscriptionTypeAllowed: a namespace without subscription_type takes
+    stream subscriptions only, one with it exactly its type."""
+    if not configured:
+        return sub_type == SUB_TYPE_STREAM
+    return configured == _SUB_TYPE_NAMES.get(sub_type, "unknown")
 
 
 def _flags(ns: Any, ov: SubscribeOverride | None) -> tuple[bool, bool, bool, bool, bool]:
@@ -103,6 +133,7 @@ class SubscribeFlow:
         channel = get_str(params, "channel")
         if not channel:
             raise Disconnect(DISCONNECT_BAD_REQUEST)
+        sub_type = SUB_TYPE_STREAM if len(params) == 1 else _subscription_type(params)
         # Most subscribes name only the channel: then every other field is its default.
         req = (
             SubRequest()
@@ -116,19 +147,46 @@ class SubscribeFlow:
                 recoverable=get_bool(params, "recoverable"),
                 join_leave=get_bool(params, "join_leave"),
                 client_data=get_raw(params, "data") or None,
+                flag=get_int(params, "flag", signed=True),
             )
         )
+        if sub_type == SUB_TYPE_SHARED_POLL:
+            # centrifuge routes shared poll before any other check; this server has none.
+            log.info("shared poll subscribe to %r is not available", channel)
+            raise ClientError(ERROR_NOT_AVAILABLE)
         chinfo = self.node.resolve(channel, client_side=True)
+        ns_type = chinfo.options.subscription_type
+        if ns_type == "shared_poll":
+            log.info("subscribe to shared poll channel %r without the shared poll type", channel)
+            raise ClientError(ERROR_BAD_REQUEST)
         if channel in self._subs or self._subscribing_to(channel):
             raise ClientError(ERROR_ALREADY_SUBSCRIBED)
         limit = self.cfg.channel_limit
         if limit > 0 and self._num_channels() >= limit:
             raise ClientError(ERROR_LIMIT_EXCEEDED)
+        if sub_type != SUB_TYPE_STREAM or ns_type:
+            self._check_subscription_type(channel, sub_type, ns_type)
         subscribing = self._subscribing
         if subscribing is None:
             subscribing = self._subscribing = {}
         subscribing[channel] = None
         return self._subscribe_reserved(cmd_id, chinfo, req)
+
+    def _check_subscription_type(self, channel: str, sub_type: int, ns_type: str) -> None:
+        """103 for a type the namespace does not take (after 105 and the channel limit, as
+        in Centrifugo's subscribe handler); a map type it takes is 108: map subscriptions
+        are not implemented, and must not become stream subscriptions."""
+        if not _subscription_type_allowed(sub_type, ns_type):
+            log.info(
+                "subscription type %d not allowed for namespace of %r (client %s)",
+                sub_type,
+                channel,
+                self.uid,
+            )
+            raise ClientError(ERROR_PERMISSION_DENIED)
+        if sub_type != SUB_TYPE_STREAM:
+            log.info("map subscribe to %r is not available", channel)
+            raise ClientError(ERROR_NOT_AVAILABLE)
 
     async def _subscribe_reserved(self, cmd_id: int, chinfo: ChannelInfo, req: SubRequest) -> None:
         try:
@@ -242,9 +300,17 @@ class SubscribeFlow:
         return bool(self.cfg.insecure)
 
     async def _subscribe(
-        self, chinfo: ChannelInfo, req: SubRequest, *, server_side: bool
+        self,
+        chinfo: ChannelInfo,
+        req: SubRequest,
+        *,
+        server_side: bool,
+        auto_cache_recover: bool = True,
     ) -> tuple[Subscription, dict[str, Any]]:
-        """Subscribe this connection; the subscription buffers until `_activate`."""
+        """Subscribe this connection; the subscription buffers until `_activate`.
+
+        `auto_cache_recover=False`: the namespace's auto_cache_recover does not apply (the
+        server API's subscribe, as Centrifugo's passes no AutoCacheRecover)."""
         ns = chinfo.options
         channel = chinfo.channel
         presence, join_leave, force_push, force_recovery, force_positioning = _flags(
@@ -255,6 +321,15 @@ class SubscribeFlow:
         recoverable = ns.history_enabled and (
             force_recovery or (req.recoverable and (ns.allow_recovery or history_ok))
         )
+        if (
+            recoverable
+            and auto_cache_recover
+            and ns.auto_cache_recover
+            and ns.force_recovery_mode == "cache"
+        ):
+            # auto_cache_recover (6.8.3): cache recovery as if asked for, from the client's
+            # position if it sent one; the latest publication comes on every (re)subscribe.
+            req.recover = True
         positioned = ns.history_enabled and (
             recoverable
             or force_positioning
@@ -347,6 +422,8 @@ class SubscribeFlow:
             top = hist.position
             pubs = hist.publications
             recovered = stream_recovered(pubs, top, req.offset, req.epoch)
+            if not recovered and req.flag & SUB_FLAG_REJECT_UNRECOVERED:
+                raise ClientError(ERROR_UNRECOVERABLE_POSITION)
         sub.epoch = top.epoch
         result["epoch"] = top.epoch
         metrics.child(
@@ -542,7 +619,9 @@ class SubscribeFlow:
             req.offset = recover_since.offset
             req.epoch = recover_since.epoch
         try:
-            sub, result = await self._subscribe(chinfo, req, server_side=True)
+            sub, result = await self._subscribe(
+                chinfo, req, server_side=True, auto_cache_recover=False
+            )
         except Disconnect as d:
             self.disconnect_soon(d)
             return
