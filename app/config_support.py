@@ -84,7 +84,6 @@ UNSUPPORTED: dict[str, str] = {
         )
     },
     **{k: _DELTA for k in _ns("allowed_delta_types", "delta_publish")},
-    **{k: "publication tags filtering is not implemented" for k in _ns("allow_tags_filter")},
     "*websocket.read_buffer_size": _GO_BUFFERS,
     "*websocket.write_buffer_size": _GO_BUFFERS,
     "*websocket.use_write_buffer_pool": _GO_BUFFERS,

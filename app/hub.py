@@ -2,6 +2,17 @@
 
 Broadcasts encode a frame once per publication and hand the same bytes to every
 local subscriber; the per-subscriber work is a dict lookup and a queue append.
+
+Tags filters (app/filter.py) live in a side index, channel -> {subscriber: matcher}, holding
+only the subscribers that sent one. A channel without any keeps the plain loop (one more dict
+lookup per publication: 1000 subscribers cost the same per delivery as before, within this
+machine's noise). In a channel with some, every subscriber costs one dict lookup more and
+only the filtered ones a match (measured with 1000 subscribers: ~1.3x the plain loop's time
+per subscriber with 10 filtered, ~1.5x with all of them filtered and refusing; the frame is
+still encoded once). A publication a filter refuses still reaches its subscriber as
+`WITHHELD`, so its stream position advances past it (centrifuge's `wasFiltered`
+publications); it is counted once per refusing subscriber in
+centrifugo_node_tags_filter_dropped_publications, as centrifuge counts.
 """
 
 from __future__ import annotations
@@ -9,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from app import metrics
+from app.filter import Matcher, Tags
 from app.models import ClientInfo, Publication
 from app.protocol import Codec
 
@@ -30,6 +43,16 @@ class Frames:
         return frame
 
 
+def _never_encoded(codec: Codec) -> bytes:
+    raise RuntimeError("a withheld publication has no frame")
+
+
+# What a subscriber whose tags filter refused a publication gets instead of its frames: it
+# accounts for the offset and sends nothing.
+WITHHELD = Frames(_never_encoded)
+_NO_TAGS: Tags = {}
+
+
 class HubClient(Protocol):
     """What the hub needs from a connection (satisfied by app.client.Client)."""
 
@@ -38,10 +61,15 @@ class HubClient(Protocol):
     session: str
 
     def deliver_publication(
-        self, channel: str, pub: Publication, epoch: str, frame: bytes
-    ) -> None: ...
+        self, channel: str, pub: Publication, epoch: str, frames: Frames
+    ) -> None:
+        """`frames` is WITHHELD when the subscriber's tags filter refused `pub`."""
 
-    def deliver_join_leave(self, channel: str, frame: bytes) -> None: ...
+    def deliver_join_leave(self, channel: str, frames: Frames) -> None: ...
+
+    def tags_filter(self, channel: str) -> Matcher | None:
+        """The matcher of this client's subscription to `channel`, if it sent a filter;
+        asked once, when the hub adds the subscriber."""
 
 
 class Hub:
@@ -50,6 +78,8 @@ class Hub:
         self._users: dict[str, dict[str, HubClient]] = {}
         # dict keyed by client object keeps insertion order and O(1) removal.
         self._subs: dict[str, dict[HubClient, None]] = {}
+        # Only subscribers with a tags filter, only channels that have one.
+        self._filters: dict[str, dict[HubClient, Matcher]] = {}
 
     # --- connections ---
 
@@ -78,6 +108,9 @@ class Hub:
 
     def add_subscriber(self, channel: str, client: HubClient) -> bool:
         """Returns True when this is the channel's first local subscriber."""
+        matcher = client.tags_filter(channel)
+        if matcher is not None:
+            self._filters.setdefault(channel, {})[client] = matcher
         subs = self._subs.get(channel)
         if subs is None:
             self._subs[channel] = {client: None}
@@ -87,6 +120,9 @@ class Hub:
 
     def remove_subscriber(self, channel: str, client: HubClient) -> bool:
         """Returns True when the channel has no local subscribers left."""
+        filters = self._filters.get(channel)
+        if filters is not None and filters.pop(client, None) is not None and not filters:
+            del self._filters[channel]
         subs = self._subs.get(channel)
         if subs is None:
             return False
@@ -112,9 +148,23 @@ class Hub:
         if not subs:
             return
         frames = Frames(lambda codec: codec.encode_pub_push(channel, pub))
-        # Copy: a delivery may unsubscribe its client (insufficient state).
+        filters = self._filters.get(channel)
+        if filters is None:
+            # Copy: a delivery may unsubscribe its client (insufficient state).
+            for client in list(subs):
+                client.deliver_publication(channel, pub, epoch, frames)
+            return
+        tags = pub.tags or _NO_TAGS
+        dropped = 0
         for client in list(subs):
-            client.deliver_publication(channel, pub, epoch, frames)
+            match = filters.get(client)
+            if match is None or match(tags):
+                client.deliver_publication(channel, pub, epoch, frames)
+            else:
+                dropped += 1
+                client.deliver_publication(channel, pub, epoch, WITHHELD)
+        if dropped:
+            metrics.child(metrics.TAGS_FILTER_DROPPED, metrics.namespace_of(channel)).inc(dropped)
 
     def broadcast_join(self, channel: str, info: ClientInfo) -> None:
         subs = self._subs.get(channel)

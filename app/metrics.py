@@ -68,6 +68,11 @@ NODE_MESSAGES_RECEIVED = _counter(
     "Number of messages received from broker.",
     ("type", "channel_namespace"),
 )
+TAGS_FILTER_DROPPED = _counter(
+    "node_tags_filter_dropped_publications",
+    "Number of publications dropped due to tags filtering.",
+    ("channel_namespace",),
+)
 
 # --- client ---
 CONNECTIONS_ACCEPTED = _counter(

@@ -10,6 +10,7 @@ from typing import Any
 from app.auth import SubscribeOverride
 from app.channels import ChannelInfo
 from app.errors import ERROR_EXPIRED, ClientError
+from app.filter import FilterNode, Matcher
 from app.hub import Frames
 from app.models import Publication
 
@@ -51,6 +52,7 @@ class Subscription:
     expire_handle: asyncio.TimerHandle | None = None
     checked_offset: int = -1  # offset at the last periodic position check
     m_inflight: Any = None  # subscriptions_inflight metric child
+    tags_filter: Matcher | None = None  # the client's `tf`, compiled (app/filter.py)
     # Publications that arrive while the subscribe is in flight wait here.
     buffer: list[tuple[Publication, str, Frames]] | None = field(default_factory=list)
 
@@ -71,6 +73,8 @@ class SubRequest:
     expire_at: int = 0
     override: SubscribeOverride | None = None
     client_data: bytes | None = None  # the client's own subscribe data (for the proxy)
+    tf: FilterNode | None = None  # the client's tags filter, as sent
+    tags_filter: Matcher | None = None  # tf once allowed, validated and compiled
     flag: int = 0  # SubscribeRequest.flag bits (SUB_FLAG_* in app/client/subscribing.py)
 
     def grant(

@@ -38,7 +38,8 @@ from app.errors import (
     ClientError,
     Disconnect,
 )
-from app.hub import Frames
+from app.filter import FilterError, Matcher, compile_filter, from_params
+from app.hub import WITHHELD, Frames
 from app.models import ClientInfo, HistoryFilter, HistoryResult, Publication, StreamPosition
 from app.protocol import DecodeError, EncodeError, get_bool, get_int, get_raw, get_str
 from app.proxy import REFRESH_RETRY_DELAY, ProxyContext, ProxyUnavailable
@@ -101,6 +102,16 @@ def _flags(ns: Any, ov: SubscribeOverride | None) -> tuple[bool, bool, bool, boo
     return p, j, fp, fr, fpos
 
 
+_NO_TAGS: dict[str, str] = {}
+
+
+def _matching(tags_filter: Matcher | None, pubs: list[Publication]) -> list[Publication]:
+    """The publications a subscription's tags filter lets through (all without one)."""
+    if tags_filter is None:
+        return pubs
+    return [p for p in pubs if tags_filter(p.tags or _NO_TAGS)]
+
+
 class SubscribeFlow:
     """Mixin of `Client` (app/client/connection.py), whose attributes it uses."""
 
@@ -109,6 +120,8 @@ class SubscribeFlow:
     _subs: dict[str, Subscription]
     _subscribing: dict[str, asyncio.Future[None] | None] | None
     _inflight: InFlight | None
+    uid: str
+    cfg: Any  # ClientConfig
 
     # ------------------------------------------------------------ subscribe
 
@@ -154,6 +167,8 @@ class SubscribeFlow:
             # centrifuge routes shared poll before any other check; this server has none.
             log.info("shared poll subscribe to %r is not available", channel)
             raise ClientError(ERROR_NOT_AVAILABLE)
+        if "tf" in params:
+            req.tf = from_params(params["tf"])  # wrong types: DecodeError, 3501
         chinfo = self.node.resolve(channel, client_side=True)
         ns_type = chinfo.options.subscription_type
         if ns_type == "shared_poll":
@@ -191,6 +206,8 @@ class SubscribeFlow:
     async def _subscribe_reserved(self, cmd_id: int, chinfo: ChannelInfo, req: SubRequest) -> None:
         try:
             await self._authorize_subscribe(chinfo, req)
+            if req.tf is not None:
+                req.tags_filter = self._tags_filter(chinfo, req)
             sub, result = await self._subscribe(chinfo, req, server_side=False)
             self.send(self.codec.encode_reply(cmd_id, "subscribe", result))
             self._activate(sub)
@@ -299,6 +316,19 @@ class SubscribeFlow:
             return True
         return bool(self.cfg.insecure)
 
+    def _tags_filter(self, chinfo: ChannelInfo, req: SubRequest) -> Matcher:
+        """The subscribe's tags filter, compiled; 107 where the namespace does not
+        allow one or it is invalid (centrifuge checks both after authorization)."""
+        assert req.tf is not None
+        if not chinfo.options.allow_tags_filter:
+            log.info("tags filter not allowed in %r (client %s)", chinfo.channel, self.uid)
+            raise ClientError(ERROR_BAD_REQUEST)
+        try:
+            return compile_filter(req.tf)
+        except FilterError as e:
+            log.info("invalid tags filter for %r (client %s): %s", chinfo.channel, self.uid, e)
+            raise ClientError(ERROR_BAD_REQUEST) from None
+
     async def _subscribe(
         self,
         chinfo: ChannelInfo,
@@ -349,6 +379,7 @@ class SubscribeFlow:
             positioned=positioned,
             recoverable=recoverable,
             expire_at=req.expire_at,
+            tags_filter=req.tags_filter,
         )
         self._subs[channel] = sub
         try:
@@ -412,11 +443,15 @@ class SubscribeFlow:
         pubs: list[Publication]
         cache = ns.force_recovery_mode == "cache"
         if cache:
+            # With a tags filter, the latest publication it lets through, among as many
+            # as stream recovery would read (centrifuge's recoverCache).
+            limit = 1 if sub.tags_filter is None else self._recovery_limit()
             hist = await self.node.stream_history(
-                sub.channel, HistoryFilter(limit=1, reverse=True, meta_ttl=meta_ttl)
+                sub.channel, HistoryFilter(limit=limit, reverse=True, meta_ttl=meta_ttl)
             )
             top = hist.position
-            recovered, pubs = cache_recovered(hist.publications, top, req.offset, req.epoch)
+            latest = _matching(sub.tags_filter, hist.publications)[:1]
+            recovered, pubs = cache_recovered(latest, top, req.offset, req.epoch)
         else:
             hist = await self._recover_stream(sub.channel, req, meta_ttl)
             top = hist.position
@@ -424,6 +459,8 @@ class SubscribeFlow:
             recovered = stream_recovered(pubs, top, req.offset, req.epoch)
             if not recovered and req.flag & SUB_FLAG_REJECT_UNRECOVERED:
                 raise ClientError(ERROR_UNRECOVERABLE_POSITION)
+        last = pubs[-1].offset if pubs else req.offset
+        pubs = _matching(sub.tags_filter, pubs)
         sub.epoch = top.epoch
         result["epoch"] = top.epoch
         metrics.child(
@@ -434,7 +471,6 @@ class SubscribeFlow:
         ).inc()
         if recovered:
             result["recovered"] = True
-            last = pubs[-1].offset if pubs else req.offset
             sub.offset = top.offset if cache else max(last, req.offset)
             if req.offset:
                 result["offset"] = req.offset
@@ -457,6 +493,10 @@ class SubscribeFlow:
                 meta_ttl=meta_ttl,
             ),
         )
+
+    def _recovery_limit(self) -> int:
+        n: int = self.cfg.recovery_max_publication_limit
+        return n if n > 0 else -1
 
     def _activate(self, sub: Subscription) -> None:
         """The subscribe reply is queued: release buffered publications after it."""
@@ -663,12 +703,18 @@ class SubscribeFlow:
             if pub.offset <= sub.offset:
                 return  # already delivered (recovered or duplicate)
             sub.offset = pub.offset
+        if frames is WITHHELD:
+            return  # its tags filter refused it: only its offset counts
         frame = frames.get(self.codec)
         if not frame:
             # Binary payload (b64data) cannot travel over the JSON protocol.
             self.disconnect_soon(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL))
             return
         self._writer.enqueue(frame)
+
+    def tags_filter(self, channel: str) -> Matcher | None:
+        sub = self._subs.get(channel)
+        return None if sub is None else sub.tags_filter
 
     def deliver_join_leave(self, channel: str, frames: Frames) -> None:
         sub = self._subs.get(channel)
