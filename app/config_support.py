@@ -103,7 +103,6 @@ UNSUPPORTED: dict[str, str] = {
     "is not exported",
     "opentelemetry.**": "OpenTelemetry tracing is not implemented",
     "graphite.**": "Graphite export is not implemented",
-    "node.info_metrics_aggregate_interval": "node info is aggregated on every info call",
     "enable_unreleased_features": "this server has no unreleased features to enable",
 }
 

@@ -4,6 +4,11 @@ Every node broadcasts its info every HEARTBEAT seconds; peers keep a registry
 and forget a node silent for EXPIRE seconds (or at once on its shutdown
 message). `info` is then a local read. A survey broadcasts a question and
 gathers one answer per known node, up to a deadline.
+
+A node's metrics snapshot (app/info_metrics.py) rides in its info as centrifuge's pubNode
+carries it: only in the first heartbeat after it was taken, peers keeping the last one they
+got (nodeRegistry.add); a newcomer's greeting carries it too, so a new peer need not wait an
+interval for it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class Membership:
         self._peers: dict[str, tuple[dict[str, Any], float]] = {}
         self._surveys: dict[str, tuple[asyncio.Future[None], list[Any]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._metrics: dict[str, Any] | None = None
+        self._metrics_unsent = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._heartbeat())
@@ -54,12 +61,28 @@ class Membership:
         with contextlib.suppress(Exception):
             await self._send(control.encode_message(control.SHUTDOWN, self._id, {}), "")
 
+    def set_metrics(self, snapshot: dict[str, Any]) -> None:
+        """This node's latest metrics snapshot: sent with the next heartbeat."""
+        self._metrics = snapshot
+        self._metrics_unsent = True
+
+    def _info(self, with_metrics: bool) -> dict[str, Any]:
+        info = self._local_info()
+        if with_metrics and self._metrics is not None:
+            info["metrics"] = self._metrics
+        return info
+
     async def _heartbeat(self) -> None:
         while True:
             try:
+                # Sent once per snapshot: it can be sizeable, and peers keep the last one.
+                snapshot = self._metrics
+                unsent = self._metrics_unsent
                 await self._send(
-                    control.encode_message(control.NODE, self._id, self._local_info()), ""
+                    control.encode_message(control.NODE, self._id, self._info(unsent)), ""
                 )
+                if unsent and snapshot is self._metrics:
+                    self._metrics_unsent = False
             except Exception as e:  # broker down: peers will expire us, we retry
                 log.debug("heartbeat failed: %s", e)
             now = time.monotonic()
@@ -76,9 +99,13 @@ class Membership:
                 # A newcomer: tell it about us now rather than in up to 3 s.
                 spawn(
                     self._send_best_effort(
-                        control.encode_message(control.NODE, self._id, self._local_info()), origin
+                        control.encode_message(control.NODE, self._id, self._info(True)), origin
                     )
                 )
+            else:
+                known = self._peers[origin][0].get("metrics")
+                if known is not None and "metrics" not in body:
+                    body = {**body, "metrics": known}
             self._peers[origin] = (body, time.monotonic())
         elif kind == control.SHUTDOWN:
             self._peers.pop(origin, None)
@@ -114,7 +141,7 @@ class Membership:
         return len(self._peers)
 
     def nodes(self) -> list[dict[str, Any]]:
-        return [self._local_info()] + [info for info, _ in self._peers.values()]
+        return [self._info(True)] + [info for info, _ in self._peers.values()]
 
     async def survey(self, op: str, data: Any) -> list[Any]:
         """Answers of every node, this one first."""

@@ -40,6 +40,11 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...] = (), mode: str = "lives
     return Gauge(name, doc, labels, namespace=NS, multiprocess_mode=mode)
 
 
+# Full names of the gauges that stand in for counters (`_counter`): the info snapshot
+# reports them as eagle reports counters, as their increase over the interval.
+COUNTER_GAUGES: set[str] = set()
+
+
 def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
     """A monotonic count under Centrifugo's exact name.
 
@@ -47,6 +52,7 @@ def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
     counters have no such suffix and dashboards query them by exact name. A gauge
     only ever incremented, summed over workers including exited ones ("sum"),
     behaves like a counter for rate() and increase()."""
+    COUNTER_GAUGES.add(f"{NS}_{name}")
     return Gauge(name, doc, labels, namespace=NS, multiprocess_mode="sum")
 
 
@@ -189,6 +195,13 @@ PROXY_INFLIGHT = _gauge(
 # --- broker ---
 REDIS_PUBSUB_ERRORS = _counter(
     "broker_redis_pub_sub_errors", "Redis PUB/SUB connection errors.", ("error",)
+)
+# centrifuge's incBrokerPublishSuppressed: a publication the broker dropped (reason
+# "idempotency" or "version", PublishResult.suppress_reason).
+PUBLISH_SUPPRESSED = _counter(
+    "broker_publish_suppressed_count",
+    "Number of suppressed publish operations.",
+    ("reason", "channel_namespace"),
 )
 
 

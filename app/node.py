@@ -35,6 +35,7 @@ from app.errors import (
     Disconnect,
 )
 from app.hub import Hub
+from app.info_metrics import InfoMetrics
 from app.membership import Membership
 from app.models import (
     ClientInfo,
@@ -87,6 +88,11 @@ def _publish_options(
     return opts
 
 
+def _count_suppressed(result: PublishResult, namespace: str) -> None:
+    """centrifuge's incBrokerPublishSuppressed: a publication the broker dropped."""
+    metrics.child(metrics.PUBLISH_SUPPRESSED, result.suppress_reason, namespace).inc()
+
+
 class Node:
     def __init__(self, cfg: Config, broker: Broker, presence: PresenceManager) -> None:
         self.config = cfg
@@ -107,6 +113,8 @@ class Node:
         self._timers: CoarseTimers | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self._position_task: asyncio.Task[None] | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
+        self._info_metrics = InfoMetrics(cfg.node.info_metrics_aggregate_interval)
         self.membership = Membership(
             self.id, self._local_info, self._publish_control, self._answer_survey
         )
@@ -146,6 +154,9 @@ class Node:
         delay = self.config.client.channel_position_check_delay
         if delay > 0:
             self._position_task = asyncio.create_task(self._check_positions(delay))
+        # As centrifuge's initMetrics: a snapshot from the start, then one per interval.
+        self._snapshot_metrics()
+        self._metrics_task = asyncio.create_task(self._aggregate_metrics())
         self.membership.start()
 
     @property
@@ -174,7 +185,7 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
-        for task in (self._presence_task, self._position_task):
+        for task in (self._presence_task, self._position_task, self._metrics_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -203,6 +214,22 @@ class Node:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
+
+    def _snapshot_metrics(self) -> None:
+        self._update_node_gauges()  # the node gauges otherwise follow the heartbeat
+        self.membership.set_metrics(self._info_metrics.snapshot())
+
+    async def _aggregate_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(self._info_metrics.interval)
+            self._update_node_gauges()
+            try:
+                # Off the loop: tens of ms per thousand series (app/info_metrics.py).
+                snapshot = await asyncio.to_thread(self._info_metrics.snapshot)
+            except Exception:  # a collector failing must not end the snapshots
+                log.exception("metrics snapshot failed")
+                continue
+            self.membership.set_metrics(snapshot)
 
     async def _refresh_presence(self, interval: float) -> None:
         while True:
@@ -322,6 +349,8 @@ class Node:
         )
         result = await self.broker.publish(channel, data, opts)
         metrics.child(metrics.NODE_MESSAGES_SENT, "publication", chinfo.namespace).inc()
+        if result.suppressed:
+            _count_suppressed(result, chinfo.namespace)
         return result
 
     async def publish_many(
@@ -370,6 +399,8 @@ class Node:
             if isinstance(result, PublishResult):
                 sent[namespace] += 1
                 out[i] = result
+                if result.suppressed:
+                    _count_suppressed(result, namespace)
             elif isinstance(result, ClientError):
                 out[i] = result
             else:
@@ -613,9 +644,8 @@ class Node:
                 total[ch] = total.get(ch, 0) + n
         return total
 
-    def _local_info(self) -> dict[str, Any]:
+    def _update_node_gauges(self) -> None:
         hub = self.hub
-        # Called every heartbeat: a good moment to refresh the node gauges too.
         metrics.update_node(
             hub.num_clients,
             hub.num_users,
@@ -623,6 +653,11 @@ class Node:
             hub.num_channels,
             1 + self.membership.num_peers,
         )
+
+    def _local_info(self) -> dict[str, Any]:
+        hub = self.hub
+        # Called every heartbeat: a good moment to refresh the node gauges too.
+        self._update_node_gauges()
         return {
             "uid": self.id,
             "name": self.name,
