@@ -39,7 +39,6 @@ _GO_BUFFERS = (
     "Go's WebSocket buffer tuning has no equivalent here (asyncio reads into its own buffer)"
 )
 _MAP = "map subscriptions and shared poll are not implemented"
-_DELTA = "delta compression is not implemented"
 _NATS = "the NATS broker is not implemented (broker.type accepts memory and redis)"
 _PG = "the PostgreSQL broker is not implemented (broker.type accepts memory and redis)"
 
@@ -83,7 +82,6 @@ UNSUPPORTED: dict[str, str] = {
             "subscribe_stream_proxy_bidirectional",
         )
     },
-    **{k: _DELTA for k in _ns("allowed_delta_types", "delta_publish")},
     "*websocket.read_buffer_size": _GO_BUFFERS,
     "*websocket.write_buffer_size": _GO_BUFFERS,
     "*websocket.use_write_buffer_pool": _GO_BUFFERS,

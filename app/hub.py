@@ -13,14 +13,28 @@ still encoded once). A publication a filter refuses still reaches its subscriber
 `WITHHELD`, so its stream position advances past it (centrifuge's `wasFiltered`
 publications); it is counted once per refusing subscriber in
 centrifugo_node_tags_filter_dropped_publications, as centrifuge counts.
+
+Fossil delta (app/fossil.py): subscribers that negotiated it sit in a second side index and
+get `DeltaFrames` instead of `Frames`: the full publication (in JSON its data as a JSON
+string, as centrifuge sends to delta subscriptions) and, when the publication allows delta,
+a patch against the previous publication of the stream, created once per publication and
+shared by all of them. The previous publication is the one this hub delivered last in the
+channel, used only when its offset is exactly one less in the same epoch: then it is the
+stream's previous publication, the one centrifuge's broker hands along (`prevPub`), and it
+works the same on both engines. Anything else (no history, a gap, another epoch) goes in
+full. Which of the two a subscriber gets is its own state (app/client: the first
+publication after subscribe goes in full).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Protocol
 
-from app import metrics
+import orjson
+
+from app import fossil, metrics
 from app.filter import Matcher, Tags
 from app.models import ClientInfo, Publication
 from app.protocol import Codec
@@ -47,6 +61,53 @@ def _never_encoded(codec: Codec) -> bytes:
     raise RuntimeError("a withheld publication has no frame")
 
 
+def json_string(data: bytes) -> bytes | None:
+    """`data` as a JSON string literal (the JSON protocol's form of a delta subscription's
+    payload), or None when it is not UTF-8 and so cannot be one."""
+    try:
+        return orjson.dumps(data.decode())
+    except UnicodeDecodeError:
+        return None
+
+
+class DeltaFrames:
+    """What a delta subscriber gets: `full` always, `patch` only when the publication
+    may go as delta, a base exists and the patch is smaller than the data."""
+
+    __slots__ = ("full", "patch")
+
+    def __init__(self, channel: str, pub: Publication, prev: Publication | None) -> None:
+        wire = replace(pub, delta=False)  # pub.delta is the publisher's "may use delta"
+        self.full = Frames(lambda codec: _frame(codec, channel, wire))
+        self.patch: Frames | None = None
+        if prev is not None and pub.delta:
+            patch = fossil.create(prev.data, pub.data)
+            if len(patch) < len(pub.data) and _fits_json(patch, pub.data):
+                delta = replace(pub, data=patch, delta=True)
+                self.patch = Frames(lambda codec: _frame(codec, channel, delta))
+
+
+def _fits_json(patch: bytes, data: bytes) -> bool:
+    """A patch of UTF-8 data can be cut inside a character; JSON clients could not be
+    sent it as a string, so such a publication goes in full."""
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return True  # binary data never reaches JSON clients anyway
+    try:
+        patch.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _frame(codec: Codec, channel: str, pub: Publication) -> bytes:
+    if not codec.name.startswith("json"):
+        return codec.encode_pub_push(channel, pub)
+    text = json_string(pub.data)
+    return b"" if text is None else codec.encode_pub_push(channel, replace(pub, data=text))
+
+
 # What a subscriber whose tags filter refused a publication gets instead of its frames: it
 # accounts for the offset and sends nothing.
 WITHHELD = Frames(_never_encoded)
@@ -61,14 +122,19 @@ class HubClient(Protocol):
     session: str
 
     def deliver_publication(
-        self, channel: str, pub: Publication, epoch: str, frames: Frames
+        self, channel: str, pub: Publication, epoch: str, frames: Frames | DeltaFrames
     ) -> None:
-        """`frames` is WITHHELD when the subscriber's tags filter refused `pub`."""
+        """`frames` is WITHHELD when the subscriber's tags filter refused `pub`, and
+        DeltaFrames for a subscription that negotiated delta."""
 
     def deliver_join_leave(self, channel: str, frames: Frames) -> None: ...
 
     def tags_filter(self, channel: str) -> Matcher | None:
         """The matcher of this client's subscription to `channel`, if it sent a filter;
+        asked once, when the hub adds the subscriber."""
+
+    def delta_subscription(self, channel: str) -> bool:
+        """Whether this client's subscription to `channel` negotiated fossil delta;
         asked once, when the hub adds the subscriber."""
 
 
@@ -80,6 +146,10 @@ class Hub:
         self._subs: dict[str, dict[HubClient, None]] = {}
         # Only subscribers with a tags filter, only channels that have one.
         self._filters: dict[str, dict[HubClient, Matcher]] = {}
+        # Only subscribers that negotiated delta, only channels that have one; and the
+        # last publication delivered in each such channel, with its epoch (a patch base).
+        self._deltas: dict[str, dict[HubClient, None]] = {}
+        self._last: dict[str, tuple[str, Publication]] = {}
 
     # --- connections ---
 
@@ -111,6 +181,8 @@ class Hub:
         matcher = client.tags_filter(channel)
         if matcher is not None:
             self._filters.setdefault(channel, {})[client] = matcher
+        if client.delta_subscription(channel):
+            self._deltas.setdefault(channel, {})[client] = None
         subs = self._subs.get(channel)
         if subs is None:
             self._subs[channel] = {client: None}
@@ -123,6 +195,12 @@ class Hub:
         filters = self._filters.get(channel)
         if filters is not None and filters.pop(client, None) is not None and not filters:
             del self._filters[channel]
+        deltas = self._deltas.get(channel)
+        if deltas is not None and client in deltas:
+            del deltas[client]
+            if not deltas:
+                del self._deltas[channel]
+                self._last.pop(channel, None)
         subs = self._subs.get(channel)
         if subs is None:
             return False
@@ -131,6 +209,17 @@ class Hub:
             del self._subs[channel]
             return True
         return False
+
+    def offer_delta_base(self, channel: str, epoch: str, pub: Publication) -> None:
+        """A publication of the stream read from history (a delta subscriber's recovery):
+        the base of the next patch if the hub holds nothing newer, so the first live
+        publication after a recovery can go as a patch, as centrifuge's history-fed
+        prevPub allows, even when the channel had no delta subscriber meanwhile."""
+        if channel not in self._deltas or not pub.offset:
+            return
+        last = self._last.get(channel)
+        if last is None or last[0] != epoch or last[1].offset < pub.offset:
+            self._last[channel] = (epoch, pub)
 
     def has_subscribers(self, channel: str) -> bool:
         return channel in self._subs
@@ -147,16 +236,55 @@ class Hub:
         subs = self._subs.get(channel)
         if not subs:
             return
-        frames = Frames(lambda codec: codec.encode_pub_push(channel, pub))
+        deltas = self._deltas.get(channel)
+        if deltas is not None:
+            self._broadcast_with_delta(channel, pub, epoch, subs, deltas)
+            return
+        # pub.delta is the publisher's "may use delta", not a patch: never on this wire.
+        wire = replace(pub, delta=False) if pub.delta else pub
+        frames = Frames(lambda codec: codec.encode_pub_push(channel, wire))
+        self._fan_out(channel, pub, epoch, list(subs), frames)
+
+    def _broadcast_with_delta(
+        self,
+        channel: str,
+        pub: Publication,
+        epoch: str,
+        subs: dict[HubClient, None],
+        deltas: dict[HubClient, None],
+    ) -> None:
+        prev: Publication | None = None
+        if pub.offset:
+            last = self._last.get(channel)
+            if last is not None and last[0] == epoch and last[1].offset == pub.offset - 1:
+                prev = last[1]
+            self._last[channel] = (epoch, pub)
+        else:
+            self._last.pop(channel, None)  # no stream: nothing to patch against
+        delta_frames = DeltaFrames(channel, pub, prev)
+        wire = replace(pub, delta=False) if pub.delta else pub
+        frames = Frames(lambda codec: codec.encode_pub_push(channel, wire))
+        plain = [c for c in subs if c not in deltas]
+        self._fan_out(channel, pub, epoch, plain, frames)
+        self._fan_out(channel, pub, epoch, list(deltas), delta_frames)
+
+    def _fan_out(
+        self,
+        channel: str,
+        pub: Publication,
+        epoch: str,
+        clients: list[HubClient],
+        frames: Frames | DeltaFrames,
+    ) -> None:
         filters = self._filters.get(channel)
         if filters is None:
-            # Copy: a delivery may unsubscribe its client (insufficient state).
-            for client in list(subs):
+            # A copy: a delivery may unsubscribe its client (insufficient state).
+            for client in clients:
                 client.deliver_publication(channel, pub, epoch, frames)
             return
         tags = pub.tags or _NO_TAGS
         dropped = 0
-        for client in list(subs):
+        for client in clients:
             match = filters.get(client)
             if match is None or match(tags):
                 client.deliver_publication(channel, pub, epoch, frames)

@@ -11,7 +11,7 @@ from app.auth import SubscribeOverride
 from app.channels import ChannelInfo
 from app.errors import ERROR_EXPIRED, ClientError
 from app.filter import FilterNode, Matcher
-from app.hub import Frames
+from app.hub import DeltaFrames, Frames
 from app.models import Publication
 
 
@@ -53,8 +53,13 @@ class Subscription:
     checked_offset: int = -1  # offset at the last periodic position check
     m_inflight: Any = None  # subscriptions_inflight metric child
     tags_filter: Matcher | None = None  # the client's `tf`, compiled (app/filter.py)
+    # Fossil delta negotiated (SubscribeResult.delta), and whether the client holds the
+    # base a patch applies to (centrifuge's flagDeltaAllowed): false until it got one
+    # publication in full.
+    delta: bool = False
+    delta_ready: bool = False
     # Publications that arrive while the subscribe is in flight wait here.
-    buffer: list[tuple[Publication, str, Frames]] | None = field(default_factory=list)
+    buffer: list[tuple[Publication, str, Frames | DeltaFrames]] | None = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -76,6 +81,7 @@ class SubRequest:
     tf: FilterNode | None = None  # the client's tags filter, as sent
     tags_filter: Matcher | None = None  # tf once allowed, validated and compiled
     flag: int = 0  # SubscribeRequest.flag bits (SUB_FLAG_* in app/client/subscribing.py)
+    delta: str = ""  # the delta type asked for ("fossil" is the only one)
 
     def grant(
         self,

@@ -39,7 +39,8 @@ from app.errors import (
     Disconnect,
 )
 from app.filter import FilterError, Matcher, compile_filter, from_params
-from app.hub import WITHHELD, Frames
+from app.fossil import create as fossil_patch
+from app.hub import WITHHELD, DeltaFrames, Frames, json_string
 from app.models import ClientInfo, HistoryFilter, HistoryResult, Publication, StreamPosition
 from app.protocol import DecodeError, EncodeError, get_bool, get_int, get_raw, get_str
 from app.proxy import REFRESH_RETRY_DELAY, ProxyContext, ProxyUnavailable
@@ -55,6 +56,7 @@ SUBSCRIBE_WAIT = 5.0
 # changes nothing here; 2 asks for error 112 instead of `recovered: false` when stream
 # recovery fails, so that an SDK with getState reloads its state instead.
 SUB_FLAG_REJECT_UNRECOVERED = 2
+DELTA_FOSSIL = "fossil"  # the only delta type (centrifuge's stringToDeltaType)
 
 # SubscribeRequest.type (centrifuge SubscriptionType, an int32) and the name a namespace's
 # subscription_type gives it; any other number is "unknown", allowed nowhere.
@@ -161,12 +163,18 @@ class SubscribeFlow:
                 join_leave=get_bool(params, "join_leave"),
                 client_data=get_raw(params, "data") or None,
                 flag=get_int(params, "flag", signed=True),
+                delta=get_str(params, "delta"),
             )
         )
         if sub_type == SUB_TYPE_SHARED_POLL:
             # centrifuge routes shared poll before any other check; this server has none.
             log.info("shared poll subscribe to %r is not available", channel)
             raise ClientError(ERROR_NOT_AVAILABLE)
+        if req.delta and req.delta != DELTA_FOSSIL:
+            # An unknown delta type is a bad request; centrifuge checks it right after
+            # shared poll routing, before everything else.
+            log.info("unknown delta type %r in subscribe to %r", req.delta, channel)
+            raise Disconnect(DISCONNECT_BAD_REQUEST)
         if "tf" in params:
             req.tf = from_params(params["tf"])  # wrong types: DecodeError, 3501
         chinfo = self.node.resolve(channel, client_side=True)
@@ -380,6 +388,9 @@ class SubscribeFlow:
             recoverable=recoverable,
             expire_at=req.expire_at,
             tags_filter=req.tags_filter,
+            # Negotiated only where the namespace allows the type; otherwise the
+            # subscription goes on without delta (centrifuge's subscribeCmd).
+            delta=bool(req.delta) and req.delta in ns.allowed_delta_types,
         )
         self._subs[channel] = sub
         try:
@@ -391,6 +402,8 @@ class SubscribeFlow:
                 # subscribe that other connections to the channel may await must not be.
                 await asyncio.shield(adding)
             result: dict[str, Any] = {}
+            if sub.delta:
+                result["delta"] = True
             # A sub_refresh proxy refreshes server-side: no expires/ttl for the client.
             if req.expire_at and self.node.proxies.sub_refresh_proxy(ns) is None:
                 result["expires"] = True
@@ -475,12 +488,41 @@ class SubscribeFlow:
             if req.offset:
                 result["offset"] = req.offset
             if pubs:
-                result["publications"] = pubs
+                result["publications"] = self._delta_recovered(pubs) if sub.delta else pubs
+                if sub.delta:
+                    self.node.hub.offer_delta_base(sub.channel, top.epoch, pubs[-1])
+            # The client holds the base of the next patch: the last recovered publication
+            # or, with none, the one it had (centrifuge sets flagDeltaAllowed here).
+            sub.delta_ready = sub.delta
         else:
             sub.offset = top.offset
             if top.offset:
                 result["offset"] = top.offset
         return result
+
+    def _delta_recovered(self, pubs: list[Publication]) -> list[Publication]:
+        """Recovered publications for a delta subscription (centrifuge's
+        makeRecoveredPubsDeltaFossil): the first in full, each next one a patch against
+        the one before when that is smaller; in JSON every data is a JSON string."""
+        as_json = self.codec.name.startswith("json")
+        out: list[Publication] = []
+        prev: Publication | None = None
+        for pub in pubs:
+            data, delta = pub.data, False
+            if prev is not None:
+                patch = fossil_patch(prev.data, pub.data)
+                if len(patch) < len(pub.data):
+                    data, delta = patch, True
+            if as_json:
+                text = json_string(data)
+                if text is None and delta:
+                    data, delta = pub.data, False  # a patch cut inside a character
+                    text = json_string(data)
+                if text is not None:
+                    data = text
+            out.append(Publication(data, pub.info, pub.offset, pub.tags, pub.time, delta))
+            prev = pub
+        return out
 
     async def _recover_stream(
         self, channel: str, req: SubRequest, meta_ttl: float
@@ -686,7 +728,7 @@ class SubscribeFlow:
     # ------------------------------------------------------------ delivery
 
     def deliver_publication(
-        self, channel: str, pub: Publication, epoch: str, frames: Frames
+        self, channel: str, pub: Publication, epoch: str, frames: Frames | DeltaFrames
     ) -> None:
         sub = self._subs.get(channel)
         if sub is None:
@@ -704,7 +746,20 @@ class SubscribeFlow:
                 return  # already delivered (recovered or duplicate)
             sub.offset = pub.offset
         if frames is WITHHELD:
+            sub.delta_ready = False  # it never got this one: the next goes in full
             return  # its tags filter refused it: only its offset counts
+        if type(frames) is DeltaFrames:
+            # The first publication after subscribe goes in full; later ones as a patch
+            # when there is one (centrifuge's flagDeltaAllowed). Only a positioned
+            # subscription gets patches: its offset check above proves it holds the
+            # previous publication, the patch's base (centrifuge sends the others full).
+            patch = frames.patch
+            if sub.delta_ready and patch is not None and sub.positioned:
+                frames = patch
+            else:
+                frames = frames.full
+                sub.delta_ready = True
+        assert type(frames) is Frames
         frame = frames.get(self.codec)
         if not frame:
             # Binary payload (b64data) cannot travel over the JSON protocol.
@@ -715,6 +770,10 @@ class SubscribeFlow:
     def tags_filter(self, channel: str) -> Matcher | None:
         sub = self._subs.get(channel)
         return None if sub is None else sub.tags_filter
+
+    def delta_subscription(self, channel: str) -> bool:
+        sub = self._subs.get(channel)
+        return sub is not None and sub.delta
 
     def deliver_join_leave(self, channel: str, frames: Frames) -> None:
         sub = self._subs.get(channel)

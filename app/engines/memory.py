@@ -128,8 +128,10 @@ class _Stream:
 
 def _copy_pub(p: Publication) -> Publication:
     # History readers get their own objects so that nothing they do (delta
-    # encoding, clearing fields) can alter the stored stream.
-    return Publication(p.data, p.info, p.offset, p.tags, p.time, p.delta)
+    # encoding, clearing fields) can alter the stored stream. Without `delta`: on a stored
+    # publication it is the publisher's "may use delta" (for the hub's fan-out), while on
+    # the wire it means "data is a patch", which a stored publication never is.
+    return Publication(p.data, p.info, p.offset, p.tags, p.time)
 
 
 class MemoryBroker:

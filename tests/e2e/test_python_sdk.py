@@ -439,7 +439,6 @@ async def test_rpc_ping_extension(srv: ServerHandle, sdk: SdkFactory) -> None:
     assert client.state == ClientState.CONNECTED
 
 
-@pytest.mark.xfail(strict=True, reason="not implemented yet: fossil delta compression")
 async def test_fossil_delta_publications(
     srv: ServerHandle, sdk: SdkFactory, api: AsyncClient
 ) -> None:

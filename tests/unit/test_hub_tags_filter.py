@@ -44,6 +44,9 @@ class Recorder:
     def tags_filter(self, channel: str) -> Matcher | None:
         return self.matcher
 
+    def delta_subscription(self, channel: str) -> bool:
+        return False
+
     def deliver_publication(
         self, channel: str, pub: Publication, epoch: str, frames: Frames
     ) -> None:

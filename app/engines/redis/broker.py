@@ -545,7 +545,11 @@ class RedisBroker:
         for entry_id, fields in entries or ():
             offset = int(entry_id.split(b"-", 1)[0])
             # fields is a flat [name, value] list; the payload is field "d".
-            pubs.append(codec.decode_payload(fields[1], offset))
+            pub = codec.decode_payload(fields[1], offset)
+            # Stored "dl" is the publisher's "may use delta", for the live fan-out only; a
+            # publication read from history is never a patch (as the memory engine).
+            pub.delta = False
+            pubs.append(pub)
         return HistoryResult(pubs, StreamPosition(int(top), epoch.decode()))
 
     async def remove_history(self, channel: str) -> None:
