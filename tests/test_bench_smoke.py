@@ -238,3 +238,34 @@ def test_spread_bench_reports_each_design(tmp_path: Path, redis_server_available
         assert shares == sorted(shares, reverse=True), design
         assert d["largest_share_median"] == shares[0], design
         assert d["connects_per_s_median"] > 0, design
+
+
+@pytest.mark.timeout(60)
+def test_delta_bench_rebuilds_every_document(tmp_path: Path) -> None:
+    """`python -m bench.delta` at a tiny size: both groups get every publication, the sampled
+    delta clients rebuild each document from patches (the bench fails otherwise), and patches
+    make a delivery several times smaller than the full ~2 KB document."""
+    out = tmp_path / "delta.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
+    cmd = [sys.executable, "-m", "bench.delta", "--subscribers", "10", "--publications", "5"]
+    cmd += ["--rate", "50", "--runs", "2", "--sample-every", "3", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=55)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    doc = json.loads(out.read_text())
+    assert 2000 <= doc["document_bytes"] <= 2100
+    assert [(r["run"], r["mode"]) for r in doc["runs"]] == [
+        (1, "delta"),
+        (1, "plain"),
+        (2, "delta"),
+        (2, "plain"),
+    ]
+    for r in doc["runs"]:
+        assert r["deliveries"] == 50 and r["sampled_clients"] == 4, r
+        assert r["sampled_verified"] == 4 * 5, r  # every document rebuilt byte for byte
+        assert r["server_cpu_s"] >= 0, r
+    # Only the first publication after subscribe goes in full; every later one is a patch.
+    assert [r["sampled_patches"] for r in doc["runs"] if r["mode"] == "delta"] == [4 * 4, 4 * 5]
+    summary = doc["summary"]
+    assert summary["plain"]["payload_bytes_per_delivery"] > doc["document_bytes"]
+    assert summary["ratio"]["payload_bytes_per_delivery"] < 0.5
+    assert doc["table"] in proc.stdout
