@@ -274,7 +274,10 @@ async def test_publication_fields_round_trip(engine):
         assert p.info == info
         assert p.tags == {"k": "v", "x": "y"}
         assert p.offset == r.position.offset == 1
-        assert p.delta is True
+    # The publisher's "may use delta" travels with the live publication (the hub's fan-out
+    # makes patches from it); a publication read from history is never a patch.
+    assert live.delta is True
+    assert stored.delta is False
     assert rec.pubs[0][2] == r.position.epoch
     # Without info, tags or delta the stored payload is the bare data.
     await broker.publish("plain", b"raw", hist())

@@ -61,7 +61,9 @@ async def test_packed_command_equals_hiredis_packing(cluster: bool) -> None:
     await call.reply  # type: ignore[misc]
     ((name, keys, args, packed),) = shard.calls
     assert name == "history_add"
-    assert len(keys) == 3 * 12 and len(args) == 7 * 12
+    assert (
+        len(keys) == 3 * 12 and len(args) == 9 * 12
+    )  # lua/history_add.lua: 3 KEYS, 9 ARGV per item
     assert packed is not None
     expected = hiredis.pack_command(("EVALSHA", SCRIPT.sha, len(keys), *keys, *args))
     assert evalsha_command(SCRIPT.sha, len(keys), len(args), packed) == expected
