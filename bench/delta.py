@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import statistics
@@ -39,6 +38,7 @@ import aiohttp
 import psutil  # type: ignore[import-untyped]
 
 from bench.load import mask_frame
+from bench.rawws import RawWsClient
 from tests.e2e.helpers import ServerHandle, start_server
 from tests.e2e.redis_e2e_helpers import worker_pids
 from tests.unit.test_fossil import apply as fossil_apply
@@ -73,16 +73,12 @@ def document(seq: int) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-class Sub(asyncio.Protocol):
+class Sub(RawWsClient):
     """One raw WebSocket subscriber. Counts push messages and the bytes of the frames that
     carried them; a sampled one also decodes each publication and keeps the documents."""
 
     def __init__(self, port: int, tok: str, channel: str, delta: bool, sample: bool) -> None:
-        self.head = (
-            f"GET /connection/websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
-        ).encode()
+        super().__init__("127.0.0.1", port)
         sub: dict[str, Any] = {"channel": channel}
         if delta:
             sub["delta"] = "fossil"
@@ -91,9 +87,6 @@ class Sub(asyncio.Protocol):
         self.delta = delta
         self.sample = sample
         self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.buf = b""
-        self.upgraded = False
-        self.transport: asyncio.Transport | None = None
         self.base = b""  # the last document a delta subscriber holds, kept across runs
         self.reset()
 
@@ -104,43 +97,17 @@ class Sub(asyncio.Protocol):
         self.patches = 0
         self.docs: list[bytes] = []
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.head)
-
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"closed before subscribed: {exc}"))
 
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.upgraded:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not self.buf.startswith(b"HTTP/1.1 101"):
-                self.ready.set_exception(RuntimeError(self.buf[:200].decode(errors="replace")))
-                return
-            self.upgraded = True
-            self.buf = self.buf[end + 4 :]
-            assert self.transport is not None
-            self.transport.write(self.setup)
-        buf, pos = self.buf, 0
-        while len(buf) - pos >= 2:  # server frames: unmasked, never fragmented by aiohttp
-            ln = buf[pos + 1] & 127
-            start = pos + 2 + (2 if ln == 126 else 8 if ln == 127 else 0)
-            if len(buf) < start:
-                break
-            if ln >= 126:
-                ln = int.from_bytes(buf[pos + 2 : start], "big")
-            if len(buf) < start + ln:
-                break
-            self.frame(buf[pos] & 15, buf[start : start + ln], start - pos)
-            pos = start + ln
-        self.buf = buf[pos:]
+    def on_open(self) -> None:
+        self.write(self.setup)
 
-    def frame(self, opcode: int, payload: bytes, head: int) -> None:
+    def on_refused(self, head: bytes) -> None:
+        self.ready.set_exception(RuntimeError(head.decode(errors="replace")))
+
+    def on_frame(self, opcode: int, payload: bytes, head: int) -> None:
         if opcode != 1:
             return  # close, pong: none expected in a run
         # The server joins the messages queued for a connection into one frame, lines apart,
@@ -149,8 +116,7 @@ class Sub(asyncio.Protocol):
         for line in payload.split(b"\n"):
             if line == PING:
                 pings += 1
-                assert self.transport is not None
-                self.transport.write(mask_frame(PING))
+                self.write(mask_frame(PING))
             elif not self.ready.done():
                 reply = json.loads(line)
                 if "error" in reply:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import secrets
@@ -39,51 +38,33 @@ import psutil  # type: ignore[import-untyped]
 
 from bench.load import mask_frame
 from bench.metrics_scrape import server_config, token
+from bench.rawws import RawWsClient
 from bench.runner import Service, free_port, start_redis
 
 DESIGNS = ("reuseport", "shared")
 LISTENERS_ENV = "CFPY_LISTENERS"
 
 
-class Conn(asyncio.Protocol):
+class Conn(RawWsClient):
     """One raw WebSocket client: upgrade, `connect`, then idle until closed."""
 
     def __init__(self, host: str, port: int, tok: str, done: asyncio.Future[float]) -> None:
-        self.head = (
-            f"GET /connection/websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
-        ).encode()
+        super().__init__(host, port)
         self.connect = mask_frame(json.dumps({"id": 1, "connect": {"token": tok}}).encode())
         self.done = done
-        self.buf = b""
-        self.upgraded = False
-        self.transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.head)
+    def on_open(self) -> None:
+        self.write(self.connect)
 
-    def data_received(self, data: bytes) -> None:
-        if self.done.done():
+    def on_refused(self, head: bytes) -> None:
+        self.done.set_exception(RuntimeError(head.decode(errors="replace")))
+
+    def on_frame(self, opcode: int, payload: bytes, head_len: int) -> None:
+        if self.done.done() or opcode != 1:
             return  # pings and the like: nothing to answer within a run
-        self.buf += data
-        if not self.upgraded:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not self.buf.startswith(b"HTTP/1.1 101"):
-                self.done.set_exception(RuntimeError(self.buf[:200].decode(errors="replace")))
-                return
-            self.upgraded = True
-            self.buf = self.buf[end + 4 :]
-            assert self.transport is not None
-            self.transport.write(self.connect)
-        # Server frames are unmasked; the connect reply is one text frame holding `"id":1`.
-        if b'"id":1' in self.buf:
-            if b'"error"' in self.buf:
-                self.done.set_exception(RuntimeError(self.buf[:200].decode(errors="replace")))
+        if b'"id":1' in payload:  # the connect reply
+            if b'"error"' in payload:
+                self.done.set_exception(RuntimeError(payload[:200].decode(errors="replace")))
             else:
                 self.done.set_result(time.monotonic())
 
