@@ -204,6 +204,15 @@ class ServerHandle:
                 assert resp.status == 200, f"api {method}: HTTP {resp.status}: {text!r}"
                 return json.loads(text)
 
+    async def publish_each(self, channel: str, *datas: Any) -> list[dict[str, Any]]:
+        """API publish of each of `datas` to `channel` in turn; their results."""
+        out = []
+        for d in datas:
+            rep = await self.api_async("publish", {"channel": channel, "data": d})
+            assert "result" in rep, rep
+            out.append(rep["result"])
+        return out
+
     def js_env(self, **extra: str) -> dict[str, str]:
         """Environment for `run_js`: URLs and keys of this server plus `extra`."""
         env = {

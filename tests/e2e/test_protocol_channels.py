@@ -126,15 +126,6 @@ def anon_token(server: ServerHandle) -> str:
     return server.token("")
 
 
-async def publish_api(server: ServerHandle, channel: str, *datas: Any) -> list[dict[str, Any]]:
-    out = []
-    for d in datas:
-        rep = await server.api_async("publish", {"channel": channel, "data": d})
-        assert "result" in rep, rep
-        out.append(rep["result"])
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # subscribe validation (§1.4, §4.1)
 
@@ -326,7 +317,7 @@ async def test_user_limited_channels(srv: ServerHandle) -> None:
 
 async def test_history_queries(srv: ServerHandle) -> None:
     ch = "hist:" + uniq()
-    results = await publish_api(srv, ch, *({"n": i} for i in range(1, 9)))
+    results = await srv.publish_each(ch, *({"n": i} for i in range(1, 9)))
     epoch = results[0]["epoch"]
     assert [r["offset"] for r in results] == list(range(1, 9))
 
@@ -409,7 +400,7 @@ async def test_join_leave_opt_in(srv: ServerHandle) -> None:
         # b did not opt in: its next push is a publication, not a join/leave.
         assert await b.ok("subscribe", {"channel": ch}) == {}
         assert await a.push() == join(ch, b, ub)
-        await publish_api(srv, ch, {"p": 1})
+        await srv.publish_each(ch, {"p": 1})
         assert await b.push() == {"channel": ch, "pub": {"data": {"p": 1}}}
     # A closed connection leaves.
 
@@ -431,7 +422,7 @@ async def test_join_leave_needs_presence_permission(srv: ServerHandle) -> None:
     async with open_session(srv) as a, open_session(srv) as b:
         assert await a.ok("subscribe", {"channel": ch, "join_leave": True}) == {}
         assert await b.ok("subscribe", {"channel": ch}) == {}
-        await publish_api(srv, ch, "after-join")
+        await srv.publish_each(ch, "after-join")
         assert await a.push() == {"channel": ch, "pub": {"data": "after-join"}}
 
 
@@ -471,7 +462,7 @@ async def test_private_channel_with_valid_token(srv: ServerHandle) -> None:
         assert pres["result"]["presence"] == {
             me: {"user": user, "client": me, "chan_info": {"role": "x"}}
         }
-        await publish_api(srv, ch, {"secret": True})
+        await srv.publish_each(ch, {"secret": True})
         assert await ws.push() == {"channel": ch, "pub": {"data": {"secret": True}}}
 
 
@@ -633,8 +624,8 @@ async def test_subscription_expiry_and_refresh(srv: ServerHandle) -> None:
         assert time.time() >= exp - 0.05
         # Past the old expiry (+ expired_sub_close_delay) the refreshed one still delivers.
         await asyncio.sleep(max(exp + 0.5 - time.time(), 0))
-        await publish_api(srv, busy_ch, "still-here")
-        await publish_api(srv, lazy_ch, "gone")
+        await srv.publish_each(busy_ch, "still-here")
+        await srv.publish_each(lazy_ch, "gone")
         assert await ws.push() == {"channel": busy_ch, "pub": {"data": "still-here"}}
         # The expired one can be subscribed again with a fresh token.
         assert (
@@ -652,8 +643,8 @@ async def test_token_channels_are_server_side_subscriptions(srv: ServerHandle) -
     a, b = "srv:" + uniq(), "srv:" + uniq()
     async with open_session(srv, user, channels=[a, b]) as ws:
         assert ws.result["subs"] == {a: {}, b: {}}
-        await publish_api(srv, a, {"to": "a"})
-        await publish_api(srv, b, {"to": "b"})
+        await srv.publish_each(a, {"to": "a"})
+        await srv.publish_each(b, {"to": "b"})
         assert await ws.push() == {"channel": a, "pub": {"data": {"to": "a"}, "offset": 1}}
         assert await ws.push() == {"channel": b, "pub": {"data": {"to": "b"}, "offset": 1}}
         pres = await srv.api_async("presence_stats", {"channel": a})
@@ -703,7 +694,7 @@ async def test_connect_subs_request_public_channels(srv: ServerHandle) -> None:
 async def test_server_side_subscription_recovery_via_connect_subs(srv: ServerHandle) -> None:
     user = uniq()
     ch = "srvrec:" + uniq()
-    res = await publish_api(srv, ch, "one", "two", "three")
+    res = await srv.publish_each(ch, "one", "two", "three")
     epoch = res[0]["epoch"]
     connect = {"subs": {ch: {"recover": True, "offset": 1, "epoch": epoch}}}
     async with open_session(srv, user, connect=connect, channels=[ch]) as ws:
@@ -718,7 +709,7 @@ async def test_server_side_subscription_recovery_via_connect_subs(srv: ServerHan
                 "publications": [{"data": "two", "offset": 2}, {"data": "three", "offset": 3}],
             }
         }
-        await publish_api(srv, ch, "four")
+        await srv.publish_each(ch, "four")
         assert await ws.push() == {"channel": ch, "pub": {"data": "four", "offset": 4}}
 
 
@@ -729,7 +720,7 @@ async def test_api_subscribe_push(srv: ServerHandle) -> None:
         rep = await srv.api_async("subscribe", {"user": user, "channel": ch, "data": {"d": 1}})
         assert rep == {"result": {}}
         assert await ws.push() == {"channel": ch, "subscribe": {"data": {"d": 1}}}
-        await publish_api(srv, ch, "x")
+        await srv.publish_each(ch, "x")
         assert await ws.push() == {"channel": ch, "pub": {"data": "x", "offset": 1}}
         rep = await srv.api_async("unsubscribe", {"user": user, "channel": ch})
         assert await ws.push() == {
@@ -745,7 +736,7 @@ async def test_api_subscribe_push(srv: ServerHandle) -> None:
 async def test_positioning_flags(srv: ServerHandle) -> None:
     async with open_session(srv) as ws:
         ch = "pos:" + uniq()
-        await publish_api(srv, ch, 1, 2)
+        await srv.publish_each(ch, 1, 2)
         res = await ws.ok("subscribe", {"channel": ch, "positioned": True})
         assert set(res) == {"positioned", "epoch", "offset"} and res["positioned"] is True
         assert res["offset"] == 2 and is_epoch(res["epoch"])
@@ -763,7 +754,7 @@ async def test_stream_recovery(srv: ServerHandle) -> None:
         first = await live.ok("subscribe", {"channel": ch})
         assert set(first) == {"recoverable", "positioned", "epoch"}, first
         epoch = first["epoch"]
-        await publish_api(srv, ch, *(f"m{i}" for i in range(1, 4)))
+        await srv.publish_each(ch, *(f"m{i}" for i in range(1, 4)))
         for i in range(1, 4):
             assert await live.push() == {"channel": ch, "pub": {"data": f"m{i}", "offset": i}}
 
@@ -803,13 +794,13 @@ async def test_stream_recovery(srv: ServerHandle) -> None:
             "was_recovering": True,
         }
         # Live publications continue after recovery.
-        await publish_api(srv, ch, "m4")
+        await srv.publish_each(ch, "m4")
         assert await ws.push() == {"channel": ch, "pub": {"data": "m4", "offset": 4}}
 
 
 async def test_recovery_limit(srv: ServerHandle) -> None:
     ch = "rec:" + uniq()
-    res = await publish_api(srv, ch, *range(1, 12))  # offsets 1..11
+    res = await srv.publish_each(ch, *range(1, 12))  # offsets 1..11
     epoch = res[0]["epoch"]
     async with open_session(srv) as ws:
         # Exactly recovery_max_publication_limit (5) missed: recovered.
@@ -838,7 +829,7 @@ async def test_recovery_limit(srv: ServerHandle) -> None:
 async def test_recovery_from_empty_epoch(srv: ServerHandle) -> None:
     # A client that never saw the epoch (offset 0, epoch "") recovers from the start.
     ch = "rec:" + uniq()
-    res = await publish_api(srv, ch, "a", "b")
+    res = await srv.publish_each(ch, "a", "b")
     async with open_session(srv) as ws:
         out = await ws.ok("subscribe", {"channel": ch, "recover": True})
     assert out == {
@@ -853,7 +844,7 @@ async def test_recovery_from_empty_epoch(srv: ServerHandle) -> None:
 
 async def test_cache_recovery(srv: ServerHandle) -> None:
     ch = "cache:" + uniq()
-    res = await publish_api(srv, ch, "old", "latest")
+    res = await srv.publish_each(ch, "old", "latest")
     epoch = res[0]["epoch"]
     async with open_session(srv) as ws:
         out = await ws.ok("subscribe", {"channel": ch, "recover": True})
@@ -906,7 +897,7 @@ async def test_epoch_change_is_insufficient_state(srv: ServerHandle) -> None:
         assert server_side.result["subs"][ch]["epoch"] == old_epoch
         # Let the stream meta expire (history_meta_ttl 1 s), then publish into a new epoch.
         await asyncio.sleep(1.5)
-        new = await publish_api(srv, ch, "new-epoch")
+        new = await srv.publish_each(ch, "new-epoch")
         assert new[0]["epoch"] != old_epoch and new[0]["offset"] == 1
         assert await client_side.push() == {
             "channel": ch,

@@ -67,22 +67,13 @@ def srv(server_factory: Any) -> ServerHandle:
     return server_factory(CONFIG)
 
 
-async def publish(server: ServerHandle, channel: str, *datas: Any) -> list[dict[str, Any]]:
-    out = []
-    for d in datas:
-        rep = await server.api_async("publish", {"channel": channel, "data": d})
-        assert "result" in rep, rep
-        out.append(rep["result"])
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # reject unrecovered (flag bit 2)
 
 
 async def test_lost_position_with_reject_flag_is_112(srv: ServerHandle) -> None:
     ch = "small:" + uniq()
-    res = await publish(srv, ch, 1, 2, 3, 4, 5)
+    res = await srv.publish_each(ch, 1, 2, 3, 4, 5)
     epoch = res[0]["epoch"]
     since = {"channel": ch, "recover": True, "offset": 1, "epoch": epoch}
     async with open_session(srv) as ws:
@@ -103,7 +94,7 @@ async def test_lost_position_with_reject_flag_is_112(srv: ServerHandle) -> None:
 
 async def test_other_epoch_with_reject_flag_is_112(srv: ServerHandle) -> None:
     ch = "small:" + uniq()
-    await publish(srv, ch, 1)
+    await srv.publish_each(ch, 1)
     req = {"channel": ch, "recover": True, "offset": 1, "epoch": "gone", "flag": 2}
     async with open_session(srv) as ws:
         assert await ws.error("subscribe", req) == err(112)
@@ -111,7 +102,7 @@ async def test_other_epoch_with_reject_flag_is_112(srv: ServerHandle) -> None:
 
 async def test_recoverable_position_with_reject_flag_recovers(srv: ServerHandle) -> None:
     ch = "small:" + uniq()
-    res = await publish(srv, ch, 1, 2, 3)
+    res = await srv.publish_each(ch, 1, 2, 3)
     epoch = res[0]["epoch"]
     req = {"channel": ch, "recover": True, "offset": 2, "epoch": epoch, "flag": 3}
     async with open_session(srv) as ws:
@@ -147,7 +138,7 @@ async def test_sdk_get_state_is_called_again_on_unrecoverable_position(
     """centrifuge-python subscribes with get_state and the reject flag: after its position
     fell out of history the server answers 112 and the SDK loads the state again."""
     ch = "small:" + uniq()
-    await publish(srv, ch, {"n": 0})
+    await srv.publish_each(ch, {"n": 0})
     calls = 0
 
     async def get_state(channel: str) -> StreamPosition:
@@ -171,13 +162,13 @@ async def test_sdk_get_state_is_called_again_on_unrecoverable_position(
         await asyncio.wait_for(events.subscribed.get(), 5)
         assert calls == 1
         await client.disconnect()
-        await publish(srv, ch, *({"n": i} for i in range(1, 6)))
+        await srv.publish_each(ch, *({"n": i} for i in range(1, 6)))
         await client.connect()
         ctx = await asyncio.wait_for(events.subscribed.get(), 5)
         assert calls == 2
         # Subscribed again from the reloaded position: the top after six publications.
         assert ctx.stream_position is not None and ctx.stream_position.offset == 6
-        await publish(srv, ch, {"live": True})
+        await srv.publish_each(ch, {"live": True})
         assert await asyncio.wait_for(events.pubs.get(), 5) == {"live": True}
     finally:
         await client.disconnect()
@@ -250,7 +241,7 @@ async def test_subscription_type_out_of_int32_closes_3501(srv: ServerHandle) -> 
 
 async def test_auto_cache_recover_delivers_latest_without_recover(srv: ServerHandle) -> None:
     ch = "auto:" + uniq()
-    res = await publish(srv, ch, "old", "latest")
+    res = await srv.publish_each(ch, "old", "latest")
     epoch = res[0]["epoch"]
     async with open_session(srv) as ws:
         out = await ws.ok("subscribe", {"channel": ch})
@@ -262,13 +253,13 @@ async def test_auto_cache_recover_delivers_latest_without_recover(srv: ServerHan
             "was_recovering": True,
             "publications": [{"data": "latest", "offset": 2}],
         }
-        await publish(srv, ch, "live")
+        await srv.publish_each(ch, "live")
         assert await ws.push() == {"channel": ch, "pub": {"data": "live", "offset": 3}}
 
 
 async def test_cache_mode_without_auto_does_not_recover_unasked(srv: ServerHandle) -> None:
     ch = "cache:" + uniq()
-    res = await publish(srv, ch, "old", "latest")
+    res = await srv.publish_each(ch, "old", "latest")
     async with open_session(srv) as ws:
         out = await ws.ok("subscribe", {"channel": ch})
     assert out == {
@@ -281,7 +272,7 @@ async def test_cache_mode_without_auto_does_not_recover_unasked(srv: ServerHandl
 
 async def test_auto_cache_recover_of_connect_server_side_subscription(srv: ServerHandle) -> None:
     ch = "auto:" + uniq()
-    res = await publish(srv, ch, "old", "latest")
+    res = await srv.publish_each(ch, "old", "latest")
     async with open_session(srv, channels=[ch]) as ws:
         assert ws.result["subs"] == {
             ch: {
@@ -300,7 +291,7 @@ async def test_auto_cache_recover_not_for_api_subscribe(srv: ServerHandle) -> No
     # latest publication, the next live one follows it.
     user = uniq()
     ch = "auto:" + uniq()
-    res = await publish(srv, ch, "old", "latest")
+    res = await srv.publish_each(ch, "old", "latest")
     async with open_session(srv, user) as ws:
         assert await srv.api_async("subscribe", {"user": user, "channel": ch}) == {"result": {}}
         assert await ws.push() == {
@@ -312,5 +303,5 @@ async def test_auto_cache_recover_not_for_api_subscribe(srv: ServerHandle) -> No
                 "offset": 2,
             },
         }
-        await publish(srv, ch, "live")
+        await srv.publish_each(ch, "live")
         assert await ws.push() == {"channel": ch, "pub": {"data": "live", "offset": 3}}
