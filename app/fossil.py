@@ -181,3 +181,24 @@ def create(origin: bytes, target: bytes) -> bytes:
     _put_int(out, checksum(target))
     out += b";"
     return bytes(out)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def worth_sending(origin: bytes, target: bytes) -> bytes | None:
+    """The patch from `origin` to `target` when a delta subscriber should get it instead
+    of `target` (live and recovered publications alike): smaller than `target`, and UTF-8
+    when `target` is, since JSON clients get it as a string and a patch cut inside a
+    character could not be one (binary data never reaches JSON clients)."""
+    patch = create(origin, target)
+    if len(patch) >= len(target):
+        return None
+    if not _is_utf8(patch) and _is_utf8(target):
+        return None
+    return patch

@@ -81,24 +81,17 @@ class DeltaFrames:
         self.full = Frames(lambda codec: _frame(codec, channel, wire))
         self.patch: Frames | None = None
         if prev is not None and pub.delta:
-            patch = fossil.create(prev.data, pub.data)
-            if len(patch) < len(pub.data) and _fits_json(patch, pub.data):
+            patch = fossil.worth_sending(prev.data, pub.data)
+            if patch is not None:
                 delta = replace(pub, data=patch, delta=True)
                 self.patch = Frames(lambda codec: _frame(codec, channel, delta))
 
 
-def _fits_json(patch: bytes, data: bytes) -> bool:
-    """A patch of UTF-8 data can be cut inside a character; JSON clients could not be
-    sent it as a string, so such a publication goes in full."""
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return True  # binary data never reaches JSON clients anyway
-    try:
-        patch.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
+def plain_frames(channel: str, pub: Publication) -> Frames:
+    """The frames of a publication for subscribers without delta: pub.delta is the
+    publisher's "may use delta", not a patch, so it never reaches this wire."""
+    wire = replace(pub, delta=False) if pub.delta else pub
+    return Frames(lambda codec: codec.encode_pub_push(channel, wire))
 
 
 def _frame(codec: Codec, channel: str, pub: Publication) -> bytes:
@@ -240,10 +233,7 @@ class Hub:
         if deltas is not None:
             self._broadcast_with_delta(channel, pub, epoch, subs, deltas)
             return
-        # pub.delta is the publisher's "may use delta", not a patch: never on this wire.
-        wire = replace(pub, delta=False) if pub.delta else pub
-        frames = Frames(lambda codec: codec.encode_pub_push(channel, wire))
-        self._fan_out(channel, pub, epoch, list(subs), frames)
+        self._fan_out(channel, pub, epoch, list(subs), plain_frames(channel, pub))
 
     def _broadcast_with_delta(
         self,
@@ -261,12 +251,9 @@ class Hub:
             self._last[channel] = (epoch, pub)
         else:
             self._last.pop(channel, None)  # no stream: nothing to patch against
-        delta_frames = DeltaFrames(channel, pub, prev)
-        wire = replace(pub, delta=False) if pub.delta else pub
-        frames = Frames(lambda codec: codec.encode_pub_push(channel, wire))
         plain = [c for c in subs if c not in deltas]
-        self._fan_out(channel, pub, epoch, plain, frames)
-        self._fan_out(channel, pub, epoch, list(deltas), delta_frames)
+        self._fan_out(channel, pub, epoch, plain, plain_frames(channel, pub))
+        self._fan_out(channel, pub, epoch, list(deltas), DeltaFrames(channel, pub, prev))
 
     def _fan_out(
         self,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from app import metrics
+from app import fossil, metrics
 from app.auth import SubscribeOverride, TokenExpired, TokenInvalid
 from app.channels import ChannelInfo
 from app.client.inflight import InFlight
@@ -39,7 +39,6 @@ from app.errors import (
     Disconnect,
 )
 from app.filter import FilterError, Matcher, compile_filter, from_params
-from app.fossil import create as fossil_patch
 from app.hub import WITHHELD, DeltaFrames, Frames, json_string
 from app.models import ClientInfo, HistoryFilter, HistoryResult, Publication, StreamPosition
 from app.protocol import DecodeError, EncodeError, get_bool, get_int, get_raw, get_str
@@ -508,19 +507,13 @@ class SubscribeFlow:
         out: list[Publication] = []
         prev: Publication | None = None
         for pub in pubs:
-            data, delta = pub.data, False
-            if prev is not None:
-                patch = fossil_patch(prev.data, pub.data)
-                if len(patch) < len(pub.data):
-                    data, delta = patch, True
+            patch = None if prev is None else fossil.worth_sending(prev.data, pub.data)
+            data = pub.data if patch is None else patch
             if as_json:
-                text = json_string(data)
-                if text is None and delta:
-                    data, delta = pub.data, False  # a patch cut inside a character
-                    text = json_string(data)
-                if text is not None:
-                    data = text
-            out.append(Publication(data, pub.info, pub.offset, pub.tags, pub.time, delta))
+                data = json_string(data) or data  # binary data never reaches JSON clients
+            out.append(
+                Publication(data, pub.info, pub.offset, pub.tags, pub.time, patch is not None)
+            )
             prev = pub
         return out
 
