@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from app.config import ConfigError, load_config
-from app.config_support import findings
+from app.config.support import findings
 
 HISTORY = {"history_size": 5, "history_ttl": "60s"}
 

@@ -2,7 +2,7 @@
 
 tests/data/centrifugo_v6_keys.txt is Centrifugo v6.9.1's own key list, read from its Go
 sources by tools/centrifugo_keys.py. The lists checked here are derived from our schema
-(app/config.py) and app/config_support.py, so README's table cannot drift from them.
+(app/config/schema.py) and app/config/support.py, so README's table cannot drift from them.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from app import config_support
-from app.config import Config, ConfigError, _schema, load_config, load_config_report
+from app.config import Config, ConfigError, load_config, load_config_report
+from app.config import support as config_support
+from app.config.section import key_specs
 from tests.e2e.helpers import deep_merge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ _OPAQUE = ("map", "objlist", "strmap")
 
 def _our_leaves(cls: type = Config, item: bool = False, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, f in _schema(cls, item).items():
+    for name, f in key_specs(cls, item).items():
         path = prefix + name
         if f.kind == "section":
             out.update(_our_leaves(f.cls, False, path + "."))
@@ -232,6 +233,6 @@ def test_readme_table_is_the_generated_one() -> None:
     table = readme[start:end].split("\n", 1)[1].strip()
     assert table == config_support.markdown_table(), (
         "README's table of unsupported keys is stale; paste "
-        "`python -c 'from app.config_support import markdown_table; print(markdown_table())'`"
+        "`python -c 'from app.config.support import markdown_table; print(markdown_table())'`"
     )
     assert re.search(r"centrifugo checkconfig --strict", readme)

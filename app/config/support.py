@@ -1,7 +1,8 @@
 """Which Centrifugo v6 configuration keys this server does not honour, and the report of them.
 
-Every key of Centrifugo's schema is a key of ours (app/config.py; tests/data/centrifugo_v6_keys.txt
-is Centrifugo's own list, checked by tests/test_config_support.py). A key either works as
+Every key of Centrifugo's schema is a key of ours (app/config/schema.py;
+tests/data/centrifugo_v6_keys.txt is Centrifugo's own list, checked by
+tests/unit/test_config_support.py). A key either works as
 Centrifugo documents it or is listed here. A listed key set to anything but its default is
 reported at start: one warning naming it, or, where the key is a security promise (TLS the
 server would not serve, say), a refusal to start. `centrifugo checkconfig --strict` fails on
@@ -144,25 +145,34 @@ def is_unsupported(path: str) -> bool:
     return _match(path) is not None
 
 
+def _keys(section: Any) -> dict[str, Any]:
+    """The config keys of a section instance and their values, from its dataclass fields
+    (whether a section has an `enabled` switch or a `name` is read from its fields, not probed)."""
+    return {
+        f.name: getattr(section, f.name)
+        for f in fields(section)
+        if f.init and not f.metadata.get("internal")
+    }
+
+
 def _walk(value: Any, default: Any, shown: str, norm: str) -> Iterator[tuple[str, str]]:
     """(shown path, normalized path) of every leaf of `value` that differs from `default`.
 
     The keys of a section switched off by its own `enabled: false` are skipped: they do
     nothing in Centrifugo either (genconfig writes an admin password with the admin off)."""
     if is_dataclass(value) and not isinstance(value, type):
-        switched_off = getattr(value, "enabled", True) is False
-        for f in fields(value):
-            if f.metadata.get("internal") or not f.init:
+        keys, defaults = _keys(value), _keys(default)
+        switched_off = keys.get("enabled") is False
+        for name, sub in keys.items():
+            if switched_off and name != "enabled":
                 continue
-            if switched_off and f.name != "enabled":
-                continue
-            sub_shown = f"{shown}.{f.name}" if shown else f.name
-            sub_norm = f"{norm}.{f.name}" if norm else f.name
-            yield from _walk(getattr(value, f.name), getattr(default, f.name), sub_shown, sub_norm)
+            sub_shown = f"{shown}.{name}" if shown else name
+            sub_norm = f"{norm}.{name}" if norm else name
+            yield from _walk(sub, defaults[name], sub_shown, sub_norm)
         return
     if isinstance(value, tuple) and value and all(is_dataclass(v) for v in value):
         for i, item in enumerate(value):
-            label = getattr(item, "name", "") or str(i)
+            label = _keys(item).get("name") or str(i)
             yield from _walk(item, type(item)(), f"{shown}[{label}]", f"{norm}[]")
         return
     if value != default:
