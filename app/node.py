@@ -1,4 +1,5 @@
-"""Composition root of one worker: owns hub, broker, presence, resolver and verifier.
+"""Composition root of one worker: owns hub, broker, controller, presence, resolver and
+verifier.
 
 The node subscribes itself to a channel in the broker when the channel's first
 local subscriber arrives, and unsubscribes a little after the last one leaves
@@ -9,9 +10,7 @@ through the facade methods here, never to an engine directly.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import fnmatch
 import logging
 import socket
 import time
@@ -24,7 +23,7 @@ from aiohttp import web
 
 from app import VERSION_STRING, control, metrics
 from app.auth import SubscribeOverride, TokenVerifier
-from app.broker import Broker, HealthReporter
+from app.broker import BatchPublisher, Broker, Controller, HealthReporter
 from app.channels import ChannelInfo, ChannelResolver
 from app.config import Config
 from app.errors import (
@@ -47,6 +46,7 @@ from app.models import (
     PublishResult,
     StreamPosition,
 )
+from app.node_control import NodeControl
 from app.presence import PresenceManager
 from app.proxy import ProxyManager
 from app.timers import CoarseTimers
@@ -94,13 +94,29 @@ def _count_suppressed(result: PublishResult, namespace: str) -> None:
 
 
 class Node:
-    def __init__(self, cfg: Config, broker: Broker, presence: PresenceManager) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        broker: Broker,
+        presence: PresenceManager,
+        controller: Controller | None = None,
+    ) -> None:
+        """`controller` None: the broker is the Controller too (both engines are), as
+        centrifuge's SetBroker takes a broker that implements Controller."""
         self.config = cfg
         self.id = str(uuid.uuid4())
         self.name = cfg.node.name or f"{socket.gethostname()}_{cfg.http_server.port}"
         self.started_at = time.time()
         self.hub = Hub()
         self.broker = broker
+        if controller is None:
+            if not isinstance(broker, Controller):
+                raise TypeError(f"{type(broker).__name__} is no Controller: pass one")
+            controller = broker
+        self.controller = controller
+        # The broker's optional capabilities, checked once (app/broker.py).
+        self._batch = broker if isinstance(broker, BatchPublisher) else None
+        self._health = broker if isinstance(broker, HealthReporter) else None
         self.presence_manager = presence
         self.resolver = ChannelResolver(cfg)
         self.verifier = TokenVerifier(cfg.client)
@@ -115,8 +131,9 @@ class Node:
         self._position_task: asyncio.Task[None] | None = None
         self._metrics_task: asyncio.Task[None] | None = None
         self._info_metrics = InfoMetrics(cfg.node.info_metrics_aggregate_interval)
+        self.control = NodeControl(self, controller)
         self.membership = Membership(
-            self.id, self._local_info, self._publish_control, self._answer_survey
+            self.id, self._local_info, controller.publish_control, self.control.answer_survey
         )
         # Every live connection, connected or still connecting (shutdown closes them all).
         self.clients: set[Client] = set()
@@ -147,6 +164,8 @@ class Node:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # As centrifuge's Node.Run: the controller's handler first, then the broker's.
+        await self.controller.run_control(self.control)
         await self.broker.run(self)
         interval = self.config.client.presence_update_interval
         if interval > 0:
@@ -162,8 +181,8 @@ class Node:
     @property
     def healthy(self) -> bool:
         """False while the engine cannot serve (Redis unreachable or not answering)."""
-        broker = self.broker
-        return not isinstance(broker, HealthReporter) or broker.healthy
+        health = self._health
+        return health is None or health.healthy
 
     async def drain(self, timeout: float = 5.0) -> None:
         """First step of a graceful stop: refuse new connections and disconnect every
@@ -386,9 +405,10 @@ class Node:
                 opts = self._plain_publish_options(chinfo)
             todo.append((len(out), chinfo.namespace, (channel, data, opts)))
             out.append(None)  # filled in below
-        many = getattr(self.broker, "publish_many", None)
-        if many is not None:
-            results = await many([args for _, _, args in todo])
+        batch = self._batch
+        results: Sequence[PublishResult | BaseException]
+        if batch is not None:
+            results = await batch.publish_many([args for _, _, args in todo])
         else:
             # Tasks start in order and the memory broker publishes synchronously.
             results = await asyncio.gather(
@@ -464,87 +484,11 @@ class Node:
             raise ClientError(ERROR_NOT_AVAILABLE)
         return await self.presence_manager.presence_stats(channel)
 
-    def _user_clients(self, user: str, client: str = "", session: str = "") -> list[Client]:
-        out = []
-        for c in self.hub.user_connections(user):
-            if client and c.uid != client:
-                continue
-            if session and c.session != session:
-                continue
-            out.append(c)
-        return out  # type: ignore[return-value]
-
-    async def _user_action(self, action: control.UserAction, wait_local: bool = True) -> None:
-        """Apply here, then tell every other node (their clients may be that user's too).
-        With `wait_local` false the local part runs in the background, as it does on the
-        other nodes: a connection closed here may take up to its close handshake's bound."""
-        if wait_local:
-            await self._apply(action)
-        else:
-            self.spawn(self._apply(action))
-        await self.broker.publish_control(control.encode(self.id, action))
-
-    def handle_control(self, data: bytes) -> None:
-        try:
-            kind, origin, body = control.decode_message(data)
-        except ValueError:
-            log.warning("dropping malformed control message")
-            return
-        if origin == self.id:
-            return
-        if kind == control.ACTION:
-            self.spawn(self._apply(body))
-        elif kind == control.EMULATION:
-            self._deliver_emulation(body.get("session", ""), base64.b64decode(body.get("data", "")))
-        else:
-            self.membership.handle(kind, origin, body, self.spawn)
-
     async def emulation(self, node_id: str, session: str, data: bytes) -> bool:
-        """Commands posted to /emulation: run them on the session's client, wherever
-        its stream is held. False when the session is unknown here (local node)."""
-        if node_id == self.id:
-            return self._deliver_emulation(session, data)
-        body = {"session": session, "data": base64.b64encode(data).decode()}
-        await self.broker.publish_control(
-            control.encode_message(control.EMULATION, self.id, body), node_id
-        )
-        return True
+        """Commands posted to /emulation (app/node_control.py)."""
+        return await self.control.emulation(node_id, session, data)
 
-    def _deliver_emulation(self, session: str, data: bytes) -> bool:
-        client = self.sessions.get(session)
-        if client is None:
-            return False
-        # Commands of one session run in arrival order, like frames on a socket.
-        client.enqueue_frame(data)
-        return True
-
-    async def _publish_control(self, data: bytes, node_id: str) -> None:
-        await self.broker.publish_control(data, node_id)
-
-    async def _answer_survey(self, op: str, data: Any) -> Any:
-        if op == "channels":
-            return self._local_channels(data or "")
-        return None
-
-    async def _apply(self, a: control.UserAction) -> None:
-        for c in self._user_clients(a.user, a.client, a.session):
-            if a.op == "subscribe":
-                await c.subscribe_server_side(
-                    a.channel,
-                    info=a.info,
-                    data=a.data,
-                    recover_since=a.recover_since,
-                    expire_at=a.expire_at,
-                    override=a.override,
-                )
-            elif a.op == "unsubscribe":
-                for ch in [a.channel] if a.channel else c.channels():
-                    await c.unsubscribe_server_side(ch)
-            elif a.op == "disconnect":
-                if c.uid not in a.whitelist:
-                    await c.close(Disconnect(a.code, a.reason))
-            elif a.op == "refresh":
-                await c.refresh_server_side(expired=a.expired, expire_at=a.expire_at, info=a.info)
+    # --- server API actions by user: applied here and on every other node ---
 
     async def subscribe_user(
         self,
@@ -560,7 +504,7 @@ class Node:
         override: SubscribeOverride | None = None,
     ) -> None:
         self.resolve(channel)
-        await self._user_action(
+        await self.control.user_action(
             control.UserAction(
                 "subscribe",
                 user,
@@ -581,7 +525,9 @@ class Node:
         """Unsubscribe the user's connections from `channel`, or from every channel if ""."""
         if channel:
             self.resolve(channel)
-        await self._user_action(control.UserAction("unsubscribe", user, channel, client, session))
+        await self.control.user_action(
+            control.UserAction("unsubscribe", user, channel, client, session)
+        )
 
     async def disconnect_user(
         self,
@@ -593,7 +539,7 @@ class Node:
         whitelist: Sequence[str] = (),
         wait_local: bool = True,
     ) -> None:
-        await self._user_action(
+        await self.control.user_action(
             control.UserAction(
                 "disconnect",
                 user,
@@ -616,7 +562,7 @@ class Node:
         expire_at: int = 0,
         info: bytes | None = None,
     ) -> None:
-        await self._user_action(
+        await self.control.user_action(
             control.UserAction(
                 "refresh",
                 user,
@@ -627,14 +573,6 @@ class Node:
                 info=info,
             )
         )
-
-    def _local_channels(self, pattern: str) -> dict[str, int]:
-        out = {}
-        for ch in self.hub.channels():
-            if pattern and not fnmatch.fnmatchcase(ch, pattern):
-                continue
-            out[ch] = self.hub.num_subscribers(ch)
-        return out
 
     async def channels(self, pattern: str = "") -> dict[str, int]:
         """Channel -> number of subscribed clients, summed over every node."""

@@ -38,7 +38,7 @@ from collections.abc import Callable, Hashable
 from itertools import islice
 from typing import Generic, TypeVar
 
-from app.broker import BrokerEventHandler
+from app.broker import Broker, BrokerEventHandler, ControlEventHandler, Controller
 from app.models import (
     ClientInfo,
     HistoryFilter,
@@ -49,6 +49,7 @@ from app.models import (
     PublishResult,
     StreamPosition,
 )
+from app.presence import PresenceManager
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ def _copy_pub(p: Publication) -> Publication:
 
 
 class MemoryBroker:
-    """Broker for one process. Delivers every publication to the handler; the node filters."""
+    """Broker and Controller for one process. Delivers every publication to the handler;
+    the node filters."""
 
     def __init__(
         self,
@@ -150,6 +152,7 @@ class MemoryBroker:
         self._clock: Clock = clock or time.monotonic
         self._cleanup_interval = cleanup_interval
         self._handler: BrokerEventHandler | None = None
+        self._control: ControlEventHandler | None = None
         self._streams: dict[str, _Stream] = {}
         self._meta_expiry: _ExpiryQueue[str] = _ExpiryQueue()
         self._items_expiry: _ExpiryQueue[str] = _ExpiryQueue()
@@ -174,6 +177,10 @@ class MemoryBroker:
             # wait() neither raises the task's CancelledError nor hides our own.
             await asyncio.wait([task])
         self._handler = None
+        self._control = None
+
+    async def run_control(self, handler: ControlEventHandler) -> None:
+        self._control = handler
 
     async def _cleanup_loop(self) -> None:
         while True:
@@ -341,8 +348,8 @@ class MemoryBroker:
 
     async def publish_control(self, data: bytes, node_id: str = "") -> None:
         # One process is one node: a message to all nodes or to a node id reaches us.
-        if self._handler is not None:
-            self._handler.handle_control(data)
+        if self._control is not None:
+            self._control.handle_control(data)
 
 
 class MemoryPresenceManager:
@@ -427,3 +434,9 @@ class MemoryPresenceManager:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
+
+
+# Conformance, checked by mypy (centrifuge's `var _ Broker = (*MemoryBroker)(nil)`).
+_broker: type[Broker] = MemoryBroker
+_controller: type[Controller] = MemoryBroker
+_presence: type[PresenceManager] = MemoryPresenceManager

@@ -126,6 +126,7 @@ async def make_engine() -> AsyncIterator[EngineFactory]:
         broker, presence = create_redis_engine(engine_config(address, **redis_opts))
         rec = Recorder(node_id)
         brokers.append(broker)
+        await broker.run_control(rec)
         await broker.run(rec)
         return broker, presence, rec
 

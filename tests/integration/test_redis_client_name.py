@@ -48,6 +48,7 @@ async def engines() -> AsyncIterator[EngineFactory]:
     async def make(rcfg: RedisConfig) -> Engine:
         broker, presence = create_redis_engine(rcfg, "engine.redis")
         events = EngineEvents()
+        await broker.run_control(events)
         await broker.run(events)
         started.append((broker, presence, events))
         await until("broker healthy", lambda: broker.healthy, 10.0)

@@ -70,6 +70,7 @@ async def engines(address: str) -> AsyncIterator[EngineFactory]:
     async def make() -> Engine:
         broker, presence = create_redis_engine(redis_engine_config(address, prefix))
         events = EngineEvents()
+        await broker.run_control(events)
         await broker.run(events)
         # run() returns once the control channels are confirmed; the connection flags itself
         # ready a moment later.

@@ -91,6 +91,7 @@ async def start_unreachable() -> AsyncIterator[Starter]:
         )
         events = EngineEvents()
         t0 = time.monotonic()
+        await broker.run_control(events)
         await broker.run(events)  # must neither raise nor wait for Redis
         assert time.monotonic() - t0 < FAST
         fwd = Forwarder(port, target)

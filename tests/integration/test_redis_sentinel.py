@@ -35,6 +35,7 @@ async def engines() -> AsyncIterator[EngineFactory]:
         rcfg = redis_engine_config(topo.address, prefix, io_timeout="10s")
         broker, presence = create_redis_engine(rcfg)
         events = EngineEvents()
+        await broker.run_control(events)
         await broker.run(events)
         await until("broker healthy", lambda: broker.healthy, 5.0)
         started.append((broker, presence, events))

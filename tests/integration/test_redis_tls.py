@@ -111,6 +111,7 @@ async def engine_of() -> Any:
         broker, presence = create_redis_engine(rcfg, "engine.redis")
         made.append(broker)
         rec = Recorder()
+        await broker.run_control(rec)
         await broker.run(rec)
         return broker, presence, rec
 

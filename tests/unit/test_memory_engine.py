@@ -67,6 +67,7 @@ def clock() -> FakeClock:
 async def broker(clock: FakeClock):
     b = MemoryBroker(clock=clock, history_meta_ttl=3600.0)
     rec = Recorder()
+    await b.run_control(rec)
     await b.run(rec)
     b.recorder = rec  # type: ignore[attr-defined]
     yield b

@@ -25,7 +25,14 @@ from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError, ResponseError
 
-from app.broker import BrokerEventHandler
+from app.broker import (
+    BatchPublisher,
+    Broker,
+    BrokerEventHandler,
+    ControlEventHandler,
+    Controller,
+    HealthReporter,
+)
 from app.engines.redis import codec
 from app.engines.redis.outage import Outage
 from app.engines.redis.pipeline import bulk
@@ -241,13 +248,18 @@ class _HistoryCall:
 
 
 class RedisBroker:
+    """Broker and Controller over Redis shards, with batched publish (`publish_many`) and
+    health (`healthy`): see the conformance lines at the end of this module."""
+
     def __init__(self, shards: list[Shard], io_timeout: float = 4.0) -> None:
         self.shards = shards
         self._io_timeout = io_timeout
         self._handler: BrokerEventHandler | None = None
+        self._control_handler: ControlEventHandler | None = None
         self._data: dict[tuple[int, int], PubSubConnection] = {}
         self._control: dict[int, PubSubConnection] = {}  # shard index -> link, once reached
         self._bring_up: list[asyncio.Task[None]] = []
+        self._tried: list[asyncio.Future[None]] = []  # per shard: tried once
         self._control_rr = itertools.count()
         self._node_id = ""
 
@@ -286,14 +298,28 @@ class RedisBroker:
         tried once: ready if Redis answered (as a test or a first request expects), else
         unhealthy and still trying. Never raises because Redis is away."""
         self._handler = handler
-        self._node_id = getattr(handler, "id", "")
-        loop = asyncio.get_running_loop()
-        tried = [loop.create_future() for _ in self.shards]
-        self._bring_up = [
-            loop.create_task(self._bring_up_shard(shard, first))
-            for shard, first in zip(self.shards, tried, strict=True)
-        ]
-        await asyncio.gather(*tried)
+        await asyncio.gather(*self._start())
+
+    async def run_control(self, handler: ControlEventHandler) -> None:
+        """Control messages to every node and to `handler.id` go to `handler`. Starts
+        bringing the shards up as `run` does (whichever comes first); a control link
+        already up is told the node's own channel."""
+        self._control_handler = handler
+        self._node_id = handler.id
+        for index, conn in self._control.items():
+            conn.keep([self.shards[index].require_keys().node_channel(self._node_id)])
+        await asyncio.gather(*self._start())
+
+    def _start(self) -> list[asyncio.Future[None]]:
+        """Bring every shard up in the background, once; the futures of its first try."""
+        if not self._tried:
+            loop = asyncio.get_running_loop()
+            self._tried = [loop.create_future() for _ in self.shards]
+            self._bring_up = [
+                loop.create_task(self._bring_up_shard(shard, first))
+                for shard, first in zip(self.shards, self._tried, strict=True)
+            ]
+        return self._tried
 
     async def _bring_up_shard(self, shard: Shard, tried: asyncio.Future[None]) -> None:
         """First contact with `shard` (retried with backoff, logged once per outage), then
@@ -318,7 +344,12 @@ class RedisBroker:
             io_timeout=shard._io_timeout,
             name=f"shard {shard.index} control",
         )
-        conn.keep([keys.control, keys.node_channel(self._node_id)])
+        # The control link is also the shard's liveness probe (`healthy`): it exists
+        # even before a control handler is registered.
+        channels = [keys.control]
+        if self._control_handler is not None:
+            channels.append(keys.node_channel(self._node_id))
+        conn.keep(channels)
         conn.start()
         self._control[shard.index] = conn
         if not tried.done():
@@ -364,8 +395,8 @@ class RedisBroker:
             handler.handle_leave(channel, obj)  # type: ignore[arg-type]
 
     def _on_control(self, name: bytes, data: bytes) -> None:
-        if self._handler is not None:
-            self._handler.handle_control(data)
+        if self._control_handler is not None:
+            self._control_handler.handle_control(data)
 
     async def subscribe(self, channels: list[str]) -> None:
         groups: dict[PubSubConnection, list[bytes]] = {}
@@ -452,17 +483,20 @@ class RedisBroker:
             try:
                 if isinstance(entry, Exception):
                     raise entry
-                kind, reply, item = entry
-                if isinstance(reply, _HistoryCall):
-                    reply = reply.reply
-                results.append(_publish_result(kind, await reply, item))
+                kind, pending, item = entry
+                if isinstance(pending, _HistoryCall):
+                    pending = pending.reply
+                results.append(_publish_result(kind, await pending, item))
             except (RedisError, OSError) as e:
                 failed.append((channel, e))
                 results.append(ClientError(ERROR_INTERNAL))
         if failed:
-            channel, e = failed[0]
+            first_channel, first_error = failed[0]
             log.warning(
-                "publish of %d publication(s) failed, first to %r: %s", len(failed), channel, e
+                "publish of %d publication(s) failed, first to %r: %s",
+                len(failed),
+                first_channel,
+                first_error,
             )
         return results
 
@@ -559,3 +593,10 @@ class RedisBroker:
         except (RedisError, OSError) as e:
             log.warning("history remove of %r failed: %s", channel, e)
             raise ClientError(ERROR_INTERNAL) from None
+
+
+# Conformance, checked by mypy (centrifuge's `var _ Broker = (*RedisBroker)(nil)`).
+_broker: type[Broker] = RedisBroker
+_controller: type[Controller] = RedisBroker
+_batch: type[BatchPublisher] = RedisBroker
+_health: type[HealthReporter] = RedisBroker

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -15,17 +16,21 @@ from app.engines.redis import codec
 from app.engines.redis.broker import RedisBroker
 from app.errors import ERROR_INTERNAL, ClientError
 from app.models import ClientInfo, PresenceStats
+from app.presence import PresenceManager
 
 log = logging.getLogger("centrifugo.redis.presence")
 
 
 class RedisPresenceManager:
+    """PresenceManager over the broker's shards (one Lua script per operation)."""
+
     def __init__(self, broker: RedisBroker, presence_ttl: float = 60.0) -> None:
         # Shares the broker's shards: a channel's presence lives beside its stream.
         self._broker = broker
         self._ttl = presence_ttl
 
-    async def _call(self, script: str, channel: str, args: list) -> object:
+    async def _call(self, script: str, channel: str, args: list[Any]) -> Any:
+        """The script's reply (the shape its lua/ header names)."""
         shard = self._broker.shard_for(channel)
         try:
             if shard.keys is None:
@@ -50,13 +55,13 @@ class RedisPresenceManager:
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         flat = await self._call("presence_get", channel, [int(time.time())])
         out = {}
-        it = iter(flat)  # type: ignore[call-overload]
+        it = iter(flat)
         for client_id, raw in zip(it, it, strict=True):
             out[client_id.decode()] = codec.decode_info(raw)
         return out
 
     async def presence_stats(self, channel: str) -> PresenceStats:
-        clients, users = await self._call("presence_stats", channel, [int(time.time())])  # type: ignore[misc]
+        clients, users = await self._call("presence_stats", channel, [int(time.time())])
         return PresenceStats(int(clients), int(users))
 
     async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None:
@@ -72,3 +77,7 @@ class RedisPresenceManager:
 
     async def close(self) -> None:
         pass
+
+
+# Conformance, checked by mypy (centrifuge's `var _ PresenceManager = ...`).
+_presence: type[PresenceManager] = RedisPresenceManager
