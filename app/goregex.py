@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-import re2  # type: ignore[import-untyped]
+import re2
 
 # The budgets tried in turn; see the module docstring.
 _MAX_MEM = (8 << 20, 64 << 20)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 import msgspec
-from google.protobuf.descriptor import Descriptor, FieldDescriptor  # type: ignore[import-untyped]
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 Raw = msgspec.Raw
 
@@ -56,6 +56,8 @@ def _field_type(f: FieldDescriptor, building: set[str], cache: dict[str, Any]) -
         if value.message_type is None:
             return Any
         t = _shape(value.message_type, building, cache)
+        # Types built at run time from the descriptors: mypy cannot check a type held in
+        # a variable (here and below), the tests check the shapes.
         return Any if t is Any else dict[str, t | None] | None  # type: ignore[valid-type]
     t = _shape(f.message_type, building, cache)
     if t is Any:
@@ -77,6 +79,7 @@ def _shape(desc: Descriptor, building: set[str], cache: dict[str, Any]) -> Any:
         has_raw = has_raw or t is not Any
         fields[f.name] = t
     building.discard(desc.full_name)
+    # A TypedDict made at run time: mypy only accepts literal TypedDict definitions.
     shape: Any = TypedDict(desc.name, fields, total=False) if has_raw else Any  # type: ignore[operator]
     cache[desc.full_name] = shape
     return shape

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -36,7 +36,13 @@ disable_created_metrics()
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def _gauge(name: str, doc: str, labels: tuple[str, ...] = (), mode: str = "livesum") -> Gauge:
+# The multiprocess modes of the gauges here (prometheus_client takes these names).
+_GaugeMode = Literal["livesum", "livemax", "max"]
+
+
+def _gauge(
+    name: str, doc: str, labels: tuple[str, ...] = (), mode: _GaugeMode = "livesum"
+) -> Gauge:
     return Gauge(name, doc, labels, namespace=NS, multiprocess_mode=mode)
 
 

@@ -7,12 +7,13 @@ belong to the loop that made them) and reused by every call of this proxy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
 
 from app.config import ProxyConfig
 from app.tls import load_pem
@@ -27,7 +28,7 @@ log = logging.getLogger("centrifugo.proxy")
 _SERVICE = pb.DESCRIPTOR.services_by_name["CentrifugoProxy"].full_name
 
 # kind -> (service method, request message, response message)
-_METHODS: dict[str, tuple[str, Callable[..., Any], Any]] = {
+_METHODS: dict[str, tuple[str, type[Message], type[Message]]] = {
     "connect": ("Connect", pb.ConnectRequest, pb.ConnectResponse),
     "refresh": ("Refresh", pb.RefreshRequest, pb.RefreshResponse),
     "subscribe": ("Subscribe", pb.SubscribeRequest, pb.SubscribeResponse),

@@ -38,8 +38,8 @@ import contextlib
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, cast
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -55,7 +55,9 @@ MAX_BATCH = 512
 
 _REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 
-Fallback = Callable[[tuple[Any, ...]], Awaitable[Any]]
+# Runs a command another way (the cluster client, which follows redirections); a
+# coroutine function, as its result is run in a task.
+Fallback = Callable[[tuple[Any, ...]], Coroutine[Any, Any, Any]]
 
 
 class Script:
@@ -122,7 +124,9 @@ class _Conn(asyncio.Protocol):
         self.dropped = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # create_connection gives a stream transport; asyncio.Protocol's signature says
+        # BaseTransport, which has no write().
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.dropped:
@@ -321,14 +325,15 @@ class AutoPipeline:
             raise RedisConnectionError("redis client closed")
         if not setup:
             return
-        cmds = [_Cmd(self._loop.create_future(), args, None) for args in setup]
+        futs: list[asyncio.Future[Any]] = [self._loop.create_future() for _ in setup]
+        cmds = [_Cmd(fut, args, None) for fut, args in zip(futs, setup, strict=True)]
         conn.inflight.extend(cmds)
         assert conn.transport is not None
         conn.transport.write(b"".join([c.data for c in cmds]))
         try:
             async with asyncio.timeout(self._io_timeout or None):
-                for c in cmds:
-                    await c.fut  # type: ignore[misc]
+                for fut in futs:
+                    await fut
         except TimeoutError:
             raise RedisTimeoutError("Timeout reading from redis") from None
         except ResponseError as e:
@@ -447,8 +452,8 @@ class AutoPipeline:
                 return
             if t.cancelled():
                 fut.cancel()
-            elif t.exception() is not None:
-                fut.set_exception(t.exception())  # type: ignore[arg-type]
+            elif (exc := t.exception()) is not None:
+                fut.set_exception(exc)
             else:
                 fut.set_result(t.result())
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,7 +377,9 @@ class Keys:
 # --- one deployment ---
 
 
-def _bounded(execute: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _bounded(
+    execute: Callable[..., Awaitable[Any]],
+) -> Callable[..., Coroutine[Any, Any, Any]]:
     """Queue commands beyond POOL_SIZE in flight instead of failing them.
 
     Without auto-pipelining every in-flight command holds a connection, and
@@ -459,8 +461,9 @@ class Shard:
             raise ShardUnavailable(f"redis {self.where} not reached yet")
         return keys
 
-    def _common(self) -> dict:
-        common = {
+    def _common(self) -> dict[str, Any]:
+        """Keyword arguments of every redis-py client this shard makes."""
+        common: dict[str, Any] = {
             "username": self.spec.username or None,
             "password": self.spec.password or None,
             # CLIENT SETNAME on each connection redis-py opens (standalone, Cluster nodes,
@@ -560,6 +563,8 @@ class Shard:
 
     def _set_up(self, client: Redis | RedisCluster) -> None:
         spec = self.spec
+        # Wrapping this instance's bound method on purpose (see _bounded); mypy refuses any
+        # assignment to a method.
         client.execute_command = _bounded(client.execute_command)  # type: ignore[method-assign]
         self.client = client
         self.keys = Keys(self.prefix, self.cluster)
@@ -606,7 +611,7 @@ class Shard:
             spec = self.spec
             ep = Endpoint(
                 host=node.host,
-                port=node.port,
+                port=int(node.port),  # an int, typed str | int by redis-py
                 username=spec.username,
                 password=spec.password,
                 tls=spec.tls,
@@ -629,7 +634,8 @@ class Shard:
 
     async def _cluster_fallback(self, args: tuple[Any, ...]) -> Any:
         # redis-py's cluster client follows MOVED/ASK and re-reads the slot map itself.
-        return await self.client.execute_command(*args)  # type: ignore[union-attr]
+        assert isinstance(self.client, RedisCluster)  # the fallback of cluster pipelines
+        return await self.client.execute_command(*args)
 
     async def close(self) -> None:
         for pipe in [self._pipe, *self._node_pipes.values()]:
@@ -670,7 +676,9 @@ class Shard:
                 log.warning("cluster slots refresh failed: %s", e)
             tag = self.keys.partition_tags[partition]
             node = self.client.get_node_from_key("{" + tag + "}")
-            base.host, base.port = node.host, node.port
+            if node is None:  # slot map being rebuilt: the connect attempt retries
+                raise ShardUnavailable(f"redis {self.where}: no node for partition {partition}")
+            base.host, base.port = node.host, int(node.port)
         return base
 
     async def control_endpoint(self) -> Endpoint:
