@@ -43,7 +43,7 @@ class Section:
     __slots__ = ()
 
     def keys(self) -> list[str]:
-        cls: type = type(self)
+        cls: type = type(self)  # as `type`: mypy takes a dataclass's own class as unhashable
         return list(_public_names(cls))
 
     def __getitem__(self, key: str) -> Any:
@@ -94,6 +94,8 @@ def item_name() -> Any:
 
 @dataclass(frozen=True, slots=True)
 class KeySpec:
+    """One key of a section class: its name and the kind of value it holds."""
+
     name: str
     # bool int float str duration unixtime strlist strmap map objlist section seclist
     kind: str
@@ -143,7 +145,7 @@ def _field_for(name: str, hint: Any, named: bool) -> KeySpec:
 
 def render(obj: Any, item: bool) -> dict[str, Any]:
     """``obj`` (a section) as a plain nested dict, durations as Go strings: a config file's shape."""
-    cls: type = type(obj)
+    cls: type = type(obj)  # as `type`, for key_specs' cache (see Section.keys)
     out: dict[str, Any] = {}
     for name, f in key_specs(cls, item).items():
         value = getattr(obj, name)
