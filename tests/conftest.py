@@ -8,26 +8,32 @@ test fails if the server log contains a Python traceback.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-import socket
-import subprocess
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import redis_binary
+from tests.support.redis_server import RedisProcess
+from tests.support.redis_topologies import (
+    ClusterTopology,
+    SentinelTopology,
+    start_cluster,
+    start_sentinel,
+)
+
 # Same module object the e2e tests import (`from .helpers import ...` inside package `e2e`);
 # the fallback covers a layout where tests/ itself becomes a package.
 try:
-    import redis_binary
-    from e2e.helpers import ServerHandle, free_port, start_server
+    from e2e.helpers import ServerHandle, start_server
 except ImportError:
-    from tests import redis_binary
-    from tests.e2e.helpers import ServerHandle, free_port, start_server
+    from tests.e2e.helpers import ServerHandle, start_server
 
 ServerFactory = Callable[..., ServerHandle]
 
@@ -49,7 +55,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="session")
 def redis_server_available() -> str:
-    """The Redis server binary (tests/redis_binary.py); skips when there is none, fails
+    """The Redis server binary (tests/support/redis_binary.py); skips when there is none, fails
     under CI (which installs redis-server, and the [test] extra brings valkey-server)."""
     return redis_binary.require()
 
@@ -58,47 +64,59 @@ def redis_server_available() -> str:
 def e2e_redis_url(redis_server_available: str) -> Iterator[str]:
     """One redis-server per test process for the redis-engine runs of the e2e suite;
     each server started on it gets its own key prefix, so tests never share keys."""
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="cfpy-redis-")
-    proc = subprocess.Popen(
-        [
-            redis_server_available,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    server = RedisProcess()
     try:
-        # Wait until it answers PING (or exits); bounded by the deadline.
-        deadline = time.monotonic() + 10
-        while not _answers_ping(port):
-            if proc.poll() is not None:
-                pytest.fail(f"{redis_server_available} exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{redis_server_available} on {port} not ready in 10 s")
-            time.sleep(0.02)  # readiness poll: the server has no start-up signal
-        yield f"redis://127.0.0.1:{port}"
+        server.start()
+        yield server.address
     finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.cleanup()
 
 
-def _answers_ping(port: int) -> bool:
+# --------------------------------------------------------------------------------------------
+# Redis Cluster and Sentinel deployments (tests/support/redis_topologies.py)
+
+
+@contextlib.contextmanager
+def _tmpdir(prefix: str) -> Iterator[Path]:
+    # Short path under /tmp: unix socket and log paths stay well inside limits.
+    path = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(redis_server_available: str) -> Iterator[ClusterTopology]:
+    """A Cluster of 3 masters, no replicas."""
+    with _tmpdir("cfpy-cluster-") as d:
+        topo = start_cluster(d)
+        try:
+            yield topo
+        finally:
+            topo.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_sentinel(redis_server_available: str) -> Iterator[SentinelTopology]:
+    """A master, one replica and one sentinel monitoring them as `mymaster`."""
+    with _tmpdir("cfpy-sentinel-") as d:
+        topo = start_sentinel(d)
+        try:
+            yield topo
+        finally:
+            topo.stop()
+
+
+@pytest.fixture
+def fresh_redis_sentinel(redis_server_available: str) -> Iterator[SentinelTopology]:
+    """`redis_sentinel` of the test's own: take it to fail over."""
+    with _tmpdir("cfpy-sentinel-") as d:
+        topo = start_sentinel(d)
+        try:
+            yield topo
+        finally:
+            topo.stop()
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])

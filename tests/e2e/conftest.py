@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.redis_server import RedisProcess
+
 from .helpers import node_available
-from .redis_e2e_helpers import RedisProcess
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +32,7 @@ def _redis() -> Iterator[RedisProcess]:
 @pytest.fixture(scope="module")
 def redis_server(redis_server_available: str) -> Iterator[RedisProcess]:
     """A redis-server of the module's own (free port, no persistence); the binary is
-    tests/redis_binary.py's (skipped without one, failed under CI)."""
+    tests/support/redis_binary.py's (skipped without one, failed under CI)."""
     yield from _redis()
 
 

@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,9 @@ from typing import Any
 import aiohttp
 import jwt
 
+# free_port is re-exported: the e2e tests take it from here with the other helpers.
+from tests.support.ports import accepts, free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JS_DIR = Path(__file__).resolve().parent / "js"
 READY_TIMEOUT = 20.0
@@ -36,13 +38,6 @@ STOP_TIMEOUT = 10.0
 
 # --------------------------------------------------------------------------------------------
 # ports and config
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -259,11 +254,7 @@ def _probe_ready(handle: ServerHandle) -> bool:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
-    try:
-        with socket.create_connection(("127.0.0.1", handle.port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    return accepts(handle.port)
 
 
 def start_server(

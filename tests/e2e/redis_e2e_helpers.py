@@ -1,7 +1,7 @@
 """Helpers for the Redis engine end-to-end tests (multi-worker servers, Redis faults).
 
-- `RedisProcess`: a throw-away `redis-server` (no persistence) on a free 127.0.0.1 port that a
-  test can stop and start again on the same port (the binary from tests/redis_binary.py).
+- `RedisProcess` (tests/support/redis_server.py): a throw-away `redis-server` (no persistence)
+  on a free 127.0.0.1 port that a test can stop, freeze and start again on the same port.
 - `redis_config(port)`: a server config using it, with a recoverable namespace `rec`.
 - `worker_pids` / `worker_of`: which gunicorn worker owns a given client socket (psutil).
 - `WsClient`: a raw JSON-protocol client with a background reader; tests await conditions on
@@ -16,16 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,94 +30,12 @@ from centrifuge import (
     SubscriptionEventHandler,
 )
 
-from .helpers import ServerHandle, free_port
+# RedisProcess is re-exported: the e2e tests take it from here with the other Redis helpers.
+from tests.support.redis_server import RedisProcess as RedisProcess
 
-try:
-    import redis_binary
-except ImportError:  # tests/ imported as a package
-    from tests import redis_binary
+from .helpers import ServerHandle
 
 EVENT_TIMEOUT = 10.0
-
-
-# --------------------------------------------------------------------------------------------
-# redis-server
-
-
-class RedisProcess:
-    """A standalone redis-server without persistence; `stop()` and `start()` keep the port."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.dir = Path(tempfile.mkdtemp(prefix="cfpy-redis-"))
-
-    @property
-    def address(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def _ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def start(self, timeout: float = 10.0) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.proc = subprocess.Popen(
-            [
-                redis_binary.server(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                str(self.dir),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while not self._ping():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on {self.port} not ready in {timeout}s")
-            time.sleep(0.02)  # readiness poll interval
-
-    def freeze(self) -> None:
-        """SIGSTOP: connections stay open, nothing is answered (a hung Redis)."""
-        assert self.proc is not None and self.proc.poll() is None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        """SIGCONT after `freeze`."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        """SIGTERM and wait: the port is closed and every connection dropped on return."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.thaw()  # a frozen redis-server would act on SIGTERM only when continued
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def redis_config(port: int, **extra: Any) -> dict[str, Any]:

@@ -15,9 +15,9 @@ import urllib.request
 from typing import Any
 
 import pytest
-from payloads import OPAQUE
 
 from app.api.executor import BATCH_CHUNK
+from tests.support.payloads import OPAQUE
 
 from .helpers import RawWS, ServerHandle
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 from centrifuge import Client, ClientState, SubscriptionState
-from payloads import OPAQUE
+
+from tests.support.payloads import OPAQUE
 
 from .helpers import RawWS, ServerHandle
 from .test_python_sdk import ClientEvents, SubEvents

@@ -24,7 +24,7 @@ from grpc_gen import api_pb2_grpc, uni_pb2_grpc
 from app import VERSION_STRING
 from app.api.gen import api_pb2 as pb
 from app.api.gen import uni_pb2
-from tests.tls_certs import self_signed_pem
+from tests.support.tls_certs import self_signed_pem
 
 from .helpers import RawWS, ServerHandle, free_port
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_tls_server import TLSRedis, require_tls, start_tls_redis
-from tls_certs import CA, make_ca
+
+from tests.support.redis_server import TLSRedis, require_tls, start_tls_redis
+from tests.support.tls_certs import CA, make_ca
 
 from .helpers import REPO_ROOT, ServerHandle, prepare_config, start_server
 from .redis_e2e_helpers import ApiClient, SdkSubscriber

@@ -25,11 +25,11 @@ from centrifuge import (
     Subscription,
     SubscriptionEventHandler,
 )
-from redis_topologies import SentinelTopology, channels_in_partitions
+
+from tests.support.engine import channels_in_partitions
+from tests.support.redis_topologies import SentinelTopology
 
 from .helpers import ServerHandle
-
-pytest_plugins = ["redis_topologies"]
 
 CONFIG: dict[str, Any] = {
     "channel": {

@@ -23,7 +23,7 @@ import pytest
 
 from app.config import ConfigError, TLSConfig
 from app.tls import server_context
-from tests.tls_certs import CA, make_ca, self_signed
+from tests.support.tls_certs import CA, make_ca, self_signed
 
 from .helpers import REPO_ROOT, deep_merge, free_port, node_available, run_js, start_server
 from .redis_e2e_helpers import RedisProcess, redis_config, worker_of

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import pytest
-import redis_binary
 from pytest_redis import factories
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -25,6 +24,7 @@ from app.engines.redis import create_redis_engine
 from app.engines.redis.broker import RedisBroker
 from app.engines.redis.presence import RedisPresenceManager
 from app.models import ClientInfo, Publication
+from tests.support import redis_binary
 
 # A string at import time (pytest-redis takes it when the module loads); without any binary,
 # `pytest_runtest_setup` below skips the Redis tests before pytest-redis would run it.

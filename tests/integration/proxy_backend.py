@@ -35,7 +35,7 @@ from aiohttp import web
 from grpc_gen import proxy_pb2_grpc as pb_grpc
 
 from app.proxy.gen import proxy_pb2 as pb
-from tests.tls_certs import self_signed_pem
+from tests.support.tls_certs import self_signed_pem
 
 KINDS = ("connect", "refresh", "subscribe", "publish", "rpc", "sub_refresh")
 

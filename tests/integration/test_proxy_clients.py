@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from app.auth import SubscribeOverride
 from app.config import Config, load_config
 from app.errors import ClientError, Disconnect
 from app.proxy import Proxy, ProxyContext, ProxyManager, ProxyUnavailable
+from tests.support.ports import free_port
 
 from .proxy_backend import ProxyBackend, self_signed_cert
 
@@ -147,12 +147,6 @@ async def call(p: Proxy, kind: str, c: ProxyContext, data: bytes | None = b'{"in
     if kind == "rpc":
         return await p.rpc(c, "method", data)
     return await p.sub_refresh(c, "chan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------- connect

@@ -17,21 +17,13 @@ from typing import Any
 
 import pytest
 import redis
-from redis_topologies import (
-    ClusterTopology,
-    EngineEvents,
-    SentinelTopology,
-    channels_in_partitions,
-    redis_engine_config,
-    until,
-)
 
 from app.config import RedisConfig
 from app.engines.redis import RedisBroker, RedisPresenceManager, create_redis_engine
 from app.engines.redis.shard import RedisConfigError
 from app.models import ClientInfo, HistoryFilter, PublishOptions
-
-pytest_plugins = ["redis_topologies"]
+from tests.support.engine import EngineEvents, channels_in_partitions, redis_engine_config, until
+from tests.support.redis_topologies import ClusterTopology, SentinelTopology
 
 HISTORY = PublishOptions(history_size=10, history_ttl=60.0)
 DEFAULT_PUBSUB_NAME = "centrifugo-py-pubsub"

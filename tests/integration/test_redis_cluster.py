@@ -13,14 +13,6 @@ from dataclasses import dataclass
 
 import pytest
 from redis.crc import key_slot
-from redis_topologies import (
-    ClusterTopology,
-    EngineEvents,
-    channels_in_partitions,
-    redis_engine_config,
-    until,
-    wait_for,
-)
 
 from app.engines.redis import RedisBroker, RedisPresenceManager, create_redis_engine
 from app.engines.redis.shard import CLUSTER_PARTITIONS, Keys
@@ -31,8 +23,8 @@ from app.models import (
     PublishResult,
     StreamPosition,
 )
-
-pytest_plugins = ["redis_topologies"]
+from tests.support.engine import EngineEvents, channels_in_partitions, redis_engine_config, until
+from tests.support.redis_topologies import ClusterTopology, wait_for
 
 HISTORY = PublishOptions(history_size=10, history_ttl=60.0)
 

@@ -15,20 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from redis_topologies import (
-    ClusterTopology,
-    EngineEvents,
-    SentinelTopology,
-    free_port,
-    redis_engine_config,
-    until,
-)
 
 from app.engines.redis import RedisBroker, RedisPresenceManager, create_redis_engine
 from app.errors import ClientError
 from app.models import ClientInfo, HistoryFilter, PublishOptions
-
-pytest_plugins = ["redis_topologies"]
+from tests.support.engine import EngineEvents, redis_engine_config, until
+from tests.support.ports import free_port
+from tests.support.redis_topologies import ClusterTopology, SentinelTopology
 
 HISTORY = PublishOptions(history_size=10, history_ttl=60.0)
 FAST = 1.0  # seconds within which a command must fail while Redis is unreachable

@@ -26,7 +26,6 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis_topologies import channels_in_partitions, redis_engine_config
 
 from app.api import request
 from app.api.executor import ApiExecutor
@@ -38,10 +37,9 @@ from app.engines.redis.pubsub import Endpoint
 from app.errors import ClientError
 from app.models import PublishOptions, PublishResult, StreamPosition
 from app.node import Node
+from tests.support.engine import channels_in_partitions, redis_engine_config
 
 from .conftest import REDIS_SERVER, url_of
-
-pytest_plugins = ["redis_topologies"]
 
 HIST = PublishOptions(history_size=1000, history_ttl=300)
 

@@ -11,12 +11,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from redis_topologies import EngineEvents, SentinelTopology, redis_engine_config, until
 
 from app.engines.redis import RedisBroker, RedisPresenceManager, create_redis_engine
 from app.models import ClientInfo, HistoryFilter, PublishOptions, StreamPosition
-
-pytest_plugins = ["redis_topologies"]
+from tests.support.engine import EngineEvents, redis_engine_config, until
+from tests.support.redis_topologies import SentinelTopology
 
 HISTORY = PublishOptions(history_size=10, history_ttl=60.0)
 

