@@ -30,51 +30,12 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable
-from typing import Protocol
 
 from app import metrics
 from app.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR, Disconnect
-from app.protocol import Codec
+from app.transport import WRITE_ERRORS, SyncTransport, Transport, is_sync
 
 log = logging.getLogger("centrifugo.writer")
-
-# What a transport raises when its peer is gone.
-WRITE_ERRORS = (ConnectionError, RuntimeError, OSError)
-
-
-class Transport(Protocol):
-    """A socket owned by a transport handler (WebSocket, SSE, ...).
-
-    Optional fast path: `write_now(frame) -> int` writes the frame synchronously and
-    returns how many bytes the transport still holds unsent (the backpressure measure);
-    it raises one of WRITE_ERRORS when the peer is gone. A transport without it (or with
-    `write_now = None`) is written through the async `write`, which must itself give up
-    (raise one of WRITE_ERRORS, TimeoutError is one) on a peer that takes nothing.
-
-    A transport with `write_now` also offers `unsent() -> int` (what `write_now` would
-    return now) and `write_timeout: float` (seconds its unsent bytes may wait for the
-    kernel to take them; 0 for no limit), see `SyncTransport`.
-    """
-
-    name: str  # "websocket", "sse", ...
-    codec: Codec  # how this connection's frames are encoded
-    unidirectional: bool  # server-to-client only: no commands, no pongs
-    disconnect_push: bool  # signal disconnects with a push before closing (all but bidi WS)
-    # Optional `pings = False`: the transport keeps itself alive (uni_grpc).
-
-    async def write(self, frame: bytes) -> None: ...
-
-    async def close(self, disconnect: Disconnect) -> None: ...
-
-
-class SyncTransport(Transport, Protocol):
-    """The synchronous fast path (see Transport)."""
-
-    write_timeout: float
-
-    def write_now(self, frame: bytes) -> int: ...
-
-    def unsent(self) -> int: ...
 
 
 # Bytes a transport may add to a message when it frames it (a WebSocket server frame
@@ -161,7 +122,8 @@ class Writer:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._transport = transport
-        self._sync = getattr(transport, "write_now", None) is not None
+        # The synchronous path's transport, None for the async path (app/transport.py).
+        self._sync: SyncTransport | None = transport if is_sync(transport) else None
         self._loop = loop or asyncio.get_running_loop()
         self._flusher = _flusher(self._loop)
         self._sep = transport.codec.separator
@@ -227,13 +189,14 @@ class Writer:
     def _flush(self) -> None:
         if self._buf is None:
             return  # already flushed by close(), or dropped by a failure
-        if not self._sync:
+        sync = self._sync
+        if sync is None:
             if self._task is None:
                 self._task = asyncio.get_running_loop().create_task(self._write_async())
             return  # else the task in flight takes the batch when its write is done
         frame = self._take()
         try:
-            unsent = self._transport.write_now(frame)  # type: ignore[attr-defined]
+            unsent = sync.write_now(frame)
         except WRITE_ERRORS:
             self._fail(Disconnect(DISCONNECT_WRITE_ERROR))
             return
@@ -247,16 +210,17 @@ class Writer:
     def _arm_stall(self) -> None:
         """Bytes the transport holds now must be taken by the kernel within its
         write_timeout (Centrifugo sets that deadline on each write)."""
-        timeout = self._transport.write_timeout  # type: ignore[attr-defined]
+        assert self._sync is not None  # armed by the synchronous path only
+        timeout = self._sync.write_timeout
         if timeout > 0:
             self._stall_written = 0
             self._stall = self._loop.call_later(timeout, self._check_stall)
 
     def _check_stall(self) -> None:
         self._stall = None
-        if self._closed:
+        if self._closed or self._sync is None:
             return
-        unsent = self._transport.unsent()  # type: ignore[attr-defined]
+        unsent = self._sync.unsent()
         # Of what the transport holds, at most `_stall_written` bytes were written since
         # the timer was armed: anything more is older, and waited the whole timeout.
         if unsent > self._stall_written:
@@ -295,7 +259,7 @@ class Writer:
     async def close(self, timeout: float = 1.0) -> None:
         """Send what is queued (the async path: best effort within timeout), then stop."""
         self._closed = True
-        if self._sync:
+        if self._sync is not None:
             self._flush()
             # From here the transport's close bounds the time (app/transports/closing.py).
             self._cancel_stall()

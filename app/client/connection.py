@@ -49,7 +49,8 @@ from app.protocol import (
 )
 from app.proxy import REFRESH_RETRY_DELAY, ProxyUnavailable
 from app.timers import CoarseTimer
-from app.writer import Transport, Writer
+from app.transport import Transport, sends_pings
+from app.writer import Writer
 
 log = logging.getLogger("centrifugo.client")
 
@@ -400,7 +401,7 @@ class Client(SubscribeFlow, ChannelCommands):
 
     def _pings(self) -> bool:
         # uni_grpc relies on HTTP/2 keepalive instead of protocol pings.
-        return self.cfg.ping_interval > 0 and getattr(self.transport, "pings", True)
+        return self.cfg.ping_interval > 0 and sends_pings(self.transport)
 
     def _schedule_ping(self, first: bool = False) -> None:
         interval = self.cfg.ping_interval

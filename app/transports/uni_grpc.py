@@ -25,8 +25,9 @@ from app.api.grpc import STOP_GRACE, add_port, bind_target, server_options
 from app.config import Config
 from app.errors import Disconnect
 from app.node import NODE_KEY, Node
-from app.protocol import DecodeError
+from app.protocol import Codec, DecodeError
 from app.protocol.protobuf import PROTOBUF_UNI
+from app.transport import KeepsAlive, Transport
 from app.transports import admission
 from app.transports.uni_http_stream import connect, new_client
 
@@ -59,10 +60,10 @@ def split_delimited(frame: bytes) -> list[bytes]:
 
 class UniGrpcTransport:
     name = "uni_grpc"
-    codec = PROTOBUF_UNI
+    codec: Codec = PROTOBUF_UNI
     unidirectional = True
     disconnect_push = True
-    pings = False  # HTTP/2 keepalive instead
+    keepalive = "http2 keepalive"  # no protocol pings (app/transport.py's KeepsAlive)
 
     __slots__ = ("_context", "done")
 
@@ -152,3 +153,8 @@ def add_uni_grpc(app: web.Application, cfg: Config) -> None:
         await server.stop(STOP_GRACE)
 
     app.cleanup_ctx.append(uni_grpc_ctx)
+
+
+# The contracts it satisfies (app/transport.py), checked by mypy.
+_transport: type[Transport] = UniGrpcTransport
+_keeps_alive: type[KeepsAlive] = UniGrpcTransport
