@@ -10,7 +10,6 @@ through the facade methods here, never to an engine directly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -34,7 +33,6 @@ from app.errors import (
     Disconnect,
 )
 from app.hub import Hub
-from app.info_metrics import InfoMetrics
 from app.membership import Membership
 from app.models import (
     ClientInfo,
@@ -50,6 +48,7 @@ from app.node_control import NodeControl
 from app.presence import PresenceManager
 from app.proxy import ProxyManager
 from app.timers import CoarseTimers
+from app.upkeep import Upkeep
 
 if TYPE_CHECKING:
     from app.client import Client
@@ -127,10 +126,7 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: CoarseTimers | None = None
-        self._presence_task: asyncio.Task[None] | None = None
-        self._position_task: asyncio.Task[None] | None = None
-        self._metrics_task: asyncio.Task[None] | None = None
-        self._info_metrics = InfoMetrics(cfg.node.info_metrics_aggregate_interval)
+        self._upkeep = Upkeep(self)
         self.control = NodeControl(self, controller)
         self.membership = Membership(
             self.id, self._local_info, controller.publish_control, self.control.answer_survey
@@ -167,15 +163,7 @@ class Node:
         # As centrifuge's Node.Run: the controller's handler first, then the broker's.
         await self.controller.run_control(self.control)
         await self.broker.run(self)
-        interval = self.config.client.presence_update_interval
-        if interval > 0:
-            self._presence_task = asyncio.create_task(self._refresh_presence(interval))
-        delay = self.config.client.channel_position_check_delay
-        if delay > 0:
-            self._position_task = asyncio.create_task(self._check_positions(delay))
-        # As centrifuge's initMetrics: a snapshot from the start, then one per interval.
-        self._snapshot_metrics()
-        self._metrics_task = asyncio.create_task(self._aggregate_metrics())
+        self._upkeep.start()
         self.membership.start()
 
     @property
@@ -204,11 +192,7 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
-        for task in (self._presence_task, self._position_task, self._metrics_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._upkeep.stop()
         await self.membership.stop()
         # Background work (control replies, leave messages...) must not outlive the broker.
         pending = [t for t in self._tasks if not t.done()]
@@ -233,55 +217,6 @@ class Node:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
-
-    def _snapshot_metrics(self) -> None:
-        self._update_node_gauges()  # the node gauges otherwise follow the heartbeat
-        self.membership.set_metrics(self._info_metrics.snapshot())
-
-    async def _aggregate_metrics(self) -> None:
-        while True:
-            await asyncio.sleep(self._info_metrics.interval)
-            self._update_node_gauges()
-            try:
-                # Off the loop: tens of ms per thousand series (app/info_metrics.py).
-                snapshot = await asyncio.to_thread(self._info_metrics.snapshot)
-            except Exception:  # a collector failing must not end the snapshots
-                log.exception("metrics snapshot failed")
-                continue
-            self.membership.set_metrics(snapshot)
-
-    async def _refresh_presence(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            for client in self.hub.connections():
-                for channel, info in client.presence_entries():
-                    try:
-                        await self.presence_manager.add_presence(channel, client.uid, info)
-                    except Exception:
-                        log.exception("presence refresh failed")
-
-    async def _check_positions(self, delay: float) -> None:
-        """Catch publications lost on an idle channel (e.g. during a PUB/SUB
-        reconnect): compare each positioned subscription with the stream top."""
-        while True:
-            await asyncio.sleep(delay)
-            due: dict[str, list[tuple[Client, Any]]] = {}
-            for client in self.hub.connections():
-                for sub in client.positions_to_check():
-                    due.setdefault(sub.channel, []).append((client, sub))
-            for channel, subs in due.items():
-                try:
-                    ns = self.resolve(channel).options
-                    top = (
-                        await self.broker.history(
-                            channel, HistoryFilter(meta_ttl=ns.history_meta_ttl)
-                        )
-                    ).position
-                except Exception as e:
-                    log.info("position check of %r failed: %s", channel, e)
-                    continue
-                for client, sub in subs:
-                    client.check_position(sub, top)
 
     # --- broker events (BrokerEventHandler) ---
 
@@ -582,7 +517,8 @@ class Node:
                 total[ch] = total.get(ch, 0) + n
         return total
 
-    def _update_node_gauges(self) -> None:
+    def update_gauges(self) -> None:
+        """The node gauges (clients, users, subscriptions, channels, nodes)."""
         hub = self.hub
         metrics.update_node(
             hub.num_clients,
@@ -595,7 +531,7 @@ class Node:
     def _local_info(self) -> dict[str, Any]:
         hub = self.hub
         # Called every heartbeat: a good moment to refresh the node gauges too.
-        self._update_node_gauges()
+        self.update_gauges()
         return {
             "uid": self.id,
             "name": self.name,
