@@ -249,10 +249,21 @@ def start_redis(
     tls: TLSOptions | None = None,
     sentinel: bool = False,
     attempts: int = 3,
-    kind: type[P] = RedisProc,  # type: ignore[assignment]
-) -> P:
+) -> RedisProc:
     """A server (or sentinel) on a free port, ready; retried on a new port if the free one
     was taken meanwhile. Its files are `<workdir>/<name>-<port>.*`."""
+    return _start(RedisProc, workdir, name, extra, tls, sentinel, attempts)
+
+
+def _start(
+    kind: type[P],
+    workdir: Path,
+    name: str,
+    extra: list[str] | None,
+    tls: TLSOptions | None,
+    sentinel: bool,
+    attempts: int,
+) -> P:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = probe_context(tls.probe_client) if tls is not None else None
     last = ""
@@ -339,4 +350,4 @@ def start_tls_redis(
     arguments (Cluster, Sentinel lines) as for `start_redis`. Ready once a PING over TLS
     (presenting `probe_client`) answers."""
     tls = TLSOptions(server, ca_path, auth_clients, probe_client)
-    return start_redis(workdir, name, extra, tls=tls, sentinel=sentinel, kind=TLSRedis)
+    return _start(TLSRedis, workdir, name, extra, tls, sentinel, attempts=3)

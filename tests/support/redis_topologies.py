@@ -40,7 +40,7 @@ class TopologyError(RuntimeError):
 
 
 def wait_for(
-    what: str, probe: Callable[[], T | None], timeout: float = START_TIMEOUT, interval=0.02
+    what: str, probe: Callable[[], T | None], timeout: float = START_TIMEOUT, interval: float = 0.02
 ) -> T:
     """Poll `probe` until it returns something other than None/False; return that value.
 
