@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from app import VERSION_STRING, control, metrics
+from app import VERSION_STRING, control, jsonraw, metrics
 from app.auth import SubscribeOverride, TokenVerifier
 from app.broker import BatchPublisher, Broker, Controller, HealthReporter
 from app.channels import ChannelInfo, ChannelResolver
 from app.config import Config
 from app.errors import (
+    ERROR_BAD_REQUEST,
     ERROR_INTERNAL,
     ERROR_NOT_AVAILABLE,
     ERROR_UNRECOVERABLE_POSITION,
@@ -283,6 +284,35 @@ class Node:
     def resolve(self, channel: str, client_side: bool = False) -> ChannelInfo:
         return self.resolver.resolve(channel, client_side=client_side)
 
+    def publication_channel(
+        self, channel: str, data: bytes, *, known_json: bool = False, client_side: bool = False
+    ) -> ChannelInfo:
+        """The channel a publication of `data` goes to, resolved once for the whole publish,
+        with `data` checked against its publication_data_format: the namespace's, else
+        channel.publication_data_format (Centrifugo's ChannelOptions), then
+        ValidatePublicationData. The one rule of every publish, server API and client alike.
+
+        Raises ClientError: the resolver's (102 unknown namespace, 107...), then 107 for data
+        the format refuses: empty unless "binary", not JSON for "json", not a JSON object for
+        "json_object". `known_json`: `data` is a span of a decoded JSON document, already
+        valid, so it is not validated again.
+        """
+        chinfo = self.resolve(channel, client_side)
+        fmt = chinfo.options.publication_data_format or self.config.channel.publication_data_format
+        if fmt == "binary":
+            return chinfo
+        if not data:
+            raise ClientError(ERROR_BAD_REQUEST)
+        if fmt == "json" and not known_json and not jsonraw.is_json(data):
+            raise ClientError(ERROR_BAD_REQUEST)
+        # A valid JSON text whose first non-blank byte is "{" is an object (Go's
+        # IsValidJSONObject looks at both ends; the last byte is then "}" anyway).
+        if fmt == "json_object" and not (
+            data.lstrip()[:1] == b"{" and (known_json or jsonraw.is_json(data))
+        ):
+            raise ClientError(ERROR_BAD_REQUEST)
+        return chinfo
+
     async def publish(
         self,
         channel: str,
@@ -296,8 +326,13 @@ class Node:
         version: int = 0,
         version_epoch: str = "",
         client_side: bool = False,
+        chinfo: ChannelInfo | None = None,
     ) -> PublishResult:
-        chinfo = self.resolve(channel, client_side)
+        """Publish `data` to `channel`. `chinfo` is what `publication_channel` answered for
+        it when the caller needed the channel first (the client checks permissions on it);
+        without it the check runs here."""
+        if chinfo is None:
+            chinfo = self.publication_channel(channel, data, client_side=client_side)
         opts = _publish_options(
             chinfo, info, tags, skip_history, idempotency_key, delta, version, version_epoch
         )
@@ -308,23 +343,19 @@ class Node:
         return result
 
     async def publish_many(
-        self, items: Sequence[tuple[str, bytes, dict[str, Any]]]
+        self, items: Sequence[tuple[ChannelInfo, bytes, dict[str, Any]]]
     ) -> list[PublishResult | ClientError]:
-        """`publish(channel, data, **kwargs)` of every item, for server API batches.
+        """`publish(chinfo.channel, data, chinfo=chinfo, **kwargs)` of every item, for server
+        API batches: each channel as `publication_channel` answered for its data.
 
         All publications are handed to the broker before any reply is awaited: the Redis
         engine pipelines them (a channel's publications apply in item order) and nobody
-        pays a task or a coroutine chain per publication. A failure (an unknown channel,
-        the broker) is returned in its item's place, never raised.
+        pays a task or a coroutine chain per publication. A failure (the broker's) is
+        returned in its item's place, never raised.
         """
         out: list[Any] = []  # PublishResult | ClientError once filled in below
         todo: list[tuple[int, str, tuple[str, bytes, PublishOptions]]] = []
-        for channel, data, kw in items:
-            try:
-                chinfo = self.resolve(channel, kw.get("client_side", False))
-            except ClientError as e:
-                out.append(e)
-                continue
+        for chinfo, data, kw in items:
             if kw:
                 opts = _publish_options(
                     chinfo,
@@ -338,7 +369,7 @@ class Node:
                 )
             else:
                 opts = self._plain_publish_options(chinfo)
-            todo.append((len(out), chinfo.namespace, (channel, data, opts)))
+            todo.append((len(out), chinfo.namespace, (chinfo.channel, data, opts)))
             out.append(None)  # filled in below
         batch = self._batch
         results: Sequence[PublishResult | BaseException]

@@ -24,14 +24,10 @@ import orjson
 from aiohttp import web
 
 from app.api import request as api_request
-from app.api.executor import (
-    BATCH_CHUNK,
-    METHODS,
-    ApiDecodeError,
-    ApiExecutor,
-    api_error,
-    error_body,
-)
+from app.api.batch import BATCH_CHUNK
+from app.api.decode import METHODS
+from app.api.errors import ApiDecodeError, api_error, error_body
+from app.api.executor import ApiExecutor
 from app.errors import ClientError
 from app.node import NODE_KEY
 
@@ -42,7 +38,7 @@ log = logging.getLogger("centrifugo.api")
 
 # Largest request body read (Centrifugo sets no limit; batches of publications can be big).
 # A batch of this size holds the body, 48 bytes a command for its span, and one chunk
-# decoded (see app/api/executor.py).
+# decoded (see app/api/batch.py).
 MAX_BODY_SIZE = 64 * 1024 * 1024
 
 # api.proto Command.MethodType numbers used by the legacy `{"method": N}` form.

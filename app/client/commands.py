@@ -48,12 +48,12 @@ class ChannelCommands:
         data = get_raw(params, "data")
         if not channel or not data:
             raise Disconnect(DISCONNECT_BAD_REQUEST)
-        chinfo = self.node.resolve(channel, client_side=True)
+        # A JSON client's data is a span of its decoded frame: valid JSON already.
+        chinfo = self.node.publication_channel(
+            channel, data, known_json=self.codec.name == "json", client_side=True
+        )
         ns = chinfo.options
         sub = self._subscribed(channel)
-        fmt = ns.publication_data_format
-        if fmt == "json_object" and not data.startswith(b"{"):
-            raise ClientError(ERROR_BAD_REQUEST)
         proxy = self.node.proxies.publish_proxy(ns)
         if proxy is not None:
             # The backend replaces the permission checks and may rewrite the publication.
@@ -72,6 +72,7 @@ class ChannelCommands:
                 version=res.version,
                 version_epoch=res.version_epoch,
                 client_side=True,
+                chinfo=chinfo,
             )
             return {}
         allowed = self.cfg.insecure or (
@@ -80,7 +81,9 @@ class ChannelCommands:
         )
         if not allowed:
             raise ClientError(ERROR_PERMISSION_DENIED)
-        await self.node.publish(channel, data, info=self._info(sub), client_side=True)
+        await self.node.publish(
+            channel, data, info=self._info(sub), client_side=True, chinfo=chinfo
+        )
         return {}
 
     async def _cmd_presence(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Decoding a whole batch at once multiplied its body ~110x in the worker's RSS (a 16.5 MB batch
 of 300k publishes: 2.0 GB peak, 1.4 GB kept) and stalled /health for seconds. The batch now
-runs in chunks (app/api/executor.py BATCH_CHUNK) with its reply streamed: measured with
+runs in chunks (app/api/batch.py BATCH_CHUNK) with its reply streamed: measured with
 `python -m bench.api_batch`, +40 MB peak and a 50 ms /health stall for the same batch.
 
 The bounds below are generous for a noisy 2-core machine and still catch the regression by an

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from app.api.executor import BATCH_CHUNK
+from app.api.batch import BATCH_CHUNK
 from tests.support.payloads import OPAQUE
 
 from .helpers import RawWS, ServerHandle

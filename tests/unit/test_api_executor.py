@@ -20,7 +20,9 @@ import orjson
 import pytest
 
 from app.api import request
-from app.api.executor import BATCH_CHUNK, ApiDecodeError, ApiExecutor
+from app.api.batch import BATCH_CHUNK
+from app.api.errors import ApiDecodeError
+from app.api.executor import ApiExecutor
 from app.api.http import batch_command
 from app.config import load_config
 from app.engines.memory import MemoryBroker, MemoryPresenceManager

@@ -1,4 +1,4 @@
-"""app/auth.py: JWT verification of connection and subscription tokens (research §3)."""
+"""app/auth/: JWT verification of connection and subscription tokens (research §3)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from app import auth
 from app.auth import (
     ConnectTokenClaims,
     SubscribeOptionsClaim,
@@ -28,6 +27,7 @@ from app.auth import (
     TokenInvalid,
     TokenVerifier,
 )
+from app.auth.jwks import JWKS_CACHE_TTL, JWKS_MIN_REFETCH_INTERVAL
 from app.config import load_config
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs512-0123456789abcdef-0123"
@@ -773,7 +773,7 @@ async def test_jwks_unknown_kid_refetches_after_interval(
     # Key rotation: a new kid appears at the endpoint.
     jwks_server.keys = [rsa_jwk(rsa_key, "k1"), rsa_jwk(rsa_key2, "k2")]
     rotated = jwt.encode({"sub": "2"}, rsa_key2, algorithm="RS256", headers={"kid": "k2"})
-    _age_jwks_cache(v, auth.JWKS_MIN_REFETCH_INTERVAL + 0.1)
+    _age_jwks_cache(v, JWKS_MIN_REFETCH_INTERVAL + 0.1)
     assert (await v.verify_connect_token(rotated)).user == "2"
     assert jwks_server.total_hits() == 2
 
@@ -785,14 +785,14 @@ async def test_jwks_cache_expires_after_ttl(
     v = jwks_verifier()
     token = jwt.encode({"sub": "1"}, rsa_key, algorithm="RS256", headers={"kid": "k1"})
     await v.verify_connect_token(token)
-    _age_jwks_cache(v, auth.JWKS_CACHE_TTL - 60)
+    _age_jwks_cache(v, JWKS_CACHE_TTL - 60)
     await v.verify_connect_token(token)
     assert jwks_server.total_hits() == 1
     _age_jwks_cache(v, 120)
     await v.verify_connect_token(token)
     assert jwks_server.total_hits() == 2
     # Endpoint down after expiry: the stale key keeps working rather than failing everyone.
-    _age_jwks_cache(v, auth.JWKS_CACHE_TTL + 1)
+    _age_jwks_cache(v, JWKS_CACHE_TTL + 1)
     jwks_server.failures = [500, 500]
     assert (await v.verify_connect_token(token)).user == "1"
     assert jwks_server.total_hits() == 4
