@@ -8,17 +8,12 @@ ends as one ``error: ...`` line on stderr and exit code 1, never a traceback.
 import argparse
 import asyncio
 import base64
-import contextlib
-import importlib.util
 import inspect
 import json
 import logging
 import logging.config
 import os
 import platform
-import queue
-import signal
-import socket
 import sys
 import time
 import uuid
@@ -32,7 +27,7 @@ import tomli_w
 import yaml
 from jwt.warnings import InsecureKeyLengthWarning
 
-from app import VERSION, listeners
+from app import VERSION
 from app.config import (
     Config,
     ConfigError,
@@ -43,11 +38,10 @@ from app.config import (
     load_config,
     load_config_report,
 )
-from app.logs import logging_dict
+from app.hosting import listeners, startup
 
 DEFAULT_CONFIG = "config.json"
 DEFAULT_TOKEN_TTL = 3600 * 24 * 7
-MEMORY_WORKERS_ERROR = "more than one worker needs the redis engine (engine.type: redis)"
 
 _SUPPORTED_EXTENSIONS = ("json", "yaml", "yml", "toml")
 
@@ -308,10 +302,10 @@ def cmd_genconfig(args: argparse.Namespace) -> int:
 def cmd_checkconfig(args: argparse.Namespace) -> int:
     path, _ = _config_path(args)
     if not args.strict:
-        _check_resources(load_config(path))
+        startup.check_resources(load_config(path))
         return 0
     cfg, report = load_config_report(path)
-    _check_resources(cfg)
+    startup.check_resources(cfg)
     problems = [f"unknown key in config: {key}" for key in report.unknown_keys]
     problems += [finding.message() for finding in report.unsupported]
     for line in problems:
@@ -462,291 +456,17 @@ def cmd_checktoken(args: argparse.Namespace, subscription: bool) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Running the server
+# Running the server (app/hosting/)
 
 
-_GUNICORN_LEVELS = {
-    "trace": "debug",
-    "debug": "debug",
-    "info": "info",
-    "warn": "warning",
-    "error": "error",
-    "fatal": "critical",
-    "none": "critical",
-}
-
-
-def _uses_memory_engine(cfg: Config) -> bool:
-    broker = cfg.broker.type if cfg.broker.enabled else cfg.engine.type
-    presence = cfg.presence_manager.type if cfg.presence_manager.enabled else cfg.engine.type
-    return broker == "memory" or presence == "memory"
-
-
-def _bind(address: str, port: int) -> str:
-    host = address or "0.0.0.0"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{host}:{port}"
-
-
-# Pending connections a listener holds. The kernel caps it at net.core.somaxconn, which is
-# what Go's listeners (Centrifugo's) ask for. aiohttp would listen again with 128: a burst of
-# reconnects beyond that (a deploy, a network blip) overflowed it, and every dropped SYN left
-# its client waiting a full second to retry.
-LISTEN_BACKLOG = 65535
-
-
-def gunicorn_options(cfg: Config, workers: int) -> dict[str, Any]:
-    """Gunicorn settings for running ``cfg`` with ``workers`` processes."""
-    server = cfg.http_server
-    bind = [_bind(server.address, server.port)]
-    if server.internal_port and server.internal_port != server.port:
-        # Internal endpoints get their own listener; the app tells them apart by local port.
-        bind.append(_bind(server.internal_address or server.address, server.internal_port))
-    options: dict[str, Any] = {
-        "bind": bind,
-        "workers": workers,
-        "worker_class": "aiohttp.GunicornWebWorker",
-        "graceful_timeout": max(1, round(cfg.shutdown.timeout)),
-        "keepalive": 75,
-        "backlog": LISTEN_BACKLOG,
-        "accesslog": None,
-        "errorlog": cfg.log.file or "-",
-        "loglevel": _GUNICORN_LEVELS.get(cfg.log.level, "info"),
-        # gunicorn's own lines in the same JSON shape as ours.
-        "logconfig_dict": logging_dict(cfg.log.level, cfg.log.file),
-        "proc_name": "centrifugo",
-        # gunicorn >= 24 opens a control socket at a fixed per-user path; several servers on
-        # one machine (tests, side-by-side nodes) would fight over it.
-        "control_socket_disable": True,
-    }
-    if cfg.pid_file:
-        options["pidfile"] = cfg.pid_file
-    return options
-
-
-def _configure_server_logging(cfg: Config) -> None:
-    logging.config.dictConfig(logging_dict(cfg.log.level, cfg.log.file))
-
-
-def _make_gunicorn_app(cfg: Config, options: dict[str, Any]) -> Any:
-    from gunicorn.app.base import BaseApplication
-
-    class CentrifugoApplication(BaseApplication):
-        def __init__(self) -> None:
-            self.options = options
-            self.app_config = cfg
-            super().__init__()
-
-        def load_config(self) -> None:
-            for key, value in self.options.items():
-                if key in self.cfg.settings:  # tolerate settings older gunicorns lack
-                    self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            # Runs in each worker after fork: one event loop, one node per worker.
-            from app.web import create_app
-
-            async def factory() -> Any:
-                app = create_app(self.app_config)
-                if inspect.isawaitable(app):
-                    app = await app
-                return _draining_runner(app, options)
-
-            return factory
-
-    return CentrifugoApplication()
-
-
-def _worker_class() -> type:
-    """aiohttp's gunicorn worker, starting its drain as soon as SIGTERM arrives.
-
-    On uvloop where it is installed (a dependency on CPython/POSIX): its C transports
-    cut the worker's CPU per delivered message by ~30% (issue 7, `python -m bench`)."""
-    from aiohttp.worker import GunicornUVLoopWebWorker, GunicornWebWorker
-
-    base: type[GunicornWebWorker] = GunicornWebWorker
-    if importlib.util.find_spec("uvloop") is not None:
-        base = GunicornUVLoopWebWorker
-
-    class CentrifugoWorker(base):  # type: ignore[valid-type,misc]
-        master_signals: Any = None  # set by _remember_master_signals (post_fork)
-        listener_slot = 0  # set by app.listeners (pre_fork): which listeners it serves
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            # aiohttp's worker notices SIGTERM only at its next 1 s tick (SIGQUIT and SIGINT
-            # wake it at once): clients would wait up to a second longer for their 3001.
-            super().handle_exit(sig, frame)
-            self._notify_waiter_done()
-
-        def init_signals(self) -> None:
-            super().init_signals()
-            # The loop's own SIGTERM dispatch (uvloop's) was seen to drop a SIGTERM that
-            # arrived while a WebSocket was closing, leaving the worker up until SIGKILL.
-            # A plain Python handler runs on the main thread at the next bytecode whatever
-            # the loop does (the loop still wakes through the signal wakeup fd), and hands
-            # the exit to the loop.
-            loop = self.loop
-
-            def on_term(sig: int, frame: Any) -> None:
-                loop.call_soon_threadsafe(self.handle_exit, sig, None)
-
-            signal.signal(signal.SIGTERM, on_term)
-            # A SIGTERM that arrived between the fork and here went to the master's handler,
-            # inherited by this process, which only queues it in the master's (copied) queue:
-            # the worker would miss it and stay up until the master's SIGKILL (a server
-            # stopped right after it started, its second worker still booting).
-            if signal.SIGTERM in _drain(self.master_signals):
-                loop.call_soon(self.handle_exit, signal.SIGTERM, None)
-
-    return CentrifugoWorker
-
-
-def _remember_master_signals(server: Any, worker: Any) -> None:
-    """gunicorn's post_fork hook (in the new worker): keep the master's signal queue, as
-    copied by the fork, for CentrifugoWorker.init_signals."""
-    worker.master_signals = server.SIG_QUEUE
-
-
-def _drain(signals: Any) -> list[int]:
-    """What a gunicorn master's SIG_QUEUE holds (a SimpleQueue; a list before gunicorn 23)."""
-    if signals is None:
-        return []
-    if isinstance(signals, list):
-        return list(signals)
-    out = []
-    with contextlib.suppress(queue.Empty):
-        while True:
-            out.append(signals.get_nowait())
-    return out
-
-
-# Pause between closing a worker's listeners and aiohttp closing its open connections.
-LISTENER_CLOSE_GRACE = 0.1
-
-
-def _draining_runner(app: Any, options: dict[str, Any]) -> Any:
-    """The AppRunner gunicorn's aiohttp worker would build, with a drain-safe cleanup."""
-    from aiohttp import web
-
-    class DrainingRunner(web.AppRunner):
-        async def _make_server(self) -> Any:
-            # Plain upgrades to the WebSocket endpoint skip aiohttp's request handling
-            # (issue 7: connect rate); every other request still goes to aiohttp.
-            from app.transports.websocket_lean import LeanServer
-
-            server = await super()._make_server()
-            return LeanServer(server, self.app, options["keepalive"])
-
-        def _reg_site(self, site: Any) -> None:
-            # aiohttp's gunicorn worker makes its sites with the default backlog (128), and
-            # starting a site listens again on gunicorn's socket with it.
-            site._backlog = options["backlog"]
-            # Accepted sockets inherit SO_KEEPALIVE: aiohttp sets it per connection, which
-            # the lean WebSocket path skips.
-            sock = getattr(site, "_sock", None)
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                # HTTPS on the listeners that have TLS (app/tls.py); gunicorn's own
-                # certfile setting would put one certificate on every port.
-                site._ssl_context = options.get("tls", {}).get(sock.getsockname()[1])
-            super()._reg_site(site)
-
-        async def cleanup(self) -> None:
-            # On Python 3.11 aiohttp marks every connection closing right after the listeners
-            # close; one accepted a moment earlier whose request was not read yet drops that
-            # request and hangs until shutdown_timeout (worker rotation under load hits it).
-            # A short pause lets such requests start, so they finish like any in-flight call.
-            for site in list(self.sites):
-                _leave_listener_to_uvloop(site)
-                await site.stop()
-            await asyncio.sleep(LISTENER_CLOSE_GRACE)
-            await super().cleanup()
-
-    return DrainingRunner(
-        app,
-        keepalive_timeout=options["keepalive"],
-        shutdown_timeout=options["graceful_timeout"] / 100 * 95,  # as aiohttp's worker does
-        access_log=None,
-    )
-
-
-def _leave_listener_to_uvloop(site: Any) -> None:
-    """uvloop closes a listening socket's fd itself and then calls close() on the object
-    it was given (gunicorn's socket wrapper), which logs "Error while closing socket
-    [Errno 9]" at every shutdown. Detached, that object no longer owns the fd (the
-    asyncio loop closes through the object: nothing to do there)."""
-    if "uvloop" not in type(asyncio.get_running_loop()).__module__:
-        return
-    inner = getattr(getattr(site, "_sock", None), "sock", None)
-    if isinstance(inner, socket.socket):
-        inner.detach()
-
-
-def _check_resources(cfg: Config) -> None:
-    """What start-up checks beyond the schema: Redis addresses and settings, and the
-    listeners' certificates (so checkconfig passes only a config that can start)."""
-    _check_redis(cfg)
-    from app.tls import listener_contexts
-
-    listener_contexts(cfg)
-
-
-def _check_redis(cfg: Config) -> None:
-    """Refuse a malformed Redis address with one line. Reachability is not checked: workers
-    boot and serve while Redis is down (/health 500) and heal when it answers, so an outage
-    at start-up is no different from one later (Centrifugo exits here instead)."""
-    sections = [("engine", cfg.engine.redis)] if cfg.engine.type == "redis" else []
-    sections += [
-        (name, s.redis)
-        for name, s in (("broker", cfg.broker), ("presence_manager", cfg.presence_manager))
-        if s.enabled and s.type == "redis"
-    ]
-    if not sections:
-        return
-    from app.engines.redis.shard import RedisConfigError, specs_from_config
-
-    for name, rcfg in sections:
-        try:
-            # Builds the TLS contexts too: a bad certificate stops start-up here.
-            specs_from_config(rcfg, f"{name}.redis")
-        except RedisConfigError as e:
-            raise CliError(str(e)) from None
-
-
-def _prepare_multiprocess_metrics() -> Any:
-    """Workers write metrics to files in a fresh directory; a scrape on any worker
-    sums them. Must run before prometheus_client is first imported in this process
-    (it picks its value class at import; the Redis reachability check imports it)
-    so forked workers inherit multiprocess mode. Returns gunicorn's child_exit hook."""
-    import atexit
-    import shutil
-    import tempfile
-
-    if "prometheus_client" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # A programming error, not an operator's: serve anyway, scrapes will be incomplete.
-        logging.getLogger("centrifugo").warning(
-            "prometheus_client imported before multiprocess setup: metrics of workers are lost"
-        )
-    path = tempfile.mkdtemp(prefix="centrifugo-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    master = os.getpid()
-
-    def remove_dir() -> None:
-        # Workers exit through sys.exit and run inherited atexit hooks too: a rotated worker
-        # must not take the live workers' files (and its replacement's boot) with it.
-        if os.getpid() == master:
-            shutil.rmtree(path, ignore_errors=True)
-
-    atexit.register(remove_dir)
-
-    def child_exit(server: Any, worker: Any) -> None:
-        # A dead worker's live gauges (connections, subscriptions...) must vanish.
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid, path)
-
-    return child_exit
+def _workers(args: argparse.Namespace) -> int:
+    if args.workers is not None:
+        return int(args.workers)
+    env_workers = os.environ.get("WEB_CONCURRENCY", "").strip()
+    try:
+        return int(env_workers) if env_workers else 1
+    except ValueError:
+        raise CliError(f"invalid WEB_CONCURRENCY: {env_workers!r}") from None
 
 
 def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
@@ -755,48 +475,7 @@ def cmd_run(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     if args.address is not None:
         flags.setdefault("http_server.address", args.address)
     cfg = _load(args, flags=flags)
-
-    if args.workers is not None:
-        workers = args.workers
-    else:
-        env_workers = os.environ.get("WEB_CONCURRENCY", "").strip()
-        try:
-            workers = int(env_workers) if env_workers else 1
-        except ValueError:
-            raise CliError(f"invalid WEB_CONCURRENCY: {env_workers!r}") from None
-    if workers < 1:
-        raise CliError(f"invalid number of workers: {workers}")
-    if workers > 1 and _uses_memory_engine(cfg):
-        raise CliError(MEMORY_WORKERS_ERROR)
-    child_exit = _prepare_multiprocess_metrics() if cfg.prometheus.enabled else None
-    if cfg.client.connection_rate_limit > 0 and workers > 1:
-        # One bucket for the node (Centrifugo's limit is per node), in a page the workers share.
-        from app.transports.admission import share_across_workers
-
-        share_across_workers()
-    _check_redis(cfg)
-    from app.tls import listener_contexts
-
-    tls_by_port = listener_contexts(cfg)  # a bad certificate stops start-up here
-
-    _configure_server_logging(cfg)
-    for port, ctx in tls_by_port.items():
-        if ctx is not None:  # gunicorn's "Listening at: http://" line does not know
-            logging.getLogger("centrifugo").info("TLS on port %d: serving HTTPS and WSS", port)
-    options = gunicorn_options(cfg, workers)
-    if child_exit is not None:
-        options["child_exit"] = child_exit
-    if args.max_requests < 0 or args.max_requests_jitter < 0:
-        raise CliError("--max-requests and --max-requests-jitter must not be negative")
-    # Worker rotation: a worker past the limit drains (clients get 3001) and is replaced.
-    options["max_requests"] = args.max_requests
-    options["max_requests_jitter"] = args.max_requests_jitter
-    options["worker_class"] = _worker_class()
-    options["post_fork"] = _remember_master_signals
-    # One SO_REUSEPORT listener per worker slot, so a burst of connects spreads evenly.
-    listeners.configure(options, workers, LISTEN_BACKLOG)
-    options["tls"] = tls_by_port
-    _make_gunicorn_app(cfg, options).run()
+    startup.run(cfg, _workers(args), args.max_requests, args.max_requests_jitter)
     return 0
 
 
@@ -835,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_cli_logging()
     try:
         return _dispatch(list(sys.argv[1:] if argv is None else argv))
-    except (CliError, ConfigError, listeners.ListenError) as e:
+    except (CliError, ConfigError, startup.StartupError, listeners.ListenError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except SystemExit as e:  # argparse --help, gunicorn's arbiter exit

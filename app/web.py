@@ -1,4 +1,7 @@
-"""aiohttp application factory: routes, the node's lifecycle, ordered cleanup."""
+"""aiohttp application factory: routes, the node's lifecycle, ordered cleanup.
+
+The whole server a worker runs is `app.hosting.server.build_server`, around `create_app`.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +14,10 @@ from aiohttp import web
 from app import metrics
 from app.api.grpc import add_grpc_api
 from app.api.http import add_api_routes
-from app.broker import Broker
 from app.config import Config
-from app.engines.memory import MemoryBroker, MemoryPresenceManager
+from app.engines.build import build_engines
 from app.logs import set_node
 from app.node import NODE_KEY, Node
-from app.presence import PresenceManager
 from app.transports import emulation, http_stream, sse
 from app.transports.uni_grpc import add_uni_grpc
 from app.transports.uni_http_stream import add_routes as add_uni_http_stream_routes
@@ -25,36 +26,9 @@ from app.transports.uni_websocket import add_routes as add_uni_websocket_routes
 from app.transports.websocket import websocket_handler
 
 
-def _engine_type(cfg: Config, section: str) -> tuple[str, object]:
-    """broker / presence_manager sections, when enabled, override engine.type."""
-    sub = getattr(cfg, section)
-    if sub.enabled:
-        return sub.type, sub.redis
-    return cfg.engine.type, cfg.engine.redis
-
-
 def create_node(cfg: Config) -> Node:
-    broker_type, broker_redis = _engine_type(cfg, "broker")
-    presence_type, presence_redis = _engine_type(cfg, "presence_manager")
-    broker: Broker
-    presence: PresenceManager
-    if broker_type == "redis":
-        from app.engines.redis import create_redis_engine
-
-        broker, presence = create_redis_engine(broker_redis)
-        if presence_type != "redis":
-            presence = MemoryPresenceManager()
-        elif presence_redis is not broker_redis and presence_redis != broker_redis:
-            presence = create_redis_engine(presence_redis)[1]
-    else:
-        broker = MemoryBroker()
-        if presence_type == "redis":
-            from app.engines.redis import create_redis_engine
-
-            presence = create_redis_engine(presence_redis)[1]
-        else:
-            presence = MemoryPresenceManager()
-    return Node(cfg, broker, presence)
+    engines = build_engines(cfg)
+    return Node(cfg, engines.broker, engines.presence, engines.controller)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -86,7 +60,7 @@ def _port_split(cfg: Config) -> list[Any]:
     @web.middleware
     async def split(request: web.Request, handler: Any) -> web.StreamResponse:
         sock = request.transport.get_extra_info("sockname") if request.transport else None
-        on_internal = bool(sock) and sock[1] == internal_port
+        on_internal = sock is not None and len(sock) > 1 and sock[1] == internal_port
         if on_internal != is_internal(request.path):
             raise web.HTTPNotFound()
         return await handler(request)
@@ -110,6 +84,11 @@ def tune_gc() -> None:
 
 
 def create_app(cfg: Config) -> web.Application:
+    """The aiohttp application of `cfg`: every route and the node's lifecycle.
+
+    A worker serves it through `app.hosting.server.build_server(cfg)`, which adds the lean
+    WebSocket server, listener settings, TLS per port and the drain-safe cleanup: start
+    that one (or `app.hosting.server.serve(cfg)`) to run the real server in-process."""
     app = web.Application(
         client_max_size=max(cfg.websocket.message_size_limit, 1 << 20) * 64,
         middlewares=_port_split(cfg),

@@ -10,7 +10,7 @@ process holds (its established sockets on the server port, read from /proc by ps
 it closes them all and waits until the workers hold none before the next run. Runs of the
 designs alternate, so both see the same machine load.
 
-Designs (`CFPY_LISTENERS` in the app's environment, app/listeners.py):
+Designs (`CFPY_LISTENERS` in the app's environment, app/hosting/listeners.py):
   reuseport  one SO_REUSEPORT listener per worker slot (the default)
   shared     the gunicorn master's one listening socket, accepted by every worker (before
              issue 15)

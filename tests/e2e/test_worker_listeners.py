@@ -3,7 +3,7 @@
 With one listening socket shared by the workers, the worker that wakes first accepts every
 queued connection. Here the kernel hashes each connection onto one worker slot's socket, so a
 worker that runs can only take its slot's share, and a slot whose worker is gone keeps its
-queue for the replacement (app/listeners.py). The spread of a real burst is measured by
+queue for the replacement (app/hosting/listeners.py). The spread of a real burst is measured by
 `python -m bench.spread`, not here; these tests freeze workers (SIGSTOP) so that what each
 one can accept is decided by the sockets alone.
 """

@@ -1,13 +1,14 @@
 """The lean WebSocket server in this process, fed bytes directly (for the parser properties).
 
-A real worker's pieces — the aiohttp app from `create_app` (a memory-engine Node, every
-route), aiohttp's `web.Server` for hand-overs, and the `LeanServer` the worker installs —
-run on a private event loop. Each session is a real socket pair: the server end is an
-asyncio transport whose protocol is a `LeanWebSocket`; the fuzz bytes go straight into
-that protocol's `data_received` (so an exception fails the example at its cause), and the
-peer end reads back what the server wrote, up to the server closing the socket after the
-peer's EOF. Log records at error level (or with a traceback) from the server's own loggers
-and exceptions the loop catches are collected: bad input must cause neither.
+A real worker's server — `build_server` (app/hosting/server.py): the aiohttp app from
+`create_app` (a memory-engine Node, every route) behind the `LeanServer` the worker installs,
+which hands other requests to aiohttp's `web.Server` — runs on a private event loop. Each
+session is a real socket pair: the server end is an asyncio transport whose protocol is a
+`LeanWebSocket`; the fuzz bytes go straight into that protocol's `data_received` (so an
+exception fails the example at its cause), and the peer end reads back what the server
+wrote, up to the server closing the socket after the peer's EOF. Log records at error level
+(or with a traceback) from the server's own loggers and exceptions the loop catches are
+collected: bad input must cause neither.
 """
 
 from __future__ import annotations
@@ -22,12 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from app.config import load_config
+from app.hosting.server import build_server
 from app.node import NODE_KEY
-from app.transports.websocket_lean import LeanServer
-from app.web import create_app
 
 SESSION_TIMEOUT = 5.0
 # The channels both the in-process and the e2e fuzz servers serve: history, presence, a
@@ -91,14 +89,16 @@ class InProcessServer:
         path.write_text(json.dumps(config))
         cfg = load_config(str(path), env={})
         gc_threshold = gc.get_threshold()
-        self.app = create_app(cfg)
-        self._runner = web.AppRunner(self.app, handle_signals=False)
+        # The server a worker runs (app/hosting/server.py); its low-level server is the
+        # LeanServer in front of aiohttp's, which the sessions below connect to directly.
+        self._runner = build_server(cfg)
+        self.app = self._runner.app
         self.loop.run_until_complete(self._runner.setup())
-        # create_app tunes the worker's GC on start-up; this process is not a worker.
+        # The node tunes the worker's GC on start-up; this process is not a worker.
         gc.unfreeze()
         gc.set_threshold(*gc_threshold)
         assert self._runner.server is not None
-        self.lean = LeanServer(self._runner.server, self.app, keepalive_timeout=75.0)
+        self.lean = self._runner.server
         self.node = self.app[NODE_KEY]
         self._log = _Collect()
         logging.getLogger().addHandler(self._log)

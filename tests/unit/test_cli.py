@@ -17,8 +17,10 @@ import pytest
 import yaml
 from jwt.warnings import InsecureKeyLengthWarning
 
-from app.cli import MEMORY_WORKERS_ERROR, _split_dotted_flags, gunicorn_options
+from app.cli import _split_dotted_flags
 from app.config import default_config_dict, load_config
+from app.hosting.gunicorn import gunicorn_options
+from app.hosting.startup import MEMORY_WORKERS_ERROR
 
 SECRET = "cli-test-secret-long-enough-for-hs256-0123456789"
 

@@ -129,7 +129,7 @@ class SlotListeners:
         }
 
     def on_starting(self, server: Any) -> None:
-        from gunicorn.sock import create_sockets  # type: ignore[import-untyped]
+        from gunicorn.sock import create_sockets
 
         groups = [_bind_group(addr, self.slots, self.backlog) for addr in server.cfg.address]
         # gunicorn's wrappers (what its workers and aiohttp's sites expect), made from the

@@ -1,0 +1,110 @@
+"""Which engine serves what, decided once: `engine_choice(cfg)` reads the config, `build_engines`
+makes the parts Node takes, `uses_memory_engine` answers what the CLI must refuse.
+
+Centrifugo's rule: `engine.type` (memory or redis) picks both the broker and the presence
+manager; an enabled `broker` or `presence_manager` section overrides it for its part, with its
+own `redis` section. When broker and presence manager are both Redis over the same section
+(or two equal ones), the presence manager shares the broker's shards (one set of connections).
+
+The Redis engine is imported only when Redis is chosen, so the memory engine never pulls in
+the Redis client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from app.broker import Broker, Controller
+from app.config import Config, RedisConfig
+from app.presence import PresenceManager
+
+if TYPE_CHECKING:
+    from app.engines.memory import MemoryBroker
+    from app.engines.redis import RedisBroker
+
+MEMORY, REDIS = "memory", "redis"
+
+
+@dataclass(frozen=True)
+class EnginePart:
+    """What serves one part (broker or presence manager): its engine type, the Redis section
+    used when that type is redis, and the config section that chose it (for messages)."""
+
+    type: str
+    redis: RedisConfig
+    section: Literal["engine", "broker", "presence_manager"]
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    broker: EnginePart
+    presence: EnginePart
+
+    def redis_parts(self) -> list[EnginePart]:
+        """The parts served by Redis, one per distinct section that chose it."""
+        parts: list[EnginePart] = []
+        for part in (self.broker, self.presence):
+            if part.type == REDIS and all(p.section != part.section for p in parts):
+                parts.append(part)
+        return parts
+
+
+@dataclass(frozen=True)
+class Engines:
+    """The engine parts a Node is built on: Node(cfg, broker, presence, controller)."""
+
+    broker: Broker
+    presence: PresenceManager
+    # Node-to-node control goes through the broker's engine (both engines' brokers are
+    # Controllers, as centrifuge's SetBroker takes one that implements Controller).
+    controller: Controller
+
+
+def engine_choice(cfg: Config) -> EngineChoice:
+    """broker / presence_manager sections, when enabled, override engine.type."""
+    broker = cfg.broker
+    presence = cfg.presence_manager
+    engine = EnginePart(cfg.engine.type, cfg.engine.redis, "engine")
+    return EngineChoice(
+        broker=EnginePart(broker.type, broker.redis, "broker") if broker.enabled else engine,
+        presence=(
+            EnginePart(presence.type, presence.redis, "presence_manager")
+            if presence.enabled
+            else engine
+        ),
+    )
+
+
+def uses_memory_engine(cfg: Config) -> bool:
+    """Whether some part lives in the process: such a config serves one worker only."""
+    choice = engine_choice(cfg)
+    return choice.broker.type == MEMORY or choice.presence.type == MEMORY
+
+
+def build_engines(cfg: Config) -> Engines:
+    """The broker, presence manager and controller `cfg` asks for (not started: Node starts
+    them)."""
+    from app.engines.memory import MemoryBroker, MemoryPresenceManager
+
+    choice = engine_choice(cfg)
+    broker: MemoryBroker | RedisBroker
+    presence: PresenceManager
+    if choice.broker.type == REDIS:
+        from app.engines.redis import create_redis_engine
+
+        broker, presence = create_redis_engine(choice.broker.redis)
+        presence_redis = choice.presence.redis
+        if choice.presence.type != REDIS:
+            presence = MemoryPresenceManager()
+        elif presence_redis is not choice.broker.redis and presence_redis != choice.broker.redis:
+            presence = create_redis_engine(presence_redis)[1]
+    else:
+        broker = MemoryBroker()
+        if choice.presence.type == REDIS:
+            from app.engines.redis import create_redis_engine
+
+            presence = create_redis_engine(choice.presence.redis)[1]
+        else:
+            presence = MemoryPresenceManager()
+    return Engines(broker=broker, presence=presence, controller=broker)
