@@ -33,7 +33,7 @@ from app.errors import (
     ClientError,
     Disconnect,
 )
-from app.hub import Hub
+from app.hub import Hub, HubClient
 from app.membership import Membership
 from app.models import (
     ClientInfo,
@@ -235,7 +235,7 @@ class Node:
 
     # --- channel subscription of this node ---
 
-    async def add_subscriber(self, channel: str, client: Client) -> None:
+    async def add_subscriber(self, channel: str, client: HubClient) -> None:
         """Register a local subscriber; returns once the broker delivers the channel."""
         self.hub.add_subscriber(channel, client)
         timer = self._unsub_timers.pop(channel, None)
@@ -256,7 +256,7 @@ class Node:
             return
         await asyncio.shield(fut)
 
-    def remove_subscriber(self, channel: str, client: Client) -> None:
+    def remove_subscriber(self, channel: str, client: HubClient) -> None:
         if self.hub.remove_subscriber(channel, client) and channel in self._broker_subs:
             loop = self.loop
             self._unsub_timers[channel] = loop.call_later(

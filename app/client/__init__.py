@@ -5,12 +5,16 @@ Transport-agnostic: a transport feeds frames to `handle_frame` and provides
 connect first, 3501 for malformed input, errors as replies, disconnects as
 close codes, recovery and positioning per subscription.
 
-- `connection`: `Client` itself: frames in and out, dispatch, connect, refresh, ping/pong,
-  closing;
-- `subscribing`: subscribe (permissions, proxy, positioning, recovery), subscription
-  expiry, server-side subscriptions, publication delivery;
+- `connection`: `Client` itself: frames in and out, command dispatch, closing;
+- `connecting`: connect in named steps, the connection's expiry and refresh;
+- `pings`: protocol pings and pongs;
+- `subscribing`: subscribe, subscription expiry, server-side subscriptions, publication
+  delivery;
+- `permissions`: who may subscribe (token, proxy, namespace), read history and presence;
+- `positioning`: a subscription's stream position and recovery;
 - `commands`: the other channel commands (publish, presence, history, rpc, ...);
-- `state`: the connection state and per-subscription records.
+- `state`: the connection's phase, `ClientState` (every attribute the parts share,
+  typed) and the per-subscription records.
 """
 
 from app.client.connection import Client

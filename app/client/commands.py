@@ -8,6 +8,7 @@ from typing import Any
 
 from app.channels import ChannelInfo
 from app.client.state import ttl_until
+from app.client.subscribing import SubscribeFlow
 from app.client.tokens import verified
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
@@ -26,8 +27,9 @@ from app.protocol import DecodeError, get_bool, get_int, get_raw, get_str
 from app.proxy import ProxyUnavailable
 
 
-class ChannelCommands:
-    """Mixin of `Client` (app/client/connection.py), whose attributes it uses."""
+class ChannelCommands(SubscribeFlow):
+    """The channel commands of a connection: the part of `Client`
+    (app/client/connection.py) after its subscriptions (`SubscribeFlow`)."""
 
     __slots__ = ()
 

@@ -1,6 +1,7 @@
-"""Subscriptions of a connection: subscribe (permissions, token or proxy, positioning,
-recovery), their expiry and refresh, server-side subscriptions, and delivering
-publications and join/leave to this connection."""
+"""Subscriptions of a connection: subscribe (its request, the channel's reservation while
+it is in flight, the subscription itself), their expiry and refresh, server-side
+subscriptions, and delivering publications and join/leave to this connection.
+Permissions are in permissions.py, positioning and recovery in positioning.py."""
 
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from app import fossil, metrics
-from app.auth import SubscribeOverride, TokenExpired, TokenInvalid
+from app import metrics
+from app.auth import SubscribeOverride
 from app.channels import ChannelInfo
-from app.client.inflight import InFlight
+from app.client.permissions import Permissions
+from app.client.positioning import Positioning
 from app.client.state import State, SubRequest, Subscription, ttl_until
+from app.config import ChannelOptions
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_CHANNEL_LIMIT,
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
     DISCONNECT_INSUFFICIENT_STATE,
-    DISCONNECT_INVALID_TOKEN,
     DISCONNECT_SERVER_ERROR,
     DISCONNECT_SUB_EXPIRED,
     ERROR_ALREADY_SUBSCRIBED,
@@ -29,8 +31,6 @@ from app.errors import (
     ERROR_LIMIT_EXCEEDED,
     ERROR_NOT_AVAILABLE,
     ERROR_PERMISSION_DENIED,
-    ERROR_TOKEN_EXPIRED,
-    ERROR_UNRECOVERABLE_POSITION,
     UNSUBSCRIBE_EXPIRED,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
     UNSUBSCRIBE_REASONS,
@@ -38,12 +38,11 @@ from app.errors import (
     ClientError,
     Disconnect,
 )
-from app.filter import FilterError, Matcher, compile_filter, from_params
-from app.hub import WITHHELD, DeltaFrames, Frames, json_string
-from app.models import ClientInfo, HistoryFilter, HistoryResult, Publication, StreamPosition
+from app.filter import Matcher, from_params
+from app.hub import WITHHELD, DeltaFrames, Frames
+from app.models import ClientInfo, Publication, StreamPosition
 from app.protocol import DecodeError, EncodeError, get_bool, get_int, get_raw, get_str
-from app.proxy import REFRESH_RETRY_DELAY, ProxyContext, ProxyUnavailable
-from app.recovery import cache_recovered, stream_recovered
+from app.proxy import REFRESH_RETRY_DELAY, ProxyUnavailable
 
 log = logging.getLogger("centrifugo.client")
 
@@ -51,10 +50,6 @@ log = logging.getLogger("centrifugo.client")
 # maxWaitTimeout in Client.unsubscribe).
 SUBSCRIBE_WAIT = 5.0
 
-# SubscribeRequest.flag bits (centrifuge client.go subscriptionFlag*). 1 (channel compaction)
-# changes nothing here; 2 asks for error 112 instead of `recovered: false` when stream
-# recovery fails, so that an SDK with getState reloads its state instead.
-SUB_FLAG_REJECT_UNRECOVERED = 2
 DELTA_FOSSIL = "fossil"  # the only delta type (centrifuge's stringToDeltaType)
 
 # SubscribeRequest.type (centrifuge SubscriptionType, an int32) and the name a namespace's
@@ -80,7 +75,7 @@ def _subscription_type_allowed(sub_type: int, configured: str) -> bool:
     return configured == _SUB_TYPE_NAMES.get(sub_type, "unknown")
 
 
-def _flags(ns: Any, ov: SubscribeOverride | None) -> tuple[bool, bool, bool, bool, bool]:
+def _flags(ns: ChannelOptions, ov: SubscribeOverride | None) -> tuple[bool, bool, bool, bool, bool]:
     """presence, join_leave, force_push_join_leave, force_recovery, force_positioning of
     the namespace, with a token's or proxy's overrides (None: not overridden) applied."""
     flags = (
@@ -103,42 +98,13 @@ def _flags(ns: Any, ov: SubscribeOverride | None) -> tuple[bool, bool, bool, boo
     return p, j, fp, fr, fpos
 
 
-_NO_TAGS: dict[str, str] = {}
-
-
-def _matching(tags_filter: Matcher | None, pubs: list[Publication]) -> list[Publication]:
-    """The publications a subscription's tags filter lets through (all without one)."""
-    if tags_filter is None:
-        return pubs
-    return [p for p in pubs if tags_filter(p.tags or _NO_TAGS)]
-
-
-class SubscribeFlow:
-    """Mixin of `Client` (app/client/connection.py), whose attributes it uses."""
+class SubscribeFlow(Permissions, Positioning):
+    """Subscriptions of a connection: the part of `Client` (app/client/connection.py)
+    after its permissions and positioning."""
 
     __slots__ = ()
-    # Some of them (slots of Client), declared for the type checker.
-    _subs: dict[str, Subscription]
-    _subscribing: dict[str, asyncio.Future[None] | None] | None
-    _inflight: InFlight | None
-    uid: str
-    cfg: Any  # ClientConfig
 
     # ------------------------------------------------------------ subscribe
-
-    def _history_permitted(self, ns: Any, subscribed: bool) -> bool:
-        if self.cfg.insecure:
-            return True
-        if not self.user and not ns.allow_history_for_anonymous:
-            return False
-        return ns.allow_history_for_client or (ns.allow_history_for_subscriber and subscribed)
-
-    def _presence_permitted(self, ns: Any, subscribed: bool) -> bool:
-        if self.cfg.insecure:
-            return True
-        if not self.user and not ns.allow_presence_for_anonymous:
-            return False
-        return ns.allow_presence_for_client or (ns.allow_presence_for_subscriber and subscribed)
 
     def _cmd_subscribe(self, cmd_id: int, params: dict[str, Any]) -> Coroutine[Any, Any, None]:
         """Checks the request and reserves its channel before returning the coroutine
@@ -272,70 +238,6 @@ class SubscribeFlow:
                 DISCONNECT_SERVER_ERROR, detail=f"subscribe to {channel} still in flight"
             ) from None
 
-    async def _authorize_subscribe(self, chinfo: ChannelInfo, req: SubRequest) -> None:
-        """Permission order of research §4.2; fills req from a subscription token."""
-        if req.token:
-            try:
-                claims = await self.node.verifier.verify_subscribe_token(req.token)
-            except TokenExpired:
-                raise ClientError(ERROR_TOKEN_EXPIRED) from None
-            except TokenInvalid as e:
-                log.info("invalid subscription token: %s", e)
-                raise ClientError(ERROR_PERMISSION_DENIED) from None
-            self._check_token_owner(claims, chinfo.channel)
-            req.grant(claims.expire_at, claims.info, claims.data, claims.override)
-            return
-        if chinfo.private:
-            raise ClientError(ERROR_PERMISSION_DENIED)
-        proxy = self.node.proxies.subscribe_proxy(chinfo.options)
-        if proxy is not None and chinfo.allowed_users is None:
-            await self._proxy_subscribe(proxy, chinfo, req)
-            return
-        if not self._may_subscribe_without_token(chinfo):
-            raise ClientError(ERROR_PERMISSION_DENIED)
-
-    async def _proxy_subscribe(self, proxy: Any, chinfo: ChannelInfo, req: SubRequest) -> None:
-        """The backend decides; the client's own stream flags are not applied."""
-        try:
-            res = await proxy.subscribe(
-                self.proxy_context(), chinfo.channel, token=req.token, data=req.client_data
-            )
-        except ProxyUnavailable:
-            raise ClientError(ERROR_INTERNAL) from None
-        req.grant(res.expire_at, res.info, res.data, res.override)
-        req.recoverable = req.positioned = req.join_leave = False
-
-    def _check_token_owner(self, claims: Any, channel: str) -> None:
-        """A subscription token is for one channel, user and (optionally) client."""
-        if (
-            claims.channel != channel
-            or claims.user != self.user
-            or (claims.client and claims.client != self.uid)
-        ):
-            raise Disconnect(DISCONNECT_INVALID_TOKEN, detail="subscription token of another")
-
-    def _may_subscribe_without_token(self, chinfo: ChannelInfo) -> bool:
-        if chinfo.allowed_users is not None:
-            # A user-limited channel admits exactly its listed users.
-            return self.user in chinfo.allowed_users
-        ns = chinfo.options
-        if ns.allow_subscribe_for_client and (self.user or ns.allow_subscribe_for_anonymous):
-            return True
-        return bool(self.cfg.insecure)
-
-    def _tags_filter(self, chinfo: ChannelInfo, req: SubRequest) -> Matcher:
-        """The subscribe's tags filter, compiled; 107 where the namespace does not
-        allow one or it is invalid (centrifuge checks both after authorization)."""
-        assert req.tf is not None
-        if not chinfo.options.allow_tags_filter:
-            log.info("tags filter not allowed in %r (client %s)", chinfo.channel, self.uid)
-            raise ClientError(ERROR_BAD_REQUEST)
-        try:
-            return compile_filter(req.tf)
-        except FilterError as e:
-            log.info("invalid tags filter for %r (client %s): %s", chinfo.channel, self.uid, e)
-            raise ClientError(ERROR_BAD_REQUEST) from None
-
     async def _subscribe(
         self,
         chinfo: ChannelInfo,
@@ -435,104 +337,6 @@ class SubscribeFlow:
         sub.m_inflight.inc()
         return sub, result
 
-    async def _position(self, sub: Subscription, req: SubRequest, ns: Any) -> dict[str, Any]:
-        """Stream position, and recovery when asked (research §5)."""
-        result: dict[str, Any] = {}
-        if sub.recoverable:
-            result["recoverable"] = True
-        result["positioned"] = True
-        meta_ttl = ns.history_meta_ttl
-        if not (req.recover and sub.recoverable):
-            hist = await self.node.stream_history(sub.channel, HistoryFilter(meta_ttl=meta_ttl))
-            top = hist.position
-            sub.offset, sub.epoch = top.offset, top.epoch
-            result["epoch"] = top.epoch
-            if top.offset:
-                result["offset"] = top.offset
-            return result
-
-        result["was_recovering"] = True
-        pubs: list[Publication]
-        cache = ns.force_recovery_mode == "cache"
-        if cache:
-            # With a tags filter, the latest publication it lets through, among as many
-            # as stream recovery would read (centrifuge's recoverCache).
-            limit = 1 if sub.tags_filter is None else self._recovery_limit()
-            hist = await self.node.stream_history(
-                sub.channel, HistoryFilter(limit=limit, reverse=True, meta_ttl=meta_ttl)
-            )
-            top = hist.position
-            latest = _matching(sub.tags_filter, hist.publications)[:1]
-            recovered, pubs = cache_recovered(latest, top, req.offset, req.epoch)
-        else:
-            hist = await self._recover_stream(sub.channel, req, meta_ttl)
-            top = hist.position
-            pubs = hist.publications
-            recovered = stream_recovered(pubs, top, req.offset, req.epoch)
-            if not recovered and req.flag & SUB_FLAG_REJECT_UNRECOVERED:
-                raise ClientError(ERROR_UNRECOVERABLE_POSITION)
-        last = pubs[-1].offset if pubs else req.offset
-        pubs = _matching(sub.tags_filter, pubs)
-        sub.epoch = top.epoch
-        result["epoch"] = top.epoch
-        metrics.child(
-            metrics.RECOVER,
-            "yes" if recovered else "no",
-            sub.chinfo.namespace,
-            "yes" if recovered and pubs else "no",
-        ).inc()
-        if recovered:
-            result["recovered"] = True
-            sub.offset = top.offset if cache else max(last, req.offset)
-            if req.offset:
-                result["offset"] = req.offset
-            if pubs:
-                result["publications"] = self._delta_recovered(pubs) if sub.delta else pubs
-                if sub.delta:
-                    self.node.hub.offer_delta_base(sub.channel, top.epoch, pubs[-1])
-            # The client holds the base of the next patch: the last recovered publication
-            # or, with none, the one it had (centrifuge sets flagDeltaAllowed here).
-            sub.delta_ready = sub.delta
-        else:
-            sub.offset = top.offset
-            if top.offset:
-                result["offset"] = top.offset
-        return result
-
-    def _delta_recovered(self, pubs: list[Publication]) -> list[Publication]:
-        """Recovered publications for a delta subscription (centrifuge's
-        makeRecoveredPubsDeltaFossil): the first in full, each next one a patch against
-        the one before when that is smaller; in JSON every data is a JSON string."""
-        as_json = self.codec.name.startswith("json")
-        out: list[Publication] = []
-        prev: Publication | None = None
-        for pub in pubs:
-            patch = None if prev is None else fossil.worth_sending(prev.data, pub.data)
-            data = pub.data if patch is None else patch
-            if as_json:
-                data = json_string(data) or data  # binary data never reaches JSON clients
-            out.append(
-                Publication(data, pub.info, pub.offset, pub.tags, pub.time, patch is not None)
-            )
-            prev = pub
-        return out
-
-    async def _recover_stream(
-        self, channel: str, req: SubRequest, meta_ttl: float
-    ) -> HistoryResult:
-        return await self.node.stream_history(
-            channel,
-            HistoryFilter(
-                since=StreamPosition(req.offset, req.epoch),
-                limit=self.cfg.recovery_max_publication_limit,
-                meta_ttl=meta_ttl,
-            ),
-        )
-
-    def _recovery_limit(self) -> int:
-        n: int = self.cfg.recovery_max_publication_limit
-        return n if n > 0 else -1
-
     def _activate(self, sub: Subscription) -> None:
         """The subscribe reply is queued: release buffered publications after it."""
         buffered = sub.buffer or []
@@ -571,17 +375,6 @@ class SubscribeFlow:
         if sub.epoch and top.epoch != sub.epoch or top.offset != sub.offset:
             log.info("client %s lost position in %r", self.uid, sub.channel)
             self._insufficient_state(sub)
-
-    def proxy_context(self) -> ProxyContext:
-        return ProxyContext(
-            client=self.uid,
-            transport=self.transport.name,
-            protocol="protobuf" if self.codec.name.startswith("protobuf") else "json",
-            user=self.user,
-            meta=self.meta,
-            headers=self.headers or None,
-            emulated_headers=self._emulated_headers,
-        )
 
     def channels(self) -> list[str]:
         return list(self._subs)
