@@ -22,7 +22,7 @@ import json
 from typing import Any, TypedDict
 
 import msgspec
-from google.protobuf.descriptor import Descriptor  # type: ignore[import-untyped]
+from google.protobuf.descriptor import Descriptor
 
 from app import jsonraw
 from app.api.gen import api_pb2 as pb
