@@ -1,40 +1,31 @@
-"""The ``centrifugo`` command: run the server under gunicorn, plus Centrifugo's helper commands.
+"""The ``centrifugo`` command: arguments parsed and dispatched to the command functions.
 
 Mirrors Centrifugo v6's CLI (``version``, ``genconfig``, ``checkconfig``, ``defaultconfig``,
 ``defaultenv``, ``gentoken``, ``gensubtoken``, ``checktoken``, ``checksubtoken``). Every failure
-ends as one ``error: ...`` line on stderr and exit code 1, never a traceback.
+ends as one ``error: ...`` line on stderr and exit code 1, never a traceback. Running the server
+is app/hosting/ (gunicorn, workers, drain); the token commands' work is app/cli_tokens.py.
 """
 
 import argparse
-import asyncio
-import base64
-import inspect
 import json
 import logging
-import logging.config
 import os
 import platform
 import sys
-import time
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-import jwt
 import tomli_w
 import yaml
-from jwt.warnings import InsecureKeyLengthWarning
 
-from app import VERSION
+from app import VERSION, cli_tokens
 from app.config import (
     Config,
     ConfigError,
     default_config_dict,
     default_env,
     flag_kind,
-    format_duration,
     load_config,
     load_config_report,
 )
@@ -254,10 +245,6 @@ def _write_new_file(path: str, text: str, mode: int) -> None:
         fh.write(text)
 
 
-def _user_phrase(user: str) -> str:
-    return f'user "{user}"' if user else "anonymous user"
-
-
 def _setup_cli_logging() -> None:
     # Config warnings (unknown keys/env vars) go to stderr for every command.
     logging.basicConfig(
@@ -338,93 +325,21 @@ def cmd_defaultenv(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sign(secret: str, claims: dict[str, Any]) -> str:
-    # Short HMAC keys are the operator's choice (Centrifugo accepts them); keep stderr clean.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
-        return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def _token_claims(token_cfg: Any, user: str, ttl: int) -> dict[str, Any]:
-    now = int(time.time())
-    claims: dict[str, Any] = {"sub": user, "iat": now}
-    if ttl > 0:
-        claims["exp"] = now + ttl
-    claim = token_cfg.user_id_claim
-    if claim and claim != "sub":
-        claims[claim] = user
-    return claims
-
-
-def _expiration_phrase(ttl: int) -> str:
-    return "without expiration" if ttl < 0 else f"with expiration TTL {format_duration(ttl)}"
+def _print_token(args: argparse.Namespace, sample: cli_tokens.SampleToken) -> int:
+    if args.quiet:
+        sys.stdout.write(sample.token)
+    else:
+        print(sample.text)
+    return 0
 
 
 def cmd_gentoken(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    token_cfg = cfg.client.token
-    if not token_cfg.hmac_secret_key:
-        raise CliError("no HMAC secret key set")
-    token = _sign(token_cfg.hmac_secret_key, _token_claims(token_cfg, args.user, args.ttl))
-    if args.quiet:
-        sys.stdout.write(token)
-        return 0
-    print(
-        f"HMAC SHA-256 JWT for {_user_phrase(args.user)} {_expiration_phrase(args.ttl)}:\n{token}"
-    )
-    return 0
+    return _print_token(args, cli_tokens.sample_token(_load(args), args.user, args.ttl))
 
 
 def cmd_gensubtoken(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    if not args.channel:
-        raise CliError("channel is required")
-    sub_cfg = cfg.client.subscription_token
-    token_cfg = sub_cfg if sub_cfg.enabled else cfg.client.token
-    if not token_cfg.hmac_secret_key:
-        raise CliError("no HMAC secret key set")
-    claims = _token_claims(token_cfg, args.user, args.ttl)
-    claims["channel"] = args.channel
-    token = _sign(token_cfg.hmac_secret_key, claims)
-    if args.quiet:
-        sys.stdout.write(token)
-        return 0
-    print(
-        f'HMAC SHA-256 JWT for {_user_phrase(args.user)} and channel "{args.channel}" '
-        f"{_expiration_phrase(args.ttl)}:\n{token}"
-    )
-    return 0
-
-
-def _payload_text(token: str) -> str:
-    """The token's claims as compact JSON (unverified; only for display)."""
-    try:
-        segment = token.split(".")[1]
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        return json.dumps(json.loads(raw), separators=(",", ":"))
-    except (IndexError, ValueError):
-        return ""
-
-
-def _expire_phrase(expire_at: int) -> str:
-    if not expire_at:
-        return "without expiration"
-    when = datetime.fromtimestamp(expire_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"with expiration at {when}"
-
-
-async def _verify(cfg: Config, token: str, subscription: bool) -> Any:
-    from app.auth import TokenVerifier
-
-    verifier = TokenVerifier(cfg.client)
-    try:
-        if subscription:
-            return await verifier.verify_subscribe_token(token)
-        return await verifier.verify_connect_token(token)
-    finally:
-        result = verifier.close()
-        if inspect.isawaitable(result):
-            await result
+    return _print_token(args, cli_tokens.sample_token(cfg, args.user, args.ttl, args.channel))
 
 
 def cmd_checktoken(args: argparse.Namespace, subscription: bool) -> int:
@@ -432,27 +347,9 @@ def cmd_checktoken(args: argparse.Namespace, subscription: bool) -> int:
     command = "checksubtoken" if subscription else "checktoken"
     if not args.token:
         raise CliError(f"provide token to check [centrifugo {command} <TOKEN>]")
-    try:
-        from app.auth import TokenExpired, TokenInvalid
-    except ImportError as e:  # pragma: no cover - only while app/auth.py is missing
-        raise CliError(f"token verification unavailable: {e}") from None
-    try:
-        claims = asyncio.run(_verify(cfg, args.token, subscription))
-    except TokenExpired as e:
-        print(f"token error: token expired{f' ({e})' if str(e) else ''}", file=sys.stderr)
-        return 1
-    except TokenInvalid as e:
-        print(f"token error: {e or 'invalid token'}", file=sys.stderr)
-        return 1
-    except ValueError as e:  # unusable key configuration (bad PEM, bad JWKS URL, ...)
-        raise CliError(str(e)) from None
-    what = "subscription token" if subscription else "token"
-    channel = f' and channel "{claims.channel}"' if subscription else ""
-    print(
-        f"valid {what} for {_user_phrase(claims.user)}{channel} "
-        f"{_expire_phrase(claims.expire_at)}\npayload: {_payload_text(args.token)}"
-    )
-    return 0
+    check = cli_tokens.check_token(cfg, args.token, subscription)
+    print(check.text, file=sys.stdout if check.valid else sys.stderr)
+    return 0 if check.valid else 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,7 +411,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_cli_logging()
     try:
         return _dispatch(list(sys.argv[1:] if argv is None else argv))
-    except (CliError, ConfigError, startup.StartupError, listeners.ListenError) as e:
+    except (
+        CliError,
+        ConfigError,
+        cli_tokens.TokenCommandError,
+        startup.StartupError,
+        listeners.ListenError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except SystemExit as e:  # argparse --help, gunicorn's arbiter exit
