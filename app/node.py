@@ -129,7 +129,7 @@ class Node:
         self._timers: CoarseTimers | None = None
         self._upkeep = Upkeep(self)
         self.control = NodeControl(self, controller)
-        self.membership = Membership(
+        self.membership: Membership = Membership(
             self.id, self._local_info, controller.publish_control, self.control.answer_survey
         )
         # Every live connection, connected or still connecting (shutdown closes them all).

@@ -1,9 +1,9 @@
-"""Whether a new connection is admitted: Centrifugo's ConnLimit middleware, in one place.
+"""Whether a request is admitted: Centrifugo's ConnLimit middleware and origin check, in one place.
 
 Every connection endpoint (bidirectional WebSocket on both paths, SSE, HTTP-stream,
-uni_websocket, uni_sse, uni_http_stream) asks `refusal` before it reads anything else,
-and answers HTTP 503 when it names a reason, as Centrifugo's middleware does
-(internal/middleware/connlimit.go), in Centrifugo's order:
+uni_websocket, uni_sse, uni_http_stream, uni_grpc) calls `check` before it reads anything
+else, and answers the `Refusal` it returns: HTTP 503 for a draining node or a limit, as
+Centrifugo's middleware does (internal/middleware/connlimit.go), in Centrifugo's order:
 
 1. `client.connection_rate_limit`: at most N new connection requests per second. A token
    bucket of N tokens refilled at N per second (Centrifugo 6 built it with a refill of one
@@ -15,6 +15,13 @@ and answers HTTP 503 when it names a reason, as Centrifugo's middleware does
 uni_grpc is not an HTTP endpoint: Centrifugo applies neither limit there (the rate limit
 is documented as not affecting it); it asks with `rate=False` for the connection limit
 this server has always applied to it. A draining node refuses first, taking no token.
+
+3. The request's Origin, for the endpoints where Centrifugo checks it (WebSocket,
+   uni_websocket, SSE, HTTP-stream, and the emulation endpoint, which asks with
+   `connection=False`: it opens no connection, so only its origin is checked): HTTP 403
+   when `client.allowed_origins` has no match. The unidirectional HTTP streams and
+   uni_grpc pass no origin, as Centrifugo checks none there (its CORS middleware only
+   adds headers).
 
 Per node, not per worker: gunicorn workers are separate processes, and a per-node rate
 split as N/workers would refuse early on the busier worker (the kernel does not spread a
@@ -31,12 +38,14 @@ connection-limit warning the same way): a reconnect storm must not flood the log
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import logging
 import mmap
 import os
 import struct
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
@@ -50,6 +59,7 @@ LOG_INTERVAL = 3.0
 SHUTTING_DOWN = "shutting down"
 RATE_LIMITED = "connection rate limit reached"
 CONNECTION_LIMIT = "connection limit reached"
+INVALID_ORIGIN = "Invalid origin"
 
 _STATE = struct.Struct("dd")  # tokens, monotonic time of the last update
 
@@ -131,34 +141,84 @@ def _log_throttled(reason: str, limit: int) -> None:
         log.warning("%s (limit %d): new connections get 503", reason, limit)
 
 
-def refusal(node: Node, *, rate: bool = True) -> str | None:
-    """None admits the connection request; otherwise why it is refused (HTTP 503)."""
-    if node.closing:
-        return SHUTTING_DOWN
-    cfg = node.config.client
-    per_second = cfg.connection_rate_limit
-    if rate and per_second > 0 and not _bucket.allow(per_second):
-        _log_throttled(RATE_LIMITED, per_second)
-        return RATE_LIMITED
-    limit = cfg.connection_limit
-    if limit > 0 and node.hub.num_clients >= limit:
-        _log_throttled(CONNECTION_LIMIT, limit)
-        return CONNECTION_LIMIT
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """Same rule as Centrifugo: no Origin header passes; otherwise a glob must match."""
+    if not origin:
+        return True
+    origin = origin.lower()
+    return any(p == "*" or fnmatch.fnmatchcase(origin, p.lower()) for p in allowed)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request is not admitted, and the HTTP status that says it."""
+
+    status: int  # 503 (draining, a limit) or 403 (origin)
+    reason: str  # the plain-text body
+
+    def response(self, headers: dict[str, str] | None = None) -> web.Response:
+        """The answer of an aiohttp handler (`headers`: the CORS ones, where wanted)."""
+        return web.Response(status=self.status, text=self.reason, headers=headers)
+
+    def head(self) -> bytes:
+        """The same answer as raw bytes, for the lean WebSocket path (it closes after it)."""
+        body = self.reason.encode()
+        phrase = "Forbidden" if self.status == 403 else "Service Unavailable"
+        return (
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (self.status, phrase.encode(), len(body), body)
+        )
+
+
+def check(
+    node: Node, origin: str | None = None, *, rate: bool = True, connection: bool = True
+) -> Refusal | None:
+    """None admits the request; otherwise the refusal to answer.
+
+    `origin`: the request's Origin header where the endpoint checks it (None passes).
+    `rate=False`: the connection rate limit does not apply (uni_grpc).
+    `connection=False`: the request opens no connection (emulation): origin only."""
+    if connection:
+        if node.closing:
+            return _SHUTTING_DOWN
+        cfg = node.config.client
+        per_second = cfg.connection_rate_limit
+        if rate and per_second > 0 and not _bucket.allow(per_second):
+            _log_throttled(RATE_LIMITED, per_second)
+            return _RATE_LIMITED
+        limit = cfg.connection_limit
+        if limit > 0 and node.hub.num_clients >= limit:
+            _log_throttled(CONNECTION_LIMIT, limit)
+            return _CONNECTION_LIMIT
+    if not origin_allowed(origin, node.config.client.allowed_origins):
+        log.info("request Origin %r is not allowed", origin)
+        return _INVALID_ORIGIN
     return None
 
 
+_SHUTTING_DOWN = Refusal(503, SHUTTING_DOWN)
+_RATE_LIMITED = Refusal(503, RATE_LIMITED)
+_CONNECTION_LIMIT = Refusal(503, CONNECTION_LIMIT)
+_INVALID_ORIGIN = Refusal(403, INVALID_ORIGIN)
+
+
+# The three forms the WebSocket wing (app/transports/websocket/) calls; each is `check`
+# underneath, so the rule stays in one place until those call sites call `check`.
+
+
+def refusal(node: Node, *, rate: bool = True) -> str | None:
+    """`check` without the origin: None admits, else the reason (HTTP 503)."""
+    refused = check(node, rate=rate)
+    return None if refused is None else refused.reason
+
+
 def refuse(node: Node) -> web.Response | None:
-    """The 503 answer of an HTTP connection endpoint, or None to go on."""
-    reason = refusal(node)
-    if reason is None:
-        return None
-    return web.Response(status=503, text=reason)
+    """`check` without the origin: the 503 answer, or None to go on."""
+    refused = check(node)
+    return None if refused is None else refused.response()
 
 
 def refusal_head(reason: str) -> bytes:
-    """The same answer as raw bytes, for the lean WebSocket path (it closes after it)."""
-    body = reason.encode()
-    return (
-        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-    )
+    """A 503 `reason` as raw bytes, for the lean WebSocket path."""
+    return Refusal(503, reason).head()

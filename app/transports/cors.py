@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from app.transports.websocket.handshake import origin_allowed
+from app.transports.admission import origin_allowed
 
 __all__ = ["cors_headers", "empty_response", "origin_allowed", "preflight_response"]
 

@@ -20,15 +20,11 @@ from aiohttp import web
 from google.protobuf.message import DecodeError as PbDecodeError
 
 from app.config import Config
-from app.node import NODE_KEY
+from app.node import NODE_KEY, Node
 from app.protocol.gen import client_pb2 as pb
-from app.transports.cors import cors_headers, empty_response, origin_allowed, preflight_response
-from app.transports.http_stream import (
-    DEFAULT_BODY_LIMIT,
-    STATUS_CLIENT_CLOSED,
-    BodyTooLarge,
-    read_body,
-)
+from app.transports import admission
+from app.transports.cors import cors_headers, empty_response, preflight_response
+from app.transports.streaming import STATUS_CLIENT_CLOSED, BodyTooLarge, body_limit, read_body
 
 log = logging.getLogger("centrifugo.emulation")
 
@@ -64,13 +60,10 @@ def decode_json_request(body: bytes) -> tuple[str, str, bytes]:
     return node, session, data.encode()
 
 
-def _known_node(node: Any, node_id: str) -> bool:
+def _known_node(node: Node, node_id: str) -> bool:
     if node_id == node.id:
         return True
-    membership = getattr(node, "membership", None)
-    if membership is None:
-        return False
-    return any(info.get("uid") == node_id for info in membership.nodes())
+    return any(info.get("uid") == node_id for info in node.membership.nodes())
 
 
 async def emulation_handler(request: web.Request) -> web.Response:
@@ -80,14 +73,14 @@ async def emulation_handler(request: web.Request) -> web.Response:
     if request.method == "OPTIONS":
         return preflight_response(request, allowed, "POST, OPTIONS")
     cors = cors_headers(request, allowed)
-    if not origin_allowed(request.headers.get("Origin"), allowed):
-        log.info("request Origin %r is not allowed", request.headers.get("Origin"))
-        return web.Response(status=403, text="Invalid origin", headers=cors)
+    # No connection opens here (the stream did): no draining or limit check, origin only.
+    refused = admission.check(node, request.headers.get("Origin"), connection=False)
+    if refused is not None:
+        return refused.response(cors)
     if request.method != "POST":
         return empty_response(405, cors)
-    limit = cfg.emulation.max_request_body_size or DEFAULT_BODY_LIMIT
     try:
-        body = await read_body(request, limit)
+        body = await read_body(request, body_limit(cfg.emulation.max_request_body_size))
     except BodyTooLarge:
         log.info("emulation: request body over emulation.max_request_body_size")
         return empty_response(413, cors)

@@ -4,6 +4,8 @@
 EventSource can do) or `POST` with the command as the body. The response is
 `text/event-stream`: a leading CRLF, then one `data: <Reply JSON>\\n\\n` event per
 message. Later commands arrive by `POST /emulation`. SSE is JSON only.
+
+The stream is served by app/transports/streaming.py; the framing is `streaming.sse_events`.
 """
 
 from __future__ import annotations
@@ -12,20 +14,23 @@ import logging
 
 from aiohttp import web
 
+from app.client import Client
 from app.config import Config
+from app.errors import DISCONNECT_BAD_REQUEST, Disconnect
 from app.node import NODE_KEY
 from app.protocol.json import JSON
+from app.transports import admission
 from app.transports.cors import cors_headers, empty_response, preflight_response
-from app.transports.http_stream import (
-    DEFAULT_BODY_LIMIT,
+from app.transports.streaming import (
     NO_CACHE_HEADERS,
     STATUS_CLIENT_CLOSED,
     BodyTooLarge,
     StreamTransport,
+    body_limit,
     ensure_peer_watch,
     read_body,
-    reject_request,
     serve_stream,
+    sse_events,
 )
 
 log = logging.getLogger("centrifugo.sse")
@@ -33,36 +38,23 @@ log = logging.getLogger("centrifugo.sse")
 CONNECT_PARAM = "cf_connect"
 
 
-class SSETransport(StreamTransport):
-    name = "sse"
-
-    __slots__ = ()
-
-    def encode(self, frame: bytes) -> bytes:
-        # One event per message, as Centrifugo writes them. JSON messages never
-        # hold a raw newline (orjson output, compact payloads), so the separator
-        # split is exact.
-        return b"".join(b"data: " + m + b"\n\n" for m in frame.split(self.codec.separator))
-
-
 async def sse_handler(request: web.Request) -> web.StreamResponse:
-    cfg = request.app[NODE_KEY].config
+    node = request.app[NODE_KEY]
+    cfg = node.config
     allowed = cfg.client.allowed_origins
     if request.method == "OPTIONS":
         return preflight_response(request, allowed, "GET, POST, OPTIONS")
     cors = cors_headers(request, allowed)
-    rejected = reject_request(request, cfg)
-    if rejected is not None:
-        return rejected
-    limit = cfg.sse.max_request_body_size
-    if limit <= 0:
-        limit = DEFAULT_BODY_LIMIT
+    refused = admission.check(node, request.headers.get("Origin"))
+    if refused is not None:
+        return refused.response()
+    limit = body_limit(cfg.sse.max_request_body_size)
     if request.method == "GET":
-        connect = request.query.get(CONNECT_PARAM, "")
-        if not connect:
+        connect_param = request.query.get(CONNECT_PARAM, "")
+        if not connect_param:
             log.debug("sse: no connect command")
             return empty_response(400, cors)
-        data = connect.encode()
+        data = connect_param.encode()
     elif request.method == "POST":
         try:
             data = await read_body(request, limit)
@@ -79,14 +71,17 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
         **NO_CACHE_HEADERS,
         **cors,
     }
-    return await serve_stream(
-        request,
-        lambda resp: SSETransport(resp, JSON),
-        data,
-        headers,
-        preamble=b"\r\n",
-        size_limit=limit,
-    )
+
+    async def connect(client: Client) -> bool:
+        if len(data) > limit:
+            # A connect command over the limit (a GET's query) is a bad request, as a
+            # too long WebSocket message would be.
+            await client.close(Disconnect(DISCONNECT_BAD_REQUEST))
+            return False
+        return await client.handle_frame(data)
+
+    transport = StreamTransport("sse", JSON, sse_events(JSON), unidirectional=False)
+    return await serve_stream(request, transport, headers, connect, preamble=b"\r\n")
 
 
 def add_routes(app: web.Application, cfg: Config) -> None:

@@ -29,7 +29,7 @@ from app.protocol import Codec, DecodeError
 from app.protocol.protobuf import PROTOBUF_UNI
 from app.transport import KeepsAlive, Transport
 from app.transports import admission
-from app.transports.uni_http_stream import connect, new_client
+from app.transports.uni_connect import connect, new_client
 
 log = logging.getLogger("centrifugo.uni_grpc")
 
@@ -115,9 +115,9 @@ class UniStreamService:
 
     async def consume(self, request: pb.ConnectRequest, context: grpc.aio.ServicerContext) -> None:
         node = self.node
-        refused = admission.refusal(node, rate=False)  # no rate limit here, as Centrifugo
+        refused = admission.check(node, rate=False)  # no rate limit here, as Centrifugo
         if refused is not None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, refused)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, refused.reason)
         headers: CIMultiDict[str] = CIMultiDict(
             (k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
         )

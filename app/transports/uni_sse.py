@@ -3,6 +3,9 @@
 GET with an optional `cf_connect` query parameter (a JSON ConnectRequest; absent means
 `{}`, so a plain EventSource works), or POST with the ConnectRequest as the JSON body.
 Each Push travels as one event, `data: <json>\\n\\n`.
+
+The stream is served by app/transports/streaming.py and the connect step is
+app/transports/uni_connect.py's, both shared with uni_http_stream.
 """
 
 from __future__ import annotations
@@ -11,26 +14,26 @@ import logging
 
 from aiohttp import web
 
+from app.client import Client
 from app.config import Config
 from app.node import NODE_KEY
-from app.transports.uni_http_stream import (
-    BadConnectRequest,
+from app.protocol.json import JSON_UNI
+from app.transports import admission
+from app.transports.streaming import (
+    NO_CACHE_HEADERS,
+    STATUS_CLIENT_CLOSED,
+    BodyTooLarge,
     StreamTransport,
-    decode_connect_request,
-    peer_watcher,
-    read_limited_body,
+    ensure_peer_watch,
+    read_body,
     serve_stream,
-    service_unavailable,
+    sse_events,
 )
+from app.transports.uni_connect import BadConnectRequest, connect_stream, decode_connect_request
 
 log = logging.getLogger("centrifugo.uni_sse")
 
 CONNECT_PARAM = "cf_connect"
-
-
-def _events(frame: bytes) -> bytes:
-    # A frame is newline-joined pushes (compact JSON has no raw newlines): one event each.
-    return b"".join(b"data: " + msg + b"\n\n" for msg in frame.split(b"\n"))
 
 
 async def uni_sse_handler(request: web.Request) -> web.StreamResponse:
@@ -38,27 +41,35 @@ async def uni_sse_handler(request: web.Request) -> web.StreamResponse:
     cfg = node.config.uni_sse
     if request.method not in ("GET", "POST"):
         return web.Response(status=405)
-    unavailable = service_unavailable(node)
-    if unavailable is not None:
-        return unavailable
+    refused = admission.check(node)  # no origin check here, as in Centrifugo
+    if refused is not None:
+        return refused.response()
     if request.method == "GET":
         raw: bytes | str = request.query.get(CONNECT_PARAM, "") or "{}"
     else:
-        body = await read_limited_body(request, cfg.max_request_body_size)
-        if body is None:
+        try:
+            # 0 leaves the body unbounded here (README bounds the bidirectional endpoints).
+            raw = await read_body(request, cfg.max_request_body_size)
+        except BodyTooLarge:
             return web.Response(status=413)
-        raw = body
+        except ConnectionError as e:
+            log.info("error reading uni_sse request body: %s", e)
+            return web.Response(status=STATUS_CLIENT_CLOSED)
     try:
         connect_request = decode_connect_request(raw)
     except BadConnectRequest as e:
         log.info("uni_sse: malformed connect request: %s", e)
         return web.Response(status=400)
+
+    async def connect(client: Client) -> bool | web.Response:
+        return await connect_stream(client, connect_request, cfg.connect_code_to_http_response)
+
     return await serve_stream(
         request,
-        StreamTransport("uni_sse", _events),
-        connect_request,
-        cfg.connect_code_to_http_response,
-        {"Content-Type": "text/event-stream; charset=utf-8"},
+        # A frame is newline-joined pushes (compact JSON has no raw newlines): one event each.
+        StreamTransport("uni_sse", JSON_UNI, sse_events(JSON_UNI), unidirectional=True),
+        {**NO_CACHE_HEADERS, "Content-Type": "text/event-stream; charset=utf-8"},
+        connect,
         # Flushes the headers at once so EventSource reports the stream open.
         preamble=b"\r\n",
     )
@@ -68,5 +79,5 @@ def add_routes(app: web.Application, cfg: Config) -> None:
     """Register the uni_sse endpoint (GET and POST) when `uni_sse.enabled`."""
     if not cfg.uni_sse.enabled:
         return
-    peer_watcher(app)
+    ensure_peer_watch(app)
     app.router.add_route("*", cfg.uni_sse.handler_prefix, uni_sse_handler)

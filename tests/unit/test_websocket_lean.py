@@ -8,8 +8,12 @@ import os
 
 import pytest
 
-from app.transports.websocket.frames import close_frame, unmask
-from app.transports.websocket.handshake import handshake_response, parse_upgrade
+from app.transports.websocket_lean import (
+    close_frame,
+    handshake_response,
+    parse_upgrade,
+    unmask,
+)
 
 PATH = b"/connection/websocket"
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's example
