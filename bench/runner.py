@@ -20,7 +20,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import psutil
 from bench import redis_bin, report
 from bench.calibrate import calibrate
 from bench.load import ConnSpec, LoadGenerator, Target
+from bench.ports import free_port
 from bench.publish import PublishJob, channel_name, run_job
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -181,12 +181,6 @@ class Options:
 
 
 # ------------------------------------------------------------------------------ processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Service:

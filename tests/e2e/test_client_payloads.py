@@ -24,9 +24,9 @@ import pytest
 from centrifuge import Client, ClientState, SubscriptionState
 
 from tests.support.payloads import OPAQUE
+from tests.support.sdk import ClientEvents, SubEvents
 
 from .helpers import RawWS, ServerHandle
-from .test_python_sdk import ClientEvents, SubEvents
 
 CHANNEL_LIMIT = 8
 

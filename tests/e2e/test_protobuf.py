@@ -12,7 +12,6 @@ import asyncio
 import base64
 import json
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,17 +21,16 @@ import pytest
 from cent import AsyncClient, Disconnect, DisconnectRequest, PublishRequest
 from centrifuge import (
     Client,
-    ClientEventHandler,
     ClientState,
     ReplyError,
     StreamPosition,
     Subscription,
-    SubscriptionEventHandler,
 )
 from google.protobuf.internal.decoder import _DecodeVarint
 
 from app import VERSION_STRING
 from app.protocol.gen import client_pb2 as pb
+from tests.support.sdk import ClientEvents, SubEvents
 
 from .helpers import RawWS, ServerHandle, node_available, run_js_async
 
@@ -422,53 +420,6 @@ async def test_raw_missing_pong_closes_3012(ping_srv: ServerHandle) -> None:
 
 # --------------------------------------------------------------------------------------------
 # centrifuge-python with use_protobuf=True
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.log: list[tuple[str, Any]] = []
-        self._queues: defaultdict[str, asyncio.Queue[Any]] = defaultdict(asyncio.Queue)
-        self.hooks: dict[str, Callable[[Any], Any]] = {}
-
-    async def record(self, name: str, ctx: Any) -> None:
-        hook = self.hooks.get(name)
-        if hook is not None:
-            await hook(ctx)
-        self.log.append((name, ctx))
-        self._queues[name].put_nowait(ctx)
-
-    async def next(self, name: str, timeout: float = TIMEOUT) -> Any:
-        try:
-            return await asyncio.wait_for(self._queues[name].get(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"no {name!r} within {timeout}s; events: {self.log}") from None
-
-    def names(self) -> list[str]:
-        return [n for n, _ in self.log]
-
-
-def _rec(name: str) -> Any:
-    async def handler(self: Recorder, ctx: Any) -> None:
-        await self.record(name, ctx)
-
-    return handler
-
-
-class ClientEvents(Recorder, ClientEventHandler):
-    on_connecting = _rec("connecting")
-    on_connected = _rec("connected")
-    on_disconnected = _rec("disconnected")
-    on_error = _rec("error")
-
-
-class SubEvents(Recorder, SubscriptionEventHandler):
-    on_subscribing = _rec("subscribing")
-    on_subscribed = _rec("subscribed")
-    on_unsubscribed = _rec("unsubscribed")
-    on_publication = _rec("publication")
-    on_join = _rec("join")
-    on_leave = _rec("leave")
-    on_error = _rec("error")
 
 
 class PingCountingClient(Client):

@@ -18,7 +18,6 @@ import json
 import re
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,12 +27,12 @@ import pytest
 import pytest_asyncio
 from centrifuge import (
     Client,
-    ClientEventHandler,
     ClientState,
     ReplyError,
-    SubscriptionEventHandler,
     SubscriptionState,
 )
+
+from tests.support.sdk import ClientEvents, SubEvents
 
 from .helpers import RawWS, ServerHandle, free_port
 
@@ -117,65 +116,6 @@ async def received(
         lambda: len(matching(backend, kind, **fields)) >= n, f"{n} {kind} {fields}", timeout
     )
     return matching(backend, kind, **fields)
-
-
-# --------------------------------------------------------------------------------------------
-# SDK event recording
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.log: list[tuple[str, Any]] = []
-        self._queues: defaultdict[str, asyncio.Queue[Any]] = defaultdict(asyncio.Queue)
-
-    async def record(self, name: str, ctx: Any) -> None:
-        self.log.append((name, ctx))
-        self._queues[name].put_nowait(ctx)
-
-    async def next(
-        self, name: str, pred: Callable[[Any], bool] | None = None, timeout: float = EVENT_TIMEOUT
-    ) -> Any:
-        """The next `name` event (matching `pred`; others are consumed)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            left = max(deadline - asyncio.get_running_loop().time(), 0.001)
-            try:
-                ctx = await asyncio.wait_for(self._queues[name].get(), left)
-            except TimeoutError:
-                raise AssertionError(f"no {name!r} event within {timeout}s: {self.log}") from None
-            if pred is None or pred(ctx):
-                return ctx
-
-    def names(self) -> list[str]:
-        return [n for n, _ in self.log]
-
-
-def _on(name: str) -> Any:
-    async def handler(self: Recorder, ctx: Any) -> None:
-        await self.record(name, ctx)
-
-    return handler
-
-
-class ClientEvents(Recorder, ClientEventHandler):
-    on_connecting = _on("connecting")
-    on_connected = _on("connected")
-    on_disconnected = _on("disconnected")
-    on_error = _on("error")
-    on_subscribing = _on("subscribing")
-    on_subscribed = _on("subscribed")
-    on_unsubscribed = _on("unsubscribed")
-    on_publication = _on("publication")
-
-
-class SubEvents(Recorder, SubscriptionEventHandler):
-    on_subscribing = _on("subscribing")
-    on_subscribed = _on("subscribed")
-    on_unsubscribed = _on("unsubscribed")
-    on_publication = _on("publication")
-    on_join = _on("join")
-    on_leave = _on("leave")
-    on_error = _on("error")
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -29,18 +28,17 @@ from cent import (
 )
 from centrifuge import (
     Client,
-    ClientEventHandler,
     ClientState,
     DeltaType,
     ReplyError,
     StreamPosition,
     Subscription,
-    SubscriptionEventHandler,
     SubscriptionState,
     SubscriptionUnsubscribedError,
 )
 
 from app import VERSION_STRING
+from tests.support.sdk import ClientEvents, SubEvents
 
 from .helpers import ServerHandle
 
@@ -94,93 +92,6 @@ CONFIG = {
 }
 
 EVENT_TIMEOUT = 5.0
-
-
-# --------------------------------------------------------------------------------------------
-# event recording
-
-
-class Recorder:
-    """Records SDK events: `log` keeps all in order, `next(name)` awaits the next of a kind.
-
-    `hooks[name]` (an async callable taking the context) runs inside the SDK's handler before
-    the event is recorded; the SDK awaits its handlers, so a hook can hold the SDK at that point
-    (e.g. keep it from reconnecting until the test has published what it must recover).
-    """
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str, Any]] = []
-        self._queues: defaultdict[str, asyncio.Queue[Any]] = defaultdict(asyncio.Queue)
-        self.hooks: dict[str, Callable[[Any], Awaitable[None]]] = {}
-
-    async def record(self, name: str, ctx: Any) -> None:
-        hook = self.hooks.get(name)
-        if hook is not None:
-            await hook(ctx)
-        self.log.append((name, ctx))
-        self._queues[name].put_nowait(ctx)
-
-    async def next(self, name: str, timeout: float = EVENT_TIMEOUT) -> Any:
-        try:
-            return await asyncio.wait_for(self._queues[name].get(), timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"no {name!r} event within {timeout}s; events: {self.log}"
-            ) from None
-
-    async def next_matching(
-        self, name: str, pred: Callable[[Any], bool], timeout: float = EVENT_TIMEOUT
-    ) -> Any:
-        """The next `name` event satisfying `pred` (non-matching ones are consumed)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            left = deadline - asyncio.get_running_loop().time()
-            ctx = await self.next(name, max(left, 0.001))
-            if pred(ctx):
-                return ctx
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.log]
-
-    def pending(self, name: str) -> list[Any]:
-        """Recorded but not yet consumed `name` events (does not wait)."""
-        out = []
-        q = self._queues[name]
-        while not q.empty():
-            out.append(q.get_nowait())
-        return out
-
-
-def _recording(name: str) -> Callable[..., Awaitable[None]]:
-    async def handler(self: Recorder, ctx: Any) -> None:
-        await self.record(name, ctx)
-
-    return handler
-
-
-class ClientEvents(Recorder, ClientEventHandler):
-    """Client events; `subscribed`/`publication`/... are server-side subscription events."""
-
-    on_connecting = _recording("connecting")
-    on_connected = _recording("connected")
-    on_disconnected = _recording("disconnected")
-    on_error = _recording("error")
-    on_subscribing = _recording("subscribing")
-    on_subscribed = _recording("subscribed")
-    on_unsubscribed = _recording("unsubscribed")
-    on_publication = _recording("publication")
-    on_join = _recording("join")
-    on_leave = _recording("leave")
-
-
-class SubEvents(Recorder, SubscriptionEventHandler):
-    on_subscribing = _recording("subscribing")
-    on_subscribed = _recording("subscribed")
-    on_unsubscribed = _recording("unsubscribed")
-    on_publication = _recording("publication")
-    on_join = _recording("join")
-    on_leave = _recording("leave")
-    on_error = _recording("error")
 
 
 class TokenSource:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,14 +19,13 @@ import pytest
 from cent import AsyncClient, Disconnect, DisconnectRequest, HistoryRequest, PublishRequest
 from centrifuge import (
     Client,
-    ClientEventHandler,
     ClientState,
     Subscription,
-    SubscriptionEventHandler,
 )
 
 from tests.support.engine import channels_in_partitions
 from tests.support.redis_topologies import SentinelTopology
+from tests.support.sdk import ClientEvents, SubEvents
 
 from .helpers import ServerHandle
 
@@ -56,59 +54,6 @@ def redis_config(address: str) -> dict[str, Any]:
 
 def uid() -> str:
     return uuid.uuid4().hex[:8]
-
-
-# --------------------------------------------------------------------------------------------
-# SDK event recording
-
-
-class Events:
-    """Queues SDK events by name; `hooks[name]` runs inside the SDK's handler first (the SDK
-    awaits it, so a hook can act while the SDK is between states)."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str, Any]] = []
-        self.queues: defaultdict[str, asyncio.Queue[Any]] = defaultdict(asyncio.Queue)
-        self.hooks: dict[str, Callable[[Any], Awaitable[None]]] = {}
-
-    async def record(self, name: str, ctx: Any) -> None:
-        hook = self.hooks.get(name)
-        if hook is not None:
-            await hook(ctx)
-        self.log.append((name, ctx))
-        self.queues[name].put_nowait(ctx)
-
-    async def next(self, name: str, timeout: float = EVENT_TIMEOUT) -> Any:
-        try:
-            return await asyncio.wait_for(self.queues[name].get(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"no {name!r} within {timeout}s; events: {self.log}") from None
-
-    def pending(self, name: str) -> list[Any]:
-        q = self.queues[name]
-        return [q.get_nowait() for _ in range(q.qsize())]
-
-
-def _rec(name: str) -> Callable[..., Awaitable[None]]:
-    async def handler(self: Events, ctx: Any) -> None:
-        await self.record(name, ctx)
-
-    return handler
-
-
-class ClientEvents(Events, ClientEventHandler):
-    on_connecting = _rec("connecting")
-    on_connected = _rec("connected")
-    on_disconnected = _rec("disconnected")
-    on_error = _rec("error")
-
-
-class SubEvents(Events, SubscriptionEventHandler):
-    on_subscribing = _rec("subscribing")
-    on_subscribed = _rec("subscribed")
-    on_unsubscribed = _rec("unsubscribed")
-    on_publication = _rec("publication")
-    on_error = _rec("error")
 
 
 class Session:
