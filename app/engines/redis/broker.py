@@ -35,8 +35,8 @@ from app.broker import (
 )
 from app.engines.redis import codec
 from app.engines.redis.outage import Outage
-from app.engines.redis.pipeline import bulk
 from app.engines.redis.pubsub import PubSubConnection, PubSubUnavailable
+from app.engines.redis.resp import bulk, bulk_header
 from app.engines.redis.shard import Shard, ShardUnavailable, fnv64a, jump_hash
 from app.errors import ERROR_INTERNAL, ClientError
 from app.models import (
@@ -120,20 +120,6 @@ def _publish_result(kind: int, reply: Any, item: int = 0) -> PublishResult:
             return PublishResult(StreamPosition())
         return PublishResult(StreamPosition(), True, "idempotency")  # 0: key seen before
     return PublishResult(StreamPosition())
-
-
-_BULK_HEADERS: dict[int, bytes] = {}
-
-
-def _bulk_header(n: int) -> bytes:
-    """The header (`$<n>` and CRLF) of an n-byte RESP bulk string; cached, as payload
-    sizes repeat."""
-    header = _BULK_HEADERS.get(n)
-    if header is None:
-        header = b"$%d\r\n" % n
-        if len(_BULK_HEADERS) < 4096:
-            _BULK_HEADERS[n] = header
-    return header
 
 
 class _ItemOptions(NamedTuple):
@@ -221,7 +207,7 @@ class _HistoryCall:
         # the cached rest (formatting each item anew cost more than the join).
         self._rargs.extend(
             (
-                _bulk_header(len(payload)),
+                bulk_header(len(payload)),
                 payload,
                 o.after_payload,
                 channel_resp,

@@ -19,12 +19,14 @@ Failure handling mirrors what the engine had with redis-py:
   those commands with redis TimeoutError (no retry: Redis may be frozen, and a retry would
   double the wait); a connect that takes longer than `connect_timeout` fails the same way;
 - AUTH, CLIENT SETNAME (the section's client_name, if any) and SELECT are awaited on a new
-  connection before any command is written to it;
-- scripts given to the pipeline are loaded (SCRIPT LOAD) in the handshake of every new
-  connection, so a restarted Redis (empty script cache) never answers NOSCRIPT to commands
-  that wait for the reconnect. A NOSCRIPT all the same (SCRIPT FLUSH under a live connection)
-  re-sends the command once as EVAL with the script body; commands written behind it before
-  the NOSCRIPT came back then run before it (the only case where issue order is not kept);
+  connection before any command is written to it (connect.open_connection, as for the
+  PUB/SUB readers); a refused one fails the waiting commands without a retry;
+- scripts given to the pipeline are loaded (SCRIPT LOAD) right after the handshake of every
+  new connection, ahead of the commands waiting for it, so a restarted Redis (empty script
+  cache) never answers NOSCRIPT to commands that wait for the reconnect. A NOSCRIPT all the
+  same (SCRIPT FLUSH under a live connection) re-sends the command once as EVAL with the
+  script body; commands written behind it before the NOSCRIPT came back then run before it
+  (the only case where issue order is not kept);
 - with a `fallback` (Redis Cluster), redirections (MOVED/ASK/TRYAGAIN/CLUSTERDOWN) and
   connection errors hand the command to the fallback (redis-py's cluster client, which
   re-reads the slot map and retries) instead; such a command may overtake later ones.
@@ -46,7 +48,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.engines.redis.pubsub import Endpoint
+from app.engines.redis.connect import Endpoint, open_connection
+from app.engines.redis.resp import evalsha_command, pack_command
 
 log = logging.getLogger("centrifugo.redis.pipeline")
 
@@ -71,18 +74,6 @@ class Script:
         self.sha = hashlib.sha1(self.body).hexdigest().encode()
 
 
-def bulk(value: bytes) -> bytes:
-    """One RESP bulk string."""
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
-def evalsha_command(sha: bytes, nkeys: int, nargs: int, packed: bytes) -> bytes:
-    """EVALSHA in RESP, around keys and args already encoded as bulk strings: the same
-    bytes hiredis.pack_command gives for the whole argument list."""
-    n = str(nkeys).encode()
-    return b"*%d\r\n$7\r\nEVALSHA\r\n%b%b%b" % (3 + nkeys + nargs, bulk(sha), bulk(n), packed)
-
-
 class _Cmd:
     __slots__ = ("fut", "args", "data", "script", "retried", "reloaded")
 
@@ -95,7 +86,7 @@ class _Cmd:
     ) -> None:
         self.fut = fut  # None: a script load whose reply nobody awaits
         self.args = args  # kept for a NOSCRIPT retry and the cluster fallback
-        self.data: bytes = hiredis.pack_command(args) if data is None else data
+        self.data: bytes = pack_command(args) if data is None else data
         self.script = script
         self.retried = False  # used its one retry after a connection error
         self.reloaded = False  # used its one retry after NOSCRIPT
@@ -112,7 +103,8 @@ def _fail(cmd: _Cmd, exc: BaseException) -> None:
 
 
 class _Conn(asyncio.Protocol):
-    """One connection; its in-flight commands in the order their replies will come."""
+    """One connection, handshake done (connect.open_connection makes it only then); its
+    in-flight commands in the order their replies will come."""
 
     def __init__(self, owner: AutoPipeline) -> None:
         self.owner = owner
@@ -120,7 +112,6 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.inflight: deque[_Cmd] = deque()
         self.progress_at = 0.0  # loop time of the last reply, or of a write into idle
-        self.ready = False  # handshake (AUTH, SETNAME, SELECT) done: commands may be written
         self.dropped = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -209,7 +200,7 @@ class AutoPipeline:
         packed: bytes | None = None,
     ) -> asyncio.Future[Any]:
         """`packed`, when given, is `keys` and `args` already encoded as RESP bulk strings
-        (see `bulk`): a caller that builds them from cached pieces saves hiredis packing
+        (see resp.bulk): a caller that builds them from cached pieces saves hiredis packing
         every argument again (~0.3 µs each; a batch call has hundreds)."""
         fut = self._loop.create_future()
         cmd_args = ("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -264,41 +255,41 @@ class AutoPipeline:
     # --- connection ---
 
     async def _connect(self) -> None:
-        conn: _Conn | None = None
         try:
+            loop = self._loop
+            connect_by = loop.time() + self._connect_timeout if self._connect_timeout else None
             try:
-                async with asyncio.timeout(self._connect_timeout or None):
+                # One bound for finding the endpoint and dialling it.
+                async with asyncio.timeout_at(connect_by):
                     ep = await self._resolve()
-                    if ep.unix_path:
-                        _, conn = await self._loop.create_unix_connection(
-                            lambda: _Conn(self), ep.unix_path
-                        )
-                    else:
-                        _, conn = await self._loop.create_connection(
-                            lambda: _Conn(self),
-                            ep.host,
-                            ep.port,
-                            ssl=ep.ssl_context,
-                            server_hostname=ep.server_hostname,
-                        )
+                if self._closed:
+                    raise RedisConnectionError("redis client closed")
+                # The name goes on every connection (the section's client_name, if any), as
+                # rueidis sends ClientName in its HELLO.
+                conn = await open_connection(
+                    ep,
+                    lambda: _Conn(self),
+                    connect_by=connect_by,
+                    handshake_timeout=self._io_timeout,
+                    db=self._db,
+                )
             except TimeoutError:
                 raise RedisTimeoutError("Timeout connecting to server") from None
+            except hiredis.ReplyError as e:
+                # A command must never run as another user or in another database because
+                # its handshake failed.
+                raise _HandshakeError(f"redis handshake failed: {e}") from None
             except RedisConnectionError:
                 raise
             except OSError as e:
                 raise RedisConnectionError(f"Error connecting to redis: {e}") from None
-            await self._setup(conn, ep)
         except BaseException as e:
-            if conn is not None and conn.transport is not None:
-                conn.dropped = True
-                conn.transport.abort()
             self._connecting = None
             if isinstance(e, Exception):
                 self._connect_failed(e)
                 return
             raise
         self._connecting = None
-        conn.ready = True
         self._conn = conn
         # Scripts load ahead of the waiting commands, in the same write: a restarted Redis
         # (empty script cache) answers no NOSCRIPT to them. A failed load is only logged.
@@ -306,38 +297,6 @@ class AutoPipeline:
         self._pending[0:0] = loads
         self._retry_at += len(loads)
         self._flush()
-
-    async def _setup(self, conn: _Conn, ep: Endpoint) -> None:
-        """AUTH, CLIENT SETNAME and SELECT, awaited before any command is written: a command
-        must never run as another user or in another database because its handshake failed.
-        The name goes on every connection, as rueidis sends ClientName in its HELLO."""
-        setup: list[tuple[Any, ...]] = []
-        if ep.password:
-            if ep.username:
-                setup.append(("AUTH", ep.username, ep.password))
-            else:
-                setup.append(("AUTH", ep.password))
-        if ep.client_name:
-            setup.append(("CLIENT", "SETNAME", ep.client_name))
-        if self._db:
-            setup.append(("SELECT", self._db))
-        if self._closed:
-            raise RedisConnectionError("redis client closed")
-        if not setup:
-            return
-        futs: list[asyncio.Future[Any]] = [self._loop.create_future() for _ in setup]
-        cmds = [_Cmd(fut, args, None) for fut, args in zip(futs, setup, strict=True)]
-        conn.inflight.extend(cmds)
-        assert conn.transport is not None
-        conn.transport.write(b"".join([c.data for c in cmds]))
-        try:
-            async with asyncio.timeout(self._io_timeout or None):
-                for fut in futs:
-                    await fut
-        except TimeoutError:
-            raise RedisTimeoutError("Timeout reading from redis") from None
-        except ResponseError as e:
-            raise _HandshakeError(f"redis handshake failed: {e}") from None
 
     def _connect_failed(self, exc: Exception) -> None:
         retryable = isinstance(exc, RedisConnectionError) and not isinstance(exc, _HandshakeError)
@@ -370,11 +329,6 @@ class AutoPipeline:
         if conn.transport is not None:
             conn.transport.abort()
         inflight, conn.inflight = conn.inflight, deque()
-        if not conn.ready:
-            # Lost during the handshake: _connect handles that (see _connect_failed).
-            for cmd in inflight:
-                _fail(cmd, exc)
-            return
         retries = []
         for cmd in inflight:
             fut = cmd.fut
@@ -423,7 +377,7 @@ class AutoPipeline:
         script = cmd.script
         if script is not None and not cmd.reloaded and msg.startswith("NOSCRIPT"):
             cmd.reloaded = True
-            cmd.data = hiredis.pack_command(("EVAL", script.body, *cmd.args[2:]))
+            cmd.data = pack_command(("EVAL", script.body, *cmd.args[2:]))
             self._requeue(cmd)
             return
         if msg.startswith("READONLY"):

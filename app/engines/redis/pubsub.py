@@ -20,16 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import cast
 
 import hiredis
 
 from app import metrics
+from app.engines.redis.connect import Endpoint, open_connection
 from app.engines.redis.outage import Outage
-from app.engines.redis.tls import TLSDial
+from app.engines.redis.resp import PING, pack_command
 from app.timers import CoarseTimers
 
 log = logging.getLogger("centrifugo.redis.pubsub")
@@ -42,28 +41,7 @@ FLUSH_DELAY = 0.001
 # PING cadence of an idle ready link (centrifuge's rueidis dialer KeepAlive).
 KEEPALIVE = 0.4
 # The readers' connection name when the section sets no client_name.
-DEFAULT_NAME = b"centrifugo-py-pubsub"
-
-
-@dataclass(slots=True)
-class Endpoint:
-    host: str = "127.0.0.1"
-    port: int = 6379
-    unix_path: str = ""
-    username: str = ""
-    password: str = ""
-    tls: TLSDial | None = None  # never over unix_path
-    client_name: str = ""  # CLIENT SETNAME in the handshake ("": none, or the reader's own)
-
-    @property
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """`ssl` of asyncio's create_connection to this endpoint."""
-        return None if self.tls is None else self.tls.context
-
-    @property
-    def server_hostname(self) -> str | None:
-        """`server_hostname` of create_connection: checked against the certificate, SNI."""
-        return None if self.tls is None else self.tls.server_hostname(self.host)
+DEFAULT_NAME = "centrifugo-py-pubsub"
 
 
 class PubSubUnavailable(ConnectionError):
@@ -95,13 +73,6 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner._on_lost(exc)
-
-
-def _command(*args: bytes) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
 
 
 class PubSubConnection:
@@ -139,8 +110,6 @@ class PubSubConnection:
         self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._proto: _Protocol | None = None
         self._lost: asyncio.Event = asyncio.Event()
-        self._handshake: asyncio.Queue[object] = asyncio.Queue()
-        self._in_handshake = False
         self._ready = False
         self._ready_event = asyncio.Event()
         # A connect attempt failed and none succeeded since: Redis is unreachable, and a
@@ -286,7 +255,7 @@ class PubSubConnection:
         if proto is None or proto.transport is None:
             return
         commands = [
-            _command(cmd, *channels[i : i + BATCH])
+            pack_command((cmd, *channels[i : i + BATCH]))
             for cmd, channels in ops
             for i in range(0, len(channels), BATCH)
         ]
@@ -317,9 +286,7 @@ class PubSubConnection:
                     log.warning("%s: server unsubscribed %r, reconnecting", self._name, ch)
                     self._drop_transport()
                 return
-        if self._in_handshake:
-            self._handshake.put_nowait(reply)
-        elif isinstance(reply, hiredis.ReplyError):
+        if isinstance(reply, hiredis.ReplyError):
             # MOVED and friends: our view of the cluster is stale.
             log.warning("%s: pub/sub error %s, reconnecting", self._name, reply)
             self._drop_transport()
@@ -330,8 +297,6 @@ class PubSubConnection:
         self._confirmed.clear()
         self._proto = None
         self._lost.set()
-        if self._in_handshake:
-            self._handshake.put_nowait(ConnectionError("connection lost"))
 
     def _drop_transport(self) -> None:
         proto = self._proto
@@ -390,7 +355,7 @@ class PubSubConnection:
         elif now - self._rx_at >= KEEPALIVE:
             # Answered ["pong", ""] in subscribed mode, +PONG otherwise: either is ignored
             # by _on_reply; only its arrival (data_received) matters.
-            proto.transport.write(b"*1\r\n$4\r\nPING\r\n")
+            proto.transport.write(PING)
             self._ping_at = now
         else:
             self._ping_at = 0.0
@@ -404,46 +369,19 @@ class PubSubConnection:
                     fut.exception()
         self._waiters.clear()
 
-    async def _handshake_call(self, *args: bytes) -> object:
-        assert self._proto is not None and self._proto.transport is not None
-        self._proto.transport.write(_command(*args))
-        async with asyncio.timeout(self._connect_timeout * 4):
-            reply = await self._handshake.get()
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
     async def _connect(self) -> None:
         ep = await self._resolve()
-        loop = asyncio.get_running_loop()
         self._lost = asyncio.Event()
-        self._handshake = asyncio.Queue()
-        self._in_handshake = True
-        async with asyncio.timeout(self._connect_timeout):
-            if ep.unix_path:
-                _, proto = await loop.create_unix_connection(lambda: _Protocol(self), ep.unix_path)
-            else:
-                _, proto = await loop.create_connection(
-                    lambda: _Protocol(self),
-                    ep.host,
-                    ep.port,
-                    ssl=ep.ssl_context,
-                    server_hostname=ep.server_hostname,
-                )
-        self._proto = proto
-        try:
-            if ep.password:
-                args = [b"AUTH"]
-                if ep.username:
-                    args.append(ep.username.encode())
-                args.append(ep.password.encode())
-                await self._handshake_call(*args)
-            # The configured client_name, as Centrifugo (rueidis names every connection, PUB/SUB
-            # ones included); without one, a name of its own tells the readers apart.
-            name = ep.client_name.encode() or DEFAULT_NAME
-            await self._handshake_call(b"CLIENT", b"SETNAME", name)
-        finally:
-            self._in_handshake = False
+        # The configured client_name, as Centrifugo (rueidis names every connection, PUB/SUB
+        # ones included); without one, a name of its own tells the readers apart. The
+        # handshake is one round trip: it may take what a connect may, four times over.
+        self._proto = await open_connection(
+            ep,
+            lambda: _Protocol(self),
+            connect_by=self._get_loop().time() + self._connect_timeout,
+            handshake_timeout=self._connect_timeout * 4,
+            default_name=DEFAULT_NAME,
+        )
 
     async def _resubscribe(self) -> None:
         wanted = list(self._wanted)

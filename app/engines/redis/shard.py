@@ -26,8 +26,9 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.config import RedisConfig
-from app.engines.redis.pipeline import AutoPipeline, Script, bulk
-from app.engines.redis.pubsub import Endpoint
+from app.engines.redis.connect import Endpoint
+from app.engines.redis.pipeline import AutoPipeline, Script
+from app.engines.redis.resp import bulk
 from app.engines.redis.tls import (
     TLSDial,
     TLSSettingError,

@@ -9,8 +9,9 @@ least. `server_name` is the name checked against the certificate and sent as SNI
 the host dialled is (an IP address is checked against the certificate's IP SANs).
 
 One dial serves every path that opens a connection: the implicit pipelines and the PUB/SUB
-readers (asyncio `create_connection`), and redis-py's clients through the connection classes
-below (standalone, Cluster nodes, Sentinel-managed masters, the Sentinels themselves).
+readers (asyncio `create_connection` in connect.open_connection), and redis-py's clients
+through the connection classes below (standalone, Cluster nodes, Sentinel-managed masters,
+the Sentinels themselves).
 """
 
 from __future__ import annotations
