@@ -22,8 +22,8 @@ from app.transports import emulation, http_stream, sse
 from app.transports.uni_grpc import add_uni_grpc
 from app.transports.uni_http_stream import add_routes as add_uni_http_stream_routes
 from app.transports.uni_sse import add_routes as add_uni_sse_routes
-from app.transports.uni_websocket import add_routes as add_uni_websocket_routes
-from app.transports.websocket import websocket_handler
+from app.transports.websocket.handler import websocket_handler
+from app.transports.websocket.uni import add_routes as add_uni_websocket_routes
 
 
 def create_node(cfg: Config) -> Node:

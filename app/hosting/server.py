@@ -97,7 +97,7 @@ class DrainingRunner(web.AppRunner):
     async def _make_server(self) -> Any:
         # Plain upgrades to the WebSocket endpoint skip aiohttp's request handling
         # (issue 7: connect rate); every other request still goes to aiohttp.
-        from app.transports.websocket_lean import LeanServer
+        from app.transports.websocket.lean import LeanServer
 
         server = await super()._make_server()
         return LeanServer(server, self.app, self.settings.keepalive_timeout)

@@ -1,4 +1,4 @@
-"""WebSocket permessage-deflate as Centrifugo configures it (app/transports/deflate.py):
+"""WebSocket permessage-deflate as Centrifugo configures it (app/transports/websocket/deflate.py):
 `compression_level`, `compression_min_size` and `decompressed_message_size_limit` on the
 bidirectional and the unidirectional endpoint.
 

@@ -41,11 +41,11 @@ with atheris.instrument_imports(include=["app"]):
     import app.jsonraw  # noqa: F401
     import app.protocol.json  # noqa: F401  (instrumented before first use)
     import app.protocol.protobuf  # noqa: F401
-    import app.transports.websocket_lean  # noqa: F401
+    import app.transports.websocket.lean  # noqa: F401
 
 from app.protocol.json import JSON  # noqa: E402
 from app.protocol.protobuf import PROTOBUF  # noqa: E402
-from app.transports.websocket_lean import handshake_response, parse_upgrade  # noqa: E402
+from app.transports.websocket.handshake import handshake_response, parse_upgrade  # noqa: E402
 from fuzz import codec_checks, outcome  # noqa: E402
 from fuzz import strategies as S  # noqa: E402
 

@@ -21,7 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from app.protocol.protobuf import varint
-from app.transports.websocket_lean import handshake_response, parse_upgrade
+from app.transports.websocket.handshake import handshake_response, parse_upgrade
 
 from . import strategies as S
 from .harness import CHANNELS, InProcessServer

@@ -24,7 +24,7 @@ from app.hosting.server import (
     serve,
 )
 from app.node import NODE_KEY
-from app.transports.websocket_lean import LeanServer
+from app.transports.websocket.lean import LeanServer
 
 
 @pytest.fixture(autouse=True)

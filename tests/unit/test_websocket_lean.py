@@ -8,12 +8,8 @@ import os
 
 import pytest
 
-from app.transports.websocket_lean import (
-    close_frame,
-    handshake_response,
-    parse_upgrade,
-    unmask,
-)
+from app.transports.websocket.frames import close_frame, unmask
+from app.transports.websocket.handshake import handshake_response, parse_upgrade
 
 PATH = b"/connection/websocket"
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's example

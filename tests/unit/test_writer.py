@@ -22,8 +22,9 @@ from aiohttp import WSMsgType, web
 from app.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR, Disconnect
 from app.protocol.json import JSON
 from app.protocol.protobuf import PROTOBUF
-from app.transports.deflate import Deflater
-from app.transports.websocket import DeflateWebSocketTransport, WebSocketTransport
+from app.transports.websocket.connection import AiohttpConnection
+from app.transports.websocket.deflate import Deflater
+from app.transports.websocket.transport import DeflateWebSocketTransport, WebSocketTransport
 from app.writer import Writer
 
 Handler = Callable[[web.WebSocketResponse, WebSocketTransport], Awaitable[None]]
@@ -47,11 +48,12 @@ async def server() -> AsyncIterator[Server]:
         assert request.transport is not None
         # As the app's handler: frames are deflated when the client negotiated it.
         transport: WebSocketTransport
+        conn = AiohttpConnection(ws, request.transport, 0.0)
         if ws.compress:
             deflater = Deflater(1, ws.compress, False, 0)
-            transport = DeflateWebSocketTransport(ws, request.transport, codec, deflater)
+            transport = DeflateWebSocketTransport(conn, request.transport, codec, deflater)
         else:
-            transport = WebSocketTransport(ws, request.transport, codec)
+            transport = WebSocketTransport(conn, request.transport, codec)
         try:
             assert srv.handler is not None
             await srv.handler(ws, transport)

@@ -5,7 +5,7 @@ by the bidirectional and the unidirectional endpoint.
 aiohttp negotiates the extension and inflates what clients send, but its writer always
 deflates at level 1 and compresses every message. Frames are therefore compressed here
 with zlib at the configured level and written as whole frames (RSV1 set) to the socket,
-synchronously, like the uncompressed fast path (app/transports/websocket.py); a message
+synchronously, like the uncompressed fast path (app/transports/websocket/frames.py); a message
 of at most `compression_min_size` bytes goes out uncompressed (RSV1 clear), as
 Centrifugo's `len(data) > compressionMinSize` rule does. aiohttp's own writer then only
 sends control frames (pong, close), which are never compressed.
@@ -23,26 +23,13 @@ of a compressed connection is that same larger number.
 
 from __future__ import annotations
 
-import struct
 import zlib
 
-from aiohttp.http_websocket import ws_ext_parse
-from multidict import MultiMapping
+from app.transports.websocket.frames import FIN, RSV1, server_frame
 
 # Centrifugo: decompressed limit = message_size_limit * this, when not configured.
 DEFAULT_DECOMPRESSED_MULTIPLIER = 10
 _TAIL = b"\x00\x00\xff\xff"  # what a sync flush ends with; RFC 7692 §7.2.1 drops it
-RSV1 = 0x40
-_HEADER_16 = struct.Struct("!BBH").pack
-_HEADER_64 = struct.Struct("!BBQ").pack
-
-
-def offered(headers: MultiMapping[str]) -> tuple[int, bool]:
-    """What aiohttp will accept of the client's offer: (window bits, server no context
-    takeover); window bits 0 when the client offers no usable permessage-deflate. The
-    same parse aiohttp's handshake does (it answers with exactly these parameters)."""
-    compress, notakeover = ws_ext_parse(headers.get("Sec-WebSocket-Extensions"), isserver=True)
-    return int(compress), bool(notakeover)
 
 
 def max_message_size(message_size_limit: int, decompressed_limit: int) -> int:
@@ -79,7 +66,7 @@ class Deflater:
     def frame(self, message: bytes, opcode: int) -> bytes:
         """The whole server frame of one message (FIN, no mask), compressed when it is
         longer than `min_size`."""
-        first = 0x80 | opcode
+        first = FIN | opcode
         if len(message) > self.min_size:
             z = self._z
             message = z.compress(message) + z.flush(self._flush)
@@ -87,13 +74,3 @@ class Deflater:
                 message = message[:-4]
             first |= RSV1
         return server_frame(first, message)
-
-
-def server_frame(first: int, payload: bytes) -> bytes:
-    """A server frame (no mask) with the given first byte (FIN, RSV bits, opcode)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((first, n)) + payload
-    if n < 65536:
-        return _HEADER_16(first, 126, n) + payload
-    return _HEADER_64(first, 127, n) + payload

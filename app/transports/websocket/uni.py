@@ -8,8 +8,9 @@ reason (`disable_disconnect_push` keeps only the close frame). Messages the clie
 after connecting are read and ignored.
 
 `uni_websocket.write_timeout` bounds each write (3009 when the peer takes nothing) and the
-close, as on the bidirectional endpoint (app/transports/websocket.py): a peer that reads
-nothing holds no memory or kernel buffers once dropped.
+close, as on the bidirectional endpoint (the connection contract,
+app/transports/websocket/connection.py): a peer that reads nothing holds no memory or
+kernel buffers once dropped. Served by aiohttp's WebSocketResponse.
 """
 
 from __future__ import annotations
@@ -24,17 +25,19 @@ from app.client import State
 from app.config import Config
 from app.errors import DISCONNECT_BAD_REQUEST, Disconnect
 from app.node import NODE_KEY
+from app.protocol import Codec
 from app.protocol.json import JSON_UNI
-from app.transports import closing, deflate
-from app.transports.deflate import Deflater, server_frame
+from app.transports import admission, closing
 from app.transports.uni_http_stream import (
     BadConnectRequest,
     connect,
     decode_connect_request,
     new_client,
-    service_unavailable,
 )
-from app.transports.websocket import close_bounded, origin_allowed, refuse_bad_key
+from app.transports.websocket.connection import AiohttpConnection, WebSocketConnection
+from app.transports.websocket.deflate import Deflater, max_message_size
+from app.transports.websocket.frames import FIN, OP_TEXT, server_frame
+from app.transports.websocket.handshake import deflate_offer, origin_allowed, refuse_bad_key
 
 log = logging.getLogger("centrifugo.uni_websocket")
 
@@ -42,20 +45,20 @@ CONNECT_PARAM = "cf_connect"
 # Centrifugo's defaults when the options are zero.
 DEFAULT_PING_INTERVAL = 25.0
 DEFAULT_MESSAGE_SIZE_LIMIT = 65536
-_TEXT_FIN = 0x80 | WSMsgType.TEXT
+_TEXT_FIN = FIN | OP_TEXT
 
 
 class UniWebSocketTransport:
     """Frames are built here and written synchronously (the writer's fast path, which
     bounds what the peer leaves unread by `write_timeout`), compressed per
-    app/transports/deflate.py when the client negotiated permessage-deflate."""
+    app/transports/websocket/deflate.py when the client negotiated permessage-deflate."""
 
     name = "uni_websocket"
-    codec = JSON_UNI
+    codec: Codec = JSON_UNI
     unidirectional = True
 
     __slots__ = (
-        "_ws",
+        "_conn",
         "_sock",
         "_join",
         "_handshake",
@@ -67,7 +70,7 @@ class UniWebSocketTransport:
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        conn: WebSocketConnection,
         sock: asyncio.Transport,
         *,
         join: bool,
@@ -76,7 +79,7 @@ class UniWebSocketTransport:
         write_timeout: float,
         deflater: Deflater | None = None,
     ) -> None:
-        self._ws = ws
+        self._conn = conn
         self._sock = sock
         self._join = join
         self._handshake = handshake  # False: close the socket without a closing handshake
@@ -88,7 +91,7 @@ class UniWebSocketTransport:
     def write_now(self, frame: bytes) -> int:
         sock = self._sock
         # After aiohttp started a closing handshake no data frame may follow the close.
-        if self._ws.closed or sock.is_closing():
+        if self._conn.closed or sock.is_closing():
             raise ConnectionResetError("websocket is closing")
         # A frame is newline-joined pushes (compact JSON has no raw newlines).
         messages = (frame,) if self._join or b"\n" not in frame else frame.split(b"\n")
@@ -97,7 +100,7 @@ class UniWebSocketTransport:
             if deflater is None:
                 sock.write(server_frame(_TEXT_FIN, msg))
             else:
-                sock.write(deflater.frame(msg, WSMsgType.TEXT))
+                sock.write(deflater.frame(msg, OP_TEXT))
         return sock.get_write_buffer_size()
 
     def unsent(self) -> int:
@@ -112,22 +115,16 @@ class UniWebSocketTransport:
             closing.release(self._sock, self.write_timeout)
             return
         # WebSocket close reasons are limited to 123 bytes.
-        await close_bounded(
-            self._ws,
-            self._sock,
-            disconnect.code,
-            disconnect.reason.encode()[:123],
-            self.write_timeout,
-        )
+        await self._conn.close(disconnect.code, disconnect.reason.encode()[:123])
 
 
 async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     cfg = node.config
     ucfg = cfg.uni_websocket
-    unavailable = service_unavailable(node)
-    if unavailable is not None:
-        return unavailable
+    refused = admission.refuse(node)
+    if refused is not None:
+        return refused
     if not origin_allowed(request.headers.get("Origin"), cfg.client.allowed_origins):
         log.info("request Origin %r is not allowed", request.headers.get("Origin"))
         return web.Response(status=403, text="Invalid origin")
@@ -141,11 +138,11 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
             return web.Response(status=400, text="invalid connect request")
 
     size_limit = ucfg.message_size_limit or DEFAULT_MESSAGE_SIZE_LIMIT
-    window_bits, notakeover = deflate.offered(request.headers) if ucfg.compression else (0, False)
+    window_bits, notakeover = deflate_offer(request.headers) if ucfg.compression else (0, False)
     if size_limit <= 0:
         max_msg_size = 0
     elif window_bits:
-        max_msg_size = deflate.max_message_size(size_limit, ucfg.decompressed_message_size_limit)
+        max_msg_size = max_message_size(size_limit, ucfg.decompressed_message_size_limit)
     else:
         # aiohttp refuses a message of exactly max_msg_size; Centrifugo allows it.
         max_msg_size = size_limit + 1
@@ -167,8 +164,8 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
         return ws
 
     transport = UniWebSocketTransport(
-        ws,
-        sock,  # type: ignore[arg-type]
+        AiohttpConnection(ws, sock, ucfg.write_timeout),
+        sock,
         join=ucfg.join_push_messages,
         disconnect_push=not ucfg.disable_disconnect_push,
         handshake=not ucfg.disable_closing_handshake,

@@ -13,9 +13,11 @@ requests) is handed unchanged to aiohttp's own protocol, which answers as it alw
 The WebSocket side speaks RFC 6455 as a server: masked client frames, fragmentation,
 ping -> pong, the closing handshake, 1002/1007/1009 for protocol errors, invalid text
 and oversize messages (over `websocket.message_size_limit`, as aiohttp refused them for
-us before). Frames go to the Client in order; an idle connection holds no task.
+us before); the frames themselves are read by app/transports/websocket/frames.py, the
+request head by handshake.py. Frames go to the Client in order; an idle connection holds
+no task. Where a connection is in its life is one `Phase`.
 
-Closing is bounded as on aiohttp's path (app/transports/websocket.py): a close frame
+Closing is bounded as on aiohttp's path (app/transports/websocket/connection.py): a close frame
 that does not reach the kernel within `websocket.write_timeout`, or that the peer does
 not answer within CLOSE_TIMEOUT, drops the socket with what it holds (RST,
 app/transports/closing.py); after a complete handshake the socket is closed once our
@@ -25,172 +27,85 @@ bytes are out, and dropped if they are not out within the write timeout.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import collections
 import contextlib
-import hashlib
+import enum
 import logging
-from typing import Any
-from urllib.parse import parse_qsl
-
-from multidict import CIMultiDict
+from typing import TYPE_CHECKING, Any
 
 from app.client import Client
 from app.node import NODE_KEY, Node
 from app.timers import CoarseTimer
 from app.transports import admission, closing
-from app.transports.websocket import (
-    CLOSE_TIMEOUT,
-    WebSocketTransport,
+from app.transports.websocket.connection import CLOSE_TIMEOUT, WebSocketConnection
+from app.transports.websocket.frames import (
+    FrameReader,
+    FrameSink,
+    ProtocolError,
+    close_frame,
     message_size_limit,
-    origin_allowed,
-    select_codec,
-    select_subprotocol,
+    pong_frame,
 )
+from app.transports.websocket.handshake import (
+    Upgrade,
+    handshake_response,
+    origin_allowed,
+    parse_upgrade,
+    select_codec,
+)
+from app.transports.websocket.transport import WebSocketTransport
 
 log = logging.getLogger("centrifugo.websocket")
 
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _HEAD_END = b"\r\n\r\n"
 MAX_HEAD = 16384  # larger request heads go to aiohttp (its limits answer them)
 # Messages waiting for the Client before the socket stops being read.
 INBOX_HIGH = 64
 INBOX_LOW = 16
 
-# Close codes a peer may send (RFC 6455 §7.4): the defined ones and 3000-4999.
-_PEER_CLOSE_CODES = frozenset(
-    (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
-)
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+class Phase(enum.Enum):
+    """Where a lean connection is in its life. Before the upgrade: HEAD, then REFUSED or
+    HANDED_OVER (both final for this object) or OPEN. The closing states of RFC 6455
+    §7: CLOSE_RECEIVED when the peer's close frame came first, CLOSE_SENT when ours did;
+    either leads to CLOSED, or to LOST when the socket goes (or we drop it) first."""
 
-
-class ProtocolError(Exception):
-    """A peer's frame broke RFC 6455: close with `code`."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-class Upgrade:
-    """The parts of an accepted upgrade request the connection needs."""
-
-    __slots__ = ("headers", "query", "accept", "subprotocol")
-
-    def __init__(self, headers: CIMultiDict[str], query: dict[str, str], accept: bytes) -> None:
-        self.headers = headers
-        self.query = query
-        self.accept = accept
-        self.subprotocol = select_subprotocol(headers)
+    HEAD = "reading the first request head"
+    REFUSED = "answered 503; the socket closes after it"
+    HANDED_OVER = "aiohttp's protocol has the socket"
+    OPEN = "upgraded: frames both ways"
+    # The Client still gets the frames that came before the peer's close; then we answer.
+    CLOSE_RECEIVED = "the peer's close frame came first"
+    # Waiting (CLOSE_TIMEOUT) for the peer's answer; its data frames are dropped.
+    CLOSE_SENT = "our close frame is out"
+    CLOSED = "released: the socket closes once our bytes are out"
+    LOST = "the socket is gone, or we dropped it"
 
 
-def parse_upgrade(head: bytes, path: bytes, compression: bool) -> Upgrade | None:
-    """The upgrade in a request head (up to, without, the blank line), or None when the
-    request is anything but a plain WebSocket upgrade to `path` that we serve here."""
-    line_end = head.find(b"\r\n")
-    parts = (head if line_end < 0 else head[:line_end]).split(b" ")
-    if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
-        return None
-    target, _, query = parts[1].partition(b"?")
-    if target != path:
-        return None
-    pairs = []
-    if line_end >= 0:
-        for line in head[line_end + 2 :].decode("utf-8", "surrogateescape").split("\r\n"):
-            name, sep, value = line.partition(":")
-            value = value.strip(" \t")
-            # Names of letters, digits and dashes, printable values: anything else
-            # (obs-fold, a space before the colon, control characters, rarer token
-            # characters) is left to aiohttp's parser.
-            if not (sep and name.isascii() and name.replace("-", "").isalnum()):
-                return None
-            if not value.isprintable():
-                return None
-            pairs.append((name, value))
-    headers: CIMultiDict[str] = CIMultiDict(pairs)
-    if (
-        headers.get("Upgrade", "").strip().lower() != "websocket"
-        or "upgrade" not in headers.get("Connection", "").lower()
-        or headers.get("Sec-WebSocket-Version", "").strip() != "13"
-        or "Content-Length" in headers
-        or "Transfer-Encoding" in headers
-    ):
-        return None
-    if compression and "permessage-deflate" in ",".join(
-        headers.getall("Sec-WebSocket-Extensions", ())
-    ):
-        return None  # aiohttp negotiates and runs the compressor
-    key = headers.get("Sec-WebSocket-Key", "")
-    try:
-        if len(binascii.a2b_base64(key, strict_mode=True)) != 16:
-            return None
-    except (binascii.Error, ValueError):
-        return None
-    accept = binascii.b2a_base64(hashlib.sha1(key.encode() + _GUID).digest(), newline=False)
-    args: dict[str, str] = {}
-    if query:
-        for k, v in parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True):
-            args.setdefault(k, v)  # the first value, as MultiDict.get gives
-    return Upgrade(headers, args, accept)
-
-
-def handshake_response(upgrade: Upgrade) -> bytes:
-    out = [
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + upgrade.accept + b"\r\n"
-    ]
-    if upgrade.subprotocol:
-        out.append(b"Sec-WebSocket-Protocol: " + upgrade.subprotocol.encode() + b"\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)
-
-
-def unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR with the 4-byte mask, done as one big-integer operation (C speed)."""
-    n = len(payload)
-    if not n:
-        return b""
-    key = (mask * ((n + 3) >> 2))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-
-
-def close_frame(code: int, message: bytes = b"") -> bytes:
-    # Disconnect codes are uint32 (a proxy may send any); the close frame holds 16 bits and
-    # Centrifugo writes uint16(code), as here.
-    payload = (code & 0xFFFF).to_bytes(2, "big") + message[:123]
-    return bytes((0x80 | OP_CLOSE, len(payload))) + payload
-
+# Phases in which our close frame is out (or cannot be sent): no data frame may follow.
+_CLOSED = frozenset((Phase.CLOSE_SENT, Phase.CLOSED, Phase.LOST))
 
 _END = object()  # inbox marker: no more frames for the Client
 
 
 class LeanWebSocket(asyncio.Protocol):
     """One accepted connection: sniffs its first request, then (for a plain upgrade) is the
-    WebSocket; otherwise hands the connection to aiohttp's RequestHandler."""
+    WebSocket and its `WebSocketConnection`; otherwise hands the connection to aiohttp's
+    RequestHandler."""
 
     __slots__ = (
         "_server",
         "_sock",
         "_head",
         "_timer",
-        "_ws",
-        "_rbuf",
-        "_frag_op",
-        "_frag",
-        "_frag_size",
-        "_limit",
+        "_phase",
+        "_reader",
         "_client",
         "_inbox",
         "_task",
         "_paused",
-        "_ended",
         "_finished",
-        "_acked",
-        "_peer_closed",
         "_ack",
-        "_lost",
-        "_released",
         "closed",
     )
 
@@ -199,9 +114,14 @@ class LeanWebSocket(asyncio.Protocol):
         self._sock: asyncio.Transport | None = None
         self._head = b""
         self._timer: CoarseTimer | None = None
-        self._ws = False  # upgraded
-        self._lost = False  # connection_lost was called: the socket is gone
-        self.closed = False  # our close frame is out (or the socket is gone)
+        self._phase = Phase.HEAD
+        self._reader: FrameReader | None = None  # set by the upgrade
+        # `_phase in _CLOSED`, kept beside it: the transport reads it on every write.
+        self.closed = False
+
+    def _enter(self, phase: Phase) -> None:
+        self._phase = phase
+        self.closed = phase in _CLOSED
 
     # --------------------------------------------------------------- sniffing
 
@@ -212,8 +132,12 @@ class LeanWebSocket(asyncio.Protocol):
             self._timer = self._server.node.timers.call_later(timeout, transport.close)
 
     def data_received(self, data: bytes) -> None:
-        if self._ws:
-            self._feed(data)
+        reader = self._reader
+        if reader is not None:  # upgraded
+            try:
+                reader.feed(data, self)
+            except ProtocolError as e:
+                self._fail(e)
             return
         head = self._head + data if self._head else data
         prefix = self._server.sniff_prefix
@@ -246,6 +170,7 @@ class LeanWebSocket(asyncio.Protocol):
         sock = self._sock
         assert sock is not None
         self._sock = None  # nothing more is read or answered on this connection
+        self._enter(Phase.REFUSED)
         sock.pause_reading()
         sock.write(admission.refusal_head(reason))
         closing.release(sock, self._server.node.config.websocket.write_timeout)
@@ -261,6 +186,7 @@ class LeanWebSocket(asyncio.Protocol):
         handler.data_received(data)
         self._sock = None
         self._head = b""
+        self._enter(Phase.HANDED_OVER)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -268,13 +194,12 @@ class LeanWebSocket(asyncio.Protocol):
             self._timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
         self._cancel_timer()
-        if not self._ws:
-            return
-        self.closed = True
-        self._resolve_ack()
-        self._push(_END)
+        upgraded = self._reader is not None
+        self._enter(Phase.LOST)
+        if upgraded:
+            self._resolve_ack()
+            self._push(_END)
 
     # ------------------------------------------------------------- WebSocket
 
@@ -283,146 +208,42 @@ class LeanWebSocket(asyncio.Protocol):
         sock = self._sock
         assert sock is not None
         sock.write(handshake_response(upgrade))
-        self._ws = True
-        self._rbuf = bytearray()
-        self._frag_op = 0
-        self._frag: list[bytes] = []
-        self._frag_size = 0
         node = self._server.node
-        self._limit = message_size_limit(node.config.websocket.message_size_limit)
+        self._enter(Phase.OPEN)
+        self._reader = FrameReader(message_size_limit(node.config.websocket.message_size_limit))
         self._inbox: collections.deque[Any] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._paused = False
-        self._ended = False
-        self._finished = False
-        self._acked = False
-        self._peer_closed = False
-        self._released = False
-        self._ack: asyncio.Future[None] | None = None
+        self._paused = False  # reading paused: the inbox is over INBOX_HIGH
+        self._finished = False  # the Client was told the transport closed
+        self._ack: asyncio.Future[None] | None = None  # our close() waits on it
         codec = select_codec(upgrade.query, upgrade.subprotocol)
         transport = WebSocketTransport(
-            self,  # type: ignore[arg-type]
-            sock,
-            codec,
-            write_timeout=node.config.websocket.write_timeout,
+            self, sock, codec, write_timeout=node.config.websocket.write_timeout
         )
         self._client = Client(node, transport, headers=upgrade.headers)
         if tail:
-            self._feed(tail)
+            self.data_received(tail)
 
-    def _feed(self, data: bytes) -> None:
-        buf = self._rbuf
-        buf += data
-        try:
-            used = self._parse(buf)
-        except ProtocolError as e:
-            buf.clear()
-            self._fail(e)
-            return
-        if used:
-            del buf[:used]
+    # The FrameReader's sink (frames.FrameSink): it calls these only until the peer's
+    # close frame, so the phase is OPEN or CLOSE_SENT here.
 
-    def _parse(self, buf: bytearray) -> int:
-        """Handle every complete frame in buf; returns the bytes consumed."""
-        pos = 0
-        n = len(buf)
-        while n - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            length = b1 & 0x7F
-            start = pos + 2
-            if length == 126:
-                if n - start < 2:
-                    break
-                length = int.from_bytes(buf[start : start + 2], "big")
-                start += 2
-            elif length == 127:
-                if n - start < 8:
-                    break
-                length = int.from_bytes(buf[start : start + 8], "big")
-                start += 8
-            if not b1 & 0x80:
-                raise ProtocolError(1002, "client frame not masked")
-            if b0 & 0x0F >= OP_CLOSE:
-                if length > 125:
-                    raise ProtocolError(1002, "control frame too long")
-            elif 0 < self._limit < self._frag_size + length:
-                raise ProtocolError(1009, "message too big")
-            end = start + 4 + length
-            if n < end:
-                break
-            payload = unmask(bytes(buf[start + 4 : end]), bytes(buf[start : start + 4]))
-            pos = end
-            self._frame(b0, payload)
-            if self._peer_closed:
-                return n  # nothing after the peer's close frame is read
-        return pos
-
-    def _frame(self, b0: int, payload: bytes) -> None:
-        if b0 & 0x70:
-            raise ProtocolError(1002, "reserved bits set")
-        op = b0 & 0x0F
-        fin = b0 & 0x80
-        if op >= OP_CLOSE:
-            if not fin or len(payload) > 125:
-                raise ProtocolError(1002, "bad control frame")
-            if op == OP_PING:
-                if not self.closed and self._sock is not None:
-                    self._sock.write(bytes((0x80 | OP_PONG, len(payload))) + payload)
-            elif op == OP_CLOSE:
-                self._peer_close(payload)
-            elif op != OP_PONG:
-                raise ProtocolError(1002, f"unknown opcode {op}")
-            return
-        if op == OP_CONT:
-            if not self._frag_op:
-                raise ProtocolError(1002, "continuation of nothing")
-        elif op in (OP_TEXT, OP_BINARY):
-            if self._frag_op:
-                raise ProtocolError(1002, "new message inside a fragmented one")
-        else:
-            raise ProtocolError(1002, f"unknown opcode {op}")
-        if not fin:
-            if op:
-                self._frag_op = op
-            self._frag.append(payload)
-            self._frag_size += len(payload)
-            return
-        if self._frag_op:
-            op = self._frag_op
-            self._frag.append(payload)
-            payload = b"".join(self._frag)
-            self._frag_op = 0
-            self._frag = []
-            self._frag_size = 0
-        if op == OP_TEXT:
-            try:
-                payload.decode()
-            except UnicodeDecodeError:
-                raise ProtocolError(1007, "invalid UTF-8 text") from None
-        if not self.closed:
+    def on_message(self, payload: bytes) -> None:
+        if self._phase is Phase.OPEN:  # after a close of ours, the peer's data is dropped
             self._push(payload)
 
-    def _peer_close(self, payload: bytes) -> None:
-        if len(payload) == 1:
-            raise ProtocolError(1002, "bad close frame")
-        if payload:
-            code = int.from_bytes(payload[:2], "big")
-            if code not in _PEER_CLOSE_CODES and not 3000 <= code <= 4999:
-                raise ProtocolError(1002, f"bad close code {code}")
-            try:
-                payload[2:].decode()
-            except UnicodeDecodeError:
-                raise ProtocolError(1007, "invalid UTF-8 close reason") from None
-        self._peer_closed = True
-        if self.closed:  # the answer to our close frame: the handshake is done
+    def on_ping(self, payload: bytes) -> None:
+        if self._phase is Phase.OPEN:
+            assert self._sock is not None
+            self._sock.write(pong_frame(payload))
+
+    def on_close(self, payload: bytes) -> None:
+        if self._phase is Phase.CLOSE_SENT:  # the answer to our close: the handshake is done
             self._resolve_ack()
             self._release()
         else:
             # The Client first gets the frames that came before; then we answer. A close
             # of ours sent meanwhile completes the handshake at once.
-            self._acked = True
-            self._ended = True
+            self._enter(Phase.CLOSE_RECEIVED)
             self._push(_END)
 
     def _fail(self, e: ProtocolError) -> None:
@@ -433,7 +254,6 @@ class LeanWebSocket(asyncio.Protocol):
             log.info("client %s sent a message over websocket.message_size_limit", self._client.uid)
         else:
             log.info("client %s broke the WebSocket protocol: %s", self._client.uid, e)
-        self._ended = True
         self._send_close(e.code, b"")
         self._arm_close_timeout()
         self._push(_END)
@@ -441,8 +261,8 @@ class LeanWebSocket(asyncio.Protocol):
     # -------------------------------------------------- frames to the Client
 
     def _push(self, item: Any) -> None:
-        # Once ended only the end marker is queued, and nothing once the end was handled.
-        if self._finished or (self._ended and item is not _END):
+        # Nothing once the end was handled (data is pushed only while OPEN).
+        if self._finished:
             return
         inbox = self._inbox
         if inbox is None:
@@ -479,7 +299,7 @@ class LeanWebSocket(asyncio.Protocol):
         finally:
             self._task = None
         if done:
-            self._ended = self._finished = True
+            self._finished = True
             inbox.clear()
             if not self.closed:
                 # The peer closed (or the connection dropped): answer as aiohttp did.
@@ -490,64 +310,69 @@ class LeanWebSocket(asyncio.Protocol):
     # ------------------------------------------------------------ closing
 
     def _send_close(self, code: int, message: bytes) -> None:
-        self.closed = True
+        self._enter(Phase.CLOSE_SENT)
         sock = self._sock
         if sock is not None and not sock.is_closing():
             sock.write(close_frame(code, message))
 
     def _arm_close_timeout(self) -> None:
-        if self._sock is not None and not self._acked:
+        if self._sock is not None:
             self._timer = self._server.node.timers.call_later(CLOSE_TIMEOUT, self._drop)
 
     def _release(self) -> None:
         """The closing handshake is complete (or the peer left): close the socket once our
         bytes are out, drop it if they are not out within the write timeout."""
         sock = self._sock
-        if sock is None or self._lost or self._released:
+        if sock is None or self._phase is Phase.LOST or self._phase is Phase.CLOSED:
             return
-        self._released = True
+        self._enter(Phase.CLOSED)
         timeout = self._server.node.config.websocket.write_timeout
         closing.close_within(sock, timeout, self._server.loop)
 
     def _drop(self) -> None:
         """No complete closing handshake: drop the socket with what it holds (RST)."""
         sock = self._sock
-        if sock is None or self._lost:
+        if sock is None or self._phase is Phase.LOST:
             return
-        self._released = True
+        self._enter(Phase.LOST)
         closing.abort(sock)
 
     def _resolve_ack(self) -> None:
-        self._acked = True
+        """The peer's close frame came, or the socket is gone: our close waits no longer."""
         self._cancel_timer()
         if self._ack is not None and not self._ack.done():
             self._ack.set_result(None)
 
-    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = False) -> bool:
+    async def close(self, code: int, message: bytes) -> None:
         """The close frame, then (like aiohttp's WebSocketResponse.close) wait a while for
-        the peer's answer before dropping the socket. `drain` is accepted and ignored: a
-        slow client's backlog must not hold the close up."""
+        the peer's answer before dropping the socket. A slow client's backlog does not
+        hold the close up (no drain)."""
         if self.closed:
-            return False
+            return
+        answered = self._phase is Phase.CLOSE_RECEIVED
         self._send_close(code, message)
         sock = self._sock
         if sock is None:
-            return True
-        if not self._acked:
-            ack = self._ack = self._server.loop.create_future()
-            wait = CLOSE_TIMEOUT
-            write_timeout = self._server.node.config.websocket.write_timeout
-            if 0 < write_timeout < CLOSE_TIMEOUT:
-                # A close frame still in our buffer after the write timeout sits behind a
-                # backlog the peer does not read: it will never be answered.
-                await _wait(ack, write_timeout)
-                wait = 0.0 if sock.get_write_buffer_size() else CLOSE_TIMEOUT - write_timeout
-            await _wait(ack, wait)
-        if self._peer_closed:
+            return
+        if answered:  # the peer's close came first: the handshake is complete
             self._release()
-        else:
+            return
+        ack = self._ack = self._server.loop.create_future()
+        wait = CLOSE_TIMEOUT
+        write_timeout = self._server.node.config.websocket.write_timeout
+        if 0 < write_timeout < CLOSE_TIMEOUT:
+            # A close frame still in our buffer after the write timeout sits behind a
+            # backlog the peer does not read: it will never be answered.
+            await _wait(ack, write_timeout)
+            wait = 0.0 if sock.get_write_buffer_size() else CLOSE_TIMEOUT - write_timeout
+        await _wait(ack, wait)
+        if self._phase is Phase.CLOSE_SENT:  # no answer in time
             self._drop()
-        return True
+
+
+if TYPE_CHECKING:  # conformance, proved by mypy
+    _: type[WebSocketConnection] = LeanWebSocket
+    _sink: type[FrameSink] = LeanWebSocket
 
 
 async def _wait(future: asyncio.Future[None], timeout: float) -> None:
@@ -591,10 +416,10 @@ class LeanServer:
     @property
     def requests_count(self) -> int:
         """HTTP requests aiohttp served (gunicorn's worker checks it against max_requests)."""
-        return self._aiohttp.requests_count  # type: ignore[no-any-return]
+        return self._aiohttp.requests_count
 
     def aiohttp_protocol(self) -> asyncio.Protocol:
-        return self._aiohttp()  # type: ignore[no-any-return]
+        return self._aiohttp()
 
     def accept(self, head: bytes, sock: asyncio.Transport | None) -> Upgrade | None:
         """The upgrade, when it is one this path serves; None hands it to aiohttp (which
