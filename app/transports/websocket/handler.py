@@ -23,7 +23,6 @@ from app.transports.websocket.deflate import Deflater, max_message_size
 from app.transports.websocket.frames import message_size_limit
 from app.transports.websocket.handshake import (
     deflate_offer,
-    origin_allowed,
     refuse_bad_key,
     select_codec,
     select_subprotocol,
@@ -47,12 +46,9 @@ def _release_http_parser(request: web.Request) -> None:
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     cfg = node.config
-    refused = admission.refuse(node)
+    refused = admission.check(node, request.headers.get("Origin"))
     if refused is not None:
-        return refused
-    if not origin_allowed(request.headers.get("Origin"), cfg.client.allowed_origins):
-        log.info("request Origin %r is not allowed", request.headers.get("Origin"))
-        return web.Response(status=403, text="Invalid origin")
+        return refused.response()
     bad = refuse_bad_key(request)
     if bad is not None:
         return bad

@@ -16,7 +16,6 @@ parsed request.
 from __future__ import annotations
 
 import binascii
-import fnmatch
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -36,14 +35,6 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # Server preference order, as in Centrifugo's upgrader.
 SUBPROTOCOLS = ("centrifuge-json", "centrifuge-protobuf")
-
-
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """Same rule as Centrifugo: no Origin header passes; otherwise a glob must match."""
-    if not origin:
-        return True
-    origin = origin.lower()
-    return any(p == "*" or fnmatch.fnmatchcase(origin, p.lower()) for p in allowed)
 
 
 def select_subprotocol(headers: MultiMapping[str]) -> str | None:

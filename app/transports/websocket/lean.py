@@ -6,9 +6,10 @@ alone capped connect + subscribe near 2.5k/s per worker. Here a small protocol r
 first request of each connection itself. A plain upgrade to `websocket.handler_prefix`
 (GET, HTTP/1.1, the WebSocket headers, no body, no compression offered or compression
 off) is answered right here with the 101 and served by `LeanWebSocket`, or with the 503
-of a refused admission (a draining node, the connection limits: app/transports/admission.py).
-Anything else (other paths, the HTTP API, compression, a rejected origin, odd or malformed
-requests) is handed unchanged to aiohttp's own protocol, which answers as it always did.
+or 403 of a refused admission (a draining node, the connection limits, the Origin:
+app/transports/admission.py). Anything else (other paths, the HTTP API, compression, odd
+or malformed requests) is handed unchanged to aiohttp's own protocol, which answers as it
+always did.
 
 The WebSocket side speaks RFC 6455 as a server: masked client frames, fragmentation,
 ping -> pong, the closing handshake, 1002/1007/1009 for protocol errors, invalid text
@@ -49,7 +50,6 @@ from app.transports.websocket.frames import (
 from app.transports.websocket.handshake import (
     Upgrade,
     handshake_response,
-    origin_allowed,
     parse_upgrade,
     select_codec,
 )
@@ -158,21 +158,21 @@ class LeanWebSocket(asyncio.Protocol):
         self._head = b""
         # Only here, for the upgrades served here: what is handed over is admitted (once)
         # by aiohttp's handler.
-        refused = admission.refusal(self._server.node)
+        refused = admission.check(self._server.node, upgrade.headers.get("Origin"))
         if refused is not None:
             self._refuse(refused)
             return
         self._start(upgrade, head[end + 4 :])
 
-    def _refuse(self, reason: str) -> None:
-        """503, as aiohttp's handler would answer; the connection ends after it."""
+    def _refuse(self, refused: admission.Refusal) -> None:
+        """503 or 403, as aiohttp's handler would answer; the connection ends after it."""
         self._cancel_timer()
         sock = self._sock
         assert sock is not None
         self._sock = None  # nothing more is read or answered on this connection
         self._enter(Phase.REFUSED)
         sock.pause_reading()
-        sock.write(admission.refusal_head(reason))
+        sock.write(refused.head())
         closing.release(sock, self._server.node.config.websocket.write_timeout)
 
     def _hand_over(self, data: bytes) -> None:
@@ -423,16 +423,11 @@ class LeanServer:
 
     def accept(self, head: bytes, sock: asyncio.Transport | None) -> Upgrade | None:
         """The upgrade, when it is one this path serves; None hands it to aiohttp (which
-        then answers 403 or 404 as the handler decides). Admission comes after."""
+        then answers as its handlers decide). Admission comes after."""
         node = self.node
         cfg = node.config
         if sock is None or cfg.websocket.disabled:
             return None
         if self._internal_port and sock.get_extra_info("sockname")[1] == self._internal_port:
             return None
-        upgrade = parse_upgrade(head, self._path, self._compression)
-        if upgrade is None:
-            return None
-        if not origin_allowed(upgrade.headers.get("Origin"), cfg.client.allowed_origins):
-            return None
-        return upgrade
+        return parse_upgrade(head, self._path, self._compression)

@@ -28,7 +28,7 @@ from app.node import NODE_KEY
 from app.protocol import Codec
 from app.protocol.json import JSON_UNI
 from app.transports import admission, closing
-from app.transports.uni_http_stream import (
+from app.transports.uni_connect import (
     BadConnectRequest,
     connect,
     decode_connect_request,
@@ -37,7 +37,7 @@ from app.transports.uni_http_stream import (
 from app.transports.websocket.connection import AiohttpConnection, WebSocketConnection
 from app.transports.websocket.deflate import Deflater, max_message_size
 from app.transports.websocket.frames import FIN, OP_TEXT, server_frame
-from app.transports.websocket.handshake import deflate_offer, origin_allowed, refuse_bad_key
+from app.transports.websocket.handshake import deflate_offer, refuse_bad_key
 
 log = logging.getLogger("centrifugo.uni_websocket")
 
@@ -122,12 +122,9 @@ async def uni_websocket_handler(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     cfg = node.config
     ucfg = cfg.uni_websocket
-    refused = admission.refuse(node)
+    refused = admission.check(node, request.headers.get("Origin"))
     if refused is not None:
-        return refused
-    if not origin_allowed(request.headers.get("Origin"), cfg.client.allowed_origins):
-        log.info("request Origin %r is not allowed", request.headers.get("Origin"))
-        return web.Response(status=403, text="Invalid origin")
+        return refused.response()
     connect_request: dict[str, Any] | None = None
     raw = request.query.get(CONNECT_PARAM, "")
     if raw:
