@@ -171,6 +171,12 @@ class Refusal:
         )
 
 
+_SHUTTING_DOWN = Refusal(503, SHUTTING_DOWN)
+_RATE_LIMITED = Refusal(503, RATE_LIMITED)
+_CONNECTION_LIMIT = Refusal(503, CONNECTION_LIMIT)
+_INVALID_ORIGIN = Refusal(403, INVALID_ORIGIN)
+
+
 def check(
     node: Node, origin: str | None = None, *, rate: bool = True, connection: bool = True
 ) -> Refusal | None:
@@ -195,30 +201,3 @@ def check(
         log.info("request Origin %r is not allowed", origin)
         return _INVALID_ORIGIN
     return None
-
-
-_SHUTTING_DOWN = Refusal(503, SHUTTING_DOWN)
-_RATE_LIMITED = Refusal(503, RATE_LIMITED)
-_CONNECTION_LIMIT = Refusal(503, CONNECTION_LIMIT)
-_INVALID_ORIGIN = Refusal(403, INVALID_ORIGIN)
-
-
-# The three forms the WebSocket wing (app/transports/websocket/) calls; each is `check`
-# underneath, so the rule stays in one place until those call sites call `check`.
-
-
-def refusal(node: Node, *, rate: bool = True) -> str | None:
-    """`check` without the origin: None admits, else the reason (HTTP 503)."""
-    refused = check(node, rate=rate)
-    return None if refused is None else refused.reason
-
-
-def refuse(node: Node) -> web.Response | None:
-    """`check` without the origin: the 503 answer, or None to go on."""
-    refused = check(node)
-    return None if refused is None else refused.response()
-
-
-def refusal_head(reason: str) -> bytes:
-    """A 503 `reason` as raw bytes, for the lean WebSocket path."""
-    return Refusal(503, reason).head()

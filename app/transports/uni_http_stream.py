@@ -16,7 +16,7 @@ from aiohttp import web
 
 from app.client import Client
 from app.config import Config
-from app.node import NODE_KEY, Node
+from app.node import NODE_KEY
 from app.protocol.json import JSON_UNI
 from app.transports import admission
 from app.transports.streaming import (
@@ -29,34 +29,9 @@ from app.transports.streaming import (
     read_body,
     serve_stream,
 )
-from app.transports.uni_connect import (
-    BadConnectRequest,
-    connect,
-    connect_stream,
-    decode_connect_request,
-    new_client,
-)
+from app.transports.uni_connect import BadConnectRequest, connect_stream, decode_connect_request
 
 log = logging.getLogger("centrifugo.uni")
-
-# The unidirectional WebSocket imported these from here before app/transports/uni_connect.py
-# held them; kept importable until its move to app/transports/websocket/ lands.
-__all__ = [
-    "BadConnectRequest",
-    "add_routes",
-    "connect",
-    "decode_connect_request",
-    "new_client",
-    "service_unavailable",
-    "uni_http_stream_handler",
-]
-
-
-def service_unavailable(node: Node) -> web.Response | None:
-    """503 while shutting down or over a connection limit: `admission.check` without
-    the origin (kept for the same importer)."""
-    refused = admission.check(node)
-    return None if refused is None else refused.response()
 
 
 async def uni_http_stream_handler(request: web.Request) -> web.StreamResponse:
