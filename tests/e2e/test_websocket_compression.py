@@ -1,4 +1,4 @@
-"""WebSocket permessage-deflate as Centrifugo configures it (app/transports/websocket/deflate.py):
+"""WebSocket permessage-deflate as Centrifugo configures it (app/transports/deflate.py):
 `compression_level`, `compression_min_size` and `decompressed_message_size_limit` on the
 bidirectional and the unidirectional endpoint.
 
@@ -62,9 +62,12 @@ def srv() -> Iterator[ServerHandle]:
 class Wire:
     """A WebSocket client on a raw socket that offers permessage-deflate."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.head = head  # the 101's head
         self.deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
 
     @classmethod
@@ -79,7 +82,7 @@ class Wire:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 101"), head
         assert b"permessage-deflate" in head.lower(), head
-        return cls(reader, writer)
+        return cls(reader, writer, head)
 
     async def send(self, message: bytes, compress: bool = False) -> None:
         first = 0x81
@@ -87,6 +90,10 @@ class Wire:
             message = self.deflate.compress(message) + self.deflate.flush(zlib.Z_SYNC_FLUSH)
             message = message.removesuffix(TAIL)
             first |= 0x40
+        self.send_frame(first, message)
+
+    def send_frame(self, first: int, message: bytes) -> None:
+        """One masked client frame with the given first byte (FIN, RSV1, opcode)."""
         n = len(message)
         if n < 126:
             head = bytes((first, 0x80 | n))
@@ -143,6 +150,44 @@ async def test_short_messages_go_uncompressed_long_ones_at_the_configured_level(
         # The first compressed message of the connection: zlib's own output at LEVEL.
         assert deflated(push, 1) != deflated(push, LEVEL), "the data must tell levels apart"
         assert payload == deflated(push, LEVEL)
+    finally:
+        ws.close()
+
+
+async def test_bidirectional_compression_is_served_by_the_lean_path(srv: ServerHandle) -> None:
+    # The lean server's 101 carries no Server header; aiohttp's (uni_websocket) does.
+    ws = await Wire.open(srv.port, "/connection/websocket")
+    ws.close()
+    assert b"server:" not in ws.head.lower(), ws.head
+    uni = await Wire.open(srv.port, "/connection/uni_websocket")
+    uni.close()
+    assert b"server:" in uni.head.lower(), uni.head
+
+
+async def test_fragmented_compressed_message_and_context_takeover(srv: ServerHandle) -> None:
+    # RFC 7692 §6.2: RSV1 on the first fragment only, the message inflated whole; the
+    # client's window is taken over from one message to the next (no client reset).
+    ws = await Wire.open(srv.port, "/connection/websocket")
+    try:
+        await ws.send(json.dumps({"id": 1, "connect": {"token": srv.token("u")}}).encode())
+        await ws.frame()
+        for i in (2, 3):
+            rpc = json.dumps({"id": i, "rpc": {"method": "m", "data": text(50, seed=i)}})
+            z = ws.deflate.compress(rpc.encode()) + ws.deflate.flush(zlib.Z_SYNC_FLUSH)
+            z = z.removesuffix(TAIL)
+            half = len(z) // 2
+            ws.send_frame(0x40 | 0x01, z[:half])  # no FIN, RSV1, text
+            ws.send_frame(0x89, b"p")  # a ping between the fragments
+            ws.send_frame(0x80, z[half:])  # FIN, continuation
+            op, _, pong = await ws.frame()
+            assert (op, pong) == (10, b"p")
+            _, _, reply = await ws.frame()
+            assert json.loads(reply)["id"] == i
+        # RSV1 on a continuation frame breaks the protocol: 1002.
+        ws.send_frame(0x40 | 0x01, ws.deflate.compress(b"{}") + ws.deflate.flush(zlib.Z_SYNC_FLUSH))
+        ws.send_frame(0x80 | 0x40, b"x")
+        op, _, payload = await ws.frame()
+        assert (op, int.from_bytes(payload[:2], "big")) == (8, 1002)
     finally:
         ws.close()
 

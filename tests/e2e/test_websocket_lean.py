@@ -3,8 +3,8 @@
 Plain upgrades are served without aiohttp's request handling; these tests hold the
 server to RFC 6455 there: heads and frames split anyhow, fragmentation, ping/pong, the
 closing handshake both ways, and 1002/1007 for broken frames, each closing only the
-offending connection. Requests the lean path does not take (compression negotiated, not
-an upgrade) must still be answered by aiohttp as before.
+offending connection; permessage-deflate is negotiated there too. Requests the lean path
+does not take (not an upgrade, odd heads) must still be answered by aiohttp as before.
 """
 
 from __future__ import annotations

@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import zlib
+from collections.abc import Callable
 
 import pytest
 
-from app.transports.websocket.frames import close_frame, unmask
+from app.transports.websocket.deflate import Inflater
+from app.transports.websocket.frames import FrameReader, ProtocolError, close_frame, unmask
 from app.transports.websocket.handshake import handshake_response, parse_upgrade
 
 PATH = b"/connection/websocket"
@@ -55,11 +58,43 @@ def test_subprotocol_and_query() -> None:
     assert b"Sec-WebSocket-Protocol: centrifuge-protobuf\r\n" in handshake_response(up)
 
 
-def test_compression_offer_is_ignored_unless_compression_is_on() -> None:
+def test_compression_offer_is_negotiated_only_when_compression_is_on() -> None:
     offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"
-    assert parse_upgrade(head(offer), PATH, compression=False) is not None
-    assert parse_upgrade(head(offer), PATH, compression=True) is None
-    assert parse_upgrade(head(), PATH, compression=True) is not None
+    off = parse_upgrade(head(offer), PATH, compression=False)
+    assert off is not None and off.window_bits == 0
+    assert b"Extensions" not in handshake_response(off)
+    on = parse_upgrade(head(offer), PATH, compression=True)
+    assert on is not None and (on.window_bits, on.notakeover) == (15, False)
+    assert b"Sec-WebSocket-Extensions: permessage-deflate\r\n" in handshake_response(on)
+    plain = parse_upgrade(head(), PATH, compression=True)
+    assert plain is not None and plain.window_bits == 0
+
+
+@pytest.mark.parametrize(
+    ("offer", "answer"),
+    [
+        # aiohttp's handshake answers these offers with exactly these parameters.
+        (
+            "permessage-deflate; server_no_context_takeover",
+            b"permessage-deflate; server_no_context_takeover",
+        ),
+        (
+            "permessage-deflate; server_max_window_bits=10",
+            b"permessage-deflate; server_max_window_bits=10",
+        ),
+        ("permessage-deflate; server_max_window_bits=8, permessage-deflate", b"permessage-deflate"),
+        ("permessage-deflate; server_max_window_bits=8", None),  # zlib has no 8: no compression
+        ("x-webkit-deflate-frame", None),
+    ],
+)
+def test_compression_parameters_as_aiohttp_answers_them(offer: str, answer: bytes | None) -> None:
+    up = parse_upgrade(head(f"Sec-WebSocket-Extensions: {offer}"), PATH, compression=True)
+    assert up is not None
+    response = handshake_response(up)
+    if answer is None:
+        assert b"Extensions" not in response
+    else:
+        assert b"Sec-WebSocket-Extensions: " + answer + b"\r\n" in response
 
 
 @pytest.mark.parametrize(
@@ -105,3 +140,83 @@ def test_accept_key_is_sha1_of_key_and_guid() -> None:
     assert up is not None
     digest = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
     assert up.accept == base64.b64encode(digest)
+
+
+class Sink:
+    """A FrameSink that records what the reader hands it."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes]] = []
+
+    def on_message(self, payload: bytes) -> None:
+        self.got.append(("message", payload))
+
+    def on_ping(self, payload: bytes) -> None:
+        self.got.append(("ping", payload))
+
+    def on_close(self, payload: bytes) -> None:
+        self.got.append(("close", payload))
+
+
+def client_frame(first: int, payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    assert len(payload) < 126
+    return bytes((first, 0x80 | len(payload))) + mask + unmask(payload, mask)
+
+
+def deflate_stream() -> Callable[[bytes], bytes]:
+    """A client's compressor with context takeover (RFC 7692 §7.2.1: the tail dropped)."""
+    z = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return lambda m: (z.compress(m) + z.flush(zlib.Z_SYNC_FLUSH)).removesuffix(b"\x00\x00\xff\xff")
+
+
+def test_reader_inflates_whole_fragmented_and_taken_over_messages() -> None:
+    deflate = deflate_stream()
+    first = deflate(b'{"id":1}')
+    second = deflate(b'{"id":1}{"id":2}')  # refers back to the first message's window
+    data = (
+        client_frame(0xC1, first)  # FIN, RSV1, text
+        + client_frame(0x41, second[:3])  # RSV1 on the first fragment only
+        + client_frame(0x89, b"p")  # RSV1 clear on a ping between fragments
+        + client_frame(0x80, second[3:])
+        + client_frame(0xC9, b"q")  # RSV1 on a control frame: ignored, as aiohttp
+        + client_frame(0x82, b"plain")  # uncompressed messages stay allowed
+    )
+    for i in range(len(data)):  # split anywhere, each time a new connection's reader
+        sink, reader = Sink(), FrameReader(1000, Inflater(1000))
+        reader.feed(data[:i], sink)
+        reader.feed(data[i:], sink)
+        assert sink.got == [
+            ("message", b'{"id":1}'),
+            ("ping", b"p"),
+            ("message", b'{"id":1}{"id":2}'),
+            ("ping", b"q"),
+            ("message", b"plain"),
+        ]
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        (client_frame(0xC1, b"x"), 1002),  # RSV1 without permessage-deflate
+        (client_frame(0x41, b"x") + client_frame(0xC0, b"y"), 1002),  # RSV1 on a continuation
+        (client_frame(0xA1, b"x"), 1002),  # RSV2
+    ],
+)
+def test_reader_refuses_reserved_bits_not_negotiated(frames: bytes, code: int) -> None:
+    inflater = None if frames[0] == 0xC1 else Inflater(0)
+    with pytest.raises(ProtocolError) as e:
+        FrameReader(0, inflater).feed(frames, Sink())
+    assert e.value.code == code
+
+
+def test_reader_inflated_limit_closes_1009_and_bad_data_1007() -> None:
+    big = deflate_stream()(b"a" * 101)
+    assert len(big) < 20  # small on the wire
+    FrameReader(100, Inflater(101)).feed(client_frame(0xC1, big), Sink())  # exactly the limit
+    with pytest.raises(ProtocolError) as e:
+        FrameReader(100, Inflater(100)).feed(client_frame(0xC1, big), Sink())
+    assert e.value.code == 1009
+    with pytest.raises(ProtocolError) as e:
+        FrameReader(100, Inflater(100)).feed(client_frame(0xC1, b"\xff\xff\xff"), Sink())
+    assert e.value.code == 1007

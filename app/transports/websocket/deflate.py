@@ -2,13 +2,16 @@
 `compression_level`, `compression_min_size` and `decompressed_message_size_limit`, shared
 by the bidirectional and the unidirectional endpoint.
 
-aiohttp negotiates the extension and inflates what clients send, but its writer always
-deflates at level 1 and compresses every message. Frames are therefore compressed here
-with zlib at the configured level and written as whole frames (RSV1 set) to the socket,
-synchronously, like the uncompressed fast path (app/transports/websocket/frames.py); a message
-of at most `compression_min_size` bytes goes out uncompressed (RSV1 clear), as
-Centrifugo's `len(data) > compressionMinSize` rule does. aiohttp's own writer then only
-sends control frames (pong, close), which are never compressed.
+The lean path (app/transports/websocket/lean.py) negotiates the extension in its
+handshake (handshake.py, with aiohttp's own parser, so both paths answer an offer alike)
+and inflates what clients send with `Inflater`; on aiohttp's path (handed-over requests,
+uni_websocket) aiohttp does both. aiohttp's writer would always deflate at level 1 and
+compress every message, so on either path frames are compressed here by `Deflater`, with
+zlib at the configured level, and written as whole frames (RSV1 set) to the socket,
+synchronously, like the uncompressed fast path (app/transports/websocket/transport.py); a
+message of at most `compression_min_size` bytes goes out uncompressed (RSV1 clear), as
+Centrifugo's `len(data) > compressionMinSize` rule does. Control frames (pong, close) are
+never compressed.
 
 Compression runs on the event loop: zlib at level 1 deflates ~100 MB/s on this machine
 kind, so a 64 KB frame costs well under a millisecond (aiohttp hands frames over 16 KB to
@@ -18,14 +21,15 @@ Inbound, Centrifugo bounds a compressed connection's messages twice: `message_si
 on the wire and `decompressed_message_size_limit` (default ten times the former) once
 inflated, closing with 1009 over either. aiohttp has one bound for both, so the
 connection gets the larger (`max_msg_size`): the inflated bound is exact, the wire bound
-of a compressed connection is that same larger number.
+of a compressed connection is that same larger number. The lean path keeps the same two
+numbers (`lean_limits`), so a client sees one rule whichever path served it.
 """
 
 from __future__ import annotations
 
 import zlib
 
-from app.transports.websocket.frames import FIN, RSV1, server_frame
+from app.transports.websocket.frames import FIN, RSV1, ProtocolError, server_frame
 
 # Centrifugo: decompressed limit = message_size_limit * this, when not configured.
 DEFAULT_DECOMPRESSED_MULTIPLIER = 10
@@ -39,6 +43,14 @@ def max_message_size(message_size_limit: int, decompressed_limit: int) -> int:
     if limit <= 0:
         limit = message_size_limit * DEFAULT_DECOMPRESSED_MULTIPLIER
     return max(limit, message_size_limit + 1)
+
+
+def lean_limits(message_size_limit: int, decompressed_limit: int) -> tuple[int, int]:
+    """The lean reader's (wire, inflated) bounds of a compressed connection, in its own
+    terms (a message of exactly the bound passes): aiohttp's `max_message_size` M refuses
+    M bytes on the wire and passes M once inflated."""
+    m = max_message_size(message_size_limit, decompressed_limit)
+    return m - 1, m
 
 
 def _compressor(level: int, window_bits: int) -> zlib._Compress:
@@ -74,3 +86,27 @@ class Deflater:
                 message = message[:-4]
             first |= RSV1
         return server_frame(first, message)
+
+
+class Inflater:
+    """One connection's decompressor of client messages (the lean path's; aiohttp's
+    reader has its own). Its window is taken over between messages: the handshake
+    answers as aiohttp's does, never with client_no_context_takeover. A message that
+    inflates past `limit` bytes (0: no limit) closes with 1009, found without inflating
+    more than one byte past it."""
+
+    __slots__ = ("_z", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self._z = zlib.decompressobj(-zlib.MAX_WBITS)  # any client window fits in 15 bits
+        self.limit = limit
+
+    def inflate(self, payload: bytes) -> bytes:
+        limit = self.limit
+        try:
+            message = self._z.decompress(payload + _TAIL, limit + 1 if limit else 0)
+        except zlib.error:
+            raise ProtocolError(1007, "bad compressed data") from None
+        if limit and len(message) > limit:
+            raise ProtocolError(1009, "decompressed message too big")
+        return message

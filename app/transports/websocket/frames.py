@@ -11,7 +11,10 @@ once per subscriber). `server_frame` frames with any first byte (RSV1 for deflat
 In: `FrameReader` turns a stream of client bytes into messages and control frames:
 masked frames only, fragments reassembled, reserved bits, control frame rules, the
 message size limit (1009) and UTF-8 of text and close reasons checked; whatever breaks the
-protocol raises `ProtocolError` with its close code (1002, 1007, 1009). It holds no
+protocol raises `ProtocolError` with its close code (1002, 1007, 1009). With
+permessage-deflate negotiated (an `Inflater`), a message whose first frame has RSV1 set
+is inflated once whole (RFC 7692 §6.2; RSV1 on a control frame is ignored, as aiohttp
+does for clients that set it). It holds no
 connection state beyond the partial message: what a ping, a close or a message means is
 up to its `FrameSink` (app/transports/websocket/lean.py).
 """
@@ -19,7 +22,10 @@ up to its `FrameSink` (app/transports/websocket/lean.py).
 from __future__ import annotations
 
 import struct
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from app.transports.websocket.deflate import Inflater
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 FIN = 0x80
@@ -119,15 +125,31 @@ class FrameReader:
     Messages over `limit` bytes (0: no limit) raise ProtocolError 1009 as soon as their
     header says so, before the payload is buffered."""
 
-    __slots__ = ("_buf", "_limit", "_frag_op", "_frag", "_frag_size", "stopped")
+    __slots__ = (
+        "_buf",
+        "_limit",
+        "_inflater",
+        "_frag_op",
+        "_frag_rsv",
+        "_frag",
+        "_frag_size",
+        "stopped",
+    )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, inflater: Inflater | None = None) -> None:
         self._buf = bytearray()
         self._limit = limit
+        self._inflater = inflater  # permessage-deflate negotiated
         self._frag_op = 0
+        self._frag_rsv = 0  # RSV1 of the fragmented message's first frame
         self._frag: list[bytes] = []
         self._frag_size = 0
         self.stopped = False  # the peer's close frame came: nothing more is read
+
+    @property
+    def inflates(self) -> bool:
+        """Whether permessage-deflate was negotiated (compressed messages are inflated)."""
+        return self._inflater is not None
 
     def feed(self, data: bytes, sink: FrameSink) -> None:
         """Parse what `data` completes, handing each message and control frame to `sink`
@@ -182,10 +204,11 @@ class FrameReader:
         return pos
 
     def _frame(self, b0: int, payload: bytes, sink: FrameSink) -> None:
-        if b0 & 0x70:
-            raise ProtocolError(1002, "reserved bits set")
         op = b0 & 0x0F
         fin = b0 & FIN
+        rsv = b0 & 0x70
+        if rsv and (rsv != RSV1 or self._inflater is None or op == OP_CONT):
+            raise ProtocolError(1002, "reserved bits set")
         if op >= OP_CLOSE:
             if not fin or len(payload) > 125:
                 raise ProtocolError(1002, "bad control frame")
@@ -209,16 +232,21 @@ class FrameReader:
         if not fin:
             if op:
                 self._frag_op = op
+                self._frag_rsv = rsv
             self._frag.append(payload)
             self._frag_size += len(payload)
             return
         if self._frag_op:
             op = self._frag_op
+            rsv = self._frag_rsv
             self._frag.append(payload)
             payload = b"".join(self._frag)
             self._frag_op = 0
             self._frag = []
             self._frag_size = 0
+        if rsv:  # compressed (the checks above allow RSV1 only with an inflater)
+            assert self._inflater is not None
+            payload = self._inflater.inflate(payload)
         if op == OP_TEXT:
             try:
                 payload.decode()

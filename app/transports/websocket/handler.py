@@ -1,6 +1,7 @@
 """Bidirectional WebSocket at `websocket.handler_prefix` served by aiohttp's handler: the
-upgrades the lean path (app/transports/websocket/lean.py) hands over — compression
-offered and on, a rejected origin, odd or malformed requests, the internal port.
+upgrades the lean path (app/transports/websocket/lean.py) hands over: odd or malformed
+request heads (obs-fold, rare header characters, a body) and the internal port. Plain
+upgrades, with or without permessage-deflate, never reach it.
 
 The socket is then served by the same `WebSocketTransport` as on the lean path, over
 aiohttp's `WebSocketResponse` adapted to the connection contract (`AiohttpConnection`,

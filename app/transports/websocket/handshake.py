@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
 from aiohttp import web
-from aiohttp.http_websocket import ws_ext_parse
+from aiohttp.http_websocket import ws_ext_gen, ws_ext_parse
 from multidict import CIMultiDict, MultiMapping
 
 from app.protocol import Codec
@@ -79,15 +79,24 @@ def refuse_bad_key(request: web.Request) -> web.Response | None:
 
 
 class Upgrade:
-    """The parts of an accepted upgrade request the connection needs."""
+    """The parts of an accepted upgrade request the connection needs. `window_bits` is 0
+    without permessage-deflate; otherwise the server's LZ77 window, and `notakeover` is
+    whether the client asked for server_no_context_takeover."""
 
-    __slots__ = ("headers", "query", "accept", "subprotocol")
+    __slots__ = ("headers", "query", "accept", "subprotocol", "window_bits", "notakeover")
 
-    def __init__(self, headers: CIMultiDict[str], query: dict[str, str], accept: bytes) -> None:
+    def __init__(
+        self,
+        headers: CIMultiDict[str],
+        query: dict[str, str],
+        accept: bytes,
+        deflate: tuple[int, bool] = (0, False),
+    ) -> None:
         self.headers = headers
         self.query = query
         self.accept = accept
         self.subprotocol = select_subprotocol(headers)
+        self.window_bits, self.notakeover = deflate
 
 
 def accept_key(key: str) -> bytes:
@@ -97,7 +106,8 @@ def accept_key(key: str) -> bytes:
 
 def parse_upgrade(head: bytes, path: bytes, compression: bool) -> Upgrade | None:
     """The upgrade in a request head (up to, without, the blank line), or None when the
-    request is anything but a plain WebSocket upgrade to `path` that we serve here."""
+    request is anything but a plain WebSocket upgrade to `path` that we serve here.
+    `compression`: whether permessage-deflate is on (`websocket.compression`)."""
     line_end = head.find(b"\r\n")
     parts = (head if line_end < 0 else head[:line_end]).split(b" ")
     if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
@@ -127,10 +137,6 @@ def parse_upgrade(head: bytes, path: bytes, compression: bool) -> Upgrade | None
         or "Transfer-Encoding" in headers
     ):
         return None
-    if compression and "permessage-deflate" in ",".join(
-        headers.getall("Sec-WebSocket-Extensions", ())
-    ):
-        return None  # aiohttp negotiates and runs the compressor
     key = headers.get("Sec-WebSocket-Key", "")
     try:
         if len(binascii.a2b_base64(key, strict_mode=True)) != 16:
@@ -141,7 +147,10 @@ def parse_upgrade(head: bytes, path: bytes, compression: bool) -> Upgrade | None
     if query:
         for k, v in parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True):
             args.setdefault(k, v)  # the first value, as MultiDict.get gives
-    return Upgrade(headers, args, accept_key(key))
+    # permessage-deflate negotiated as aiohttp's handshake does (one offer header, the
+    # first usable offer in it; unusable parameters: no compression, still upgraded).
+    deflate = deflate_offer(headers) if compression else (0, False)
+    return Upgrade(headers, args, accept_key(key), deflate)
 
 
 def handshake_response(upgrade: Upgrade) -> bytes:
@@ -151,5 +160,8 @@ def handshake_response(upgrade: Upgrade) -> bytes:
     ]
     if upgrade.subprotocol:
         out.append(b"Sec-WebSocket-Protocol: " + upgrade.subprotocol.encode() + b"\r\n")
+    if upgrade.window_bits:
+        ext = ws_ext_gen(upgrade.window_bits, isserver=True, server_notakeover=upgrade.notakeover)
+        out.append(b"Sec-WebSocket-Extensions: " + ext.encode() + b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)

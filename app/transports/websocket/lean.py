@@ -4,12 +4,12 @@ aiohttp spends ~0.3 ms of CPU to accept one WebSocket: HTTP parser, Request, rou
 middlewares, a handler task, WebSocketResponse with its writer, reader and queue. That
 alone capped connect + subscribe near 2.5k/s per worker. Here a small protocol reads the
 first request of each connection itself. A plain upgrade to `websocket.handler_prefix`
-(GET, HTTP/1.1, the WebSocket headers, no body, no compression offered or compression
-off) is answered right here with the 101 and served by `LeanWebSocket`, or with the 503
-or 403 of a refused admission (a draining node, the connection limits, the Origin:
-app/transports/admission.py). Anything else (other paths, the HTTP API, compression, odd
-or malformed requests) is handed unchanged to aiohttp's own protocol, which answers as it
-always did.
+(GET, HTTP/1.1, the WebSocket headers, no body; permessage-deflate negotiated here when
+`websocket.compression` is on) is answered right here with the 101 and served by
+`LeanWebSocket`, or with the 503 or 403 of a refused admission (a draining node, the
+connection limits, the Origin: app/transports/admission.py). Anything else (other paths,
+the HTTP API, odd or malformed requests) is handed unchanged to aiohttp's own protocol,
+which answers as it always did.
 
 The WebSocket side speaks RFC 6455 as a server: masked client frames, fragmentation,
 ping -> pong, the closing handshake, 1002/1007/1009 for protocol errors, invalid text
@@ -39,6 +39,7 @@ from app.node import NODE_KEY, Node
 from app.timers import CoarseTimer
 from app.transports import admission, closing
 from app.transports.websocket.connection import CLOSE_TIMEOUT, WebSocketConnection
+from app.transports.websocket.deflate import Deflater, Inflater, lean_limits
 from app.transports.websocket.frames import (
     FrameReader,
     FrameSink,
@@ -53,7 +54,7 @@ from app.transports.websocket.handshake import (
     parse_upgrade,
     select_codec,
 )
-from app.transports.websocket.transport import WebSocketTransport
+from app.transports.websocket.transport import DeflateWebSocketTransport, WebSocketTransport
 
 log = logging.getLogger("centrifugo.websocket")
 
@@ -209,17 +210,33 @@ class LeanWebSocket(asyncio.Protocol):
         assert sock is not None
         sock.write(handshake_response(upgrade))
         node = self._server.node
+        wcfg = node.config.websocket
         self._enter(Phase.OPEN)
-        self._reader = FrameReader(message_size_limit(node.config.websocket.message_size_limit))
+        size_limit = message_size_limit(wcfg.message_size_limit)
+        if upgrade.window_bits:
+            wire, inflated = lean_limits(size_limit, wcfg.decompressed_message_size_limit)
+            self._reader = FrameReader(wire, Inflater(inflated))
+        else:
+            self._reader = FrameReader(size_limit)
         self._inbox: collections.deque[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._paused = False  # reading paused: the inbox is over INBOX_HIGH
         self._finished = False  # the Client was told the transport closed
         self._ack: asyncio.Future[None] | None = None  # our close() waits on it
         codec = select_codec(upgrade.query, upgrade.subprotocol)
-        transport = WebSocketTransport(
-            self, sock, codec, write_timeout=node.config.websocket.write_timeout
-        )
+        transport: WebSocketTransport
+        if upgrade.window_bits:
+            deflater = Deflater(
+                wcfg.compression_level,
+                upgrade.window_bits,
+                upgrade.notakeover,
+                wcfg.compression_min_size,
+            )
+            transport = DeflateWebSocketTransport(
+                self, sock, codec, deflater, write_timeout=wcfg.write_timeout
+            )
+        else:
+            transport = WebSocketTransport(self, sock, codec, write_timeout=wcfg.write_timeout)
         self._client = Client(node, transport, headers=upgrade.headers)
         if tail:
             self.data_received(tail)
@@ -251,7 +268,13 @@ class LeanWebSocket(asyncio.Protocol):
             self._drop()
             return
         if e.code == 1009:
-            log.info("client %s sent a message over websocket.message_size_limit", self._client.uid)
+            log.info(
+                "client %s sent a message over websocket.%s",
+                self._client.uid,
+                "decompressed_message_size_limit"
+                if self._reader is not None and self._reader.inflates
+                else "message_size_limit",
+            )
         else:
             log.info("client %s broke the WebSocket protocol: %s", self._client.uid, e)
         self._send_close(e.code, b"")
