@@ -12,6 +12,7 @@ order and one pong per ping.
 from __future__ import annotations
 
 import binascii
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,6 +43,17 @@ UPGRADE = (
 UPGRADE_JSON = UPGRADE + b"\r\n"
 UPGRADE_PROTOBUF = UPGRADE + b"Sec-WebSocket-Protocol: centrifuge-protobuf\r\n\r\n"
 CONNECT_JSON = S.ws_frame(b'{"id":1,"connect":{}}')
+# permessage-deflate negotiated on the lean path; the server's replies stay uncompressed
+# (under compression_min_size) so the outcome parser reads them as they are.
+DEFLATE_CONFIG: dict[str, Any] = {
+    **CONFIG,
+    "websocket": {
+        "message_size_limit": SIZE_LIMIT,
+        "compression": True,
+        "compression_min_size": 1 << 20,
+    },
+}
+UPGRADE_DEFLATE = UPGRADE + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
 
 
 def _pb_connect() -> bytes:
@@ -59,6 +71,15 @@ CONNECT_PROTOBUF = S.ws_frame(_pb_connect(), 2)
 @pytest.fixture(scope="module")
 def server() -> Iterator[InProcessServer]:
     srv = InProcessServer(CONFIG)
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture(scope="module")
+def deflate_server() -> Iterator[InProcessServer]:
+    srv = InProcessServer(DEFLATE_CONFIG)
     try:
         yield srv
     finally:
@@ -229,3 +250,60 @@ def test_peer_close_frame_is_answered_per_rfc_6455(server: InProcessServer, payl
                 expected = 1007
     out = _run(server, UPGRADE_JSON + S.ws_frame(payload, 8), [], protobuf=False, until=answered)
     assert out.close_code == expected, (payload, out)
+
+
+# ------------------------------------------------------------- permessage-deflate
+
+
+@settings(max_examples=examples(200))
+@given(st.lists(S.ws_frames(json_payloads), min_size=1, max_size=5), cuts)
+@example([S.ws_frame(b"\xff\xff", 1, rsv=4)], [])  # RSV1 with data that does not inflate
+@example([S.ws_frame(b"x", 0, rsv=4)], [])  # RSV1 on a continuation
+def test_compressed_connection_survives_any_frames(
+    deflate_server: InProcessServer, frames: list[bytes], cuts: list[int]
+) -> None:
+    _run(deflate_server, UPGRADE_DEFLATE + CONNECT_JSON + b"".join(frames), cuts, protobuf=False)
+
+
+@st.composite
+def deflated(draw: st.DrawFn) -> tuple[bytes, int]:
+    """(bytes, commands): ping commands compressed by one client stream (context taken
+    over), some sent uncompressed, each fragmented, control pings between fragments."""
+    z = zlib.compressobj(draw(st.integers(0, 9)), zlib.DEFLATED, -15)
+    n = draw(st.integers(1, 5))
+    out = bytearray()
+    for cmd_id in range(2, n + 2):
+        msg = orjson.dumps({"id": cmd_id, "ping": {}})
+        compress = draw(st.booleans())
+        if compress:
+            msg = (z.compress(msg) + z.flush(zlib.Z_SYNC_FLUSH)).removesuffix(b"\x00\x00\xff\xff")
+        pieces = _split(msg, draw(st.lists(st.integers(0, 100), max_size=3)))
+        for i, piece in enumerate(pieces):
+            first = i == 0
+            out += S.ws_frame(
+                piece,
+                1 if first else 0,
+                fin=i == len(pieces) - 1,
+                rsv=4 if compress and first else 0,
+            )
+            if draw(st.booleans()):
+                out += S.ws_frame(draw(st.binary(max_size=125)), 9)
+    return bytes(out), n
+
+
+@settings(max_examples=examples(100))
+@given(deflated(), cuts)
+def test_compressed_messages_split_anyhow_inflate_in_order(
+    deflate_server: InProcessServer, frames: tuple[bytes, int], cuts: list[int]
+) -> None:
+    data, n = frames
+
+    def answered(sent: bytes) -> bool:
+        return sent.count(b'{"id":') == n + 1
+
+    sent = deflate_server.session(_split(UPGRADE_DEFLATE + CONNECT_JSON + data, cuts), answered)
+    assert not deflate_server.take_errors()
+    assert b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n" in sent
+    out = parse_server_bytes(sent)
+    assert out.status == 101
+    assert [r.get("id") for r in out.replies] == list(range(1, n + 2)), out.replies
