@@ -19,6 +19,7 @@ from app.config import Config
 from app.node import NODE_KEY
 from app.protocol.json import JSON_UNI
 from app.transports import admission
+from app.transports.cors import cors_headers, empty_response, with_headers
 from app.transports.streaming import (
     NO_CACHE_HEADERS,
     STATUS_CLIENT_CLOSED,
@@ -39,11 +40,15 @@ CONNECT_PARAM = "cf_connect"
 async def uni_sse_handler(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     cfg = node.config.uni_sse
-    if request.method not in ("GET", "POST"):
-        return web.Response(status=405)
+    # Centrifugo's middleware order: ConnLimit (no CORS headers on its 503), then CORS
+    # (headers on every answer below), then the handler, which has no preflight branch:
+    # OPTIONS is 405 like any method but GET and POST.
     refused = admission.check(node)  # no origin check here, as in Centrifugo
     if refused is not None:
         return refused.response()
+    cors = cors_headers(request, node.config.client.allowed_origins)
+    if request.method not in ("GET", "POST"):
+        return empty_response(405, cors)
     if request.method == "GET":
         raw: bytes | str = request.query.get(CONNECT_PARAM, "") or "{}"
     else:
@@ -51,24 +56,27 @@ async def uni_sse_handler(request: web.Request) -> web.StreamResponse:
             # 0 leaves the body unbounded here (README bounds the bidirectional endpoints).
             raw = await read_body(request, cfg.max_request_body_size)
         except BodyTooLarge:
-            return web.Response(status=413)
+            return empty_response(413, cors)
         except ConnectionError as e:
             log.info("error reading uni_sse request body: %s", e)
-            return web.Response(status=STATUS_CLIENT_CLOSED)
+            return empty_response(STATUS_CLIENT_CLOSED, cors)
     try:
         connect_request = decode_connect_request(raw)
     except BadConnectRequest as e:
         log.info("uni_sse: malformed connect request: %s", e)
-        return web.Response(status=400)
+        return empty_response(400, cors)
 
     async def connect(client: Client) -> bool | web.Response:
-        return await connect_stream(client, connect_request, cfg.connect_code_to_http_response)
+        return with_headers(
+            await connect_stream(client, connect_request, cfg.connect_code_to_http_response),
+            cors,
+        )
 
     return await serve_stream(
         request,
         # A frame is newline-joined pushes (compact JSON has no raw newlines): one event each.
         StreamTransport("uni_sse", JSON_UNI, sse_events(JSON_UNI), unidirectional=True),
-        {**NO_CACHE_HEADERS, "Content-Type": "text/event-stream; charset=utf-8"},
+        {**NO_CACHE_HEADERS, "Content-Type": "text/event-stream; charset=utf-8", **cors},
         connect,
         # Flushes the headers at once so EventSource reports the stream open.
         preamble=b"\r\n",
