@@ -45,7 +45,7 @@ def check_redis(cfg: Config) -> None:
     parts = engine_choice(cfg).redis_parts()
     if not parts:
         return
-    from app.engines.redis.shard import RedisConfigError, specs_from_config
+    from app.engines.redis.address import RedisConfigError, specs_from_config
 
     for part in parts:
         try:

@@ -20,7 +20,7 @@ import redis
 
 from app.config import RedisConfig
 from app.engines.redis import RedisBroker, RedisPresenceManager, create_redis_engine
-from app.engines.redis.shard import RedisConfigError
+from app.engines.redis.address import RedisConfigError
 from app.models import ClientInfo, HistoryFilter, PublishOptions
 from tests.support.engine import EngineEvents, channels_in_partitions, redis_engine_config, until
 from tests.support.redis_topologies import ClusterTopology, SentinelTopology

@@ -15,7 +15,7 @@ import pytest
 from redis.crc import key_slot
 
 from app.engines.redis import RedisBroker, RedisPresenceManager, create_redis_engine
-from app.engines.redis.shard import CLUSTER_PARTITIONS, Keys
+from app.engines.redis.keys import CLUSTER_PARTITIONS, Keys
 from app.models import (
     ClientInfo,
     HistoryFilter,

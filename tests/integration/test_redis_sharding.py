@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.engines.redis.shard import fnv64a, jump_hash
+from app.engines.redis.keys import fnv64a, jump_hash
 from app.models import ClientInfo, HistoryFilter, PresenceStats, PublishOptions, StreamPosition
 
 from .conftest import url_of

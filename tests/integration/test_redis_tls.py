@@ -24,7 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.config import load_config
 from app.engines.redis import RedisBroker, RedisPresenceManager, create_redis_engine
-from app.engines.redis.shard import RedisConfigError, Shard, specs_from_config
+from app.engines.redis.address import RedisConfigError, specs_from_config
+from app.engines.redis.shard import Shard
 from app.models import ClientInfo, HistoryFilter, PublishOptions
 from tests.support.ports import free_port
 from tests.support.redis_server import TLSRedis, require_tls, start_tls_redis

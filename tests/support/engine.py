@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.config import RedisConfig, load_config
-from app.engines.redis.shard import CLUSTER_PARTITIONS, Keys
+from app.engines.redis.keys import CLUSTER_PARTITIONS, Keys
 from app.models import ClientInfo, Publication
 
 

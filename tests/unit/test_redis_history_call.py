@@ -9,9 +9,9 @@ import hiredis
 import pytest
 
 from app.engines.redis.broker import _HistoryCall
+from app.engines.redis.keys import Keys
 from app.engines.redis.pipeline import Script
 from app.engines.redis.resp import evalsha_command
-from app.engines.redis.shard import Keys
 from app.models import ClientInfo, PublishOptions
 
 SCRIPT = Script("history_add", "return 1")

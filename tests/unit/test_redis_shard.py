@@ -1,4 +1,4 @@
-"""Redis engine addressing, hashing and key names (app/engines/redis/shard.py)."""
+"""Redis engine addressing, hashing and key names (app/engines/redis/address.py, keys.py)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,14 @@ import pytest
 from redis.crc import key_slot
 
 from app.config import load_config
-from app.engines.redis.shard import (
+from app.engines.redis.address import RedisConfigError, parse_address, specs_from_config
+from app.engines.redis.keys import (
     CLUSTER_PARTITIONS,
     REDIS_SLOTS,
     Keys,
-    RedisConfigError,
     balanced_partition_tags,
     fnv64a,
     jump_hash,
-    parse_address,
-    specs_from_config,
 )
 
 

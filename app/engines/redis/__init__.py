@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from app.config import RedisConfig
+from app.engines.redis.address import specs_from_config
 from app.engines.redis.broker import RedisBroker
 from app.engines.redis.presence import RedisPresenceManager
-from app.engines.redis.shard import Shard, specs_from_config
+from app.engines.redis.shard import Shard
 
 
 def create_redis_engine(

@@ -34,10 +34,11 @@ from app.broker import (
     HealthReporter,
 )
 from app.engines.redis import codec
+from app.engines.redis.keys import fnv64a, jump_hash
 from app.engines.redis.outage import Outage
 from app.engines.redis.pubsub import PubSubConnection, PubSubUnavailable
 from app.engines.redis.resp import bulk, bulk_header
-from app.engines.redis.shard import Shard, ShardUnavailable, fnv64a, jump_hash
+from app.engines.redis.shard import Shard, ShardUnavailable
 from app.errors import ERROR_INTERNAL, ClientError
 from app.models import (
     ClientInfo,

@@ -1,0 +1,27 @@
+"""The engine's Lua scripts (lua/*.lua), read into `Script`s called by SHA1.
+
+Each script's header names its KEYS, ARGV and reply; the key names come from keys.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.engines.redis.pipeline import Script
+
+LUA_DIR = Path(__file__).resolve().parents[3] / "lua"
+SCRIPTS = (
+    "history_add",
+    "history_get",
+    "history_remove",
+    "publish_idempotent",
+    "presence_add",
+    "presence_remove",
+    "presence_get",
+    "presence_stats",
+)
+
+
+def load_scripts() -> dict[str, Script]:
+    """Every script of SCRIPTS, read from LUA_DIR (once per shard reached)."""
+    return {name: Script(name, (LUA_DIR / f"{name}.lua").read_text()) for name in SCRIPTS}
