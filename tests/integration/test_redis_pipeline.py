@@ -31,9 +31,9 @@ from app.api import request
 from app.api.executor import ApiExecutor
 from app.config import load_config
 from app.engines.redis import create_redis_engine
-from app.engines.redis.broker import HISTORY_ITEMS_PER_CALL
 from app.engines.redis.connect import Endpoint
 from app.engines.redis.pipeline import AutoPipeline, Script
+from app.engines.redis.publish import HISTORY_ITEMS_PER_CALL
 from app.errors import ClientError
 from app.models import PublishOptions, PublishResult, StreamPosition
 from app.node import Node

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.engines.redis.broker import HISTORY_ITEMS_PER_CALL
+from app.engines.redis.publish import HISTORY_ITEMS_PER_CALL
 from app.models import HistoryFilter, PublishOptions, StreamPosition
 
 from .conftest import url_of

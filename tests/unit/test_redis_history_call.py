@@ -1,4 +1,4 @@
-"""A history_add call built from cached RESP pieces (app/engines/redis/broker.py) must be
+"""A history_add call built from cached RESP pieces (app/engines/redis/publish.py) must be
 byte for byte the command hiredis packs from the same keys and args."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Any
 import hiredis
 import pytest
 
-from app.engines.redis.broker import _HistoryCall
 from app.engines.redis.keys import Keys
 from app.engines.redis.pipeline import Script
+from app.engines.redis.publish import HistoryCall
 from app.engines.redis.resp import evalsha_command
 from app.models import ClientInfo, PublishOptions
 
@@ -18,7 +18,7 @@ SCRIPT = Script("history_add", "return 1")
 
 
 class _Shard:
-    """What _HistoryCall needs of a shard: its key names, and eval (recorded)."""
+    """What HistoryCall needs of a shard: its key names, and eval (recorded)."""
 
     def __init__(self, cluster: bool) -> None:
         self.keys = Keys("centrifugo", cluster)
@@ -53,7 +53,7 @@ OPTIONS = [
 @pytest.mark.parametrize("cluster", [False, True])
 async def test_packed_command_equals_hiredis_packing(cluster: bool) -> None:
     shard = _Shard(cluster)
-    call = _HistoryCall(shard)  # type: ignore[arg-type]
+    call = HistoryCall(shard)  # type: ignore[arg-type]
     for i in range(12):
         index = call.add(f"ns:chän{i % 5}", b'{"n":%d}' % i, OPTIONS[i % len(OPTIONS)])
         assert index == i

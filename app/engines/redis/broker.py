@@ -3,7 +3,8 @@
 Workers hold no channel state: a publication goes through one script that
 appends to the stream, bumps the offset and SPUBLISHes, and comes back to every
 node subscribed to the channel. This node SSUBSCRIBEs exactly the channels with
-local subscribers, over one connection per (shard, partition).
+local subscribers, over one connection per (shard, partition). How a publication
+becomes that one command, and its reply a PublishResult: publish.py.
 
 Redis may be away when a worker boots, or go away at any time: `run` never fails because
 of it. Each shard is brought up in the background (first contact, then its control
@@ -18,12 +19,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-import string
-from collections.abc import Awaitable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from app.broker import (
     BatchPublisher,
@@ -36,8 +35,18 @@ from app.broker import (
 from app.engines.redis import codec
 from app.engines.redis.keys import fnv64a, jump_hash
 from app.engines.redis.outage import Outage
+from app.engines.redis.publish import (
+    DEFAULT_META_TTL,
+    HISTORY_ITEMS_PER_CALL,
+    WITH_HISTORY,
+    HistoryCall,
+    epoch_bytes,
+    expire_seconds,
+    issue_publish,
+    keeps_history,
+    publish_result,
+)
 from app.engines.redis.pubsub import PubSubConnection, PubSubUnavailable
-from app.engines.redis.resp import bulk, bulk_header
 from app.engines.redis.shard import Shard, ShardUnavailable
 from app.errors import ERROR_INTERNAL, ClientError
 from app.models import (
@@ -50,188 +59,6 @@ from app.models import (
 )
 
 log = logging.getLogger("centrifugo.redis.broker")
-
-DEFAULT_META_TTL = 720 * 3600
-
-
-_LETTERS = string.ascii_letters.encode()
-
-
-_EPOCH_LETTERS = bytes(_LETTERS[i % 52] for i in range(256))
-
-
-def _epoch_bytes() -> bytes:
-    """A fresh candidate epoch for every call (8 letters): the scripts adopt it only
-    when the stream meta is missing. Cheap, since it runs on every publish."""
-    return os.urandom(8).translate(_EPOCH_LETTERS)
-
-
-_TTLS: dict[float, str] = {}
-
-
-def _ttl(seconds: float) -> str:
-    """Whole seconds for EXPIRE, never rounding a positive TTL down to 'forever'."""
-    text = _TTLS.get(seconds)
-    if text is None:
-        text = str(max(int(seconds + 0.999), 1)) if seconds > 0 else "0"
-        if len(_TTLS) < 1024:  # a handful of namespace settings in practice
-            _TTLS[seconds] = text
-    return text
-
-
-_WITH_HISTORY, _IDEMPOTENT, _PLAIN = range(3)  # what a publish command answers
-
-# Publications per history_add call in a batch: enough to spread the cost of entering the
-# script, few enough that one call holds Redis for about a millisecond at most.
-HISTORY_ITEMS_PER_CALL = 50
-
-
-def _keeps_history(opts: PublishOptions) -> bool:
-    return opts.history_size > 0 and opts.history_ttl > 0
-
-
-# history_add's flag of a publication it did not store -> PublishResult.suppress_reason
-_SUPPRESS_REASONS = {b"1": "idempotency", b"v": "version"}
-
-# An unversioned publication's ARGV[8], ARGV[9] (version '0', version epoch '').
-_NO_VERSION = ("0", "")
-_NO_VERSION_RESP = bulk(b"0") + bulk(b"")
-
-
-def _version_args(opts: PublishOptions) -> tuple[tuple[str, str], bytes]:
-    """history_add's version arguments, plain and as RESP."""
-    if not opts.version:
-        return _NO_VERSION, _NO_VERSION_RESP
-    version, epoch = str(opts.version), opts.version_epoch
-    return (version, epoch), bulk(version.encode()) + bulk(epoch.encode())
-
-
-def _publish_result(kind: int, reply: Any, item: int = 0) -> PublishResult:
-    """`reply` of a publish command; `item` picks one publication of a history_add call."""
-    if kind == _WITH_HISTORY:
-        offset, epoch, flag = reply[3 * item : 3 * item + 3]
-        if flag == b"0":
-            return PublishResult(StreamPosition(int(offset), epoch.decode()))
-        if flag == b"e":  # this item's command failed inside the script
-            raise ResponseError(epoch.decode(errors="replace"))
-        reason = _SUPPRESS_REASONS[flag]
-        return PublishResult(StreamPosition(int(offset), epoch.decode()), True, reason)
-    if kind == _IDEMPOTENT:
-        if reply:
-            return PublishResult(StreamPosition())
-        return PublishResult(StreamPosition(), True, "idempotency")  # 0: key seen before
-    return PublishResult(StreamPosition())
-
-
-class _ItemOptions(NamedTuple):
-    """A history_add item's option arguments: as RESP (the command) and plain (kept for
-    re-encoding), shared by every publication with the same values."""
-
-    after_payload: bytes  # the payload's closing CRLF, then history size and ttl
-    meta_ttl_resp: bytes
-    result_ttl_resp: bytes
-    size: int
-    ttl: str
-    meta_ttl: str
-    result_ttl: str
-
-
-_ITEM_OPTIONS: dict[tuple[int, float, float, float], _ItemOptions] = {}
-
-
-def _item_options(opts: PublishOptions) -> _ItemOptions:
-    result_ttl = opts.idempotent_result_ttl if opts.idempotency_key else 0.0
-    key = (opts.history_size, opts.history_ttl, opts.history_meta_ttl, result_ttl)
-    item = _ITEM_OPTIONS.get(key)
-    if item is None:
-        ttl = _ttl(opts.history_ttl)
-        meta_ttl = _ttl(opts.history_meta_ttl or DEFAULT_META_TTL)
-        result = _ttl(result_ttl) if opts.idempotency_key else "0"
-        item = _ItemOptions(
-            b"\r\n" + bulk(str(opts.history_size).encode()) + bulk(ttl.encode()),
-            bulk(meta_ttl.encode()),
-            bulk(result.encode()),
-            opts.history_size,
-            ttl,
-            meta_ttl,
-            result,
-        )
-        if len(_ITEM_OPTIONS) < 1024:  # a handful of namespace settings in practice
-            _ITEM_OPTIONS[key] = item
-    return item
-
-
-class _HistoryCall:
-    """Publications with history bound for one (shard, partition), added by one
-    history_add call (one for a single publish, up to HISTORY_ITEMS_PER_CALL for a
-    batch); every item's result comes from its one reply.
-
-    The command is built from RESP pieces cached per channel and per options, so only
-    the payload is encoded per publication: packing every argument (twelve per item) was
-    a fifth of a batch publish's CPU. The plain keys and args are kept for the paths
-    that re-encode the command (NOSCRIPT, the cluster fallback)."""
-
-    __slots__ = ("shard", "epoch", "_epoch_resp", "keys", "args", "_rkeys", "_rargs", "reply")
-
-    def __init__(self, shard: Shard) -> None:
-        self.shard = shard
-        # One candidate epoch serves the call: channels are told apart by their keys, and
-        # a channel's meta cannot vanish between two of its items in one script.
-        self.epoch = _epoch_bytes()
-        self._epoch_resp = bulk(self.epoch)
-        self.keys: list[Any] = []
-        self.args: list[Any] = []
-        self._rkeys: list[bytes] = []
-        self._rargs: list[bytes] = []
-        self.reply: asyncio.Future[Any] | None = None
-
-    def __len__(self) -> int:
-        return len(self._rkeys)  # one entry per publication
-
-    def add(self, channel: str, data: bytes, opts: PublishOptions) -> int:
-        """Appends one publication (KEYS and ARGV as lua/history_add.lua documents them);
-        returns its index in the call's reply."""
-        keys = self.shard.require_keys()
-        stream, meta, pubsub_channel, result_prefix = keys.publish_keys(channel)
-        keys_resp, channel_resp = keys.history_resp(channel)
-        o = _item_options(opts)
-        version, version_resp = _version_args(opts)
-        payload = codec.encode_payload(data, opts.client_info, opts.tags, 0, opts.delta)
-        index = len(self._rkeys)
-        if opts.idempotency_key:
-            result_key = result_prefix + opts.idempotency_key
-            self._rkeys.append(keys_resp[0] + bulk(result_key.encode()))
-        else:
-            result_key = result_prefix
-            self._rkeys.append(keys_resp[1])
-        # Pieces, joined once per call: a bulk string's header, then the payload, then
-        # the cached rest (formatting each item anew cost more than the join).
-        self._rargs.extend(
-            (
-                bulk_header(len(payload)),
-                payload,
-                o.after_payload,
-                channel_resp,
-                o.meta_ttl_resp,
-                self._epoch_resp,
-                o.result_ttl_resp,
-                version_resp,
-            )
-        )
-        self.keys += (stream, meta, result_key)
-        self.args += (payload, o.size, o.ttl, pubsub_channel, o.meta_ttl, self.epoch, o.result_ttl)
-        self.args += version
-        return index
-
-    def issue(self) -> None:
-        try:
-            packed = b"".join(self._rkeys) + b"".join(self._rargs)
-            self.reply = asyncio.ensure_future(
-                self.shard.eval("history_add", self.keys, self.args, packed)
-            )
-        except (RedisError, OSError) as e:  # every item of the call fails alike
-            self.reply = asyncio.get_running_loop().create_future()
-            self.reply.set_exception(e)
 
 
 class RedisBroker:
@@ -422,8 +249,8 @@ class RedisBroker:
 
     async def publish(self, channel: str, data: bytes, opts: PublishOptions) -> PublishResult:
         try:
-            kind, reply = self._issue_publish(channel, data, opts)
-            return _publish_result(kind, await reply)
+            kind, reply = issue_publish(self.shard_for(channel), channel, data, opts)
+            return publish_result(kind, await reply)
         except (RedisError, OSError) as e:
             log.warning("publish to %r failed: %s", channel, e)
             raise ClientError(ERROR_INTERNAL) from None
@@ -439,16 +266,16 @@ class RedisBroker:
         """
         # per item: (kind, reply, index in a shared history_add reply) or its error
         issued: list[tuple[int, Any, int] | Exception] = []
-        open_calls: dict[tuple[int, int], _HistoryCall] = {}
+        open_calls: dict[tuple[int, int], HistoryCall] = {}
         for channel, data, opts in items:
             try:
-                if _keeps_history(opts):
+                if keeps_history(opts):
                     shard = self.shard_for(channel)
                     group = (shard.index, shard.require_keys().partition(channel))
                     call = open_calls.get(group)
                     if call is None:
-                        call = open_calls[group] = _HistoryCall(shard)
-                    issued.append((_WITH_HISTORY, call, call.add(channel, data, opts)))
+                        call = open_calls[group] = HistoryCall(shard)
+                    issued.append((WITH_HISTORY, call, call.add(channel, data, opts)))
                     if len(call) >= HISTORY_ITEMS_PER_CALL:
                         del open_calls[group]
                         call.issue()
@@ -458,7 +285,7 @@ class RedisBroker:
                 for call in open_calls.values():
                     call.issue()
                 open_calls.clear()
-                kind, reply = self._issue_publish(channel, data, opts)
+                kind, reply = issue_publish(self.shard_for(channel), channel, data, opts)
                 issued.append((kind, reply, 0))
             except (RedisError, OSError) as e:
                 issued.append(e)
@@ -471,9 +298,9 @@ class RedisBroker:
                 if isinstance(entry, Exception):
                     raise entry
                 kind, pending, item = entry
-                if isinstance(pending, _HistoryCall):
+                if isinstance(pending, HistoryCall):
                     pending = pending.reply
-                results.append(_publish_result(kind, await pending, item))
+                results.append(publish_result(kind, await pending, item))
             except (RedisError, OSError) as e:
                 failed.append((channel, e))
                 results.append(ClientError(ERROR_INTERNAL))
@@ -486,29 +313,6 @@ class RedisBroker:
                 first_error,
             )
         return results
-
-    def _issue_publish(
-        self, channel: str, data: bytes, opts: PublishOptions
-    ) -> tuple[int, Awaitable[Any]]:
-        """Queues the publication's one command; returns (kind, its reply)."""
-        shard = self.shard_for(channel)
-        if _keeps_history(opts):
-            call = _HistoryCall(shard)
-            call.add(channel, data, opts)
-            call.issue()
-            assert call.reply is not None
-            return _WITH_HISTORY, call.reply
-        keys = shard.require_keys()
-        payload = codec.encode_payload(data, opts.client_info, opts.tags, 0, opts.delta)
-        _, _, pubsub_channel, result_prefix = keys.publish_keys(channel)
-        if opts.idempotency_key:
-            reply = shard.eval(
-                "publish_idempotent",
-                [result_prefix + opts.idempotency_key],
-                [pubsub_channel, payload, _ttl(opts.idempotent_result_ttl)],
-            )
-            return _IDEMPOTENT, reply
-        return _PLAIN, shard.spublish(pubsub_channel, payload)
 
     async def _publish_info(self, channel: str, prefix: bytes, info: ClientInfo) -> None:
         shard = self.shard_for(channel)
@@ -555,8 +359,8 @@ class RedisBroker:
                     start,
                     limit,
                     "1" if flt.reverse else "0",
-                    _ttl(flt.meta_ttl or DEFAULT_META_TTL),
-                    _epoch_bytes(),
+                    expire_seconds(flt.meta_ttl or DEFAULT_META_TTL),
+                    epoch_bytes(),
                 ],
             )
         except (RedisError, OSError) as e:

@@ -6,7 +6,7 @@ AUTH, CLIENT SETNAME and SELECT written in one packet and every reply awaited be
 connection is handed to its owner's protocol. A command must never run as another user or
 in another database because its handshake failed, and the owner never sees a handshake
 reply: its protocol receives `connection_made` once the connection is ready, then only
-the replies to what it wrote. The redis-py clients (shard.py) make their own handshake
+the replies to what it wrote. The redis-py clients (clients.py) make their own handshake
 from the same settings (username, password, client_name, db).
 
 Where an endpoint is comes from the caller's `resolve` (a Sentinel-managed master, a
