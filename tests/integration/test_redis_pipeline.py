@@ -20,7 +20,6 @@ from typing import Any
 
 import orjson
 import pytest
-from pytest_redis import factories
 from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -39,13 +38,13 @@ from app.models import PublishOptions, PublishResult, StreamPosition
 from app.node import Node
 from tests.support.engine import channels_in_partitions, redis_engine_config
 
-from .conftest import REDIS_SERVER, url_of
+from .conftest import redis_server_fixture, url_of
 
 HIST = PublishOptions(history_size=1000, history_ttl=300)
 
 # Servers of this module only: tests here reconfigure (ACL, REPLICAOF) or freeze them.
-pl_redis = factories.redis_proc(executable=REDIS_SERVER, port=None)
-pl_redis2 = factories.redis_proc(executable=REDIS_SERVER, port=None)
+pl_redis = redis_server_fixture()
+pl_redis2 = redis_server_fixture()
 
 
 def endpoint(port: int) -> Any:
@@ -196,7 +195,7 @@ async def test_refused_connect_fails_fast_then_recovers(pl_redis, own, pipes) ->
 async def test_no_progress_for_io_timeout_fails_in_flight_commands(pl_redis, own, pipes) -> None:
     pipe = new_pipe(pipes, pl_redis.port, io_timeout=0.3, connect_timeout=0.3)
     await pipe.execute("PING")
-    os.kill(pl_redis.process.pid, signal.SIGSTOP)
+    os.kill(pl_redis.pid, signal.SIGSTOP)
     try:
         start = time.monotonic()
         with pytest.raises(RedisTimeoutError):
@@ -204,7 +203,7 @@ async def test_no_progress_for_io_timeout_fails_in_flight_commands(pl_redis, own
         elapsed = time.monotonic() - start
         assert 0.25 < elapsed < 0.9, elapsed
     finally:
-        os.kill(pl_redis.process.pid, signal.SIGCONT)
+        os.kill(pl_redis.pid, signal.SIGCONT)
     # A new connection once Redis answers again; the timed-out INCR may or may not have run
     # (as with any client), the next one runs exactly once.
     before = int(await own.get("n") or 0)

@@ -253,13 +253,13 @@ async def test_server_restart_reconnects_and_health_follows(make_engine, restart
 
 
 async def test_frozen_server_publish_fails_within_io_timeout(make_engine, restart_proc):
-    if not restart_proc.running():
+    if not restart_proc.alive():
         restart_proc.start()
     broker, _, rec = await make_engine(
         url_of(restart_proc), io_timeout="500ms", connect_timeout="500ms"
     )
     await broker.publish("ch", b"warm", PublishOptions())  # a pooled connection exists
-    pid = restart_proc.process.pid
+    pid = restart_proc.pid
     os.kill(pid, signal.SIGSTOP)
     try:
         for opts in (PublishOptions(), HIST):
@@ -276,13 +276,13 @@ async def test_frozen_server_publish_fails_within_io_timeout(make_engine, restar
 
 
 async def test_frozen_server_subscribe_fails_within_io_timeout(make_engine, restart_proc):
-    if not restart_proc.running():
+    if not restart_proc.alive():
         restart_proc.start()
     broker, _, rec = await make_engine(
         url_of(restart_proc), io_timeout="500ms", connect_timeout="500ms"
     )
     await broker.subscribe(["warm"])  # the pub/sub connection is up and confirmed
-    pid = restart_proc.process.pid
+    pid = restart_proc.pid
     os.kill(pid, signal.SIGSTOP)
     try:
         start = time.monotonic()

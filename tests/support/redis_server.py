@@ -144,6 +144,12 @@ class RedisProc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The running process's id (for a test that signals it itself)."""
+        assert self.proc is not None and self.alive(), f"{self!r} is not running"
+        return self.proc.pid
+
     def kill(self) -> None:
         """SIGKILL: a crash, no shutdown save, connections dropped at once."""
         if self.proc is None:
