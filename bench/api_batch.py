@@ -15,15 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
 
-from tests.e2e.helpers import ServerHandle, start_server
-from tests.e2e.redis_e2e_helpers import RedisProcess, worker_pids
+from bench.app_process import AppProcess, start_app_process
+from bench.runner import Service, start_redis
 
 MB = 1024 * 1024
 
@@ -78,7 +81,7 @@ async def health_probe(url: str, done: asyncio.Event) -> list[float]:
     return out
 
 
-async def send_batch(handle: ServerHandle, body: bytes) -> tuple[int, bytes, list[float], float]:
+async def send_batch(handle: AppProcess, body: bytes) -> tuple[int, bytes, list[float], float]:
     """POST the batch while probing /health; (status, reply body, health latencies, seconds)."""
     done = asyncio.Event()
     probe = asyncio.create_task(health_probe(f"{handle.url}/health", done))
@@ -93,9 +96,8 @@ async def send_batch(handle: ServerHandle, body: bytes) -> tuple[int, bytes, lis
     return status, reply, await probe, took
 
 
-def measure(handle: ServerHandle, body: bytes) -> dict[str, Any]:
-    (pid,) = worker_pids(handle)
-    with RssSampler(pid) as sampler:
+def measure(handle: AppProcess, body: bytes) -> dict[str, Any]:
+    with RssSampler(handle.worker_pid()) as sampler:
         before = sampler.rss()
         cpu0 = sum(sampler.proc.cpu_times()[:2])
         status, reply, health, took = asyncio.run(send_batch(handle, body))
@@ -127,18 +129,22 @@ def main() -> None:
     if not args.no_history:
         history = {"history_size": 10, "history_ttl": "60s"}
         config["channel"] = {"without_namespace": history}
-    redis: RedisProcess | None = None
-    if args.engine == "redis":
-        redis = RedisProcess()
-        redis.start()
-        config["engine"] = {"type": "redis", "redis": {"address": redis.address}}
-    handle = start_server(config)
+    redis: Service | None = None
+    redis_dir = Path(tempfile.mkdtemp(prefix="cfpy-bench-redis-"))
     try:
-        result = measure(handle, batch_body(args.count, parallel=args.parallel))
+        if args.engine == "redis":
+            redis, redis_port = start_redis(redis_dir)
+            address = f"redis://127.0.0.1:{redis_port}"
+            config["engine"] = {"type": "redis", "redis": {"address": address}}
+        handle = start_app_process(config)
+        try:
+            result = measure(handle, batch_body(args.count, parallel=args.parallel))
+        finally:
+            handle.stop(check_log=False)
     finally:
-        handle.stop(check_log=False)
         if redis is not None:
-            redis.cleanup()
+            redis.stop()
+        shutil.rmtree(redis_dir, ignore_errors=True)
     meta = {"count": args.count, "engine": args.engine, "history": not args.no_history}
     print(json.dumps({**meta, "parallel": args.parallel, **result}))
 

@@ -37,10 +37,9 @@ from typing import Any
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
+from bench.app_process import AppProcess, start_app_process
 from bench.load import mask_frame
 from bench.rawws import RawWsClient
-from tests.e2e.helpers import ServerHandle, start_server
-from tests.e2e.redis_e2e_helpers import worker_pids
 from tests.unit.test_fossil import apply as fossil_apply
 
 MODES = ("delta", "plain")
@@ -146,9 +145,7 @@ class Sub(RawWsClient):
         self.base = data
 
 
-async def connect_group(
-    handle: ServerHandle, mode: str, count: int, sample_every: int
-) -> list[Sub]:
+async def connect_group(handle: AppProcess, mode: str, count: int, sample_every: int) -> list[Sub]:
     loop = asyncio.get_running_loop()
     subs: list[Sub] = []
     for i in range(count):
@@ -171,7 +168,7 @@ async def connect_group(
 
 
 async def one_run(
-    handle: ServerHandle,
+    handle: AppProcess,
     session: aiohttp.ClientSession,
     worker: psutil.Process,
     subs: list[Sub],
@@ -227,9 +224,8 @@ async def one_run(
     }
 
 
-async def bench(handle: ServerHandle, opts: argparse.Namespace) -> list[dict[str, Any]]:
-    (pid,) = worker_pids(handle)
-    worker = psutil.Process(pid)
+async def bench(handle: AppProcess, opts: argparse.Namespace) -> list[dict[str, Any]]:
+    worker = psutil.Process(handle.worker_pid())
     groups = {m: await connect_group(handle, m, opts.subscribers, opts.sample_every) for m in MODES}
     runs: list[dict[str, Any]] = []
     seq = 0
@@ -311,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-every", type=int, default=50, help="every k-th client decodes")
     ap.add_argument("--out", type=Path)
     opts = ap.parse_args(argv)
-    handle = start_server(CONFIG)
+    handle = start_app_process(CONFIG)
     try:
         runs = asyncio.run(bench(handle, opts))
     finally:
