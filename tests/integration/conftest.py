@@ -1,4 +1,4 @@
-"""Real redis-server processes and a recording broker event handler.
+"""Real redis-server processes and running Redis engines with their event recorders.
 
 Servers are started once per session on free ports by tests/support/redis_server.py (the one
 starter; the binary is tests/support/redis_binary.py's pick: redis-server from PATH, else
@@ -23,8 +23,8 @@ from app.config import load_config
 from app.engines.redis import create_redis_engine
 from app.engines.redis.broker import RedisBroker
 from app.engines.redis.presence import RedisPresenceManager
-from app.models import ClientInfo, Publication
 from tests.support import redis_binary
+from tests.support.engine import EngineEvents
 from tests.support.redis_server import RedisProcess
 
 
@@ -63,54 +63,6 @@ def url_of(proc: RedisProcess) -> str:
     return f"redis://127.0.0.1:{proc.port}"
 
 
-class Recorder:
-    """A BrokerEventHandler that records everything and wakes waiters."""
-
-    def __init__(self, node_id: str = "node-1") -> None:
-        self.id = node_id
-        self.pubs: list[tuple[str, Publication, str]] = []
-        self.joins: list[tuple[str, ClientInfo]] = []
-        self.leaves: list[tuple[str, ClientInfo]] = []
-        self.controls: list[bytes] = []
-        self._waiters: list[asyncio.Event] = []
-
-    def _changed(self) -> None:
-        for ev in self._waiters:
-            ev.set()
-        self._waiters.clear()
-
-    def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
-        self.pubs.append((channel, pub, epoch))
-        self._changed()
-
-    def handle_join(self, channel: str, info: ClientInfo) -> None:
-        self.joins.append((channel, info))
-        self._changed()
-
-    def handle_leave(self, channel: str, info: ClientInfo) -> None:
-        self.leaves.append((channel, info))
-        self._changed()
-
-    def handle_control(self, data: bytes) -> None:
-        self.controls.append(data)
-        self._changed()
-
-    def pubs_in(self, channel: str) -> list[Publication]:
-        return [p for ch, p, _ in self.pubs if ch == channel]
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Returns as soon as `predicate()` holds after some delivery; fails on timeout."""
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                ev = asyncio.Event()
-                self._waiters.append(ev)
-                await ev.wait()
-
-    async def wait_pubs(self, channel: str, n: int, timeout: float = 5.0) -> list[Publication]:
-        await self.wait_for(lambda: len(self.pubs_in(channel)) >= n, timeout)
-        return self.pubs_in(channel)
-
-
 async def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
     """Polls a state that has no event of its own (e.g. `broker.healthy`); returns elapsed s."""
     start = time.monotonic()
@@ -129,7 +81,7 @@ def engine_config(address: str | Iterable[str], **redis_opts: Any) -> Any:
     return load_config(None, env={}, flags=flags).engine.redis
 
 
-EngineFactory = Callable[..., Awaitable[tuple[RedisBroker, RedisPresenceManager, Recorder]]]
+EngineFactory = Callable[..., Awaitable[tuple[RedisBroker, RedisPresenceManager, EngineEvents]]]
 
 
 @pytest.fixture
@@ -139,9 +91,9 @@ async def make_engine() -> AsyncIterator[EngineFactory]:
 
     async def make(
         address: str | Iterable[str], node_id: str = "node-1", **redis_opts: Any
-    ) -> tuple[RedisBroker, RedisPresenceManager, Recorder]:
+    ) -> tuple[RedisBroker, RedisPresenceManager, EngineEvents]:
         broker, presence = create_redis_engine(engine_config(address, **redis_opts))
-        rec = Recorder(node_id)
+        rec = EngineEvents(node_id)
         brokers.append(broker)
         await broker.run_control(rec)
         await broker.run(rec)

@@ -11,13 +11,14 @@ import pytest
 
 from app.errors import ClientError
 from app.models import ClientInfo, HistoryFilter, PublishOptions
+from tests.support.engine import EngineEvents
 
-from .conftest import Recorder, url_of, wait_until
+from .conftest import url_of, wait_until
 
 HIST = PublishOptions(history_size=1000, history_ttl=300)
 
 
-async def publish_until_delivered(broker, rec: Recorder, ch: str, timeout: float = 10.0) -> int:
+async def publish_until_delivered(broker, rec: EngineEvents, ch: str, timeout: float = 10.0) -> int:
     """Publishes to `ch` until one arrives; returns the attempts it took.
 
     After a reconnect nothing tells the outside when the resubscribe is done, so
@@ -41,7 +42,7 @@ async def publish_until_delivered(broker, rec: Recorder, ch: str, timeout: float
     raise AssertionError(f"no delivery on {ch!r} within {timeout}s")
 
 
-async def control_until_delivered(broker, rec: Recorder, timeout: float = 10.0) -> None:
+async def control_until_delivered(broker, rec: EngineEvents, timeout: float = 10.0) -> None:
     before = len(rec.controls)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

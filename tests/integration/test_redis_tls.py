@@ -27,11 +27,10 @@ from app.engines.redis import RedisBroker, RedisPresenceManager, create_redis_en
 from app.engines.redis.address import RedisConfigError, specs_from_config
 from app.engines.redis.shard import Shard
 from app.models import ClientInfo, HistoryFilter, PublishOptions
+from tests.support.engine import EngineEvents
 from tests.support.ports import free_port
 from tests.support.redis_server import TLSRedis, require_tls, start_tls_redis
 from tests.support.tls_certs import CA, Leaf, make_ca, self_signed
-
-from .conftest import Recorder
 
 VERIFY_FAILED = "CERTIFICATE_VERIFY_FAILED"
 
@@ -109,10 +108,10 @@ async def engine_of() -> Any:
     """`await engine_of(rcfg)` -> running (broker, presence, recorder); closed after the test."""
     made: list[RedisBroker] = []
 
-    async def make(rcfg: Any) -> tuple[RedisBroker, RedisPresenceManager, Recorder]:
+    async def make(rcfg: Any) -> tuple[RedisBroker, RedisPresenceManager, EngineEvents]:
         broker, presence = create_redis_engine(rcfg, "engine.redis")
         made.append(broker)
-        rec = Recorder()
+        rec = EngineEvents("node-1")
         await broker.run_control(rec)
         await broker.run(rec)
         return broker, presence, rec

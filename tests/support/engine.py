@@ -1,6 +1,7 @@
 """Driving RedisBroker / RedisPresenceManager directly, as the integration tests do.
 
-- `EngineEvents`: a BrokerEventHandler queueing what the broker delivers, per (kind, channel).
+- `EngineEvents`: the one BrokerEventHandler recorder of the engine tests (integration and unit):
+  lists of what the broker delivered with waits on them, and per (kind, channel) consumption.
 - `redis_engine_config(address, prefix, **opts)`: the `engine.redis` section, built by the
   real config loader.
 - `until(what, cond)`: poll a state that has no event of its own (e.g. `broker.healthy`).
@@ -20,46 +21,92 @@ from app.models import ClientInfo, Publication
 
 
 class EngineEvents:
-    """A BrokerEventHandler that queues what the broker delivers, per (kind, channel).
+    """A BrokerEventHandler that records everything the broker delivers and wakes waiters.
+
+    Two ways to read it, over the same record:
+    - the lists `pubs` ((channel, pub, epoch)), `joins` / `leaves` ((channel, info)) and
+      `controls` (bytes), `pubs_in(channel)`, and `wait_for(predicate)` / `wait_pubs(channel,
+      n)` which return once the predicate holds after some delivery;
+    - `next(kind, channel)` (kind "pub" gives (pub, epoch), "join"/"leave" the ClientInfo,
+      "control" the bytes; channel "" for control), which consumes events in delivery order
+      per (kind, channel), and `pending(kind, channel)`, what is delivered but not yet consumed.
 
     `id` is the node id the broker subscribes its unicast control channel with.
     """
 
     def __init__(self, node_id: str = "") -> None:
         self.id = node_id or str(uuid.uuid4())
-        self._queues: dict[tuple[str, str], asyncio.Queue[Any]] = {}
+        self.pubs: list[tuple[str, Publication, str]] = []
+        self.joins: list[tuple[str, ClientInfo]] = []
+        self.leaves: list[tuple[str, ClientInfo]] = []
+        self.controls: list[bytes] = []
+        self._consumed: dict[tuple[str, str], int] = {}
+        self._waiters: list[asyncio.Event] = []
 
-    def _q(self, kind: str, channel: str) -> asyncio.Queue[Any]:
-        key = (kind, channel)
-        q = self._queues.get(key)
-        if q is None:
-            q = self._queues[key] = asyncio.Queue()
-        return q
+    def _changed(self) -> None:
+        for ev in self._waiters:
+            ev.set()
+        self._waiters.clear()
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
-        self._q("pub", channel).put_nowait((pub, epoch))
+        self.pubs.append((channel, pub, epoch))
+        self._changed()
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
-        self._q("join", channel).put_nowait(info)
+        self.joins.append((channel, info))
+        self._changed()
 
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
-        self._q("leave", channel).put_nowait(info)
+        self.leaves.append((channel, info))
+        self._changed()
 
     def handle_control(self, data: bytes) -> None:
-        self._q("control", "").put_nowait(data)
+        self.controls.append(data)
+        self._changed()
+
+    def pubs_in(self, channel: str) -> list[Publication]:
+        return [p for ch, p, _ in self.pubs if ch == channel]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Returns as soon as `predicate()` holds after some delivery; fails on timeout."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                ev = asyncio.Event()
+                self._waiters.append(ev)
+                await ev.wait()
+
+    async def wait_pubs(self, channel: str, n: int, timeout: float = 5.0) -> list[Publication]:
+        await self.wait_for(lambda: len(self.pubs_in(channel)) >= n, timeout)
+        return self.pubs_in(channel)
+
+    def _events(self, kind: str, channel: str) -> list[Any]:
+        if kind == "pub":
+            return [(p, e) for ch, p, e in self.pubs if ch == channel]
+        if kind == "join":
+            return [info for ch, info in self.joins if ch == channel]
+        if kind == "leave":
+            return [info for ch, info in self.leaves if ch == channel]
+        if kind == "control":
+            return list(self.controls)
+        raise ValueError(f"unknown event kind {kind!r}")
 
     async def next(self, kind: str, channel: str = "", timeout: float = 5.0) -> Any:
+        """The next not yet consumed `kind` event on `channel`, waiting up to `timeout`."""
+        key = (kind, channel)
+        seen = self._consumed.get(key, 0)
         try:
-            return await asyncio.wait_for(self._q(kind, channel).get(), timeout)
+            await self.wait_for(lambda: len(self._events(kind, channel)) > seen, timeout)
         except TimeoutError:
             raise AssertionError(f"no {kind} event on {channel!r} within {timeout}s") from None
+        self._consumed[key] = seen + 1
+        return self._events(kind, channel)[seen]
 
     def pending(self, kind: str, channel: str = "") -> list[Any]:
-        """Delivered but not yet consumed events (does not wait)."""
-        q = self._q(kind, channel)
-        out = []
-        while not q.empty():
-            out.append(q.get_nowait())
+        """Delivered but not yet consumed events (does not wait); consumes them."""
+        key = (kind, channel)
+        events = self._events(kind, channel)
+        out = events[self._consumed.get(key, 0) :]
+        self._consumed[key] = len(events)
         return out
 
 

@@ -16,6 +16,7 @@ from app.models import (
     PublishOptions,
     StreamPosition,
 )
+from tests.support.engine import EngineEvents
 
 
 class FakeClock:
@@ -33,28 +34,6 @@ class FakeClock:
         self.now += seconds
 
 
-class Recorder:
-    """A BrokerEventHandler that remembers everything it was given."""
-
-    def __init__(self) -> None:
-        self.pubs: list[tuple[str, Publication, str]] = []
-        self.joins: list[tuple[str, ClientInfo]] = []
-        self.leaves: list[tuple[str, ClientInfo]] = []
-        self.controls: list[bytes] = []
-
-    def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
-        self.pubs.append((channel, pub, epoch))
-
-    def handle_join(self, channel: str, info: ClientInfo) -> None:
-        self.joins.append((channel, info))
-
-    def handle_leave(self, channel: str, info: ClientInfo) -> None:
-        self.leaves.append((channel, info))
-
-    def handle_control(self, data: bytes) -> None:
-        self.controls.append(data)
-
-
 HIST = PublishOptions(history_size=10, history_ttl=60.0)
 
 
@@ -66,7 +45,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def broker(clock: FakeClock):
     b = MemoryBroker(clock=clock, history_meta_ttl=3600.0)
-    rec = Recorder()
+    rec = EngineEvents()
     await b.run_control(rec)
     await b.run(rec)
     b.recorder = rec  # type: ignore[attr-defined]
@@ -113,7 +92,7 @@ async def test_history_read_creates_meta_before_first_publish(broker: MemoryBrok
 
 
 async def test_publish_without_history(broker: MemoryBroker) -> None:
-    rec: Recorder = broker.recorder  # type: ignore[attr-defined]
+    rec: EngineEvents = broker.recorder  # type: ignore[attr-defined]
     for opts in (
         PublishOptions(),
         PublishOptions(history_size=10, history_ttl=0),
@@ -128,7 +107,7 @@ async def test_publish_without_history(broker: MemoryBroker) -> None:
 
 
 async def test_handler_receives_publications_in_order(broker: MemoryBroker) -> None:
-    rec: Recorder = broker.recorder  # type: ignore[attr-defined]
+    rec: EngineEvents = broker.recorder  # type: ignore[attr-defined]
     info = ClientInfo(user="u1", client="c1", conn_info=b'{"a":1}')
     r = await broker.publish(
         "ch", b'{"x":1}', PublishOptions(10, 60.0, client_info=info, tags={"k": "v"}, delta=True)
@@ -297,7 +276,7 @@ async def test_remove_history_keeps_position(broker: MemoryBroker) -> None:
 
 
 async def test_idempotency_with_history(broker: MemoryBroker, clock: FakeClock) -> None:
-    rec: Recorder = broker.recorder  # type: ignore[attr-defined]
+    rec: EngineEvents = broker.recorder  # type: ignore[attr-defined]
     opts = PublishOptions(10, 60.0, idempotency_key="k1", idempotent_result_ttl=30.0)
     first = await broker.publish("ch", b"a", opts)
     dup = await broker.publish("ch", b"b", opts)
@@ -320,7 +299,7 @@ async def test_idempotency_with_history(broker: MemoryBroker, clock: FakeClock) 
 
 
 async def test_idempotency_without_history(broker: MemoryBroker) -> None:
-    rec: Recorder = broker.recorder  # type: ignore[attr-defined]
+    rec: EngineEvents = broker.recorder  # type: ignore[attr-defined]
     opts = PublishOptions(idempotency_key="k")
     first = await broker.publish("ch", b"a", opts)
     dup = await broker.publish("ch", b"a", opts)
@@ -339,7 +318,7 @@ async def test_idempotency_default_window(broker: MemoryBroker, clock: FakeClock
 
 
 async def test_join_leave_control(broker: MemoryBroker) -> None:
-    rec: Recorder = broker.recorder  # type: ignore[attr-defined]
+    rec: EngineEvents = broker.recorder  # type: ignore[attr-defined]
     info = ClientInfo(user="u", client="c")
     await broker.publish_join("ch", info)
     await broker.publish_leave("ch", info)
@@ -361,7 +340,7 @@ async def test_publish_before_run_stores_without_delivery(clock: FakeClock) -> N
     b = MemoryBroker(clock=clock)
     r = await b.publish("ch", b"x", HIST)
     assert r.position.offset == 1
-    rec = Recorder()
+    rec = EngineEvents()
     await b.run(rec)
     await b.publish("ch", b"y", HIST)
     assert [p.offset for _, p, _ in rec.pubs] == [2]
@@ -371,7 +350,7 @@ async def test_publish_before_run_stores_without_delivery(clock: FakeClock) -> N
 
 
 async def test_handler_error_does_not_fail_publish(clock: FakeClock) -> None:
-    class Broken(Recorder):
+    class Broken(EngineEvents):
         def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
             raise RuntimeError("boom")
 
@@ -415,7 +394,7 @@ async def test_cleanup_reschedules_touched_streams(broker: MemoryBroker, clock: 
 
 async def test_periodic_cleanup_runs_and_close_stops_it(clock: FakeClock) -> None:
     b = MemoryBroker(clock=clock, cleanup_interval=0.005)
-    await b.run(Recorder())
+    await b.run(EngineEvents())
     await b.publish("ch", b"1", PublishOptions(5, 1.0, history_meta_ttl=2.0))
     clock.advance(3)
     # Only the periodic sweep reads the clock from here on; it runs synchronously

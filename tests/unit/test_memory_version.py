@@ -9,10 +9,11 @@ The same cases run against Redis in tests/integration/test_redis_version.py.
 from __future__ import annotations
 
 import pytest
-from test_memory_engine import FakeClock, Recorder
+from test_memory_engine import FakeClock
 
 from app.engines.memory import MemoryBroker
 from app.models import HistoryFilter, PublishOptions, StreamPosition
+from tests.support.engine import EngineEvents
 
 
 def vopts(version: int, epoch: str = "", **kw: object) -> PublishOptions:
@@ -24,7 +25,7 @@ def vopts(version: int, epoch: str = "", **kw: object) -> PublishOptions:
 @pytest.fixture
 async def engine():
     broker = MemoryBroker(clock=FakeClock(), cleanup_interval=0)
-    rec = Recorder()
+    rec = EngineEvents()
     await broker.run(rec)
     yield broker, rec
     await broker.close()
