@@ -13,17 +13,15 @@ Raw JSON WebSocket frames for the codes; channel names are fresh per test.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from centrifuge import (
     Client,
-    PublicationContext,
     StreamPosition,
-    SubscribedContext,
-    SubscriptionEventHandler,
 )
+
+from tests.support.sdk import SubEvents
 
 from .helpers import ServerHandle
 from .test_protocol import assert_close, err, open_session, uniq
@@ -120,18 +118,6 @@ async def test_reject_flag_does_not_apply_to_cache_recovery(srv: ServerHandle) -
     assert out["was_recovering"] is True and "recovered" not in out
 
 
-class _Events(SubscriptionEventHandler):
-    def __init__(self) -> None:
-        self.subscribed: asyncio.Queue[SubscribedContext] = asyncio.Queue()
-        self.pubs: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def on_subscribed(self, ctx: SubscribedContext) -> None:
-        await self.subscribed.put(ctx)
-
-    async def on_publication(self, ctx: PublicationContext) -> None:
-        await self.pubs.put(ctx.pub.data)
-
-
 async def test_sdk_get_state_is_called_again_on_unrecoverable_position(
     srv: ServerHandle,
 ) -> None:
@@ -148,7 +134,7 @@ async def test_sdk_get_state_is_called_again_on_unrecoverable_position(
         return StreamPosition(offset=top["result"].get("offset", 0), epoch=top["result"]["epoch"])
 
     client = Client(srv.ws_url, token=srv.token(uniq()))
-    events = _Events()
+    events = SubEvents()
     sub = client.new_subscription(
         ch,
         get_state=get_state,
@@ -159,17 +145,17 @@ async def test_sdk_get_state_is_called_again_on_unrecoverable_position(
     try:
         await client.connect()
         await sub.subscribe()
-        await asyncio.wait_for(events.subscribed.get(), 5)
+        await events.next("subscribed", timeout=5)
         assert calls == 1
         await client.disconnect()
         await srv.publish_each(ch, *({"n": i} for i in range(1, 6)))
         await client.connect()
-        ctx = await asyncio.wait_for(events.subscribed.get(), 5)
+        ctx = await events.next("subscribed", timeout=5)
         assert calls == 2
         # Subscribed again from the reloaded position: the top after six publications.
         assert ctx.stream_position is not None and ctx.stream_position.offset == 6
         await srv.publish_each(ch, {"live": True})
-        assert await asyncio.wait_for(events.pubs.get(), 5) == {"live": True}
+        assert (await events.next("publication", timeout=5)).pub.data == {"live": True}
     finally:
         await client.disconnect()
 

@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from centrifuge import Client, PublicationContext, SubscriptionEventHandler
+from centrifuge import Client
+
+from tests.support.sdk import SubEvents
 
 from .helpers import ServerHandle, start_server
 
@@ -232,17 +234,9 @@ async def test_uni_websocket_compresses_at_the_level_over_the_minimum(srv: Serve
         ws.close()
 
 
-class Publications(SubscriptionEventHandler):
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def on_publication(self, ctx: PublicationContext) -> None:
-        await self.queue.put(ctx.pub.data)
-
-
 async def test_sdk_reads_compressed_and_uncompressed_messages_in_turn(srv: ServerHandle) -> None:
     client = Client(srv.ws_url, token=srv.token("u"))
-    events = Publications()
+    events = SubEvents()
     sub = client.new_subscription("chat", events)
     await client.connect()
     await sub.subscribe()
@@ -252,7 +246,7 @@ async def test_sdk_reads_compressed_and_uncompressed_messages_in_turn(srv: Serve
         ]  # short and long in turn: context taken over across the long ones
         for data in sent:
             await srv.api_async("publish", {"channel": "chat", "data": data})
-        got = [await asyncio.wait_for(events.queue.get(), 5) for _ in sent]
+        got = [(await events.next("publication", timeout=5)).pub.data for _ in sent]
         assert got == sent
     finally:
         await client.disconnect()

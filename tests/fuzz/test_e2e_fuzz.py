@@ -26,8 +26,6 @@ import orjson
 import pytest
 from centrifuge import (  # type: ignore[import-untyped]
     Client,
-    PublicationContext,
-    SubscriptionEventHandler,
 )
 from e2e.helpers import ServerHandle, start_server
 from hypothesis import example, given, settings
@@ -35,6 +33,7 @@ from hypothesis import strategies as st
 
 from app.protocol.gen import client_pb2 as pb
 from app.protocol.protobuf import varint
+from tests.support.sdk import SubEvents
 
 from . import strategies as S
 from .harness import CHANNELS
@@ -50,14 +49,6 @@ CONFIG: dict[str, Any] = {
     "client": {"insecure": True},
     "channel": CHANNELS,
 }
-
-
-class _Publications(SubscriptionEventHandler):
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-    async def on_publication(self, ctx: PublicationContext) -> None:
-        self.queue.put_nowait(orjson.dumps(ctx.pub.data))
 
 
 class Rig:
@@ -83,7 +74,7 @@ class Rig:
         self.http = aiohttp.ClientSession()
         token = self.srv.token(user) if user else ""
         self.bystander = Client(self.srv.ws_url, proxy=None, token=token)
-        self.pubs = _Publications()
+        self.pubs = SubEvents()
         sub = self.bystander.new_subscription(CHANNEL, events=self.pubs)
         await self.bystander.connect()
         await sub.subscribe()
@@ -129,7 +120,7 @@ class Rig:
             headers={"X-API-Key": self.srv.api_key},
         ) as resp:
             assert resp.status == 200, await resp.text()
-        got = await asyncio.wait_for(self.pubs.queue.get(), 5.0)
+        got = orjson.dumps((await self.pubs.next("publication", timeout=5.0)).pub.data)
         assert got == data, (got, data)
 
 
