@@ -202,6 +202,9 @@ def test_reader_inflates_whole_fragmented_and_taken_over_messages() -> None:
         (client_frame(0x41, b"x") + client_frame(0xC0, b"y"), 1002),  # RSV1 on a continuation
         (client_frame(0xA1, b"x"), 1002),  # RSV2
     ],
+    # Named ids: the frames carry random masks, and pytest-xdist's workers must collect
+    # the same test ids.
+    ids=["rsv1-not-negotiated", "rsv1-on-continuation", "rsv2"],
 )
 def test_reader_refuses_reserved_bits_not_negotiated(frames: bytes, code: int) -> None:
     inflater = None if frames[0] == 0xC1 else Inflater(0)
