@@ -24,11 +24,10 @@ from app.api.batch import BATCH_CHUNK
 from app.api.errors import ApiDecodeError
 from app.api.executor import ApiExecutor
 from app.api.http import batch_command
-from app.config import load_config
-from app.engines.memory import MemoryBroker, MemoryPresenceManager
 from app.errors import ClientError
 from app.models import ClientInfo
 from app.node import Node
+from tests.support.node import memory_node
 from tests.support.payloads import OPAQUE
 
 HISTORY = {"history_size": 10, "history_ttl": "300s"}
@@ -50,14 +49,8 @@ CONFIG: dict[str, Any] = {
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(CONFIG))
-    n = Node(load_config(str(path), env={}), MemoryBroker(), MemoryPresenceManager())
-    await n.start()
-    try:
+    async with memory_node(tmp_path, CONFIG) as n:
         yield n
-    finally:
-        await n.shutdown()
 
 
 def json_body(params: Any) -> bytes:

@@ -8,7 +8,6 @@ which credentials win, what a grant holds, and the limits' codes.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,8 +20,6 @@ import pytest
 from app.auth import SubscribeOptionsClaim
 from app.client import Client, State
 from app.client.connecting import ConnectGrant, server_side_subs
-from app.config import load_config
-from app.engines.memory import MemoryBroker, MemoryPresenceManager
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_CHANNEL_LIMIT,
@@ -35,6 +32,7 @@ from app.errors import (
 from app.node import Node
 from app.protocol import Codec, DecodeError
 from app.protocol.json import JSON
+from tests.support.node import start_memory_node
 
 SECRET = "a-test-secret-long-enough-for-hs256!"
 
@@ -67,10 +65,7 @@ async def make_node(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
             "client": {"token": {"hmac_secret_key": SECRET}, **client},
             "channel": {"without_namespace": {"allow_subscribe_for_client": True}},
         }
-        path = tmp_path / f"config{len(nodes)}.json"
-        path.write_text(json.dumps(cfg))
-        node = Node(load_config(str(path), env={}), MemoryBroker(), MemoryPresenceManager())
-        await node.start()
+        node = await start_memory_node(tmp_path, cfg, f"config{len(nodes)}")
         nodes.append(node)
         return node
 

@@ -4,17 +4,15 @@ channel.publication_data_format) followed by ValidatePublicationData."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.config import load_config
-from app.engines.memory import MemoryBroker, MemoryPresenceManager
 from app.errors import ClientError
 from app.node import Node
+from tests.support.node import memory_node
 
 CONFIG: dict[str, Any] = {
     "channel": {
@@ -32,14 +30,8 @@ CONFIG: dict[str, Any] = {
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(CONFIG))
-    n = Node(load_config(str(path), env={}), MemoryBroker(), MemoryPresenceManager())
-    await n.start()
-    try:
+    async with memory_node(tmp_path, CONFIG) as n:
         yield n
-    finally:
-        await n.shutdown()
 
 
 def refused(node: Node, channel: str, data: bytes, **kw: Any) -> int:

@@ -5,7 +5,6 @@ body reader; a real Node (memory engine) is what the check looks at."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from app.config import load_config
-from app.engines.memory import MemoryBroker, MemoryPresenceManager
 from app.node import Node
 from app.protocol.json import JSON, JSON_UNI
 from app.protocol.protobuf import PROTOBUF
@@ -28,6 +25,7 @@ from app.transports.streaming import (
     read_body,
     sse_events,
 )
+from tests.support.node import memory_node
 
 LIMIT = 16
 
@@ -103,15 +101,9 @@ def test_sse_framing_makes_one_event_per_message() -> None:
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    path = tmp_path / "config.json"
     cfg: dict[str, Any] = {"client": {"allowed_origins": ["https://*.example.com"]}}
-    path.write_text(json.dumps(cfg))
-    n = Node(load_config(str(path), env={}), MemoryBroker(), MemoryPresenceManager())
-    await n.start()
-    try:
+    async with memory_node(tmp_path, cfg) as n:
         yield n
-    finally:
-        await n.shutdown()
 
 
 @pytest.mark.parametrize(
