@@ -219,8 +219,8 @@ class SentinelTopology:
 
     def kill_master_and_await_failover(self, timeout: float = 20.0) -> RedisProc:
         """Crash the master (SIGKILL) after the replica acknowledged every write, then wait
-        until the sentinel reports the replica as master and the replica agrees. Returns the
-        new master."""
+        until the sentinel has finished the failover to the replica and the replica agrees.
+        Returns the new master."""
         old = self.current_master()
         new = self.replica if old is self.master else self.master
         with old.client() as c:
@@ -230,7 +230,13 @@ class SentinelTopology:
         old.kill()
 
         def promoted() -> bool:
-            if self.master_port() != new.port:
+            # GET-MASTER-ADDR-BY-NAME names the promoted replica while the failover is still
+            # in progress; clients that discover the master with SENTINEL MASTERS (redis-py)
+            # see the old, o_down entry until the sentinel switches. The failover is over
+            # when the sentinel's own record is the new master and flagged only "master".
+            with self.sentinel_client() as s:
+                record = s.sentinel_master(self.master_name)
+            if int(record["port"]) != new.port or record["flags"] != "master":
                 return False
             with new.client(decode_responses=True) as c:
                 return c.info("replication")["role"] == "master"
