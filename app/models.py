@@ -36,6 +36,12 @@ class Publication:
     tags: dict[str, str] | None = None
     time: int = 0  # unix ms, optional
     delta: bool = False
+    # Map channels (app/maps/): the key this publication sets or removes, whether it is a
+    # removal, and (only between a map broker and the hub) the key's previous value, the
+    # base of a per-key fossil delta (centrifuge's Publication.prev_data).
+    key: str = ""
+    removed: bool = False
+    prev_data: bytes | None = None
 
 
 @dataclass(slots=True)

@@ -36,9 +36,23 @@ def decode_info(raw: bytes) -> ClientInfo:
 
 
 def encode_payload(
-    data: bytes, info: ClientInfo | None, tags: dict[str, str] | None, time_ms: int, delta: bool
+    data: bytes,
+    info: ClientInfo | None,
+    tags: dict[str, str] | None,
+    time_ms: int,
+    delta: bool,
+    key: str = "",
+    removed: bool = False,
+    prev_data: bytes | None = None,
 ) -> bytes:
+    """`key`, `removed` and `prev_data` are a map channel's (app/maps/broker.py)."""
     meta: dict[str, Any] = {}
+    if key:
+        meta["k"] = key
+    if removed:
+        meta["rm"] = True
+    if prev_data is not None:
+        meta["pd"] = _b64(prev_data)
     if info is not None:
         meta["i"] = [info.user, info.client, _b64(info.conn_info), _b64(info.chan_info)]
     if tags:
@@ -62,6 +76,11 @@ def decode_payload(payload: bytes, offset: int = 0) -> Publication:
         pub.tags = meta.get("t")
         pub.time = meta.get("tm", 0)
         pub.delta = meta.get("dl", False)
+        key = meta.get("k")
+        if key is not None:
+            pub.key = key
+            pub.removed = meta.get("rm", False)
+            pub.prev_data = _unb64(meta.get("pd"))
     return pub
 
 

@@ -1,0 +1,1 @@
+"""Map subscriptions: keyed channel state with a change stream (centrifuge's MapBroker)."""
