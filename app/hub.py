@@ -244,7 +244,12 @@ class Hub:
         deltas: dict[HubClient, None],
     ) -> None:
         prev: Publication | None = None
-        if pub.offset:
+        if pub.key:
+            # A map channel: each key is its own delta chain, and the map broker hands the
+            # key's previous value along (centrifuge's prev_data); no base for a new key.
+            if pub.prev_data is not None:
+                prev = Publication(pub.prev_data)
+        elif pub.offset:
             last = self._last.get(channel)
             if last is not None and last[0] == epoch and last[1].offset == pub.offset - 1:
                 prev = last[1]

@@ -34,6 +34,7 @@ from app.errors import (
     Disconnect,
 )
 from app.hub import Hub, HubClient
+from app.maps.broker import MapBroker, MapChannelOptions
 from app.membership import Membership
 from app.models import (
     ClientInfo,
@@ -100,9 +101,11 @@ class Node:
         broker: Broker,
         presence: PresenceManager,
         controller: Controller | None = None,
+        map_broker: MapBroker | None = None,
     ) -> None:
         """`controller` None: the broker is the Controller too (both engines are), as
-        centrifuge's SetBroker takes a broker that implements Controller."""
+        centrifuge's SetBroker takes a broker that implements Controller. `map_broker`
+        None: map subscriptions answer 108 (not available)."""
         self.config = cfg
         self.id = str(uuid.uuid4())
         self.name = cfg.node.name or f"{socket.gethostname()}_{cfg.http_server.port}"
@@ -118,6 +121,7 @@ class Node:
         self._batch = broker if isinstance(broker, BatchPublisher) else None
         self._health = broker if isinstance(broker, HealthReporter) else None
         self.presence_manager = presence
+        self.map_broker = map_broker
         self.resolver = ChannelResolver(cfg)
         self.verifier = TokenVerifier(cfg.client)
         self.proxies = ProxyManager(cfg)
@@ -164,6 +168,8 @@ class Node:
         # As centrifuge's Node.Run: the controller's handler first, then the broker's.
         await self.controller.run_control(self.control)
         await self.broker.run(self)
+        if self.map_broker is not None:
+            await self.map_broker.run(self)
         self._upkeep.start()
         self.membership.start()
 
@@ -205,6 +211,8 @@ class Node:
         await self.verifier.close()
         await self.proxies.close()
         await self.broker.close()
+        if self.map_broker is not None:
+            await self.map_broker.close()
         await self.presence_manager.close()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -246,7 +254,7 @@ class Node:
             fut = self.loop.create_future()
             self._broker_subs[channel] = fut
             try:
-                await self.broker.subscribe([channel])
+                await self._pubsub(channel).subscribe([channel])
             except BaseException as e:
                 del self._broker_subs[channel]
                 fut.set_exception(e)
@@ -277,7 +285,27 @@ class Node:
         # A subscriber may have come back between scheduling and running this.
         if channel in self._broker_subs or self.hub.has_subscribers(channel):
             return
-        await self.broker.unsubscribe([channel])
+        await self._pubsub(channel).unsubscribe([channel])
+
+    def _pubsub(self, channel: str) -> Broker | MapBroker:
+        """Where a channel's publications come from: the map broker for a map channel
+        (its own PUB/SUB, as Centrifugo's map_broker), the broker for every other."""
+        if self.map_broker is not None and self.map_channel_options(channel) is not None:
+            return self.map_broker
+        return self.broker
+
+    def map_channel_options(self, channel: str) -> MapChannelOptions | None:
+        """The map options of `channel`; None when its namespace is not a map type
+        (map, map_clients, map_users) or does not exist."""
+        try:
+            ns = self.resolve(channel).options
+        except ClientError:
+            return None
+        if not ns.subscription_type.startswith("map"):
+            return None
+        from app.maps.options import map_channel_options  # TODO(lead): top-level import
+
+        return map_channel_options(ns)  # validated at config load: cannot raise here
 
     # --- facade used by clients and the server API ---
 

@@ -84,6 +84,8 @@ class Upkeep:
                         await presence.add_presence(channel, client.uid, info)
                     except Exception:
                         log.exception("presence refresh failed")
+                if self._node.map_broker is not None:
+                    await client.refresh_map_presence()
 
     async def _check_positions(self, delay: float) -> None:
         """Catch publications lost on an idle channel (e.g. during a PUB/SUB

@@ -7,8 +7,9 @@ import time
 from typing import Any
 
 from app.channels import ChannelInfo
+from app.client.mapping import PUBLISH_TYPE_MAP, MapFlow
+from app.client.polling import PollFlow
 from app.client.state import ttl_until
-from app.client.subscribing import SubscribeFlow
 from app.client.tokens import verified
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
@@ -27,9 +28,9 @@ from app.protocol import DecodeError, get_bool, get_int, get_raw, get_str
 from app.proxy import ProxyUnavailable
 
 
-class ChannelCommands(SubscribeFlow):
+class ChannelCommands(MapFlow, PollFlow):
     """The channel commands of a connection: the part of `Client`
-    (app/client/connection.py) after its subscriptions (`SubscribeFlow`)."""
+    (app/client/connection.py) after its subscriptions (`SubscribeFlow`, `MapFlow`)."""
 
     __slots__ = ()
 
@@ -40,12 +41,17 @@ class ChannelCommands(SubscribeFlow):
         if not channel:
             raise Disconnect(DISCONNECT_BAD_REQUEST)
         await self._subscribe_settled(channel)
+        syncs = self._map_syncs
+        if syncs is not None and channel in syncs:
+            self._drop_map_sync(channel, syncs[channel])  # a map sync given up midway
         sub = self._subs.get(channel)
         if sub is not None:
             await self._drop_subscription(sub)
         return {}
 
     async def _cmd_publish(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        if len(params) > 2 and get_int(params, "type", signed=True) == PUBLISH_TYPE_MAP:
+            return await self._map_publish(params)
         channel = get_str(params, "channel")
         data = get_raw(params, "data")
         if not channel or not data:
@@ -169,6 +175,8 @@ class ChannelCommands(SubscribeFlow):
         sub = self._subscribed(channel)
         if sub is None:  # as centrifuge: a subscribe still in flight is not subscribed yet
             raise ClientError(ERROR_PERMISSION_DENIED)
+        if self._poll_sub_refresh(sub, cmd_id, params):
+            return None  # shared poll track/untrack, answered by app/client/polling.py
         if self.node.proxies.sub_refresh_proxy(sub.chinfo.options) is not None:
             raise Disconnect(DISCONNECT_BAD_REQUEST)  # refreshed server-side by the proxy
         if not token:

@@ -140,6 +140,8 @@ class Client(ConnectFlow):
         self._client_name = ""
         self._inflight = None
         self._subscribing = None
+        self._map_syncs = None
+        self._polls = None
         self._stale_handle = node.timers.call_later(self.cfg.stale_close_delay, self._on_stale)
         node.clients.add(self)
 

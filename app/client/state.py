@@ -19,6 +19,7 @@ from app.models import Publication
 from app.proxy import ProxyContext
 
 if TYPE_CHECKING:
+    from app.client.polling import PollState
     from app.client.inflight import InFlight
     from app.config import ClientConfig
     from app.node import Node
@@ -85,6 +86,8 @@ class ClientState:
         "_client_name",
         "_inflight",
         "_subscribing",
+        "_map_syncs",
+        "_polls",
         "__weakref__",
     )
 
@@ -121,6 +124,10 @@ class ClientState:
     # Channels with a client subscribe in flight -> the future an unsubscribe waits on
     # (app/client/subscribing.py); None while there are none.
     _subscribing: dict[str, asyncio.Future[None] | None] | None
+    # Map subscriptions still syncing (app/client/mapping.py MapSync); None while none.
+    _map_syncs: dict[str, MapSync] | None
+    # Shared poll subscriptions' tracked keys (app/client/polling.py); None while none.
+    _polls: dict[str, PollState] | None
 
     def send(self, data: bytes) -> None:
         self._writer.enqueue(data)
@@ -172,6 +179,7 @@ class Subscription:
     # publication in full.
     delta: bool = False
     delta_ready: bool = False
+    map: bool = False  # a map subscription (app/client/mapping.py)
     # Publications that arrive while the subscribe is in flight wait here.
     buffer: list[tuple[Publication, str, Frames | DeltaFrames]] | None = field(default_factory=list)
 
@@ -224,3 +232,19 @@ MAX_TTL = 2**32 - 1
 def ttl_until(expire_at: float) -> int:
     """Seconds left until `expire_at` (unix seconds) as the protocol's uint32 `ttl`."""
     return min(max(int(expire_at - time.time()), 0), MAX_TTL)
+
+
+@dataclass(slots=True)
+class MapSync:
+    """A map subscription still syncing (centrifuge's mapSubscribeState): what the first
+    command authorized, and the positions frozen on the way."""
+
+    chinfo: ChannelInfo
+    req: SubRequest  # authorized: token/proxy grants, compiled tags filter
+    started: float  # monotonic
+    epoch: str = ""
+    offset: int = 0  # the stream top when the first state page was read
+    offset_captured: bool = False
+    stream_start: int = 0  # the stream top when the stream phase began
+    stream_start_captured: bool = False
+    busy: bool = False  # a page is being read (centrifuge's pagination lock)

@@ -149,8 +149,10 @@ class SubscribeFlow(Permissions, Positioning):
             raise ClientError(ERROR_BAD_REQUEST)
         if channel in self._subs or self._subscribing_to(channel):
             raise ClientError(ERROR_ALREADY_SUBSCRIBED)
+        # A map sync's next page (cursor, or a later phase) holds its channel already.
+        continues = sub_type != SUB_TYPE_STREAM and self._map_continues(channel, params)
         limit = self.cfg.channel_limit
-        if limit > 0 and self._num_channels() >= limit:
+        if not continues and limit > 0 and self._num_channels() >= limit:
             raise ClientError(ERROR_LIMIT_EXCEEDED)
         if sub_type != SUB_TYPE_STREAM or ns_type:
             self._check_subscription_type(channel, sub_type, ns_type)
@@ -158,12 +160,27 @@ class SubscribeFlow(Permissions, Positioning):
         if subscribing is None:
             subscribing = self._subscribing = {}
         subscribing[channel] = None
+        if sub_type != SUB_TYPE_STREAM:
+            return self._map_subscribe_reserved(cmd_id, chinfo, req, params)
         return self._subscribe_reserved(cmd_id, chinfo, req)
+
+    # Map subscriptions (app/client/mapping.py MapFlow, a subclass) take these over.
+
+    def _map_continues(self, channel: str, params: dict[str, Any]) -> bool:
+        return False
+
+    async def _map_subscribe_reserved(
+        self, cmd_id: int, chinfo: ChannelInfo, req: SubRequest, params: dict[str, Any]
+    ) -> None:
+        self._end_subscribing(chinfo.channel)
+        raise ClientError(ERROR_NOT_AVAILABLE)
+
+    async def _map_cleanup(self, sub: Subscription) -> None:
+        """What a map subscription leaves behind when it ends."""
 
     def _check_subscription_type(self, channel: str, sub_type: int, ns_type: str) -> None:
         """103 for a type the namespace does not take (after 105 and the channel limit, as
-        in Centrifugo's subscribe handler); a map type it takes is 108: map subscriptions
-        are not implemented, and must not become stream subscriptions."""
+        in Centrifugo's subscribe handler); a map type without a map broker is 108."""
         if not _subscription_type_allowed(sub_type, ns_type):
             log.info(
                 "subscription type %d not allowed for namespace of %r (client %s)",
@@ -172,8 +189,8 @@ class SubscribeFlow(Permissions, Positioning):
                 self.uid,
             )
             raise ClientError(ERROR_PERMISSION_DENIED)
-        if sub_type != SUB_TYPE_STREAM:
-            log.info("map subscribe to %r is not available", channel)
+        if sub_type != SUB_TYPE_STREAM and self.node.map_broker is None:
+            log.info("map subscribe to %r: no map broker", channel)
             raise ClientError(ERROR_NOT_AVAILABLE)
 
     async def _subscribe_reserved(self, cmd_id: int, chinfo: ChannelInfo, req: SubRequest) -> None:
@@ -362,7 +379,8 @@ class SubscribeFlow(Permissions, Positioning):
         only needs the stream top once it goes quiet."""
         out = []
         for sub in self._subs.values():
-            if not sub.positioned or sub.buffer is not None:
+            # A map subscription's stream is the map broker's, not the broker's history.
+            if not sub.positioned or sub.buffer is not None or sub.map:
                 continue
             if sub.offset == sub.checked_offset:
                 out.append(sub)
@@ -395,6 +413,8 @@ class SubscribeFlow(Permissions, Positioning):
         try:
             if sub.presence:
                 await node.presence_manager.remove_presence(sub.channel, self.uid, self.user)
+            if sub.map and sub.buffer is None:
+                await self._map_cleanup(sub)
             if announce and sub.join_leave and sub.buffer is None:
                 await node.broker.publish_leave(sub.channel, self._info(sub))
         except Exception as e:  # engine down: the entry expires by itself
@@ -540,7 +560,9 @@ class SubscribeFlow(Permissions, Positioning):
             # subscription gets patches: its offset check above proves it holds the
             # previous publication, the patch's base (centrifuge sends the others full).
             patch = frames.patch
-            if sub.delta_ready and patch is not None and sub.positioned:
+            # A map subscription's patches are per key, against the value the client holds
+            # for that key from its sync or live delivery.
+            if sub.delta_ready and patch is not None and (sub.positioned or sub.map):
                 frames = patch
             else:
                 frames = frames.full

@@ -54,6 +54,10 @@ def publication_obj(pub: Publication) -> dict[str, Any]:
         out["delta"] = True  # data is a fossil patch (app/hub.py DeltaFrames)
     if pub.time:
         out["time"] = pub.time
+    if pub.key:
+        out["key"] = pub.key
+        if pub.removed:
+            out["removed"] = True
     return out
 
 
@@ -146,7 +150,14 @@ class JsonCodec:
 
     def encode_pub_push(self, channel: str, pub: Publication) -> bytes:
         # b"" for a payload that is not JSON text: its JSON subscribers get 3506 instead.
-        if pub.info is None and not pub.tags and not pub.time and not pub.delta and pub.data:
+        if (
+            pub.info is None
+            and not pub.tags
+            and not pub.time
+            and not pub.delta
+            and not pub.key
+            and pub.data
+        ):
             # The common shape (API publications) spliced by hand: the same bytes orjson
             # writes for the dict below, at a third of the cost on the fan-out path.
             if not jsonraw.is_json(pub.data):
