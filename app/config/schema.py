@@ -6,7 +6,7 @@ key, its type, its environment variable name and its default (app/config/section
 Durations are float seconds in Python and Go duration strings ("25s") on disk.
 
 The loaded result is immutable and cheap to read on hot paths (slots, no properties except
-``ChannelOptions.history_enabled``). Shared pieces live in schema_parts.py, the channel and
+``ChannelOptions.history_enabled`` and ``ChannelOptions.is_map``). Shared pieces live in schema_parts.py, the channel and
 RPC sections in schema_channel.py.
 """
 
@@ -33,6 +33,9 @@ __all__ = [
     "NatsConfig",
     "BrokerConfig",
     "PresenceManagerConfig",
+    "RedisMapBrokerConfig",
+    "MapBrokerConfig",
+    "SharedPollConfig",
     "TokenConfig",
     "SubscriptionTokenConfig",
     "ClientProxyConfig",
@@ -150,6 +153,40 @@ class PresenceManagerConfig(Section):
     enabled: bool = False
     type: str = "memory"
     redis: RedisConfig = subsection(RedisConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisMapBrokerConfig(RedisConfig):
+    """``map_broker.redis`` (Centrifugo's RedisMapBroker): a Redis deployment of its own,
+    read like every other ``redis`` section (the engine-only keys it inherits are Centrifugo's
+    ``engine.redis`` extras and do nothing here), plus the map broker's own settings."""
+
+    # How often expired keys become removal publications; -1s (negative) disables it.
+    cleanup_interval: Duration = Duration(1.0)
+    cleanup_batch_size: int = 100
+    idempotent_result_ttl: Duration = Duration(300.0)
+    skip_pub_sub: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MapBrokerConfig(Section):
+    """``map_broker`` (Centrifugo's MapBroker, engine.go): where map channels live."""
+
+    type: str = "memory"  # memory | redis (postgres: refused at start, not implemented)
+    redis: RedisMapBrokerConfig = subsection(RedisMapBrokerConfig)
+    # Not implemented (reported by app/config/support.py when set): kept opaque.
+    postgres: dict[str, Any] = empty_map()
+
+
+@dataclass(frozen=True, slots=True)
+class SharedPollConfig(Section):
+    """Top-level ``shared_poll`` (Centrifugo's SharedPoll, types.go): the HMAC keys that sign
+    tracked items, and how many refresh calls run at once (0: no limit)."""
+
+    hmac_secret_key: str = ""
+    hmac_previous_secret_key: str = ""
+    hmac_previous_secret_key_valid_until: UnixTime = UnixTime(0)
+    concurrency_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,10 +479,11 @@ class Config(Section):
     usage_stats: UsageStatsConfig = subsection(UsageStatsConfig)
     node: NodeConfig = subsection(NodeConfig)
     shutdown: ShutdownConfig = subsection(ShutdownConfig)
-    # [6.8+] experimental sections: accepted as opaque objects, not implemented.
-    map_broker: dict[str, Any] = empty_map()
+    # [6.8+] map subscriptions and shared poll.
+    map_broker: MapBrokerConfig = subsection(MapBrokerConfig)
+    shared_poll: SharedPollConfig = subsection(SharedPollConfig)
+    # Not implemented (reported by app/config/support.py when set): kept opaque.
     controller: dict[str, Any] = empty_map()
-    shared_poll: dict[str, Any] = empty_map()
     pid_file: str = ""
     enable_unreleased_features: bool = False
     # Not config keys: the merged nested dict and the namespace index.

@@ -5,12 +5,14 @@ Namespace classes (`ChannelOptions`, `RpcOptions`) serve both as ``without_names
 """
 
 from dataclasses import dataclass
-from typing import Any
 
 from app.config.schema_parts import ProxyConfig
-from app.config.section import Duration, Section, empty_map, item_name, subsection
+from app.config.section import Duration, Section, item_name, subsection
 
 __all__ = [
+    "MAP_SUBSCRIPTION_TYPES",
+    "MapOptions",
+    "SharedPollOptions",
     "ChannelOptions",
     "ChannelProxyConfig",
     "ChannelConfig",
@@ -18,6 +20,54 @@ __all__ = [
     "RpcPingConfig",
     "RpcConfig",
 ]
+
+
+# The subscription types whose channels are maps (kept by the map broker).
+MAP_SUBSCRIPTION_TYPES = frozenset({"map", "map_clients", "map_users"})
+
+
+@dataclass(frozen=True, slots=True)
+class MapOptions(Section):
+    """A namespace's ``map`` section (Centrifugo's MapConfig, namespace.go): how a map channel
+    is stored (mode, TTLs, stream: resolved by app/maps/options.py) and what clients may do.
+    Zero values mean "centrifuge's default" (page sizes, catch-up timeout, stream size/ttl)."""
+
+    mode: str = ""  # ephemeral | recoverable | persistent; required for map types
+    key_ttl: Duration = Duration(0.0)
+    stream_size: int = 0
+    stream_ttl: Duration = Duration(0.0)
+    meta_ttl: Duration = Duration(0.0)
+    remove_client_on_unsubscribe: bool = False
+    client_key: str = ""  # "" | client_id | user_id
+    allow_publish_for_client: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_anonymous: bool = False
+    allow_remove_for_client: bool = False
+    allow_remove_for_subscriber: bool = False
+    allow_remove_for_anonymous: bool = False
+    publish_proxy_enabled: bool = False
+    publish_proxy_name: str = "default"
+    remove_proxy_enabled: bool = False
+    remove_proxy_name: str = "default"
+    default_page_size: int = 0
+    min_page_size: int = 0
+    max_page_size: int = 0
+    live_transition_max_publication_limit: int = 0
+    subscribe_catch_up_timeout: Duration = Duration(0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedPollOptions(Section):
+    """A namespace's ``shared_poll`` section (Centrifugo's SharedPollConfig, namespace.go)."""
+
+    proxy_name: str = ""  # "" = the default proxy (channel.proxy.shared_poll_refresh)
+    refresh_interval: Duration = Duration(0.0)
+    refresh_batch_size: int = 0
+    max_keys_per_connection: int = 0
+    mode: str = ""  # "" (= versionless) | versionless | versioned
+    channel_shutdown_delay: Duration = Duration(0.0)
+    track_expired_extra_delay: Duration = Duration(0.0)
+    publish_enabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +115,22 @@ class ChannelOptions(Section):
     subscribe_stream_proxy_enabled: bool = False
     subscribe_stream_proxy_name: str = "default"
     subscribe_stream_proxy_bidirectional: bool = False
-    # [6.8+] subscription types: a subscribe of another type is refused (103); map and
-    # shared poll subscriptions themselves are not implemented.
+    # [6.8+] "" and "stream" are streams; map, map_clients, map_users take `map`,
+    # shared_poll takes `shared_poll`. A subscribe of another type is refused (103).
     subscription_type: str = ""
-    map: dict[str, Any] = empty_map()
-    shared_poll: dict[str, Any] = empty_map()
+    map: MapOptions = subsection(MapOptions)
+    shared_poll: SharedPollOptions = subsection(SharedPollOptions)
     map_clients_presence_channel_prefix: str = ""
     map_users_presence_channel_prefix: str = ""
 
     @property
     def history_enabled(self) -> bool:
         return self.history_size > 0 and self.history_ttl > 0
+
+    @property
+    def is_map(self) -> bool:
+        """A map subscription type (map, map_clients, map_users): keyed state."""
+        return self.subscription_type in MAP_SUBSCRIPTION_TYPES
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ _AUTOCERT = (
 _GO_BUFFERS = (
     "Go's WebSocket buffer tuning has no equivalent here (asyncio reads into its own buffer)"
 )
-_MAP = "map subscriptions and shared poll are not implemented"
+_MAP_PROXY = "map publish and remove proxies are not implemented"
 _NATS = "the NATS broker is not implemented (broker.type accepts memory and redis)"
 _PG = "the PostgreSQL broker is not implemented (broker.type accepts memory and redis)"
 
@@ -56,23 +56,23 @@ UNSUPPORTED: dict[str, str] = {
     "broker.nats.**": _NATS,
     "broker.redisnats": "the redisnats broker is not implemented",
     "broker.postgres": _PG,
-    "map_broker": _MAP,
-    "shared_poll": _MAP,
+    "map_broker.postgres": "the PostgreSQL map broker is not implemented (map_broker.type "
+    "accepts memory and redis)",
+    "map_broker.redis.presence_*": "presence keys belong to engine.redis; the map broker has none",
     "controller": "the custom controller is not implemented (workers and nodes talk through "
     "the broker)",
     "consumers": "async consumers are not implemented",
-    "channel.proxy.map_publish.**": _MAP,
-    "channel.proxy.map_remove.**": _MAP,
-    "channel.proxy.shared_poll_refresh.**": _MAP,
+    "channel.proxy.map_publish.**": _MAP_PROXY,
+    "channel.proxy.map_remove.**": _MAP_PROXY,
     "channel.proxy.subscribe_stream.**": "subscription streams (subscribe_stream proxy) are "
     "not implemented",
     **{
-        k: _MAP
+        k: _MAP_PROXY
         for k in _ns(
-            "map",
-            "shared_poll",
-            "map_clients_presence_channel_prefix",
-            "map_users_presence_channel_prefix",
+            "map.publish_proxy_enabled",
+            "map.publish_proxy_name",
+            "map.remove_proxy_enabled",
+            "map.remove_proxy_name",
         )
     },
     **{

@@ -1,6 +1,9 @@
 """The rules a loaded configuration must satisfy beyond its types, as Centrifugo's validate.go
-states them: names, history and recovery settings, proxies a namespace names, limits. The first
-broken rule raises ConfigError naming the key.
+states them: names, history and recovery settings, proxies a namespace names, limits, map and
+shared-poll sections. The first broken rule raises ConfigError naming the key.
+
+A map namespace is also run through app/maps/options.py (centrifuge's resolver), so whatever
+centrifuge would refuse at the first map operation refuses the start instead.
 """
 
 import logging
@@ -10,8 +13,10 @@ from collections.abc import Mapping
 from app.config.durations import format_duration
 from app.config.schema import Config
 from app.config.schema_channel import ChannelOptions
+from app.config.schema_parts import ProxyConfig
 from app.config.section import ConfigError
 from app.goregex import compile_channel_regex
+from app.maps.options import MapOptionsError, map_channel_options
 
 __all__ = ["validate"]
 
@@ -36,6 +41,191 @@ def _check_second_precision(seconds: float, key: str) -> None:
 
 # A namespace's subscription_type ("" is stream), as Centrifugo validates it.
 _SUBSCRIPTION_TYPES = ("", "stream", "map", "map_clients", "map_users", "shared_poll")
+_MAP_MODES = ("ephemeral", "recoverable", "persistent")
+# map_broker.type values Centrifugo knows; postgres is one this server refuses to start with.
+_MAP_BROKERS = ("memory", "redis", "postgres")
+
+
+def _proxy_problem(p: ProxyConfig) -> str:
+    """Centrifugo's validateProxy for the default proxy of a kind: "" when usable."""
+    if p.timeout == 0:
+        return "timeout not set"
+    if not p.endpoint:
+        return "endpoint not set"
+    return ""
+
+
+def _validate_map_proxies(opts: ChannelOptions, where: str, cfg: Config, proxies: set[str]) -> None:
+    m = opts.map
+    for kind, enabled, name in (
+        ("publish", m.publish_proxy_enabled, m.publish_proxy_name),
+        ("remove", m.remove_proxy_enabled, m.remove_proxy_name),
+    ):
+        if name and name not in proxies:
+            raise ConfigError(f'{where}: map {kind} proxy with name "{name}" not found')
+        if enabled and name == _DEFAULT_PROXY:
+            problem = _proxy_problem(getattr(cfg.channel.proxy, f"map_{kind}"))
+            if problem:
+                raise ConfigError(f"{where}: in channel.proxy.map_{kind}: {problem}")
+    if m.client_key and m.client_key not in ("client_id", "user_id"):
+        raise ConfigError(
+            f'{where}: unknown map.client_key: "{m.client_key}" (valid: "client_id", "user_id")'
+        )
+    # Both decide the final key; Centrifugo refuses the pair rather than let the proxy win.
+    for kind, enabled in (("publish", m.publish_proxy_enabled), ("remove", m.remove_proxy_enabled)):
+        if m.client_key and enabled:
+            raise ConfigError(
+                f"{where}: map.client_key is not compatible with map.{kind}_proxy_enabled: "
+                "the proxy is responsible for keying when enabled"
+            )
+
+
+def _validate_shared_poll(opts: ChannelOptions, where: str, cfg: Config, proxies: set[str]) -> None:
+    sp = opts.shared_poll
+    if not cfg.shared_poll.hmac_secret_key:
+        raise ConfigError(
+            f"{where}: shared_poll.hmac_secret_key is required when subscription_type is "
+            '"shared_poll"'
+        )
+    if sp.proxy_name and sp.proxy_name not in proxies:
+        raise ConfigError(f'{where}: shared poll proxy with name "{sp.proxy_name}" not found')
+    if sp.proxy_name in ("", _DEFAULT_PROXY):
+        problem = _proxy_problem(cfg.channel.proxy.shared_poll_refresh)
+        if problem:
+            raise ConfigError(f"{where}: in channel.proxy.shared_poll_refresh: {problem}")
+    if sp.mode not in ("", "versionless", "versioned"):
+        raise ConfigError(f'{where}: invalid shared_poll mode: "{sp.mode}"')
+    if sp.publish_enabled and sp.mode in ("", "versionless"):
+        raise ConfigError(
+            f"{where}: shared_poll publish_enabled is incompatible with versionless mode "
+            "(requires explicit versions)"
+        )
+
+
+def _validate_map_storage(opts: ChannelOptions, where: str) -> None:
+    """validate.go's map.mode / TTL / stream rules, in its order and words."""
+    m = opts.map
+    if m.mode and m.mode not in _MAP_MODES:
+        raise ConfigError(
+            f'{where}: unknown map.mode: "{m.mode}" '
+            '(valid: "ephemeral", "recoverable", "persistent")'
+        )
+    if opts.is_map and not m.mode:
+        raise ConfigError(f"{where}: map.mode is required when subscription_type is a map type")
+    if m.mode in ("ephemeral", "recoverable"):
+        if m.key_ttl == 0:
+            raise ConfigError(f'{where}: map.key_ttl is required when map.mode is "{m.mode}"')
+        if m.key_ttl < 0:
+            raise ConfigError(f"{where}: map.key_ttl must be positive")
+    if m.mode == "persistent" and m.key_ttl != 0:
+        raise ConfigError(
+            f'{where}: map.key_ttl must not be set when map.mode is "persistent" '
+            "(entries don't expire)"
+        )
+    # Presence entries are cleaned up by TTL only (map_users) or as the fallback of a failed
+    # remove (map_clients): without expiry stale entries would stay for ever.
+    if m.mode == "persistent" and opts.subscription_type in ("map_clients", "map_users"):
+        raise ConfigError(
+            f'{where}: map.mode "persistent" is not allowed with subscription_type '
+            f'"{opts.subscription_type}" (presence entries require TTL-based cleanup; '
+            'use "ephemeral" or "recoverable")'
+        )
+    if m.mode == "ephemeral":
+        for key, value in (
+            ("stream_size", m.stream_size),
+            ("stream_ttl", m.stream_ttl),
+            ("meta_ttl", m.meta_ttl),
+        ):
+            if (value > 0) if key == "stream_size" else (value != 0):
+                raise ConfigError(f'{where}: map.{key} must be 0 for map.mode "ephemeral"')
+    if m.mode in ("recoverable", "persistent"):
+        for key, value in (
+            ("stream_size", m.stream_size),
+            ("stream_ttl", m.stream_ttl),
+            ("meta_ttl", m.meta_ttl),
+        ):
+            if value < 0:
+                raise ConfigError(f"{where}: map.{key} must be non-negative")
+        if m.meta_ttl != 0:
+            stream_ttl = m.stream_ttl or 60.0
+            if m.meta_ttl < stream_ttl:
+                raise ConfigError(
+                    f"{where}: map.meta_ttl ({format_duration(m.meta_ttl)}) must be >= "
+                    f"map.stream_ttl ({format_duration(stream_ttl)}) "
+                    "(metadata must outlive stream)"
+                )
+    if m.remove_client_on_unsubscribe and not opts.is_map:
+        raise ConfigError(
+            f"{where}: map.remove_client_on_unsubscribe requires subscription_type to be a map type"
+        )
+
+
+def _presence_prefix_namespace(cfg: Config, field: str, prefix: str, expected: str) -> str:
+    """Centrifugo's validatePresenceChannelPrefix: the prefix's namespace must exist and be of
+    the matching map presence type; "" when it is."""
+    boundary = cfg.channel.namespace_boundary
+    ns_name = ""
+    if boundary and boundary in prefix:
+        ns_name = prefix[: prefix.index(boundary)]
+    target = cfg.namespace(ns_name)
+    if target is None:
+        return f'{field} "{prefix}": namespace "{ns_name}" does not exist'
+    if target.subscription_type != expected:
+        return (
+            f'{field} "{prefix}": target namespace "{ns_name}" must have '
+            f'subscription_type="{expected}" (got "{target.subscription_type}")'
+        )
+    return ""
+
+
+def _validate_map_page_sizes(opts: ChannelOptions, where: str) -> None:
+    # Zero is "centrifuge's default"; any set values must keep min <= default <= max.
+    m = opts.map
+    for key in ("min_page_size", "max_page_size", "default_page_size"):
+        if getattr(m, key) < 0:
+            raise ConfigError(f"{where}: map.{key} must not be negative")
+    lo, hi, default = m.min_page_size, m.max_page_size, m.default_page_size
+    if lo > 0 and hi > 0 and lo > hi:
+        raise ConfigError(
+            f"{where}: map.min_page_size ({lo}) must not exceed map.max_page_size ({hi})"
+        )
+    if default > 0 and hi > 0 and default > hi:
+        raise ConfigError(
+            f"{where}: map.default_page_size ({default}) must not exceed map.max_page_size ({hi})"
+        )
+    if default > 0 and lo > 0 and default < lo:
+        raise ConfigError(
+            f"{where}: map.default_page_size ({default}) must not be below map.min_page_size ({lo})"
+        )
+
+
+def _validate_map_namespace(
+    opts: ChannelOptions, where: str, cfg: Config, proxies: set[str]
+) -> None:
+    """validate.go's map and shared-poll part of validateChannelOptions, in its order."""
+    _validate_map_proxies(opts, where, cfg, proxies)
+    if opts.subscription_type == "shared_poll":
+        _validate_shared_poll(opts, where, cfg, proxies)
+    _validate_map_storage(opts, where)
+    for field, prefix, expected in (
+        (
+            "map_clients_presence_channel_prefix",
+            opts.map_clients_presence_channel_prefix,
+            "map_clients",
+        ),
+        ("map_users_presence_channel_prefix", opts.map_users_presence_channel_prefix, "map_users"),
+    ):
+        if prefix:
+            problem = _presence_prefix_namespace(cfg, field, prefix, expected)
+            if problem:
+                raise ConfigError(f"{where}: {problem}")
+    _validate_map_page_sizes(opts, where)
+    if opts.is_map:
+        # What centrifuge checks beyond validate.go (meta_ttl against key_ttl, ...).
+        try:
+            map_channel_options(opts)
+        except MapOptionsError as e:
+            raise ConfigError(f"{where}: map: {e}") from None
 
 
 def _validate_channel_options(
@@ -76,6 +266,7 @@ def _validate_channel_options(
         raise ConfigError(
             f"invalid value for {where}.subscription_type: unknown {opts.subscription_type!r}"
         )
+    _validate_map_namespace(opts, where, cfg, proxies)
     if opts.channel_regex:
         try:
             compile_channel_regex(opts.channel_regex)
@@ -105,6 +296,23 @@ def _validate_channel_options(
             if not getattr(cfg.channel.proxy, kind).endpoint:
                 raise ConfigError(
                     f"{where}.{kind}_proxy_enabled: channel.proxy.{kind}.endpoint not set"
+                )
+
+
+def _validate_presence_prefix_targets(cfg: Config) -> None:
+    """validate.go's second pass over namespaces: the namespace a map presence prefix names
+    (the text before the boundary, or the whole prefix + "x" when it has none) must exist."""
+    boundary = cfg.channel.namespace_boundary or ":"
+    for ns in cfg.channel.namespaces:
+        for field in ("map_clients_presence_channel_prefix", "map_users_presence_channel_prefix"):
+            prefix = getattr(ns, field)
+            if not prefix:
+                continue
+            target = (prefix + "x").split(boundary, 1)[0]
+            if target == "" or cfg.namespace(target) is None:
+                raise ConfigError(
+                    f'namespace {ns.name}: {field} "{prefix}" resolves to namespace "{target}" '
+                    "which does not exist"
                 )
 
 
@@ -209,6 +417,16 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"channel.namespaces: namespace name must be unique: {ns.name!r}")
         names.add(ns.name)
         _validate_channel_options(ns, where, cfg, proxies)
+
+    _validate_presence_prefix_targets(cfg)
+    if cfg.map_broker.type not in _MAP_BROKERS:
+        raise ConfigError(f"unknown map broker type: {cfg.map_broker.type}")
+    if cfg.map_broker.type == "postgres":
+        # Refused rather than served from memory: a user who asked for PostgreSQL expects
+        # map state to survive restarts.
+        raise ConfigError(
+            "map_broker.type postgres is not implemented by centrifugo-py (use memory or redis)"
+        )
 
     personal = client.subscribe_to_user_personal_channel
     if personal.enabled:

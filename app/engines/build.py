@@ -82,6 +82,16 @@ def uses_memory_engine(cfg: Config) -> bool:
     return choice.broker.type == MEMORY or choice.presence.type == MEMORY
 
 
+def uses_memory_map_broker(cfg: Config) -> bool:
+    """Whether map channels (a namespace of a map type) would live in the process: such a
+    config serves one worker only, like the memory engine (each worker would hold its own
+    copy of every map)."""
+    if cfg.map_broker.type != MEMORY:
+        return False
+    spaces = (cfg.channel.without_namespace, *cfg.channel.namespaces)
+    return any(ns.is_map for ns in spaces)
+
+
 def build_engines(cfg: Config) -> Engines:
     """The broker, presence manager and controller `cfg` asks for (not started: Node starts
     them)."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.config import Config
-from app.engines.build import engine_choice, uses_memory_engine
+from app.engines.build import engine_choice, uses_memory_engine, uses_memory_map_broker
 from app.hosting import listeners
 from app.hosting.gunicorn import (
     gunicorn_options,
@@ -23,6 +23,10 @@ from app.hosting.server import ServerSettings
 from app.logs import logging_dict
 
 MEMORY_WORKERS_ERROR = "more than one worker needs the redis engine (engine.type: redis)"
+MEMORY_MAP_WORKERS_ERROR = (
+    "more than one worker needs the redis map broker (map_broker.type: redis) when a namespace "
+    "is a map"
+)
 
 
 class StartupError(Exception):
@@ -98,6 +102,8 @@ def run(cfg: Config, workers: int, max_requests: int = 0, max_requests_jitter: i
         raise StartupError(f"invalid number of workers: {workers}")
     if workers > 1 and uses_memory_engine(cfg):
         raise StartupError(MEMORY_WORKERS_ERROR)
+    if workers > 1 and uses_memory_map_broker(cfg):
+        raise StartupError(MEMORY_MAP_WORKERS_ERROR)
     if max_requests < 0 or max_requests_jitter < 0:
         raise StartupError("--max-requests and --max-requests-jitter must not be negative")
     child_exit = prepare_multiprocess_metrics() if cfg.prometheus.enabled else None

@@ -16,15 +16,33 @@ from app.config.support import findings
 HISTORY = {"history_size": 5, "history_ttl": "60s"}
 
 
-def load(tmp_path: Path, ns: dict[str, Any]) -> Any:
+# What each type needs besides itself (a map mode; the shared-poll key and refresh proxy).
+NEEDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "map": ({"map": {"mode": "persistent"}}, {}),
+    "map_clients": ({"map": {"mode": "ephemeral", "key_ttl": "60s"}}, {}),
+    "map_users": ({"map": {"mode": "ephemeral", "key_ttl": "60s"}}, {}),
+    "shared_poll": (
+        {},
+        {
+            "shared_poll": {"hmac_secret_key": "k"},
+            "channel": {"proxy": {"shared_poll_refresh": {"endpoint": "http://127.0.0.1:1"}}},
+        },
+    ),
+}
+
+
+def load(tmp_path: Path, ns: dict[str, Any], top: dict[str, Any] | None = None) -> Any:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"channel": {"namespaces": [{"name": "ns", **ns}]}}))
+    data = dict(top or {})
+    channel = {**data.get("channel", {}), "namespaces": [{"name": "ns", **ns}]}
+    path.write_text(json.dumps({**data, "channel": channel}))
     return load_config(str(path), env={})
 
 
 @pytest.mark.parametrize("value", ["stream", "map", "map_clients", "map_users", "shared_poll"])
 def test_subscription_types_load(tmp_path: Path, value: str) -> None:
-    cfg = load(tmp_path, {"subscription_type": value})
+    ns, top = NEEDS.get(value, ({}, {}))
+    cfg = load(tmp_path, {"subscription_type": value, **ns}, top)
     assert cfg.channel.namespaces[0].subscription_type == value
     assert [f.key for f in findings(cfg) if "subscription_type" in f.key] == []
 
