@@ -35,7 +35,9 @@ from app.errors import (
 )
 from app.hub import Hub, HubClient
 from app.maps.broker import MapBroker, MapChannelOptions
+from app.maps.options import map_channel_options
 from app.membership import Membership
+from app.sharedpoll.manager import SharedPollManager
 from app.models import (
     ClientInfo,
     HistoryFilter,
@@ -125,9 +127,11 @@ class Node:
         self.resolver = ChannelResolver(cfg)
         self.verifier = TokenVerifier(cfg.client)
         self.proxies = ProxyManager(cfg)
+        self.shared_poll = SharedPollManager(cfg, self.proxies.shared_poll_proxy)
         self._broker_subs: dict[str, asyncio.Future[None]] = {}
         self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
         self._plain_options: dict[int, tuple[Any, PublishOptions]] = {}
+        self._map_options: dict[int, MapChannelOptions] = {}  # by id(namespace options)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: CoarseTimers | None = None
@@ -209,6 +213,7 @@ class Node:
         for h in self._unsub_timers.values():
             h.cancel()
         await self.verifier.close()
+        await self.shared_poll.close()
         await self.proxies.close()
         await self.broker.close()
         if self.map_broker is not None:
@@ -301,11 +306,13 @@ class Node:
             ns = self.resolve(channel).options
         except ClientError:
             return None
-        if not ns.subscription_type.startswith("map"):
+        if not ns.is_map:
             return None
-        from app.maps.options import map_channel_options  # TODO(lead): top-level import
-
-        return map_channel_options(ns)  # validated at config load: cannot raise here
+        # Validated at config load (cannot raise here); resolved once per namespace.
+        chopts = self._map_options.get(id(ns))
+        if chopts is None:
+            chopts = self._map_options[id(ns)] = map_channel_options(ns)
+        return chopts
 
     # --- facade used by clients and the server API ---
 

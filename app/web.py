@@ -28,7 +28,7 @@ from app.transports.websocket.uni import add_routes as add_uni_websocket_routes
 
 def create_node(cfg: Config) -> Node:
     engines = build_engines(cfg)
-    return Node(cfg, engines.broker, engines.presence, engines.controller)
+    return Node(cfg, engines.broker, engines.presence, engines.controller, engines.map_broker)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

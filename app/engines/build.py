@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from app.broker import Broker, Controller
 from app.config import Config, RedisConfig
+from app.maps.broker import MapBroker
 from app.presence import PresenceManager
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ class Engines:
     # Node-to-node control goes through the broker's engine (both engines' brokers are
     # Controllers, as centrifuge's SetBroker takes one that implements Controller).
     controller: Controller
+    # Map channels (app/maps/broker.py): `map_broker.type`, memory by default as in
+    # Centrifugo, independent of the engine (its own Redis section and PUB/SUB).
+    map_broker: MapBroker
 
 
 def engine_choice(cfg: Config) -> EngineChoice:
@@ -117,4 +121,18 @@ def build_engines(cfg: Config) -> Engines:
             presence = create_redis_engine(choice.presence.redis)[1]
         else:
             presence = MemoryPresenceManager()
-    return Engines(broker=broker, presence=presence, controller=broker)
+    return Engines(
+        broker=broker, presence=presence, controller=broker, map_broker=build_map_broker(cfg)
+    )
+
+
+def build_map_broker(cfg: Config) -> MapBroker:
+    """The map broker `map_broker` asks for (postgres is refused by config validation)."""
+    section = cfg.map_broker
+    if section.type == REDIS:
+        from app.engines.redis import create_redis_map_broker
+
+        return create_redis_map_broker(section.redis, "map_broker.redis")
+    from app.maps.memory import MemoryMapBroker
+
+    return MemoryMapBroker()

@@ -43,7 +43,11 @@ def client_info_obj(info: ClientInfo) -> dict[str, Any]:
 
 
 def publication_obj(pub: Publication) -> dict[str, Any]:
-    out: dict[str, Any] = {"data": _raw(pub.data) if pub.data else orjson.Fragment(b"null")}
+    out: dict[str, Any] = (
+        {"data": _raw(pub.data) if pub.data else orjson.Fragment(b"null")}
+        if pub.data or not pub.removed
+        else {}  # a map removal carries no data, and Centrifugo's JSON omits it
+    )
     if pub.info is not None:
         out["info"] = client_info_obj(pub.info)
     if pub.offset:

@@ -10,6 +10,7 @@ from typing import Any
 
 from app.config import load_config
 from app.engines.memory import MemoryBroker, MemoryPresenceManager
+from app.maps.memory import MemoryMapBroker
 from app.node import Node
 
 
@@ -18,7 +19,12 @@ async def start_memory_node(workdir: Path, config: dict[str, Any], name: str = "
     starts a Node on it; the caller shuts it down."""
     path = workdir / f"{name}.json"
     path.write_text(json.dumps(config))
-    node = Node(load_config(str(path), env={}), MemoryBroker(), MemoryPresenceManager())
+    node = Node(
+        load_config(str(path), env={}),
+        MemoryBroker(),
+        MemoryPresenceManager(),
+        map_broker=MemoryMapBroker(),
+    )
     await node.start()
     return node
 
