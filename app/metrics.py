@@ -210,6 +210,18 @@ PUBLISH_SUPPRESSED = _counter(
     ("reason", "channel_namespace"),
 )
 
+# --- map broker (centrifuge's map_broker subsystem) ---
+MAP_PUBLISH_SUPPRESSED = _counter(
+    "map_broker_publish_suppressed_count",
+    "Number of suppressed map publish operations.",
+    ("reason", "channel_namespace"),
+)
+MAP_REMOVE_SUPPRESSED = _counter(
+    "map_broker_remove_suppressed_count",
+    "Number of suppressed map remove operations.",
+    ("reason", "channel_namespace"),
+)
+
 
 class _Noop:
     """Stands in for every metric when `prometheus.enabled` is off: hot paths then

@@ -35,9 +35,7 @@ from app.errors import (
 )
 from app.hub import Hub, HubClient
 from app.maps.broker import MapBroker, MapChannelOptions
-from app.maps.options import map_channel_options
 from app.membership import Membership
-from app.sharedpoll.manager import SharedPollManager
 from app.models import (
     ClientInfo,
     HistoryFilter,
@@ -49,8 +47,10 @@ from app.models import (
     StreamPosition,
 )
 from app.node_control import NodeControl
+from app.node_maps import NodeMaps
 from app.presence import PresenceManager
 from app.proxy import ProxyManager
+from app.sharedpoll.manager import SharedPollManager
 from app.timers import CoarseTimers
 from app.upkeep import Upkeep
 
@@ -125,13 +125,13 @@ class Node:
         self.presence_manager = presence
         self.map_broker = map_broker
         self.resolver = ChannelResolver(cfg)
+        self.maps = NodeMaps(self.resolve, map_broker)
         self.verifier = TokenVerifier(cfg.client)
         self.proxies = ProxyManager(cfg)
         self.shared_poll = SharedPollManager(cfg, self.proxies.shared_poll_proxy)
         self._broker_subs: dict[str, asyncio.Future[None]] = {}
         self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
         self._plain_options: dict[int, tuple[Any, PublishOptions]] = {}
-        self._map_options: dict[int, MapChannelOptions] = {}  # by id(namespace options)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: CoarseTimers | None = None
@@ -300,19 +300,8 @@ class Node:
         return self.broker
 
     def map_channel_options(self, channel: str) -> MapChannelOptions | None:
-        """The map options of `channel`; None when its namespace is not a map type
-        (map, map_clients, map_users) or does not exist."""
-        try:
-            ns = self.resolve(channel).options
-        except ClientError:
-            return None
-        if not ns.is_map:
-            return None
-        # Validated at config load (cannot raise here); resolved once per namespace.
-        chopts = self._map_options.get(id(ns))
-        if chopts is None:
-            chopts = self._map_options[id(ns)] = map_channel_options(ns)
-        return chopts
+        """The map options of `channel` (None: not a map channel): see app/node_maps.py."""
+        return self.maps.options(channel)
 
     # --- facade used by clients and the server API ---
 

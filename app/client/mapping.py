@@ -490,14 +490,13 @@ class MapFlow(SubscribeFlow):
 
     async def _map_presence_publish(self, channel: str, key: str, info: Any) -> None:
         chopts = self.node.map_channel_options(channel)
-        broker = self.node.map_broker
-        if chopts is None or broker is None:
+        if chopts is None:
             log.error("map presence channel %r is not a map channel", channel)
             return
         opts = MapPublishOptions(
             client_info=info, key_mode=KeyMode.IF_NEW, refresh_ttl_on_suppress=True
         )
-        await broker.publish(channel, key, opts, chopts)
+        await self.node.maps.publish(channel, key, opts, chopts)
 
     async def refresh_map_presence(self) -> None:
         """Keep this connection's map presence entries alive (centrifuge's
@@ -521,13 +520,12 @@ class MapFlow(SubscribeFlow):
             removals.append((ns.map_clients_presence_channel_prefix + sub.channel, self.uid))
         if ns.map.remove_client_on_unsubscribe:
             removals.append((sub.channel, self.uid))
-        broker = self.node.map_broker
         for channel, key in removals:
             chopts = self.node.map_channel_options(channel)
-            if broker is None or chopts is None:
+            if chopts is None:
                 continue
             try:
-                await broker.remove(channel, key, MapRemoveOptions(), chopts)
+                await self.node.maps.remove(channel, key, MapRemoveOptions(), chopts)
             except Exception as e:
                 log.error("removing map entry %r of %r failed: %s", key, channel, e)
 
@@ -603,21 +601,21 @@ class MapFlow(SubscribeFlow):
             key = get_str(params, "key")
         if not key:
             raise ClientError(ERROR_BAD_REQUEST)
-        broker = self._map_broker()
+        self._map_broker()  # 108 without one
         chopts = self.node.map_channel_options(channel)
         if chopts is None:
             log.info("map publish to %r: not a map channel (client %s)", channel, self.uid)
             raise ClientError(ERROR_INTERNAL)
         try:
             if removed:
-                await broker.remove(channel, key, MapRemoveOptions(), chopts)
+                await self.node.maps.remove(channel, key, MapRemoveOptions(), chopts)
             else:
                 opts = MapPublishOptions(
                     data=get_raw(params, "data"),
                     client_info=self._info(sub),
                     delta=chinfo.options.delta_publish,
                 )
-                await broker.publish(channel, key, opts, chopts)
+                await self.node.maps.publish(channel, key, opts, chopts)
         except ClientError:
             raise
         except Exception as e:
