@@ -19,6 +19,14 @@ SCRIPTS = (
     "presence_remove",
     "presence_get",
     "presence_stats",
+    # The map broker's (app/engines/redis/maps.py), on its own shards.
+    "map_publish",
+    "map_remove",
+    "map_read_state",
+    "map_read_stream",
+    "map_find_expired",
+    "map_remove_expired",
+    "map_clear",
 )
 
 
