@@ -195,9 +195,11 @@ class MapBroker(Protocol):
         key: str = "",
         revision: StreamPosition | None = None,
     ) -> MapStateResult:
-        """A page of the state in a stable order (by key), starting after `cursor`.
-        limit: -1 all, 0 position only, N at most N (the Redis broker may return a few
-        more). `key`: only that entry (cursor and limit ignored). `revision` set: raise
+        """A page of the state, starting after `cursor` (opaque; "" first, "" returned on
+        the last page). Memory: by key. Redis: HSCAN order and cursor, as centrifuge's
+        unordered state, where a key changed during paging may come on two pages (readers
+        merge by key). limit: -1 all, 0 position only, N at most N (the Redis broker may
+        return a few more). `key`: only that entry (cursor and limit ignored). `revision` set: raise
         ClientError(ERROR_UNRECOVERABLE_POSITION) when its epoch is not the channel's."""
 
     async def read_stream(
