@@ -121,7 +121,10 @@ class Node:
         self.controller = controller
         # The broker's optional capabilities, checked once (app/broker.py).
         self._batch = broker if isinstance(broker, BatchPublisher) else None
-        self._health = broker if isinstance(broker, HealthReporter) else None
+        self._health: list[HealthReporter] = []
+        for part in (broker, map_broker):
+            if isinstance(part, HealthReporter):
+                self._health.append(part)
         self.presence_manager = presence
         self.map_broker = map_broker
         self.resolver = ChannelResolver(cfg)
@@ -179,9 +182,9 @@ class Node:
 
     @property
     def healthy(self) -> bool:
-        """False while the engine cannot serve (Redis unreachable or not answering)."""
-        health = self._health
-        return health is None or health.healthy
+        """False while the engine or the map broker cannot serve (Redis unreachable or
+        not answering)."""
+        return all(part.healthy for part in self._health)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """First step of a graceful stop: refuse new connections and disconnect every
