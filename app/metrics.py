@@ -221,6 +221,14 @@ MAP_REMOVE_SUPPRESSED = _counter(
     "Number of suppressed map remove operations.",
     ("reason", "channel_namespace"),
 )
+MAP_CLEANUP_REMOVED = _counter(
+    "map_broker_cleanup_removed_count",
+    "Total number of expired entries removed by cleanup.",
+    ("broker_name",),
+)
+MAP_CLEANUP_ERRORS = _counter(
+    "map_broker_cleanup_errors_count", "Total number of cleanup errors.", ("broker_name",)
+)
 
 
 class _Noop:

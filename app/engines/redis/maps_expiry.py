@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any, Protocol
 
+from app import metrics
 from app.engines.redis import codec
 from app.engines.redis.maps_keys import MapKeys, parse_state_value
 from app.engines.redis.publish import epoch_bytes
@@ -70,12 +71,15 @@ class MapExpiry:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await self.sweep()
+                removed = await self.sweep()
             except Exception as e:  # Redis away: logged once per outage, tried next sweep
+                metrics.child(metrics.MAP_CLEANUP_ERRORS, "redis").inc()
                 if not failing:
                     log.warning("map key expiry failed, retrying: %r", e)
                 failing = True
             else:
+                if removed:
+                    metrics.child(metrics.MAP_CLEANUP_REMOVED, "redis").inc(removed)
                 if failing:
                     log.info("map key expiry works again")
                 failing = False
