@@ -167,7 +167,7 @@ class ChannelCommands(MapFlow, PollFlow):
             raise ClientError(ERROR_INTERNAL) from None
         return {"data": res.data} if res.data else {}
 
-    async def _cmd_sub_refresh(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_sub_refresh(self, cmd_id: int, params: dict[str, Any]) -> dict[str, Any] | None:
         channel = get_str(params, "channel")
         token = get_str(params, "token")
         if not channel:

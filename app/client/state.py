@@ -19,8 +19,8 @@ from app.models import Publication
 from app.proxy import ProxyContext
 
 if TYPE_CHECKING:
-    from app.client.polling import PollState
     from app.client.inflight import InFlight
+    from app.client.polling import PollState
     from app.config import ClientConfig
     from app.node import Node
     from app.protocol import Codec

@@ -35,6 +35,11 @@ _METHODS: dict[str, tuple[str, type[Message], type[Message]]] = {
     "publish": ("Publish", pb.PublishRequest, pb.PublishResponse),
     "rpc": ("RPC", pb.RPCRequest, pb.RPCResponse),
     "sub_refresh": ("SubRefresh", pb.SubRefreshRequest, pb.SubRefreshResponse),
+    "shared_poll_refresh": (
+        "SharedPollRefresh",
+        pb.SharedPollRefreshRequest,
+        pb.SharedPollRefreshResponse,
+    ),
 }
 
 

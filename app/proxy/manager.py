@@ -32,6 +32,7 @@ from .models import (
     PublishProxyResult,
     RefreshProxyResult,
     RPCProxyResult,
+    SharedPollRefreshResult,
     SubRefreshProxyResult,
     SubscribeProxyResult,
 )
@@ -195,8 +196,21 @@ class Proxy:
         reply = await self._call("sub_refresh", fields, ctx)
         return self._parsed("sub_refresh", m.parse_sub_refresh, reply)
 
+    async def shared_poll_refresh(
+        self, channel: str, items: Sequence[tuple[str, int]]
+    ) -> SharedPollRefreshResult:
+        """One refresh of a shared poll channel's (key, version) items. Not a connection's
+        call: no client fields, only the proxy's static headers or metadata go along."""
+        fields = m.shared_poll_refresh_request(channel, items)
+        reply = await self._call("shared_poll_refresh", fields, _POLL_CONTEXT)
+        return self._parsed("shared_poll_refresh", m.parse_shared_poll_refresh, reply)
+
     async def close(self) -> None:
         await self._caller.close()
+
+
+# A shared poll refresh serves every subscriber of a channel, so it carries no connection.
+_POLL_CONTEXT = ProxyContext(client="", transport="")
 
 
 class ProxyManager:
@@ -226,6 +240,8 @@ class ProxyManager:
         for opts in (cfg.channel.without_namespace, *cfg.channel.namespaces):
             for kind in ("subscribe", "publish", "sub_refresh"):
                 self._channel_proxy(kind, opts)
+            if opts.subscription_type == "shared_poll":
+                self.shared_poll_proxy(opts)
         self.has_rpc_proxies = False
         for rpc_opts in (cfg.rpc.without_namespace, *cfg.rpc.namespaces):
             if rpc_opts.proxy_enabled:
@@ -287,6 +303,16 @@ class ProxyManager:
 
     def sub_refresh_proxy(self, opts: ChannelOptions) -> Proxy | None:
         return self._channel_proxy("sub_refresh", opts)
+
+    def shared_poll_proxy(self, opts: ChannelOptions) -> Proxy:
+        """The refresh proxy of a shared poll namespace: `shared_poll.proxy_name`, where
+        "" or "default" is `channel.proxy.shared_poll_refresh` (Centrifugo's buildProxyMap;
+        a missing one fails the start)."""
+        return self._get(
+            "shared_poll_refresh",
+            opts.shared_poll.proxy_name,
+            self.config.channel.proxy.shared_poll_refresh,
+        )
 
     def rpc_options(self, method: str) -> RpcOptions | None:
         """RPC namespace options of a method (`ns` + `rpc.namespace_boundary` + rest);

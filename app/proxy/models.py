@@ -50,6 +50,10 @@ __all__ = [
     "parse_publish",
     "parse_rpc",
     "parse_sub_refresh",
+    "SharedPollItem",
+    "SharedPollRefreshResult",
+    "shared_poll_refresh_request",
+    "parse_shared_poll_refresh",
     "decode_json_response",
 ]
 
@@ -138,6 +142,23 @@ class SubRefreshProxyResult:
     expired: bool = False
     expire_at: int = 0
     info: bytes | None = None
+
+
+@dataclass(slots=True)
+class SharedPollItem:
+    """One item of a shared poll refresh reply (SharedPollRefreshResultItem)."""
+
+    key: str
+    data: bytes = b""
+    version: int = 0
+    removed: bool = False
+    prev_data: bytes = b""
+
+
+@dataclass(slots=True)
+class SharedPollRefreshResult:
+    items: list[SharedPollItem]
+    epoch: str = ""
 
 
 # ------------------------------------------------------------------------------ requests
@@ -255,6 +276,15 @@ def sub_refresh_request(
     return out
 
 
+def shared_poll_refresh_request(channel: str, items: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """SharedPollRefreshRequest: the channel and its (key, version) items; a zero version
+    is left out, as Go's omitempty leaves it (no client fields: one call serves them all)."""
+    out: dict[str, Any] = {"channel": channel}
+    if items:
+        out["items"] = [{"key": k, "version": v} if v else {"key": k} for k, v in items]
+    return out
+
+
 # ----------------------------------------------------------------------------- responses
 
 
@@ -267,6 +297,7 @@ _RESPONSES = {
     "publish": jsonraw.decoder(pb.PublishResponse.DESCRIPTOR),
     "rpc": jsonraw.decoder(pb.RPCResponse.DESCRIPTOR),
     "sub_refresh": jsonraw.decoder(pb.SubRefreshResponse.DESCRIPTOR),
+    "shared_poll_refresh": jsonraw.decoder(pb.SharedPollRefreshResponse.DESCRIPTOR),
 }
 
 
@@ -514,3 +545,31 @@ def parse_sub_refresh(obj: Any, *, from_json: bool) -> SubRefreshProxyResult:
         expire_at=r.get_int("expire_at"),
         info=r.b64_or_raw("b64info", "info"),
     )
+
+
+def parse_shared_poll_refresh(obj: Any, *, from_json: bool) -> SharedPollRefreshResult:
+    """Centrifugo's SharedPollRefreshHandler: an `error` fails the call (ProxyUnavailable,
+    with the backend's message), no `result` is an empty one."""
+    resp = _Reader(obj, from_json, "shared_poll_refresh")
+    error = resp.obj_or_none("error")
+    if error is not None:
+        raise ProxyUnavailable(f"backend error: {error.get_str('message')}")
+    r = resp.obj_or_none("result")
+    if r is None:
+        return SharedPollRefreshResult(items=[])
+    raw_items = r.obj.get("items")
+    if raw_items is not None and not isinstance(raw_items, list):
+        raise ProxyUnavailable("shared_poll_refresh.result.items: expected a list")
+    items = []
+    for i, raw in enumerate(raw_items or ()):
+        it = _Reader(raw if raw is not None else {}, from_json, f"shared_poll_refresh.items[{i}]")
+        items.append(
+            SharedPollItem(
+                key=it.get_str("key"),
+                data=it.raw("data") or b"",
+                version=it.get_int("version", UINT64),
+                removed=it.get_bool("removed"),
+                prev_data=it.raw("prev_data") or b"",
+            )
+        )
+    return SharedPollRefreshResult(items=items, epoch=r.get_str("epoch"))

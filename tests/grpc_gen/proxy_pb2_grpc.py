@@ -86,6 +86,12 @@ class CentrifugoProxyStub:
             response_deserializer=proxy__pb2.StreamSubscribeResponse.FromString,
             _registered_method=True,
         )
+        self.SharedPollRefresh = channel.unary_unary(
+            "/centrifugal.centrifugo.proxy.CentrifugoProxy/SharedPollRefresh",
+            request_serializer=proxy__pb2.SharedPollRefreshRequest.SerializeToString,
+            response_deserializer=proxy__pb2.SharedPollRefreshResponse.FromString,
+            _registered_method=True,
+        )
 
 
 class CentrifugoProxyServicer:
@@ -139,6 +145,12 @@ class CentrifugoProxyServicer:
         context.set_details("Method not implemented!")
         raise NotImplementedError("Method not implemented!")
 
+    def SharedPollRefresh(self, request, context):
+        """SharedPollRefresh to proxy shared poll refresh requests to the app backend (6.8+)."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details("Method not implemented!")
+        raise NotImplementedError("Method not implemented!")
+
 
 def add_CentrifugoProxyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +193,11 @@ def add_CentrifugoProxyServicer_to_server(servicer, server):
             servicer.SubscribeBidirectional,
             request_deserializer=proxy__pb2.StreamSubscribeRequest.FromString,
             response_serializer=proxy__pb2.StreamSubscribeResponse.SerializeToString,
+        ),
+        "SharedPollRefresh": grpc.unary_unary_rpc_method_handler(
+            servicer.SharedPollRefresh,
+            request_deserializer=proxy__pb2.SharedPollRefreshRequest.FromString,
+            response_serializer=proxy__pb2.SharedPollRefreshResponse.SerializeToString,
         ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -425,6 +442,36 @@ class CentrifugoProxy:
             "/centrifugal.centrifugo.proxy.CentrifugoProxy/SubscribeBidirectional",
             proxy__pb2.StreamSubscribeRequest.SerializeToString,
             proxy__pb2.StreamSubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True,
+        )
+
+    @staticmethod
+    def SharedPollRefresh(
+        request,
+        target,
+        options=(),
+        channel_credentials=None,
+        call_credentials=None,
+        insecure=False,
+        compression=None,
+        wait_for_ready=None,
+        timeout=None,
+        metadata=None,
+    ):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            "/centrifugal.centrifugo.proxy.CentrifugoProxy/SharedPollRefresh",
+            proxy__pb2.SharedPollRefreshRequest.SerializeToString,
+            proxy__pb2.SharedPollRefreshResponse.FromString,
             options,
             channel_credentials,
             insecure,
