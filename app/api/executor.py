@@ -3,7 +3,9 @@
 `ApiExecutor.call(method, params)` takes params already decoded (a dict, or None meaning an
 empty request) and returns the result as a dict ready for `orjson.dumps`. The request is
 converted by app/api/decode.py, results are shaped by app/api/render.py, errors are those of
-app/api/errors.py, and a `batch` runs through app/api/batch.py.
+app/api/errors.py, and a `batch` runs through app/api/batch.py. The map methods live in
+app/api/maps.py and join the method table here (`_run`): a family of methods is one table
+update.
 
 Every publish (publish, broadcast, batch) goes through `Node.publication_channel`: the
 channel is resolved once and the data checked against its publication_data_format there,
@@ -31,7 +33,15 @@ from app.api.decode import (
     publication_data,
 )
 from app.api.errors import API_ERROR_MESSAGES, api_error, error_body
-from app.api.render import NotJson, client_info_dict, node_dict, position_dict, publication_dict
+from app.api.maps import MapApi
+from app.api.render import (
+    NotJson,
+    client_info_dict,
+    json_payload,
+    node_dict,
+    position_dict,
+    publication_dict,
+)
 from app.errors import ClientError, Disconnect
 from app.models import ClientInfo, Publication
 
@@ -63,6 +73,7 @@ class ApiExecutor:
             "info": self._info,
             "rpc": self._rpc,
         }
+        self._run.update(MapApi(node, self._render_payload).handlers())
         self._batch = BatchRunner(node, self._execute)
 
     async def call(self, method: str, params: Any) -> dict[str, Any]:
@@ -272,6 +283,9 @@ class ApiExecutor:
 
     def _render_publication(self, pub: Publication) -> Any:
         return publication_dict(pub)
+
+    def _render_payload(self, data: bytes) -> Any:
+        return json_payload(data)
 
     async def _presence_stats(self, req: dict[str, Any]) -> dict[str, Any]:
         if not self._channel_options(req["channel"]).presence:

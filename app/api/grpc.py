@@ -184,6 +184,9 @@ class GrpcExecutor(ApiExecutor):
     def _render_publication(self, pub: Publication) -> Any:
         return pub
 
+    def _render_payload(self, data: bytes) -> Any:
+        return data
+
 
 # --------------------------------------------------------------------------------------------
 # the service
@@ -204,6 +207,12 @@ METHODS: dict[str, tuple[str, type[Message], type[Message]]] = {
     "RPC": ("rpc", pb.RPCRequest, pb.RPCResponse),
     "Refresh": ("refresh", pb.RefreshRequest, pb.RefreshResponse),
     "Channels": ("channels", pb.ChannelsRequest, pb.ChannelsResponse),
+    "MapPublish": ("map_publish", pb.MapPublishRequest, pb.MapPublishResponse),
+    "MapRemove": ("map_remove", pb.MapRemoveRequest, pb.MapRemoveResponse),
+    "MapReadState": ("map_read_state", pb.MapReadStateRequest, pb.MapReadStateResponse),
+    "MapReadStream": ("map_read_stream", pb.MapReadStreamRequest, pb.MapReadStreamResponse),
+    "MapStats": ("map_stats", pb.MapStatsRequest, pb.MapStatsResponse),
+    "MapClear": ("map_clear", pb.MapClearRequest, pb.MapClearResponse),
 }
 
 

@@ -56,8 +56,15 @@ LEGACY_METHODS: dict[int, str] = {
     10: "rpc",
     11: "subscribe",
     12: "refresh",
+    33: "map_publish",
+    34: "map_remove",
+    35: "map_read_state",
+    36: "map_read_stream",
+    37: "map_stats",
+    38: "map_clear",
 }
-# Names of the MethodType enum that OSS does not serve here (answered with 104, not 400).
+# Every name of the MethodType enum after `refresh`, by number: the map methods are served
+# (LEGACY_METHODS), the others (PRO, shared_poll_publish) answer 104, not 400.
 _LEGACY_OTHER_NAMES: dict[str, int] = {
     name: num
     for num, name in enumerate(

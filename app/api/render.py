@@ -21,7 +21,8 @@ class NotJson(Exception):
     """A stored payload is not JSON, so a JSON API answer cannot carry it."""
 
 
-def _fragment(data: bytes) -> orjson.Fragment:
+def json_payload(data: bytes) -> orjson.Fragment:
+    """A stored payload spliced into a JSON answer as the bytes it is (NotJson otherwise)."""
     # Go's encoder checks every raw value it writes and fails the response otherwise;
     # binary payloads (b64data / protobuf clients) cannot be shown in a JSON answer.
     if not jsonraw.is_json(data):
@@ -32,16 +33,16 @@ def _fragment(data: bytes) -> orjson.Fragment:
 def client_info_dict(info: ClientInfo) -> dict[str, Any]:
     out: dict[str, Any] = {"user": info.user, "client": info.client}
     if info.conn_info:
-        out["conn_info"] = _fragment(info.conn_info)
+        out["conn_info"] = json_payload(info.conn_info)
     if info.chan_info:
-        out["chan_info"] = _fragment(info.chan_info)
+        out["chan_info"] = json_payload(info.chan_info)
     return out
 
 
 def publication_dict(pub: Publication) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if pub.data:
-        out["data"] = _fragment(pub.data)
+        out["data"] = json_payload(pub.data)
     if pub.info is not None:
         out["info"] = client_info_dict(pub.info)
     if pub.offset:

@@ -45,6 +45,12 @@ REQUEST_MESSAGES: dict[str, Descriptor] = {
     "rpc": pb.RPCRequest.DESCRIPTOR,
     "refresh": pb.RefreshRequest.DESCRIPTOR,
     "batch": pb.BatchRequest.DESCRIPTOR,
+    "map_publish": pb.MapPublishRequest.DESCRIPTOR,
+    "map_remove": pb.MapRemoveRequest.DESCRIPTOR,
+    "map_read_state": pb.MapReadStateRequest.DESCRIPTOR,
+    "map_read_stream": pb.MapReadStreamRequest.DESCRIPTOR,
+    "map_stats": pb.MapStatsRequest.DESCRIPTOR,
+    "map_clear": pb.MapClearRequest.DESCRIPTOR,
 }
 
 

@@ -596,7 +596,7 @@ async def test_rpc(api: JsonApi) -> None:
     await assert_decode_error(api, "rpc", {"method": 1})
 
 
-@pytest.mark.parametrize("method", ["nope", "connections", "map_publish", ""])
+@pytest.mark.parametrize("method", ["nope", "connections", "update_user_status", ""])
 async def test_unknown_method(api: JsonApi, method: str) -> None:
     assert await code_of(api, method, {}) == 104
 
