@@ -260,6 +260,14 @@ SPECS: dict[str, dict[str, Decoder]] = {
     },
     "map_stats": {"channel": _str},
     "map_clear": {"channel": _str},
+    "shared_poll_publish": {
+        "channel": _str,
+        "key": _str,
+        "data": _raw,
+        "b64data": _str,
+        "version": _uint64,
+        "epoch": _str,
+    },
 }
 
 # The order in which Centrifugo looks for the one command set in a batch item.
@@ -283,6 +291,7 @@ BATCH_ORDER = (
     "map_read_stream",
     "map_stats",
     "map_clear",
+    "shared_poll_publish",
 )
 
 METHODS = frozenset((*SPECS, "batch"))

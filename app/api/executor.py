@@ -42,6 +42,7 @@ from app.api.render import (
     position_dict,
     publication_dict,
 )
+from app.api.sharedpoll import SharedPollApi
 from app.errors import ClientError, Disconnect
 from app.models import ClientInfo, Publication
 
@@ -74,6 +75,7 @@ class ApiExecutor:
             "rpc": self._rpc,
         }
         self._run.update(MapApi(node, self._render_payload).handlers())
+        self._run.update(SharedPollApi(node).handlers())
         self._batch = BatchRunner(node, self._execute)
 
     async def call(self, method: str, params: Any) -> dict[str, Any]:

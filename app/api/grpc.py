@@ -213,6 +213,11 @@ METHODS: dict[str, tuple[str, type[Message], type[Message]]] = {
     "MapReadStream": ("map_read_stream", pb.MapReadStreamRequest, pb.MapReadStreamResponse),
     "MapStats": ("map_stats", pb.MapStatsRequest, pb.MapStatsResponse),
     "MapClear": ("map_clear", pb.MapClearRequest, pb.MapClearResponse),
+    "SharedPollPublish": (
+        "shared_poll_publish",
+        pb.SharedPollPublishRequest,
+        pb.SharedPollPublishResponse,
+    ),
 }
 
 

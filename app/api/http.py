@@ -62,9 +62,10 @@ LEGACY_METHODS: dict[int, str] = {
     36: "map_read_stream",
     37: "map_stats",
     38: "map_clear",
+    39: "shared_poll_publish",
 }
-# Every name of the MethodType enum after `refresh`, by number: the map methods are served
-# (LEGACY_METHODS), the others (PRO, shared_poll_publish) answer 104, not 400.
+# Every name of the MethodType enum after `refresh`, by number: the map methods and
+# shared_poll_publish are served (LEGACY_METHODS), the others (PRO) answer 104, not 400.
 _LEGACY_OTHER_NAMES: dict[str, int] = {
     name: num
     for num, name in enumerate(

@@ -51,6 +51,7 @@ REQUEST_MESSAGES: dict[str, Descriptor] = {
     "map_read_stream": pb.MapReadStreamRequest.DESCRIPTOR,
     "map_stats": pb.MapStatsRequest.DESCRIPTOR,
     "map_clear": pb.MapClearRequest.DESCRIPTOR,
+    "shared_poll_publish": pb.SharedPollPublishRequest.DESCRIPTOR,
 }
 
 
