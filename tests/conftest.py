@@ -38,7 +38,7 @@ except ImportError:
 ServerFactory = Callable[..., ServerHandle]
 
 
-ENGINE_KEYS = ("engine", "broker", "presence_manager")
+ENGINE_KEYS = ("engine", "broker", "presence_manager", "map_broker")
 _FIXTURE_LOCK = threading.Lock()
 
 
@@ -125,6 +125,12 @@ def engine(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def _has_map_namespace(config: Mapping[str, Any]) -> bool:
+    channel = config.get("channel", {})
+    spaces = [channel.get("without_namespace", {}), *channel.get("namespaces", [])]
+    return any(str(ns.get("subscription_type", "")).startswith("map") for ns in spaces)
+
+
 def _factory(
     engine: str, request: pytest.FixtureRequest
 ) -> tuple[ServerFactory, list[ServerHandle]]:
@@ -147,6 +153,9 @@ def _factory(
                 url = request.getfixturevalue("e2e_redis_url")
             redis_cfg = {"address": url, "prefix": f"t{uuid.uuid4().hex[:12]}"}
             config = {**config, "engine": {"type": "redis", "redis": redis_cfg}}
+            if _has_map_namespace(config):
+                # Map channels live in the map broker: Redis too in the Redis pass.
+                config["map_broker"] = {"type": "redis", "redis": redis_cfg}
         handle = start_server(config, workers=workers, env=env, args=args)
         started.append(handle)
         return handle
