@@ -10,6 +10,11 @@ subscription's buffer, as for a stream subscribe), reads the stream from the cli
 position, replies, and releases the buffer, whose publications the subscription's offset
 deduplicates (deliver_publication in subscribing.py).
 
+Bounds: a sync counts against client.channel_limit like a subscription, and is forgotten
+once its catch-up timeout (map.subscribe_catch_up_timeout, 5 s by default) has passed; one
+page is at most map.max_page_size entries (1000 by default), one live transition reads at
+most map.live_transition_max_publication_limit stream entries (else 112 and a resync).
+
 Ephemeral maps keep no stream: the live reply carries the last state page and live
 publications follow. Recoverable and persistent maps are positioned: a reconnecting SDK
 goes straight to the live phase with its offset and epoch, or gets 112 and resyncs.

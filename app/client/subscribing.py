@@ -219,11 +219,12 @@ class SubscribeFlow(Permissions, Positioning):
 
     def _num_channels(self) -> int:
         """Subscriptions and reserved channels (a reservation is also in `_subs` from
-        the moment `_subscribe` starts)."""
+        the moment `_subscribe` starts; a map sync between its pages is one too)."""
         n = len(self._subs)
-        if self._subscribing is not None:
-            n += sum(1 for ch in self._subscribing if ch not in self._subs)
-        return n
+        reserved = set(self._subscribing or ())
+        # A map subscription still syncing holds its channel between its commands too.
+        reserved.update(self._map_syncs or ())
+        return n + sum(1 for ch in reserved if ch not in self._subs)
 
     def _end_subscribing(self, channel: str | None = None) -> None:
         """Drop the reservation of `channel` (of every channel: the connection closes) and
