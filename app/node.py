@@ -585,6 +585,7 @@ class Node:
             hub.num_channels,
             1 + self.membership.num_peers,
         )
+        self.shared_poll.update_gauges()
 
     def _local_info(self) -> dict[str, Any]:
         hub = self.hub

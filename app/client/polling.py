@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.channels import ChannelInfo
 from app.client.state import SubRequest, Subscription, ttl_until
 from app.client.subscribing import SUB_TYPE_SHARED_POLL, SubscribeFlow
 from app.errors import (
@@ -134,7 +135,9 @@ class PollFlow(SubscribeFlow):
         subscribing[channel] = None
         return self._poll_subscribe_reserved(cmd_id, chinfo, req)
 
-    async def _poll_subscribe_reserved(self, cmd_id: int, chinfo: Any, req: SubRequest) -> None:
+    async def _poll_subscribe_reserved(
+        self, cmd_id: int, chinfo: ChannelInfo, req: SubRequest
+    ) -> None:
         channel = chinfo.channel
         try:
             await self._authorize_subscribe(chinfo, req)

@@ -71,7 +71,6 @@ class SharedPollManager:
                 channel, poll_options(ns), self._refresher(proxy), self._sem, self._forget
             )
             self.channels[channel] = state
-            pm.NUM_CHANNELS.set(len(self.channels))
         return state.track(keys)
 
     def join(
@@ -109,7 +108,13 @@ class SharedPollManager:
     def _forget(self, state: PollChannel) -> None:
         if self.channels.get(state.channel) is state:
             del self.channels[state.channel]
+
+    def update_gauges(self) -> None:
+        """shared_poll_num_channels / num_keys of this worker (summed over workers), set
+        with the node gauges at each heartbeat as centrifuge's updateGauges does."""
+        if metrics.enabled():
             pm.NUM_CHANNELS.set(len(self.channels))
+            pm.NUM_KEYS.set(self.num_keys())
 
     def num_keys(self) -> int:
         return sum(len(s.entries) for s in self.channels.values())
