@@ -132,7 +132,8 @@ class SubscribeFlow(Permissions, Positioning):
             )
         )
         if sub_type == SUB_TYPE_SHARED_POLL:
-            # centrifuge routes shared poll before any other check; this server has none.
+            # Client never gets here: PollFlow (app/client/polling.py) takes type 4 first,
+            # before any other check, as centrifuge routes it. A bare SubscribeFlow has none.
             log.info("shared poll subscribe to %r is not available", channel)
             raise ClientError(ERROR_NOT_AVAILABLE)
         if req.delta and req.delta != DELTA_FOSSIL:
