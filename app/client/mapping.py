@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from app import fossil
 from app.channels import ChannelInfo
@@ -74,6 +75,7 @@ MIN_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 CATCH_UP_TIMEOUT = 5.0
 _NO_TAGS: dict[str, str] = {}
+_R = TypeVar("_R")
 
 
 def page_size(requested: int, ns: ChannelOptions) -> int:
@@ -190,31 +192,25 @@ class MapFlow(SubscribeFlow):
             await self._authorize_subscribe(chinfo, req)
             if req.tf is not None:
                 req.tags_filter = self._tags_filter(chinfo, req)
-        if sync is not None and sync.busy:
-            raise ClientError(113)  # concurrent pagination, temporary
-        if sync is not None:
-            sync.busy = True
-        try:
-            if phase == PHASE_STATE:
-                return await self._map_state_page(broker, chopts, chinfo, req, params, sync)
-            if phase == PHASE_STREAM:
-                return await self._map_stream_page(broker, chopts, chinfo, req, params, sync)
-            if phase == PHASE_LIVE:
-                if sync is not None and req.epoch and sync.epoch and req.epoch != sync.epoch:
-                    self._drop_map_sync(channel, sync)
-                    raise ClientError(ERROR_UNRECOVERABLE_POSITION)
-                since = StreamPosition(req.offset, req.epoch)
-                sub, result = await self._map_go_live(
-                    broker, chopts, chinfo, req, since, state=None, recovery=True
-                )
-                return result, sub
-            log.info("invalid map phase %d for %r (client %s)", phase, channel, self.uid)
-            if sync is not None:
+        # No pagination lock (centrifuge's 113) is needed: the channel's reservation while a
+        # command for it runs (subscribing.py) already answers a concurrent one with 105.
+        if phase == PHASE_STATE:
+            return await self._map_state_page(broker, chopts, chinfo, req, params, sync)
+        if phase == PHASE_STREAM:
+            return await self._map_stream_page(broker, chopts, chinfo, req, params, sync)
+        if phase == PHASE_LIVE:
+            if sync is not None and req.epoch and sync.epoch and req.epoch != sync.epoch:
                 self._drop_map_sync(channel, sync)
-            raise ClientError(ERROR_BAD_REQUEST)
-        finally:
-            if sync is not None:
-                sync.busy = False
+                raise ClientError(ERROR_UNRECOVERABLE_POSITION)
+            since = StreamPosition(req.offset, req.epoch)
+            sub, result = await self._map_go_live(
+                broker, chopts, chinfo, req, since, state=None, recovery=True
+            )
+            return result, sub
+        log.info("invalid map phase %d for %r (client %s)", phase, channel, self.uid)
+        if sync is not None:
+            self._drop_map_sync(channel, sync)
+        raise ClientError(ERROR_BAD_REQUEST)
 
     async def _map_state_page(
         self,
@@ -230,27 +226,16 @@ class MapFlow(SubscribeFlow):
         if sync is None:
             if cursor:
                 raise ClientError(ERROR_PERMISSION_DENIED)
-            sync = MapSync(chinfo, req, time.monotonic())
-            if self._map_syncs is None:
-                self._map_syncs = {}
-            self._map_syncs[channel] = sync
+            sync = self._reserve_map_sync(chinfo, req)
         elif not cursor:
             raise ClientError(ERROR_ALREADY_SUBSCRIBED)
         limit = page_size(get_int(params, "limit", signed=True), chinfo.options)
         revision = StreamPosition(req.offset, req.epoch) if req.offset or req.epoch else None
-        try:
-            res = await broker.read_state(
-                channel, chopts, cursor=cursor, limit=limit, revision=revision
-            )
-        except ClientError as e:
-            self._drop_map_sync(channel, sync)
-            if e.code == ERROR_UNRECOVERABLE_POSITION:
-                raise
-            raise ClientError(ERROR_INTERNAL) from None
-        except Exception as e:
-            self._drop_map_sync(channel, sync)
-            log.error("reading map state of %r failed: %s", channel, e)
-            raise ClientError(ERROR_INTERNAL) from None
+        res = await self._map_read(
+            broker.read_state(channel, chopts, cursor=cursor, limit=limit, revision=revision),
+            sync,
+            "state",
+        )
         if not cursor:
             sync.epoch, sync.offset = res.position.epoch, res.position.offset
             sync.offset_captured = True
@@ -302,14 +287,30 @@ class MapFlow(SubscribeFlow):
     async def _map_top(
         self, broker: MapBroker, chopts: MapChannelOptions, channel: str, sync: MapSync
     ) -> StreamPosition:
+        res = await self._map_read(broker.read_stream(channel, chopts, limit=0), sync, "top")
+        return res.position
+
+    async def _map_read(self, read: Awaitable[_R], sync: MapSync, what: str) -> _R:
+        """A map broker read during a sync: on failure the sync is dropped, 112 stays 112
+        (the SDK resyncs), anything else is logged once and answered 100."""
         try:
-            return (await broker.read_stream(channel, chopts, limit=0)).position
+            return await read
         except Exception as e:
-            self._drop_map_sync(channel, sync)
+            self._drop_map_sync(sync.chinfo.channel, sync)
             if isinstance(e, ClientError) and e.code == ERROR_UNRECOVERABLE_POSITION:
                 raise
-            log.error("reading map stream top of %r failed: %s", channel, e)
+            log.error("reading map %s of %r failed: %s", what, sync.chinfo.channel, e)
             raise ClientError(ERROR_INTERNAL) from None
+
+    def _reserve_map_sync(
+        self, chinfo: ChannelInfo, req: SubRequest, *, epoch: str = ""
+    ) -> MapSync:
+        """Reserve `chinfo`'s channel for a sync from its first command on."""
+        sync = MapSync(chinfo, req, time.monotonic(), epoch=epoch)
+        if self._map_syncs is None:
+            self._map_syncs = {}
+        self._map_syncs[chinfo.channel] = sync
+        return sync
 
     async def _map_stream_page(
         self,
@@ -330,10 +331,7 @@ class MapFlow(SubscribeFlow):
                 log.info("map stream phase of %r without a sync (client %s)", channel, self.uid)
                 raise ClientError(ERROR_PERMISSION_DENIED)
             # A reconnecting SDK resumes its stream catch-up without a state phase.
-            sync = MapSync(chinfo, req, time.monotonic(), epoch=req.epoch, busy=True)
-            if self._map_syncs is None:
-                self._map_syncs = {}
-            self._map_syncs[channel] = sync
+            sync = self._reserve_map_sync(chinfo, req, epoch=req.epoch)
         if req.epoch and sync.epoch and req.epoch != sync.epoch:
             self._drop_map_sync(channel, sync)
             raise ClientError(ERROR_UNRECOVERABLE_POSITION)
@@ -347,17 +345,9 @@ class MapFlow(SubscribeFlow):
                 broker, chopts, chinfo, req, since, state=None, recovery=True
             )
             return live_result, live
-        try:
-            res = await broker.read_stream(channel, chopts, since=since, limit=limit)
-        except ClientError as e:
-            self._drop_map_sync(channel, sync)
-            if e.code == ERROR_UNRECOVERABLE_POSITION:
-                raise
-            raise ClientError(ERROR_INTERNAL) from None
-        except Exception as e:
-            self._drop_map_sync(channel, sync)
-            log.error("reading map stream of %r failed: %s", channel, e)
-            raise ClientError(ERROR_INTERNAL) from None
+        res = await self._map_read(
+            broker.read_stream(channel, chopts, since=since, limit=limit), sync, "stream"
+        )
         pubs = res.publications
         offset = pubs[-1].offset if pubs else req.offset
         pubs = _matching(req.tags_filter, pubs)
@@ -402,10 +392,7 @@ class MapFlow(SubscribeFlow):
         sync = None if syncs is None else syncs.get(channel)
         if sync is None:
             # A direct live join (recovery): reserve like the other phases do.
-            sync = MapSync(chinfo, req, time.monotonic(), epoch=req.epoch, busy=True)
-            if self._map_syncs is None:
-                self._map_syncs = {}
-            self._map_syncs[channel] = sync
+            sync = self._reserve_map_sync(chinfo, req, epoch=req.epoch)
         presence, join_leave = ns.presence, ns.join_leave
         delta = bool(req.delta) and req.delta in ns.allowed_delta_types
         sub = Subscription(

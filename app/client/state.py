@@ -247,4 +247,3 @@ class MapSync:
     offset_captured: bool = False
     stream_start: int = 0  # the stream top when the stream phase began
     stream_start_captured: bool = False
-    busy: bool = False  # a page is being read (centrifuge's pagination lock)

@@ -47,6 +47,11 @@ CONFIG: dict[str, Any] = {
                 "subscription_type": "map_clients",
                 "map": {"mode": "ephemeral", "key_ttl": "60s"},
             },
+            {
+                "name": "big",
+                **MAP,
+                "map": {"mode": "persistent", "stream_size": 1000, "stream_ttl": "300s"},
+            },
             # read-only for clients: writes only through the server API
             {"name": "ro", **MAP, "map": {"mode": "persistent"}},
             {"name": "stream", "allow_subscribe_for_client": True},
@@ -356,3 +361,49 @@ def test_catch_up_after_workers_sigkill(fresh_server_factory, redis_server) -> N
     for client in out["clients"]:
         assert client["recovered"] == [False, True]
         assert client["updates"] == [["a", {"v": 1}], ["b", {"v": 2}], ["a", {"v": 3}]]
+
+
+async def _map_batch(srv: ServerHandle, ch: str, items: list[tuple[str, int]]) -> None:
+    commands = [{"map_publish": {"channel": ch, "key": k, "data": {"v": v}}} for k, v in items]
+    rep = await srv.api_async("batch", {"commands": commands})
+    assert all("error" not in r for r in rep["replies"]), rep
+
+
+async def test_state_then_stream_pages_then_live(srv: ServerHandle) -> None:
+    """The whole paged protocol on raw frames: writes during the state paging move the
+    stream far ahead, so the client pages the stream from the first page's position before
+    it goes live; every change arrives exactly once, in offset order, and state plus
+    stream give every key's latest value."""
+    ch = f"big:{uid()}"
+    n = 600
+    await _map_batch(srv, ch, [(f"k{i:03d}", 0) for i in range(n)])
+    async with RawWS.connect(srv.ws_url) as ws:
+        await ws.connect_cmd(srv.token("u"))
+        sub = {"channel": ch, "type": 1}
+        first = (await ws.command({"subscribe": {**sub, "phase": 2, "limit": 100}}))["subscribe"]
+        assert first["phase"] == 2 and first["cursor"] and first["offset"] == n
+        pos = {"epoch": first["epoch"], "offset": n}
+        await _map_batch(srv, ch, [(f"k{i % n:03d}", i + 1) for i in range(250)])
+        state, reply = list(first["state"]), first
+        while reply.get("cursor"):
+            cmd = {**sub, **pos, "phase": 2, "limit": 100, "cursor": reply["cursor"]}
+            reply = (await ws.command({"subscribe": cmd}))["subscribe"]
+            state += reply.get("state", [])
+        # The stream is 250 ahead of the first page's position: no live yet.
+        assert reply["phase"] == 2 and reply["offset"] == n
+        # Entries changed after that position come from the stream, not from state.
+        assert all(p["offset"] <= n for p in state)
+        stream: list[dict] = []
+        offset = n
+        while reply["phase"] != 0:
+            cmd = {**sub, "epoch": pos["epoch"], "offset": offset, "phase": 1}
+            reply = (await ws.command({"subscribe": cmd}))["subscribe"]
+            stream += reply.get("publications", [])
+            offset = stream[-1]["offset"] if stream else offset
+        assert reply["offset"] == n + 250
+        assert [p["offset"] for p in stream] == list(range(n + 1, n + 251))
+        latest = {p["key"]: p["data"] for p in state + stream}
+        assert latest == {f"k{i:03d}": {"v": i + 1 if i < 250 else 0} for i in range(n)}
+        await srv.api_async("map_publish", {"channel": ch, "key": "new", "data": {"v": -1}})
+        push = await ws.push()
+        assert push["pub"]["offset"] == n + 251 and push["pub"]["key"] == "new"
