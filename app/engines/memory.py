@@ -68,7 +68,7 @@ def generate_epoch() -> str:
     return "".join(secrets.choice(_EPOCH_ALPHABET) for _ in range(8))
 
 
-class _ExpiryQueue(Generic[K]):
+class ExpiryQueue(Generic[K]):
     """Deadlines per key in a heap, at most one heap entry per key.
 
     Re-scheduling a key only updates its deadline in a dict; the stale heap entry
@@ -154,10 +154,10 @@ class MemoryBroker:
         self._handler: BrokerEventHandler | None = None
         self._control: ControlEventHandler | None = None
         self._streams: dict[str, _Stream] = {}
-        self._meta_expiry: _ExpiryQueue[str] = _ExpiryQueue()
-        self._items_expiry: _ExpiryQueue[str] = _ExpiryQueue()
+        self._meta_expiry: ExpiryQueue[str] = ExpiryQueue()
+        self._items_expiry: ExpiryQueue[str] = ExpiryQueue()
         self._results: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
-        self._results_expiry: _ExpiryQueue[tuple[str, str]] = _ExpiryQueue()
+        self._results_expiry: ExpiryQueue[tuple[str, str]] = ExpiryQueue()
         self._subscribed: set[str] = set()
         self._cleanup_task: asyncio.Task[None] | None = None
 

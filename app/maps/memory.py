@@ -35,7 +35,7 @@ stream_ttl after its last append; a channel without keys is dropped meta_ttl aft
 use (ephemeral channels have no meta_ttl: they use key_ttl, which centrifuge's memory
 broker lacks, keeping every ephemeral channel ever used); idempotency results expire. The
 expiry heaps hold at most one entry per key, channel or result (the stream engine's
-_ExpiryQueue).
+ExpiryQueue).
 
 Delivery: `publish`, `remove` and the sweep call `handler.handle_publication` synchronously
 for channels `subscribe` named (one process: subscribing only records the name).
@@ -53,7 +53,7 @@ from collections.abc import Callable
 from itertools import islice
 
 from app.broker import BrokerEventHandler
-from app.engines.memory import _ExpiryQueue, generate_epoch
+from app.engines.memory import ExpiryQueue, generate_epoch
 from app.errors import ERROR_INTERNAL, ERROR_UNRECOVERABLE_POSITION, ClientError
 from app.maps.broker import (
     SUPPRESS_IDEMPOTENCY,
@@ -154,12 +154,12 @@ class MemoryMapBroker:
         self._handler: BrokerEventHandler | None = None
         self._subscribed: set[str] = set()
         self._channels: dict[str, _Channel] = {}
-        self._key_expiry: _ExpiryQueue[tuple[str, str]] = _ExpiryQueue()
-        self._stream_expiry: _ExpiryQueue[str] = _ExpiryQueue()
-        self._meta_expiry: _ExpiryQueue[str] = _ExpiryQueue()
+        self._key_expiry: ExpiryQueue[tuple[str, str]] = ExpiryQueue()
+        self._stream_expiry: ExpiryQueue[str] = ExpiryQueue()
+        self._meta_expiry: ExpiryQueue[str] = ExpiryQueue()
         # channel -> idempotency key -> (expire_at, position of the first result)
         self._results: dict[str, dict[str, tuple[float, StreamPosition]]] = {}
-        self._results_expiry: _ExpiryQueue[tuple[str, str]] = _ExpiryQueue()
+        self._results_expiry: ExpiryQueue[tuple[str, str]] = ExpiryQueue()
         self._cleanup_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
