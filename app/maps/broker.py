@@ -20,12 +20,16 @@ ERROR_UNRECOVERABLE_POSITION (112) and re-syncs from scratch.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
 from app.broker import BrokerEventHandler
+from app.errors import ERROR_INTERNAL, ClientError
 from app.models import ClientInfo, Publication, StreamPosition
+
+log = logging.getLogger("centrifugo.maps")
 
 
 class MapMode(Enum):
@@ -223,3 +227,22 @@ class MapBroker(Protocol):
     async def clear(self, channel: str) -> None:
         """Delete the channel's state, stream and meta: the next write starts a new epoch.
         Nothing is delivered."""
+
+
+def check_stream_features(
+    channel: str,
+    chopts: MapChannelOptions,
+    expected_position: StreamPosition | None,
+    version: int = 0,
+) -> None:
+    """The rule every map broker applies before a write: CAS (`expected_position`) and
+    per-key versions need a stream. centrifuge's brokers return a plain error, which
+    Centrifugo's API answers as internal (100): the same here, with one log line."""
+    if chopts.mode.has_stream:
+        return
+    what = "CAS (expected_position)" if expected_position is not None else ""
+    if not what and version > 0:
+        what = "version-based dedup"
+    if what:
+        log.warning("map channel %r: %s requires recoverable or persistent mode", channel, what)
+        raise ClientError(ERROR_INTERNAL)

@@ -54,7 +54,7 @@ from itertools import islice
 
 from app.broker import BrokerEventHandler
 from app.engines.memory import ExpiryQueue, generate_epoch
-from app.errors import ERROR_INTERNAL, ERROR_UNRECOVERABLE_POSITION, ClientError
+from app.errors import ERROR_UNRECOVERABLE_POSITION, ClientError
 from app.maps.broker import (
     SUPPRESS_IDEMPOTENCY,
     SUPPRESS_KEY_EXISTS,
@@ -70,6 +70,7 @@ from app.maps.broker import (
     MapStateResult,
     MapStreamResult,
     MapUpdateResult,
+    check_stream_features,
 )
 from app.models import Publication, StreamPosition
 
@@ -137,12 +138,6 @@ def _meta_ttl(opts: MapChannelOptions) -> float:
     # Ephemeral channels have no meta_ttl (validation keeps it 0); key_ttl bounds how long
     # an unused one is kept instead (see the module docstring).
     return opts.meta_ttl if opts.mode.has_stream else opts.key_ttl
-
-
-def _misuse(channel: str, what: str) -> ClientError:
-    # centrifuge returns a plain error here, which Centrifugo's API answers as internal (100).
-    logger.warning("map channel %r: %s requires recoverable or persistent mode", channel, what)
-    return ClientError(ERROR_INTERNAL)
 
 
 class MemoryMapBroker:
@@ -332,11 +327,7 @@ class MemoryMapBroker:
         self, channel: str, key: str, opts: MapPublishOptions, chopts: MapChannelOptions
     ) -> MapUpdateResult:
         has_stream = chopts.mode.has_stream
-        if not has_stream:
-            if opts.expected_position is not None:
-                raise _misuse(channel, "CAS (expected_position)")
-            if opts.version > 0:
-                raise _misuse(channel, "version-based dedup")
+        check_stream_features(channel, chopts, opts.expected_position, opts.version)
         now = self._clock()
         if opts.idempotency_key:
             cached = self._cached_result(channel, opts.idempotency_key, now)
@@ -401,8 +392,7 @@ class MemoryMapBroker:
     async def remove(
         self, channel: str, key: str, opts: MapRemoveOptions, chopts: MapChannelOptions
     ) -> MapUpdateResult:
-        if not chopts.mode.has_stream and opts.expected_position is not None:
-            raise _misuse(channel, "CAS (expected_position)")
+        check_stream_features(channel, chopts, opts.expected_position)
         now = self._clock()
         if opts.idempotency_key:
             cached = self._cached_result(channel, opts.idempotency_key, now)

@@ -24,7 +24,7 @@ from app.engines.redis.address import specs_from_config
 from app.engines.redis.keys import fnv64a, jump_hash
 from app.engines.redis.maps import RedisMapBroker
 from app.engines.redis.shard import Shard
-from app.errors import ERROR_BAD_REQUEST, ERROR_UNRECOVERABLE_POSITION, ClientError
+from app.errors import ERROR_INTERNAL, ERROR_UNRECOVERABLE_POSITION, ClientError
 from app.maps.broker import (
     KeyMode,
     MapChannelOptions,
@@ -367,7 +367,7 @@ async def test_compare_and_swap(node):
     # Ephemeral channels have no positions to compare.
     with pytest.raises(ClientError) as e:
         await broker.publish(ch + "e", "k", cas(b"x", 1), EPHEMERAL)
-    assert e.value.code == ERROR_BAD_REQUEST
+    assert e.value.code == ERROR_INTERNAL  # centrifuge: a plain error, Centrifugo's 100
 
 
 # --- stream size, ttls ---
@@ -518,10 +518,14 @@ async def test_ephemeral_channel_has_state_but_no_stream(node, rdb):
     broker, events = node
     ch = "m:eph"
     await broker.subscribe([ch])
-    result = await broker.publish(ch, "k", MapPublishOptions(data=b"x", version=3), EPHEMERAL)
+    # Versions need a stream: refused as centrifuge's broker does (Centrifugo's API: 100).
+    with pytest.raises(ClientError) as e:
+        await broker.publish(ch, "k", MapPublishOptions(data=b"x", version=3), EPHEMERAL)
+    assert e.value.code == ERROR_INTERNAL
+    result = await broker.publish(ch, "k", MapPublishOptions(data=b"x"), EPHEMERAL)
     assert result.position == StreamPosition() and not result.suppressed
-    again = await broker.publish(ch, "k", MapPublishOptions(data=b"y", version=1), EPHEMERAL)
-    assert not again.suppressed  # versions need a stream: ignored
+    again = await broker.publish(ch, "k", MapPublishOptions(data=b"y"), EPHEMERAL)
+    assert not again.suppressed
     pub, epoch = await events.next("pub", ch)
     assert (pub.key, pub.offset, pub.data, epoch) == ("k", 0, b"x", "")
     state = await broker.read_state(ch, EPHEMERAL)

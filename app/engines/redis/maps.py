@@ -40,7 +40,7 @@ from app.engines.redis.outage import Outage
 from app.engines.redis.publish import epoch_bytes
 from app.engines.redis.pubsub import PubSubConnection, PubSubUnavailable
 from app.engines.redis.shard import Shard
-from app.errors import ERROR_BAD_REQUEST, ERROR_INTERNAL, ERROR_UNRECOVERABLE_POSITION, ClientError
+from app.errors import ERROR_INTERNAL, ERROR_UNRECOVERABLE_POSITION, ClientError
 from app.maps.broker import (
     SUPPRESS_POSITION_MISMATCH,
     MapBroker,
@@ -51,6 +51,7 @@ from app.maps.broker import (
     MapStateResult,
     MapStreamResult,
     MapUpdateResult,
+    check_stream_features,
 )
 from app.models import Publication, StreamPosition
 
@@ -271,9 +272,7 @@ class RedisMapBroker:
     async def publish(
         self, channel: str, key: str, opts: MapPublishOptions, chopts: MapChannelOptions
     ) -> MapUpdateResult:
-        if opts.expected_position is not None and not chopts.mode.has_stream:
-            # As centrifuge: a position to compare needs a stream.
-            raise ClientError(ERROR_BAD_REQUEST)
+        check_stream_features(channel, chopts, opts.expected_position, opts.version)
         keys = await self._channel_keys(channel)
         now = int(time.time() * 1000)
         payload = codec.encode_payload(opts.data, opts.client_info, opts.tags, now, False, key=key)
@@ -311,8 +310,7 @@ class RedisMapBroker:
     async def remove(
         self, channel: str, key: str, opts: MapRemoveOptions, chopts: MapChannelOptions
     ) -> MapUpdateResult:
-        if opts.expected_position is not None and not chopts.mode.has_stream:
-            raise ClientError(ERROR_BAD_REQUEST)
+        check_stream_features(channel, chopts, opts.expected_position)
         keys = await self._channel_keys(channel)
         now = int(time.time() * 1000)
         payload = codec.encode_payload(b"", None, opts.tags, now, False, key=key, removed=True)
