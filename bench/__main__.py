@@ -113,6 +113,15 @@ def parse_args(argv: list[str]) -> Options:
     g.add_argument("--batch-duration", type=float, help="seconds (default 5)")
     g.add_argument("--batch-size", type=int, help="publications per request (default 500)")
     g.add_argument("--batch-concurrency", type=int, help="requests in flight (default 8)")
+    g = ap.add_argument_group("map subscriptions")
+    g.add_argument("--maps-workers", type=_ints, help="app worker counts (default 1,2)")
+    g.add_argument("--maps-mode", choices=("persistent", "recoverable", "ephemeral"))
+    g.add_argument("--maps-clients", type=int, help="clients syncing the map (default 1000)")
+    g.add_argument("--maps-keys", type=int, help="keys seeded into the map (default 10000)")
+    g.add_argument("--maps-value-bytes", type=int, help="bytes of JSON per value (default 100)")
+    g.add_argument("--maps-page", type=int, help="state page size asked for (default 1000)")
+    g.add_argument("--maps-duration", type=float, help="seconds of map_publish (default 10)")
+    g.add_argument("--maps-concurrency", type=int, help="map_publish calls in flight (16)")
     ap.add_argument("--out", type=Path, default=Path("bench-results.json"))
     a = ap.parse_args(argv)
 
@@ -148,6 +157,14 @@ def parse_args(argv: list[str]) -> Options:
         "batch_duration",
         "batch_size",
         "batch_concurrency",
+        "maps_workers",
+        "maps_mode",
+        "maps_clients",
+        "maps_keys",
+        "maps_value_bytes",
+        "maps_page",
+        "maps_duration",
+        "maps_concurrency",
     ):
         value = getattr(a, attr)
         if value is not None:

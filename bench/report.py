@@ -234,6 +234,33 @@ def batch_table(rows: list[dict[str, Any]]) -> str:
     return _lines(head, body)
 
 
+def maps_table(rows: list[dict[str, Any]]) -> str:
+    """The maps table: one line per scenario and worker count."""
+    if not rows:
+        return ""
+    head = (
+        "scenario workers clients  seconds  keys/s or calls/s  deliveries/s  "
+        "wrk CPU s  redis CPU s  wrk:redis  wrk us/unit  lost"
+    )
+    lines = [head]
+    for x in rows:
+        cpu = x["cpu_s"]
+        if x["scenario"] == "sync":
+            rate, dl = f"{x['keys_per_s']:,} keys/s", f"{x['keys_delivered']:,} keys"
+            unit, lost = x["worker_cpu_us_per_key"], "-"
+            secs = x["seconds"]
+        else:
+            rate, dl = f"{x['calls_per_s']:,} calls/s", f"{x['deliveries_per_s']:,}"
+            unit, lost = x["worker_cpu_us_per_delivery"], str(x["lost"])
+            secs = x["window_s"]
+        lines.append(
+            f"{x['scenario']:<8} {x['workers']:>7} {x['clients']:>7} {secs:>8.2f}  {rate:>17}  "
+            f"{dl:>12}  {cpu['workers']:>9.2f}  {cpu['redis']:>11.2f}  "
+            f"{str(x['worker_vs_redis_cpu']):>9}  {str(unit):>11}  {lost:>4}"
+        )
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ targets
 
 
@@ -420,6 +447,7 @@ def render(doc: dict[str, Any]) -> dict[str, str]:
         "idle": idle_table(doc["idle"]) if doc.get("idle") else "",
         "storm": storm_table(doc["storm"]) if doc.get("storm") else "",
         "batch": batch_table(doc["batch"]) if doc.get("batch") else "",
+        "maps": maps_table(doc["maps"]) if doc.get("maps") else "",
         "targets": targets_table(doc["targets"]),
     }
 

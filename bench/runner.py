@@ -66,7 +66,7 @@ SCENARIOS: dict[str, Scenario] = {
     "personal": Scenario("personal", lambda n: n, 25_000, 160_000, "api-batch"),
 }
 # Stages that are not a fan-out of publications (bench.stages), in run order after them.
-STAGES = ("latency", "storm", "batch")
+STAGES = ("latency", "storm", "batch", "maps")
 # `idle` runs first, on fresh server processes, so earlier scenarios' heap does not hide
 # the memory new connections take.
 ALL = ("idle", *SCENARIOS, *STAGES)
@@ -145,6 +145,16 @@ class Options:
     batch_size: int = 500
     batch_concurrency: int = 8
     batch_channels: int = 1000
+    # map subscriptions (bench.maps): app worker counts, clients syncing one map channel of
+    # `maps_keys` keys in pages of `maps_page`, then map_publish updates for `maps_duration` s
+    maps_workers: tuple[int, ...] = (1, 2)
+    maps_mode: str = "persistent"
+    maps_clients: int = 1000
+    maps_keys: int = 10_000
+    maps_value_bytes: int = 100
+    maps_page: int = 1000
+    maps_duration: float = 10.0
+    maps_concurrency: int = 16
 
     @classmethod
     def smoke_options(cls, out: Path) -> Options:
@@ -422,6 +432,7 @@ class Run:
     idle: list[dict[str, Any]] = field(default_factory=list)
     storm: list[dict[str, Any]] = field(default_factory=list)
     batch: list[dict[str, Any]] = field(default_factory=list)
+    maps: list[dict[str, Any]] = field(default_factory=list)
     peak_search: list[dict[str, Any]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
     replaced: list[Service] = field(default_factory=list)  # started by restart(): stop at the end
@@ -848,7 +859,7 @@ def _validate(opts: Options) -> None:
 
 def run(opts: Options) -> dict[str, Any]:
     """Runs the benchmark, writes `opts.out` (JSON) and returns the result document."""
-    from bench import stages
+    from bench import maps, stages
 
     _validate(opts)
     started = time.time()
@@ -927,6 +938,8 @@ def run(opts: Options) -> dict[str, Any]:
                 stages.storm(r)
             if "batch" in wanted:
                 stages.batch(r, stack)
+            if "maps" in wanted:
+                maps.maps(r, stack)
         except Exception:
             for svc in (r.app, r.raw, r.sio):
                 if svc is not None:
@@ -958,6 +971,13 @@ def write(opts: Options, r: Run, started: float, info: dict[str, Any]) -> dict[s
     )
     storm = report.median_rows(r.storm, lambda x: (x["trigger"],), "all_s")
     batch = report.median_rows(r.batch, lambda x: (x["workers"], x["history"]), "ok_per_s")
+    maps_rows = report.median_rows(
+        [x for x in r.maps if x["scenario"] == "sync"], lambda x: (x["workers"],), "keys_per_s"
+    ) + report.median_rows(
+        [x for x in r.maps if x["scenario"] == "update"],
+        lambda x: (x["workers"],),
+        "deliveries_per_s",
+    )
     doc: dict[str, Any] = {
         "meta": {
             "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
@@ -970,8 +990,15 @@ def write(opts: Options, r: Run, started: float, info: dict[str, Any]) -> dict[s
         "idle": idle,
         "storm": storm,
         "batch": batch,
+        "maps": maps_rows,
         "peak_search": r.peak_search,
-        "runs": {"rows": r.rows, "idle": r.idle, "storm": r.storm, "batch": r.batch}
+        "runs": {
+            "rows": r.rows,
+            "idle": r.idle,
+            "storm": r.storm,
+            "batch": r.batch,
+            "maps": r.maps,
+        }
         if opts.repeat > 1
         else {},
     }
