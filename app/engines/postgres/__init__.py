@@ -1,0 +1,52 @@
+"""The PostgreSQL map broker (Centrifugo 6.8+'s `map_broker.type: postgres`):
+
+- `maps.py`: PostgresMapBroker, the MapBroker of app/maps/broker.py over PostgreSQL;
+- `schema.sql` + `schema.py`: Centrifugo's tables and functions, their creation, the
+  stream's daily partitions;
+- `outbox.py`: each node's reader of the stream table (the fan-out), woken by NOTIFY;
+- `maintenance.py`: key expiry as removal publications, cleanup, partition upkeep.
+
+Imported only when the config asks for it (app/engines/build.py), so the other engines never
+load asyncpg.
+"""
+
+from __future__ import annotations
+
+from app.config.schema import PostgresMapBrokerConfig
+from app.engines.postgres.maps import OptionsOf, PostgresMapBroker
+from app.tls import ssl_context
+
+__all__ = ["PostgresMapBroker", "create_postgres_map_broker"]
+
+
+def create_postgres_map_broker(
+    section: PostgresMapBrokerConfig, options_of: OptionsOf, where: str = "map_broker.postgres"
+) -> PostgresMapBroker:
+    """The broker `section` describes (not connected). Zero or negative sizes and intervals
+    take Centrifugo's defaults, as its setDefaults does."""
+    ssl = ssl_context(section.tls, f"{where}.tls")
+    outbox = section.outbox
+    return PostgresMapBroker(
+        section.dsn,
+        options_of=options_of,
+        connect_kwargs={"ssl": ssl} if ssl is not None else None,
+        notify_dsn=section.notify_dsn,
+        pool_size=section.pool_size if section.pool_size > 0 else 16,
+        num_shards=section.num_shards if section.num_shards > 0 else 8,
+        ttl_check_interval=float(section.ttl_check_interval) or 1.0,
+        cleanup_interval=float(section.cleanup_interval) or 60.0,
+        idempotent_result_ttl=float(section.idempotent_result_ttl) or 300.0,
+        binary_data=section.binary_data,
+        use_notify=section.use_notify,
+        table_prefix=section.table_prefix.rstrip("_") or "cf",
+        skip_schema_init=section.skip_schema_init,
+        partition_lookahead_days=(
+            section.partition_lookahead_days if section.partition_lookahead_days > 0 else 2
+        ),
+        # Centrifugo's config layer promotes 0 to 7 ("not set").
+        partition_retention_days=(
+            section.partition_retention_days if section.partition_retention_days > 0 else 7
+        ),
+        poll_interval=float(outbox.poll_interval) if float(outbox.poll_interval) > 0 else 0.1,
+        batch_size=outbox.batch_size if outbox.batch_size > 0 else 1000,
+    )
