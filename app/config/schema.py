@@ -35,6 +35,8 @@ __all__ = [
     "PresenceManagerConfig",
     "RedisMapBrokerConfig",
     "MapBrokerConfig",
+    "PostgresMapBrokerConfig",
+    "PostgresMapBrokerOutboxConfig",
     "SharedPollConfig",
     "TokenConfig",
     "SubscriptionTokenConfig",
@@ -169,13 +171,44 @@ class RedisMapBrokerConfig(RedisConfig):
 
 
 @dataclass(frozen=True, slots=True)
+class PostgresMapBrokerOutboxConfig(Section):
+    """``map_broker.postgres.outbox``: how each node reads the stream table."""
+
+    poll_interval: Duration = Duration(0.1)
+    batch_size: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresMapBrokerConfig(Section):
+    """``map_broker.postgres`` (Centrifugo's PostgresMapBroker, engine.go; the broker is
+    app/engines/postgres/). Names and defaults are Centrifugo's."""
+
+    dsn: str = ""
+    tls: TLSConfig = subsection(TLSConfig)
+    pool_size: int = 16
+    num_shards: int = 8
+    ttl_check_interval: Duration = Duration(1.0)
+    cleanup_interval: Duration = Duration(60.0)
+    idempotent_result_ttl: Duration = Duration(300.0)
+    binary_data: bool = False
+    # Centrifugo reads it nowhere either: the stream is kept by partition_retention_days.
+    stream_retention: Duration = Duration(86400.0)
+    use_notify: bool = False
+    notify_dsn: str = ""
+    table_prefix: str = "cf"
+    skip_schema_init: bool = False
+    outbox: PostgresMapBrokerOutboxConfig = subsection(PostgresMapBrokerOutboxConfig)
+    partition_lookahead_days: int = 2
+    partition_retention_days: int = 7
+
+
+@dataclass(frozen=True, slots=True)
 class MapBrokerConfig(Section):
     """``map_broker`` (Centrifugo's MapBroker, engine.go): where map channels live."""
 
-    type: str = "memory"  # memory | redis (postgres: refused at start, not implemented)
+    type: str = "memory"  # memory | redis | postgres
     redis: RedisMapBrokerConfig = subsection(RedisMapBrokerConfig)
-    # Not implemented (reported by app/config/support.py when set): kept opaque.
-    postgres: dict[str, Any] = empty_map()
+    postgres: PostgresMapBrokerConfig = subsection(PostgresMapBrokerConfig)
 
 
 @dataclass(frozen=True, slots=True)

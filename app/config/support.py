@@ -56,8 +56,6 @@ UNSUPPORTED: dict[str, str] = {
     "broker.nats.**": _NATS,
     "broker.redisnats": "the redisnats broker is not implemented",
     "broker.postgres": _PG,
-    "map_broker.postgres": "the PostgreSQL map broker is not implemented (map_broker.type "
-    "accepts memory and redis)",
     "map_broker.redis.presence_*": "presence keys belong to engine.redis; the map broker has none",
     "controller": "the custom controller is not implemented (workers and nodes talk through "
     "the broker)",

@@ -42,7 +42,7 @@ def _check_second_precision(seconds: float, key: str) -> None:
 # A namespace's subscription_type ("" is stream), as Centrifugo validates it.
 _SUBSCRIPTION_TYPES = ("", "stream", "map", "map_clients", "map_users", "shared_poll")
 _MAP_MODES = ("ephemeral", "recoverable", "persistent")
-# map_broker.type values Centrifugo knows; postgres is one this server refuses to start with.
+# map_broker.type values Centrifugo knows.
 _MAP_BROKERS = ("memory", "redis", "postgres")
 
 
@@ -421,12 +421,9 @@ def validate(cfg: Config) -> None:
     _validate_presence_prefix_targets(cfg)
     if cfg.map_broker.type not in _MAP_BROKERS:
         raise ConfigError(f"unknown map broker type: {cfg.map_broker.type}")
-    if cfg.map_broker.type == "postgres":
-        # Refused rather than served from memory: a user who asked for PostgreSQL expects
-        # map state to survive restarts.
-        raise ConfigError(
-            "map_broker.type postgres is not implemented by centrifugo-py (use memory or redis)"
-        )
+    if cfg.map_broker.type == "postgres" and not cfg.map_broker.postgres.dsn:
+        # Centrifugo's NewPostgresMapBroker refuses to start the same way.
+        raise ConfigError("postgres map broker: DSN is required")
 
     personal = client.subscribe_to_user_personal_channel
     if personal.enabled:

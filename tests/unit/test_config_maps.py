@@ -236,7 +236,7 @@ def test_presence_prefix_to_the_right_namespace_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kind", "message"),
     [
-        ("postgres", "map_broker.type postgres is not implemented by centrifugo-py"),
+        ("postgres", "postgres map broker: DSN is required"),
         ("etcd", "unknown map broker type: etcd"),
     ],
 )
@@ -255,7 +255,6 @@ def test_still_unsupported_keys_are_reported(tmp_path: Path) -> None:
     assert [f.key for f in report.unsupported] == [
         "channel.proxy.map_publish.endpoint",
         "channel.namespaces[mm].map.publish_proxy_enabled",
-        "map_broker.postgres",
     ]
 
 
@@ -320,3 +319,35 @@ def test_memory_map_broker_serves_one_worker_only(tmp_path: Path) -> None:
     assert not uses_memory_map_broker(redis_maps)
     # No map namespace: the default memory map broker holds nothing, any worker count is fine.
     assert not uses_memory_map_broker(load_config(None, env={"CENTRIFUGO_ENGINE_TYPE": "redis"}))
+
+
+def test_postgres_map_broker_section_is_centrifugos(tmp_path: Path) -> None:
+    from app.engines.build import build_map_broker
+    from app.engines.postgres import PostgresMapBroker
+
+    section = {
+        "dsn": "postgres://u@127.0.0.1:1/db",
+        "num_shards": 4,
+        "use_notify": True,
+        "table_prefix": "prod_cf_",
+        "outbox": {"poll_interval": "250ms"},
+        "partition_retention_days": 0,
+    }
+    ns = {"name": "mm", "subscription_type": "map", "map": {"mode": "ephemeral", "key_ttl": "5s"}}
+    data = with_namespaces(ns)
+    data["map_broker"] = {"type": "postgres", "postgres": section}
+    cfg, report = load_config_report(write(tmp_path, data), env={})
+    pg = cfg.map_broker.postgres
+    assert (pg.pool_size, pg.ttl_check_interval, pg.cleanup_interval) == (16, 1.0, 60.0)
+    assert (pg.idempotent_result_ttl, pg.outbox.poll_interval, pg.outbox.batch_size) == (
+        300.0,
+        0.25,
+        1000,
+    )
+    assert not report.unsupported
+    broker = build_map_broker(cfg)
+    assert isinstance(broker, PostgresMapBroker)
+    assert broker.names.meta == "prod_cf_map_meta" and broker.num_shards == 4
+    chopts = broker.options_of("mm:room")
+    assert chopts is not None and not chopts.mode.has_stream
+    assert broker.options_of("plain") is None and broker.options_of("nope:x") is None
