@@ -50,6 +50,8 @@ from app.node_control import NodeControl
 from app.node_maps import NodeMaps
 from app.presence import PresenceManager
 from app.proxy import ProxyManager
+from app.sharedpoll.coordination import coordinator_for
+from app.sharedpoll.fanout import FANOUT_PREFIX
 from app.sharedpoll.manager import SharedPollManager
 from app.timers import CoarseTimers
 from app.upkeep import Upkeep
@@ -131,7 +133,10 @@ class Node:
         self.maps = NodeMaps(self.resolve, map_broker)
         self.verifier = TokenVerifier(cfg.client)
         self.proxies = ProxyManager(cfg)
-        self.shared_poll = SharedPollManager(cfg, self.proxies.shared_poll_proxy)
+        # With the Redis engine one worker polls each shared poll channel for all of them.
+        self.shared_poll = SharedPollManager(
+            cfg, self.proxies.shared_poll_proxy, coordinator_for(broker, self.id)
+        )
         self._broker_subs: dict[str, asyncio.Future[None]] = {}
         self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
         self._plain_options: dict[int, tuple[Any, PublishOptions]] = {}
@@ -238,6 +243,9 @@ class Node:
     # --- broker events (BrokerEventHandler) ---
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
+        if channel.startswith(FANOUT_PREFIX):  # shared poll workers' own channel
+            self.shared_poll.handle_fanout(channel, pub.data)
+            return
         metrics.child(
             metrics.NODE_MESSAGES_RECEIVED, "publication", metrics.namespace_of(channel)
         ).inc()

@@ -4,8 +4,9 @@ waiting for the next poll.
 
 Checks in Centrifugo's order, with its codes: empty channel or key, or version 0, is 107;
 an unknown namespace 102; a namespace that is not shared_poll 107; `publish_enabled` off is
-108 with one warning line; bad b64data 107. The item goes to this worker's subscribers
-(centrifuge's handlePublishedData): versioned channels only, a version not newer than the
+108 with one warning line; bad b64data 107. The item goes to the subscribers of every
+worker (through the broker with the Redis engine, app/sharedpoll/manager.py), applied as
+centrifuge's handlePublishedData: versioned channels only, a version not newer than the
 one held is skipped (shared_poll_publish_count{result="skipped"}).
 
 `SharedPollApi.handlers()` joins the executor's method table; the request shape is in
@@ -57,5 +58,5 @@ class SharedPollApi:
             )
             raise api_error(108)
         data = b64decode(req["b64data"]) if req["b64data"] else payload(req["data"])
-        self.node.shared_poll.publish(channel, key, version, req["epoch"], data)
+        await self.node.shared_poll.publish(channel, key, version, req["epoch"], data)
         return {}

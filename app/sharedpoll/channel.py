@@ -14,6 +14,14 @@ Versionless mode: the backend sends no versions; a change of the data (its hash)
 new version from this channel's counter, and the channel's own epoch (new each time the
 state is made) tells a client on resubscribe that its versions mean nothing any more.
 
+Across workers (Redis engine) a `ChannelLink` (coordination.py, redis_link.py) decides
+who polls: the lease holder polls the union of every worker's keys (`remote` holds the
+keys only other workers track) and hands each reply's changes to the others
+(`send_results`); a follower never calls the backend: it adopts the leader's versions
+(`adopt`, versionless ones included, made from one counter in Redis) and forwards the
+keys its joins need polled at once. Without a link (memory engine) the channel polls for
+this worker alone.
+
 Everything runs on the worker's event loop: the Go code's locks and reservations (a
 track's subscriber joining the hub before a concurrent untrack deletes the entry) have no
 counterpart because no await separates the steps they guard.
@@ -27,14 +35,18 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from app import metrics
 from app.proxy import ProxyUnavailable
 from app.proxy.models import SharedPollItem, SharedPollRefreshResult
 from app.sharedpoll import metrics as pm
+from app.sharedpoll.coordination import LinkUnavailable
 from app.sharedpoll.frames import PollPub
 from app.sharedpoll.options import CALL_TIMEOUT, PollOptions
+
+if TYPE_CHECKING:
+    from app.sharedpoll.coordination import ChannelLink
 
 log = logging.getLogger("centrifugo.sharedpoll")
 
@@ -95,6 +107,8 @@ class PollChannel:
         "_task",
         "_shutdown",
         "_ns",
+        "link",
+        "remote",
     )
 
     def __init__(
@@ -104,6 +118,7 @@ class PollChannel:
         refresh: Refresher,
         sem: asyncio.Semaphore,
         on_empty: Callable[[PollChannel], None],
+        link: ChannelLink | None = None,
     ) -> None:
         self.channel = channel
         self.opts = opts
@@ -121,6 +136,10 @@ class PollChannel:
         self._task: asyncio.Task[None] | None = None
         self._shutdown: asyncio.TimerHandle | None = None
         self._ns = metrics.namespace_of(channel)
+        # Across workers: who polls (None: this worker alone), and the leader's entries of
+        # the keys only other workers track (their subscribers are there, not here).
+        self.link = link
+        self.remote: dict[str, Entry] = {}
 
     # ------------------------------------------------------------------ tracking
 
@@ -182,11 +201,13 @@ class PollChannel:
             self._shutdown = None
         if self._task is not None:
             self._task.cancel()
+        if self.link is not None:
+            self.link.close()
         self._on_empty(self)
 
     def notify(self, key: str) -> None:
         """Poll `key` now rather than at the next interval."""
-        if key in self.entries:
+        if key in self.entries or key in self.remote:
             self._notified[key] = None
             self._wake.set()
             metrics.child(pm.NOTIFY, self._ns).inc()
@@ -205,6 +226,9 @@ class PollChannel:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        link = self.link
+        if link is not None:
+            await link.ready.wait()  # the role decides what a notification does
         interval = self.opts.refresh_interval
         deadline = loop.time() + interval
         while True:
@@ -217,8 +241,14 @@ class PollChannel:
             if self._notified:
                 keys = list(self._notified)
                 self._notified.clear()
-                await self._poll(keys, "notification")
+                if link is None or link.leader:
+                    await self._poll(keys, "notification")
+                else:
+                    link.forward(keys)
             if loop.time() >= deadline:
+                if link is not None and not link.leader:
+                    deadline = loop.time() + interval  # the leader polls
+                    continue
                 started = loop.time()
                 spread = await self._cycle()
                 took = loop.time() - started
@@ -232,11 +262,12 @@ class PollChannel:
         """Poll every tracked key (but those a publish just refreshed), in sorted chunks
         whose dispatch is spread over the interval; returns the spread delay."""
         keys = []
-        for key, entry in self.entries.items():
-            if entry.fresh_from_publish:
-                entry.fresh_from_publish = False
-                continue
-            keys.append(key)
+        for entries in (self.entries, self.remote):
+            for key, entry in entries.items():
+                if entry.fresh_from_publish:
+                    entry.fresh_from_publish = False
+                    continue
+                keys.append(key)
         if not keys:
             return 0.0
         keys.sort()
@@ -251,10 +282,14 @@ class PollChannel:
         await asyncio.gather(*calls)
         return delay * (len(chunks) - 1)
 
+    def _entry(self, key: str) -> Entry | None:
+        entry = self.entries.get(key)
+        return entry if entry is not None else self.remote.get(key)
+
     async def _poll(self, keys: list[str], trigger: str) -> None:
         items = []
         for key in keys:
-            entry = self.entries.get(key)
+            entry = self._entry(key)
             if entry is None:
                 continue  # untracked meanwhile
             version = 0
@@ -277,24 +312,70 @@ class PollChannel:
                 return
             finally:
                 metrics.child(pm.HANDLER_DURATION, *labels).observe(time.monotonic() - started)
-        if not self.closed:
+        if self.closed:
+            return
+        if self.link is None:
             self.apply(result.epoch, result.items, trigger)
+        else:
+            await self._apply_as_leader(self.link, result.epoch, result.items, trigger)
 
     # ------------------------------------------------------------------ results
 
     def apply(self, epoch: str, items: list[SharedPollItem], trigger: str) -> None:
         """A backend reply: deliver what changed, remove what was removed
-        (applyRefreshResponse)."""
+        (applyRefreshResponse); versionless versions from this channel's counter."""
         if not self.opts.versionless:
             self.flip_epoch(epoch)
+        pubs, removals, made = self._diff(items, trigger)
+        for pub, entry, data_hash in made:
+            self._counter += 1
+            pub.version = entry.version = self._counter
+            entry.data_hash = data_hash
+        self._deliver(pubs, removals)
+
+    async def _apply_as_leader(
+        self, link: ChannelLink, epoch: str, items: list[SharedPollItem], trigger: str
+    ) -> None:
+        """`apply` on the polling worker of a coordinated channel: versionless versions
+        come from the counter in Redis, and the changes go to the other workers too, with
+        the epoch they must hold (the backend's, or the shared versionless one)."""
+        if self.opts.versionless:
+            epoch = self.epoch
+        else:
+            self.flip_epoch(epoch)
+        pubs, removals, made = self._diff(items, trigger)
+        if made:
+            try:
+                first = await link.allocate(len(made)) - len(made) + 1
+            except LinkUnavailable as e:
+                # The hashes stay as they were, so the next poll finds the change again.
+                log.warning("shared poll versions for %r unavailable: %s", self.channel, e)
+                pubs = [p for p in pubs if p.version]
+                made = []
+            for i, (pub, entry, data_hash) in enumerate(made):
+                pub.version = entry.version = first + i
+                entry.data_hash = data_hash
+        if self.closed:
+            return
+        self._deliver(pubs, removals)
+        gone = [PollPub(self.channel, key, b"", 0, removed=True) for key in removals]
+        link.send_results(epoch, pubs + gone)
+
+    def _diff(
+        self, items: list[SharedPollItem], trigger: str
+    ) -> tuple[list[PollPub], list[str], list[tuple[PollPub, Entry, int]]]:
+        """What a reply changes: the publications to send, the removed keys, and the
+        versionless changes still waiting for a version (with the new data hash, recorded
+        only once the version is made)."""
         pubs: list[PollPub] = []
         removals: list[str] = []
+        made: list[tuple[PollPub, Entry, int]] = []
         changed = unchanged = 0
         for it in items:
             if it.removed:
                 removals.append(it.key)
                 continue
-            entry = self.entries.get(it.key)
+            entry = self._entry(it.key)
             if entry is None:
                 continue
             if self.opts.versionless and it.version == 0:
@@ -305,12 +386,11 @@ class PollChannel:
                         entry.needs_broadcast = False
                         pubs.append(PollPub(self.channel, it.key, it.data, entry.version))
                     continue
-                entry.data_hash = h
                 entry.needs_broadcast = False
                 changed += 1
-                self._counter += 1
-                entry.version = self._counter
-                pubs.append(PollPub(self.channel, it.key, it.data, entry.version))
+                pub = PollPub(self.channel, it.key, it.data, 0)
+                pubs.append(pub)
+                made.append((pub, entry, h))
                 continue
             if it.version <= entry.version:
                 unchanged += 1
@@ -327,9 +407,14 @@ class PollChannel:
         metrics.child(pm.ITEMS, trigger, "changed", self._ns).inc(changed)
         metrics.child(pm.ITEMS, trigger, "unchanged", self._ns).inc(unchanged)
         metrics.child(pm.ITEMS, trigger, "removed", self._ns).inc(len(removals))
+        return pubs, removals, made
+
+    def _deliver(self, pubs: list[PollPub], removals: list[str]) -> None:
+        """Publications to this worker's subscribers; removed keys untracked here."""
         for pub in pubs:
             self.broadcast(pub)
         for key in removals:
+            self.remote.pop(key, None)
             removal = PollPub(self.channel, key, b"", 0, removed=True)
             for sub in list(self.subs.pop(key, {}).values()):
                 sub.poll_removal(removal)
@@ -345,11 +430,12 @@ class PollChannel:
 
     def flip_epoch(self, epoch: str) -> None:
         """Versioned: a new publisher epoch resets every item and sends the current
-        subscribers away with 2500 (flipEpochAndCollectClients)."""
+        subscribers away with 2500 (flipEpochAndCollectClients). Coordinated versionless:
+        the shared epoch changed (Redis lost the channel's meta), the same."""
         if epoch == self.epoch:
             return
         self.epoch = epoch
-        for entry in self.entries.values():
+        for entry in (*self.entries.values(), *self.remote.values()):
             entry.version = 0
             entry.data_hash = 0
             entry.fresh_from_publish = False
@@ -364,7 +450,7 @@ class PollChannel:
         """shared_poll_publish: apply a newer version of a tracked key here
         (handlePublishedData); False when it was not newer (skipped)."""
         self.flip_epoch(epoch)
-        entry = self.entries.get(key)
+        entry = self._entry(key)
         if entry is None:
             return True  # not tracked on this worker
         if version <= entry.version:
@@ -373,3 +459,57 @@ class PollChannel:
         entry.fresh_from_publish = True
         self.broadcast(PollPub(self.channel, key, data, version))
         return True
+
+    # ------------------------------------------------------------------ across workers
+
+    def on_heartbeat(self, leader: bool, epoch: str, tracked: list[str] | None) -> None:
+        """LinkedChannel: the link's heartbeat answered. A versionless channel takes the
+        shared epoch (silently the first time: nothing was delivered under its own yet);
+        the leader keeps an entry for every key only other workers track."""
+        if self.opts.versionless and epoch and epoch != self.epoch:
+            if self.link is not None and not self.link.ready.is_set():
+                self.epoch = epoch
+            else:
+                self.flip_epoch(epoch)
+        if tracked is None:
+            self.remote.clear()
+            return
+        wanted = {key for key in tracked if key not in self.entries}
+        for key in [k for k in self.remote if k not in wanted]:
+            del self.remote[key]
+        for key in wanted:
+            if key not in self.remote:
+                self.remote[key] = Entry()
+
+    def remote_notify(self, keys: list[str]) -> None:
+        """A follower's joins need `keys` polled now (and sent even if unchanged, as
+        `mark_needs_broadcast`); only the leader acts on it."""
+        if self.link is None or not self.link.leader:
+            return
+        for key in keys:
+            entry = self._entry(key)
+            if entry is None:
+                self.remote[key] = Entry()
+            else:
+                entry.needs_broadcast = True
+            self.notify(key)
+
+    def adopt(self, epoch: str, pubs: list[PollPub]) -> None:
+        """The leader's changes, on another worker: take its epoch and versions, deliver
+        to the subscribers here (each connection keeps only what is newer than it holds;
+        an equal version is the leader re-sending for a version-0 subscriber)."""
+        self.flip_epoch(epoch)
+        removals: list[str] = []
+        for pub in pubs:
+            if pub.removed:
+                removals.append(pub.key)
+                continue
+            entry = self._entry(pub.key)
+            if entry is None or pub.version < entry.version:
+                continue
+            entry.version = pub.version
+            if self.opts.versionless:
+                entry.data_hash = hash(pub.data)
+            self.broadcast(pub)
+        if removals:
+            self._deliver([], removals)

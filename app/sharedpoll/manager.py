@@ -7,9 +7,13 @@ how each stands, the connection answers its client, then `join` adds it as a sub
 and asks for the data it lacks; `leave` drops it from keys. The channel delivers through
 the connection's `PollSubscriber` methods.
 
-Across workers each worker polls for its own subscribers, as every Centrifugo node does
-(centrifuge polls per node); `shared_poll_publish` reaches every worker through the
-broker only with `publish_enabled`, as Centrifugo's per-key broker channels do.
+With the memory engine (one worker) each channel polls for this worker's subscribers.
+With a `Coordinator` (the Redis engine, app/sharedpoll/coordination.py) one worker of the
+deployment polls each channel for all of them and the others follow through the broker;
+`shared_poll_publish` then goes through the broker to every worker tracking the channel
+(centrifuge's route with `publish_enabled`, which the API requires), the sending worker
+included. The node hands this manager the broker publications of the fan-out channels
+(`handle_fanout`, app/sharedpoll/fanout.py).
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from app import metrics
 from app.config import ChannelOptions, Config
 from app.proxy import Proxy
 from app.proxy.models import SharedPollRefreshResult
+from app.sharedpoll import fanout
 from app.sharedpoll import metrics as pm
 from app.sharedpoll.channel import PollChannel, PollSubscriber, Refresher, new_epoch
+from app.sharedpoll.coordination import Coordinator
+from app.sharedpoll.frames import PollPub
 from app.sharedpoll.options import PollOptions, poll_options
 from app.sharedpoll.signature import TrackVerifier
 
@@ -38,7 +45,13 @@ TrackState = list[tuple[bool, int]]
 
 
 class SharedPollManager:
-    def __init__(self, cfg: Config, proxy_of: Callable[[ChannelOptions], Proxy]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        proxy_of: Callable[[ChannelOptions], Proxy],
+        coordinator: Coordinator | None = None,
+    ) -> None:
+        """`coordinator` None: this worker polls alone (memory engine)."""
         sp = cfg.shared_poll
         self.verifier = TrackVerifier(
             sp.hmac_secret_key,
@@ -50,6 +63,7 @@ class SharedPollManager:
         self._sem: asyncio.Semaphore | None = None  # made in the loop, at first use
         self._epoch = new_epoch()  # versionless channels without state yet
         self.channels: dict[str, PollChannel] = {}
+        self.coordinator = coordinator
 
     # ------------------------------------------------------------------ connections
 
@@ -71,6 +85,8 @@ class SharedPollManager:
                 channel, poll_options(ns), self._refresher(proxy), self._sem, self._forget
             )
             self.channels[channel] = state
+            if self.coordinator is not None:
+                state.link = self.coordinator.open(state)
         return state.track(keys)
 
     def join(
@@ -133,8 +149,16 @@ class SharedPollManager:
 
         return refresh
 
-    def publish(self, channel: str, key: str, version: int, epoch: str, data: bytes) -> None:
-        """shared_poll_publish on this worker (handlePublishedData)."""
+    async def publish(self, channel: str, key: str, version: int, epoch: str, data: bytes) -> None:
+        """shared_poll_publish: through the broker to every worker when coordinated
+        (raises ClientError(100) if the broker cannot publish), else on this worker."""
+        if self.coordinator is not None:
+            await self.coordinator.publish(channel, epoch, PollPub(channel, key, data, version))
+            return
+        self._published(channel, key, version, epoch, data)
+
+    def _published(self, channel: str, key: str, version: int, epoch: str, data: bytes) -> None:
+        """handlePublishedData on this worker."""
         state = self.channels.get(channel)
         if state is None or state.opts.versionless:
             return
@@ -142,6 +166,30 @@ class SharedPollManager:
         result = "applied" if applied else "skipped"
         metrics.child(pm.PUBLISH, result, metrics.namespace_of(channel)).inc()
 
+    def handle_fanout(self, name: str, data: bytes) -> None:
+        """A broker publication of fan-out channel `name` (fanout.fanout_channel): the
+        leader's results, a follower's keys to poll, or a shared_poll_publish."""
+        channel = name[len(fanout.FANOUT_PREFIX) :]
+        state = self.channels.get(channel)
+        if state is None or self.coordinator is None:
+            return  # closed meanwhile: nobody tracks the channel here
+        try:
+            msg = fanout.decode(channel, data)
+        except (ValueError, TypeError, KeyError, IndexError):
+            log.warning("dropping undecodable shared poll fan-out frame on %r", channel)
+            return
+        if msg.kind == fanout.PUBLISHED:
+            for pub in msg.pubs:
+                self._published(channel, pub.key, pub.version, msg.epoch, pub.data)
+        elif msg.node == self.coordinator.node_id:
+            return  # our own results or keys: already handled here
+        elif msg.kind == fanout.RESULTS:
+            state.adopt(msg.epoch, msg.pubs)
+        else:
+            state.remote_notify(msg.keys)
+
     async def close(self) -> None:
         for state in list(self.channels.values()):
             state.close()
+        if self.coordinator is not None:
+            await self.coordinator.close()

@@ -8,81 +8,24 @@ requests they expect (the log wakes waiters on arrival), never a fixed time.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from app.sharedpoll.signature import sign
+from tests.support.poll_backend import Backend
 
-from .helpers import RawWS, ServerHandle, free_port, start_server
+from .helpers import RawWS, ServerHandle, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SECRET = "e2e-poll-secret"
 USER = "alice"
 INTERVAL = 0.1
-
-
-class Backend:
-    """The app backend: answers `POST /<path>` refresh calls from `items` (channel ->
-    key -> reply item) and records each (path, request body)."""
-
-    def __init__(self) -> None:
-        self.items: dict[str, dict[str, dict[str, Any]]] = {}
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{path}", self._refresh)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _refresh(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.requests.append((request.match_info["path"], body))
-        for pred, fut in self._waiters:
-            if not fut.done() and pred():
-                fut.set_result(None)
-        stored = self.items.get(body["channel"], {})
-        out = [
-            stored[i["key"]] | {"key": i["key"]}
-            for i in body.get("items", [])
-            if i["key"] in stored
-        ]
-        return web.json_response({"result": {"items": out}})
-
-    def of(self, channel: str) -> list[dict[str, Any]]:
-        return [body for _, body in self.requests if body["channel"] == channel]
-
-    async def wait(self, pred: Callable[[], bool], timeout: float = 5.0) -> None:
-        if pred():
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((pred, fut))
-        try:
-            await asyncio.wait_for(fut, timeout)
-        finally:
-            self._waiters.remove((pred, fut))
-
-    def set(self, channel: str, key: str, data: Any, version: int = 0, **extra: Any) -> None:
-        item: dict[str, Any] = {"data": data, **extra}
-        if version:
-            item["version"] = version
-        self.items.setdefault(channel, {})[key] = item
 
 
 def _namespace(name: str, **shared_poll: Any) -> dict[str, Any]:

@@ -27,6 +27,10 @@ SCRIPTS = (
     "map_find_expired",
     "map_remove_expired",
     "map_clear",
+    # Shared poll coordination across workers (app/sharedpoll/redis_link.py).
+    "shared_poll_heartbeat",
+    "shared_poll_release",
+    "shared_poll_versions",
 )
 
 
