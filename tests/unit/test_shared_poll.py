@@ -21,6 +21,7 @@ from app.proxy.models import (
     parse_shared_poll_refresh,
     shared_poll_refresh_request,
 )
+from app.sharedpoll import fanout
 from app.sharedpoll.channel import Entry, PollChannel, new_epoch
 from app.sharedpoll.frames import PollPub
 from app.sharedpoll.options import PollOptions
@@ -318,4 +319,47 @@ async def test_needs_broadcast_sends_unchanged_data_once() -> None:
     ch.apply("", [SharedPollItem("k", b"1", 1)], "timer")
     assert second.pubs == [("k", 1, b"1")]
     assert first.pubs == [("k", 1, b"1"), ("k", 1, b"1")]  # its connection filters by version
+    ch.close()
+
+
+# --- across workers: the fan-out frames and a follower's side of them ---
+
+
+def test_fanout_frames_round_trip_binary_data_and_removals() -> None:
+    pubs = [PollPub("poll:a", "k", b"\x00\xffraw", 7), PollPub("poll:a", "gone", b"", 0, True)]
+    msg = fanout.decode("poll:a", fanout.encode_results("node-1", "ep", pubs))
+    assert (msg.kind, msg.node, msg.epoch) == (fanout.RESULTS, "node-1", "ep")
+    got = [(p.channel, p.key, p.data, p.version, p.removed) for p in msg.pubs]
+    assert got == [("poll:a", "k", b"\x00\xffraw", 7, False), ("poll:a", "gone", b"", 0, True)]
+    msg = fanout.decode("poll:a", fanout.encode_notify("node-2", ["x", "y"]))
+    assert (msg.kind, msg.node, msg.keys) == (fanout.NOTIFY, "node-2", ["x", "y"])
+    msg = fanout.decode("poll:a", fanout.encode_published("n", "", PollPub("poll:a", "p", b"1", 3)))
+    assert msg.kind == fanout.PUBLISHED and [(p.key, p.version) for p in msg.pubs] == [("p", 3)]
+
+
+@pytest.mark.parametrize("frame", [b"", b"{}", b'{"t":"x","n":"a"}', b'{"t":"r","n":"a"}'])
+def test_fanout_frames_of_another_shape_raise(frame: bytes) -> None:
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        fanout.decode("poll:a", frame)
+
+
+def test_fanout_channel_is_out_of_reach_of_client_channels() -> None:
+    assert fanout.fanout_channel("poll:a").startswith("\x00")
+
+
+async def test_a_follower_adopts_the_leaders_versions_and_removals() -> None:
+    ch, forgotten = _channel(Backend(), versionless=True)
+    sub = Recorder()
+    ch.track(["k", "r"])
+    ch.add_subscriber("k", sub)
+    ch.add_subscriber("r", sub)
+    epoch = ch.epoch
+    ch.adopt(epoch, [PollPub("poll:a", "k", b"x", 41), PollPub("poll:a", "other", b"y", 42)])
+    ch.adopt(epoch, [PollPub("poll:a", "k", b"old", 40)])  # older: not delivered
+    ch.adopt(epoch, [PollPub("poll:a", "r", b"", 0, removed=True)])
+    assert sub.pubs == [("k", 41, b"x")]
+    assert sub.removed == ["r"]
+    assert ch.entries["k"].version == 41 and ch.entries["k"].data_hash == hash(b"x")
+    ch.adopt("newepoch", [])  # the shared versionless epoch changed: state lost
+    assert sub.lost == ["poll:a"]
     ch.close()
