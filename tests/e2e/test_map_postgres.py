@@ -5,10 +5,6 @@ rest), so a client and the API
 call that changes its map often land on different workers and every change crosses
 PostgreSQL (the stream table read by each worker).
 
-test_clients_presence_channel runs as its own copy below without its order assumption: a
-client's presence entry is written after its subscribe reply (centrifuge's
-setupMapPresenceAndJoin), so with two workers the second client's join may commit first.
-
 Not rerun here: test_gap_beyond_stream_resyncs_from_state (the PostgreSQL broker keeps its
 stream whole until the partition is dropped, as Centrifugo's does, so that gap is recovered,
 not resynced: test_gap_is_recovered_from_the_kept_stream below), and the Redis-specific
@@ -28,6 +24,7 @@ from .test_map_subscriptions import (
     CONFIG,
     js,
     test_client_publish_and_remove,
+    test_clients_presence_channel,
     test_key_ttl_expiry_is_a_removal,
     test_per_key_delta,
     test_recovery_after_disconnect,
@@ -39,6 +36,7 @@ from .test_map_subscriptions import (
 
 __all__ = [  # collected here, with this module's `srv`
     "test_client_publish_and_remove",
+    "test_clients_presence_channel",
     "test_key_ttl_expiry_is_a_removal",
     "test_per_key_delta",
     "test_recovery_after_disconnect",
@@ -99,30 +97,3 @@ def test_gap_is_recovered_from_the_kept_stream(srv: ServerHandle) -> None:
         CH=f"small:{uid()}",
     )
     assert out == {"syncs": 1, "keys": ["k0", "k1", "k2", "k3", "k4"]}
-
-
-def test_clients_presence_channel_any_join_order(srv: ServerHandle) -> None:
-    out = js(
-        srv,
-        """
-        const a = newClient({ token: token('ua') });
-        const b = newClient({ token: token('ub') });
-        a.connect(); b.connect();
-        const ida = (await waitEvent(a, 'connected')).client;
-        const idb = (await waitEvent(b, 'connected')).client;
-        const who = a.newMapClientsSubscription('who:' + env.CH);
-        const seen = collect(who, 'update');
-        who.subscribe();
-        await who.ready(5000);
-        const sa = a.newMapSubscription(env.CH); sa.subscribe(); await sa.ready(5000);
-        const sb = b.newMapSubscription(env.CH); sb.subscribe(); await sb.ready(5000);
-        await waitUntil(who, 'update', () => seen.length >= 2, 5000, 'joins');
-        sb.unsubscribe();
-        await waitUntil(who, 'update', () => seen.length >= 3, 5000, 'leave');
-        return { ida, idb, seen: seen.map((u) => [u.key, !!u.removed, u.info ? u.info.user : null]) };
-        """,
-        CH=f"pres:{uid()}",
-    )
-    joins = sorted(out["seen"][:2])
-    assert joins == sorted([[out["ida"], False, "ua"], [out["idb"], False, "ub"]])
-    assert out["seen"][2][:2] == [out["idb"], True]

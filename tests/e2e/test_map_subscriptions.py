@@ -247,9 +247,12 @@ def test_clients_presence_channel(srv: ServerHandle) -> None:
         const seen = collect(who, 'update');
         who.subscribe();
         await who.ready(5000);
+        // The presence entry is written after the subscribe reply (as centrifuge's
+        // setupMapPresenceAndJoin): await A's entry before B subscribes, to fix the order.
         const sa = a.newMapSubscription(env.CH); sa.subscribe(); await sa.ready(5000);
+        await waitUntil(who, 'update', () => seen.length >= 1, 5000, 'join of a');
         const sb = b.newMapSubscription(env.CH); sb.subscribe(); await sb.ready(5000);
-        await waitUntil(who, 'update', () => seen.length >= 2, 5000, 'joins');
+        await waitUntil(who, 'update', () => seen.length >= 2, 5000, 'join of b');
         sb.unsubscribe();
         await waitUntil(who, 'update', () => seen.length >= 3, 5000, 'leave');
         return { ida, idb, seen: seen.map((u) => [u.key, !!u.removed, u.info ? u.info.user : null]) };
