@@ -30,6 +30,7 @@ from app.sharedpoll.frames import PollPub
 from app.sharedpoll.redis_link import RedisChannelLink, timings
 from tests.support.poll_backend import Backend
 from tests.support.redis_server import RedisProcess
+from tests.support.redis_topologies import ClusterTopology
 
 INTERVAL = 0.2
 SLOW_INTERVAL = 5.0
@@ -94,15 +95,16 @@ async def backend() -> AsyncIterator[Backend]:
     await b.stop()
 
 
-NodeFactory = Callable[[], Awaitable[Node]]
+NodeFactory = Callable[..., Awaitable[Node]]
 
 
 @pytest.fixture
 async def make_node(
     tmp_path: Path, redis_proc: RedisProcess, rdb: Redis, backend: Backend
 ) -> AsyncIterator[NodeFactory]:
-    """`await make_node()`: a started Node (one worker) on the shared Redis; shut down after."""
-    config = {
+    """`await make_node(address="")`: a started Node (one worker) on the shared Redis (or
+    on `address`); shut down after."""
+    config: dict[str, Any] = {
         "engine": {"type": "redis", "redis": {"address": f"redis://127.0.0.1:{redis_proc.port}"}},
         "shared_poll": {"hmac_secret_key": "secret"},
         "channel": {
@@ -119,11 +121,13 @@ async def make_node(
             ],
         },
     }
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
     nodes: list[Node] = []
 
-    async def make() -> Node:
+    async def make(address: str = "") -> Node:
+        if address:
+            config["engine"]["redis"] = {"address": address, "prefix": "sp-cluster"}
+        path = tmp_path / f"config{len(nodes)}.json"
+        path.write_text(json.dumps(config))
         cfg = load_config(str(path), env={})
         engines = build_engines(cfg)
         node = Node(cfg, engines.broker, engines.presence, engines.controller, engines.map_broker)
@@ -188,6 +192,25 @@ async def test_one_worker_polls_the_union_once_per_interval_and_both_deliver(
     await sb.wait(lambda: sb.versions("b") == [1, 2])
     assert sa.data("b")[-1] == sb.data("b")[-1]
     assert json.loads(sb.data("b")[-1]) == {"v": "b2"}
+
+
+async def test_on_a_cluster_one_worker_polls_and_both_deliver(
+    make_node: NodeFactory, backend: Backend, redis_cluster: ClusterTopology
+) -> None:
+    ch = "free:cluster"  # versionless: heartbeat, versions and fan-out all in one slot
+    backend.set(ch, "k", {"n": 1})
+    a = await make_node(redis_cluster.address)
+    b = await make_node(redis_cluster.address)
+    sa, sb = Subscriber("sa"), Subscriber("sb")
+    state_a, state_b = join(a, ch, sa, ["k"]), join(b, ch, sb, ["k"])
+    await sa.wait(lambda: len(sa.versions("k")) == 1)
+    await sb.wait(lambda: len(sb.versions("k")) == 1)
+    await leader_and_follower(state_a, state_b)
+    backend.set(ch, "k", {"n": 2})
+    first = sa.versions("k")[0]
+    await sa.wait(lambda: sa.versions("k")[-1] > first)
+    await sb.wait(lambda: sb.versions("k")[-1] > first)
+    assert sa.versions("k") == sb.versions("k")
 
 
 async def test_versionless_versions_are_made_once_for_every_worker(
