@@ -231,7 +231,9 @@ class PollChannel:
             await link.ready.wait()  # the role decides what a notification does
         interval = self.opts.refresh_interval
         deadline = loop.time() + interval
-        while True:
+        # `closed`, not only the cancel: Python 3.11's wait_for can swallow a cancellation
+        # that lands as the awaited call completes, and this loop must not outlive close().
+        while not self.closed:
             if not self._notified:
                 self._wake.clear()
                 try:

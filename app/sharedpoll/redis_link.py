@@ -39,7 +39,7 @@ from app.engines.redis.shard import Shard
 from app.errors import ClientError
 from app.models import PublishOptions
 from app.sharedpoll import fanout
-from app.sharedpoll.channel import new_epoch
+from app.sharedpoll.channel import PollChannel, new_epoch
 from app.sharedpoll.coordination import (
     ChannelLink,
     Coordinator,
@@ -140,7 +140,7 @@ class RedisChannelLink:
                 break
             except ClientError as e:
                 await asyncio.sleep(self._outage.failed(e))
-        while True:
+        while not self._closed:  # see PollChannel._run: a cancel alone may be swallowed
             await self._beat(list(self._state.entries))
             await asyncio.sleep(self.tick)
 
@@ -244,3 +244,4 @@ class RedisChannelLink:
 # Conformance, checked by mypy.
 _coordinator: type[Coordinator] = RedisCoordinator
 _link: type[ChannelLink] = RedisChannelLink
+_linked: type[LinkedChannel] = PollChannel
