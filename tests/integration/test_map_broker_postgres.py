@@ -189,6 +189,19 @@ async def test_changes_reach_every_subscribed_node_once_in_order(make_maps: Make
     assert len(a_events.pubs_in(ch)) == 61  # exactly once each
 
 
+async def test_changes_committed_before_subscribe_are_not_delivered(make_maps: Maker) -> None:
+    """A subscription delivers what is committed after it, as PUB/SUB does, even when the
+    reader lags behind older rows (here: it reads only when asked)."""
+    # No NOTIFY and no polling: only the test reads (two readers at once would both deliver).
+    broker, events = await make_maps(poll_interval=3600, use_notify=False)
+    ch = "m:late-subscriber"
+    await broker.publish(ch, "old", MapPublishOptions(data=b"old"), EPHEMERAL)
+    await broker.subscribe([ch])
+    await broker.publish(ch, "new", MapPublishOptions(data=b"new"), EPHEMERAL)
+    await outbox(broker).read_once()
+    assert [p.key for p in events.pubs_in(ch)] == ["new"]
+
+
 async def test_delta_publication_carries_the_previous_value(node: Node) -> None:
     broker, events = node
     ch = "m:delta"

@@ -130,6 +130,9 @@ class PostgresMapBroker:
         self._batch_size = batch_size
         self._handler: BrokerEventHandler | None = None
         self._subscribed: set[str] = set()
+        # channel -> the last stream row id of its shard when it was subscribed: rows up to
+        # it were committed before and are not delivered (see subscribe).
+        self._since: dict[str, int] = {}
         self._pool: asyncpg.Pool | None = None
         self.outbox: Outbox | None = None
         self.maintenance = Maintenance(
@@ -211,10 +214,28 @@ class PostgresMapBroker:
     # --- node subscriptions: the reader sees every row; deliveries are filtered ---
 
     async def subscribe(self, channels: list[str]) -> None:
-        self._subscribed.update(channels)
+        """Deliver the changes of `channels` committed from now on, as a PUB/SUB
+        subscription would: rows already in the stream table (the reader may lag behind
+        them) are for stream reads, not deliveries. A streamless sync relies on it: a
+        change older than its state page would arrive again as a live update."""
+        new = [ch for ch in channels if ch not in self._subscribed]
+        if not new:
+            return
+        tops = await self.pool.fetch(
+            f"SELECT c.channel, (SELECT COALESCE(MAX(id), 0) FROM {self.names.stream} "
+            f"WHERE shard_id = abs(hashtext(c.channel)::bigint) % $2) AS top "
+            f"FROM unnest($1::text[]) AS c(channel)",
+            new,
+            self.num_shards,
+        )
+        for row in tops:
+            self._since[row["channel"]] = row["top"]
+        self._subscribed.update(new)
 
     async def unsubscribe(self, channels: list[str]) -> None:
         self._subscribed.difference_update(channels)
+        for ch in channels:
+            self._since.pop(ch, None)
 
     def _deliver_rows(self, rows: Sequence[asyncpg.Record]) -> None:
         handler = self._handler
@@ -222,7 +243,7 @@ class PostgresMapBroker:
             return
         for row in rows:
             channel = row["channel"]
-            if channel not in self._subscribed:
+            if channel not in self._subscribed or row["id"] <= self._since.get(channel, 0):
                 continue
             pub = self.publication_of(row, "channel_offset")
             pub.time = int(row["created_at"].timestamp() * 1000)

@@ -69,6 +69,7 @@ class Outbox:
         )
         self._max_id = f"SELECT COALESCE(MAX(id), 0) FROM {stream_table}"
         self._wake = asyncio.Event()
+        self._reading = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.healthy = True
         self.listening = asyncio.Event()  # set while LISTEN is in place (tests await it)
@@ -96,15 +97,19 @@ class Outbox:
         self._wake.set()
 
     async def read_once(self) -> int:
-        """One read of every shard past its cursor; returns the rows handed on."""
-        rows = await self._pool.fetch(self._query, self._shards, self._cursors, self._batch_size)
-        if not rows:
-            return 0
-        # Rows come shard by shard, ids ascending within each: cursors are the last seen.
-        for row in rows:
-            self._cursors[row["shard_id"]] = row["id"]
-        self._on_rows(rows)
-        return len(rows)
+        """One read of every shard past its cursor; returns the rows handed on. Reads never
+        overlap: two at once from the same cursors would hand the same rows on twice."""
+        async with self._reading:
+            rows = await self._pool.fetch(
+                self._query, self._shards, self._cursors, self._batch_size
+            )
+            if not rows:
+                return 0
+            # Rows come shard by shard, ids ascending within each: cursors are the last seen.
+            for row in rows:
+                self._cursors[row["shard_id"]] = row["id"]
+            self._on_rows(rows)
+            return len(rows)
 
     async def _read_loop(self) -> None:
         failing = False
