@@ -106,6 +106,18 @@ SPEC: dict[str, tuple[str, ...] | None] = {
     "centrifugo_broker_redis_pub_sub_dropped_messages": None,
     "centrifugo_broker_redis_pub_sub_buffered_messages": None,
     "centrifugo_broker_publish_suppressed_count": None,
+    # [6.8+] map broker and shared poll (centrifuge's metrics.go map_broker / shared_poll).
+    "centrifugo_map_broker_publish_suppressed_count": ("reason", "channel_namespace"),
+    "centrifugo_map_broker_remove_suppressed_count": ("reason", "channel_namespace"),
+    "centrifugo_map_broker_cleanup_removed_count": ("broker_name",),
+    "centrifugo_map_broker_cleanup_errors_count": ("broker_name",),
+    "centrifugo_shared_poll_num_channels": None,
+    "centrifugo_shared_poll_num_keys": None,
+    "centrifugo_shared_poll_handler_error_count": ("trigger", "channel_namespace"),
+    "centrifugo_shared_poll_items_count": ("trigger", "result", "channel_namespace"),
+    "centrifugo_shared_poll_notify_count": ("channel_namespace",),
+    "centrifugo_shared_poll_dropped_notify_count": ("channel_namespace",),
+    "centrifugo_shared_poll_publish_count": ("result", "channel_namespace"),
     "centrifugo_consumers_messages_processed_total": ("consumer_name",),
     "centrifugo_consumers_errors_total": ("consumer_name",),
 }

@@ -30,6 +30,8 @@ SUB = {"allow_subscribe_for_client": True}
 CACHE = {"history_size": 5, "history_ttl": "60s", "force_recovery": True}
 
 CONFIG: dict[str, Any] = {
+    "shared_poll": {"hmac_secret_key": "poll-secret"},
+    "proxies": [{"name": "poll", "endpoint": "http://127.0.0.1:9/refresh"}],
     "channel": {
         "without_namespace": SUB,
         "namespaces": [
@@ -42,9 +44,20 @@ CONFIG: dict[str, Any] = {
                 "force_recovery": True,
             },
             {"name": "stream", **SUB, "subscription_type": "stream"},
-            {"name": "map", **SUB, "subscription_type": "map"},
-            {"name": "mapcli", **SUB, "subscription_type": "map_clients"},
-            {"name": "poll", **SUB, "subscription_type": "shared_poll"},
+            {"name": "map", **SUB, "subscription_type": "map", "map": {"mode": "persistent"}},
+            {
+                "name": "mapcli",
+                **SUB,
+                "subscription_type": "map_clients",
+                "map": {"mode": "ephemeral", "key_ttl": "60s"},
+            },
+            {
+                "name": "poll",
+                **SUB,
+                "subscription_type": "shared_poll",
+                # never polled here: no subscribe of this module tracks a key
+                "shared_poll": {"proxy_name": "poll"},
+            },
             {"name": "cache", **SUB, **CACHE, "force_recovery_mode": "cache"},
             {
                 "name": "auto",
@@ -207,12 +220,14 @@ async def test_stream_subscribe_allowed_in_stream_namespaces(srv: ServerHandle) 
         assert await ws.ok("subscribe", {"channel": "stream:" + uniq()}) == {}
 
 
-async def test_allowed_map_subscribe_is_not_available(srv: ServerHandle) -> None:
-    # The namespace allows it, but map subscriptions are not implemented (yet): 108, not a
-    # stream subscription under a map type.
+async def test_allowed_map_subscribe_is_a_map_subscription(srv: ServerHandle) -> None:
+    # The namespace allows it: a map subscription (phase 2 first; an empty map goes live at
+    # once), never a stream subscription under a map type (test_map_subscriptions.py has
+    # the protocol itself).
     async with open_session(srv) as ws:
-        assert await ws.error("subscribe", {"channel": "map:" + uniq(), "type": 1}) == err(108)
-        assert await ws.error("subscribe", {"channel": "mapcli:" + uniq(), "type": 2}) == err(108)
+        for ch, sub_type in (("map:" + uniq(), 1), ("mapcli:" + uniq(), 2)):
+            res = await ws.ok("subscribe", {"channel": ch, "type": sub_type, "phase": 2})
+            assert (res["type"], res["phase"]) == (1, 0)
 
 
 async def test_subscription_type_out_of_int32_closes_3501(srv: ServerHandle) -> None:
