@@ -130,7 +130,7 @@ class Node:
         self.presence_manager = presence
         self.map_broker = map_broker
         self.resolver = ChannelResolver(cfg)
-        self.maps = NodeMaps(self.resolve, map_broker)
+        self.maps = NodeMaps(cfg, map_broker)
         self.verifier = TokenVerifier(cfg.client)
         self.proxies = ProxyManager(cfg)
         # With the Redis engine one worker polls each shared poll channel for all of them.

@@ -5,10 +5,8 @@ them (map_broker_{publish,remove}_suppressed_count)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from app import metrics
-from app.channels import ChannelInfo
+from app.config import Config
 from app.errors import ERROR_NOT_AVAILABLE, ClientError
 from app.maps.broker import (
     MapBroker,
@@ -17,29 +15,14 @@ from app.maps.broker import (
     MapRemoveOptions,
     MapUpdateResult,
 )
-from app.maps.options import map_channel_options
+from app.maps.resolve import MapOptionsOf, map_options_of
 
 
 class NodeMaps:
-    def __init__(self, resolve: Callable[[str], ChannelInfo], broker: MapBroker | None) -> None:
-        self._resolve = resolve
+    def __init__(self, cfg: Config, broker: MapBroker | None) -> None:
         self.broker = broker
-        self._options: dict[int, MapChannelOptions] = {}  # by id(namespace options)
-
-    def options(self, channel: str) -> MapChannelOptions | None:
-        """The map options of `channel`; None when its namespace is not a map type (map,
-        map_clients, map_users) or does not exist."""
-        try:
-            ns = self._resolve(channel).options
-        except ClientError:
-            return None
-        if not ns.is_map:
-            return None
-        # Validated at config load (cannot raise here); resolved once per namespace.
-        chopts = self._options.get(id(ns))
-        if chopts is None:
-            chopts = self._options[id(ns)] = map_channel_options(ns)
-        return chopts
+        # A channel's map options (None: not a map channel): app/maps/resolve.py.
+        self.options: MapOptionsOf = map_options_of(cfg)
 
     def _broker(self) -> MapBroker:
         if self.broker is None:

@@ -27,8 +27,9 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from app import fossil
 from app.channels import ChannelInfo
+from app.client.map_pages import MAX_PAGE_SIZE, as_json_strings, delta_chains, page_size
+from app.client.positioning import matching
 from app.client.state import MapSync, SubRequest, Subscription
 from app.client.subscribing import SubscribeFlow
 from app.config import ChannelOptions
@@ -44,7 +45,6 @@ from app.errors import (
     ClientError,
     Disconnect,
 )
-from app.hub import json_string
 from app.maps.broker import (
     KeyMode,
     MapBroker,
@@ -68,61 +68,9 @@ MAP_SUB_TYPES = (1, 2, 3)
 # PublishRequest.type of a map publish or remove.
 PUBLISH_TYPE_MAP = 1
 
-# centrifuge's defaultMap{,Min,Max}PageSize, and the catch-up deadline of a sync
-# (SubscribeCatchUpTimeout's default).
-DEFAULT_PAGE_SIZE = 100
-MIN_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
+# The catch-up deadline of a sync (SubscribeCatchUpTimeout's default).
 CATCH_UP_TIMEOUT = 5.0
-_NO_TAGS: dict[str, str] = {}
 _R = TypeVar("_R")
-
-
-def page_size(requested: int, ns: ChannelOptions) -> int:
-    """centrifuge's getMapPageSize: the request's limit clamped to the namespace's
-    bounds (defaults 100, 100, 1000)."""
-    m = ns.map
-    limit = requested if requested > 0 else (m.default_page_size or DEFAULT_PAGE_SIZE)
-    return min(max(limit, m.min_page_size or MIN_PAGE_SIZE), m.max_page_size or MAX_PAGE_SIZE)
-
-
-def _matching(sub_filter: Any, pubs: list[Publication]) -> list[Publication]:
-    if sub_filter is None:
-        return pubs
-    return [p for p in pubs if sub_filter(p.tags or _NO_TAGS)]
-
-
-def _as_json_strings(pubs: list[Publication]) -> list[Publication]:
-    """centrifuge's escapeStateForDelta: a delta subscription over JSON gets each data as
-    a JSON string, the form its live publications take, so the SDK keeps exact bytes."""
-    out = []
-    for p in pubs:
-        text = json_string(p.data) if p.data else None
-        out.append(p if text is None else _with_data(p, text, p.delta))
-    return out
-
-
-def _with_data(p: Publication, data: bytes, delta: bool) -> Publication:
-    return Publication(data, p.info, p.offset, p.tags, p.time, delta, key=p.key, removed=p.removed)
-
-
-def _delta_chains(pubs: list[Publication], as_json: bool) -> list[Publication]:
-    """centrifuge's makeRecoveredMapPubsDeltaFossil: per key, the first publication in
-    full and each next one a patch against the one before when the patch is smaller."""
-    last: dict[str, bytes] = {}
-    out = []
-    for p in pubs:
-        prev = last.get(p.key)
-        patch = None if prev is None or p.removed else fossil.worth_sending(prev, p.data)
-        data = p.data if patch is None else patch
-        if p.removed:
-            last.pop(p.key, None)
-        else:
-            last[p.key] = p.data
-        if as_json and data:
-            data = json_string(data) or data
-        out.append(_with_data(p, data, patch is not None))
-    return out
 
 
 class MapFlow(SubscribeFlow):
@@ -243,7 +191,7 @@ class MapFlow(SubscribeFlow):
         if revision is not None:
             # Entries written after the client's position come from the stream instead.
             pubs = [p for p in pubs if p.offset <= revision.offset]
-        pubs = _matching(req.tags_filter, pubs)
+        pubs = matching(req.tags_filter, pubs)
         # The position of the first page: changes during the paging come from the stream.
         frozen = StreamPosition(sync.offset, sync.epoch) if cursor else res.position
         if not res.cursor:
@@ -350,7 +298,7 @@ class MapFlow(SubscribeFlow):
         )
         pubs = res.publications
         offset = pubs[-1].offset if pubs else req.offset
-        pubs = _matching(req.tags_filter, pubs)
+        pubs = matching(req.tags_filter, pubs)
         result: dict[str, Any] = {
             "type": RESULT_TYPE_MAP,
             "phase": PHASE_STREAM,
@@ -369,7 +317,7 @@ class MapFlow(SubscribeFlow):
         data as JSON strings (centrifuge's escapeStateForDelta)."""
         delta = req.delta and req.delta in chinfo.options.allowed_delta_types
         if delta and self.codec.name.startswith("json"):
-            return _as_json_strings(pubs)
+            return as_json_strings(pubs)
         return pubs
 
     async def _map_go_live(
@@ -430,10 +378,10 @@ class MapFlow(SubscribeFlow):
                 result["epoch"] = top.epoch
                 if sub.offset:
                     result["offset"] = sub.offset
-                pubs = _matching(sub.tags_filter, pubs)
+                pubs = matching(sub.tags_filter, pubs)
                 if pubs:
                     as_json = self.codec.name.startswith("json")
-                    result["publications"] = _delta_chains(pubs, as_json) if delta else pubs
+                    result["publications"] = delta_chains(pubs, as_json) if delta else pubs
                 result["recoverable"] = True
                 if recovery and req.recover:
                     result["was_recovering"] = True

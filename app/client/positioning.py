@@ -23,7 +23,7 @@ SUB_FLAG_REJECT_UNRECOVERED = 2
 _NO_TAGS: dict[str, str] = {}
 
 
-def _matching(tags_filter: Matcher | None, pubs: list[Publication]) -> list[Publication]:
+def matching(tags_filter: Matcher | None, pubs: list[Publication]) -> list[Publication]:
     """The publications a subscription's tags filter lets through (all without one)."""
     if tags_filter is None:
         return pubs
@@ -65,7 +65,7 @@ class Positioning(ClientState):
                 sub.channel, HistoryFilter(limit=limit, reverse=True, meta_ttl=meta_ttl)
             )
             top = hist.position
-            latest = _matching(sub.tags_filter, hist.publications)[:1]
+            latest = matching(sub.tags_filter, hist.publications)[:1]
             recovered, pubs = cache_recovered(latest, top, req.offset, req.epoch)
         else:
             hist = await self._recover_stream(sub.channel, req, meta_ttl)
@@ -75,7 +75,7 @@ class Positioning(ClientState):
             if not recovered and req.flag & SUB_FLAG_REJECT_UNRECOVERED:
                 raise ClientError(ERROR_UNRECOVERABLE_POSITION)
         last = pubs[-1].offset if pubs else req.offset
-        pubs = _matching(sub.tags_filter, pubs)
+        pubs = matching(sub.tags_filter, pubs)
         sub.epoch = top.epoch
         result["epoch"] = top.epoch
         metrics.child(

@@ -12,16 +12,12 @@ the Redis client.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from app.broker import Broker, Controller
-from app.channels import ChannelResolver
 from app.config import Config, RedisConfig
-from app.errors import ClientError
-from app.maps.broker import MapBroker, MapChannelOptions
-from app.maps.options import map_channel_options
+from app.maps.broker import MapBroker
 from app.presence import PresenceManager
 
 if TYPE_CHECKING:
@@ -139,30 +135,9 @@ def build_map_broker(cfg: Config) -> MapBroker:
         return create_redis_map_broker(section.redis, "map_broker.redis")
     if section.type == POSTGRES:
         from app.engines.postgres import create_postgres_map_broker
+        from app.maps.resolve import map_options_of
 
         return create_postgres_map_broker(section.postgres, map_options_of(cfg))
     from app.maps.memory import MemoryMapBroker
 
     return MemoryMapBroker()
-
-
-def map_options_of(cfg: Config) -> Callable[[str], MapChannelOptions | None]:
-    """A channel's map options under `cfg` (None: not a map channel), for a broker that
-    must know a channel's mode without a call naming it (the PostgreSQL broker's delivery
-    and expiry). The node's NodeMaps.options, without the node."""
-    resolver = ChannelResolver(cfg)
-    cache: dict[int, MapChannelOptions] = {}
-
-    def options_of(channel: str) -> MapChannelOptions | None:
-        try:
-            ns = resolver.resolve(channel).options
-        except ClientError:
-            return None
-        if not ns.is_map:
-            return None
-        chopts = cache.get(id(ns))
-        if chopts is None:  # validated at config load: cannot raise
-            chopts = cache[id(ns)] = map_channel_options(ns)
-        return chopts
-
-    return options_of
