@@ -11,17 +11,17 @@ embeds Helm's Go SDK as a shared library) and checked three ways:
 from __future__ import annotations
 
 import asyncio
-import base64
+import hashlib
 import json
 import re
 import secrets
+import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -39,23 +39,32 @@ from . import (
     wait_workers,
     ws_round_trip,
 )
-
-CHART = REPO_ROOT / "helm" / "centrifugo-py"
-RELEASE = "rt"
-NAMESPACE = "realtime"
-# Oldest and newest Kubernetes minor versions the manifests must be valid for.
-KUBE_VERSIONS = ("1.29", kubernetes_validate.latest_version())
+from .helm_support import (
+    CHART,
+    KUBE_VERSIONS,
+    by_kind,
+    env_map,
+    kinds,
+    one,
+    pod_spec,
+    render,
+    secret_data,
+    selects,
+    server_container,
+    validate_all,
+)
 
 PRODUCTION: dict[str, Any] = {
     "replicaCount": 3,
     "webConcurrency": 2,
-    "internalPort": 9000,
-    "engine": {"type": "redis", "redis": {"address": ["redis://redis.data:6379"]}},
     "secrets": {"redisPassword": "redis-pass", "apiKey": "api-key-from-values"},
-    "config": {"client": {"allowed_origins": ["https://app.example.com"]}},
+    "config": {
+        "client": {"allowed_origins": ["https://app.example.com"]},
+        "engine": {"type": "redis", "redis": {"address": ["redis://redis.data:6379"]}},
+    },
     "ingress": {
         "enabled": True,
-        "className": "nginx",
+        "ingressClassName": "nginx",
         "hosts": [
             {"host": "rt.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]},
         ],
@@ -63,7 +72,7 @@ PRODUCTION: dict[str, Any] = {
     },
     "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12},
     "podDisruptionBudget": {"enabled": True, "minAvailable": 2, "maxUnavailable": ""},
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "metrics": {"serviceMonitor": {"enabled": True, "additionalLabels": {"release": "prom"}}},
 }
 BUNDLED_REDIS: dict[str, Any] = {
     "replicaCount": 3,
@@ -73,80 +82,10 @@ BUNDLED_REDIS: dict[str, Any] = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# rendering
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """YAML that refuses duplicate mapping keys (Kubernetes would silently keep one)."""
-
-
-def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
-    duplicates = {k for k in keys if keys.count(k) > 1}
-    if duplicates:
-        raise yaml.constructor.ConstructorError(
-            None, None, f"duplicate keys {duplicates}", node.start_mark
-        )
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-
-
 @pytest.fixture(scope="module")
 def chart() -> Any:
     with helm.Chart.load(CHART) as loaded:
         yield loaded
-
-
-def render(chart: Any, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """All manifests the chart renders for `values`, parsed."""
-    out = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    manifests = []
-    for template, text in sorted(out.items()):
-        if template.endswith("NOTES.txt"):
-            continue
-        for doc in yaml.load_all(text, Loader=_StrictLoader):
-            if doc:
-                assert {"apiVersion", "kind", "metadata"} <= set(doc), (template, doc)
-                manifests.append(doc)
-    return manifests
-
-
-def by_kind(manifests: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(m["kind"], m["metadata"]["name"]): m for m in manifests}
-
-
-def one(manifests: list[dict[str, Any]], kind: str, component: str = "server") -> dict[str, Any]:
-    found = [
-        m
-        for m in manifests
-        if m["kind"] == kind
-        and m["metadata"].get("labels", {}).get("app.kubernetes.io/component", component)
-        == component
-    ]
-    assert len(found) == 1, f"{len(found)} {kind} ({component}) manifests"
-    return found[0]
-
-
-def kinds(manifests: list[dict[str, Any]]) -> list[str]:
-    return sorted(m["kind"] for m in manifests)
-
-
-def server_container(manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    return container
-
-
-def secret_data(manifests: list[dict[str, Any]]) -> dict[str, str]:
-    data = one(manifests, "Secret")["data"]
-    return {k: base64.b64decode(v).decode() for k, v in data.items()}
-
-
-def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,70 +109,6 @@ def test_helm_lint_strict(values: dict[str, Any]) -> None:
 # Kubernetes schemas
 
 
-SERVICE_MONITOR_SCHEMA = {
-    # The part of prometheus-operator's ServiceMonitor CRD (monitoring.coreos.com/v1) the chart
-    # uses; unknown fields in these objects fail, as the CRD's structural schema would prune them.
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "spec": {
-            "type": "object",
-            "required": ["selector", "endpoints"],
-            "additionalProperties": False,
-            "properties": {
-                "selector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "matchLabels": {
-                            "type": "object",
-                            "additionalProperties": {"type": "string"},
-                        }
-                    },
-                },
-                "namespaceSelector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}},
-                },
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["port"],
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string", "pattern": "^/"},
-                            "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                            "scrapeTimeout": {
-                                "type": "string",
-                                "pattern": r"^(\d+(ms|s|m|h))+$",
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
-
-
-def validate_all(manifests: list[dict[str, Any]]) -> list[str]:
-    checked = []
-    for m in manifests:
-        if m["apiVersion"].startswith("monitoring.coreos.com/"):
-            jsonschema.validate(m, SERVICE_MONITOR_SCHEMA)
-        else:
-            for version in KUBE_VERSIONS:
-                kubernetes_validate.validate(m, version, strict=True)
-        checked.append(m["kind"])
-    return checked
-
-
 def test_schema_validation_catches_mistakes(chart: Any) -> None:
     # Control: the validator rejects a misspelt field and a wrong type, so passing means
     # something.
@@ -248,20 +123,61 @@ def test_schema_validation_catches_mistakes(chart: Any) -> None:
         kubernetes_validate.validate(broken, KUBE_VERSIONS[0], strict=True)
 
 
+def test_duplicate_keys_are_refused() -> None:
+    # Control for the strict loader: two `httpGet:` in one probe (chart 0.1.0's readinessProbe
+    # override) must not parse.
+    from .helm_support import _StrictLoader
+
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate"):
+        yaml.load("probe:\n  httpGet: {port: a}\n  httpGet: {port: b}\n", Loader=_StrictLoader)
+
+
 def test_default_values(chart: Any) -> None:
     manifests = render(chart)
     assert validate_all(manifests)
     assert kinds(manifests) == ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"]
     deployment = one(manifests, "Deployment")
     assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["revisionHistoryLimit"] == 10
     config = json.loads(one(manifests, "ConfigMap")["data"]["config.json"])
     assert config["engine"] == {"type": "memory"}
     assert config["health"] == {"enabled": True}
-    assert "prometheus" not in config
-    # The secrets nobody gave are generated, never empty.
+    # As the official chart: the internal port is on, metrics are served there.
+    assert config["http_server"] == {"port": 8000, "internal_port": 9000}
+    assert config["prometheus"] == {"enabled": True}
+    assert "grpc_api" not in config and "uni_grpc" not in config
+    container = server_container(manifests)
+    assert container["command"] == ["centrifugo"]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("external", 8000),
+        ("internal", 9000),
+    ]
+    service = one(manifests, "Service")
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("external", 8000, "external"),
+        ("internal", 9000, "internal"),
+    ]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {
+            "path": "/health",
+            "port": "internal",
+            "scheme": "HTTP",
+        }
+    assert "startupProbe" not in container
+    # Endpoints are removed before SIGTERM starts the drain.
+    assert container["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "5"]}}
+    # The secrets nobody gave are generated, never empty, and loaded with envFrom.
     data = secret_data(manifests)
-    assert set(data) == {"token_hmac_secret_key", "http_api_key", "admin_password", "admin_secret"}
+    assert set(data) == {
+        "CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY",
+        "CENTRIFUGO_HTTP_API_KEY",
+        "CENTRIFUGO_ADMIN_PASSWORD",
+        "CENTRIFUGO_ADMIN_SECRET",
+    }
     assert all(len(v) >= 32 for v in data.values())
+    assert container["envFrom"] == [
+        {"secretRef": {"name": one(manifests, "Secret")["metadata"]["name"]}}
+    ]
 
 
 def test_production_values(chart: Any) -> None:
@@ -291,7 +207,7 @@ def test_production_values(chart: Any) -> None:
         "name": deployment["metadata"]["name"],
     }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
-    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
 
     pdb = one(manifests, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 2 and "maxUnavailable" not in pdb["spec"]
@@ -302,34 +218,33 @@ def test_production_values(chart: Any) -> None:
     for key in ("proxy-read-timeout", "proxy-send-timeout"):
         assert int(annotations[f"nginx.ingress.kubernetes.io/{key}"]) >= 3600
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend == {"name": service["metadata"]["name"], "port": {"name": "http"}}
+    # Clients only: the API, metrics and admin stay on the internal port.
+    assert backend == {"name": service["metadata"]["name"], "port": {"name": "external"}}
     assert ingress["spec"]["ingressClassName"] == "nginx"
     assert ingress["spec"]["tls"] == [{"hosts": ["rt.example.com"], "secretName": "rt-tls"}]
 
     # Metrics are scraped from the internal port, where Centrifugo serves them.
     monitor = one(manifests, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["metadata"]["namespace"] == "realtime"
     assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics" and endpoint["port"] == "internal"
+    assert endpoint["scheme"] == "http"
     assert "internal" in {p["name"] for p in service["spec"]["ports"]}
 
+    # The user's engine is the engine (chart 0.1.0 replaced it with the memory engine).
     config = json.loads(one(manifests, "ConfigMap")["data"]["config.json"])
-    assert config["engine"]["type"] == "redis"
-    assert config["engine"]["redis"]["address"] == ["redis://redis.data:6379"]
+    assert config["engine"] == {"type": "redis", "redis": {"address": ["redis://redis.data:6379"]}}
     assert config["prometheus"] == {"enabled": True}
     assert config["http_server"] == {"port": 8000, "internal_port": 9000}
     assert config["client"]["allowed_origins"] == ["https://app.example.com"]
 
     container = server_container(manifests)
-    env = {e["name"]: e for e in container["env"]}
-    assert env["WEB_CONCURRENCY"]["value"] == "2"
+    assert env_map(container)["WEB_CONCURRENCY"]["value"] == "2"
     data = secret_data(manifests)
-    assert data["http_api_key"] == "api-key-from-values"
-    assert data["redis_password"] == "redis-pass"
-    assert env["CENTRIFUGO_ENGINE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == (
-        "redis_password"
-    )
+    assert data["CENTRIFUGO_HTTP_API_KEY"] == "api-key-from-values"
+    assert data["CENTRIFUGO_ENGINE_REDIS_PASSWORD"] == "redis-pass"
     # No secret in the ConfigMap.
     text = one(manifests, "ConfigMap")["data"]["config.json"]
     assert all(value not in text for value in data.values())
@@ -344,8 +259,20 @@ def test_bundled_redis(chart: Any) -> None:
     redis_service = one(manifests, "Service", component="redis")
     assert server["spec"]["replicas"] == 3
     (redis_container,) = redis_deployment["spec"]["template"]["spec"]["containers"]
-    assert redis_container["image"].startswith("redis:7")
+    assert redis_container["image"] == "redis:7-alpine"
     assert "--requirepass" in redis_container["args"]
+    secret = one(manifests, "Secret")
+    assert redis_container["env"] == [
+        {
+            "name": "REDIS_PASSWORD",
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": secret["metadata"]["name"],
+                    "key": "CENTRIFUGO_ENGINE_REDIS_PASSWORD",
+                }
+            },
+        }
+    ]
 
     redis_pod_labels = redis_deployment["spec"]["template"]["metadata"]["labels"]
     server_pod_labels = server["spec"]["template"]["metadata"]["labels"]
@@ -359,8 +286,7 @@ def test_bundled_redis(chart: Any) -> None:
 
     config = json.loads(one(manifests, "ConfigMap")["data"]["config.json"])
     name = redis_service["metadata"]["name"]
-    assert config["engine"]["type"] == "redis"
-    assert config["engine"]["redis"]["address"] == [f"redis://{name}:6379"]
+    assert config["engine"] == {"type": "redis", "redis": {"address": [f"redis://{name}:6379"]}}
 
 
 @pytest.mark.parametrize(
@@ -383,22 +309,16 @@ def test_objects_fit_together(chart: Any, values: dict[str, Any]) -> None:
         assert container[probe]["httpGet"]["path"] == "/health"
         assert container[probe]["httpGet"]["port"] in port_names
 
-    # Secrets come from the Secret, as CENTRIFUGO_* variables, by keys the Secret has.
+    # Secrets come from the chart's Secret as CENTRIFUGO_* variables (envFrom).
     secret = one(manifests, "Secret")
-    from_secret = {
-        e["name"]: e["valueFrom"]["secretKeyRef"]
-        for e in container["env"]
-        if "secretKeyRef" in e.get("valueFrom", {})
-    }
-    assert {
-        "CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY",
-        "CENTRIFUGO_HTTP_API_KEY",
-        "CENTRIFUGO_ADMIN_PASSWORD",
-        "CENTRIFUGO_ADMIN_SECRET",
-    } <= set(from_secret)
-    for name, ref in from_secret.items():
-        assert ref["name"] == secret["metadata"]["name"], name
-        assert ref["key"] in secret["data"] or ref.get("optional"), name
+    assert {"secretRef": {"name": secret["metadata"]["name"]}} in container["envFrom"]
+    assert all(key.startswith("CENTRIFUGO_") for key in secret["data"])
+    # The pods roll when the Secret's data changes: the checksum is of exactly that data.
+    data = secret_data(manifests)
+    expected = hashlib.sha256(
+        json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert pod["metadata"]["annotations"]["checksum/secret"] == expected
 
     # The config file comes from the ConfigMap, mounted where the args point.
     (config_volume,) = [v for v in pod["spec"]["volumes"] if "configMap" in v]
@@ -414,16 +334,20 @@ def test_objects_fit_together(chart: Any, values: dict[str, Any]) -> None:
     ][-1]
     security = pod["spec"]["securityContext"]
     assert security["runAsNonRoot"] is True
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     assert f"{security['runAsUser']}:{security['runAsGroup']}" == dockerfile_user
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
     assert pod["metadata"]["annotations"]["checksum/config"]
 
-    # The drain window fits in the grace period.
+    # The preStop sleep and the drain window fit in the grace period.
     config = json.loads(one(manifests, "ConfigMap")["data"]["config.json"])
     cfg = load_config_text(config)
-    assert cfg.shutdown.timeout < pod["spec"]["terminationGracePeriodSeconds"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop = float(command[1])
+    assert pre_stop + cfg.shutdown.timeout < pod["spec"]["terminationGracePeriodSeconds"]
 
 
 def load_config_text(config: dict[str, Any]) -> Any:
@@ -440,8 +364,8 @@ def load_config_text(config: dict[str, Any]) -> Any:
         ({"replicaCount": 2}, "redis engine"),
         ({"webConcurrency": 3}, "redis engine"),
         ({"autoscaling": {"enabled": True}}, "redis engine"),
-        ({"engine": {"type": "redis"}}, "engine.redis.address"),
-        ({"engine": {"type": "nats"}}, "memory or redis"),
+        ({"config": {"engine": {"type": "redis"}}}, "config.engine.redis.address"),
+        ({"config": {"engine": {"type": "nats"}}}, "memory or redis"),
         (
             {
                 "redis": {"enabled": True},
@@ -449,25 +373,29 @@ def load_config_text(config: dict[str, Any]) -> Any:
             },
             "not both",
         ),
+        (
+            {"ingressInternal": {"enabled": True}, "servers": {"internal": {"port": 0}}},
+            "internal port is off",
+        ),
+        (
+            {"serviceInternal": {"useSeparate": True}, "servers": {"internal": {"port": 0}}},
+            "internal port is off",
+        ),
+        # Keys of chart 0.1.0 fail with where they went instead of being ignored.
+        ({"engine": {"type": "redis"}}, "config.engine"),
+        ({"internalPort": 9000}, "servers.internal.port"),
+        ({"containerPort": 8000}, "servers.external.port"),
+        ({"extraEnv": []}, "moved to env"),
+        ({"strategy": {}}, "deploymentStrategy"),
+        ({"secrets": {"existingSecret": "s"}}, "top-level existingSecret"),
+        ({"ingress": {"className": "nginx"}}, "ingress.ingressClassName"),
+        ({"metrics": {"serviceMonitor": {"labels": {}}}}, "additionalLabels"),
+        ({"autoscaling": {"targetCPUUtilizationPercentage": 50}}, "autoscaling.cpu"),
     ],
 )
 def test_broken_topologies_fail_to_render(chart: Any, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=re.escape(message)):
         render(chart, values)
-
-
-def test_given_and_existing_secrets(chart: Any) -> None:
-    manifests = render(chart, {"secrets": {"tokenHmacSecretKey": "given-hmac"}})
-    assert secret_data(manifests)["token_hmac_secret_key"] == "given-hmac"
-    # With an existing Secret the chart renders none and points the env at it.
-    manifests = render(chart, {"secrets": {"existingSecret": "my-secret"}})
-    assert "Secret" not in kinds(manifests)
-    refs = {
-        e["valueFrom"]["secretKeyRef"]["name"]
-        for e in server_container(manifests)["env"]
-        if "valueFrom" in e
-    }
-    assert refs == {"my-secret"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,12 +404,14 @@ def test_given_and_existing_secrets(chart: Any) -> None:
 
 def run_pod(manifests: list[dict[str, Any]], tmp_path: Path, workers: int) -> None:
     """Run the server container of `manifests` as a local process: ConfigMap files where the
-    volume is mounted (rebased into tmp_path), env resolved from the Secret, probes and a
+    volume is mounted (rebased into tmp_path), env resolved from the chart's Secret (envFrom)
+    and values, then the probes, every container port, the ServiceMonitor's scrape and a
     WebSocket + API round trip against the container ports."""
     container = server_container(manifests)
-    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(manifests)
     configmap = one(manifests, "ConfigMap")
-    secret = secret_data(manifests)
+    secret = one(manifests, "Secret")
+    data = secret_data(manifests)
 
     args = list(container["args"])
     for mount in container["volumeMounts"]:
@@ -494,44 +424,56 @@ def run_pod(manifests: list[dict[str, Any]], tmp_path: Path, workers: int) -> No
             args = [a.replace(mount["mountPath"], str(local)) for a in args]
 
     env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        # Only the chart's own Secret exists here.
+        assert source == {"secretRef": {"name": secret["metadata"]["name"]}}, source
+        env.update(data)
     for item in container["env"]:
-        if "value" in item:
-            env[item["name"]] = str(item["value"])
-        elif "secretKeyRef" in item.get("valueFrom", {}):
-            ref = item["valueFrom"]["secretKeyRef"]
-            if ref["key"] in secret:
-                env[item["name"]] = secret[ref["key"]]
-            else:
-                assert ref.get("optional"), item
+        assert "value" in item, item
+        env[item["name"]] = str(item["value"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
 
     workdir = tmp_path / "workdir"
     workdir.mkdir()
     log_path = tmp_path / "pod.log"
-    # `centrifugo <args>`: the image's ENTRYPOINT, here as `python -m app` of this checkout.
+    # The container's command `centrifugo`, here as `python -m app` of this checkout.
+    assert container["command"] == ["centrifugo"]
     proc = start([sys.executable, "-m", "app", *args], clean_env(env), workdir, log_path)
-    readiness = container["readinessProbe"]["httpGet"]
-    probe_url = f"http://127.0.0.1:{ports[readiness['port']]}{readiness['path']}"
+
+    def probe_url(probe: dict[str, Any]) -> str:
+        get = probe["httpGet"]
+        return f"{get.get('scheme', 'HTTP').lower()}://127.0.0.1:{ports[get['port']]}{get['path']}"
+
     try:
-        wait_healthy(proc, probe_url, log_path)
+        wait_healthy(proc, probe_url(container["readinessProbe"]), log_path)
         wait_workers(proc.pid, workers)
-        liveness = container["livenessProbe"]["httpGet"]
-        assert http_get(f"http://127.0.0.1:{ports[liveness['port']]}{liveness['path']}")[0] == 200
+        for probe in ("livenessProbe", "startupProbe"):
+            if probe in container:
+                assert http_get(probe_url(container[probe]))[0] == 200, probe
+        # Every declared container port has the server listening behind it.
+        for port in ports.values():
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
         monitors = [m for m in manifests if m["kind"] == "ServiceMonitor"]
         for monitor in monitors:
             # What Prometheus would scrape: the endpoint's Service port -> container port.
-            service = one(manifests, "Service")
             for endpoint in monitor["spec"]["endpoints"]:
-                (svc_port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+                (svc_port,) = [
+                    p
+                    for m in manifests
+                    if m["kind"] == "Service"
+                    for p in m["spec"]["ports"]
+                    if p["name"] == endpoint["port"]
+                ]
                 url = f"http://127.0.0.1:{ports[svc_port['targetPort']]}{endpoint['path']}"
                 status, body = http_get(url)
                 assert status == 200 and b"centrifugo_node_num_clients" in body, (url, status)
-        api_port = ports.get("internal", ports["http"])
+        api_port = ports.get("internal", ports["external"])
         asyncio.run(
             ws_round_trip(
-                f"http://127.0.0.1:{ports['http']}",
-                secret["token_hmac_secret_key"],
-                secret["http_api_key"],
+                f"http://127.0.0.1:{ports['external']}",
+                data["CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY"],
+                data["CENTRIFUGO_HTTP_API_KEY"],
                 api_base=f"http://127.0.0.1:{api_port}",
             )
         )
@@ -541,9 +483,16 @@ def run_pod(manifests: list[dict[str, Any]], tmp_path: Path, workers: int) -> No
     assert code == 0 and "Traceback" not in text, text
 
 
+def _local_servers(**extra: int) -> dict[str, Any]:
+    servers = {"external": {"port": free_port()}, "internal": {"port": free_port()}}
+    for name, port in extra.items():
+        servers[name] = {"port": port}
+    return servers
+
+
 def test_default_pod_starts(chart: Any, tmp_path: Path) -> None:
     values = {
-        "containerPort": free_port(),
+        "servers": _local_servers(),
         "config": {
             "http_server": {"address": "127.0.0.1"},
             "channel": {"without_namespace": {"allow_subscribe_for_client": True}},
@@ -552,11 +501,46 @@ def test_default_pod_starts(chart: Any, tmp_path: Path) -> None:
     run_pod(render(chart, values), tmp_path, workers=1)
 
 
+def test_single_port_pod_starts(chart: Any, tmp_path: Path) -> None:
+    # servers.internal.port 0: API, health and metrics on the external port.
+    values = {
+        "servers": {"external": {"port": free_port()}, "internal": {"port": 0}},
+        "config": {
+            "http_server": {"address": "127.0.0.1"},
+            "channel": {"without_namespace": {"allow_subscribe_for_client": True}},
+        },
+    }
+    manifests = render(chart, values)
+    assert [p["name"] for p in server_container(manifests)["ports"]] == ["external"]
+    run_pod(manifests, tmp_path, workers=1)
+
+
+def test_grpc_and_custom_health_pod_starts(chart: Any, tmp_path: Path) -> None:
+    # The gRPC API and uni_grpc ports the chart declares are where the server listens, and the
+    # probes follow health.handler_prefix.
+    values = {
+        "servers": _local_servers(grpc=free_port(), uniGrpc=free_port()),
+        "startupProbe": {"failureThreshold": 30, "periodSeconds": 2},
+        "config": {
+            "http_server": {"address": "127.0.0.1"},
+            "grpc_api": {"enabled": True, "address": "127.0.0.1"},
+            "uni_grpc": {"enabled": True, "address": "127.0.0.1"},
+            "health": {"handler_prefix": "/custom/health"},
+            "channel": {"without_namespace": {"allow_subscribe_for_client": True}},
+        },
+    }
+    manifests = render(chart, values)
+    container = server_container(manifests)
+    assert {p["name"] for p in container["ports"]} == {"external", "internal", "grpc", "uni-grpc"}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["path"] == "/custom/health"
+    run_pod(manifests, tmp_path, workers=1)
+
+
 def test_production_pod_starts(chart: Any, tmp_path: Path, e2e_redis_url: str) -> None:
     values = json.loads(json.dumps(PRODUCTION))
-    values["containerPort"] = free_port()
-    values["internalPort"] = free_port()
-    values["engine"]["redis"] = {
+    values["servers"] = _local_servers()
+    values["config"]["engine"]["redis"] = {
         "address": [e2e_redis_url],
         "prefix": "helm-" + secrets.token_hex(4),
     }
@@ -610,11 +594,22 @@ def _value_paths(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...
 
 
 def test_every_value_is_used_by_a_template() -> None:
+    """Each value is read by a template: as .Values.<path> or, for values handed to a helper
+    (`$sm := .Values.metrics.serviceMonitor`, `"service" .Values.serviceGrpc`), as a field
+    of that section."""
     templates = "\n".join(p.read_text() for p in (CHART / "templates").iterdir())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     unused = []
     for path in _value_paths(values):
         prefixes = [".".join(path[:n]) for n in range(1, len(path) + 1)]
-        if not any(re.search(rf"\.Values\.{re.escape(p)}(?![\w.])", templates) for p in prefixes):
+        direct = any(re.search(rf"\.Values\.{re.escape(p)}(?![\w.])", templates) for p in prefixes)
+        # A section passed whole to a helper: its last key read as a field there.
+        section = ".".join(path[:-1])
+        handed = (
+            bool(section)
+            and re.search(rf"\.Values\.{re.escape(section)}(?![\w.])", templates)
+            and re.search(rf"\.{re.escape(path[-1])}(?![\w])", templates)
+        )
+        if not (direct or handed):
             unused.append(".".join(path))
     assert unused == []
