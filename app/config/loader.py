@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from app.config.env import env_index, env_name, leaves
+from app.config.platform_env import PlatformRedis, apply_platform_redis
 from app.config.schema import Config
 from app.config.schema_channel import ChannelOptions
 from app.config.section import ConfigError, Duration, key_specs, render
@@ -221,6 +222,8 @@ class LoadReport:
     unknown_keys: tuple[str, ...] = ()
     unknown_envs: tuple[str, ...] = ()
     unsupported: tuple[Finding, ...] = ()
+    # Redis sections whose address came from the platform's REDIS_URL (platform_env.py).
+    platform_redis: PlatformRedis | None = None
 
 
 def load_config(
@@ -244,6 +247,10 @@ def load_config(
         if finding.refused:
             raise ConfigError(finding.message())
         logger.warning("%s", finding.message())
+    if report.platform_redis is not None:
+        # A warning, not info: it is printed before the log config applies, and an address
+        # source Centrifugo does not have deserves a line at every start.
+        logger.warning("%s", report.platform_redis.message())
     return cfg
 
 
@@ -295,13 +302,18 @@ def load_config_report(
             _set_path(flag_data, key_path, coerced)
         merged = _merge(Config, False, merged, flag_data)
 
+    # Last: only a section no source gave an address takes the platform's REDIS_URL.
+    platform_redis = apply_platform_redis(merged, env)
+
     try:
         cfg = _resolve(_build(Config, merged, False))
     except TypeError as e:  # pragma: no cover - defensive: schema/data mismatch
         raise ConfigError(f"invalid configuration: {e}") from None
     validate(cfg)
     object.__setattr__(cfg, "raw", render(cfg, False))
-    report = LoadReport(tuple(loader.unknown), tuple(unknown_envs), tuple(findings(cfg)))
+    report = LoadReport(
+        tuple(loader.unknown), tuple(unknown_envs), tuple(findings(cfg)), platform_redis
+    )
     return cfg, report
 
 
