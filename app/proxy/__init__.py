@@ -1,4 +1,5 @@
-"""Event proxies: connect, refresh, subscribe, publish, rpc and sub_refresh (research §6).
+"""Event proxies: connect, refresh, subscribe, publish, rpc, sub_refresh, map_publish,
+map_remove and shared_poll_refresh (research §6).
 
 Transport-independent: the backend is reached over HTTP (`http://`, `https://`: JSON POST)
 or gRPC (`grpc://host:port`: the `centrifugal.centrifugo.proxy.CentrifugoProxy` service),
@@ -18,6 +19,8 @@ Interface for the client state machine
     proxies.subscribe_proxy(ns_opts) -> Proxy | None     (ns subscribe_proxy_enabled)
     proxies.publish_proxy(ns_opts) -> Proxy | None       (ns publish_proxy_enabled)
     proxies.sub_refresh_proxy(ns_opts) -> Proxy | None   (ns sub_refresh_proxy_enabled)
+    proxies.map_publish_proxy(ns_opts) -> Proxy | None   (ns map.publish_proxy_enabled)
+    proxies.map_remove_proxy(ns_opts) -> Proxy | None    (ns map.remove_proxy_enabled)
     proxies.has_rpc_proxies: bool
     proxies.rpc_proxy(method) -> Proxy   raises ClientError(104) unknown rpc namespace,
                                          ClientError(108) namespace without proxy
@@ -28,12 +31,14 @@ Interface for the client state machine
     await proxy.publish(ctx, channel, data) -> PublishProxyResult
     await proxy.rpc(ctx, method, data) -> RPCProxyResult
     await proxy.sub_refresh(ctx, channel) -> SubRefreshProxyResult
+    await proxy.map_publish(ctx, channel, key, data) -> MapPublishProxyResult
+    await proxy.map_remove(ctx, channel, key) -> MapRemoveProxyResult
 
 Outcomes of a call:
 
 - reply `disconnect` -> raises `app.errors.Disconnect(code, reason)`; reply `error` ->
   raises `app.errors.ClientError(code, message, temporary)` (connect, subscribe, publish,
-  rpc). Refresh and sub_refresh never raise these: a reply without `result` (error and
+  rpc, map_publish, map_remove). Refresh and sub_refresh never raise these: a reply without `result` (error and
   disconnect included) comes back as `expired=True`, as in Centrifugo.
 - `ProxyUnavailable`: timeout, connection refused, non-200 status (unless
   `http.status_to_code_transforms` maps the status to an error/disconnect, which then
@@ -72,9 +77,14 @@ How Centrifugo applies the results (for the caller):
   caller first; with no rpc proxies and no ping, rpc is error 108, with ping only 104.
 - sub_refresh: `expired` -> unsubscribe 2501 (client-side sub) / disconnect 3006
   (server-side); else new `expire_at` and `info`.
+- map_publish / map_remove (app/proxy/maps.py): after channel checks, instead of the
+  namespace's permission checks and `map.client_key`; the result's `key` ("" = the
+  client's; none at all -> 107), `data`, `tags`, `key_mode`, `idempotency_key`, `delta`,
+  `version`, `version_epoch` (remove: `key`, `tags`, `idempotency_key`) go to the map write.
 """
 
 from .manager import DEFAULT_PROXY_NAME, REFRESH_RETRY_DELAY, Proxy, ProxyManager
+from .maps import MapPublishProxyResult, MapRemoveProxyResult
 from .models import (
     ConnectProxyResult,
     ProxyContext,
@@ -99,4 +109,6 @@ __all__ = [
     "PublishProxyResult",
     "RPCProxyResult",
     "SubRefreshProxyResult",
+    "MapPublishProxyResult",
+    "MapRemoveProxyResult",
 ]

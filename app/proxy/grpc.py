@@ -35,6 +35,8 @@ _METHODS: dict[str, tuple[str, type[Message], type[Message]]] = {
     "publish": ("Publish", pb.PublishRequest, pb.PublishResponse),
     "rpc": ("RPC", pb.RPCRequest, pb.RPCResponse),
     "sub_refresh": ("SubRefresh", pb.SubRefreshRequest, pb.SubRefreshResponse),
+    "map_publish": ("MapPublish", pb.MapPublishRequest, pb.MapPublishResponse),
+    "map_remove": ("MapRemove", pb.MapRemoveRequest, pb.MapRemoveResponse),
     "shared_poll_refresh": (
         "SharedPollRefresh",
         pb.SharedPollRefreshRequest,

@@ -3,8 +3,10 @@
 A ProxyManager is built once per node from the Config. It resolves, like Centrifugo's
 `buildProxyMap`: `client.proxy.connect|refresh` (when `enabled`), the channel proxies of
 each namespace (`*_proxy_enabled` + `*_proxy_name`, where "default" or "" means the
-`channel.proxy.<kind>` section and any other name a `proxies[]` entry) and the RPC proxies
-of `rpc.without_namespace` / `rpc.namespaces` (same naming, `rpc.proxy` is "default").
+`channel.proxy.<kind>` section and any other name a `proxies[]` entry; the map proxies are
+`map.publish_proxy_*` / `map.remove_proxy_*` with `channel.proxy.map_publish|map_remove`),
+the shared poll refresh proxies and the RPC proxies of `rpc.without_namespace` /
+`rpc.namespaces` (same naming, `rpc.proxy` is "default").
 A named proxy used by several kinds or namespaces is one Proxy object.
 """
 
@@ -22,9 +24,11 @@ from app import metrics
 from app.config import ChannelOptions, Config, ProxyConfig, RpcOptions
 from app.errors import ERROR_METHOD_NOT_FOUND, ERROR_NOT_AVAILABLE, ClientError
 
+from . import maps as mp
 from . import models as m
 from .grpc import GRPCCaller
 from .http import HTTPCaller, new_session
+from .maps import MapPublishProxyResult, MapRemoveProxyResult
 from .models import (
     ConnectProxyResult,
     ProxyContext,
@@ -196,6 +200,24 @@ class Proxy:
         reply = await self._call("sub_refresh", fields, ctx)
         return self._parsed("sub_refresh", m.parse_sub_refresh, reply)
 
+    async def map_publish(
+        self, ctx: ProxyContext, channel: str, key: str, data: bytes | None
+    ) -> MapPublishProxyResult:
+        """A client's map publish; `key` is the client's (may be empty)."""
+        fields = mp.map_publish_request(
+            ctx, channel, key, data, binary=self.binary, include_meta=self.include_meta
+        )
+        reply = await self._call("map_publish", fields, ctx)
+        return self._parsed("map_publish", mp.parse_map_publish, reply)
+
+    async def map_remove(self, ctx: ProxyContext, channel: str, key: str) -> MapRemoveProxyResult:
+        """A client's map remove; `key` is the client's (may be empty)."""
+        fields = mp.map_remove_request(
+            ctx, channel, key, binary=self.binary, include_meta=self.include_meta
+        )
+        reply = await self._call("map_remove", fields, ctx)
+        return self._parsed("map_remove", mp.parse_map_remove, reply)
+
     async def shared_poll_refresh(
         self, channel: str, items: Sequence[tuple[str, int]]
     ) -> SharedPollRefreshResult:
@@ -240,6 +262,8 @@ class ProxyManager:
         for opts in (cfg.channel.without_namespace, *cfg.channel.namespaces):
             for kind in ("subscribe", "publish", "sub_refresh"):
                 self._channel_proxy(kind, opts)
+            self.map_publish_proxy(opts)
+            self.map_remove_proxy(opts)
             if opts.subscription_type == "shared_poll":
                 self.shared_poll_proxy(opts)
         self.has_rpc_proxies = False
@@ -303,6 +327,25 @@ class ProxyManager:
 
     def sub_refresh_proxy(self, opts: ChannelOptions) -> Proxy | None:
         return self._channel_proxy("sub_refresh", opts)
+
+    def map_publish_proxy(self, opts: ChannelOptions) -> Proxy | None:
+        """The map publish proxy of a namespace, None when `map.publish_proxy_enabled` is
+        off (Centrifugo's OnMapPublish then applies the namespace's permissions)."""
+        m_opts = opts.map
+        if not m_opts.publish_proxy_enabled:
+            return None
+        return self._get(
+            "map_publish", m_opts.publish_proxy_name, self.config.channel.proxy.map_publish
+        )
+
+    def map_remove_proxy(self, opts: ChannelOptions) -> Proxy | None:
+        """The map remove proxy of a namespace, None when `map.remove_proxy_enabled` is off."""
+        m_opts = opts.map
+        if not m_opts.remove_proxy_enabled:
+            return None
+        return self._get(
+            "map_remove", m_opts.remove_proxy_name, self.config.channel.proxy.map_remove
+        )
 
     def shared_poll_proxy(self, opts: ChannelOptions) -> Proxy:
         """The refresh proxy of a shared poll namespace: `shared_poll.proxy_name`, where

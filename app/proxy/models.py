@@ -297,13 +297,16 @@ _RESPONSES = {
     "publish": jsonraw.decoder(pb.PublishResponse.DESCRIPTOR),
     "rpc": jsonraw.decoder(pb.RPCResponse.DESCRIPTOR),
     "sub_refresh": jsonraw.decoder(pb.SubRefreshResponse.DESCRIPTOR),
+    "map_publish": jsonraw.decoder(pb.MapPublishResponse.DESCRIPTOR),
+    "map_remove": jsonraw.decoder(pb.MapRemoveResponse.DESCRIPTOR),
     "shared_poll_refresh": jsonraw.decoder(pb.SharedPollRefreshResponse.DESCRIPTOR),
 }
 
 
 def decode_json_response(kind: str, body: bytes) -> dict[str, Any]:
     """Parse the HTTP proxy response body of `kind` (connect, refresh, subscribe, publish,
-    rpc, sub_refresh); anything but a JSON object of that shape is unusable."""
+    rpc, sub_refresh, map_publish, map_remove, shared_poll_refresh); anything but a JSON
+    object of that shape is unusable."""
     try:
         value: dict[str, Any] = jsonraw.decode(_RESPONSES[kind], body)
     except jsonraw.JsonError as e:

@@ -1,8 +1,8 @@
 """A real application backend for proxy tests: an aiohttp app and a grpcio server.
 
-Both serve every proxy kind (connect, refresh, subscribe, publish, rpc, sub_refresh) on free
-127.0.0.1 ports, share one behaviour table and record every request with the headers or
-metadata it carried. Per kind a test sets what the backend does:
+Both serve every proxy kind of KINDS (connect, refresh, subscribe, publish, rpc, sub_refresh,
+map_publish, map_remove) on free 127.0.0.1 ports, share one behaviour table and record every
+request with the headers or metadata it carried. Per kind a test sets what the backend does:
 
     backend.reply("connect", {"result": {"user": "42", "info": {"a": 1}}})
     backend.status("rpc", 503)            # HTTP status; gRPC aborts (UNAVAILABLE by default)
@@ -37,7 +37,16 @@ from grpc_gen import proxy_pb2_grpc as pb_grpc
 from app.proxy.gen import proxy_pb2 as pb
 from tests.support.tls_certs import self_signed_pem
 
-KINDS = ("connect", "refresh", "subscribe", "publish", "rpc", "sub_refresh")
+KINDS = (
+    "connect",
+    "refresh",
+    "subscribe",
+    "publish",
+    "rpc",
+    "sub_refresh",
+    "map_publish",
+    "map_remove",
+)
 
 _REPLY_CLASSES = {
     "connect": pb.ConnectResponse,
@@ -46,6 +55,8 @@ _REPLY_CLASSES = {
     "publish": pb.PublishResponse,
     "rpc": pb.RPCResponse,
     "sub_refresh": pb.SubRefreshResponse,
+    "map_publish": pb.MapPublishResponse,
+    "map_remove": pb.MapRemoveResponse,
 }
 
 
@@ -244,7 +255,7 @@ class ProxyBackend:
             body = {"__invalid__": raw.decode(errors="replace")}
         req = Request(kind, "http", body, raw, headers, path=request.path)
         self.requests.append(req)
-        # Paths other than the six kinds (named proxies) answer like a default kind.
+        # Paths other than KINDS (named proxies) answer like a default kind.
         b = self._behaviour.get(kind) or _Behaviour()
         if b.mode == "hang":
             await self._stopping.wait()
@@ -316,3 +327,9 @@ class _Servicer(pb_grpc.CentrifugoProxyServicer):
 
     async def SubRefresh(self, request, context):  # noqa: N802
         return await self.b.grpc_call("sub_refresh", request, context)
+
+    async def MapPublish(self, request, context):  # noqa: N802
+        return await self.b.grpc_call("map_publish", request, context)
+
+    async def MapRemove(self, request, context):  # noqa: N802
+        return await self.b.grpc_call("map_remove", request, context)
