@@ -39,7 +39,6 @@ _AUTOCERT = (
 _GO_BUFFERS = (
     "Go's WebSocket buffer tuning has no equivalent here (asyncio reads into its own buffer)"
 )
-_MAP_PROXY = "map publish and remove proxies are not implemented"
 _NATS = "the NATS broker is not implemented (broker.type accepts memory and redis)"
 _PG = "the PostgreSQL broker is not implemented (broker.type accepts memory and redis)"
 
@@ -60,19 +59,8 @@ UNSUPPORTED: dict[str, str] = {
     "controller": "the custom controller is not implemented (workers and nodes talk through "
     "the broker)",
     "consumers": "async consumers are not implemented",
-    "channel.proxy.map_publish.**": _MAP_PROXY,
-    "channel.proxy.map_remove.**": _MAP_PROXY,
     "channel.proxy.subscribe_stream.**": "subscription streams (subscribe_stream proxy) are "
     "not implemented",
-    **{
-        k: _MAP_PROXY
-        for k in _ns(
-            "map.publish_proxy_enabled",
-            "map.publish_proxy_name",
-            "map.remove_proxy_enabled",
-            "map.remove_proxy_name",
-        )
-    },
     **{
         k: "subscription streams (subscribe_stream proxy) are not implemented"
         for k in _ns(

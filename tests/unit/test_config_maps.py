@@ -246,16 +246,13 @@ def test_map_broker_type(kind: str, message: str) -> None:
     assert load_config(None, env={"CENTRIFUGO_MAP_BROKER_TYPE": "redis"}).map_broker.type == "redis"
 
 
-def test_still_unsupported_keys_are_reported(tmp_path: Path) -> None:
+def test_map_proxy_and_postgres_keys_are_not_reported(tmp_path: Path) -> None:
     section = {"mode": "persistent", "publish_proxy_enabled": True}
     ns = {"name": "mm", "subscription_type": "map", "map": section}
     data = with_namespaces(ns, channel={"proxy": {"map_publish": {"endpoint": "http://h:1"}}})
     data["map_broker"] = {"postgres": {"dsn": "postgres://x"}}
     _, report = load_config_report(write(tmp_path, data), env={})
-    assert [f.key for f in report.unsupported] == [
-        "channel.proxy.map_publish.endpoint",
-        "channel.namespaces[mm].map.publish_proxy_enabled",
-    ]
+    assert report.unsupported == ()
 
 
 def ns_map(**m: Any) -> ChannelOptions:

@@ -127,23 +127,6 @@ _COMPANIONS: dict[str, tuple[dict[str, Any], int]] = {
         {"proxies": [{"name": "other", "endpoint": "grpc://127.0.0.1:1"}]},
         0,
     ),
-    # map.publish_proxy_enabled / map.remove_proxy_enabled: the default proxy's endpoint.
-    "publish_proxy_enabled": (
-        {"channel": {"proxy": {"map_publish": {"endpoint": "http://127.0.0.1:1"}}}},
-        1,
-    ),
-    "remove_proxy_enabled": (
-        {"channel": {"proxy": {"map_remove": {"endpoint": "http://127.0.0.1:1"}}}},
-        1,
-    ),
-    "publish_proxy_name": (
-        {"proxies": [{"name": "other", "endpoint": "http://127.0.0.1:1"}]},
-        0,
-    ),
-    "remove_proxy_name": (
-        {"proxies": [{"name": "other", "endpoint": "http://127.0.0.1:1"}]},
-        0,
-    ),
 }
 
 
