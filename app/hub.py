@@ -44,11 +44,14 @@ class Frames:
     """One message encoded at most once per protocol, on first need, then shared by
     every subscriber that speaks that protocol."""
 
-    __slots__ = ("_build", "_cache")
+    __slots__ = ("_build", "_cache", "frame_type")
 
-    def __init__(self, build: Callable[[Codec], bytes]) -> None:
+    def __init__(
+        self, build: Callable[[Codec], bytes], frame_type: str = "push_publication"
+    ) -> None:
         self._build = build
         self._cache: dict[str, bytes] = {}
+        self.frame_type = frame_type  # the transport_messages_sent label (app/metrics.py)
 
     def get(self, codec: Codec) -> bytes:
         frame = self._cache.get(codec.name)
@@ -289,14 +292,14 @@ class Hub:
     def broadcast_join(self, channel: str, info: ClientInfo) -> None:
         subs = self._subs.get(channel)
         if subs:
-            frames = Frames(lambda codec: codec.encode_join_push(channel, info))
+            frames = Frames(lambda codec: codec.encode_join_push(channel, info), "push_join")
             for client in list(subs):
                 client.deliver_join_leave(channel, frames)
 
     def broadcast_leave(self, channel: str, info: ClientInfo) -> None:
         subs = self._subs.get(channel)
         if subs:
-            frames = Frames(lambda codec: codec.encode_leave_push(channel, info))
+            frames = Frames(lambda codec: codec.encode_leave_push(channel, info), "push_leave")
             for client in list(subs):
                 client.deliver_join_leave(channel, frames)
 

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from functools import lru_cache
 from typing import Any, Literal
 
+from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Summary,
     disable_created_metrics,
-    generate_latest,
     multiprocess,
 )
 
@@ -80,6 +80,37 @@ NODE_MESSAGES_RECEIVED = _counter(
     "Number of messages received from broker.",
     ("type", "channel_namespace"),
 )
+NODE_ACTION = _counter(
+    "node_action_count",
+    "Number of various actions called.",
+    ("action", "channel_namespace"),
+)
+# centrifuge's buckets (metrics.go pubSubLagHistogram, broadcastDurationHistogram).
+PUB_SUB_LAG = Histogram(
+    "node_pub_sub_lag_seconds",
+    "Pub sub lag in seconds",
+    ("channel_namespace",),
+    namespace=NS,
+    buckets=(0.001, 0.005, 0.010, 0.025, 0.050, 0.100, 0.200, 0.500, 1.0, 2.0, 5.0, 10.0),
+)
+BROADCAST_DURATION = Histogram(
+    "node_broadcast_duration_seconds",
+    "Broadcast duration in seconds",
+    ("type", "channel_namespace"),
+    namespace=NS,
+    buckets=(
+        *(0.000001, 0.000005, 0.000010, 0.000050, 0.000100, 0.000250, 0.000500),
+        *(0.001, 0.005, 0.010, 0.025, 0.050, 0.100, 0.250, 0.500, 1.0, 2.5, 5.0, 10.0),
+    ),
+)
+# `prometheus.instrument_http_handlers` (Centrifugo's HTTPServerInstrumentation): a real
+# Counter, so the exposed name gets Centrifugo's `_total`.
+HTTP_REQUESTS = Counter(
+    "node_incoming_http_requests",
+    "Number of incoming HTTP requests",
+    ("path", "method", "status"),
+    namespace=NS,
+)
 TAGS_FILTER_DROPPED = _counter(
     "node_tags_filter_dropped_publications",
     "Number of publications dropped due to tags filtering.",
@@ -107,6 +138,26 @@ SUBSCRIPTIONS_INFLIGHT = _gauge(
     "Number of client subscriptions in flight.",
     ("client_name", "channel_namespace"),
 )
+_SECONDS_BUCKETS = (
+    *(0.000100, 0.000250, 0.000500, 0.001, 0.005, 0.010, 0.025, 0.050),
+    *(0.100, 0.250, 0.500, 1.0, 2.5, 5.0, 10.0),
+)
+PING_PONG_DURATION = Histogram(
+    "client_ping_pong_duration_seconds",
+    "Ping/Pong duration in seconds",
+    ("transport",),
+    namespace=NS,
+    buckets=_SECONDS_BUCKETS,
+)
+# Observed only with `prometheus.recovered_publications_histogram` (centrifuge registers it
+# only then; in multiprocess mode a histogram never observed is never exposed).
+RECOVERED_PUBLICATIONS = Histogram(
+    "client_recovered_publications",
+    "Number of publications recovered during subscription recovery.",
+    ("channel_namespace",),
+    namespace=NS,
+    buckets=(0, 1, 2, 3, 5, 10, 20, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+)
 COMMAND_DURATION = Summary(
     "client_command_duration_seconds",
     "Client command duration.",
@@ -118,6 +169,7 @@ COMMAND_DURATION_HISTOGRAM = Histogram(
     "Client command duration.",
     ("method", "channel_namespace"),
     namespace=NS,
+    buckets=_SECONDS_BUCKETS,
 )
 REPLY_ERRORS = _counter(
     "client_num_reply_errors",
@@ -163,6 +215,14 @@ TRANSPORT_RECEIVED_SIZE = _counter(
     _TRANSPORT_LABELS,
 )
 
+# Only close codes the server chose (centrifuge: a client's codes would make the label
+# unbounded).
+OUTGOING_CLOSE = _counter(
+    "transport_outgoing_close_count",
+    "Number of close frames sent to clients, by transport and code.",
+    ("transport", "code"),
+)
+
 # --- server API ---
 API_DURATION = Summary(
     "api_command_duration_seconds",
@@ -201,6 +261,19 @@ PROXY_INFLIGHT = _gauge(
 # --- broker ---
 REDIS_PUBSUB_ERRORS = _counter(
     "broker_redis_pub_sub_errors", "Redis PUB/SUB connection errors.", ("error",)
+)
+# centrifuge creates the dropped counters at zero for the default broker (name ""). This
+# server's PUB/SUB reader hands each message to the hub as it is parsed: nothing waits in
+# an application buffer, so nothing is dropped and the buffered gauges read 0.
+REDIS_PUBSUB_DROPPED = _counter(
+    "broker_redis_pub_sub_dropped_messages",
+    "Number of dropped messages on application level in Redis PUB/SUB.",
+    ("broker_name", "channel_type"),
+)
+REDIS_PUBSUB_BUFFERED = _gauge(
+    "broker_redis_pub_sub_buffered_messages",
+    "Number of messages buffered in Redis PUB/SUB.",
+    ("broker_name", "channel_type", "pub_sub_processor"),
 )
 # centrifuge's incBrokerPublishSuppressed: a publication the broker dropped (reason
 # "idempotency" or "version", PublishResult.suppress_reason).
@@ -245,6 +318,7 @@ class _Noop:
 
 _NOOP = _Noop()
 _enabled = True
+_recovered_publications = False
 
 
 def enabled() -> bool:
@@ -252,11 +326,14 @@ def enabled() -> bool:
     return _enabled
 
 
-def enable(on: bool) -> None:
-    """Called once per worker before any connection exists (app factory)."""
-    global _enabled
+def enable(on: bool, recovered_publications: bool = False) -> None:
+    """Called once per worker before any connection exists (app factory);
+    `recovered_publications` is `prometheus.recovered_publications_histogram`."""
+    global _enabled, _recovered_publications
     _enabled = on
+    _recovered_publications = on and recovered_publications
     _labelled.cache_clear()
+    _message_counter.cache_clear()
 
 
 def child(metric: Any, *labels: str) -> Any:
@@ -275,6 +352,67 @@ def _labelled(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
+class MessageCounter:
+    """The (count, bytes) pair of transport message counters of one label set."""
+
+    __slots__ = ("_count", "_size")
+
+    def __init__(self, count: Any, size: Any) -> None:
+        self._count = count
+        self._size = size
+
+    def add(self, size: int) -> None:
+        self._count.inc()
+        self._size.inc(size)
+
+
+@lru_cache(maxsize=4096)
+def _message_counter(sent: bool, transport: str, frame_type: str, ns: str) -> MessageCounter:
+    if sent:
+        return MessageCounter(
+            _labelled(TRANSPORT_SENT, transport, frame_type, ns),
+            _labelled(TRANSPORT_SENT_SIZE, transport, frame_type, ns),
+        )
+    return MessageCounter(
+        _labelled(TRANSPORT_RECEIVED, transport, frame_type, ns),
+        _labelled(TRANSPORT_RECEIVED_SIZE, transport, frame_type, ns),
+    )
+
+
+def sent(transport: str, frame_type: str, namespace: str = "") -> MessageCounter | None:
+    """Counter of messages sent to clients: `frame_type` as centrifugal/protocol's
+    FrameType.String() names it (a reply by its command: "subscribe"; a push:
+    "push_publication", "push_join", ...; "server_ping"). None with metrics off."""
+    return _message_counter(True, transport, frame_type, namespace) if _enabled else None
+
+
+def received(transport: str, frame_type: str, namespace: str = "") -> MessageCounter | None:
+    """Counter of commands received from clients (frame_type: the command, or
+    "client_pong"). None with metrics off."""
+    return _message_counter(False, transport, frame_type, namespace) if _enabled else None
+
+
+def action(name: str, namespace: str = "") -> None:
+    """centrifuge's incActionCount: one node action (add_client, history, ...)."""
+    if _enabled:
+        _labelled(NODE_ACTION, name, namespace).inc()
+
+
+def observe_recovered(count: int, namespace: str) -> None:
+    """centrifuge's observeRecoveredPublications, when the histogram is on."""
+    if _recovered_publications:
+        _labelled(RECOVERED_PUBLICATIONS, namespace).observe(count)
+
+
+def observe_pub_sub_lag(pub_time_ms: int, namespace: str) -> None:
+    """centrifuge's observePubSubDeliveryLag: now minus the publication's time, taken
+    by the publishing node (clock skew between nodes can make it negative: its
+    absolute value is kept, as centrifuge does)."""
+    if _enabled:
+        lag = abs(time.time() * 1000 - pub_time_ms) / 1000
+        _labelled(PUB_SUB_LAG, namespace).observe(lag)
+
+
 def namespace_of(channel: str) -> str:
     """Namespace label of a channel, without resolving it (cheap, no errors)."""
     name = channel.lstrip("$")
@@ -283,6 +421,17 @@ def namespace_of(channel: str) -> str:
 
 def init_node() -> None:
     child(NODE_BUILD, VERSION_STRING).set(1)
+    # Creates this worker's live-gauge file at once: a scrape tells live workers by it
+    # (app/metrics_scrape.py, process metrics).
+    NODE_NUM_CLIENTS.set(0)
+
+
+def init_redis_pubsub() -> None:
+    """The Redis PUB/SUB series centrifuge always exposes (dropped at 0 for both
+    channel types; one processor per type, buffering nothing here)."""
+    for channel_type in ("control", "client"):
+        child(REDIS_PUBSUB_DROPPED, "", channel_type).inc(0)
+        child(REDIS_PUBSUB_BUFFERED, "", channel_type, "0").set(0)
 
 
 def update_node(
@@ -296,12 +445,11 @@ def update_node(
 
 
 def render() -> tuple[bytes, str]:
-    """The scrape body: the sum over all workers in multiprocess mode."""
-    if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+    """The scrape body: the sum over all workers in multiprocess mode, with summary
+    quantiles and per-worker process metrics (app/metrics_scrape.py)."""
+    from app.metrics_scrape import scrape_body  # only the scraping worker needs it
+
+    return scrape_body(os.environ.get(MULTIPROC_ENV)), CONTENT_TYPE_LATEST
 
 
 _rendering: asyncio.Future[tuple[bytes, str]] | None = None
@@ -321,6 +469,30 @@ async def render_async() -> tuple[bytes, str]:
 def _render_done(fut: asyncio.Future[tuple[bytes, str]]) -> None:
     global _rendering
     _rendering = None
+
+
+def http_middleware() -> Any:
+    """`prometheus.instrument_http_handlers`: count every request by the route pattern
+    it matched ("other" for none: a raw path would let clients grow the label set, as
+    Centrifugo's middleware says), method and status. Connections upgraded outside
+    aiohttp (the lean WebSocket server) do not pass here."""
+
+    @web.middleware
+    async def instrument(request: web.Request, handler: Any) -> web.StreamResponse:
+        status = 500
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            path = resource.canonical if resource is not None else "other"
+            child(HTTP_REQUESTS, path, request.method, str(status)).inc()
+
+    return instrument
 
 
 def mark_worker_dead(pid: int) -> None:

@@ -246,10 +246,17 @@ class Node:
         if channel.startswith(FANOUT_PREFIX):  # shared poll workers' own channel
             self.shared_poll.handle_fanout(channel, pub.data)
             return
-        metrics.child(
-            metrics.NODE_MESSAGES_RECEIVED, "publication", metrics.namespace_of(channel)
-        ).inc()
+        ns = metrics.namespace_of(channel)
+        metrics.child(metrics.NODE_MESSAGES_RECEIVED, "publication", ns).inc()
+        if not metrics.enabled():
+            self.hub.broadcast_publication(channel, pub, epoch)
+            return
+        if pub.time:  # stamped by the publishing node (centrifuge's pub.Time)
+            metrics.observe_pub_sub_lag(pub.time, ns)
+        started = time.perf_counter()
         self.hub.broadcast_publication(channel, pub, epoch)
+        elapsed = time.perf_counter() - started
+        metrics.child(metrics.BROADCAST_DURATION, "publication", ns).observe(elapsed)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.hub.broadcast_join(channel, info)
@@ -262,6 +269,7 @@ class Node:
     async def add_subscriber(self, channel: str, client: HubClient) -> None:
         """Register a local subscriber; returns once the broker delivers the channel."""
         self.hub.add_subscriber(channel, client)
+        metrics.action("add_subscription", metrics.namespace_of(channel))
         timer = self._unsub_timers.pop(channel, None)
         if timer is not None:
             timer.cancel()
@@ -269,6 +277,7 @@ class Node:
         if fut is None:
             fut = self.loop.create_future()
             self._broker_subs[channel] = fut
+            metrics.action("broker_subscribe", metrics.namespace_of(channel))
             try:
                 await self._pubsub(channel).subscribe([channel])
             except BaseException as e:
@@ -281,6 +290,7 @@ class Node:
         await asyncio.shield(fut)
 
     def remove_subscriber(self, channel: str, client: HubClient) -> None:
+        metrics.action("remove_subscription", metrics.namespace_of(channel))
         if self.hub.remove_subscriber(channel, client) and channel in self._broker_subs:
             loop = self.loop
             self._unsub_timers[channel] = loop.call_later(
@@ -301,6 +311,7 @@ class Node:
         # A subscriber may have come back between scheduling and running this.
         if channel in self._broker_subs or self.hub.has_subscribers(channel):
             return
+        metrics.action("broker_unsubscribe", metrics.namespace_of(channel))
         await self._pubsub(channel).unsubscribe([channel])
 
     def _pubsub(self, channel: str) -> Broker | MapBroker:
@@ -453,6 +464,7 @@ class Node:
         client_side: bool = False,
     ) -> HistoryResult:
         ns = self.resolve(channel, client_side).options
+        metrics.action("history", metrics.namespace_of(channel))
         if not ns.history_enabled:
             raise ClientError(ERROR_NOT_AVAILABLE)
         if since is not None and reverse and since.offset == 0:
@@ -469,18 +481,27 @@ class Node:
 
     async def stream_history(self, channel: str, flt: HistoryFilter) -> HistoryResult:
         """Raw history read for recovery (no epoch check: the caller decides)."""
+        # centrifuge's names for the three reads recovery makes.
+        if flt.since is not None:
+            action = "history_recover"
+        else:
+            action = "history_recover_cache" if flt.reverse else "history_stream_top"
+        metrics.action(action, metrics.namespace_of(channel))
         return await self.broker.history(channel, flt)
 
     async def remove_history(self, channel: str) -> None:
         self.resolve(channel)
+        metrics.action("history_remove", metrics.namespace_of(channel))
         await self.broker.remove_history(channel)
 
     async def presence(self, channel: str, client_side: bool = False) -> dict[str, ClientInfo]:
+        metrics.action("presence", metrics.namespace_of(channel))
         if not self.resolve(channel, client_side).options.presence:
             raise ClientError(ERROR_NOT_AVAILABLE)
         return await self.presence_manager.presence(channel)
 
     async def presence_stats(self, channel: str, client_side: bool = False) -> PresenceStats:
+        metrics.action("presence_stats", metrics.namespace_of(channel))
         if not self.resolve(channel, client_side).options.presence:
             raise ClientError(ERROR_NOT_AVAILABLE)
         return await self.presence_manager.presence_stats(channel)
@@ -578,6 +599,7 @@ class Node:
     async def channels(self, pattern: str = "") -> dict[str, int]:
         """Channel -> number of subscribed clients, summed over every node."""
         total: dict[str, int] = {}
+        metrics.action("survey")
         for answer in await self.membership.survey("channels", pattern):
             for ch, n in (answer or {}).items():
                 total[ch] = total.get(ch, 0) + n

@@ -68,6 +68,13 @@ def _port_split(cfg: Config) -> list[Any]:
     return [split]
 
 
+def _instrumentation(cfg: Config) -> list[Any]:
+    """`prometheus.instrument_http_handlers`, only with metrics on (as Centrifugo)."""
+    if cfg.prometheus.enabled and cfg.prometheus.instrument_http_handlers:
+        return [metrics.http_middleware()]
+    return []
+
+
 # Young-generation threshold: a connect allocates a few hundred tracked objects, so
 # Python's default (700) runs a collection every few connects; most of what they
 # allocate lives as long as the connection, and each collection walks it again.
@@ -91,9 +98,9 @@ def create_app(cfg: Config) -> web.Application:
     that one (or `app.hosting.server.serve(cfg)`) to run the real server in-process."""
     app = web.Application(
         client_max_size=max(cfg.websocket.message_size_limit, 1 << 20) * 64,
-        middlewares=_port_split(cfg),
+        middlewares=_port_split(cfg) + _instrumentation(cfg),
     )
-    metrics.enable(cfg.prometheus.enabled)
+    metrics.enable(cfg.prometheus.enabled, cfg.prometheus.recovered_publications_histogram)
     node = create_node(cfg)
     set_node(node.id)
     app[NODE_KEY] = node

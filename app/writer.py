@@ -107,8 +107,7 @@ class Writer:
         "_closed",
         "_sep",
         "_task",
-        "_m_sent",
-        "_m_sent_size",
+        "_transport_name",
         "_loop",
         "_stall",
         "_stall_written",
@@ -127,10 +126,9 @@ class Writer:
         self._loop = loop or asyncio.get_running_loop()
         self._flusher = _flusher(self._loop)
         self._sep = transport.codec.separator
-        self._m_sent = metrics.live(metrics.child(metrics.TRANSPORT_SENT, transport.name, "", ""))
-        self._m_sent_size = metrics.live(
-            metrics.child(metrics.TRANSPORT_SENT_SIZE, transport.name, "", "")
-        )
+        # Messages are counted as they are queued, by the frame type and channel namespace
+        # the caller names (centrifuge counts each queue item so); "unknown" when none.
+        self._transport_name = transport.name
         # The next frame: None while nothing is queued, one message as is (the shared
         # bytes of a fan-out), or a list of messages. Not None means the writer is in its
         # flusher's list, or (async path) its task takes the batch once the write in
@@ -146,9 +144,14 @@ class Writer:
         self._stall: asyncio.TimerHandle | None = None
         self._stall_written = 0
 
-    def enqueue(self, data: bytes) -> None:
+    def enqueue(self, data: bytes, counter: metrics.MessageCounter | None = None) -> None:
+        """Queue one message; `counter` (app/metrics.py `sent`) counts it."""
         if self._closed:
             return
+        if counter is None:
+            counter = metrics.sent(self._transport_name, "unknown")
+        if counter is not None:
+            counter.add(len(data))
         buf = self._buf
         if buf is None:
             self._buf = data
@@ -175,16 +178,8 @@ class Writer:
         self._buf = None
         self._size = 0
         if type(batch) is bytes:
-            frame = batch
-            count = 1
-        else:
-            frame = self._sep.join(batch)  # type: ignore[arg-type]
-            count = len(batch)  # type: ignore[arg-type]
-        if self._m_sent is not None:
-            # Counted per frame, not per message: cheap on the fan-out path.
-            self._m_sent.inc(count)
-            self._m_sent_size.inc(len(frame))
-        return frame
+            return batch
+        return self._sep.join(batch)  # type: ignore[arg-type]
 
     def _flush(self) -> None:
         if self._buf is None:
@@ -250,6 +245,10 @@ class Writer:
         self._buf = None
         self._size = 0
         self._on_error(disconnect)
+
+    def counter(self, frame_type: str, namespace: str = "") -> metrics.MessageCounter | None:
+        """The sent-messages counter of this writer's transport for these labels."""
+        return metrics.sent(self._transport_name, frame_type, namespace)
 
     def reopen_for_last(self) -> None:
         """Allow one more message (the disconnect push) after an overflow closed us."""

@@ -251,6 +251,7 @@ class ConnectFlow(ChannelCommands, PingPong):
             self._stale_handle = None
         self.state = State.CONNECTED
         self.node.hub.add(self)
+        metrics.action("add_client")
 
     def _connect_result(self, data: bytes | None) -> dict[str, Any]:
         """The ConnectResult's fields but `subs`."""
@@ -309,9 +310,9 @@ class ConnectFlow(ChannelCommands, PingPong):
         """Answer (a `connect` push on unidirectional transports), then count the
         connection, release the subscriptions' buffers and start pings and expiry."""
         if self.transport.unidirectional:
-            self.send(self.codec.encode_push("", "connect", result))
+            self.send(self.codec.encode_push("", "connect", result), "push_connect")
         else:
-            self.send(self.codec.encode_reply(cmd_id, "connect", result))
+            self.send(self.codec.encode_reply(cmd_id, "connect", result), "connect")
         labels = (self.transport.name, self.codec.name, name, version)
         metrics.child(metrics.CONNECTIONS_ACCEPTED, *labels).inc()
         self._m_inflight = metrics.child(metrics.CONNECTIONS_INFLIGHT, *labels)
@@ -473,4 +474,4 @@ class ConnectFlow(ChannelCommands, PingPong):
             body = {"expires": True, "ttl": ttl_until(expire_at)}
         self.expire_at = expire_at
         self._schedule_expiry()
-        self.send(self.codec.encode_push("", "refresh", body))
+        self.send(self.codec.encode_push("", "refresh", body), "push_refresh")

@@ -124,16 +124,11 @@ class Client(ConnectFlow):
         # writer schedules itself only while it has data, and nothing awaited `_closed`.
         self._writer = Writer(transport, self.cfg.queue_max_size, self._on_writer_error, node.loop)
         self._waiting_pong = False
+        self._ping_at = 0.0
         self._ping_handle = None
         self._pong_handle = None
         self._expire_handle = None
         self._inbox = None
-        self._m_received = metrics.live(
-            metrics.child(metrics.TRANSPORT_RECEIVED, transport.name, "", "")
-        )
-        self._m_received_size = metrics.child(
-            metrics.TRANSPORT_RECEIVED_SIZE, transport.name, "", ""
-        )
         self._m_inflight = None
         self.meta = None
         self._emulated_headers = None
@@ -166,18 +161,28 @@ class Client(ConnectFlow):
         """Process one incoming frame. Returns False once the connection is closing."""
         if self.state is State.CLOSED:
             return False
-        if self._m_received is not None:
-            self._m_received.inc()
-            self._m_received_size.inc(len(data))
         try:
             commands = self.codec.decode_commands(data)
         except DecodeError as e:
             await self.close(Disconnect(DISCONNECT_BAD_REQUEST, detail=f"bad frame: {e}"))
             return False
+        if metrics.enabled() and commands:
+            self._count_received(commands, len(data))
         for cmd in commands:
             if not await self._handle_command(cmd):
                 return False
         return True
+
+    def _count_received(self, commands: list[Command], size: int) -> None:
+        """centrifuge's incTransportMessagesReceived: per decoded command (a frame that
+        does not decode counts nothing), by its frame type and channel namespace. A
+        frame's commands share its size (the codec does not report each one's bytes)."""
+        share, extra = divmod(size, len(commands))
+        for i, cmd in enumerate(commands):
+            method = cmd.method or ("client_pong" if cmd.id == 0 else "unknown")
+            counter = metrics.received(self.transport.name, method, _namespace(cmd))
+            if counter is not None:
+                counter.add(share + (extra if i == 0 else 0))
 
     async def _handle_command(self, cmd: Command) -> bool:
         method = cmd.method
@@ -249,12 +254,12 @@ class Client(ConnectFlow):
         try:
             result = await (handler(self, cmd.id, cmd.params) if call is None else call)
             if result is not None:
-                self.send(self.codec.encode_reply(cmd.id, method, result))
+                self.send(self.codec.encode_reply(cmd.id, method, result), method, _namespace(cmd))
         except ClientError as e:
             if method == "connect":
                 self._connect_failed = True
             metrics.child(metrics.REPLY_ERRORS, method, str(e.code), _namespace(cmd)).inc()
-            self.send(self.codec.encode_error(cmd.id, e.to_dict()))
+            self.send(self.codec.encode_error(cmd.id, e.to_dict()), method, _namespace(cmd))
         except Disconnect as d:
             await self.close(d)
             return False
@@ -268,7 +273,8 @@ class Client(ConnectFlow):
             log.exception("error handling %s for client %s", method, self.uid)
             if method == "connect":
                 self._connect_failed = True
-            self.send(self.codec.encode_error(cmd.id, ClientError(ERROR_INTERNAL).to_dict()))
+            error = ClientError(ERROR_INTERNAL).to_dict()
+            self.send(self.codec.encode_error(cmd.id, error), method, _namespace(cmd))
         finally:
             if timed:
                 elapsed = time.perf_counter() - started
@@ -319,6 +325,7 @@ class Client(ConnectFlow):
             )
         if was_connected:
             self.node.hub.remove(self)
+            metrics.action("remove_client")
             for sub in list(self._subs.values()):
                 await self._drop_subscription(sub)
         if disconnect is not None and self.transport.disconnect_push:
@@ -326,7 +333,8 @@ class Client(ConnectFlow):
             self.send(
                 self.codec.encode_push(
                     "", "disconnect", {"code": disconnect.code, "reason": disconnect.reason}
-                )
+                ),
+                "push_disconnect",
             )
         await self._writer.close()
         if disconnect is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+from app import metrics
 from app.client.state import ClientState, State
 from app.errors import DISCONNECT_NO_PONG, Disconnect
 from app.transport import sends_pings
@@ -38,14 +39,18 @@ class PingPong(ClientState):
     def _on_ping_time(self) -> None:
         if self.state is not State.CONNECTED:
             return
-        self.send(self.codec.ping)
+        self.send(self.codec.ping, "server_ping")
         if self._pong_expected() and not self._waiting_pong:
             self._waiting_pong = True
+            self._ping_at = self.node.loop.time()
             self._pong_handle = self.node.timers.call_later(self.cfg.pong_timeout, self._on_no_pong)
         self._schedule_ping()
 
     def _on_pong(self) -> None:
         self._waiting_pong = False
+        # centrifuge's observePingPongDuration: ping written to pong read.
+        elapsed = self.node.loop.time() - self._ping_at
+        metrics.child(metrics.PING_PONG_DURATION, self.transport.name).observe(elapsed)
         if self._pong_handle is not None:
             self._pong_handle.cancel()
             self._pong_handle = None

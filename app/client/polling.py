@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from app import metrics
 from app.channels import ChannelInfo
 from app.client.state import SubRequest, Subscription, ttl_until
 from app.client.subscribing import SUB_TYPE_SHARED_POLL, SubscribeFlow
@@ -164,7 +165,8 @@ class PollFlow(SubscribeFlow):
             if polls is None:
                 polls = self._polls = {}
             polls[channel] = PollState(opts)
-            self.send(self.codec.encode_reply(cmd_id, "subscribe", result))
+            reply = self.codec.encode_reply(cmd_id, "subscribe", result)
+            self.send(reply, "subscribe", chinfo.namespace)
             if sub.expire_at:
                 self._schedule_sub_expiry(sub)
         finally:
@@ -195,7 +197,8 @@ class PollFlow(SubscribeFlow):
             if not keys:
                 raise ClientError(ERROR_BAD_REQUEST)
             self._poll_untrack(sub.channel, state, keys)
-            self.send(self.codec.encode_reply(cmd_id, "sub_refresh", {}))
+            reply = self.codec.encode_reply(cmd_id, "sub_refresh", {})
+            self.send(reply, "sub_refresh", sub.chinfo.namespace)
         else:
             return False
         return True
@@ -241,7 +244,8 @@ class PollFlow(SubscribeFlow):
             if min_expire > now:
                 result["ttl"] = min_expire - now
         # The reply goes out before the first broadcast can reach this connection.
-        self.send(self.codec.encode_reply(cmd_id, "sub_refresh", result))
+        reply = self.codec.encode_reply(cmd_id, "sub_refresh", result)
+        self.send(reply, "sub_refresh", metrics.namespace_of(channel))
         self.node.shared_poll.join(channel, self, keys, tracked, versions)
         if min_expire > 0:
             self._poll_schedule_sweep(channel, state)
@@ -325,5 +329,6 @@ class PollFlow(SubscribeFlow):
         if not frame:
             self.disconnect_soon(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL))
             return False
-        self._writer.enqueue(frame)
+        counter = self._writer.counter("push_publication", metrics.namespace_of(pub.channel))
+        self._writer.enqueue(frame, counter)
         return True

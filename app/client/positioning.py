@@ -85,6 +85,7 @@ class Positioning(ClientState):
             "yes" if recovered and pubs else "no",
         ).inc()
         if recovered:
+            metrics.observe_recovered(len(pubs), sub.chinfo.namespace)
             result["recovered"] = True
             sub.offset = top.offset if cache else max(last, req.offset)
             if req.offset:

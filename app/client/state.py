@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app import metrics
 from app.auth import SubscribeOverride
 from app.channels import ChannelInfo
 from app.errors import ERROR_EXPIRED, ClientError, Disconnect
@@ -74,13 +75,12 @@ class ClientState:
         "_subs",
         "_writer",
         "_waiting_pong",
+        "_ping_at",
         "_ping_handle",
         "_pong_handle",
         "_expire_handle",
         "_stale_handle",
         "_inbox",
-        "_m_received",
-        "_m_received_size",
         "_m_inflight",
         "_emulated_headers",
         "_client_name",
@@ -108,14 +108,13 @@ class ClientState:
     _subs: dict[str, Subscription]
     _writer: Writer
     _waiting_pong: bool
+    _ping_at: float  # loop time the awaited ping was sent (ping/pong duration metric)
     _ping_handle: CoarseTimer | None
     _pong_handle: CoarseTimer | None
     _expire_handle: asyncio.TimerHandle | None
     _stale_handle: CoarseTimer | None  # closes a connection that never connects
     _inbox: asyncio.Queue[bytes] | None  # emulation: frames waiting for their turn
     # Prometheus children (app/metrics.child); None where metrics are off.
-    _m_received: Any
-    _m_received_size: Any
     _m_inflight: Any  # connections_inflight child once connected
     _emulated_headers: dict[str, str] | None  # ConnectRequest.headers (emulation)
     _client_name: str  # ConnectRequest.name (metrics labels)
@@ -129,8 +128,10 @@ class ClientState:
     # Shared poll subscriptions' tracked keys (app/client/polling.py); None while none.
     _polls: dict[str, PollState] | None
 
-    def send(self, data: bytes) -> None:
-        self._writer.enqueue(data)
+    def send(self, data: bytes, frame_type: str = "unknown", namespace: str = "") -> None:
+        """Queue one message, counted under centrifugal/protocol's frame type name (a
+        reply: its command; a push: "push_<type>") and its channel's namespace."""
+        self._writer.enqueue(data, metrics.sent(self.transport.name, frame_type, namespace))
 
     def proxy_context(self) -> ProxyContext:
         """This connection as a proxy request describes it."""
@@ -173,6 +174,8 @@ class Subscription:
     expire_handle: asyncio.TimerHandle | None = None
     checked_offset: int = -1  # offset at the last periodic position check
     m_inflight: Any = None  # subscriptions_inflight metric child
+    # transport_messages_sent counter of its publications, taken at the first one.
+    m_pub: metrics.MessageCounter | None = None
     tags_filter: Matcher | None = None  # the client's `tf`, compiled (app/filter.py)
     # Fossil delta negotiated (SubscribeResult.delta), and whether the client holds the
     # base a patch applies to (centrifuge's flagDeltaAllowed): false until it got one

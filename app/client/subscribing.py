@@ -200,7 +200,8 @@ class SubscribeFlow(Permissions, Positioning):
             if req.tf is not None:
                 req.tags_filter = self._tags_filter(chinfo, req)
             sub, result = await self._subscribe(chinfo, req, server_side=False)
-            self.send(self.codec.encode_reply(cmd_id, "subscribe", result))
+            reply = self.codec.encode_reply(cmd_id, "subscribe", result)
+            self.send(reply, "subscribe", chinfo.namespace)
             self._activate(sub)
         finally:
             self._end_subscribing(chinfo.channel)
@@ -333,6 +334,7 @@ class SubscribeFlow(Permissions, Positioning):
             if req.data:
                 result["data"] = req.data
             if presence:
+                metrics.action("add_presence", sub.chinfo.namespace)
                 await self.node.presence_manager.add_presence(channel, self.uid, self._info(sub))
         except Disconnect:
             await self._drop_subscription(sub, announce=False)
@@ -414,6 +416,7 @@ class SubscribeFlow(Permissions, Positioning):
         node.remove_subscriber(sub.channel, self)
         try:
             if sub.presence:
+                metrics.action("remove_presence", sub.chinfo.namespace)
                 await node.presence_manager.remove_presence(sub.channel, self.uid, self.user)
             if sub.map and sub.buffer is None:
                 await self._map_cleanup(sub)
@@ -480,7 +483,8 @@ class SubscribeFlow(Permissions, Positioning):
         await self._drop_subscription(sub)
         metrics.child(metrics.SERVER_UNSUBSCRIBES, str(code), sub.chinfo.namespace).inc()
         body = {"code": code, "reason": UNSUBSCRIBE_REASONS.get(code, "")}
-        self.send(self.codec.encode_push(sub.channel, "unsubscribe", body))
+        push = self.codec.encode_push(sub.channel, "unsubscribe", body)
+        self.send(push, "push_unsubscribe", sub.chinfo.namespace)
 
     async def subscribe_server_side(
         self,
@@ -519,13 +523,15 @@ class SubscribeFlow(Permissions, Positioning):
         for k in ("was_recovering", "recovered", "expires", "ttl"):
             result.pop(k, None)
         try:
-            frames = [self.codec.encode_push(channel, "subscribe", result)]
-            frames += [self.codec.encode_push(channel, "pub", p) for p in pubs or ()]
+            frames = [(self.codec.encode_push(channel, "subscribe", result), "push_subscribe")]
+            frames += [
+                (self.codec.encode_push(channel, "pub", p), "push_publication") for p in pubs or ()
+            ]
         except EncodeError as e:
             self.disconnect_soon(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL, detail=str(e)))
             return
-        for frame in frames:
-            self.send(frame)
+        for frame, frame_type in frames:
+            self.send(frame, frame_type, chinfo.namespace)
         self._activate(sub)
 
     async def unsubscribe_server_side(self, channel: str) -> None:
@@ -575,7 +581,10 @@ class SubscribeFlow(Permissions, Positioning):
             # Binary payload (b64data) cannot travel over the JSON protocol.
             self.disconnect_soon(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL))
             return
-        self._writer.enqueue(frame)
+        m = sub.m_pub
+        if m is None:  # one lookup per subscription, not per publication
+            m = sub.m_pub = self._writer.counter("push_publication", sub.chinfo.namespace)
+        self._writer.enqueue(frame, m)
 
     def tags_filter(self, channel: str) -> Matcher | None:
         sub = self._subs.get(channel)
@@ -588,7 +597,8 @@ class SubscribeFlow(Permissions, Positioning):
     def deliver_join_leave(self, channel: str, frames: Frames) -> None:
         sub = self._subs.get(channel)
         if sub is not None and sub.push_join_leave and sub.buffer is None:
-            self._writer.enqueue(frames.get(self.codec))
+            m = self._writer.counter(frames.frame_type, sub.chinfo.namespace)
+            self._writer.enqueue(frames.get(self.codec), m)
 
     def _insufficient_state(self, sub: Subscription) -> None:
         if sub.server_side:
@@ -608,4 +618,5 @@ class SubscribeFlow(Permissions, Positioning):
             "code": UNSUBSCRIBE_INSUFFICIENT_STATE,
             "reason": UNSUBSCRIBE_REASONS[UNSUBSCRIBE_INSUFFICIENT_STATE],
         }
-        self.send(self.codec.encode_push(sub.channel, "unsubscribe", body))
+        push = self.codec.encode_push(sub.channel, "unsubscribe", body)
+        self.send(push, "push_unsubscribe", sub.chinfo.namespace)

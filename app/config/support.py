@@ -82,10 +82,7 @@ UNSUPPORTED: dict[str, str] = {
     "swagger.**": "the Swagger UI is not served",
     "debug.**": "Go's pprof endpoints do not exist in this server",
     "init.**": "the connection init endpoint is not implemented",
-    "prometheus.instrument_http_handlers": "HTTP handlers are not instrumented",
     "prometheus.native_histograms": "prometheus_client has no native histograms",
-    "prometheus.recovered_publications_histogram": "the recovered publications histogram "
-    "is not exported",
     "opentelemetry.**": "OpenTelemetry tracing is not implemented",
     "graphite.**": "Graphite export is not implemented",
     "enable_unreleased_features": "this server has no unreleased features to enable",

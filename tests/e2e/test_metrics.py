@@ -368,10 +368,35 @@ async def test_scrape_sums_every_worker(
         == total
     )
     assert got.value("centrifugo_client_num_server_disconnects", code="3501") == len(victims)
-    # Every frame the clients sent, every message they got, counted by one worker or the other.
-    assert got.total("centrifugo_transport_messages_received", **ws) == sum(
-        c.frames_out for c in clients
+    # Every command the clients sent (the victims' garbage frames decode to none, and
+    # centrifuge counts decoded commands), every message they got, counted by one worker
+    # or the other.
+    assert got.total("centrifugo_transport_messages_received", **ws) == (
+        sum(c.frames_out for c in clients) - len(victims)
     )
+    # frame_type as centrifugal/protocol names it: commands by name, pushes "push_*".
+    assert (
+        got.total("centrifugo_transport_messages_received", **ws, frame_type="subscribe")
+        == 2 * total
+    )
+    assert got.total("centrifugo_transport_messages_received", **ws, frame_type="connect") == (
+        total
+    )
+    assert (
+        got.total("centrifugo_transport_messages_sent", **ws, frame_type="push_publication")
+        == 3 * total
+    )
+    assert (
+        got.total(
+            "centrifugo_transport_messages_sent",
+            **ws,
+            frame_type="subscribe",
+            channel_namespace="rec",
+        )
+        == total
+    )
+    assert not got.total("centrifugo_transport_messages_sent", **ws, frame_type="unknown")
+    assert not got.total("centrifugo_transport_messages_received", **ws, frame_type="unknown")
     assert got.total("centrifugo_transport_messages_sent", **ws) == sum(
         c.messages_in for c in clients
     )
@@ -417,6 +442,19 @@ async def test_scrape_sums_every_worker(
     )
     assert n_info is not None and n_info >= 1  # wait_info_counts called it
     assert got.value("centrifugo_node_build", version=VERSION_STRING) == 1
+    assert got.total("centrifugo_node_action_count", action="add_client") == total
+    # Summary quantiles survive multiprocess mode (taken from the merged `_histogram`
+    # companion, app/metrics_scrape.py), and every worker has its process metrics.
+    p99 = got.value(
+        "centrifugo_client_command_duration_seconds",
+        method="subscribe",
+        channel_namespace="rec",
+        quantile="0.99",
+    )
+    assert p99 is not None and p99 > 0
+    for pid in by_worker:
+        rss = got.value("process_resident_memory_bytes", pid=str(pid))
+        assert rss is not None and rss > 0, pid
 
     # Names and label names exactly as research §7.2 lists them.
     exposed = {name for name in got.label_names if name.startswith("centrifugo_")}

@@ -125,6 +125,7 @@ class PubSubConnection:
         self._queued: list[tuple[bytes, list[bytes]]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._flushed_at = float("-inf")  # loop time of the last write of queued commands
+        metrics.init_redis_pubsub()  # Centrifugo's buffer series (app/metrics.py)
         self._loop: asyncio.AbstractEventLoop | None = None
         # Deadlines of subscribes waiting for Redis (one per connect): coarse timers, not
         # a loop timer each.

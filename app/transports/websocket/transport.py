@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from app import metrics
 from app.errors import Disconnect
 from app.protocol import Codec
 from app.protocol.json import JSON
@@ -103,6 +104,8 @@ class WebSocketTransport:
 
     async def close(self, disconnect: Disconnect) -> None:
         self.closing = True
+        if not self._conn.closed:  # our close frame, not an answer to the peer's
+            metrics.child(metrics.OUTGOING_CLOSE, self.name, str(disconnect.code)).inc()
         # WebSocket close reasons are limited to 123 bytes.
         await self._conn.close(disconnect.code, disconnect.reason.encode()[:123])
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from app import metrics
 from app.client import State
 from app.config import Config
 from app.errors import DISCONNECT_BAD_REQUEST, Disconnect
@@ -114,6 +115,8 @@ class UniWebSocketTransport:
         if not self._handshake:
             closing.release(self._sock, self.write_timeout)
             return
+        if not self._conn.closed:  # our close frame, not an answer to the peer's
+            metrics.child(metrics.OUTGOING_CLOSE, self.name, str(disconnect.code)).inc()
         # WebSocket close reasons are limited to 123 bytes.
         await self._conn.close(disconnect.code, disconnect.reason.encode()[:123])
 
