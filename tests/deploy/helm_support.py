@@ -13,8 +13,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
+import jsonschema  # type: ignore[import-untyped]
+import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
 from . import REPO_ROOT
