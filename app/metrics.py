@@ -80,6 +80,17 @@ NODE_MESSAGES_RECEIVED = _counter(
     "Number of messages received from broker.",
     ("type", "channel_namespace"),
 )
+# centrifuge's observeSurveyDuration (the `channels` API asks every node).
+SURVEY_DURATION = Summary(
+    "node_survey_duration_seconds", "Survey duration summary.", ("op",), namespace=NS
+)
+SURVEY_DURATION_HISTOGRAM = Histogram(
+    "node_survey_duration_seconds_histogram",
+    "Survey duration histogram.",
+    ("op",),
+    namespace=NS,
+    buckets=(0.001, 0.005, 0.010, 0.025, 0.050, 0.100, 0.250, 0.500, 1.0, 2.5, 5.0, 10.0),
+)
 NODE_ACTION = _counter(
     "node_action_count",
     "Number of various actions called.",
@@ -102,6 +113,11 @@ BROADCAST_DURATION = Histogram(
         *(0.000001, 0.000005, 0.000010, 0.000050, 0.000100, 0.000250, 0.000500),
         *(0.001, 0.005, 0.010, 0.025, 0.050, 0.100, 0.250, 0.500, 1.0, 2.5, 5.0, 10.0),
     ),
+)
+# Centrifugo's middleware counter: requests refused for client.connection_limit.
+CONNECTION_LIMIT_REFUSED = _counter(
+    "node_client_connection_limit",
+    "Number of refused requests due to node client connection limit.",
 )
 # `prometheus.instrument_http_handlers` (Centrifugo's HTTPServerInstrumentation): a real
 # Counter, so the exposed name gets Centrifugo's `_total`.

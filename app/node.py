@@ -600,7 +600,12 @@ class Node:
         """Channel -> number of subscribed clients, summed over every node."""
         total: dict[str, int] = {}
         metrics.action("survey")
-        for answer in await self.membership.survey("channels", pattern):
+        started = time.perf_counter()
+        answers = await self.membership.survey("channels", pattern)
+        elapsed = time.perf_counter() - started
+        metrics.child(metrics.SURVEY_DURATION, "channels").observe(elapsed)
+        metrics.child(metrics.SURVEY_DURATION_HISTOGRAM, "channels").observe(elapsed)
+        for answer in answers:
             for ch, n in (answer or {}).items():
                 total[ch] = total.get(ch, 0) + n
         return total

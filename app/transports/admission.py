@@ -196,6 +196,10 @@ def check(
         limit = cfg.connection_limit
         if limit > 0 and node.hub.num_clients >= limit:
             _log_throttled(CONNECTION_LIMIT, limit)
+            # Imported here: the master loads this module before metrics are set up.
+            from app import metrics
+
+            metrics.child(metrics.CONNECTION_LIMIT_REFUSED).inc()
             return _CONNECTION_LIMIT
     if not origin_allowed(origin, node.config.client.allowed_origins):
         log.info("request Origin %r is not allowed", origin)

@@ -293,6 +293,9 @@ class PubSubConnection:
             self._drop_transport()
 
     def _on_lost(self, exc: Exception | None) -> None:
+        if not self._closing:  # a link lost is a PUB/SUB error too (centrifuge counts it)
+            error = type(exc).__name__ if exc is not None else "ConnectionLost"
+            metrics.child(metrics.REDIS_PUBSUB_ERRORS, error).inc()
         self._stop_keepalive()
         self._set_ready(False)
         self._confirmed.clear()
