@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -408,10 +410,47 @@ def received(transport: str, frame_type: str, namespace: str = "") -> MessageCou
     return _message_counter(False, transport, frame_type, namespace) if _enabled else None
 
 
-def action(name: str, namespace: str = "") -> None:
+def action(name: str, channel: str = "") -> None:
     """centrifuge's incActionCount: one node action (add_client, history, ...)."""
     if _enabled:
-        _labelled(NODE_ACTION, name, namespace).inc()
+        _labelled(NODE_ACTION, name, namespace_of(channel)).inc()
+
+
+def recovery_read(since: bool, reverse: bool) -> str:
+    """centrifuge's action names of the three history reads a subscribe makes."""
+    if since:
+        return "history_recover"
+    return "history_recover_cache" if reverse else "history_stream_top"
+
+
+@contextmanager
+def survey(op: str) -> Iterator[None]:
+    """centrifuge's observeSurveyDuration around a survey of every node."""
+    action("survey")
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - started
+        child(SURVEY_DURATION, op).observe(elapsed)
+        child(SURVEY_DURATION_HISTOGRAM, op).observe(elapsed)
+
+
+def broadcast_started(pub_time_ms: int, namespace: str) -> float:
+    """Before a publication's local fan-out: observes its PUB/SUB lag when the publishing
+    node stamped a time (centrifuge's pub.Time), and returns the start of the broadcast
+    for `broadcast_done` (0 with metrics off)."""
+    if not _enabled:
+        return 0.0
+    if pub_time_ms:
+        observe_pub_sub_lag(pub_time_ms, namespace)
+    return time.perf_counter()
+
+
+def broadcast_done(started: float, namespace: str) -> None:
+    """centrifuge's observeBroadcastDuration."""
+    elapsed = time.perf_counter() - started
+    _labelled(BROADCAST_DURATION, "publication", namespace).observe(elapsed)
 
 
 def observe_recovered(count: int, namespace: str) -> None:

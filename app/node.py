@@ -248,15 +248,10 @@ class Node:
             return
         ns = metrics.namespace_of(channel)
         metrics.child(metrics.NODE_MESSAGES_RECEIVED, "publication", ns).inc()
-        if not metrics.enabled():
-            self.hub.broadcast_publication(channel, pub, epoch)
-            return
-        if pub.time:  # stamped by the publishing node (centrifuge's pub.Time)
-            metrics.observe_pub_sub_lag(pub.time, ns)
-        started = time.perf_counter()
+        started = metrics.broadcast_started(pub.time, ns)
         self.hub.broadcast_publication(channel, pub, epoch)
-        elapsed = time.perf_counter() - started
-        metrics.child(metrics.BROADCAST_DURATION, "publication", ns).observe(elapsed)
+        if started:
+            metrics.broadcast_done(started, ns)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.hub.broadcast_join(channel, info)
@@ -269,7 +264,7 @@ class Node:
     async def add_subscriber(self, channel: str, client: HubClient) -> None:
         """Register a local subscriber; returns once the broker delivers the channel."""
         self.hub.add_subscriber(channel, client)
-        metrics.action("add_subscription", metrics.namespace_of(channel))
+        metrics.action("add_subscription", channel)
         timer = self._unsub_timers.pop(channel, None)
         if timer is not None:
             timer.cancel()
@@ -277,7 +272,7 @@ class Node:
         if fut is None:
             fut = self.loop.create_future()
             self._broker_subs[channel] = fut
-            metrics.action("broker_subscribe", metrics.namespace_of(channel))
+            metrics.action("broker_subscribe", channel)
             try:
                 await self._pubsub(channel).subscribe([channel])
             except BaseException as e:
@@ -290,7 +285,7 @@ class Node:
         await asyncio.shield(fut)
 
     def remove_subscriber(self, channel: str, client: HubClient) -> None:
-        metrics.action("remove_subscription", metrics.namespace_of(channel))
+        metrics.action("remove_subscription", channel)
         if self.hub.remove_subscriber(channel, client) and channel in self._broker_subs:
             loop = self.loop
             self._unsub_timers[channel] = loop.call_later(
@@ -311,7 +306,7 @@ class Node:
         # A subscriber may have come back between scheduling and running this.
         if channel in self._broker_subs or self.hub.has_subscribers(channel):
             return
-        metrics.action("broker_unsubscribe", metrics.namespace_of(channel))
+        metrics.action("broker_unsubscribe", channel)
         await self._pubsub(channel).unsubscribe([channel])
 
     def _pubsub(self, channel: str) -> Broker | MapBroker:
@@ -464,7 +459,7 @@ class Node:
         client_side: bool = False,
     ) -> HistoryResult:
         ns = self.resolve(channel, client_side).options
-        metrics.action("history", metrics.namespace_of(channel))
+        metrics.action("history", channel)
         if not ns.history_enabled:
             raise ClientError(ERROR_NOT_AVAILABLE)
         if since is not None and reverse and since.offset == 0:
@@ -481,27 +476,22 @@ class Node:
 
     async def stream_history(self, channel: str, flt: HistoryFilter) -> HistoryResult:
         """Raw history read for recovery (no epoch check: the caller decides)."""
-        # centrifuge's names for the three reads recovery makes.
-        if flt.since is not None:
-            action = "history_recover"
-        else:
-            action = "history_recover_cache" if flt.reverse else "history_stream_top"
-        metrics.action(action, metrics.namespace_of(channel))
+        metrics.action(metrics.recovery_read(flt.since is not None, flt.reverse), channel)
         return await self.broker.history(channel, flt)
 
     async def remove_history(self, channel: str) -> None:
         self.resolve(channel)
-        metrics.action("history_remove", metrics.namespace_of(channel))
+        metrics.action("history_remove", channel)
         await self.broker.remove_history(channel)
 
     async def presence(self, channel: str, client_side: bool = False) -> dict[str, ClientInfo]:
-        metrics.action("presence", metrics.namespace_of(channel))
+        metrics.action("presence", channel)
         if not self.resolve(channel, client_side).options.presence:
             raise ClientError(ERROR_NOT_AVAILABLE)
         return await self.presence_manager.presence(channel)
 
     async def presence_stats(self, channel: str, client_side: bool = False) -> PresenceStats:
-        metrics.action("presence_stats", metrics.namespace_of(channel))
+        metrics.action("presence_stats", channel)
         if not self.resolve(channel, client_side).options.presence:
             raise ClientError(ERROR_NOT_AVAILABLE)
         return await self.presence_manager.presence_stats(channel)
@@ -599,12 +589,8 @@ class Node:
     async def channels(self, pattern: str = "") -> dict[str, int]:
         """Channel -> number of subscribed clients, summed over every node."""
         total: dict[str, int] = {}
-        metrics.action("survey")
-        started = time.perf_counter()
-        answers = await self.membership.survey("channels", pattern)
-        elapsed = time.perf_counter() - started
-        metrics.child(metrics.SURVEY_DURATION, "channels").observe(elapsed)
-        metrics.child(metrics.SURVEY_DURATION_HISTOGRAM, "channels").observe(elapsed)
+        with metrics.survey("channels"):
+            answers = await self.membership.survey("channels", pattern)
         for answer in answers:
             for ch, n in (answer or {}).items():
                 total[ch] = total.get(ch, 0) + n

@@ -334,7 +334,7 @@ class SubscribeFlow(Permissions, Positioning):
             if req.data:
                 result["data"] = req.data
             if presence:
-                metrics.action("add_presence", sub.chinfo.namespace)
+                metrics.action("add_presence", channel)
                 await self.node.presence_manager.add_presence(channel, self.uid, self._info(sub))
         except Disconnect:
             await self._drop_subscription(sub, announce=False)
@@ -416,7 +416,7 @@ class SubscribeFlow(Permissions, Positioning):
         node.remove_subscriber(sub.channel, self)
         try:
             if sub.presence:
-                metrics.action("remove_presence", sub.chinfo.namespace)
+                metrics.action("remove_presence", sub.channel)
                 await node.presence_manager.remove_presence(sub.channel, self.uid, self.user)
             if sub.map and sub.buffer is None:
                 await self._map_cleanup(sub)
