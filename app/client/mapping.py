@@ -108,7 +108,8 @@ class MapFlow(SubscribeFlow):
         channel = chinfo.channel
         try:
             result, sub = await self._map_subscribe(chinfo, req, params)
-            self.send(self.codec.encode_reply(cmd_id, "subscribe", result))
+            reply = self.codec.encode_reply(cmd_id, "subscribe", result)
+            self.send(reply, "subscribe", chinfo.namespace)
             if sub is not None:
                 self._activate(sub)
                 await self._map_went_live(sub)
