@@ -50,6 +50,7 @@ from app.node_control import NodeControl
 from app.node_maps import NodeMaps
 from app.presence import PresenceManager
 from app.proxy import ProxyManager
+from app.publishing import count_suppressed, publish_options
 from app.sharedpoll.coordination import coordinator_for
 from app.sharedpoll.fanout import FANOUT_PREFIX
 from app.sharedpoll.manager import SharedPollManager
@@ -63,39 +64,6 @@ log = logging.getLogger("centrifugo.node")
 
 # Keeps the broker subscription a moment after the last local subscriber leaves.
 UNSUBSCRIBE_DELAY = 5.0
-
-
-def _publish_options(
-    chinfo: ChannelInfo,
-    info: ClientInfo | None,
-    tags: dict[str, str] | None,
-    skip_history: bool,
-    idempotency_key: str,
-    delta: bool,
-    version: int = 0,
-    version_epoch: str = "",
-) -> PublishOptions:
-    """How a publication to this channel is stored: its namespace's history settings
-    unless the caller skips history."""
-    ns = chinfo.options
-    opts = PublishOptions(
-        client_info=info,
-        tags=tags or None,
-        idempotency_key=idempotency_key,
-        delta=delta or ns.delta_publish,
-        version=version,
-        version_epoch=version_epoch,
-    )
-    if ns.history_enabled and not skip_history:
-        opts.history_size = ns.history_size
-        opts.history_ttl = ns.history_ttl
-        opts.history_meta_ttl = ns.history_meta_ttl
-    return opts
-
-
-def _count_suppressed(result: PublishResult, namespace: str) -> None:
-    """centrifuge's incBrokerPublishSuppressed: a publication the broker dropped."""
-    metrics.child(metrics.PUBLISH_SUPPRESSED, result.suppress_reason, namespace).inc()
 
 
 class Node:
@@ -374,13 +342,13 @@ class Node:
         without it the check runs here."""
         if chinfo is None:
             chinfo = self.publication_channel(channel, data, client_side=client_side)
-        opts = _publish_options(
+        opts = publish_options(
             chinfo, info, tags, skip_history, idempotency_key, delta, version, version_epoch
         )
         result = await self.broker.publish(channel, data, opts)
         metrics.child(metrics.NODE_MESSAGES_SENT, "publication", chinfo.namespace).inc()
         if result.suppressed:
-            _count_suppressed(result, chinfo.namespace)
+            count_suppressed(result, chinfo.namespace)
         return result
 
     async def publish_many(
@@ -398,7 +366,7 @@ class Node:
         todo: list[tuple[int, str, tuple[str, bytes, PublishOptions]]] = []
         for chinfo, data, kw in items:
             if kw:
-                opts = _publish_options(
+                opts = publish_options(
                     chinfo,
                     kw.get("info"),
                     kw.get("tags"),
@@ -427,7 +395,7 @@ class Node:
                 sent[namespace] += 1
                 out[i] = result
                 if result.suppressed:
-                    _count_suppressed(result, namespace)
+                    count_suppressed(result, namespace)
             elif isinstance(result, ClientError):
                 out[i] = result
             else:
@@ -438,14 +406,14 @@ class Node:
         return out
 
     def _plain_publish_options(self, chinfo: ChannelInfo) -> PublishOptions:
-        """`_publish_options` with every caller option at its default, one per namespace:
+        """`publish_options` with every caller option at its default, one per namespace:
         a batch's publications share it (brokers only read their options)."""
         ns = chinfo.options
         hit = self._plain_options.get(id(ns))
         if hit is None or hit[0] is not ns:
             hit = self._plain_options[id(ns)] = (
                 ns,
-                _publish_options(chinfo, None, None, False, "", False),
+                publish_options(chinfo, None, None, False, "", False),
             )
         return hit[1]
 

@@ -20,7 +20,8 @@ from typing import Any
 from app import metrics
 from app.channels import ChannelInfo
 from app.client.state import SubRequest, Subscription, ttl_until
-from app.client.subscribing import SUB_TYPE_SHARED_POLL, SubscribeFlow
+from app.client.sub_request import SUB_TYPE_SHARED_POLL
+from app.client.subscribing import SubscribeFlow
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_INAPPROPRIATE_PROTOCOL,

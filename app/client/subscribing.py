@@ -17,7 +17,14 @@ from app.channels import ChannelInfo
 from app.client.permissions import Permissions
 from app.client.positioning import Positioning
 from app.client.state import State, SubRequest, Subscription, ttl_until
-from app.config import ChannelOptions
+from app.client.sub_request import (
+    DELTA_FOSSIL,
+    SUB_TYPE_SHARED_POLL,
+    SUB_TYPE_STREAM,
+    subscribe_flags,
+    subscription_type,
+    subscription_type_allowed,
+)
 from app.errors import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_CHANNEL_LIMIT,
@@ -41,7 +48,7 @@ from app.errors import (
 from app.filter import Matcher, from_params
 from app.hub import WITHHELD, DeltaFrames, Frames
 from app.models import ClientInfo, Publication, StreamPosition
-from app.protocol import DecodeError, EncodeError, get_bool, get_int, get_raw, get_str
+from app.protocol import EncodeError, get_bool, get_int, get_raw, get_str
 from app.proxy import REFRESH_RETRY_DELAY, ProxyUnavailable
 
 log = logging.getLogger("centrifugo.client")
@@ -49,53 +56,6 @@ log = logging.getLogger("centrifugo.client")
 # How long an unsubscribe waits for a subscribe to its channel in flight (centrifuge's
 # maxWaitTimeout in Client.unsubscribe).
 SUBSCRIBE_WAIT = 5.0
-
-DELTA_FOSSIL = "fossil"  # the only delta type (centrifuge's stringToDeltaType)
-
-# SubscribeRequest.type (centrifuge SubscriptionType, an int32) and the name a namespace's
-# subscription_type gives it; any other number is "unknown", allowed nowhere.
-SUB_TYPE_STREAM = 0
-SUB_TYPE_SHARED_POLL = 4
-_SUB_TYPE_NAMES = {0: "stream", 1: "map", 2: "map_clients", 3: "map_users", 4: "shared_poll"}
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-
-
-def _subscription_type(params: dict[str, Any]) -> int:
-    sub_type = get_int(params, "type", signed=True)
-    if not _INT32_MIN <= sub_type <= _INT32_MAX:
-        raise DecodeError("type is out of range")
-    return sub_type
-
-
-def _subscription_type_allowed(sub_type: int, configured: str) -> bool:
-    """Centrifugo's isSubscriptionTypeAllowed: a namespace without subscription_type takes
-    stream subscriptions only, one with it exactly its type."""
-    if not configured:
-        return sub_type == SUB_TYPE_STREAM
-    return configured == _SUB_TYPE_NAMES.get(sub_type, "unknown")
-
-
-def _flags(ns: ChannelOptions, ov: SubscribeOverride | None) -> tuple[bool, bool, bool, bool, bool]:
-    """presence, join_leave, force_push_join_leave, force_recovery, force_positioning of
-    the namespace, with a token's or proxy's overrides (None: not overridden) applied."""
-    flags = (
-        ns.presence,
-        ns.join_leave,
-        ns.force_push_join_leave,
-        ns.force_recovery,
-        ns.force_positioning,
-    )
-    if ov is None:
-        return flags
-    over = (
-        ov.presence,
-        ov.join_leave,
-        ov.force_push_join_leave,
-        ov.force_recovery,
-        ov.force_positioning,
-    )
-    p, j, fp, fr, fpos = (d if o is None else o for o, d in zip(over, flags, strict=True))
-    return p, j, fp, fr, fpos
 
 
 class SubscribeFlow(Permissions, Positioning):
@@ -113,7 +73,7 @@ class SubscribeFlow(Permissions, Positioning):
         channel = get_str(params, "channel")
         if not channel:
             raise Disconnect(DISCONNECT_BAD_REQUEST)
-        sub_type = SUB_TYPE_STREAM if len(params) == 1 else _subscription_type(params)
+        sub_type = SUB_TYPE_STREAM if len(params) == 1 else subscription_type(params)
         # Most subscribes name only the channel: then every other field is its default.
         req = (
             SubRequest()
@@ -182,7 +142,7 @@ class SubscribeFlow(Permissions, Positioning):
     def _check_subscription_type(self, channel: str, sub_type: int, ns_type: str) -> None:
         """103 for a type the namespace does not take (after 105 and the channel limit, as
         in Centrifugo's subscribe handler); a map type without a map broker is 108."""
-        if not _subscription_type_allowed(sub_type, ns_type):
+        if not subscription_type_allowed(sub_type, ns_type):
             log.info(
                 "subscription type %d not allowed for namespace of %r (client %s)",
                 sub_type,
@@ -272,7 +232,7 @@ class SubscribeFlow(Permissions, Positioning):
         server API's subscribe, as Centrifugo's passes no AutoCacheRecover)."""
         ns = chinfo.options
         channel = chinfo.channel
-        presence, join_leave, force_push, force_recovery, force_positioning = _flags(
+        presence, join_leave, force_push, force_recovery, force_positioning = subscribe_flags(
             ns, req.override
         )
         history_ok = server_side or self._history_permitted(ns, True)
