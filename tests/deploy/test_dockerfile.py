@@ -25,7 +25,9 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import venv
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -440,10 +442,13 @@ class Stage:
     user: str = "0"
 
     @classmethod
-    def create(cls, name: str, base: Path) -> Stage:
+    def create(cls, name: str, base: Path, python: str = sys.executable) -> Stage:
         root, prefix = base / name / "fs", base / name / "usr-local"
         root.mkdir(parents=True)
-        venv.create(prefix, with_pip=False, symlinks=True)
+        if python == sys.executable:
+            venv.create(prefix, with_pip=False, symlinks=True)
+        else:
+            subprocess.run([python, "-m", "venv", "--without-pip", prefix], check=True)
         # `pip` is this interpreter's pip aimed at the virtualenv (--python): the same pip,
         # minus the seconds ensurepip would spend copying itself in.
         pip = prefix / "bin" / "pip"
@@ -561,8 +566,31 @@ def _run(stage: Stage, stages: dict[str, Stage], args: str) -> None:
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
+def _runs_as_image_user(argv: list[str]) -> bool:
+    switched = ["setpriv", f"--reuid={IMAGE_UID}", f"--regid={IMAGE_UID}", "--clear-groups"]
+    # Through sh: what the entrypoint does when it execs the console script.
+    command = " ".join(shlex.quote(a) for a in argv)
+    return (
+        subprocess.run([*switched, "/bin/sh", "-c", command], capture_output=True).returncode == 0
+    )
+
+
+def runtime_python() -> str | None:
+    """An interpreter of this Python minor that the image's uid can run, when this test runs
+    as root and can switch users (setpriv): this one, unless it lives under a directory only
+    root may enter (a pyenv build in /root), else the system's. None: run as this user."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return None
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (sys.executable, f"/usr/bin/python{minor}"):
+        if os.path.exists(python) and _runs_as_image_user([python, "-c", "import venv"]):
+            return python
+    return None
+
+
 @dataclass
 class Image:
+    as_image_user: bool  # the server runs as the image's USER (setpriv), not as this user
     stage: Stage  # the final stage, after the build
     entrypoint: list[str]
     cmd: list[str]
@@ -574,8 +602,11 @@ def build(instructions: list[Instruction], base: Path) -> Image:
     stages: dict[str, Stage] = {}
     image: dict[str, str] = {}
     stage: Stage | None = None
+    # Every stage starts from the same base image, so one interpreter serves them all (the
+    # builder resolves markers such as python_full_version for the image's python).
+    python = runtime_python()
     for spec in split_stages(instructions):
-        stage = stages[spec.name] = Stage.create(spec.name, base)
+        stage = stages[spec.name] = Stage.create(spec.name, base, python or sys.executable)
         for ins in spec.instructions:
             if ins.cmd == "ENV":
                 stage.env.update(parse_env(ins.args))
@@ -586,7 +617,10 @@ def build(instructions: list[Instruction], base: Path) -> Image:
                 _copy(stage, files, ins.args)
             elif ins.cmd == "RUN":
                 if "groupadd" in ins.args:
-                    continue  # the image's user: the test runs as whoever runs it
+                    # The image's user and its workdir: no user is added to this machine;
+                    # the workdir is made and handed to the uid after the build.
+                    assert f"chown {IMAGE_UID}:{IMAGE_UID} /centrifugo" in ins.args, ins
+                    continue
                 _run(stage, stages, ins.args)
             elif ins.cmd == "USER":
                 stage.user = ins.args
@@ -597,7 +631,13 @@ def build(instructions: list[Instruction], base: Path) -> Image:
             else:
                 assert ins.cmd in ("EXPOSE",), f"{ins.cmd} is not replayed"
     assert stage is not None
+    runtime = stage.host(stage.workdir)
+    assert stage.workdir == PurePosixPath("/centrifugo") and runtime.is_dir()
+    switch = python is not None
+    if switch:
+        os.chown(runtime, IMAGE_UID, IMAGE_UID)
     return Image(
+        switch,
         stage,
         exec_form(image["ENTRYPOINT"]),
         exec_form(image["CMD"]),
@@ -606,17 +646,35 @@ def build(instructions: list[Instruction], base: Path) -> Image:
 
 
 @pytest.fixture(scope="module")
-def image(instructions: list[Instruction], tmp_path_factory: pytest.TempPathFactory) -> Image:
-    return build(instructions, tmp_path_factory.mktemp("image"))
+def image(instructions: list[Instruction]) -> Iterator[Image]:
+    # Not under pytest's tmp dir (0700 for its owner): the server runs as the image's uid and
+    # must read its /usr/local and workdir the way the image lets it.
+    base = Path(tempfile.mkdtemp(prefix="cfpy-image-"))
+    base.chmod(0o755)
+    try:
+        yield build(instructions, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
-def _requirements() -> dict[str, str]:
+def _requirements(python: Path) -> dict[str, str]:
+    """requirements.txt's pins that apply to `python` (their markers evaluated for it)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    probe = "import json, platform; print(json.dumps(platform.python_version()))"
+    version = json.loads(
+        subprocess.run([python, "-c", probe], capture_output=True, check=True).stdout
+    )
+    target = {"python_full_version": version, "python_version": version.rsplit(".", 1)[0]}
     pins = {}
     for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].split(";", 1)[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            pins[re.sub(r"[-_.]+", "-", name.split("[")[0]).lower()] = version
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate(target):
+            pins[canonicalize_name(req.name)] = str(next(iter(req.specifier)).version)
     return pins
 
 
@@ -634,7 +692,7 @@ def test_image_holds_the_pins_and_the_server_and_no_source(image: Image) -> None
     }
     assert names.pop("centrifugo-py") == "0.1.0"
     # Exactly the pins: nothing resolved from an index behind requirements.txt's back.
-    assert names == _requirements()
+    assert names == _requirements(prefix_bin / "python")
     # No source tree, no wheel, no requirements file left in the image's filesystem.
     left = sorted(str(p.relative_to(stage.root)) for p in stage.root.rglob("*") if not p.is_dir())
     assert left == [], left
@@ -662,11 +720,22 @@ def _run_env(image: Image, **extra: str) -> dict[str, str]:
 
 
 def _argv(image: Image, cmd: list[str], env: dict[str, str]) -> list[str]:
-    """`docker run IMAGE <cmd>`: ENTRYPOINT + cmd, the entrypoint found through PATH."""
+    """`docker run IMAGE <cmd>`: ENTRYPOINT + cmd, the entrypoint found through PATH, as the
+    image's USER when this test may switch to it (setpriv execs: the pid stays the server's)."""
     argv = [*image.entrypoint, *cmd]
     argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
     assert Path(argv[0]).parent == image.stage.prefix / "bin", argv
+    if image.as_image_user:
+        uid, _, gid = image.stage.user.partition(":")
+        argv = ["setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--clear-groups", *argv]
     return argv
+
+
+def _uid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for {pid}")
 
 
 def _command_line(pid: int) -> list[str]:
@@ -703,8 +772,11 @@ def test_seed_command_centrifugo_with_config_file_and_redis(
     try:
         wait_healthy(proc, f"{base}/health", log_path)
         wait_workers(proc.pid, 2)
-        # The entrypoint exec'd: the container's process is the server's gunicorn master.
+        # The entrypoint exec'd: the container's process is the server's gunicorn master,
+        # running as the image's user (when this test runs as root and can switch).
         assert Path(_command_line(proc.pid)[1]) == image.stage.prefix / "bin" / "centrifugo"
+        if image.as_image_user:
+            assert _uid(proc.pid) == IMAGE_UID
         assert http_get(f"{base}/health") == (200, b"{}")
         hc = subprocess.run(image.healthcheck, env=env, capture_output=True, text=True, timeout=10)
         assert hc.returncode == 0, hc.stderr
