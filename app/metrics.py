@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -448,9 +449,71 @@ def broadcast_started(pub_time_ms: int, namespace: str) -> float:
 
 
 def broadcast_done(started: float, namespace: str) -> None:
-    """centrifuge's observeBroadcastDuration."""
+    """centrifuge's observeBroadcastDuration (once per publication: buffered)."""
     elapsed = time.perf_counter() - started
-    _labelled(BROADCAST_DURATION, "publication", namespace).observe(elapsed)
+    _buffered(BROADCAST_DURATION, "publication", namespace).observe(elapsed)
+
+
+class _Buffered:
+    """A histogram child's observations kept in this process and added to the shared
+    multiprocess values at most once a second, or when `flush_buffered` runs (the node's
+    upkeep calls it every second, so a pause in traffic leaves nothing unflushed).
+
+    Why: observe() on a multiprocess Histogram writes the sum and a bucket to mmap files,
+    2.8 µs (measured: 200k observes, PROMETHEUS_MULTIPROC_DIR set, this machine), which the
+    broadcast duration pays once per publication: +36 % of worker CPU per delivery on the
+    personal-channels bench (7.85 → 10.7 µs). A bisect and two additions here cost ~0.3 µs.
+    Reads prometheus_client's own `_upper_bounds`, `_buckets` and `_sum` (no public API adds
+    a count in one step)."""
+
+    __slots__ = ("_child", "_bounds", "_counts", "_sum", "_pending", "_due")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._pending = False
+        self._due = time.monotonic() + 1.0
+
+    def observe(self, value: float) -> None:
+        # The first bound >= value: prometheus_client's `value <= bound` (the last is +Inf).
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+        self._pending = True
+        now = time.monotonic()
+        if now >= self._due:
+            self.flush(now)
+
+    def flush(self, now: float = 0.0) -> None:
+        self._due = (now or time.monotonic()) + 1.0
+        if not self._pending:
+            return
+        child = self._child
+        for i, n in enumerate(self._counts):
+            if n:
+                child._buckets[i].inc(n)
+                self._counts[i] = 0
+        child._sum.inc(self._sum)
+        self._sum = 0.0
+        self._pending = False
+
+
+_BUFFERS: dict[tuple[Any, ...], _Buffered] = {}
+
+
+def _buffered(metric: Any, *labels: str) -> _Buffered:
+    key = (metric, *labels)
+    buf = _BUFFERS.get(key)
+    if buf is None:
+        buf = _BUFFERS[key] = _Buffered(_labelled(metric, *labels))
+    return buf
+
+
+def flush_buffered() -> None:
+    """Add every buffered observation to the shared values (see _Buffered)."""
+    for buf in _BUFFERS.values():
+        buf.flush()
 
 
 def observe_recovered(count: int, namespace: str) -> None:

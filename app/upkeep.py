@@ -17,6 +17,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
+from app import metrics
 from app.info_metrics import InfoMetrics
 from app.models import HistoryFilter
 
@@ -41,6 +42,7 @@ class Upkeep:
             self._spawn(self._check_positions(cfg.channel_position_check_delay))
         self._snapshot_metrics()
         self._spawn(self._aggregate_metrics())
+        self._spawn(self._flush_metrics())
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -55,6 +57,13 @@ class Upkeep:
     def _clients(self) -> list[Client]:
         # The hub's connections are the node's connected Clients.
         return cast("list[Client]", self._node.hub.connections())
+
+    async def _flush_metrics(self) -> None:
+        """Buffered histogram observations reach the scrape within about a second
+        (app/metrics.py _Buffered)."""
+        while True:
+            await asyncio.sleep(1.0)
+            metrics.flush_buffered()
 
     def _snapshot_metrics(self) -> None:
         node = self._node
