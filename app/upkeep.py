@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from app import metrics
 from app.info_metrics import InfoMetrics
-from app.models import HistoryFilter
+from app.models import HistoryFilter, StreamPosition
 
 if TYPE_CHECKING:
     from app.client import Client
@@ -57,6 +57,17 @@ class Upkeep:
     def _clients(self) -> list[Client]:
         # The hub's connections are the node's connected Clients.
         return cast("list[Client]", self._node.hub.connections())
+
+    async def _stream_top(self, channel: str) -> StreamPosition:
+        """The top of the stream a positioned subscription follows: the map broker's for a
+        map channel (centrifuge's checkPosition with isMap), else the broker's history."""
+        node = self._node
+        chopts = node.maps.options(channel)
+        if chopts is not None and node.map_broker is not None:
+            return (await node.map_broker.read_stream(channel, chopts, limit=0)).position
+        ns = node.resolve(channel).options
+        flt = HistoryFilter(meta_ttl=ns.history_meta_ttl)
+        return (await node.broker.history(channel, flt)).position
 
     async def _flush_metrics(self) -> None:
         """Buffered histogram observations reach the scrape within about a second
@@ -99,7 +110,6 @@ class Upkeep:
     async def _check_positions(self, delay: float) -> None:
         """Catch publications lost on an idle channel (e.g. during a PUB/SUB
         reconnect): compare each positioned subscription with the stream top."""
-        node = self._node
         while True:
             await asyncio.sleep(delay)
             due: dict[str, list[tuple[Client, Any]]] = {}
@@ -108,12 +118,7 @@ class Upkeep:
                     due.setdefault(sub.channel, []).append((client, sub))
             for channel, subs in due.items():
                 try:
-                    ns = node.resolve(channel).options
-                    top = (
-                        await node.broker.history(
-                            channel, HistoryFilter(meta_ttl=ns.history_meta_ttl)
-                        )
-                    ).position
+                    top = await self._stream_top(channel)
                 except Exception as e:
                     log.info("position check of %r failed: %s", channel, e)
                     continue

@@ -343,8 +343,7 @@ class SubscribeFlow(Permissions, Positioning):
         only needs the stream top once it goes quiet."""
         out = []
         for sub in self._subs.values():
-            # A map subscription's stream is the map broker's, not the broker's history.
-            if not sub.positioned or sub.buffer is not None or sub.map:
+            if not sub.positioned or sub.buffer is not None:
                 continue
             if sub.offset == sub.checked_offset:
                 out.append(sub)
