@@ -371,18 +371,41 @@ def _labelled(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
-class MessageCounter:
-    """The (count, bytes) pair of transport message counters of one label set."""
+# Everything counted in-process first (MessageCounter, _Buffered): flushed together.
+_FLUSHABLE: list[Any] = []
 
-    __slots__ = ("_count", "_size")
+
+class MessageCounter:
+    """The (count, bytes) pair of transport message counters of one label set, counted in
+    this process and added to the shared values at most once a second (and by
+    `flush_buffered`, which the node's upkeep runs every second). `add` runs once per
+    message per subscriber on the fan-out path: two multiprocess increments there cost
+    2 µs (1.02 µs each, measured: 200k incs with PROMETHEUS_MULTIPROC_DIR set), buffered
+    ~0.15 µs."""
+
+    __slots__ = ("_count", "_size", "_n", "_bytes", "_due")
 
     def __init__(self, count: Any, size: Any) -> None:
         self._count = count
         self._size = size
+        self._n = 0
+        self._bytes = 0
+        self._due = time.monotonic() + 1.0
+        _FLUSHABLE.append(self)
 
     def add(self, size: int) -> None:
-        self._count.inc()
-        self._size.inc(size)
+        self._n += 1
+        self._bytes += size
+        now = time.monotonic()
+        if now >= self._due:
+            self.flush(now)
+
+    def flush(self, now: float = 0.0) -> None:
+        self._due = (now or time.monotonic()) + 1.0
+        if self._n:
+            self._count.inc(self._n)
+            self._size.inc(self._bytes)
+            self._n = self._bytes = 0
 
 
 @lru_cache(maxsize=4096)
@@ -507,12 +530,14 @@ def _buffered(metric: Any, *labels: str) -> _Buffered:
     buf = _BUFFERS.get(key)
     if buf is None:
         buf = _BUFFERS[key] = _Buffered(_labelled(metric, *labels))
+        _FLUSHABLE.append(buf)
     return buf
 
 
 def flush_buffered() -> None:
-    """Add every buffered observation to the shared values (see _Buffered)."""
-    for buf in _BUFFERS.values():
+    """Add every buffered count and observation to the shared values (see _Buffered,
+    MessageCounter)."""
+    for buf in _FLUSHABLE:
         buf.flush()
 
 

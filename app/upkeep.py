@@ -53,6 +53,7 @@ class Upkeep:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        metrics.flush_buffered()  # the last second's counts, before the worker exits
 
     def _clients(self) -> list[Client]:
         # The hub's connections are the node's connected Clients.

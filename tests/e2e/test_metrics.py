@@ -330,16 +330,21 @@ async def test_scrape_sums_every_worker(
         assert v.closed[0] == 3501, v.closed
     alive = total - len(victims)
 
+    ws = {"transport": "websocket"}
+    # Message counts reach the scrape within a second (app/metrics.py MessageCounter).
     got = await scrape_until(
         metrics_url(srv),
         lambda s: (
             s.value("centrifugo_node_num_clients") == alive
             and s.value("centrifugo_node_num_subscriptions") == alive
             and s.value("centrifugo_node_num_nodes") == WORKERS
+            and s.total("centrifugo_transport_messages_sent", **ws)
+            == sum(c.messages_in for c in clients)
+            and s.total("centrifugo_transport_messages_received", **ws)
+            == sum(c.frames_out for c in clients) - len(victims)
         ),
-        f"node_num_clients == {alive}",
+        f"node_num_clients == {alive} and every message counted",
     )
-    ws = {"transport": "websocket"}
     assert got.value("centrifugo_node_num_users") == alive
     # Both workers hold a subscriber of the channel: one channel per node, summed.
     assert got.value("centrifugo_node_num_channels") == WORKERS
