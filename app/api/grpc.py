@@ -12,6 +12,8 @@ unparsed, so binary publications work over gRPC although they cannot be shown in
 answer.
 
 Auth: with `grpc_api.key` set, calls need metadata `authorization: apikey <key>`.
+`grpc_api.reflection` adds server reflection (app/api/grpc_reflection.py), which answers
+without the key as in Centrifugo.
 Errors go in the response's `error` field, or as a gRPC status (with the `Error` message
 in the status details) under `grpc_api.error_mode: transport` or per call with metadata
 `x-centrifugo-error-mode: transport`.
@@ -32,6 +34,7 @@ from google.protobuf.message import Message
 
 from app.api.executor import ApiExecutor
 from app.api.gen import api_pb2 as pb
+from app.api.grpc_reflection import add_reflection
 from app.config import Config, TLSConfig
 from app.errors import ClientError
 from app.models import ClientInfo, Publication
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("centrifugo.grpc_api")
 
-SERVICE = "centrifugal.centrifugo.api.CentrifugoApi"
+SERVICE = pb.DESCRIPTOR.services_by_name["CentrifugoApi"].full_name
 STOP_GRACE = 1.0  # seconds in-flight calls get when the worker stops
 
 # API error code -> gRPC status in transport error mode (Centrifugo's MapErrorToGRPCCode).
@@ -315,6 +318,8 @@ async def start_api_server(node: Node, cfg: Config) -> grpc.aio.Server:
     gcfg = cfg.grpc_api
     server = grpc.aio.server(options=server_options(gcfg.max_receive_message_size))
     server.add_generic_rpc_handlers((ApiService(node, cfg).handler(),))
+    if gcfg.reflection:
+        add_reflection(server, (pb.DESCRIPTOR,))
     target = bind_target(gcfg.address, gcfg.port)
     add_port(server, target, gcfg.tls, "grpc_api")
     await server.start()
