@@ -72,89 +72,181 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class HTTPServerConfig(Section):
     address: str = ""
+    """Interface the main HTTP listener binds to; empty listens on every interface."""
     port: int = 8000
+    """TCP port of the main HTTP listener: client transports, and every other endpoint unless
+    `internal_port` is set."""
     internal_address: str = ""
+    """Interface the internal listener binds to when `internal_port` is set; empty falls back to
+    `address`."""
     internal_port: int = 0
+    """Port of its own for the internal endpoints (server HTTP API, metrics, health, admin),
+    which then answer only there while client transports stay on `port`. `0` serves everything on
+    `port`."""
     tls: TLSConfig = subsection(TLSConfig)
+    """Certificate and key for the main listener; also used on the internal port unless
+    `internal_tls` or `tls_external` says otherwise."""
     tls_autocert: TLSAutocertConfig = subsection(TLSAutocertConfig)
+    """Certificates obtained automatically from an ACME provider such as Let's Encrypt. Not
+    implemented here: enabling it stops start-up; put a certificate in `tls` instead."""
     tls_external: bool = False
+    """With a separate `internal_port`, keep `tls` on the main port only and serve the internal
+    port in plain HTTP."""
     internal_tls: TLSConfig = subsection(TLSConfig)
+    """TLS of the internal port when it needs its own certificate; when not enabled the internal
+    port follows `tls` (or plain HTTP with `tls_external`)."""
     http3: EnabledConfig = subsection(EnabledConfig)
+    """HTTP/3 (QUIC) on the main port, experimental in Centrifugo. Not implemented here (a
+    warning at start)."""
     h2c_external: bool = False
+    """Cleartext HTTP/2 (h2c) on the main port, which Centrifugo allows only with a separate
+    `internal_port`. Not served here (HTTP/1.1 and WebSocket only)."""
 
 
 @dataclass(frozen=True, slots=True)
 class LogConfig(Section):
     level: str = "info"
+    """Least severe level written: `none`, `trace`, `debug`, `info`, `warn`, `error` or `fatal`
+    (`trace` logs as `debug`; `none` writes nothing)."""
     file: str = ""
+    """Path of a file the log lines (JSON) are appended to; empty writes them to standard error."""
 
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig(Section):
     address: tuple[str, ...] = ("redis://127.0.0.1:6379",)
+    """Redis shards, one address each (`redis://[user:password@]host:6379/0`, `rediss://` for
+    TLS, `unix://`, `redis+sentinel://`, `redis+cluster://`); with several, channels are spread
+    over them by consistent hashing."""
     prefix: str = "centrifugo"
+    """Prefix of every Redis key and PUB/SUB channel this server uses, so that unrelated setups
+    can share one Redis."""
     connect_timeout: Duration = Duration(1.0)
+    """How long to wait for a Redis connection (and its handshake) to be established."""
     io_timeout: Duration = Duration(4.0)
+    """How long a Redis command may take before it fails: in effect the timeout of each request
+    to Redis."""
     db: int = 0
+    """Redis database selected after connecting. PUB/SUB ignores databases, so setups sharing one
+    Redis with different `db` still need different `prefix` values."""
     user: str = ""
+    """User name for Redis ACL authentication; empty uses the default user."""
     password: str = ""
+    """Password sent with `AUTH` on every connection; empty sends none."""
     client_name: str = ""
+    """Name set with `CLIENT SETNAME` on every data connection; empty sets none."""
     force_resp2: bool = False
+    """Make Centrifugo's Redis client speak RESP2 instead of RESP3. This server always speaks
+    RESP2, so the key changes nothing here."""
     cluster_address: tuple[str, ...] = ()
+    """Seed nodes (`host:port`) of a Redis Cluster; when set, `address` is not used. Here every
+    item is a seed of one cluster (Centrifugo reads several items as several clusters sharded by
+    consistent hashing)."""
     tls: TLSConfig = subsection(TLSConfig)
+    """TLS for the data connections to Redis (a `rediss://` address turns it on as well)."""
     sentinel_address: tuple[str, ...] = ()
+    """Redis Sentinels (`host:port`) that locate the master named `sentinel_master_name`; when
+    set, `address` is not used. Here every item is a Sentinel of one master (Centrifugo reads
+    several items as several shards)."""
     sentinel_user: str = ""
+    """User name for authenticating with the Sentinels."""
     sentinel_password: str = ""
+    """Password for authenticating with the Sentinels."""
     sentinel_master_name: str = ""
+    """Name of the master the Sentinels watch; required with `sentinel_address`."""
     sentinel_client_name: str = ""
+    """Name set with `CLIENT SETNAME` on connections to the Sentinels; empty sets none."""
     sentinel_tls: TLSConfig = subsection(TLSConfig)
+    """TLS for the connections to the Sentinels."""
     history_use_lists: bool = False
+    """Keep history in Redis lists instead of streams (no pagination, reverse order or idempotent
+    publish). Not implemented here: history always uses streams."""
     replica_client: EnabledConfig = subsection(EnabledConfig)
+    """Send read commands to Redis replicas. Not implemented here: every command goes to the
+    master."""
     presence_ttl: Duration = Duration(60.0)
+    """How long a client's presence entry stays in Redis without being refreshed; entries of a
+    node that died vanish after this."""
     presence_hash_field_ttl: bool = False
+    """Expire presence entries with per-field hash TTLs (Redis 7.4+). Not implemented here:
+    presence keeps a hash and a sorted set of expiry times."""
     presence_user_mapping: bool = False
+    """Keep a separate hash of users per channel so that presence stats are cheaper. Not
+    implemented here (the classic presence layout only)."""
 
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig(Section):
     type: str = "memory"
+    """Engine that serves as both broker and presence manager: `memory` (one worker, nothing
+    shared, lost on restart) or `redis` (shared by workers and nodes)."""
     redis: RedisConfig = subsection(RedisConfig)
+    """Redis connection and options of the `redis` engine."""
 
 
 @dataclass(frozen=True, slots=True)
 class NatsRawModeConfig(Section):
     enabled: bool = False
+    """Talk to NATS without prefixing channel names and hand NATS messages to subscribers as they
+    are (NATS broker only, which is not implemented here)."""
     channel_replacements: dict[str, str] = empty_map()
+    """Substrings replaced in channel names before they become NATS subjects, e.g. `{":": "."}`
+    maps `chat:index` to `chat.index`."""
     prefix: str = ""
+    """Prefix added to subjects when publishing and subscribing in raw mode, and stripped from
+    subjects of received messages; empty adds none."""
 
 
 @dataclass(frozen=True, slots=True)
 class NatsConfig(Section):
     url: str = "nats://localhost:4222"
+    """Address of the NATS server."""
     prefix: str = "centrifugo"
+    """Prefix of NATS subjects, so unrelated setups can share one NATS server."""
     dial_timeout: Duration = Duration(1.0)
+    """How long to wait for the connection to NATS."""
     write_timeout: Duration = Duration(1.0)
+    """How long a write to NATS may take."""
     tls: TLSConfig = subsection(TLSConfig)
+    """TLS for the connection to NATS."""
     allow_wildcards: bool = False
+    """Let clients subscribe to NATS wildcard subjects; such subscriptions have no join/leave
+    events and no presence."""
     raw_mode: NatsRawModeConfig = subsection(NatsRawModeConfig)
+    """Raw mode: channel names used as NATS subjects unchanged and payloads passed through
+    untouched."""
 
 
 @dataclass(frozen=True, slots=True)
 class BrokerConfig(Section):
     enabled: bool = False
+    """Use the broker configured here for PUB/SUB, history and idempotency instead of the one
+    `engine` provides."""
     type: str = "memory"
+    """Broker implementation: `memory` or `redis` here (Centrifugo also has `nats` and
+    `postgres`)."""
     redis: RedisConfig = subsection(RedisConfig)
+    """Redis connection and options of the `redis` broker."""
     nats: NatsConfig = subsection(NatsConfig)
+    """Options of Centrifugo's NATS broker (at-most-once PUB/SUB, no history). Not implemented
+    here."""
     # Not implemented (reported by app/config/support.py when set): kept opaque.
     redisnats: dict[str, Any] = empty_map()
+    """Centrifugo's experimental Redis + NATS broker. Not implemented here; accepted as an opaque
+    object so configs that have it still load."""
     postgres: dict[str, Any] = empty_map()
+    """Centrifugo's PostgreSQL stream broker. Not implemented here; accepted as an opaque object
+    so configs that have it still load."""
 
 
 @dataclass(frozen=True, slots=True)
 class PresenceManagerConfig(Section):
     enabled: bool = False
+    """Use the presence manager configured here instead of the one `engine` provides."""
     type: str = "memory"
+    """Presence manager implementation: `memory` or `redis`."""
     redis: RedisConfig = subsection(RedisConfig)
+    """Redis connection and options of the `redis` presence manager."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +257,16 @@ class RedisMapBrokerConfig(RedisConfig):
 
     # How often expired keys become removal publications; -1s (negative) disables it.
     cleanup_interval: Duration = Duration(1.0)
+    """How often keys of map channels that passed their TTL are removed and published as
+    removals; a negative value (`-1s`) turns this off."""
     cleanup_batch_size: int = 100
+    """Most expired keys removed per channel in one cleanup pass."""
     idempotent_result_ttl: Duration = Duration(300.0)
+    """How long the result of a map write with an idempotency key is kept, so a retry gets the
+    same answer; used when the write sets none."""
     skip_pub_sub: bool = False
+    """Change map state in Redis without publishing the changes to subscribers, for setups where
+    another component does the PUB/SUB."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +274,9 @@ class PostgresMapBrokerOutboxConfig(Section):
     """``map_broker.postgres.outbox``: how each node reads the stream table."""
 
     poll_interval: Duration = Duration(0.1)
+    """How often an idle node polls the stream table for new entries; `0` means `100ms`."""
     batch_size: int = 1000
+    """Most stream rows read and delivered in one batch; `0` means `1000`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,22 +285,51 @@ class PostgresMapBrokerConfig(Section):
     app/engines/postgres/). Names and defaults are Centrifugo's."""
 
     dsn: str = ""
+    """Connection string of the PostgreSQL database, e.g.
+    `postgres://user:pass@localhost:5432/db?sslmode=disable`."""
     tls: TLSConfig = subsection(TLSConfig)
+    """TLS for every PostgreSQL connection (pool and LISTEN), as an alternative to TLS parameters
+    in the DSN."""
     pool_size: int = 16
+    """Most connections in the pool; `0` means `16`."""
     num_shards: int = 8
+    """Number of delivery shards channels are hashed onto, each read in order; `0` means `8`."""
     ttl_check_interval: Duration = Duration(1.0)
+    """How often keys past their TTL are removed (and published as removals); `0` means `1s`, a
+    negative value turns it off."""
     cleanup_interval: Duration = Duration(60.0)
+    """How often expired channel metadata and idempotency results are deleted and daily stream
+    partitions created or dropped; `0` means `1m`."""
     idempotent_result_ttl: Duration = Duration(300.0)
+    """How long the result of a write with an idempotency key is kept when the write sets no TTL
+    of its own; `0` means `5m`."""
     binary_data: bool = False
+    """Store payloads in `BYTEA` columns instead of `JSONB`; needed when payloads are not JSON
+    (binary, Protobuf)."""
     # Centrifugo reads it nowhere either: the stream is kept by partition_retention_days.
     stream_retention: Duration = Duration(86400.0)
+    """How long stream entries are meant to be kept. Read by neither Centrifugo nor this server:
+    `partition_retention_days` decides."""
     use_notify: bool = False
+    """Wake the stream reader with `LISTEN`/`NOTIFY` for lower latency; without it the reader
+    only polls (`outbox.poll_interval`)."""
     notify_dsn: str = ""
+    """Connection string for the `LISTEN` connection when it must differ from `dsn`, e.g. a
+    direct database address when `dsn` points at PgBouncer; empty uses `dsn`."""
     table_prefix: str = "cf"
+    """Prefix of every table and function the broker creates, so several clusters can share one
+    database."""
     skip_schema_init: bool = False
+    """Do not create the tables and functions at start; they must then exist (managed by
+    migrations)."""
     outbox: PostgresMapBrokerOutboxConfig = subsection(PostgresMapBrokerOutboxConfig)
+    """How each node reads the stream table."""
     partition_lookahead_days: int = 2
+    """How many future daily stream partitions are created ahead, so writes never fail at
+    midnight; `0` means `2`."""
     partition_retention_days: int = 7
+    """Age in days after which a daily stream partition is dropped whole, which bounds how far
+    back recovery reaches; `0` means `7`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,19 +337,28 @@ class MapBrokerConfig(Section):
     """``map_broker`` (Centrifugo's MapBroker, engine.go): where map channels live."""
 
     type: str = "memory"  # memory | redis | postgres
+    """Where map channels keep their state: `memory`, `redis` or `postgres`."""
     redis: RedisMapBrokerConfig = subsection(RedisMapBrokerConfig)
+    """Redis connection and options of the `redis` map broker."""
     postgres: PostgresMapBrokerConfig = subsection(PostgresMapBrokerConfig)
+    """Database and options of the `postgres` map broker."""
 
 
 @dataclass(frozen=True, slots=True)
 class SharedPollConfig(Section):
     """Top-level ``shared_poll`` (Centrifugo's SharedPoll, types.go): the HMAC keys that sign
-    tracked items, and how many refresh calls run at once (0: no limit)."""
+    tracked items, and how many refresh calls run at once (0: 64, centrifuge's default)."""
 
     hmac_secret_key: str = ""
+    """HMAC key that signs and verifies the items clients track in shared poll channels."""
     hmac_previous_secret_key: str = ""
+    """The HMAC key used before the current one, still accepted while keys are rotated."""
     hmac_previous_secret_key_valid_until: UnixTime = UnixTime(0)
+    """Until when the previous key is accepted, as Unix seconds (or an RFC 3339 time); `0`
+    accepts it with no end."""
     concurrency_limit: int = 0
+    """Most refresh calls to the backend in flight at once, over all shared poll channels; `0`
+    means `64`."""
 
 
 @dataclass(frozen=True, slots=True)
