@@ -146,6 +146,11 @@ class Hub:
         # last publication delivered in each such channel, with its epoch (a patch base).
         self._deltas: dict[str, dict[HubClient, None]] = {}
         self._last: dict[str, tuple[str, Publication]] = {}
+        # Since start: publications fanned out to local subscribers, and subscribers they
+        # went to (the admin UI's message rates, app/admin/live.py). Two int additions per
+        # publication, not per subscriber.
+        self.publications = 0
+        self.deliveries = 0
 
     # --- connections ---
 
@@ -232,6 +237,8 @@ class Hub:
         subs = self._subs.get(channel)
         if not subs:
             return
+        self.publications += 1
+        self.deliveries += len(subs)
         deltas = self._deltas.get(channel)
         if deltas is not None:
             self._broadcast_with_delta(channel, pub, epoch, subs, deltas)

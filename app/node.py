@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from app import VERSION_STRING, control, jsonraw, metrics
-from app.auth import SubscribeOverride, TokenVerifier
+from app.auth import SubscribeOverride, TokenVerifier, admin_tail
 from app.broker import BatchPublisher, Broker, Controller, HealthReporter
 from app.channels import ChannelInfo, ChannelResolver
 from app.config import Config
@@ -99,7 +99,9 @@ class Node:
         self.map_broker = map_broker
         self.resolver = ChannelResolver(cfg)
         self.maps = NodeMaps(cfg, map_broker)
-        self.verifier = TokenVerifier(cfg.client)
+        self.verifier = TokenVerifier(
+            cfg.client, admin_tail.tail_key(cfg.admin.secret) if cfg.admin.enabled else None
+        )
         self.proxies = ProxyManager(cfg)
         # With the Redis engine one worker polls each shared poll channel for all of them.
         self.shared_poll = SharedPollManager(

@@ -12,6 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from app import metrics
+from app.admin.handlers import ROUTE_PREFIX as ADMIN_ROUTES
+from app.admin.handlers import add_admin_routes
 from app.api.grpc import add_grpc_api
 from app.api.http import add_api_routes
 from app.config import Config
@@ -51,17 +53,21 @@ def _port_split(cfg: Config) -> list[Any]:
     internal = [cfg.prometheus.handler_prefix, cfg.health.handler_prefix or "/health"]
     if not cfg.http_api.external:
         internal.append(cfg.http_api.handler_prefix)
-    if cfg.admin.enabled and not cfg.admin.external:
-        internal.append(cfg.admin.handler_prefix or "/admin")
+    admin_internal = cfg.admin.enabled and not cfg.admin.external
 
-    def is_internal(path: str) -> bool:
+    def is_internal(request: web.Request) -> bool:
+        # Admin routes by name: with an empty handler_prefix the admin UI is the root.
+        route = request.match_info.route.name or ""
+        if admin_internal and route.startswith(ADMIN_ROUTES):
+            return True
+        path = request.path
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in internal if p)
 
     @web.middleware
     async def split(request: web.Request, handler: Any) -> web.StreamResponse:
         sock = request.transport.get_extra_info("sockname") if request.transport else None
         on_internal = sock is not None and len(sock) > 1 and sock[1] == internal_port
-        if on_internal != is_internal(request.path):
+        if on_internal != is_internal(request):
             raise web.HTTPNotFound()
         return await handler(request)
 
@@ -137,4 +143,5 @@ def create_app(cfg: Config) -> web.Application:
     add_uni_http_stream_routes(app, cfg)
     add_grpc_api(app, cfg)
     add_uni_grpc(app, cfg)
+    add_admin_routes(app, cfg)  # last: with an empty prefix its UI route is the catch-all
     return app

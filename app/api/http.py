@@ -258,6 +258,11 @@ class _ApiHandlers:
         rejected = self._precheck(request)
         if rejected is not None:
             return rejected
+        return await self.legacy_commands(request)
+
+    async def legacy_commands(self, request: web.Request) -> web.StreamResponse:
+        """The legacy command stream of an already authorised request (the admin API's
+        `/admin/api` authorises with its own token)."""
         body = await _read_body(request)
         if not body:
             return _bad_request(request, "empty body")
@@ -323,6 +328,12 @@ def _legacy_command(
     else:
         raise api_request.BadBody("method: expected string or number")
     return cmd_id, number, span
+
+
+def legacy_commands_handler(cfg: Config) -> Any:
+    """The legacy `{"method": ..., "params": ...}` command stream without the API key check,
+    for the admin API (Centrifugo's admin handler serves the same executor's old route)."""
+    return _ApiHandlers(cfg).legacy_commands
 
 
 def add_api_routes(app: web.Application, cfg: Config) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from app.auth import admin_tail
 from app.auth.claims import (
     ConnectTokenClaims,
     SubscribeTokenClaims,
@@ -32,7 +33,10 @@ class TokenVerifier:
     connections. Construction raises ValueError (naming the config key) on unusable keys.
     """
 
-    def __init__(self, client_cfg: ClientConfig) -> None:
+    def __init__(self, client_cfg: ClientConfig, admin_tail_key: bytes | None = None) -> None:
+        """`admin_tail_key`: accept the admin web UI's live-tail connection tokens signed
+        with it (app/auth/admin_tail.py); None when the admin UI is off or has no secret."""
+        self._tail_key = admin_tail_key
         self._skip_verify = client_cfg.insecure_skip_token_signature_verify
         self._conn = Keys(client_cfg.token, "client.token")
         if client_cfg.subscription_token.enabled:
@@ -41,7 +45,7 @@ class TokenVerifier:
             self._sub = self._conn
 
     async def _verify_common(
-        self, keys: Keys, token: str
+        self, keys: Keys, token: str, connect: bool = False
     ) -> tuple[dict[str, Any], str, float | None, float | None]:
         alg, kid, msg, sig, claims = parse_token(token)
         sub = opt_str(claims, "sub")
@@ -51,6 +55,11 @@ class TokenVerifier:
             opt_time(claims, "iat")
         if "jti" in claims:
             opt_str(claims, "jti")
+        if connect and kid == admin_tail.TAIL_KID and self._tail_key is not None:
+            # The admin UI's own token: its key, none of the application's audience rules.
+            if not admin_tail.signature_valid(self._tail_key, alg, msg, sig):
+                raise TokenInvalid("admin tail token: invalid signature")
+            return claims, sub, exp, nbf
         variables = keys.check_aud_iss(claims)
         if not self._skip_verify:
             if keys.jwks is not None:
@@ -73,7 +82,7 @@ class TokenVerifier:
 
     async def verify_connect_token(self, token: str) -> ConnectTokenClaims:
         keys = self._conn
-        claims, sub, exp, nbf = await self._verify_common(keys, token)
+        claims, sub, exp, nbf = await self._verify_common(keys, token, connect=True)
         info = json_or_b64(claims, "info", "b64info")
         channels = parse_channels(claims.get("channels"))
         subs = parse_subs(claims.get("subs"))

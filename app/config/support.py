@@ -20,7 +20,15 @@ from dataclasses import dataclass, fields, is_dataclass
 from functools import cache
 from typing import Any
 
-__all__ = ["Finding", "UNSUPPORTED", "REFUSED", "findings", "markdown_table", "is_unsupported"]
+__all__ = [
+    "Finding",
+    "UNSUPPORTED",
+    "REFUSED",
+    "findings",
+    "markdown_table",
+    "is_unsupported",
+    "finding_for",
+]
 
 
 def _ns(*keys: str) -> dict[str, str]:
@@ -76,9 +84,7 @@ UNSUPPORTED: dict[str, str] = {
     "not the time lag",
     "**.grpc.tls.insecure_skip_verify": "gRPC proxies always verify the server certificate "
     "(grpcio has no switch to skip it)",
-    "grpc_api.reflection": "gRPC reflection is not implemented",
     "webtransport.**": "WebTransport is not implemented",
-    "admin.**": "the admin web UI is not implemented",
     "swagger.**": "the Swagger UI is not served",
     "debug.**": "Go's pprof endpoints do not exist in this server",
     "init.**": "the connection init endpoint is not implemented",
@@ -126,6 +132,13 @@ def _match(path: str) -> str | None:
 
 def is_unsupported(path: str) -> bool:
     return _match(path) is not None
+
+
+def finding_for(path: str) -> Finding | None:
+    """What setting the normalized `path` would report (its reason, refused or not), or None
+    for a key this server honours; `configdoc` shows it in the key's entry."""
+    pattern = _match(path)
+    return None if pattern is None else Finding(path, UNSUPPORTED[pattern], pattern in REFUSED)
 
 
 def _keys(section: Any) -> dict[str, Any]:
