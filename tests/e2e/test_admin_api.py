@@ -8,10 +8,12 @@ import json
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.e2e.helpers import RawWS, ServerHandle, start_server
 from tests.e2e.redis_e2e_helpers import redis_config
@@ -311,3 +313,41 @@ async def test_sessions_survive_across_workers(redis_server: RedisProcess) -> No
                 assert reply["connect"]["subs"]
     finally:
         handle.stop()
+
+
+async def test_web_path_serves_another_build(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<!doctype html><title>other build</title>")
+    handle = start_server(_admin(web_path=str(tmp_path)))
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"{handle.url}/") as r:
+            assert r.status == 200 and "other build" in await r.text()
+    finally:
+        handle.stop()
+
+
+async def test_web_proxy_address_forwards_to_a_running_build() -> None:
+    """A real development server on another port; the admin UI path is passed through."""
+    seen: list[str] = []
+
+    async def dev(request: web.Request) -> web.Response:
+        seen.append(request.path_qs)
+        return web.Response(text="dev build", content_type="text/html")
+
+    dev_app = web.Application()
+    dev_app.router.add_get("/{tail:.*}", dev)
+    runner = web.AppRunner(dev_app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    handle = start_server(
+        _admin(handler_prefix="/ui", web_proxy_address=f"http://127.0.0.1:{port}")
+    )
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"{handle.url}/ui/app.js?v=1") as r:
+            assert r.status == 200 and await r.text() == "dev build"
+        assert seen == ["/app.js?v=1"]
+        status, body = await _json_get(f"{handle.url}/ui/admin/init")
+        assert status == 200 and body["edition"] == "oss"  # the API is not proxied
+    finally:
+        handle.stop()
+        await runner.cleanup()
