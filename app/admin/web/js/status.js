@@ -1,0 +1,171 @@
+// Status page: every node (worker) from the server API's `info`, and live charts of
+// connections, subscriptions and messages per second from admin/live, refreshed every
+// POLL_MS while the tab is visible (a hidden tab polls nothing).
+//
+// admin/live gives cumulative counters per node (publications broadcast to local subscribers,
+// messages delivered to connections); the rates are deltas between successive samples of the
+// same node uid. A counter that went down (the node restarted under the same uid) or a node
+// seen for the first time gives no rate for that sample.
+
+import * as api from "./api.js";
+import { LineChart } from "./chart.js";
+import { h, replace, duration } from "./dom.js";
+
+const POLL_MS = 2000;
+const WINDOW_SECONDS = 300;
+
+// Kept at module level, so the charts keep their last minutes across page switches.
+const samples = [];
+const previous = new Map(); // node uid → {t, publications, deliveries}
+
+function addSample(live) {
+  const t = live.time;
+  const values = { clients: 0, subs: 0 };
+  let pubRate = 0;
+  let delivRate = 0;
+  let rated = false;
+  for (const node of live.nodes ?? []) {
+    values.clients += node.num_clients ?? 0;
+    values.subs += node.num_subs ?? 0;
+    const prev = previous.get(node.uid);
+    if (
+      prev &&
+      t > prev.t &&
+      node.publications >= prev.publications &&
+      node.deliveries >= prev.deliveries
+    ) {
+      pubRate += (node.publications - prev.publications) / (t - prev.t);
+      delivRate += (node.deliveries - prev.deliveries) / (t - prev.t);
+      rated = true;
+    }
+    previous.set(node.uid, { t, publications: node.publications, deliveries: node.deliveries });
+  }
+  if (rated) Object.assign(values, { publications: pubRate, deliveries: delivRate });
+  samples.push({ t, values });
+  while (samples.length && samples[0].t < t - WINDOW_SECONDS) samples.shift();
+}
+
+const COLUMNS = [
+  ["name", "Name", (n) => n.name],
+  ["version", "Version", (n) => n.version],
+  ["uptime", "Uptime", (n) => duration(n.uptime)],
+  ["clients", "Clients", (n) => n.num_clients ?? 0, true],
+  ["users", "Users", (n) => n.num_users ?? 0, true],
+  ["subs", "Subscriptions", (n) => n.num_subs ?? 0, true],
+  ["channels", "Channels", (n) => n.num_channels ?? 0, true],
+];
+
+function nodeRows(nodes) {
+  const sorted = [...nodes].sort((a, b) => String(a.name).localeCompare(String(b.name)));
+  return sorted.map((node) =>
+    h(
+      "tr",
+      { dataset: { testid: "node-row", uid: node.uid } },
+      COLUMNS.map(([key, , value, numeric]) =>
+        key === "name"
+          ? h("th", { scope: "row", dataset: { testid: "node-name" } }, value(node))
+          : h("td", { class: numeric ? "num" : null, dataset: { testid: `node-${key}` } }, value(node)),
+      ),
+    ),
+  );
+}
+
+export function mount(view) {
+  const charts = [
+    new LineChart({
+      id: "chart-connections",
+      title: "Connections",
+      series: [{ key: "clients", label: "clients" }],
+      windowSeconds: WINDOW_SECONDS,
+    }),
+    new LineChart({
+      id: "chart-subscriptions",
+      title: "Subscriptions",
+      series: [{ key: "subs", label: "subscriptions" }],
+      windowSeconds: WINDOW_SECONDS,
+    }),
+    new LineChart({
+      id: "chart-messages",
+      title: "Messages per second",
+      series: [
+        { key: "publications", label: "publications/s" },
+        { key: "deliveries", label: "deliveries/s" },
+      ],
+      windowSeconds: WINDOW_SECONDS,
+    }),
+  ];
+  const tbody = h("tbody", { id: "nodes-body" });
+  const updated = h("p", { id: "status-updated", class: "muted", "aria-live": "polite" }, "Loading…");
+  const error = h("p", { id: "status-error", class: "error", role: "alert", hidden: true });
+
+  view.append(
+    h("h1", {}, "Status"),
+    h(
+      "table",
+      { id: "nodes", class: "data" },
+      h("caption", {}, "Nodes (one per worker)"),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          COLUMNS.map(([, label, , numeric]) =>
+            h("th", { scope: "col", class: numeric ? "num" : null }, label),
+          ),
+        ),
+      ),
+      tbody,
+    ),
+    updated,
+    error,
+    h("section", { class: "charts", "aria-label": "Last 5 minutes" }, charts.map((c) => c.element)),
+  );
+
+  let timer = null;
+  let inFlight = false;
+  let stopped = false;
+
+  async function tick() {
+    timer = null;
+    inFlight = true;
+    try {
+      const [info, live] = await Promise.all([api.call("info"), api.live()]);
+      if (stopped) return;
+      replace(tbody, nodeRows(info.nodes ?? []));
+      addSample(live);
+      for (const chart of charts) chart.update(samples, live.time);
+      updated.textContent = `Updated ${new Date(live.time * 1000).toLocaleTimeString()}`;
+      error.hidden = true;
+    } catch (e) {
+      if (e instanceof api.Unauthorized || stopped) return;
+      error.textContent = `Refresh failed: ${e.message}`;
+      error.hidden = false;
+    } finally {
+      inFlight = false;
+    }
+    schedule();
+  }
+
+  function schedule() {
+    if (!stopped && timer === null && document.visibilityState === "visible") {
+      timer = setTimeout(tick, POLL_MS);
+    }
+  }
+
+  function onVisibility() {
+    if (document.visibilityState === "visible" && timer === null && !inFlight) tick();
+    else if (document.visibilityState === "hidden" && timer !== null) {
+      clearTimeout(timer);
+      timer = null;
+    }
+  }
+
+  document.addEventListener("visibilitychange", onVisibility);
+  tick();
+  return () => {
+    stopped = true;
+    if (timer !== null) clearTimeout(timer);
+    document.removeEventListener("visibilitychange", onVisibility);
+  };
+}
