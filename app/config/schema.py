@@ -364,91 +364,182 @@ class SharedPollConfig(Section):
 @dataclass(frozen=True, slots=True)
 class TokenConfig(Section):
     hmac_secret_key: str = ""
+    """Shared secret that verifies HMAC-signed JWTs (`HS256`, `HS384`, `HS512`); empty refuses
+    HMAC tokens unless the previous key is set."""
     hmac_previous_secret_key: str = ""
+    """The HMAC secret used before `hmac_secret_key`, still accepted during a key rotation."""
     hmac_previous_secret_key_valid_until: UnixTime = UnixTime(0)
+    """Until when `hmac_previous_secret_key` is accepted, as Unix seconds (or an RFC 3339 time);
+    `0` accepts it with no end."""
     rsa_public_key: str = ""
+    """RSA public key (PEM text, base64 PEM or a file path) that verifies `RS256`, `RS384` and
+    `RS512` tokens."""
     ecdsa_public_key: str = ""
+    """ECDSA public key (PEM text, base64 PEM or a file path) that verifies `ES256`, `ES384` and
+    `ES512` tokens."""
     jwks_public_endpoint: str = ""
+    """URL of a JSON Web Key Set the verifying keys are fetched from (and cached); may contain
+    `{{var}}` placeholders filled from named groups of `issuer_regex` or `audience_regex`."""
     audience: str = ""
+    """Required value of the token's `aud` claim; empty does not check it."""
     audience_regex: str = ""
+    """Regular expression the token's `aud` claim must match, instead of a fixed `audience`."""
     issuer: str = ""
+    """Required value of the token's `iss` claim; empty does not check it."""
     issuer_regex: str = ""
+    """Regular expression the token's `iss` claim must match, instead of a fixed `issuer`."""
     user_id_claim: str = "sub"
+    """Claim the user ID is read from; empty means the standard `sub`."""
     insecure_skip_jwks_endpoint_safety_check: bool = False
+    """Allow `{{var}}` placeholders in `jwks_public_endpoint` that come from regex groups other
+    than a list of literal alternatives; such a URL can be steered by whoever crafts the token,
+    so this is unsafe."""
 
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionTokenConfig(TokenConfig):
     enabled: bool = False
+    """Verify subscription tokens with the keys and checks of this section; `client.token` then
+    verifies connection tokens only."""
 
 
 @dataclass(frozen=True, slots=True)
 class ClientProxyConfig(Section):
     connect: EnabledProxyConfig = subsection(EnabledProxyConfig)
+    """Ask the backend over the connect proxy when a client connects without a token."""
     refresh: EnabledProxyConfig = subsection(EnabledProxyConfig)
+    """Ask the backend over the refresh proxy when a connection's expiry comes, instead of the
+    client sending a new token."""
 
 
 @dataclass(frozen=True, slots=True)
 class PersonalChannelConfig(Section):
     enabled: bool = False
+    """Subscribe every connection with a user ID to that user's personal channel (`#user`, or
+    `namespace:#user`) on the server side at connect."""
     personal_channel_namespace: str = ""
+    """Namespace of the personal channels; empty puts them in no namespace."""
     single_connection: bool = False
+    """Keep one connection per user: a new connection disconnects the user's older ones (needs
+    presence on the personal channel's namespace)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig(Section):
     proxy: ClientProxyConfig = subsection(ClientProxyConfig)
+    """Proxies to the backend for connection-wide events (connect, refresh)."""
     allowed_origins: tuple[str, ...] = ()
+    """Origins (glob patterns, `*` for any) allowed to open browser connections; requests without
+    an `Origin` header always pass, and an empty list refuses every request that has one."""
     token: TokenConfig = subsection(TokenConfig)
+    """Keys and claim checks that verify connection tokens, and subscription tokens too unless
+    `subscription_token.enabled`."""
     subscription_token: SubscriptionTokenConfig = subsection(SubscriptionTokenConfig)
+    """Separate keys and claim checks for subscription tokens."""
     allow_anonymous_connect_without_token: bool = False
+    """Accept connections that bring no token (and that no connect proxy handles) as anonymous
+    users with an empty user ID."""
     disallow_anonymous_connection_tokens: bool = False
+    """Refuse connection tokens whose user ID is empty."""
     ping_interval: Duration = Duration(25.0)
+    """How often the server sends a protocol ping to each client; `-1s` turns pings off."""
     pong_timeout: Duration = Duration(8.0)
+    """How long after a ping the client's pong may take before the connection is closed; must be
+    less than `ping_interval`, `-1s` turns the check off."""
     expired_close_delay: Duration = Duration(25.0)
+    """Grace period after a connection's token expires for the client to refresh it before it is
+    disconnected."""
     expired_sub_close_delay: Duration = Duration(25.0)
+    """Grace period after a subscription token expires for the client to refresh it before the
+    subscription is ended."""
     stale_close_delay: Duration = Duration(10.0)
+    """How long a connection that has sent no connect command is kept open."""
     channel_limit: int = 128
+    """Most channels one connection may be subscribed to; `0` means no limit."""
     queue_max_size: int = 1048576
+    """Most bytes waiting to be sent to one connection; a client that falls further behind is
+    disconnected as slow."""
     presence_update_interval: Duration = Duration(27.0)
+    """How often each client's presence in its channels is refreshed."""
     concurrency: int = 0
+    """Most commands of one connection run at the same time; `0` or `1` runs them one after
+    another, in order."""
     channel_position_check_delay: Duration = Duration(40.0)
+    """How often subscriptions with positioning verify that they have missed no publication; `0`
+    turns the check off."""
     channel_position_max_time_lag: Duration = Duration(0.0)
+    """Largest PUB/SUB delay a positioned subscription tolerates before it is treated as having
+    lost state; `0` ignores the delay. Not implemented here: only the stream position is checked."""
     connection_limit: int = 0
+    """Most client connections one worker accepts (each worker is a node); `0` means no limit.
+    Over it, connection requests get HTTP 503."""
     user_connection_limit: int = 0
+    """Most connections one user may hold on one worker; `0` means no limit."""
     connection_rate_limit: int = 0
+    """Most new connection requests per second the whole server accepts, shared by its workers;
+    `0` means no limit. Over it, HTTP 503."""
     connect_include_server_time: bool = False
+    """Put the server's current Unix time in the connect reply."""
     history_max_publication_limit: int = 300
+    """Most publications one client history request returns."""
     recovery_max_publication_limit: int = 300
+    """Most publications a subscription may recover; when more were missed, none are sent and the
+    subscription is reported as not recovered."""
     insecure_skip_token_signature_verify: bool = False
+    """Accept tokens without checking their signature. For tests only: anyone can forge a token."""
     user_id_http_header: str = ""
+    """Request header that carries the user ID, set by a trusted proxy in front of the server;
+    when present the client is that user without a token. Empty turns this off."""
     insecure: bool = False
+    """Turn off client authentication and channel permission checks (connect without a token,
+    subscribe and publish anywhere). For development only."""
     subscribe_to_user_personal_channel: PersonalChannelConfig = subsection(PersonalChannelConfig)
+    """Server-side subscription of each user to a personal channel."""
     connect_code_to_unidirectional_disconnect: CodeTransformsConfig = subsection(
         CodeTransformsConfig
     )
+    """How connect errors (including those a connect proxy returns) become disconnect codes on
+    unidirectional transports."""
 
 
 @dataclass(frozen=True, slots=True)
 class HttpAPIConfig(Section):
     disabled: bool = False
+    """Do not serve the server HTTP API."""
     handler_prefix: str = "/api"
+    """Path of the server HTTP API; methods are served at `<prefix>/<method>`."""
     key: str = ""
+    """API key callers send in `X-API-Key` (or `Authorization: apikey <key>`); requests are
+    refused while it is empty, unless `insecure`."""
     error_mode: str = ""
+    """`transport` answers errors with an HTTP status and a `{"code", "message"}` body; empty
+    answers HTTP 200 with an `error` object."""
     external: bool = False
+    """Serve the API on the main port even when `http_server.internal_port` is set."""
     insecure: bool = False
+    """Serve the API without an API key. Only behind a firewall."""
 
 
 @dataclass(frozen=True, slots=True)
 class GrpcAPIConfig(Section):
     enabled: bool = False
+    """Serve the server API over gRPC on its own port."""
     error_mode: str = ""
+    """`transport` answers errors as gRPC status codes; empty returns them inside the reply
+    message."""
     address: str = ""
+    """Interface the gRPC API listens on; empty listens on every interface."""
     port: int = 10000
+    """Port of the gRPC API server."""
     key: str = ""
+    """API key callers send as metadata `authorization: apikey <key>`; empty requires none."""
     tls: TLSConfig = subsection(TLSConfig)
+    """TLS of the gRPC API server."""
     reflection: bool = False
+    """Register gRPC server reflection, so tools such as `grpcurl` can list and describe the API
+    service."""
     max_receive_message_size: int = 0
+    """Largest request message the gRPC API accepts, in bytes; `0` keeps gRPC's default (4 MiB)."""
 
 
 @dataclass(frozen=True, slots=True)
