@@ -3,7 +3,8 @@
 Mirrors Centrifugo v6's CLI (``version``, ``genconfig``, ``checkconfig``, ``defaultconfig``,
 ``defaultenv``, ``gentoken``, ``gensubtoken``, ``checktoken``, ``checksubtoken``). Every failure
 ends as one ``error: ...`` line on stderr and exit code 1, never a traceback. Running the server
-is app/hosting/ (gunicorn, workers, drain); the token commands' work is app/cli_tokens.py.
+is app/hosting/ (gunicorn, workers, drain); the token commands' work is app/cli_tokens.py,
+``configdoc`` and ``serve`` are app/cli_docs.py.
 """
 
 import argparse
@@ -19,7 +20,7 @@ from typing import Any, NoReturn
 import tomli_w
 import yaml
 
-from app import VERSION, cli_tokens
+from app import VERSION, cli_docs, cli_tokens
 from app.config import (
     Config,
     ConfigError,
@@ -191,6 +192,7 @@ def _build_parser() -> _Parser:
         p = sub.add_parser(name, help=text)
         config_arg(p)
         p.add_argument("token", nargs="?", help="the JWT to check")
+    cli_docs.add_parsers(sub)
     return parser
 
 
@@ -403,6 +405,8 @@ def _dispatch(argv: list[str]) -> int:
         return cmd_gensubtoken(args)
     if command in ("checktoken", "checksubtoken"):
         return cmd_checktoken(args, subscription=command == "checksubtoken")
+    if command in cli_docs.COMMANDS:
+        return cli_docs.run(command, args)
     raise CliError(f"unknown command: {command}")  # pragma: no cover - argparse guards
 
 
