@@ -6,8 +6,14 @@ key, its type, its environment variable name and its default (app/config/section
 Durations are float seconds in Python and Go duration strings ("25s") on disk.
 
 The loaded result is immutable and cheap to read on hot paths (slots, no properties except
-``ChannelOptions.history_enabled`` and ``ChannelOptions.is_map``). Shared pieces live in schema_parts.py, the channel and
-RPC sections in schema_channel.py.
+``ChannelOptions.history_enabled`` and ``ChannelOptions.is_map``). Shared pieces live in
+schema_parts.py, the channel and RPC sections in schema_channel.py.
+
+The string under each field (an attribute docstring) is that key's description in
+`centrifugo configdoc` (app/config/docs.py reads them), so reference and schema cannot drift:
+a field without one fails tests/unit/test_configdoc.py. Facts come from Centrifugo's `doc`
+tags and comments (internal/configtypes); where this server behaves otherwise, the text says
+what it does.
 """
 
 from dataclasses import dataclass, field
@@ -545,217 +551,382 @@ class GrpcAPIConfig(Section):
 @dataclass(frozen=True, slots=True)
 class WebSocketConfig(Section):
     disabled: bool = False
+    """Do not serve the bidirectional WebSocket endpoint."""
     handler_prefix: str = "/connection/websocket"
+    """Path of the bidirectional WebSocket endpoint."""
     compression: bool = False
+    """Offer permessage-deflate compression to clients that ask for it; costs CPU for every
+    message."""
     compression_min_size: int = 0
+    """Messages of at most this many bytes are sent uncompressed; `0` compresses every message
+    (with `compression` on)."""
     compression_level: int = 1
+    """Deflate level, `1` (fastest) to `9` (smallest); a value outside `-2..9` is logged and `1`
+    used."""
     read_buffer_size: int = 0
+    """Read buffer size of Centrifugo's Go WebSocket library, in bytes. Not used here: asyncio
+    reads and writes through its own buffers."""
     use_write_buffer_pool: bool = False
+    """Share write buffers between connections in Centrifugo's Go WebSocket library. Not used
+    here: asyncio reads and writes through its own buffers."""
     write_buffer_size: int = 0
+    """Write buffer size of Centrifugo's Go WebSocket library, in bytes. Not used here: asyncio
+    reads and writes through its own buffers."""
     write_timeout: Duration = Duration(1.0)
+    """How long outgoing bytes may wait for the client to take them before the connection is
+    closed; `0` means no limit."""
     message_size_limit: int = 65536
+    """Largest message a client may send, in bytes; a bigger one closes the connection (1009).
+    `0` means `65536`."""
     decompressed_message_size_limit: int = 0
+    """Largest message after permessage-deflate decompression, in bytes, which stops compression
+    bombs; `0` means ten times `message_size_limit`."""
 
 
 @dataclass(frozen=True, slots=True)
 class SSEConfig(Section):
     enabled: bool = False
+    """Serve the bidirectional Server-Sent Events transport; its clients send later commands
+    through the emulation endpoint."""
     handler_prefix: str = "/connection/sse"
+    """Path of the SSE endpoint."""
     max_request_body_size: int = 65536
+    """Largest connect request body, in bytes; `0` means `65536`."""
 
 
 @dataclass(frozen=True, slots=True)
 class HTTPStreamConfig(Section):
     enabled: bool = False
+    """Serve the bidirectional HTTP-streaming transport; its clients send later commands through
+    the emulation endpoint."""
     handler_prefix: str = "/connection/http_stream"
+    """Path of the HTTP-streaming endpoint."""
     max_request_body_size: int = 65536
+    """Largest connect request body, in bytes; `0` means `65536`."""
 
 
 @dataclass(frozen=True, slots=True)
 class EmulationConfig(Section):
     handler_prefix: str = "/emulation"
+    """Path of the emulation endpoint, where SSE and HTTP-streaming clients post their commands;
+    served whenever one of those transports is enabled."""
     max_request_body_size: int = 65536
+    """Largest command request body, in bytes; `0` means `65536`."""
 
 
 @dataclass(frozen=True, slots=True)
 class WebTransportConfig(Section):
     enabled: bool = False
+    """Serve the WebTransport (HTTP/3) transport, experimental in Centrifugo. Not implemented
+    here."""
     handler_prefix: str = "/connection/webtransport"
+    """Path of the WebTransport endpoint."""
     message_size_limit: int = 65536
+    """Largest message a WebTransport client may send, in bytes."""
 
 
 @dataclass(frozen=True, slots=True)
 class UniWebSocketConfig(Section):
     enabled: bool = False
+    """Serve the unidirectional WebSocket transport: the client sends only its connect command
+    and then receives pushes."""
     handler_prefix: str = "/connection/uni_websocket"
+    """Path of the unidirectional WebSocket endpoint."""
     compression: bool = False
+    """Offer permessage-deflate compression to clients that ask for it; costs CPU for every
+    message."""
     compression_min_size: int = 0
+    """Messages of at most this many bytes are sent uncompressed; `0` compresses every message
+    (with `compression` on)."""
     compression_level: int = 1
+    """Deflate level, `1` (fastest) to `9` (smallest); a value outside `-2..9` is logged and `1`
+    used."""
     read_buffer_size: int = 0
+    """Read buffer size of Centrifugo's Go WebSocket library, in bytes. Not used here: asyncio
+    reads and writes through its own buffers."""
     use_write_buffer_pool: bool = False
+    """Share write buffers between connections in Centrifugo's Go WebSocket library. Not used
+    here: asyncio reads and writes through its own buffers."""
     write_buffer_size: int = 0
+    """Write buffer size of Centrifugo's Go WebSocket library, in bytes. Not used here: asyncio
+    reads and writes through its own buffers."""
     write_timeout: Duration = Duration(1.0)
+    """How long outgoing bytes may wait for the client to take them before the connection is
+    closed; `0` means no limit."""
     message_size_limit: int = 65536
+    """Largest message a client may send (its connect command), in bytes; `0` means `65536`."""
     decompressed_message_size_limit: int = 0
+    """Largest message after permessage-deflate decompression, in bytes; `0` means ten times
+    `message_size_limit`."""
     disable_closing_handshake: bool = False
+    """Close connections without sending a WebSocket close frame, as Centrifugo did before 6.5.1."""
     disable_disconnect_push: bool = False
+    """Send no disconnect push before closing; the close frame already carries the same code and
+    reason."""
     join_push_messages: bool = False
+    """Send pushes that are ready together in one WebSocket message, separated as the client
+    protocol delimits them (newlines in JSON); the client must split them."""
 
 
 @dataclass(frozen=True, slots=True)
 class UniSSEConfig(Section):
     enabled: bool = False
+    """Serve the unidirectional Server-Sent Events transport."""
     handler_prefix: str = "/connection/uni_sse"
+    """Path of the unidirectional SSE endpoint."""
     max_request_body_size: int = 65536
+    """Largest connect request body (POST), in bytes; `0` means no limit."""
     connect_code_to_http_response: CodeTransformsConfig = subsection(CodeTransformsConfig)
+    """Answer chosen connect errors (including a connect proxy's) with an HTTP status and body
+    instead of an event stream."""
 
 
 @dataclass(frozen=True, slots=True)
 class UniHTTPStreamConfig(Section):
     enabled: bool = False
+    """Serve the unidirectional HTTP-streaming transport."""
     handler_prefix: str = "/connection/uni_http_stream"
+    """Path of the unidirectional HTTP-streaming endpoint."""
     max_request_body_size: int = 65536
+    """Largest connect request body, in bytes; `0` means no limit."""
     connect_code_to_http_response: CodeTransformsConfig = subsection(CodeTransformsConfig)
+    """Answer chosen connect errors (including a connect proxy's) with an HTTP status and body
+    instead of a stream."""
 
 
 @dataclass(frozen=True, slots=True)
 class UniGRPCConfig(Section):
     enabled: bool = False
+    """Serve the unidirectional gRPC transport on its own port."""
     address: str = ""
+    """Interface the unidirectional gRPC server listens on; empty listens on every interface."""
     port: int = 11000
+    """Port of the unidirectional gRPC server."""
     max_receive_message_size: int = 0
+    """Largest message the server accepts from a client, in bytes; `0` keeps gRPC's default (4
+    MiB)."""
     tls: TLSConfig = subsection(TLSConfig)
+    """TLS of the unidirectional gRPC server."""
 
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig(Section):
     enabled: bool = False
+    """Serve the admin web UI and the admin API."""
     handler_prefix: str = ""
+    """URL prefix of the admin web UI and its endpoints; empty serves the UI at the root path."""
     password: str = ""
+    """Password that signs an operator in to the admin UI; sign-in fails while it is empty."""
     secret: str = ""
+    """Key that signs the admin session tokens issued at sign-in; needed with `password`."""
     insecure: bool = False
+    """Serve the admin UI and API with no sign-in at all. Only behind a firewall."""
     web_path: str = ""
+    """Directory of an admin UI build to serve instead of the built-in one; empty serves the
+    built-in UI."""
     web_proxy_address: str = ""
+    """Address of a running admin UI development server that UI requests are proxied to, for
+    working on the UI; empty proxies nothing."""
     external: bool = False
+    """Serve the admin UI and API on the main port even when `http_server.internal_port` is set."""
 
 
 @dataclass(frozen=True, slots=True)
 class PrometheusConfig(Section):
     enabled: bool = False
+    """Serve metrics in the Prometheus format, summed over the workers."""
     handler_prefix: str = "/metrics"
+    """Path of the metrics endpoint."""
     instrument_http_handlers: bool = False
+    """Also count HTTP requests by handler and status code; a small cost on every request."""
     recovered_publications_histogram: bool = False
+    """Also record, in a histogram, how many publications each successful recovery returned."""
     native_histograms: bool = False
+    """Expose histograms as Prometheus native histograms. Not implemented here
+    (`prometheus_client` has none): classic buckets are served."""
 
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig(Section):
     enabled: bool = False
+    """Serve a health endpoint: `200` while the node works, `500` while its engine is
+    unreachable."""
     handler_prefix: str = "/health"
+    """Path of the health endpoint; empty means `/health`."""
 
 
 @dataclass(frozen=True, slots=True)
 class SwaggerConfig(Section):
     enabled: bool = False
+    """Serve a Swagger UI describing the server HTTP API. Not served here."""
     handler_prefix: str = "/swagger"
+    """Path of the Swagger UI."""
 
 
 @dataclass(frozen=True, slots=True)
 class DebugConfig(Section):
     enabled: bool = False
+    """Serve Go's pprof profiling endpoints. They do not exist in this server."""
     handler_prefix: str = "/debug/pprof"
+    """Path of the pprof endpoints."""
 
 
 @dataclass(frozen=True, slots=True)
 class InitConfig(Section):
     enabled: bool = False
+    """Serve Centrifugo's connection init endpoint. Not implemented here."""
     handler_prefix: str = "/connection/init"
+    """Path of the connection init endpoint."""
 
 
 @dataclass(frozen=True, slots=True)
 class OpenTelemetryConfig(Section):
     enabled: bool = False
+    """Export OpenTelemetry traces. Not implemented here."""
     api: bool = False
+    """Trace server API requests (HTTP and gRPC)."""
     consuming: bool = False
+    """Trace the processing of messages from async consumers."""
     google_cloud_adc_auth: bool = False
+    """Authenticate the trace exporter with Google Cloud Application Default Credentials, to
+    export to Google Cloud without a collector."""
 
 
 @dataclass(frozen=True, slots=True)
 class GraphiteConfig(Section):
     enabled: bool = False
+    """Send metrics to Graphite periodically. Not implemented here."""
     host: str = "localhost"
+    """Host of the Graphite server."""
     port: int = 2003
+    """Port of the Graphite server (plaintext protocol)."""
     prefix: str = "centrifugo"
+    """Prefix of every metric name sent."""
     interval: Duration = Duration(10.0)
+    """How often metrics are sent."""
     tags: bool = False
+    """Send metrics in Graphite's tagged format."""
 
 
 @dataclass(frozen=True, slots=True)
 class UsageStatsConfig(Section):
     disabled: bool = False
+    """Opt out of Centrifugo's anonymous usage statistics. This server sends none, so the key
+    changes nothing."""
 
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig(Section):
     name: str = ""
+    """Human-readable node name shown in the admin UI and API `info`; empty means
+    `<hostname>_<port>`. Nodes tell each other apart by a generated ID, not by this name."""
     info_metrics_aggregate_interval: Duration = Duration(60.0)
+    """How often each node takes the snapshot of its metrics that API `info` (and the admin UI)
+    shows."""
 
 
 @dataclass(frozen=True, slots=True)
 class ShutdownConfig(Section):
     timeout: Duration = Duration(30.0)
+    """How long a stopping node waits for connections to close and work to finish; a worker still
+    running after it (rounded to whole seconds, at least 1) is killed."""
 
 
 @dataclass(frozen=True, slots=True)
 class Config(Section):
     http_server: HTTPServerConfig = subsection(HTTPServerConfig)
+    """Listeners: addresses, ports, TLS and the separate internal port."""
     log: LogConfig = subsection(LogConfig)
+    """Log level and destination."""
     engine: EngineConfig = subsection(EngineConfig)
+    """Broker and presence manager in one: `memory` or `redis`."""
     broker: BrokerConfig = subsection(BrokerConfig)
+    """A broker set apart from the engine: PUB/SUB, history and the idempotency cache."""
     presence_manager: PresenceManagerConfig = subsection(PresenceManagerConfig)
+    """A presence manager set apart from the engine."""
     client: ClientConfig = subsection(ClientConfig)
+    """Client connections: authentication and tokens, origins, limits, pings and the connect and
+    refresh proxies."""
     channel: ChannelConfig = subsection(ChannelConfig)
+    """Channels: options of channels without a namespace, the namespaces, and channel proxies."""
     rpc: RpcConfig = subsection(RpcConfig)
+    """Client RPC calls: the RPC proxy and RPC namespaces."""
     proxies: tuple[NamedProxyConfig, ...] = ()
+    """Named proxies (HTTP or gRPC endpoints of your backend) that namespaces and RPC refer to by
+    name."""
     http_api: HttpAPIConfig = subsection(HttpAPIConfig)
+    """The server HTTP API: path, key, error mode and port."""
     grpc_api: GrpcAPIConfig = subsection(GrpcAPIConfig)
+    """The server API over gRPC: port, key, TLS and reflection."""
     # Async consumers (kafka, postgresql, ...) are not implemented; kept as plain dicts so
     # configs that declare them still load. Each item has at least "name".
     consumers: tuple[dict[str, Any], ...] = field(default=(), hash=False, metadata={"named": True})
+    """Async consumers that take API commands from queues (Kafka, a PostgreSQL outbox and
+    others). Not implemented here; each item is kept as a plain object."""
     websocket: WebSocketConfig = subsection(WebSocketConfig)
+    """The bidirectional WebSocket transport, on by default."""
     sse: SSEConfig = subsection(SSEConfig)
+    """The bidirectional Server-Sent Events transport (with the emulation endpoint)."""
     http_stream: HTTPStreamConfig = subsection(HTTPStreamConfig)
+    """The bidirectional HTTP-streaming transport (with the emulation endpoint)."""
     webtransport: WebTransportConfig = subsection(WebTransportConfig)
+    """The WebTransport transport. Not implemented here."""
     uni_sse: UniSSEConfig = subsection(UniSSEConfig)
+    """The unidirectional Server-Sent Events transport."""
     uni_http_stream: UniHTTPStreamConfig = subsection(UniHTTPStreamConfig)
+    """The unidirectional HTTP-streaming transport."""
     uni_websocket: UniWebSocketConfig = subsection(UniWebSocketConfig)
+    """The unidirectional WebSocket transport."""
     uni_grpc: UniGRPCConfig = subsection(UniGRPCConfig)
+    """The unidirectional gRPC transport."""
     emulation: EmulationConfig = subsection(EmulationConfig)
+    """The endpoint through which bidirectional SSE and HTTP-streaming clients send commands."""
     admin: AdminConfig = subsection(AdminConfig)
+    """The admin web UI and admin API."""
     prometheus: PrometheusConfig = subsection(PrometheusConfig)
+    """The Prometheus metrics endpoint."""
     health: HealthConfig = subsection(HealthConfig)
+    """The health check endpoint."""
     swagger: SwaggerConfig = subsection(SwaggerConfig)
+    """The Swagger UI of the server HTTP API (not served here)."""
     debug: DebugConfig = subsection(DebugConfig)
+    """Go's pprof endpoints (they do not exist here)."""
     init: InitConfig = subsection(InitConfig)
+    """Centrifugo's connection init endpoint (not implemented here)."""
     opentelemetry: OpenTelemetryConfig = subsection(OpenTelemetryConfig)
+    """OpenTelemetry tracing (not implemented here)."""
     graphite: GraphiteConfig = subsection(GraphiteConfig)
+    """Graphite metrics export (not implemented here)."""
     usage_stats: UsageStatsConfig = subsection(UsageStatsConfig)
+    """Centrifugo's anonymous usage statistics (this server sends none)."""
     node: NodeConfig = subsection(NodeConfig)
+    """This node's name and metrics snapshot interval."""
     shutdown: ShutdownConfig = subsection(ShutdownConfig)
+    """Graceful shutdown."""
     # [6.8+] map subscriptions and shared poll.
     map_broker: MapBrokerConfig = subsection(MapBrokerConfig)
+    """Where map channels (namespaces with subscription type `map`) keep their state."""
     shared_poll: SharedPollConfig = subsection(SharedPollConfig)
+    """Signing keys and concurrency of shared poll subscriptions."""
     # Not implemented (reported by app/config/support.py when set): kept opaque.
     controller: dict[str, Any] = empty_map()
+    """Centrifugo's controller for cross-node communication. Not implemented here (workers and
+    nodes talk through the broker); kept as a plain object."""
     pid_file: str = ""
+    """File the process ID of the server's master process is written to; empty writes none."""
     enable_unreleased_features: bool = False
+    """Turn on Centrifugo's unreleased, unstable features. This server has none."""
     # Not config keys: the merged nested dict and the namespace index.
     raw: dict[str, Any] = field(
         default_factory=dict, compare=False, repr=False, metadata={"internal": True}
     )
+    """The loaded configuration rendered back as a nested dict, durations as Go strings. Not a
+    config key."""
     _namespaces_by_name: dict[str, ChannelOptions] = field(
         default_factory=dict, init=False, compare=False, repr=False, metadata={"internal": True}
     )
+    """Options of each namespace by name, `""` for `channel.without_namespace`, built after
+    loading. Not a config key."""
 
     def __post_init__(self) -> None:
         index = {ns.name: ns for ns in self.channel.namespaces}
