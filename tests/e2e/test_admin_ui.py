@@ -195,6 +195,17 @@ async def test_stale_token_goes_back_to_sign_in(srv: ServerHandle, context: Brow
     await expect(page.locator("#nav")).to_be_hidden()
 
 
+async def test_unauthorized_answer_goes_back_to_sign_in(
+    srv: ServerHandle, context: BrowserContext, admin_token: str
+) -> None:
+    """A token that stops being accepted mid-session: the next call's 401 shows the sign-in."""
+    page = await signed_in_page(context, srv, admin_token)
+    await page.evaluate(f"localStorage.setItem({TOKEN_KEY!r}, 'revoked')")
+    await page.locator("[data-testid=nav-channels]").click()
+    await expect(page.locator("#signin-form")).to_be_visible()
+    assert await page.evaluate(f"localStorage.getItem({TOKEN_KEY!r})") is None
+
+
 async def test_status_page_shows_connected_client_and_charts(
     srv: ServerHandle, context: BrowserContext, admin_token: str, sdk: list[Client], shots: Path
 ) -> None:
@@ -302,3 +313,100 @@ async def test_channels_page_lists_channel_with_presence_and_history(
     await expect(items.nth(0)).to_have_attribute("data-offset", "2")
     await expect(items.nth(1)).to_have_attribute("data-offset", "1")
     await page.screenshot(path=shots / "channels.png", full_page=True)
+
+
+async def test_live_tail_reconnects_pauses_and_clears(
+    srv: ServerHandle, context: BrowserContext, admin_token: str
+) -> None:
+    channel = f"chat:tail-{uid()}"
+    page = await signed_in_page(context, srv, admin_token)
+    await page.goto(f"{srv.url}/#/tail/{channel}")  # the channel in the route starts the tail
+    state = page.locator("#tail-state")
+    await expect(state).to_have_attribute("data-connects", "1")
+    first = await state.get_attribute("data-client")
+    assert first
+
+    # A reconnecting disconnect (4000-4499): the reason is shown, a fresh token resubscribes.
+    srv.api(
+        "disconnect",
+        {"user": "", "client": first, "disconnect": {"code": 4001, "reason": "ui test"}},
+    )
+    await expect(page.locator("#tail-last-close")).to_have_text("last close: 4001 ui test")
+    await expect(state).to_have_attribute("data-connects", "2")
+    await expect(state).to_have_attribute("data-state", "subscribed")
+    second = await state.get_attribute("data-client")
+    assert second and second != first
+
+    # Paused: arrivals are held, not shown; resumed: shown; cleared: gone.
+    await page.locator("#tail-pause").click()
+    await expect(page.locator("#tail-pause")).to_have_attribute("aria-pressed", "true")
+    srv.api("publish", {"channel": channel, "data": {"n": 1}})
+    await expect(page.locator("#tail-count")).to_have_text("1 received, 1 held while paused")
+    items = page.locator("[data-testid=tail-item]")
+    await expect(items).to_have_count(0)
+    await page.locator("#tail-pause").click()
+    await expect(items).to_have_count(1)
+    await expect(page.locator("#tail-count")).to_have_text("1 received")
+    await page.locator("#tail-clear").click()
+    await expect(items).to_have_count(0)
+
+    # Centrifugo's default API disconnect is terminal (no reconnect): the tail says so and stops.
+    srv.api("disconnect", {"user": "", "client": second})
+    await expect(state).to_have_attribute("data-state", "failed")
+    await expect(state).to_contain_text("closed the connection for good")
+    await expect(state).to_have_attribute("data-connects", "2")
+
+
+async def test_insecure_ui_under_a_handler_prefix_needs_no_sign_in(
+    server_factory: Callable[..., ServerHandle], context: BrowserContext
+) -> None:
+    """admin.insecure: no sign-in and no sign-out; under /ops the UI's relative URLs reach
+    /ops/admin/*."""
+    insecure = server_factory(
+        {
+            "engine": {"type": "memory"},
+            "admin": {"enabled": True, "insecure": True, "handler_prefix": "/ops"},
+        }
+    )
+    page = await context.new_page()
+    await page.goto(f"{insecure.url}/ops/")
+    await expect(page.locator("[data-testid=node-row]")).to_have_count(1)
+    await expect(page.locator("#signout")).to_be_hidden()
+    await page.locator("[data-testid=nav-actions]").click()
+    await page.get_by_label("Method").select_option("info")
+    await page.locator("#action-submit").click()
+    await expect(page.locator("#action-result")).to_have_attribute("data-outcome", "ok")
+    answer = json.loads(await page.locator("#action-result").inner_text())
+    assert len(answer["result"]["nodes"]) == 1
+
+
+async def test_message_rates_come_from_counter_deltas_per_node(
+    srv: ServerHandle, context: BrowserContext
+) -> None:
+    """The status charts' arithmetic (js/live_samples.js), run in the browser as it ships."""
+    page = await context.new_page()
+    await page.goto(f"{srv.url}/")
+    samples = await page.evaluate(
+        """async () => {
+            const { LiveSamples } = await import("./js/live_samples.js");
+            const live = new LiveSamples(300);
+            const node = (uid, publications, deliveries) =>
+                ({ uid, num_clients: 1, num_subs: 2, publications, deliveries });
+            return [
+                live.add({ time: 100, nodes: [node("a", 10, 20)] }),
+                // b is new: only a's deltas count; 4 and 10 over 2 s.
+                live.add({ time: 102, nodes: [node("a", 14, 30), node("b", 5, 5)] }),
+                // a restarted (counters went down): only b's deltas.
+                live.add({ time: 104, nodes: [node("a", 1, 1), node("b", 9, 7)] }),
+                // Beyond the window: the first three samples are dropped.
+                live.add({ time: 500, nodes: [node("a", 1, 1)] }),
+            ].concat([live.samples.length]);
+        }"""
+    )
+    assert samples == [
+        {"t": 100, "values": {"clients": 1, "subs": 2}},
+        {"t": 102, "values": {"clients": 2, "subs": 4, "publications": 2, "deliveries": 5}},
+        {"t": 104, "values": {"clients": 2, "subs": 4, "publications": 2, "deliveries": 1}},
+        {"t": 500, "values": {"clients": 1, "subs": 2, "publications": 0, "deliveries": 0}},
+        1,
+    ]

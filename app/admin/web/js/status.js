@@ -1,49 +1,18 @@
 // Status page: every node (worker) from the server API's `info`, and live charts of
-// connections, subscriptions and messages per second from admin/live, refreshed every
-// POLL_MS while the tab is visible (a hidden tab polls nothing).
-//
-// admin/live gives cumulative counters per node (publications broadcast to local subscribers,
-// messages delivered to connections); the rates are deltas between successive samples of the
-// same node uid. A counter that went down (the node restarted under the same uid) or a node
-// seen for the first time gives no rate for that sample.
+// connections, subscriptions and messages per second from admin/live (totals and rates made
+// by live_samples.js), refreshed every POLL_MS while the tab is visible (a hidden tab polls
+// nothing; the gap shows as a break in the lines).
 
 import * as api from "./api.js";
 import { LineChart } from "./chart.js";
+import { LiveSamples } from "./live_samples.js";
 import { h, replace, duration } from "./dom.js";
 
 const POLL_MS = 2000;
 const WINDOW_SECONDS = 300;
 
 // Kept at module level, so the charts keep their last minutes across page switches.
-const samples = [];
-const previous = new Map(); // node uid → {t, publications, deliveries}
-
-function addSample(live) {
-  const t = live.time;
-  const values = { clients: 0, subs: 0 };
-  let pubRate = 0;
-  let delivRate = 0;
-  let rated = false;
-  for (const node of live.nodes ?? []) {
-    values.clients += node.num_clients ?? 0;
-    values.subs += node.num_subs ?? 0;
-    const prev = previous.get(node.uid);
-    if (
-      prev &&
-      t > prev.t &&
-      node.publications >= prev.publications &&
-      node.deliveries >= prev.deliveries
-    ) {
-      pubRate += (node.publications - prev.publications) / (t - prev.t);
-      delivRate += (node.deliveries - prev.deliveries) / (t - prev.t);
-      rated = true;
-    }
-    previous.set(node.uid, { t, publications: node.publications, deliveries: node.deliveries });
-  }
-  if (rated) Object.assign(values, { publications: pubRate, deliveries: delivRate });
-  samples.push({ t, values });
-  while (samples.length && samples[0].t < t - WINDOW_SECONDS) samples.shift();
-}
+const live = new LiveSamples(WINDOW_SECONDS);
 
 const COLUMNS = [
   ["name", "Name", (n) => n.name],
@@ -130,12 +99,12 @@ export function mount(view) {
     timer = null;
     inFlight = true;
     try {
-      const [info, live] = await Promise.all([api.call("info"), api.live()]);
+      const [info, sample] = await Promise.all([api.call("info"), api.live()]);
       if (stopped) return;
       replace(tbody, nodeRows(info.nodes ?? []));
-      addSample(live);
-      for (const chart of charts) chart.update(samples, live.time);
-      updated.textContent = `Updated ${new Date(live.time * 1000).toLocaleTimeString()}`;
+      live.add(sample);
+      for (const chart of charts) chart.update(live.samples, sample.time);
+      updated.textContent = `Updated ${new Date(sample.time * 1000).toLocaleTimeString()}`;
       error.hidden = true;
     } catch (e) {
       if (e instanceof api.Unauthorized || stopped) return;

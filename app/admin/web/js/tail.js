@@ -41,6 +41,7 @@ export function mount(view, initial) {
     "Not tailing.",
   );
   const counter = h("span", { id: "tail-count", class: "muted" });
+  const lastClose = h("span", { id: "tail-last-close", class: "muted" });
   const list = h("ol", { id: "tail-list", class: "pubs", reversed: true, "aria-live": "off" });
 
   let socket = null;
@@ -68,9 +69,17 @@ export function mount(view, initial) {
     showCount();
   }
 
+  let connects = 0;
+
   function onState(name, detail) {
     state.dataset.state = name;
     const channel = socket?.channel ?? "";
+    if (name === "subscribed") {
+      connects += 1;
+      state.dataset.connects = String(connects); // how many times it (re)subscribed
+      state.dataset.client = detail;
+    }
+    if (name === "closed") lastClose.textContent = `last close: ${detail}`;
     state.textContent = {
       connecting: `Connecting to ${channel}… ${detail}`,
       subscribed: `Tailing ${channel}.`,
@@ -85,6 +94,8 @@ export function mount(view, initial) {
     list.replaceChildren();
     held = [];
     received = 0;
+    connects = 0;
+    lastClose.textContent = "";
     showCount();
     pause.disabled = false;
     socket = new TailSocket(channel, { onState, onPublication });
@@ -120,7 +131,7 @@ export function mount(view, initial) {
     showCount();
   });
 
-  view.append(h("h1", {}, "Live tail"), form, h("div", { class: "tail-status" }, state, counter), list);
+  view.append(h("h1", {}, "Live tail"), form, h("div", { class: "tail-status" }, state, counter, lastClose), list);
   if (initial) begin(initial);
   return () => socket?.stop();
 }

@@ -12,7 +12,17 @@ import * as api from "./api.js";
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10000;
 
-/** States: idle → connecting → subscribed → (closed → connecting ...) ; stopped is final. */
+/**
+ * Whether a close code means "do not reconnect": Centrifugo's terminal disconnect codes
+ * (3500-3999, 4500-4999), as its SDKs treat them (e.g. 3500 invalid token, 3501 bad request).
+ */
+export const terminal = (code) => (code >= 3500 && code < 4000) || (code >= 4500 && code < 5000);
+
+/**
+ * States reported through onState(state, detail): connecting → subscribed (detail: the
+ * connection's client id) → closed (detail: code and reason; a reconnect follows) →
+ * connecting ...; failed (detail: why) is final, as is stop().
+ */
 export class TailSocket {
   /**
    * @param {string} channel
@@ -61,7 +71,13 @@ export class TailSocket {
       if (this.ws !== ws) return;
       this.ws = null;
       if (this.stopped) return;
-      this.onState("closed", `${event.code}${event.reason ? ` ${event.reason}` : ""}`);
+      const why = `${event.code}${event.reason ? ` ${event.reason}` : ""}`;
+      if (terminal(event.code)) {
+        this.stopped = true;
+        this.onState("failed", `the server closed the connection for good (${why})`);
+        return;
+      }
+      this.onState("closed", why);
       this.retry();
     };
   }
