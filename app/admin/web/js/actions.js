@@ -8,6 +8,7 @@
 
 import * as api from "./api.js";
 import { h, field, pretty, replace } from "./dom.js";
+import { RawJSON } from "./json.js";
 
 const channel = { name: "channel", kind: "text", required: true };
 const user = { name: "user", kind: "text" };
@@ -77,16 +78,22 @@ const controlId = (name) => `param-${name.replace(/\./g, "-")}`;
 
 function control(spec) {
   const id = controlId(spec.name);
-  const common = { id, name: spec.name, dataset: { kind: spec.kind } };
+  const common = {
+    id,
+    name: spec.name,
+    "aria-required": spec.required ? "true" : null,
+    dataset: { kind: spec.kind },
+  };
   switch (spec.kind) {
     case "bool":
       return h("input", { ...common, type: "checkbox" });
     case "number":
-      return h("input", { ...common, type: "number", step: 1, inputmode: "numeric" });
+      // Text, not type=number: that reads "" for what it cannot parse, hiding a typo.
+      return h("input", { ...common, type: "text", inputmode: "numeric", autocomplete: "off" });
     case "json":
       return h("textarea", { ...common, rows: spec.rows ?? 2, spellcheck: "false", class: "code" });
     default:
-      return h("input", { ...common, type: "text", required: spec.required, autocomplete: "off" });
+      return h("input", { ...common, type: "text", autocomplete: "off" });
   }
 }
 
@@ -103,7 +110,7 @@ export function readParams(form, specs) {
   const params = {};
   const problems = [];
   for (const spec of specs) {
-    const el = form.elements.namedItem(spec.name);
+    const el = form.querySelector(`#${controlId(spec.name)}`);
     el.removeAttribute("aria-invalid");
     let value;
     if (spec.kind === "bool") {
@@ -111,11 +118,13 @@ export function readParams(form, specs) {
     } else if (el.value.trim() !== "") {
       const raw = el.value.trim();
       if (spec.kind === "number") {
-        value = Number(raw);
-        if (!Number.isInteger(value)) problems.push({ spec, message: "must be an integer" });
+        // Sent as typed: version, offsets and expire_at are 64-bit in Centrifugo.
+        if (/^-?\d+$/.test(raw)) value = new RawJSON(raw);
+        else problems.push({ spec, message: "must be an integer" });
       } else if (spec.kind === "json") {
         try {
-          value = JSON.parse(raw);
+          JSON.parse(raw); // validate; send the text as typed (big integers stay exact)
+          value = new RawJSON(raw);
         } catch (e) {
           problems.push({ spec, message: `is not valid JSON: ${e.message}` });
         }
@@ -130,7 +139,7 @@ export function readParams(form, specs) {
     if (value !== undefined) setPath(params, spec.name, value);
   }
   for (const { spec } of problems) {
-    form.elements.namedItem(spec.name).setAttribute("aria-invalid", "true");
+    form.querySelector(`#${controlId(spec.name)}`).setAttribute("aria-invalid", "true");
   }
   return { params, problems };
 }
@@ -138,7 +147,8 @@ export function readParams(form, specs) {
 export function mount(view) {
   const select = h(
     "select",
-    { id: "action-method", name: "method" },
+    // No name: rpc has a parameter called "method"; controls are found by id, not by name.
+    { id: "action-method" },
     Object.keys(METHODS).map((m) => h("option", { value: m }, m)),
   );
   const fields = h("div", { id: "action-fields", class: "fields" });
@@ -179,7 +189,7 @@ export function mount(view) {
     submit.disabled = true;
     result.className = "result pending";
     result.dataset.outcome = "pending";
-    result.textContent = `${method} ${pretty(params)}\n…`;
+    result.textContent = `Sending ${method}…`;
     try {
       const answer = await api.command(method, params);
       result.className = answer.error ? "result failed" : "result ok";

@@ -3,6 +3,8 @@
 // admin.handler_prefix. A 401 from any call clears the token and fires "admin:unauthorized"
 // on window; main.js answers it by showing the sign-in page.
 
+import * as json from "./json.js";
+
 const TOKEN_KEY = "centrifugo-py.admin.token";
 
 export class Unauthorized extends Error {
@@ -50,7 +52,7 @@ async function send(path, init) {
 async function jsonBody(resp) {
   const text = await resp.text();
   try {
-    return text ? JSON.parse(text) : {};
+    return text ? json.parse(text) : {};
   } catch {
     // Go's http.Error answers plain text ("Bad Request"): keep it for the message.
     return { error: { code: 0, message: text.trim() || resp.statusText } };
@@ -61,7 +63,7 @@ async function postJSON(path, body) {
   const resp = await send(path, {
     method: "POST",
     headers: { "Content-Type": "application/json", ...authHeaders() },
-    body: JSON.stringify(body),
+    body: json.stringify(body), // JSON fields typed by the operator are sent exactly
   });
   const data = await jsonBody(resp);
   if (!resp.ok) {

@@ -8,6 +8,7 @@
 // and the socket reconnects after a backoff with a fresh token (the old one may have expired).
 
 import * as api from "./api.js";
+import * as json from "./json.js";
 
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10000;
@@ -85,7 +86,7 @@ export class TailSocket {
   receive(ws, text) {
     for (const line of String(text).split("\n")) {
       if (!line.trim()) continue;
-      const reply = JSON.parse(line);
+      const reply = json.parse(line); // publication data shown exactly, big integers too
       if (reply.id === 1) {
         if (reply.error) {
           this.onState("closed", `connect refused: ${reply.error.message} (${reply.error.code})`);
