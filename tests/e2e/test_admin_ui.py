@@ -23,9 +23,11 @@ import pytest
 from centrifuge import Client  # type: ignore[import-untyped]
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
+from tests.support.redis_server import RedisProcess
 from tests.support.sdk import ClientEvents, SubEvents
 
 from .helpers import ServerHandle
+from .redis_e2e_helpers import redis_config
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -355,11 +357,21 @@ async def test_live_tail_reconnects_pauses_and_clears(
     await page.locator("#tail-clear").click()
     await expect(items).to_have_count(0)
 
+    # A channel the server refuses to tail: the reason is shown and nothing is retried.
+    await page.get_by_label("Channel").fill("x" * 300)
+    await page.locator("#tail-start").click()
+    await expect(state).to_have_attribute("data-state", "failed")
+    await expect(state).to_contain_text("channel longer than channel.max_length (255)")
+    await page.get_by_label("Channel").fill(channel)
+    await page.locator("#tail-start").click()
+    await expect(state).to_have_attribute("data-connects", "1")
+    second = await state.get_attribute("data-client")
+
     # Centrifugo's default API disconnect is terminal (no reconnect): the tail says so and stops.
     srv.api("disconnect", {"user": "", "client": second})
     await expect(state).to_have_attribute("data-state", "failed")
     await expect(state).to_contain_text("closed the connection for good")
-    await expect(state).to_have_attribute("data-connects", "2")
+    await expect(state).to_have_attribute("data-connects", "1")
 
 
 async def test_insecure_ui_under_a_handler_prefix_needs_no_sign_in(
@@ -471,3 +483,31 @@ async def test_every_action_form_is_answered_with_a_result(
     await page.locator("#action-submit").click()
     await expect(result).to_have_attribute("data-outcome", "ok")
     assert json.loads(await result.inner_text())["result"].get("publications", []) == []
+
+
+async def test_status_page_lists_every_worker(
+    server_factory: Callable[..., ServerHandle],
+    redis_server: RedisProcess,
+    context: BrowserContext,
+    sdk: list[Client],
+    shots: Path,
+) -> None:
+    """Two gunicorn workers on the Redis engine are two nodes: a row each (same name, own
+    uid), and the charts sum them."""
+    cfg = redis_config(redis_server.port)
+    cfg["admin"] = {"enabled": True, "insecure": True}
+    workers = server_factory(cfg, workers=2)
+    for n in range(3):
+        await sdk_client(workers, sdk, f"worker-client-{n}")
+    page = await context.new_page()
+    await page.goto(f"{workers.url}/#/status")
+    rows = page.locator("[data-testid=node-row]")
+    await expect(rows).to_have_count(2)
+    # Each row is one worker's own node: names and uids differ.
+    uids = {await r.get_attribute("data-uid") for r in await rows.all()}
+    assert len(uids) == 2
+    await expect(page.locator("[data-testid=chart-connections-clients]")).to_have_text("3")
+    # Table and charts come from the same admin/live sample: the rows add up to the total.
+    counts = await rows.locator("[data-testid=node-clients]").all_inner_texts()
+    assert sum(map(int, counts)) == 3
+    await page.screenshot(path=shots / "status-two-workers.png", full_page=True)

@@ -67,8 +67,10 @@ async function postJSON(path, body) {
   });
   const data = await jsonBody(resp);
   if (!resp.ok) {
-    const message = data?.error?.message ?? `HTTP ${resp.status}`;
-    throw new ApiError(message, { status: resp.status, code: data?.error?.code ?? 0 });
+    // admin/tail says why as a string ({"error": "..."}); others as {"error": {code, message}}.
+    const error = typeof data?.error === "string" ? { message: data.error } : data?.error;
+    const message = error?.message || `HTTP ${resp.status}`;
+    throw new ApiError(message, { status: resp.status, code: error?.code ?? 0 });
   }
   return data;
 }

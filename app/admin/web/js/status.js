@@ -1,7 +1,9 @@
-// Status page: every node (worker) from the server API's `info`, and live charts of
-// connections, subscriptions and messages per second from admin/live (totals and rates made
-// by live_samples.js), refreshed every POLL_MS while the tab is visible (a hidden tab polls
-// nothing; the gap shows as a break in the lines).
+// Status page: every node (worker) and live charts of connections, subscriptions and
+// messages per second, from admin/live (a fresh survey of every node with the fields of the
+// server API's `info` plus publication/delivery counters; `info` itself reports what each node
+// last broadcast, seconds old, and would disagree with the charts), refreshed every POLL_MS
+// while the tab is visible (a hidden tab polls nothing; the gap breaks the chart lines).
+// Totals and rates: live_samples.js.
 
 import * as api from "./api.js";
 import { LineChart } from "./chart.js";
@@ -16,6 +18,8 @@ const live = new LiveSamples(WINDOW_SECONDS);
 
 const COLUMNS = [
   ["name", "Name", (n) => n.name],
+  // Workers of one server share its name: the uid tells them apart.
+  ["uid", "Node id", (n) => String(n.uid ?? "").slice(0, 8)],
   ["version", "Version", (n) => n.version],
   ["uptime", "Uptime", (n) => duration(n.uptime)],
   ["clients", "Clients", (n) => n.num_clients ?? 0, true],
@@ -25,7 +29,8 @@ const COLUMNS = [
 ];
 
 function nodeRows(nodes) {
-  const sorted = [...nodes].sort((a, b) => String(a.name).localeCompare(String(b.name)));
+  const key = (n) => `${n.name}\u0000${n.uid}`;
+  const sorted = [...nodes].sort((a, b) => key(a).localeCompare(key(b)));
   return sorted.map((node) =>
     h(
       "tr",
@@ -33,7 +38,15 @@ function nodeRows(nodes) {
       COLUMNS.map(([key, , value, numeric]) =>
         key === "name"
           ? h("th", { scope: "row", dataset: { testid: "node-name" } }, value(node))
-          : h("td", { class: numeric ? "num" : null, dataset: { testid: `node-${key}` } }, value(node)),
+          : h(
+              "td",
+              {
+                class: numeric ? "num" : key === "uid" ? "code" : null,
+                title: key === "uid" ? node.uid : null,
+                dataset: { testid: `node-${key}` },
+              },
+              value(node),
+            ),
       ),
     ),
   );
@@ -99,9 +112,9 @@ export function mount(view) {
     timer = null;
     inFlight = true;
     try {
-      const [info, sample] = await Promise.all([api.call("info"), api.live()]);
+      const sample = await api.live();
       if (stopped) return;
-      replace(tbody, nodeRows(info.nodes ?? []));
+      replace(tbody, nodeRows(sample.nodes ?? []));
       live.add(sample);
       for (const chart of charts) chart.update(live.samples, sample.time);
       updated.textContent = `Updated ${new Date(sample.time * 1000).toLocaleTimeString()}`;
