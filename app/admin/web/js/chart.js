@@ -82,8 +82,10 @@ export class LineChart {
     }
     for (let ago = this.windowSeconds; ago >= 0; ago -= 60) {
       const label = ago === 0 ? "now" : `-${ago / 60}m`;
+      // The end labels anchored inside, so they are not clipped at the edges.
+      const anchor = ago === 0 ? "end" : ago === this.windowSeconds ? "start" : "middle";
       this.svg.append(
-        s("text", { class: "axis", x: x(now - ago), y: H - 6, "text-anchor": "middle" }, label),
+        s("text", { class: "axis", x: x(now - ago), y: H - 6, "text-anchor": anchor }, label),
       );
     }
     this.series.forEach((serie, i) => {

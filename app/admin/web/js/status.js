@@ -83,21 +83,25 @@ export function mount(view) {
   view.append(
     h("h1", {}, "Status"),
     h(
-      "table",
-      { id: "nodes", class: "data" },
-      h("caption", {}, "Nodes (one per worker)"),
+      "div",
+      { class: "table-wrap" },
       h(
-        "thead",
-        {},
+        "table",
+        { id: "nodes", class: "data" },
+        h("caption", {}, "Nodes (one per worker)"),
         h(
-          "tr",
+          "thead",
           {},
-          COLUMNS.map(([, label, , numeric]) =>
-            h("th", { scope: "col", class: numeric ? "num" : null }, label),
+          h(
+            "tr",
+            {},
+            COLUMNS.map(([, label, , numeric]) =>
+              h("th", { scope: "col", class: numeric ? "num" : null }, label),
+            ),
           ),
         ),
+        tbody,
       ),
-      tbody,
     ),
     updated,
     error,
