@@ -45,6 +45,17 @@ SERVE_PORT = 3000
 _SHUTDOWN_TIMEOUT = 2.0
 
 
+def _port(text: str) -> int:
+    # Checked here so a bad port is argparse's one-line error, not a bind of a wrapped value.
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {port}")
+    return port
+
+
 def add_parsers(sub: Any) -> None:
     """Add ``configdoc`` and ``serve`` to the CLI's subparsers (argparse's _SubParsersAction)."""
     p = sub.add_parser(
@@ -63,7 +74,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "-p",
         "--port",
-        type=int,
+        type=_port,
         default=CONFIGDOC_PORT,
         help=f"port to run server on ({CONFIGDOC_HOST} only; default {CONFIGDOC_PORT})",
     )
@@ -78,7 +89,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "-p",
         "--port",
-        type=int,
+        type=_port,
         default=SERVE_PORT,
         help=f"port to serve on (default {SERVE_PORT})",
     )

@@ -218,3 +218,22 @@ def test_serve_port_taken(tmp_path: Path) -> None:
     assert proc.stdout == ""  # the line says it serves, so only once it does
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: can not listen on 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "-p", "70000"], "error: argument -p/--port: port out of range: 70000"),
+        (["configdoc", "--port", "web"], "error: argument -p/--port: invalid port: 'web'"),
+    ],
+)
+def test_bad_port_is_one_error_line(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", message + "\n")
