@@ -181,7 +181,8 @@ def _simple_page(docs: tuple[KeyDoc, ...]) -> str:
             parts.append(f"<h{n}><code>{html.escape(doc.field)}</code>{suffix}</h{n}>")
             for paragraph in _type_line(doc).split("\n\n"):
                 parts.append(f"<p>{_inline(paragraph)}</p>")
-            parts.append(f"<p>{_inline(doc.description or 'No documentation available.')}</p>")
+            for paragraph in (doc.description or "No documentation available.").split("\n\n"):
+                parts.append(f"<p>{_inline(paragraph)}</p>")
             if doc.unsupported:
                 parts.append(f'<p class="unsupported">{_inline(_unsupported_line(doc))}</p>')
             write(doc.children)
@@ -253,7 +254,9 @@ function esc(s) {
   return s.replace(/[&<>"']/g, (c) =>
     ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})[c]);
 }
-function inline(s) { return esc(s).replace(/`([^`]+)`/g, "<code>$1</code>"); }
+function inline(s) {
+  return esc(s).replace(/`([^`]+)`/g, "<code>$1</code>").split("\\n\\n").join("</p><p>");
+}
 const list = document.getElementById("list");
 const nodes = entries.map((d) => {
   const el = document.createElement("div");

@@ -162,8 +162,14 @@ def _unsupported_text(path: str) -> str:
     if finding is None:
         return ""
     if finding.refused:
-        return f"{finding.reason} (set, it stops the server from starting)"
-    return f"{finding.reason} (set, it is ignored with a warning at start)"
+        return f"{finding.reason}. Setting it stops the server from starting"
+    return f"{finding.reason}. Setting it logs a warning at start and changes nothing"
+
+
+def _unwrap(text: str) -> str:
+    """A docstring's paragraphs each on one line (as Centrifugo's doc tags are): the source's
+    line wrapping is not part of the text."""
+    return "\n\n".join(" ".join(p.split()) for p in text.split("\n\n") if p.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +228,7 @@ def _walk(
                 is_complex=spec.kind in ("section", "seclist"),
                 default=default,
                 env=variable,
-                description=docs.get(name, ""),
+                description=_unwrap(docs.get(name, "")),
                 unsupported=_unsupported_text(field),
                 children=children,
             )

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from app.config.docs import iter_docs
 from tests.support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"  # Debian's, as tests/e2e/test_admin_ui.py drives it
 STOP_TIMEOUT = 10.0
 
 
@@ -157,6 +159,55 @@ def test_configdoc_serves_the_page_on_loopback(
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((other, port), timeout=5).close()
     assert command.stop(sig) == (0, "")
+
+
+def test_configdoc_page_searches_in_a_browser(commands: list[Command]) -> None:
+    """The page in Debian's Chromium: every key listed, the search box narrows the list, and
+    the browser asks nothing of any other host."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} missing: .ci/run installs it")
+        pytest.skip(f"{CHROMIUM} missing (Debian's chromium package)")
+    from playwright.sync_api import expect, sync_playwright
+
+    port = free_port()
+    command = Command("configdoc", "-p", str(port))
+    commands.append(command)
+    command.first_line()
+    total = len(iter_docs())
+    origin = f"http://127.0.0.1:{port}/"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(origin)
+            expect(page.locator("#count")).to_have_text(f"{total} of {total} keys")
+
+            page.fill("#q", "namespaces presence")
+            entry = page.locator('[id="channel.namespaces[].presence"]')
+            expect(entry).to_be_visible()
+            expect(entry).to_contain_text("CENTRIFUGO_CHANNEL_NAMESPACES_<NAME>_PRESENCE")
+            expect(page.locator('[id="http_server.port"]')).to_be_hidden()
+            shown = [
+                e.field
+                for e in iter_docs()
+                if all(
+                    t in f"{e.field} {e.env} {e.type} {e.description} {e.unsupported}".lower()
+                    for t in ("namespaces", "presence")
+                )
+            ]
+            expect(page.locator("#count")).to_have_text(f"{len(shown)} of {total} keys")
+
+            page.fill("#q", "tls_autocert.enabled")
+            expect(
+                page.locator('[id="http_server.tls_autocert.enabled"] .unsupported')
+            ).to_contain_text("Not supported by centrifugo-py")
+        finally:
+            browser.close()
+    assert requested and all(url.startswith(origin) for url in requested), requested
+    assert command.stop(signal.SIGTERM) == (0, "")
 
 
 def test_configdoc_section_filter_page(commands: list[Command]) -> None:

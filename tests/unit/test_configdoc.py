@@ -35,6 +35,11 @@ def _entries(text: str) -> dict[str, tuple[int, str]]:
     return out
 
 
+def _text(cls: type, key: str) -> str:
+    """A field's docstring as the doc shows it: the source's line wrapping undone."""
+    return " ".join(field_docs(cls)[key].split())
+
+
 @dataclass(frozen=True, slots=True)
 class _Sample(Section):
     documented: int = 0
@@ -77,7 +82,7 @@ def test_markdown_leaf_key_layout() -> None:
     assert body == (
         "Type: `Duration`. Default: `720h0m0s`\n\n"
         "Env: `CENTRIFUGO_CHANNEL_HISTORY_META_TTL`\n\n"
-        + field_docs(ChannelConfig)["history_meta_ttl"]
+        + _text(ChannelConfig, "history_meta_ttl")
     )
     level, body = doc["channel.max_length"]
     assert body.startswith("Type: `int`. Default: `255`\n\nEnv: `CENTRIFUGO_CHANNEL_MAX_LENGTH`")
@@ -85,7 +90,7 @@ def test_markdown_leaf_key_layout() -> None:
     assert doc["http_server.port"] == (
         2,
         "Type: `int`. Default: `8000`\n\nEnv: `CENTRIFUGO_HTTP_SERVER_PORT`\n\n"
-        + (field_docs(HTTPServerConfig)["port"] or "No documentation available."),
+        + (_text(HTTPServerConfig, "port") or "No documentation available."),
     )
     assert doc["engine.redis.address"][1].startswith(
         'Type: `[]string`. Default: `["redis://127.0.0.1:6379"]`'
@@ -103,14 +108,14 @@ def test_markdown_sections_and_lists() -> None:
     assert doc["channel.namespaces"] == (
         2,
         "Type: `[]ChannelOptions` object. Default: `[]`\n\n"
-        "Env: `CENTRIFUGO_CHANNEL_NAMESPACES`\n\n" + field_docs(ChannelConfig)["namespaces"],
+        "Env: `CENTRIFUGO_CHANNEL_NAMESPACES`\n\n" + _text(ChannelConfig, "namespaces"),
     )
     # Item keys: per-item variables with Centrifugo's <NAME>, none for the name itself.
     assert doc["channel.namespaces[].presence"] == (
         3,
         "Type: `bool`. Default: `false`\n\n"
         "Env: `CENTRIFUGO_CHANNEL_NAMESPACES_<NAME>_PRESENCE`\n\n"
-        + field_docs(ChannelOptions)["presence"],
+        + _text(ChannelOptions, "presence"),
     )
     assert doc["channel.namespaces[].name"][1].startswith('Type: `string`. Default: `""`\n\n')
     assert "Env:" not in doc["channel.namespaces[].name"][1]
