@@ -81,8 +81,7 @@ def test_markdown_leaf_key_layout() -> None:
     assert level == 2
     assert body == (
         "Type: `Duration`. Default: `720h0m0s`\n\n"
-        "Env: `CENTRIFUGO_CHANNEL_HISTORY_META_TTL`\n\n"
-        + _text(ChannelConfig, "history_meta_ttl")
+        "Env: `CENTRIFUGO_CHANNEL_HISTORY_META_TTL`\n\n" + _text(ChannelConfig, "history_meta_ttl")
     )
     level, body = doc["channel.max_length"]
     assert body.startswith("Type: `int`. Default: `255`\n\nEnv: `CENTRIFUGO_CHANNEL_MAX_LENGTH`")
@@ -253,26 +252,13 @@ def _section_classes() -> list[type]:
     return out
 
 
-# app/config/schema.py is being documented in its own commits; until the last of them lands
-# its classes are expected to fail here. TURN ON: delete _PENDING and its two uses.
-_PENDING = pytest.mark.xfail(reason="app/config/schema.py field docs not complete yet")
-
-
-def _classes() -> list[object]:
-    return [
-        pytest.param(cls, marks=_PENDING) if cls.__module__ == schema.__name__ else cls
-        for cls in _section_classes()
-    ]
-
-
-@pytest.mark.parametrize("cls", _classes(), ids=lambda c: f"{c.__module__}.{c.__name__}")
+@pytest.mark.parametrize("cls", _section_classes(), ids=lambda c: f"{c.__module__}.{c.__name__}")
 def test_every_schema_field_has_a_docstring(cls: type) -> None:
     docs = field_docs(cls)
     keys = [f.name for f in fields(cls) if not f.metadata.get("internal")]
     assert [k for k in keys if not docs[k].strip()] == []
 
 
-@_PENDING
 def test_every_documented_key_has_a_description() -> None:
     assert [e.field for e in iter_docs() if not e.description] == []
     assert len(config_docs()) == len(key_specs(Config, False))
