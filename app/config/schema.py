@@ -7,7 +7,8 @@ Durations are float seconds in Python and Go duration strings ("25s") on disk.
 
 The loaded result is immutable and cheap to read on hot paths (slots, no properties except
 ``ChannelOptions.history_enabled`` and ``ChannelOptions.is_map``). Shared pieces live in
-schema_parts.py, the channel and RPC sections in schema_channel.py.
+schema_parts.py, the channel and RPC sections in schema_channel.py, the engine sections in
+schema_engines.py, the client transports in schema_transports.py (all re-exported here).
 
 The string under each field (an attribute docstring) is that key's description in
 `centrifugo configdoc` (app/config/docs.py reads them), so reference and schema cannot drift:
@@ -20,6 +21,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.config.schema_channel import ChannelConfig, ChannelOptions, RpcConfig
+from app.config.schema_engines import (
+    BrokerConfig,
+    EngineConfig,
+    MapBrokerConfig,
+    NatsConfig,
+    NatsRawModeConfig,
+    PostgresMapBrokerConfig,
+    PostgresMapBrokerOutboxConfig,
+    PresenceManagerConfig,
+    RedisConfig,
+    RedisMapBrokerConfig,
+)
 from app.config.schema_parts import (
     CodeTransformsConfig,
     EnabledConfig,
@@ -27,6 +40,17 @@ from app.config.schema_parts import (
     NamedProxyConfig,
     TLSAutocertConfig,
     TLSConfig,
+)
+from app.config.schema_transports import (
+    EmulationConfig,
+    HTTPStreamConfig,
+    SSEConfig,
+    UniGRPCConfig,
+    UniHTTPStreamConfig,
+    UniSSEConfig,
+    UniWebSocketConfig,
+    WebSocketConfig,
+    WebTransportConfig,
 )
 from app.config.section import Duration, Section, UnixTime, empty_map, subsection
 
@@ -116,238 +140,6 @@ class LogConfig(Section):
     (`trace` logs as `debug`; `none` writes nothing)."""
     file: str = ""
     """Path of a file the log lines (JSON) are appended to; empty writes them to standard error."""
-
-
-@dataclass(frozen=True, slots=True)
-class RedisConfig(Section):
-    address: tuple[str, ...] = ("redis://127.0.0.1:6379",)
-    """Redis shards, one address each (`redis://[user:password@]host:6379/0`, `rediss://` for
-    TLS, `unix://`, `redis+sentinel://`, `redis+cluster://`); with several, channels are spread
-    over them by consistent hashing."""
-    prefix: str = "centrifugo"
-    """Prefix of every Redis key and PUB/SUB channel this server uses, so that unrelated setups
-    can share one Redis."""
-    connect_timeout: Duration = Duration(1.0)
-    """How long to wait for a Redis connection (and its handshake) to be established."""
-    io_timeout: Duration = Duration(4.0)
-    """How long a Redis command may take before it fails: in effect the timeout of each request
-    to Redis."""
-    db: int = 0
-    """Redis database selected after connecting. PUB/SUB ignores databases, so setups sharing one
-    Redis with different `db` still need different `prefix` values."""
-    user: str = ""
-    """User name for Redis ACL authentication; empty uses the default user."""
-    password: str = ""
-    """Password sent with `AUTH` on every connection; empty sends none."""
-    client_name: str = ""
-    """Name set with `CLIENT SETNAME` on every data connection; empty sets none."""
-    force_resp2: bool = False
-    """Make Centrifugo's Redis client speak RESP2 instead of RESP3. This server always speaks
-    RESP2, so the key changes nothing here."""
-    cluster_address: tuple[str, ...] = ()
-    """Seed nodes (`host:port`) of a Redis Cluster; when set, `address` is not used. Here every
-    item is a seed of one cluster (Centrifugo reads several items as several clusters sharded by
-    consistent hashing)."""
-    tls: TLSConfig = subsection(TLSConfig)
-    """TLS for the data connections to Redis (a `rediss://` address turns it on as well)."""
-    sentinel_address: tuple[str, ...] = ()
-    """Redis Sentinels (`host:port`) that locate the master named `sentinel_master_name`; when
-    set, `address` is not used. Here every item is a Sentinel of one master (Centrifugo reads
-    several items as several shards)."""
-    sentinel_user: str = ""
-    """User name for authenticating with the Sentinels."""
-    sentinel_password: str = ""
-    """Password for authenticating with the Sentinels."""
-    sentinel_master_name: str = ""
-    """Name of the master the Sentinels watch; required with `sentinel_address`."""
-    sentinel_client_name: str = ""
-    """Name set with `CLIENT SETNAME` on connections to the Sentinels; empty sets none."""
-    sentinel_tls: TLSConfig = subsection(TLSConfig)
-    """TLS for the connections to the Sentinels."""
-    history_use_lists: bool = False
-    """Keep history in Redis lists instead of streams (no pagination, reverse order or idempotent
-    publish). Not implemented here: history always uses streams."""
-    replica_client: EnabledConfig = subsection(EnabledConfig)
-    """Send read commands to Redis replicas. Not implemented here: every command goes to the
-    master."""
-    presence_ttl: Duration = Duration(60.0)
-    """How long a client's presence entry stays in Redis without being refreshed; entries of a
-    node that died vanish after this."""
-    presence_hash_field_ttl: bool = False
-    """Expire presence entries with per-field hash TTLs (Redis 7.4+). Not implemented here:
-    presence keeps a hash and a sorted set of expiry times."""
-    presence_user_mapping: bool = False
-    """Keep a separate hash of users per channel so that presence stats are cheaper. Not
-    implemented here (the classic presence layout only)."""
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig(Section):
-    type: str = "memory"
-    """Engine that serves as both broker and presence manager: `memory` (one worker, nothing
-    shared, lost on restart) or `redis` (shared by workers and nodes)."""
-    redis: RedisConfig = subsection(RedisConfig)
-    """Redis connection and options of the `redis` engine."""
-
-
-@dataclass(frozen=True, slots=True)
-class NatsRawModeConfig(Section):
-    enabled: bool = False
-    """Talk to NATS without prefixing channel names and hand NATS messages to subscribers as they
-    are (NATS broker only, which is not implemented here)."""
-    channel_replacements: dict[str, str] = empty_map()
-    """Substrings replaced in channel names before they become NATS subjects, e.g. `{":": "."}`
-    maps `chat:index` to `chat.index`."""
-    prefix: str = ""
-    """Prefix added to subjects when publishing and subscribing in raw mode, and stripped from
-    subjects of received messages; empty adds none."""
-
-
-@dataclass(frozen=True, slots=True)
-class NatsConfig(Section):
-    url: str = "nats://localhost:4222"
-    """Address of the NATS server."""
-    prefix: str = "centrifugo"
-    """Prefix of NATS subjects, so unrelated setups can share one NATS server."""
-    dial_timeout: Duration = Duration(1.0)
-    """How long to wait for the connection to NATS."""
-    write_timeout: Duration = Duration(1.0)
-    """How long a write to NATS may take."""
-    tls: TLSConfig = subsection(TLSConfig)
-    """TLS for the connection to NATS."""
-    allow_wildcards: bool = False
-    """Let clients subscribe to NATS wildcard subjects; such subscriptions have no join/leave
-    events and no presence."""
-    raw_mode: NatsRawModeConfig = subsection(NatsRawModeConfig)
-    """Raw mode: channel names used as NATS subjects unchanged and payloads passed through
-    untouched."""
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerConfig(Section):
-    enabled: bool = False
-    """Use the broker configured here for PUB/SUB, history and idempotency instead of the one
-    `engine` provides."""
-    type: str = "memory"
-    """Broker implementation: `memory` or `redis` here (Centrifugo also has `nats` and
-    `postgres`)."""
-    redis: RedisConfig = subsection(RedisConfig)
-    """Redis connection and options of the `redis` broker."""
-    nats: NatsConfig = subsection(NatsConfig)
-    """Options of Centrifugo's NATS broker (at-most-once PUB/SUB, no history). Not implemented
-    here."""
-    # Not implemented (reported by app/config/support.py when set): kept opaque.
-    redisnats: dict[str, Any] = empty_map()
-    """Centrifugo's experimental Redis + NATS broker. Not implemented here; accepted as an opaque
-    object so configs that have it still load."""
-    postgres: dict[str, Any] = empty_map()
-    """Centrifugo's PostgreSQL stream broker. Not implemented here; accepted as an opaque object
-    so configs that have it still load."""
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceManagerConfig(Section):
-    enabled: bool = False
-    """Use the presence manager configured here instead of the one `engine` provides."""
-    type: str = "memory"
-    """Presence manager implementation: `memory` or `redis`."""
-    redis: RedisConfig = subsection(RedisConfig)
-    """Redis connection and options of the `redis` presence manager."""
-
-
-@dataclass(frozen=True, slots=True)
-class RedisMapBrokerConfig(RedisConfig):
-    """``map_broker.redis`` (Centrifugo's RedisMapBroker): a Redis deployment of its own,
-    read like every other ``redis`` section (the engine-only keys it inherits are Centrifugo's
-    ``engine.redis`` extras and do nothing here), plus the map broker's own settings."""
-
-    # How often expired keys become removal publications; -1s (negative) disables it.
-    cleanup_interval: Duration = Duration(1.0)
-    """How often keys of map channels that passed their TTL are removed and published as
-    removals; a negative value (`-1s`) turns this off."""
-    cleanup_batch_size: int = 100
-    """Most expired keys removed per channel in one cleanup pass."""
-    idempotent_result_ttl: Duration = Duration(300.0)
-    """How long the result of a map write with an idempotency key is kept, so a retry gets the
-    same answer; used when the write sets none."""
-    skip_pub_sub: bool = False
-    """Change map state in Redis without publishing the changes to subscribers, for setups where
-    another component does the PUB/SUB."""
-
-
-@dataclass(frozen=True, slots=True)
-class PostgresMapBrokerOutboxConfig(Section):
-    """``map_broker.postgres.outbox``: how each node reads the stream table."""
-
-    poll_interval: Duration = Duration(0.1)
-    """How often an idle node polls the stream table for new entries; `0` means `100ms`."""
-    batch_size: int = 1000
-    """Most stream rows read and delivered in one batch; `0` means `1000`."""
-
-
-@dataclass(frozen=True, slots=True)
-class PostgresMapBrokerConfig(Section):
-    """``map_broker.postgres`` (Centrifugo's PostgresMapBroker, engine.go; the broker is
-    app/engines/postgres/). Names and defaults are Centrifugo's."""
-
-    dsn: str = ""
-    """Connection string of the PostgreSQL database, e.g.
-    `postgres://user:pass@localhost:5432/db?sslmode=disable`."""
-    tls: TLSConfig = subsection(TLSConfig)
-    """TLS for every PostgreSQL connection (pool and LISTEN), as an alternative to TLS parameters
-    in the DSN."""
-    pool_size: int = 16
-    """Most connections in the pool; `0` means `16`."""
-    num_shards: int = 8
-    """Number of delivery shards channels are hashed onto, each read in order; `0` means `8`."""
-    ttl_check_interval: Duration = Duration(1.0)
-    """How often keys past their TTL are removed (and published as removals); `0` means `1s`, a
-    negative value turns it off."""
-    cleanup_interval: Duration = Duration(60.0)
-    """How often expired channel metadata and idempotency results are deleted and daily stream
-    partitions created or dropped; `0` means `1m`."""
-    idempotent_result_ttl: Duration = Duration(300.0)
-    """How long the result of a write with an idempotency key is kept when the write sets no TTL
-    of its own; `0` means `5m`."""
-    binary_data: bool = False
-    """Store payloads in `BYTEA` columns instead of `JSONB`; needed when payloads are not JSON
-    (binary, Protobuf)."""
-    # Centrifugo reads it nowhere either: the stream is kept by partition_retention_days.
-    stream_retention: Duration = Duration(86400.0)
-    """How long stream entries are meant to be kept. Read by neither Centrifugo nor this server:
-    `partition_retention_days` decides."""
-    use_notify: bool = False
-    """Wake the stream reader with `LISTEN`/`NOTIFY` for lower latency; without it the reader
-    only polls (`outbox.poll_interval`)."""
-    notify_dsn: str = ""
-    """Connection string for the `LISTEN` connection when it must differ from `dsn`, e.g. a
-    direct database address when `dsn` points at PgBouncer; empty uses `dsn`."""
-    table_prefix: str = "cf"
-    """Prefix of every table and function the broker creates, so several clusters can share one
-    database."""
-    skip_schema_init: bool = False
-    """Do not create the tables and functions at start; they must then exist (managed by
-    migrations)."""
-    outbox: PostgresMapBrokerOutboxConfig = subsection(PostgresMapBrokerOutboxConfig)
-    """How each node reads the stream table."""
-    partition_lookahead_days: int = 2
-    """How many future daily stream partitions are created ahead, so writes never fail at
-    midnight; `0` means `2`."""
-    partition_retention_days: int = 7
-    """Age in days after which a daily stream partition is dropped whole, which bounds how far
-    back recovery reaches; `0` means `7`."""
-
-
-@dataclass(frozen=True, slots=True)
-class MapBrokerConfig(Section):
-    """``map_broker`` (Centrifugo's MapBroker, engine.go): where map channels live."""
-
-    type: str = "memory"  # memory | redis | postgres
-    """Where map channels keep their state: `memory`, `redis` or `postgres`."""
-    redis: RedisMapBrokerConfig = subsection(RedisMapBrokerConfig)
-    """Redis connection and options of the `redis` map broker."""
-    postgres: PostgresMapBrokerConfig = subsection(PostgresMapBrokerConfig)
-    """Database and options of the `postgres` map broker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,167 +338,6 @@ class GrpcAPIConfig(Section):
     service."""
     max_receive_message_size: int = 0
     """Largest request message the gRPC API accepts, in bytes; `0` keeps gRPC's default (4 MiB)."""
-
-
-@dataclass(frozen=True, slots=True)
-class WebSocketConfig(Section):
-    disabled: bool = False
-    """Do not serve the bidirectional WebSocket endpoint."""
-    handler_prefix: str = "/connection/websocket"
-    """Path of the bidirectional WebSocket endpoint."""
-    compression: bool = False
-    """Offer permessage-deflate compression to clients that ask for it; costs CPU for every
-    message."""
-    compression_min_size: int = 0
-    """Messages of at most this many bytes are sent uncompressed; `0` compresses every message
-    (with `compression` on)."""
-    compression_level: int = 1
-    """Deflate level, `1` (fastest) to `9` (smallest); a value outside `-2..9` is logged and `1`
-    used."""
-    read_buffer_size: int = 0
-    """Read buffer size of Centrifugo's Go WebSocket library, in bytes. Not used here: asyncio
-    reads and writes through its own buffers."""
-    use_write_buffer_pool: bool = False
-    """Share write buffers between connections in Centrifugo's Go WebSocket library. Not used
-    here: asyncio reads and writes through its own buffers."""
-    write_buffer_size: int = 0
-    """Write buffer size of Centrifugo's Go WebSocket library, in bytes. Not used here: asyncio
-    reads and writes through its own buffers."""
-    write_timeout: Duration = Duration(1.0)
-    """How long outgoing bytes may wait for the client to take them before the connection is
-    closed; `0` means no limit."""
-    message_size_limit: int = 65536
-    """Largest message a client may send, in bytes; a bigger one closes the connection (1009).
-    `0` means `65536`."""
-    decompressed_message_size_limit: int = 0
-    """Largest message after permessage-deflate decompression, in bytes, which stops compression
-    bombs; `0` means ten times `message_size_limit`."""
-
-
-@dataclass(frozen=True, slots=True)
-class SSEConfig(Section):
-    enabled: bool = False
-    """Serve the bidirectional Server-Sent Events transport; its clients send later commands
-    through the emulation endpoint."""
-    handler_prefix: str = "/connection/sse"
-    """Path of the SSE endpoint."""
-    max_request_body_size: int = 65536
-    """Largest connect request body, in bytes; `0` means `65536`."""
-
-
-@dataclass(frozen=True, slots=True)
-class HTTPStreamConfig(Section):
-    enabled: bool = False
-    """Serve the bidirectional HTTP-streaming transport; its clients send later commands through
-    the emulation endpoint."""
-    handler_prefix: str = "/connection/http_stream"
-    """Path of the HTTP-streaming endpoint."""
-    max_request_body_size: int = 65536
-    """Largest connect request body, in bytes; `0` means `65536`."""
-
-
-@dataclass(frozen=True, slots=True)
-class EmulationConfig(Section):
-    handler_prefix: str = "/emulation"
-    """Path of the emulation endpoint, where SSE and HTTP-streaming clients post their commands;
-    served whenever one of those transports is enabled."""
-    max_request_body_size: int = 65536
-    """Largest command request body, in bytes; `0` means `65536`."""
-
-
-@dataclass(frozen=True, slots=True)
-class WebTransportConfig(Section):
-    enabled: bool = False
-    """Serve the WebTransport (HTTP/3) transport, experimental in Centrifugo. Not implemented
-    here."""
-    handler_prefix: str = "/connection/webtransport"
-    """Path of the WebTransport endpoint."""
-    message_size_limit: int = 65536
-    """Largest message a WebTransport client may send, in bytes."""
-
-
-@dataclass(frozen=True, slots=True)
-class UniWebSocketConfig(Section):
-    enabled: bool = False
-    """Serve the unidirectional WebSocket transport: the client sends only its connect command
-    and then receives pushes."""
-    handler_prefix: str = "/connection/uni_websocket"
-    """Path of the unidirectional WebSocket endpoint."""
-    compression: bool = False
-    """Offer permessage-deflate compression to clients that ask for it; costs CPU for every
-    message."""
-    compression_min_size: int = 0
-    """Messages of at most this many bytes are sent uncompressed; `0` compresses every message
-    (with `compression` on)."""
-    compression_level: int = 1
-    """Deflate level, `1` (fastest) to `9` (smallest); a value outside `-2..9` is logged and `1`
-    used."""
-    read_buffer_size: int = 0
-    """Read buffer size of Centrifugo's Go WebSocket library, in bytes. Not used here: asyncio
-    reads and writes through its own buffers."""
-    use_write_buffer_pool: bool = False
-    """Share write buffers between connections in Centrifugo's Go WebSocket library. Not used
-    here: asyncio reads and writes through its own buffers."""
-    write_buffer_size: int = 0
-    """Write buffer size of Centrifugo's Go WebSocket library, in bytes. Not used here: asyncio
-    reads and writes through its own buffers."""
-    write_timeout: Duration = Duration(1.0)
-    """How long outgoing bytes may wait for the client to take them before the connection is
-    closed; `0` means no limit."""
-    message_size_limit: int = 65536
-    """Largest message a client may send (its connect command), in bytes; `0` means `65536`."""
-    decompressed_message_size_limit: int = 0
-    """Largest message after permessage-deflate decompression, in bytes; `0` means ten times
-    `message_size_limit`."""
-    disable_closing_handshake: bool = False
-    """Close connections without sending a WebSocket close frame, as Centrifugo did before 6.5.1."""
-    disable_disconnect_push: bool = False
-    """Send no disconnect push before closing; the close frame already carries the same code and
-    reason."""
-    join_push_messages: bool = False
-    """Send pushes that are ready together in one WebSocket message, separated as the client
-    protocol delimits them (newlines in JSON); the client must split them."""
-
-
-@dataclass(frozen=True, slots=True)
-class UniSSEConfig(Section):
-    enabled: bool = False
-    """Serve the unidirectional Server-Sent Events transport."""
-    handler_prefix: str = "/connection/uni_sse"
-    """Path of the unidirectional SSE endpoint."""
-    max_request_body_size: int = 65536
-    """Largest connect request body (POST), in bytes; `0` means no limit."""
-    connect_code_to_http_response: CodeTransformsConfig = subsection(CodeTransformsConfig)
-    """Answer chosen connect errors (including a connect proxy's) with an HTTP status and body
-    instead of an event stream."""
-
-
-@dataclass(frozen=True, slots=True)
-class UniHTTPStreamConfig(Section):
-    enabled: bool = False
-    """Serve the unidirectional HTTP-streaming transport."""
-    handler_prefix: str = "/connection/uni_http_stream"
-    """Path of the unidirectional HTTP-streaming endpoint."""
-    max_request_body_size: int = 65536
-    """Largest connect request body, in bytes; `0` means no limit."""
-    connect_code_to_http_response: CodeTransformsConfig = subsection(CodeTransformsConfig)
-    """Answer chosen connect errors (including a connect proxy's) with an HTTP status and body
-    instead of a stream."""
-
-
-@dataclass(frozen=True, slots=True)
-class UniGRPCConfig(Section):
-    enabled: bool = False
-    """Serve the unidirectional gRPC transport on its own port."""
-    address: str = ""
-    """Interface the unidirectional gRPC server listens on; empty listens on every interface."""
-    port: int = 11000
-    """Port of the unidirectional gRPC server."""
-    max_receive_message_size: int = 0
-    """Largest message the server accepts from a client, in bytes; `0` keeps gRPC's default (4
-    MiB)."""
-    tls: TLSConfig = subsection(TLSConfig)
-    """TLS of the unidirectional gRPC server."""
 
 
 @dataclass(frozen=True, slots=True)
