@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from app import metrics
-from app.engines.postgres.schema import drop_old_partitions, ensure_partitions
+from app.engines.postgres.ddl import delete_expired, drop_old_partitions, ensure_partitions
 
 if TYPE_CHECKING:
     from app.engines.postgres.maps import PostgresMapBroker
@@ -34,7 +34,6 @@ log = logging.getLogger("centrifugo.postgres.maps")
 BROKER_NAME = "postgres"  # the metrics' broker_name label
 CHANNELS_PER_TICK = 100  # Centrifugo's LIMIT 100
 KEYS_PER_CHANNEL = 1000  # its p_batch_size
-CLEANUP_BATCH = 1000  # its CleanupBatchSize
 
 
 class Maintenance:
@@ -115,17 +114,7 @@ class Maintenance:
     async def cleanup(self) -> None:
         n = self._broker.names
         pool = self._broker.pool
-        for sql in (
-            f"DELETE FROM {n.meta} WHERE channel IN (SELECT channel FROM {n.meta} "
-            "WHERE expires_at IS NOT NULL AND expires_at < NOW() LIMIT $1)",
-            f"DELETE FROM {n.idempotency} WHERE (channel, idempotency_key) IN "
-            f"(SELECT channel, idempotency_key FROM {n.idempotency} "
-            "WHERE expires_at < NOW() LIMIT $1)",
-        ):
-            while True:
-                status = await pool.execute(sql, CLEANUP_BATCH)
-                if int(status.rsplit(" ", 1)[-1]) < CLEANUP_BATCH:
-                    break
+        await delete_expired(pool, n.meta, n.idempotency)
         async with pool.acquire() as conn:
             await ensure_partitions(conn, n.stream, self._lookahead_days)
             await drop_old_partitions(conn, n.stream, self._retention_days)

@@ -221,15 +221,9 @@ class PostgresMapBroker:
         new = [ch for ch in channels if ch not in self._subscribed]
         if not new:
             return
-        tops = await self.pool.fetch(
-            f"SELECT c.channel, (SELECT COALESCE(MAX(id), 0) FROM {self.names.stream} "
-            f"WHERE shard_id = abs(hashtext(c.channel)::bigint) % $2) AS top "
-            f"FROM unnest($1::text[]) AS c(channel)",
-            new,
-            self.num_shards,
-        )
-        for row in tops:
-            self._since[row["channel"]] = row["top"]
+        if self.outbox is None:
+            raise ClientError(ERROR_INTERNAL)  # used before run
+        self._since.update(await self.outbox.tops(new))
         self._subscribed.update(new)
 
     async def unsubscribe(self, channels: list[str]) -> None:

@@ -1,5 +1,5 @@
-"""The fan-out of the PostgreSQL map broker: every node reads the stream table itself
-(Centrifugo's pgmapbroker outbox workers without an inner Broker, pgoutbox.Worker).
+"""The fan-out of the PostgreSQL brokers (map broker, stream broker): every node reads the
+stream table itself (Centrifugo's outbox workers without an inner Broker, pgoutbox.Worker).
 
 Each write draws its stream row id while holding its shard's row lock to commit
 (schema.sql), so within a shard ids become visible in id order. The reader keeps one
@@ -27,9 +27,9 @@ from typing import Any
 
 import asyncpg
 
-log = logging.getLogger("centrifugo.postgres.maps")
+log = logging.getLogger("centrifugo.postgres")
 
-# The stream columns the broker decodes (maps.py publication_of reads them by name).
+# The map stream's columns the map broker decodes (maps.py publication_of reads them by name).
 COLUMNS = (
     "id, shard_id, channel, channel_offset, epoch, key, data, tags, removed, "
     "client_id, user_id, conn_info, chan_info, prev_data, created_at"
@@ -51,10 +51,16 @@ class Outbox:
         poll_interval: float = 0.1,
         batch_size: int = 1000,
         notify_connect: Callable[[], Any] | None = None,
+        columns: str = COLUMNS,
+        label: str = "map broker",
     ) -> None:
         """`notify_connect`: a coroutine function opening the LISTEN connection; None:
-        polling only (Centrifugo's use_notify false)."""
+        polling only (Centrifugo's use_notify false). `columns`: what a row carries to
+        `on_rows` (id and shard_id among them); `label`: the broker, in log lines."""
         self._pool = pool
+        self._stream_table = stream_table
+        self._num_shards = num_shards
+        self._label = label
         self._notify_channel = notify_channel
         self._on_rows = on_rows
         self._poll_interval = poll_interval
@@ -64,7 +70,7 @@ class Outbox:
         self._cursors = [0] * num_shards
         self._query = (
             f"SELECT s.* FROM unnest($1::int[], $2::bigint[]) AS c(shard, cursor) "
-            f"CROSS JOIN LATERAL (SELECT {COLUMNS} FROM {stream_table} "
+            f"CROSS JOIN LATERAL (SELECT {columns} FROM {stream_table} "
             f"WHERE shard_id = c.shard AND id > c.cursor ORDER BY id LIMIT $3) s"
         )
         self._max_id = f"SELECT COALESCE(MAX(id), 0) FROM {stream_table}"
@@ -80,9 +86,13 @@ class Outbox:
         top = await self._pool.fetchval(self._max_id)
         self._cursors = [top] * len(self._shards)
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._read_loop(), name="pg-map-outbox"))
+        self._tasks.append(
+            loop.create_task(self._read_loop(), name=f"pg-outbox {self._stream_table}")
+        )
         if self._notify_connect is not None:
-            self._tasks.append(loop.create_task(self._listen_loop(), name="pg-map-listen"))
+            self._tasks.append(
+                loop.create_task(self._listen_loop(), name=f"pg-listen {self._stream_table}")
+            )
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -91,6 +101,18 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+    async def tops(self, channels: list[str]) -> dict[str, int]:
+        """Each channel's shard's last committed row id: the rows a subscription made now
+        must not get (they were committed before it), as PUB/SUB would not deliver them."""
+        rows = await self._pool.fetch(
+            f"SELECT c.channel, (SELECT COALESCE(MAX(id), 0) FROM {self._stream_table} "
+            f"WHERE shard_id = abs(hashtext(c.channel)::bigint) % $2) AS top "
+            f"FROM unnest($1::text[]) AS c(channel)",
+            channels,
+            self._num_shards,
+        )
+        return {row["channel"]: row["top"] for row in rows}
 
     def wake(self) -> None:
         """Read now rather than at the next poll."""
@@ -119,16 +141,16 @@ class Outbox:
                 n = await self.read_once()
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as e:
                 if not failing:
-                    log.warning("map broker outbox read failed, retrying: %r", e)
+                    log.warning("%s outbox read failed, retrying: %r", self._label, e)
                 failing, self.healthy = True, False
                 n = 0
             except Exception:
                 # A delivery bug must not stop the fan-out; the cursor has moved past it.
-                log.exception("map broker outbox delivery failed")
+                log.exception("%s outbox delivery failed", self._label)
                 n = 0
             else:
                 if failing:
-                    log.info("map broker outbox reads again")
+                    log.info("%s outbox reads again", self._label)
                 failing, self.healthy = False, True
             if n >= self._batch_size:
                 continue  # one shard at least had more: no waiting
@@ -155,7 +177,7 @@ class Outbox:
                 self._wake.set()  # anything written while not listening
                 await lost
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as e:
-                log.warning("map broker LISTEN connection failed, retrying: %r", e)
+                log.warning("%s LISTEN connection failed, retrying: %r", self._label, e)
             finally:
                 self.listening.clear()
                 if conn is not None and not conn.is_closed():
