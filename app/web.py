@@ -14,9 +14,11 @@ from aiohttp import web
 from app import metrics
 from app.admin.handlers import ROUTE_PREFIX as ADMIN_ROUTES
 from app.admin.handlers import add_admin_routes
+from app.api.executor import ApiExecutor
 from app.api.grpc import add_grpc_api
 from app.api.http import add_api_routes
 from app.config import Config
+from app.consumers.build import Consumers
 from app.engines.build import build_engines
 from app.logs import set_node
 from app.node import NODE_KEY, Node
@@ -118,6 +120,18 @@ def create_app(cfg: Config) -> web.Application:
         await node.shutdown(cfg.shutdown.timeout)
 
     app.cleanup_ctx.append(node_ctx)
+
+    async def consumers_ctx(app: web.Application) -> AsyncIterator[None]:
+        # After the node starts and, cleanup running in reverse, stopped before it: the
+        # consumers' last commands still find the engine up. Every worker runs every
+        # enabled consumer; the backend splits the partitions (app/consumers/__init__.py).
+        consumers = Consumers.from_config(cfg, ApiExecutor(node, "consuming"), node.id)
+        await consumers.start()
+        yield
+        await consumers.stop()
+
+    if cfg.consumers:
+        app.cleanup_ctx.append(consumers_ctx)
 
     async def on_shutdown(app: web.Application) -> None:
         # Close client sockets first so aiohttp's shutdown does not wait on them; the

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.config.schema_channel import ChannelConfig, ChannelOptions, RpcConfig
+from app.config.schema_consumers import ConsumerConfig
 from app.config.schema_engines import (
     BrokerConfig,
     EngineConfig,
@@ -489,11 +490,10 @@ class Config(Section):
     """The server HTTP API: path, key, error mode and port."""
     grpc_api: GrpcAPIConfig = subsection(GrpcAPIConfig)
     """The server API over gRPC: port, key, TLS and reflection."""
-    # Async consumers (kafka, postgresql, ...) are not implemented; kept as plain dicts so
-    # configs that declare them still load. Each item has at least "name".
-    consumers: tuple[dict[str, Any], ...] = field(default=(), hash=False, metadata={"named": True})
-    """Async consumers that take API commands from queues (Kafka, a PostgreSQL outbox and
-    others). Not implemented here; each item is kept as a plain object."""
+    consumers: tuple[ConsumerConfig, ...] = ()
+    """Asynchronous consumers: server API commands (or publication data) taken from a queue (a
+    PostgreSQL outbox table, Redis streams, NATS JetStream, Kafka) and run as the HTTP API runs
+    them."""
     websocket: WebSocketConfig = subsection(WebSocketConfig)
     """The bidirectional WebSocket transport, on by default."""
     sse: SSEConfig = subsection(SSEConfig)

@@ -47,7 +47,6 @@ _AUTOCERT = (
 _GO_BUFFERS = (
     "Go's WebSocket buffer tuning has no equivalent here (asyncio reads into its own buffer)"
 )
-_NATS = "the NATS broker is not implemented (broker.type accepts memory and redis)"
 _PG = "the PostgreSQL broker is not implemented (broker.type accepts memory and redis)"
 
 # key pattern -> why it is not honoured (shown in the warning and in README's table)
@@ -60,13 +59,21 @@ UNSUPPORTED: dict[str, str] = {
     "**.redis.history_use_lists": "history is kept in Redis streams only",
     "**.redis.presence_hash_field_ttl": "presence uses the classic hash + sorted set layout",
     "**.redis.presence_user_mapping": "presence uses the classic hash + sorted set layout",
-    "broker.nats.**": _NATS,
     "broker.redisnats": "the redisnats broker is not implemented",
     "broker.postgres": _PG,
     "map_broker.redis.presence_*": "presence keys belong to engine.redis; the map broker has none",
     "controller": "the custom controller is not implemented (workers and nodes talk through "
     "the broker)",
-    "consumers": "async consumers are not implemented",
+    **{
+        f"consumers[].{kind}": "Google Pub/Sub, AWS SQS and Azure Service Bus consumers are not "
+        "implemented"
+        for kind in ("google_pub_sub", "aws_sqs", "azure_service_bus")
+    },
+    **{
+        f"consumers[].redis_stream.{key}": "a redis_stream consumer reads one standalone Redis "
+        "(address)"
+        for key in ("cluster_address", "sentinel_*", "sentinel_tls.**")
+    },
     "channel.proxy.subscribe_stream.**": "subscription streams (subscribe_stream proxy) are "
     "not implemented",
     **{

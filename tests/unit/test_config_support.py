@@ -97,6 +97,8 @@ def _config_setting(path: str, value: Any, data: dict[str, Any] | None = None) -
                 first: dict[str, Any] = {"name": "item1"}
                 if name == "proxies":
                     first["endpoint"] = "http://127.0.0.1:1/proxy"
+                if name == "consumers":  # a known type (required); its section stays empty
+                    first["type"] = "google_pub_sub"
                 node[name] = [first]
             node = node[name][0]
         elif i == len(parts) - 1:
