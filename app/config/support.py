@@ -47,6 +47,7 @@ _AUTOCERT = (
 _GO_BUFFERS = (
     "Go's WebSocket buffer tuning has no equivalent here (asyncio reads into its own buffer)"
 )
+_NATS = "the NATS broker is not implemented (broker.type accepts memory and redis)"
 _PG = "the PostgreSQL broker is not implemented (broker.type accepts memory and redis)"
 
 # key pattern -> why it is not honoured (shown in the warning and in README's table)
@@ -59,6 +60,7 @@ UNSUPPORTED: dict[str, str] = {
     "**.redis.history_use_lists": "history is kept in Redis streams only",
     "**.redis.presence_hash_field_ttl": "presence uses the classic hash + sorted set layout",
     "**.redis.presence_user_mapping": "presence uses the classic hash + sorted set layout",
+    "broker.nats.**": _NATS,
     "broker.redisnats": "the redisnats broker is not implemented",
     "broker.postgres": _PG,
     "map_broker.redis.presence_*": "presence keys belong to engine.redis; the map broker has none",
