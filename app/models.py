@@ -42,6 +42,10 @@ class Publication:
     key: str = ""
     removed: bool = False
     prev_data: bytes | None = None
+    # The concrete channel, when it differs from the subscription it is delivered in
+    # (centrifuge's Publication.Channel: a NATS wildcard subscription, NATS raw mode);
+    # put on the client wire as Publication.channel when set.
+    channel: str = ""
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ __all__ = [
     "RedisMapBrokerConfig",
     "PostgresMapBrokerOutboxConfig",
     "PostgresMapBrokerConfig",
+    "PostgresStreamBrokerConfig",
     "MapBrokerConfig",
 ]
 
@@ -100,11 +101,13 @@ class EngineConfig(Section):
 @dataclass(frozen=True, slots=True)
 class NatsRawModeConfig(Section):
     enabled: bool = False
-    """Talk to NATS without prefixing channel names and hand NATS messages to subscribers as they
-    are (NATS broker only, which is not implemented here)."""
+    """Talk to NATS without the broker's subject prefix and without Centrifugo's message
+    encoding: publications go to NATS as their data bytes, what arrives on a subject is handed
+    to the channel's subscribers as it is, and join/leave, tags and client info are not sent."""
     channel_replacements: dict[str, str] = empty_map()
     """Substrings replaced in channel names before they become NATS subjects, e.g. `{":": "."}`
-    maps `chat:index` to `chat.index`."""
+    maps `chat:index` to `chat.index`; messages from that subject are delivered in the original
+    channel."""
     prefix: str = ""
     """Prefix added to subjects when publishing and subscribing in raw mode, and stripped from
     subjects of received messages; empty adds none."""
@@ -113,21 +116,89 @@ class NatsRawModeConfig(Section):
 @dataclass(frozen=True, slots=True)
 class NatsConfig(Section):
     url: str = "nats://localhost:4222"
-    """Address of the NATS server."""
+    """Address of the NATS server (`nats://`, `tls://`, `ws://` or `wss://`); several,
+    comma-separated, for a cluster."""
     prefix: str = "centrifugo"
-    """Prefix of NATS subjects, so unrelated setups can share one NATS server."""
+    """Prefix of NATS subjects (`<prefix>.client.<channel>`, `<prefix>.control`,
+    `<prefix>.node.<id>`), so unrelated setups can share one NATS server."""
     dial_timeout: Duration = Duration(1.0)
-    """How long to wait for the connection to NATS."""
+    """How long to wait for the connection to NATS; reconnection is then retried every 2s
+    for as long as NATS is away."""
     write_timeout: Duration = Duration(1.0)
-    """How long a write to NATS may take."""
+    """How long a flush of writes to NATS may take."""
     tls: TLSConfig = subsection(TLSConfig)
     """TLS for the connection to NATS."""
     allow_wildcards: bool = False
-    """Let clients subscribe to NATS wildcard subjects; such subscriptions have no join/leave
-    events and no presence."""
+    """Let clients subscribe to channels with NATS wildcards (`*`, `>`); each publication then
+    carries its concrete channel. Publishing to a wildcard channel is always refused. Such
+    subscriptions have no meaningful join/leave events or presence; check permissions with care."""
     raw_mode: NatsRawModeConfig = subsection(NatsRawModeConfig)
     """Raw mode: channel names used as NATS subjects unchanged and payloads passed through
     untouched."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresMapBrokerOutboxConfig(Section):
+    """``outbox`` of ``map_broker.postgres`` and ``broker.postgres`` (Centrifugo's
+    PostgresMapBrokerOutbox, used by both): how each node reads the stream table."""
+
+    poll_interval: Duration = Duration(0.1)
+    """How often an idle node polls the stream table for new entries; `0` means `100ms`."""
+    batch_size: int = 1000
+    """Most stream rows read and delivered in one batch; `0` means `1000`."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresStreamBrokerConfig(Section):
+    """``broker.postgres`` (Centrifugo 6.8+'s PostgresStreamBroker, engine.go; the broker is
+    app/engines/postgres/stream_broker.py). Names and defaults are Centrifugo's."""
+
+    dsn: str = ""
+    """Connection string of the PostgreSQL database holding history and fan-out, e.g.
+    `postgres://user:pass@localhost:5432/db?sslmode=disable`. Required."""
+    tls: TLSConfig = subsection(TLSConfig)
+    """TLS for every PostgreSQL connection of the broker (pool and `LISTEN`), instead of TLS
+    parameters in the DSN."""
+    pool_size: int = 16
+    """Most connections in each worker's pool; `0` means `16`."""
+    num_shards: int = 8
+    """Number of shards channels are hashed onto; publications of one shard are written one
+    at a time and read in order. Every node sharing the database must use the same number;
+    `0` means `8`."""
+    cleanup_interval: Duration = Duration(60.0)
+    """How often expired channel metadata and idempotency results are deleted and daily
+    partitions of the stream table created ahead or dropped; `0` means `1m`."""
+    idempotent_result_ttl: Duration = Duration(300.0)
+    """How long the result of a publication with an idempotency key is kept when the
+    publication sets no TTL of its own; `0` means `5m`."""
+    binary_data: bool = False
+    """Store payloads in `BYTEA` columns instead of `JSONB`; needed when payloads are not JSON
+    (binary, Protobuf). With `JSONB`, JSON comes back in PostgreSQL's normal form."""
+    stream_retention: Duration = Duration(86400.0)
+    """How long a channel's stream metadata (epoch, top offset) lives after its last
+    publication when the publication gives no metadata TTL (channels without history); `0`
+    means `24h`."""
+    use_notify: bool = False
+    """Wake the readers of the stream table with `LISTEN`/`NOTIFY` for lower latency;
+    without it each node polls every `outbox.poll_interval`."""
+    notify_dsn: str = ""
+    """Connection string for the `LISTEN` connection when it must differ from `dsn`, e.g. a
+    direct database address when `dsn` points at PgBouncer; empty uses `dsn`."""
+    table_prefix: str = "cf"
+    """Prefix of every table and function the broker creates (`cf` gives `cf_stream`,
+    `cf_stream_meta`, `cf_stream_publish`, ...), so several clusters can share one
+    database."""
+    skip_schema_init: bool = False
+    """Do not create the tables and functions at start; they must then exist (managed by
+    migrations)."""
+    outbox: PostgresMapBrokerOutboxConfig = subsection(PostgresMapBrokerOutboxConfig)
+    """How each node reads the stream table."""
+    partition_lookahead_days: int = 2
+    """How many future daily partitions of the stream table are created ahead, so writes
+    never fail at midnight; `0` means `2`."""
+    partition_retention_days: int = 7
+    """Age in days after which a daily partition of the stream table is dropped whole; no
+    history older than that survives; `0` keeps every partition."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +207,8 @@ class BrokerConfig(Section):
     """Use the broker configured here for PUB/SUB, history and idempotency instead of the one
     `engine` provides."""
     type: str = "memory"
-    """Broker implementation: `memory` or `redis` here (Centrifugo also has `nats` and
-    `postgres`)."""
+    """Broker implementation: `memory`, `redis` or `postgres` here (Centrifugo also has
+    `nats`)."""
     redis: RedisConfig = subsection(RedisConfig)
     """Redis connection and options of the `redis` broker."""
     nats: NatsConfig = subsection(NatsConfig)
@@ -147,9 +218,9 @@ class BrokerConfig(Section):
     redisnats: dict[str, Any] = empty_map()
     """Centrifugo's experimental Redis + NATS broker. Not implemented here; accepted as an opaque
     object so configs that have it still load."""
-    postgres: dict[str, Any] = empty_map()
-    """Centrifugo's PostgreSQL stream broker. Not implemented here; accepted as an opaque object
-    so configs that have it still load."""
+    postgres: PostgresStreamBrokerConfig = subsection(PostgresStreamBrokerConfig)
+    """Database and options of the `postgres` broker: history and fan-out in PostgreSQL tables
+    (presence then comes from `engine` or `presence_manager`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,16 +251,6 @@ class RedisMapBrokerConfig(RedisConfig):
     skip_pub_sub: bool = False
     """Change map state in Redis without publishing the changes to subscribers, for setups where
     another component does the PUB/SUB."""
-
-
-@dataclass(frozen=True, slots=True)
-class PostgresMapBrokerOutboxConfig(Section):
-    """``map_broker.postgres.outbox``: how each node reads the stream table."""
-
-    poll_interval: Duration = Duration(0.1)
-    """How often an idle node polls the stream table for new entries; `0` means `100ms`."""
-    batch_size: int = 1000
-    """Most stream rows read and delivered in one batch; `0` means `1000`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,8 +47,6 @@ _AUTOCERT = (
 _GO_BUFFERS = (
     "Go's WebSocket buffer tuning has no equivalent here (asyncio reads into its own buffer)"
 )
-_NATS = "the NATS broker is not implemented (broker.type accepts memory and redis)"
-_PG = "the PostgreSQL broker is not implemented (broker.type accepts memory and redis)"
 
 # key pattern -> why it is not honoured (shown in the warning and in README's table)
 UNSUPPORTED: dict[str, str] = {
@@ -60,9 +58,7 @@ UNSUPPORTED: dict[str, str] = {
     "**.redis.history_use_lists": "history is kept in Redis streams only",
     "**.redis.presence_hash_field_ttl": "presence uses the classic hash + sorted set layout",
     "**.redis.presence_user_mapping": "presence uses the classic hash + sorted set layout",
-    "broker.nats.**": _NATS,
     "broker.redisnats": "the redisnats broker is not implemented",
-    "broker.postgres": _PG,
     "map_broker.redis.presence_*": "presence keys belong to engine.redis; the map broker has none",
     "controller": "the custom controller is not implemented (workers and nodes talk through "
     "the broker)",
@@ -76,6 +72,10 @@ UNSUPPORTED: dict[str, str] = {
         "(address)"
         for key in ("cluster_address", "sentinel_*", "sentinel_tls.**")
     },
+    "consumers[].kafka.dial_timeout": "aiokafka has no per-broker dial timeout (it connects "
+    "within its 40 s request timeout)",
+    "consumers[].kafka.assume_role_arn": "AWS MSK IAM authentication is not implemented "
+    "(aiokafka has no aws-msk-iam SASL mechanism)",
     "channel.proxy.subscribe_stream.**": "subscription streams (subscribe_stream proxy) are "
     "not implemented",
     **{

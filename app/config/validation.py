@@ -43,6 +43,11 @@ def _check_second_precision(seconds: float, key: str) -> None:
 # A namespace's subscription_type ("" is stream), as Centrifugo validates it.
 _SUBSCRIPTION_TYPES = ("", "stream", "map", "map_clients", "map_users", "shared_poll")
 _MAP_MODES = ("ephemeral", "recoverable", "persistent")
+# broker.type values this server implements (Centrifugo's knownBrokers adds redisnats and
+# postgres).
+_BROKERS = ("memory", "redis", "nats", "postgres")
+# consumers[].kafka.sasl_mechanism values the kafka consumer (aiokafka) speaks.
+_KAFKA_SASL = ("", "plain", "scram-sha-256", "scram-sha-512")
 # map_broker.type values Centrifugo knows.
 _MAP_BROKERS = ("memory", "redis", "postgres")
 
@@ -317,6 +322,35 @@ def _validate_presence_prefix_targets(cfg: Config) -> None:
                 )
 
 
+# What nats-py dials (nats.go also knows these four).
+_NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def _validate_nats(cfg: Config) -> None:
+    """broker.nats: every comma-separated url item a nats/tls/ws/wss address with a host, and a
+    TLS block that loads (Centrifugo finds both out when it first connects, and exits)."""
+    from urllib.parse import urlsplit
+
+    from app.tls import ssl_context  # app.tls imports app.config
+
+    nats = cfg.broker.nats
+    for item in (nats.url or "nats://127.0.0.1:4222").split(","):
+        try:
+            url = urlsplit(item.strip())
+            url.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as e:
+            raise ConfigError(f"invalid value for broker.nats.url: {item!r} ({e})") from None
+        if url.scheme not in _NATS_SCHEMES or not url.hostname:
+            raise ConfigError(
+                f"invalid value for broker.nats.url: {item!r} (want nats://host:port; schemes "
+                f"{', '.join(_NATS_SCHEMES)})"
+            )
+    try:
+        ssl_context(nats.tls, "broker.nats.tls")
+    except (ValueError, ConfigError) as e:
+        raise ConfigError(str(e)) from None
+
+
 def validate(cfg: Config) -> None:
     if cfg.log.level not in _LOG_LEVELS:
         raise ConfigError(
@@ -326,13 +360,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"invalid value for engine.type: {cfg.engine.type!r} (must be memory or redis)"
         )
-    for section in ("broker", "presence_manager"):
+    for section, known in (("broker", _BROKERS), ("presence_manager", ("memory", "redis"))):
         sub = getattr(cfg, section)
-        if sub.enabled and sub.type not in ("memory", "redis"):
+        if sub.enabled and sub.type not in known:
             raise ConfigError(
                 f"invalid value for {section}.type: {sub.type!r} (centrifugo-py supports "
-                "memory and redis)"
+                f"{', '.join(known)})"
             )
+    if cfg.broker.enabled and cfg.broker.type == "nats":
+        _validate_nats(cfg)
+    if cfg.broker.enabled and cfg.broker.type == "postgres" and not cfg.broker.postgres.dsn:
+        # Centrifugo's NewPostgresStreamBroker refuses to start the same way.
+        raise ConfigError("postgres stream broker: DSN is required")
     for port_key in ("port", "internal_port"):
         port = getattr(cfg.http_server, port_key)
         if not 0 <= port <= 65535:
@@ -481,3 +520,9 @@ def validate(cfg: Config) -> None:
         if problem:
             # Centrifugo: "in consumer <name> (<type>): <its Validate() message>".
             raise ConfigError(f"in consumer {name} ({c.type}): {problem}")
+        kafka_sasl = c.kafka.sasl_mechanism
+        if c.enabled and c.type == "kafka" and kafka_sasl not in _KAFKA_SASL:
+            # Centrifugo refuses to start on a mechanism it lacks; aiokafka lacks aws-msk-iam.
+            raise ConfigError(
+                f"in consumer {name} (kafka): unsupported SASL mechanism: {kafka_sasl}"
+            )

@@ -7,7 +7,8 @@ own `redis` section. When broker and presence manager are both Redis over the sa
 (or two equal ones), the presence manager shares the broker's shards (one set of connections).
 
 The Redis engine is imported only when Redis is chosen, so the memory engine never pulls in
-the Redis client.
+the Redis client; the NATS broker (`broker.type: nats`, broker section only, as Centrifugo's
+engine.type knows no nats) likewise only when chosen.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from app.presence import PresenceManager
 
 if TYPE_CHECKING:
     from app.engines.memory import MemoryBroker
+    from app.engines.nats import NatsBroker
     from app.engines.redis import RedisBroker
 
-MEMORY, REDIS, POSTGRES = "memory", "redis", "postgres"
+MEMORY, REDIS, POSTGRES, NATS = "memory", "redis", "postgres", "nats"
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,14 @@ def engine_choice(cfg: Config) -> EngineChoice:
 
 
 def uses_memory_engine(cfg: Config) -> bool:
-    """Whether some part lives in the process: such a config serves one worker only."""
+    """Whether some part lives in the process: such a config serves one worker only.
+
+    A memory presence manager beside the NATS or PostgreSQL broker does not count: each worker is a node,
+    and Centrifugo's nodes on such a broker with the memory presence manager each keep their
+    own presence too (presence and presence_stats answer for the node asked)."""
     choice = engine_choice(cfg)
+    if choice.broker.type in (NATS, POSTGRES):
+        return False
     return choice.broker.type == MEMORY or choice.presence.type == MEMORY
 
 
@@ -102,9 +110,40 @@ def build_engines(cfg: Config) -> Engines:
     from app.engines.memory import MemoryBroker, MemoryPresenceManager
 
     choice = engine_choice(cfg)
-    broker: MemoryBroker | RedisBroker
+    if choice.broker.type == POSTGRES:
+        # Centrifugo's engine.go: the PostgreSQL stream broker (history and fan-out) beside
+        # the presence manager the engine or presence_manager section names. It is no
+        # Controller, so control messages stay within the node, as centrifuge keeps its
+        # memory controller then (Centrifugo's `controller` section is not implemented).
+        from app.engines.postgres import create_postgres_stream_broker
+
+        if choice.presence.type == REDIS:
+            from app.engines.redis import create_redis_engine
+
+            pg_presence: PresenceManager = create_redis_engine(choice.presence.redis)[1]
+        else:
+            pg_presence = MemoryPresenceManager()
+        return Engines(
+            broker=create_postgres_stream_broker(cfg.broker.postgres),
+            presence=pg_presence,
+            controller=MemoryBroker(),
+            map_broker=build_map_broker(cfg),
+        )
+    broker: MemoryBroker | RedisBroker | NatsBroker
     presence: PresenceManager
-    if choice.broker.type == REDIS:
+    if choice.broker.type == NATS:
+        # Centrifugo's engine.go: the NATS broker (PUB/SUB and control, no history) beside
+        # the presence manager the engine or presence_manager section names.
+        from app.engines.nats import NatsBroker
+
+        broker = NatsBroker(cfg.broker.nats)
+        if choice.presence.type == REDIS:
+            from app.engines.redis import create_redis_engine
+
+            presence = create_redis_engine(choice.presence.redis)[1]
+        else:
+            presence = MemoryPresenceManager()
+    elif choice.broker.type == REDIS:
         from app.engines.redis import create_redis_engine
 
         broker, presence = create_redis_engine(choice.broker.redis)

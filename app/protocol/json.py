@@ -58,6 +58,8 @@ def publication_obj(pub: Publication) -> dict[str, Any]:
         out["delta"] = True  # data is a fossil patch (app/hub.py DeltaFrames)
     if pub.time:
         out["time"] = pub.time
+    if pub.channel:
+        out["channel"] = pub.channel
     if pub.key:
         out["key"] = pub.key
         if pub.removed:
@@ -160,6 +162,7 @@ class JsonCodec:
             and not pub.time
             and not pub.delta
             and not pub.key
+            and not pub.channel
             and pub.data
         ):
             # The common shape (API publications) spliced by hand: the same bytes orjson

@@ -144,6 +144,7 @@ _T_PUB_OFFSET = b"\x30"  # Publication.offset = 6 (varint)
 _T_PUB_TAGS = b"\x3a"  # Publication.tags = 7 (map entries)
 _T_PUB_DELTA = b"\x40\x01"  # Publication.delta = 8 true
 _T_PUB_TIME = b"\x48"  # Publication.time = 9 (varint)
+_T_PUB_CHANNEL = b"\x52"  # Publication.channel = 10 (NATS wildcard / raw mode)
 _T_PUB_KEY = b"\x5a"  # Publication.key = 11 (map channels)
 _T_PUB_REMOVED = b"\x60\x01"  # Publication.removed = 12 true
 _T_MAP_KEY = b"\x0a"
@@ -190,6 +191,9 @@ def encode_publication(pub: Publication) -> bytes:
         out += _T_PUB_DELTA
     if pub.time:
         out += _T_PUB_TIME + varint(pub.time)
+    if pub.channel:
+        cb = pub.channel.encode()
+        out += _T_PUB_CHANNEL + varint(len(cb)) + cb
     if pub.key:
         kb = pub.key.encode()
         out += _T_PUB_KEY + varint(len(kb)) + kb
