@@ -41,7 +41,7 @@ class ConsumerTasks:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             # A bug in a consumer loop (loops catch backend errors themselves): say so once.
-            log.error("consumer %s: %s stopped: %r", self.name, task.get_name(), task.exception())
+            log.error("%s stopped: %r", task.get_name(), task.exception())
 
     @asynccontextmanager
     async def critical(self) -> AsyncIterator[None]:
