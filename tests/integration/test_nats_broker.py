@@ -195,7 +195,12 @@ async def test_raw_mode_passes_bytes_with_prefix_and_replacements(make_broker, p
     await broker.subscribe(["chat:index"])
     await peer.publish("raw.chat.index", b"\x00not a push")
     (got,) = await events.wait_pubs("chat:index", 1)
-    assert (got.data, got.channel, got.info, got.tags) == (b"\x00not a push", "chat.index", None, None)
+    assert (got.data, got.channel, got.info, got.tags) == (
+        b"\x00not a push",
+        "chat.index",
+        None,
+        None,
+    )
     assert (await asyncio.wait_for(seen.get(), 5)).data == b"\x00not a push"
     await broker.publish("chat:index", b"as-is", PublishOptions(tags={"dropped": "1"}))
     assert (await asyncio.wait_for(seen.get(), 5)).data == b"as-is"

@@ -141,7 +141,7 @@ class NatsBroker:
         if handler is not None:
             for subject in (self._subjects.control, self._subjects.node(handler.id)):
                 self._control_subs.append(await self._nc.subscribe(subject, cb=self._on_control))
-            await self._confirm()  # type: ignore[arg-type]  # float seconds
+            await self._confirm()
         log.info("broker running (nats, %s)", self._where())
         self._subscribed = True
         self._ready.set()
