@@ -12,7 +12,7 @@ import pytest
 
 from app.cli import main
 from app.cli_docs import markdown
-from app.config import load_config, schema, schema_channel, schema_parts
+from app.config import load_config, schema, schema_channel, schema_consumers, schema_parts
 from app.config.docs import config_docs, field_docs, iter_docs
 from app.config.env import env_index, known_env_vars, leaves
 from app.config.schema import Config, HTTPServerConfig
@@ -245,7 +245,7 @@ def test_documented_item_variables_override_items() -> None:
 
 def _section_classes() -> list[type]:
     out = []
-    for module in (schema, schema_channel, schema_parts):
+    for module in (schema, schema_channel, schema_parts, schema_consumers):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ == module.__name__ and is_dataclass(cls) and issubclass(cls, Section):
                 out.append(cls)
