@@ -11,8 +11,9 @@ Faithful to Centrifugo's internal/consuming/nats_jetstream.go:
   update) -- or, with `use_existing_consumer`, only look it up, so the operator's consumer (ack
   wait, backoff, max deliver...) rules. Centrifugo fails its start when either fails; here, as
   every consumer of this server (app/consumers/__init__.py), the start returns at once and the
-  consumer connects and binds in the background, one log line and one error count per failure,
-  retried with backoff.
+  consumer connects and binds in the background, one log line and one error count per failure:
+  nats-py retries the first connection every 2 s as it retries a reconnect, a failed bind is
+  retried with the framework's backoff.
 - Each message: the `method_header` value + payload is one server API command; in
   `publication_data_mode` the payload is data published into the channels its headers name
   (app/consumers/header_publication.py; a message that cannot be published -- no channels, a
@@ -161,6 +162,9 @@ class NatsJetStreamConsumer:
                 log.warning("consumer %s: consumer unavailable, re-creating it: %s", self._name, e)
             if time.monotonic() - started > BACKOFF_RESET_AFTER:
                 backoff.reset()
+            else:
+                # A session that ended at once (flapping) waits before the next bind.
+                await self._tasks.sleep(backoff.next())
 
     async def _connect(self) -> None:
         if self._nc is not None:
@@ -175,6 +179,9 @@ class NatsJetStreamConsumer:
         cfg, name = self._cfg, self._name
 
         async def on_error(e: Exception) -> None:
+            # Also each failed attempt of the first connection, which nats-py retries by
+            # itself every 2 s (max_reconnect_attempts -1 holds for it too).
+            metrics.error(name)
             log.warning("consumer %s: NATS: %r", name, e)
 
         async def on_disconnected() -> None:

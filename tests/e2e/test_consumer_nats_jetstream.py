@@ -260,3 +260,40 @@ async def test_publication_data_mode_consumer_created_with_centrifugo_settings(
         await _consumer_info(js, PD_STREAM, PD_CONSUMER, _settled, "all acked")
     finally:
         await nc.close()
+
+
+async def test_command_failing_while_redis_is_down_is_redelivered_and_published_once(
+    srv: ServerHandle,
+    api_client: ApiClient,
+    js_server: nats_server.NatsServer,
+    redis_server: RedisProcess,
+) -> None:
+    """Runs last in the module: it stops the engine's Redis. The publish fails with an internal
+    error (100: Retry), the message is nak'd with a delay and redelivered until Redis is back,
+    then published once and acknowledged."""
+    channel = f"rec:retry-{uuid.uuid4().hex[:8]}"
+    nc, js = await _js(js_server.url)
+    try:
+        before = await js.consumer_info(ORDERED_STREAM, ORDERED_CONSUMER)
+        redis_server.stop()
+        try:
+            await _publish_commands(js, channel, range(1))
+            # Pending with more than one delivery: failed, nak'd, delivered again (and again).
+            await _consumer_info(
+                js,
+                ORDERED_STREAM,
+                ORDERED_CONSUMER,
+                lambda i: i.num_redelivered >= 1 and i.num_ack_pending == 1,
+                "the failing message redelivered",
+            )
+        finally:
+            redis_server.start()
+        await _consumer_info(js, ORDERED_STREAM, ORDERED_CONSUMER, _settled, "all acked")
+        info = await js.consumer_info(ORDERED_STREAM, ORDERED_CONSUMER)
+        assert info.ack_floor.stream_seq == before.ack_floor.stream_seq + 1
+        await api_client.wait_health(200, streak=4)
+        history = await api_client.result("history", {"channel": channel, "limit": -1})
+        assert [p["data"] for p in history["publications"]] == [{"n": 0}]
+        assert "consumer ordered: processing message failed" in srv.log_text()
+    finally:
+        await nc.close()

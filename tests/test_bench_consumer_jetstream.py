@@ -1,0 +1,28 @@
+"""`python -m bench.consumer_jetstream` at a tiny size: the stream is drained by the consumer
+and a row with a rate comes out (the figures themselves are the bench's business)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import nats_server
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_jetstream_consumer_bench_drains_the_stream(
+    tmp_path: Path, redis_server_available: None
+) -> None:
+    nats_server.require()
+    out = tmp_path / "js.json"
+    cmd = [sys.executable, "-m", "bench.consumer_jetstream", "--messages", "2000"]
+    cmd += ["--workers", "1", "--max-ack-pending", "100", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert (row["workers"], row["max_ack_pending"]) == (1, 100)
+    assert 0 < row["commands"] <= 2000 and row["commands_per_s"] > 0
+    assert "| 1 | 100 |" in done.stdout
