@@ -161,7 +161,8 @@ class NatsBroker:
         url = self._nc.connected_url
         if url is not None:
             return f"{url.hostname}:{url.port}"
-        return ",".join(self._servers)
+        # Never the credentials of a nats://user:pass@host url (Centrifugo's StripPassword).
+        return ",".join(u.rpartition("@")[2] for u in self._servers)
 
     async def _on_error(self, e: Exception) -> None:
         # One warning when an outage starts, debug while it lasts (nats-py calls this on
