@@ -154,8 +154,11 @@ class Outbox:
                 failing, self.healthy = False, True
             if n >= self._batch_size:
                 continue  # one shard at least had more: no waiting
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # arrives as the wake-up does (close() then waited forever on this task).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
 
     async def _listen_loop(self) -> None:
         assert self._notify_connect is not None
