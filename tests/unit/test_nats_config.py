@@ -134,3 +134,20 @@ def test_epoch_tag_counts_only_with_an_offset() -> None:
     got = codec.decode_push(push.SerializeToString())
     assert got.pub is not None
     assert (got.epoch, got.pub.tags, got.pub.offset) == ("", None, 0)
+
+
+def test_concrete_channel_goes_on_both_client_wires() -> None:
+    from app.protocol.json import JSON
+    from app.protocol.protobuf import PROTOBUF
+
+    pub = Publication(b'{"a":1}', channel="news.sport")
+    frame = JSON.encode_pub_push("news.*", pub)
+    assert frame == (b'{"push":{"channel":"news.*","pub":{"data":{"a":1},"channel":"news.sport"}}}')
+    reply = pb.Reply()
+    raw = PROTOBUF.encode_pub_push("news.*", pub)
+    reply.ParseFromString(raw[1:])  # one-byte length prefix
+    assert (reply.push.channel, reply.push.pub.channel) == ("news.*", "news.sport")
+    # Without a concrete channel nothing changes (the JSON fast path).
+    assert (
+        JSON.encode_pub_push("c", Publication(b"1")) == b'{"push":{"channel":"c","pub":{"data":1}}}'
+    )
