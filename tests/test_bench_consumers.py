@@ -1,0 +1,28 @@
+"""`python -m bench.consumers` at a tiny size: both stages drain what they wrote (the
+outbox empty, the stream without lag or pending entries) and report a rate; the figures
+themselves are the bench's business."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import postgres
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_consumers_bench_drains_outbox_and_stream(
+    tmp_path: Path, redis_server_available: None
+) -> None:
+    postgres.require()
+    out = tmp_path / "consumers.json"
+    cmd = [sys.executable, "-m", "bench.consumers", "--commands", "300", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = json.loads(out.read_text())["stages"]
+    for name in ("postgresql", "redis_stream"):
+        assert stages[name]["commands"] == 300
+        assert stages[name]["commands_per_s"] > 0
