@@ -58,7 +58,15 @@ def nats_config(nats_url: str, subject_prefix: str, redis_url: str) -> dict[str,
                     "presence": True,
                     "allow_subscribe_for_client": True,
                     "allow_presence_for_subscriber": True,
-                }
+                },
+                # History configured on a broker that has none (Centrifugo: ErrorNotAvailable).
+                {
+                    "name": "hist",
+                    "history_size": 10,
+                    "history_ttl": "60s",
+                    "force_recovery": True,
+                    "allow_subscribe_for_client": True,
+                },
             ]
         },
     }
@@ -179,3 +187,21 @@ async def test_nats_restart_mid_stream_heals(nodes, apis, nats_proc):
         for s in subs:
             await s.stop()
     assert (a.proc.pid, b.proc.pid) == pids and a.proc.poll() is None and b.proc.poll() is None
+
+
+async def test_history_is_not_available_as_on_centrifugos_nats_broker(nodes, apis):
+    a, _ = nodes
+    api_a, _ = apis
+    reply = await api_a.call("history", {"channel": f"hist:h-{uid()}", "limit": 10})
+    assert reply["error"]["code"] == 108, reply
+    # A recoverable subscription needs the stream's position: refused with 108 too.
+    sub = SdkSubscriber(a.ws_url, a.token("h-user"), f"hist:s-{uid()}", name="hist@a")
+    await sub.client.connect()
+    await sub.sub.subscribe()
+    try:
+        await sub.wait_for(lambda: bool(sub.unsubscribed), what="refusal")
+        # The SDK unsubscribes with the code of a non-temporary subscribe error.
+        assert [ctx.code for ctx in sub.unsubscribed] == [108], sub.describe()
+        assert sub.subscribed == []
+    finally:
+        await sub.stop()
