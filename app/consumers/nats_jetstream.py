@@ -113,6 +113,7 @@ class NatsJetStreamConsumer:
         self._sub: Subscription | None = None
         self._reconnected = asyncio.Event()
         self._pending = 0  # messages still owed by our open pull requests
+        self._current: Msg | None = None  # taken from the inbox, not yet acked or nak'd
 
     @property
     def name(self) -> str:
@@ -124,14 +125,25 @@ class NatsJetStreamConsumer:
     async def stop(self) -> None:
         await self._tasks.stop()
         nc, self._nc = self._nc, None
+        sub, self._sub = self._sub, None
+        if sub is not None and nc is not None and nc.is_connected:
+            try:  # no more deliveries; what the server already sent lands in our inbox
+                await asyncio.wait_for(sub.drain(), API_TIMEOUT)
+            except (nats.errors.Error, TimeoutError) as e:
+                log.warning("consumer %s: draining the pull subscription: %r", self._name, e)
         # Delivered to us, never dispatched: back to the stream now, not after AckWait.
+        current, self._current = self._current, None
+        if current is not None:
+            await _quietly(current.nak())
         while not self._inbox.empty():
             msg = self._inbox.get_nowait()
             if not _status(msg):
                 await _quietly(msg.nak())
         if nc is not None and not nc.is_closed:
             try:
-                await nc.close()  # flushes the acks and naks written above
+                if nc.is_connected:
+                    await nc.flush(int(API_TIMEOUT))  # close() drops what is still buffered
+                await nc.close()
             except (nats.errors.Error, OSError, TimeoutError) as e:
                 log.warning("consumer %s: closing the NATS connection: %r", self._name, e)
 
@@ -278,8 +290,12 @@ class NatsJetStreamConsumer:
                 self._on_status(status, msg)
                 continue
             self._pending -= 1
+            # Set until handled: a stop that cancels us before (or, past the grace, during)
+            # the dispatch hands it back with the rest.
+            self._current = msg
             async with self._tasks.critical():
                 await self._handle(msg)
+            self._current = None
 
     def _on_status(self, status: str, msg: Msg) -> None:
         """A status message on our inbox: Go's pull.go handleStatusMsg, in short."""
