@@ -207,13 +207,12 @@ class BrokerConfig(Section):
     """Use the broker configured here for PUB/SUB, history and idempotency instead of the one
     `engine` provides."""
     type: str = "memory"
-    """Broker implementation: `memory`, `redis` or `postgres` here (Centrifugo also has
-    `nats`)."""
+    """Broker implementation: `memory`, `redis`, `nats` or `postgres`."""
     redis: RedisConfig = subsection(RedisConfig)
     """Redis connection and options of the `redis` broker."""
     nats: NatsConfig = subsection(NatsConfig)
-    """Options of Centrifugo's NATS broker (at-most-once PUB/SUB, no history). Not implemented
-    here."""
+    """Options of the `nats` broker: at-most-once PUB/SUB and node-to-node control over NATS, no
+    history (history, recovery and positioning answer error 108)."""
     # Not implemented (reported by app/config/support.py when set): kept opaque.
     redisnats: dict[str, Any] = empty_map()
     """Centrifugo's experimental Redis + NATS broker. Not implemented here; accepted as an opaque
