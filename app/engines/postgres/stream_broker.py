@@ -161,8 +161,10 @@ class PostgresStreamBroker:
         and the cleanup. Raises when PostgreSQL cannot be reached, as Centrifugo refuses to
         start then."""
         self._handler = handler
+        # min_size 0: asyncpg refills a floor of idle connections by itself and logs each
+        # failure with a traceback while PostgreSQL is away; connections open on demand.
         self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=1, max_size=self._pool_size, **self._connect_kwargs
+            self._dsn, min_size=0, max_size=self._pool_size, **self._connect_kwargs
         )
         if not self._skip_schema_init:
             async with self._pool.acquire() as conn:
