@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.config.schema_consumers import UNSUPPORTED_CONSUMER_TYPES, ConsumerConfig
+from app.config.section import ConfigError
 from app.consumers import Consumer, ConsumerContext
 from app.consumers import metrics as consumer_metrics
 from app.consumers.dispatch import Dispatcher
@@ -72,14 +73,27 @@ class Consumers:
             if factory is None:
                 log.error("consumer %s: type %s is not supported here, skip", item.name, item.type)
                 continue
-            out.append(factory(item, ctx))
+            try:
+                out.append(factory(item, ctx))
+            except (ValueError, ConfigError) as e:
+                # A setting checkconfig cannot see (a TLS file that does not load, an address
+                # that does not parse): this consumer does not run, the worker does.
+                log.error("consumer %s: cannot start: %s", item.name, e)
+                continue
             consumer_metrics.init(item.name)
         return cls(out)
 
     async def start(self) -> None:
+        started: list[Consumer] = []
         for consumer in self.consumers:
-            await consumer.start()
+            try:
+                await consumer.start()
+            except (ValueError, ConfigError) as e:
+                log.error("consumer %s: cannot start: %s", consumer.name, e)
+                continue
+            started.append(consumer)
             log.info("running consumer %s", consumer.name)
+        self.consumers = started
 
     async def stop(self) -> None:
         for consumer in reversed(self.consumers):
