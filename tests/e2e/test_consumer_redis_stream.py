@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
@@ -68,7 +69,8 @@ def srv(server_factory: Any, redis_server: RedisProcess, stream_redis: RedisProc
             },
         },
     ]
-    return server_factory(redis_config(redis_server.port, consumers=consumers), workers=WORKERS)
+    config = redis_config(redis_server.port, consumers=consumers, prometheus={"enabled": True})
+    return server_factory(config, workers=WORKERS)
 
 
 @pytest.fixture
@@ -162,6 +164,15 @@ async def test_publication_data_mode(
         assert [d for _, d in sub_b.pubs] == [{"price": 42}]
         history = await api_client.result("history", {"channel": a, "limit": -1})
         assert [p.get("tags") for p in history["publications"]] == [{"source": "billing"}, None]
+        # Centrifugo's consumer metrics, summed over the workers: the skipped entry is done
+        # (errors count the first test's Redis restart too: not compared).
+        async with aiohttp.ClientSession() as http, http.get(f"{srv.url}/metrics") as resp:
+            scrape = await resp.text()
+        assert (
+            'centrifugo_consumers_messages_processed_total{consumer_name="publications"} 3.0'
+            in scrape
+        )
+        assert 'centrifugo_consumers_errors_total{consumer_name="publications"}' in scrape
     finally:
         await sub_a.stop()
         await sub_b.stop()
