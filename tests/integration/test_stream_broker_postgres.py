@@ -414,6 +414,26 @@ async def test_restart_keeps_history_and_delivery(
     assert [p.data for p in hist.publications] == [b"z"]
 
 
+async def test_start_while_postgres_is_away_heals(
+    make_node: Maker, pg: postgres.PostgresServer
+) -> None:
+    # As the Redis engine: the node starts unhealthy and sets up once PostgreSQL answers.
+    pg.stop()
+    try:
+        broker, events = await make_node()
+        assert not broker.healthy
+        with pytest.raises(ClientError) as e:
+            await broker.publish("s:late", b"x", HISTORY)
+        assert e.value.code == ERROR_INTERNAL
+    finally:
+        pg.start()
+    await until("set up after PostgreSQL started", lambda: broker.healthy, 15)
+    await broker.subscribe(["s:late"])
+    result = await broker.publish("s:late", b"y", HISTORY)
+    assert result.position.offset == 1
+    assert (await events.wait_pubs("s:late", 1))[0].data == b"y"
+
+
 async def test_schema_is_centrifugos(make_node: Maker, db: asyncpg.Connection, prefix: str) -> None:
     await make_node(num_shards=3, partition_lookahead_days=1)
     await make_node(num_shards=3, partition_lookahead_days=1)  # a second start: no-op

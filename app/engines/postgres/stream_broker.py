@@ -44,7 +44,12 @@ from typing import Any
 import asyncpg
 
 from app.broker import Broker, BrokerEventHandler, HealthReporter
-from app.engines.postgres.ddl import delete_expired, drop_old_partitions, ensure_partitions
+from app.engines.postgres.ddl import (
+    SchemaError,
+    delete_expired,
+    drop_old_partitions,
+    ensure_partitions,
+)
 from app.engines.postgres.outbox import Outbox
 from app.engines.postgres.stream_schema import StreamNames, ensure_stream_schema
 from app.errors import ERROR_INTERNAL, ClientError
@@ -128,6 +133,7 @@ class PostgresStreamBroker:
         self._pool: asyncpg.Pool | None = None
         self.outbox: Outbox | None = None
         self._cleanup_task: asyncio.Task[None] | None = None
+        self._setup_task: asyncio.Task[None] | None = None
         # channel -> the last row id of its shard when the node subscribed (see subscribe).
         self._since: dict[str, int] = {}
         self._publish_sql = (
@@ -157,17 +163,29 @@ class PostgresStreamBroker:
         return self._pool
 
     async def run(self, handler: BrokerEventHandler) -> None:
-        """Connects, creates the schema (unless skip_schema_init), starts the stream reader
-        and the cleanup. Raises when PostgreSQL cannot be reached, as Centrifugo refuses to
-        start then."""
+        """Creates the pool and sets up: the schema (unless skip_schema_init), the stream
+        reader, the cleanup. When PostgreSQL is away it returns all the same and keeps
+        trying in the background, unhealthy meanwhile, as the Redis engine does (the Broker
+        contract; Centrifugo exits instead): an outage at start is one like any other."""
         self._handler = handler
-        # min_size 0: asyncpg refills a floor of idle connections by itself and logs each
-        # failure with a traceback while PostgreSQL is away; connections open on demand.
+        # min_size 0: no connection is opened here, and asyncpg does not refill a floor of
+        # idle connections by itself (it logs each failure with a traceback while
+        # PostgreSQL is away); connections open on demand.
         self._pool = await asyncpg.create_pool(
             self._dsn, min_size=0, max_size=self._pool_size, **self._connect_kwargs
         )
+        try:
+            await self._set_up()
+        except DB_ERRORS as e:
+            log.warning("postgres stream broker: PostgreSQL not ready, retrying: %r", e)
+            self._setup_task = asyncio.get_running_loop().create_task(
+                self._set_up_when_ready(), name="pg-stream-setup"
+            )
+
+    async def _set_up(self) -> None:
+        pool = self.pool
         if not self._skip_schema_init:
-            async with self._pool.acquire() as conn:
+            async with pool.acquire() as conn:
                 await ensure_stream_schema(
                     conn, self._table_prefix, self.num_shards, self._lookahead_days
                 )
@@ -177,8 +195,8 @@ class PostgresStreamBroker:
             async def notify() -> asyncpg.Connection:
                 return await asyncpg.connect(self._notify_dsn, **self._connect_kwargs)
 
-        self.outbox = Outbox(
-            self._pool,
+        outbox = Outbox(
+            pool,
             self.names.stream,
             self.names.notify_channel,
             self.num_shards,
@@ -189,13 +207,34 @@ class PostgresStreamBroker:
             columns=COLUMNS,
             label="stream broker",
         )
-        await self.outbox.start()
+        await outbox.start()
+        self.outbox = outbox  # healthy from here on
         if self.cleanup_interval > 0:
             self._cleanup_task = asyncio.get_running_loop().create_task(
                 self._cleanup_loop(), name="pg-stream-cleanup"
             )
 
+    async def _set_up_when_ready(self) -> None:
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._set_up()
+            except DB_ERRORS:
+                delay = min(delay * 2, 5.0)
+            except SchemaError as e:  # a newer or foreign schema: nothing to wait for
+                log.error("postgres stream broker: %s", e)
+                return
+            else:
+                log.info("postgres stream broker: PostgreSQL ready")
+                return
+
     async def close(self) -> None:
+        if self._setup_task is not None:
+            self._setup_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._setup_task
+            self._setup_task = None
         if self._cleanup_task is not None:
             self._cleanup_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
