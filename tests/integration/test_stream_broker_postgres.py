@@ -25,7 +25,7 @@ import pytest
 from app.engines.postgres import PostgresStreamBroker
 from app.engines.postgres.outbox import Outbox
 from app.errors import ERROR_INTERNAL, ClientError
-from app.models import ClientInfo, HistoryFilter, PublishOptions, StreamPosition
+from app.models import ClientInfo, HistoryFilter, PublishOptions, PublishResult, StreamPosition
 from tests.support import postgres
 from tests.support.engine import EngineEvents, until
 
@@ -281,6 +281,23 @@ async def test_versioned_publish_drops_stale_versions(node: Node) -> None:
     # Without history versions are ignored (the contract).
     no_hist = await broker.publish(ch, b"x", PublishOptions(version=1, version_epoch="f"))
     assert not no_hist.suppressed
+
+
+async def test_publish_many_keeps_each_channels_order(make_node: Maker) -> None:
+    broker, events = await make_node(binary_data=False)
+    channels = ["s:many-a", "s:many-b", "s:many-c"]
+    await broker.subscribe(channels)
+    items = [(channels[i % 3], b"%d" % i, HISTORY) for i in range(30)]
+    items.insert(4, ("s:many-b", b"not json", HISTORY))  # JSONB: this one item fails
+    results = await broker.publish_many(items)
+    assert isinstance(results[4], ClientError) and results[4].code == ERROR_INTERNAL
+    for ch in channels:
+        mine = [(d, r) for (c, d, _), r in zip(items, results, strict=True) if c == ch]
+        ok = [(d, r) for d, r in mine if isinstance(r, PublishResult)]
+        # Offsets follow item order within the channel.
+        assert [r.position.offset for _, r in ok] == list(range(1, 11))
+        pubs = await events.wait_pubs(ch, 10)
+        assert [p.data for p in pubs] == [d for d, _ in ok]
 
 
 # --- delivery ---
