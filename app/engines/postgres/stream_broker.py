@@ -23,12 +23,14 @@ does: the history window (history_size, history_ttl) is the last publication's, 
 when reading; rows stay until their daily partition is dropped (partition_retention_days);
 a read of a channel without meta answers position (0, "") and creates nothing (the client
 takes the epoch of the first publication it gets); a publication without history is still
-a row with the next offset (it is the fan-out) but answers a zero position; stored data is
+a row with the next offset (it is the fan-out), delivered with that offset and epoch, but
+answers a zero position; stored data is
 JSONB unless `binary_data` (JSON comes back in PostgreSQL's normal form: key order and
 whitespace may change; a payload that is not JSON fails with 100).
 
 Expired meta rows (the next publication starts a new epoch) and idempotency results are
-deleted and partitions kept every `cleanup_interval` by every node (ddl.py).
+deleted and partitions kept every `cleanup_interval` by every node (ddl.py). A node whose
+PostgreSQL is away at start boots unhealthy and sets up once it answers.
 """
 
 from __future__ import annotations
