@@ -125,6 +125,10 @@ class Controller(Protocol):
         """Send a control message to one node (`node_id`) or to all nodes (""), this one
         included (a node ignores its own broadcasts itself)."""
 
+    async def close(self) -> None:
+        """Stop delivering and release every connection. Called once, at shutdown, after
+        the Broker's `close`; a Controller that is the Broker too is closed as the Broker."""
+
 
 @runtime_checkable
 class BatchPublisher(Protocol):

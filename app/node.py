@@ -194,6 +194,8 @@ class Node:
         await self.shared_poll.close()
         await self.proxies.close()
         await self.broker.close()
+        if self.controller is not self.broker:  # its own connections (controller section)
+            await self.controller.close()
         if self.map_broker is not None:
             await self.map_broker.close()
         await self.presence_manager.close()

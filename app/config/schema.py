@@ -24,6 +24,7 @@ from app.config.schema_channel import ChannelConfig, ChannelOptions, RpcConfig
 from app.config.schema_consumers import ConsumerConfig
 from app.config.schema_engines import (
     BrokerConfig,
+    ControllerConfig,
     EngineConfig,
     MapBrokerConfig,
     NatsConfig,
@@ -53,7 +54,7 @@ from app.config.schema_transports import (
     WebSocketConfig,
     WebTransportConfig,
 )
-from app.config.section import Duration, Section, UnixTime, empty_map, subsection
+from app.config.section import Duration, Section, UnixTime, subsection
 
 __all__ = [
     "HTTPServerConfig",
@@ -539,10 +540,9 @@ class Config(Section):
     """Where map channels (namespaces with subscription type `map`) keep their state."""
     shared_poll: SharedPollConfig = subsection(SharedPollConfig)
     """Signing keys and concurrency of shared poll subscriptions."""
-    # Not implemented (reported by app/config/support.py when set): kept opaque.
-    controller: dict[str, Any] = empty_map()
-    """Centrifugo's controller for cross-node communication. Not implemented here (workers and
-    nodes talk through the broker); kept as a plain object."""
+    controller: ControllerConfig = subsection(ControllerConfig)
+    """Where node-to-node control messages go when not through the broker (Centrifugo's
+    custom controller, for brokers without one)."""
     pid_file: str = ""
     """File the process ID of the server's master process is written to; empty writes none."""
     enable_unreleased_features: bool = False

@@ -23,6 +23,8 @@ __all__ = [
     "PostgresMapBrokerConfig",
     "PostgresStreamBrokerConfig",
     "MapBrokerConfig",
+    "PostgresControllerConfig",
+    "ControllerConfig",
 ]
 
 
@@ -315,3 +317,63 @@ class MapBrokerConfig(Section):
     """Redis connection and options of the `redis` map broker."""
     postgres: PostgresMapBrokerConfig = subsection(PostgresMapBrokerConfig)
     """Database and options of the `postgres` map broker."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresControllerConfig(Section):
+    """``controller.postgres`` (Centrifugo 6.8+'s PostgresController, configtypes/engine.go;
+    the controller is app/engines/postgres/controller.py). Names and defaults are Centrifugo's."""
+
+    dsn: str = ""
+    """Connection string of the PostgreSQL database the control messages pass through, e.g.
+    `postgres://user:pass@localhost:5432/db?sslmode=disable`. Required."""
+    tls: TLSConfig = subsection(TLSConfig)
+    """TLS for every PostgreSQL connection of the controller (pool and `LISTEN`), instead of
+    TLS parameters in the DSN."""
+    pool_size: int = 8
+    """Most connections in each worker's pool; `0` means `8`."""
+    num_shards: int = 1
+    """Number of shards control messages are spread over; messages of one shard are written
+    one at a time and read in order. One is plenty for control traffic; `0` means `1`."""
+    table_prefix: str = "cf"
+    """Prefix of the tables and the function the controller creates (`cf` gives
+    `cf_controller_messages`, `cf_controller_shard_lock`, `cf_controller_publish`), so
+    several clusters can share one database."""
+    poll_interval: Duration = Duration(0.05)
+    """How often each node looks for new control messages while nothing woke it; `0` means
+    `50ms`."""
+    use_notify: bool = False
+    """Wake the readers with `LISTEN`/`NOTIFY` as soon as a message is written instead of
+    waiting for the next poll. Centrifugo's reference calls the default true, but its
+    config loads it false when unset, as here."""
+    notify_dsn: str = ""
+    """Connection string for the `LISTEN` connection when it must differ from `dsn`, e.g. a
+    direct database address when `dsn` points at PgBouncer in transaction mode; empty uses
+    `dsn`."""
+    partition_retention_days: int = 1
+    """Age in days after which a daily partition of the messages table is dropped whole
+    (control messages matter only for moments); `0` means `1`."""
+    partition_lookahead_days: int = 2
+    """How many future daily partitions of the messages table are created ahead, so writes
+    never fail at midnight; `0` means `2`."""
+    partition_cleanup_interval: Duration = Duration(60.0)
+    """How often each node creates partitions ahead and drops old ones; `0` means `1m`."""
+    batch_size: int = 1000
+    """Most messages read from one shard in one query; `0` means `1000`."""
+    skip_schema_init: bool = False
+    """Do not create the tables and the function at start; they must then exist (managed by
+    migrations)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig(Section):
+    enabled: bool = False
+    """Send node-to-node control messages (API actions by user, surveys, heartbeats,
+    emulation) through the controller configured here instead of through the broker."""
+    type: str = ""
+    """Controller implementation: `postgres` (the only one Centrifugo's open-source server
+    has)."""
+    postgres: PostgresControllerConfig = subsection(PostgresControllerConfig)
+    """Database and options of the `postgres` controller: control messages as rows of a
+    PostgreSQL table every node reads, for brokers without a control channel of their own
+    (`broker.type: postgres`)."""

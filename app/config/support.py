@@ -60,8 +60,6 @@ UNSUPPORTED: dict[str, str] = {
     "**.redis.presence_user_mapping": "presence uses the classic hash + sorted set layout",
     "broker.redisnats": "the redisnats broker is not implemented",
     "map_broker.redis.presence_*": "presence keys belong to engine.redis; the map broker has none",
-    "controller": "the custom controller is not implemented (workers and nodes talk through "
-    "the broker)",
     **{
         f"consumers[].{kind}": "Google Pub/Sub, AWS SQS and Azure Service Bus consumers are not "
         "implemented"

@@ -372,6 +372,12 @@ def validate(cfg: Config) -> None:
     if cfg.broker.enabled and cfg.broker.type == "postgres" and not cfg.broker.postgres.dsn:
         # Centrifugo's NewPostgresStreamBroker refuses to start the same way.
         raise ConfigError("postgres stream broker: DSN is required")
+    if cfg.controller.enabled and cfg.controller.type != "postgres":
+        # Centrifugo's controllers.New: postgres is the one type of its open-source server.
+        raise ConfigError(
+            f"invalid value for controller.type: {cfg.controller.type!r} (centrifugo-py "
+            "supports postgres)"
+        )
     for port_key in ("port", "internal_port"):
         port = getattr(cfg.http_server, port_key)
         if not 0 <= port <= 65535:

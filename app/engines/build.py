@@ -60,7 +60,8 @@ class Engines:
     broker: Broker
     presence: PresenceManager
     # Node-to-node control goes through the broker's engine (both engines' brokers are
-    # Controllers, as centrifuge's SetBroker takes one that implements Controller).
+    # Controllers, as centrifuge's SetBroker takes one that implements Controller), unless
+    # an enabled `controller` section names its own (build_controller).
     controller: Controller
     # Map channels (app/maps/broker.py): `map_broker.type`, memory by default as in
     # Centrifugo, independent of the engine (its own Redis section and PUB/SUB).
@@ -114,7 +115,7 @@ def build_engines(cfg: Config) -> Engines:
         # Centrifugo's engine.go: the PostgreSQL stream broker (history and fan-out) beside
         # the presence manager the engine or presence_manager section names. It is no
         # Controller, so control messages stay within the node, as centrifuge keeps its
-        # memory controller then (Centrifugo's `controller` section is not implemented).
+        # memory controller then, unless a `controller` section says where they go.
         from app.engines.postgres import create_postgres_stream_broker
 
         if choice.presence.type == REDIS:
@@ -126,7 +127,7 @@ def build_engines(cfg: Config) -> Engines:
         return Engines(
             broker=create_postgres_stream_broker(cfg.broker.postgres),
             presence=pg_presence,
-            controller=MemoryBroker(),
+            controller=build_controller(cfg, MemoryBroker()),
             map_broker=build_map_broker(cfg),
         )
     broker: MemoryBroker | RedisBroker | NatsBroker
@@ -161,8 +162,22 @@ def build_engines(cfg: Config) -> Engines:
         else:
             presence = MemoryPresenceManager()
     return Engines(
-        broker=broker, presence=presence, controller=broker, map_broker=build_map_broker(cfg)
+        broker=broker,
+        presence=presence,
+        controller=build_controller(cfg, broker),
+        map_broker=build_map_broker(cfg),
     )
+
+
+def build_controller(cfg: Config, default: Controller) -> Controller:
+    """Centrifugo's engine.go: an enabled `controller` section (type postgres, the one its
+    open-source server has) carries node-to-node control instead of `default` (the broker,
+    or the node-local controller beside a broker that is none)."""
+    if not cfg.controller.enabled:
+        return default
+    from app.engines.postgres import create_postgres_controller
+
+    return create_postgres_controller(cfg.controller.postgres)
 
 
 def build_map_broker(cfg: Config) -> MapBroker:
