@@ -89,8 +89,9 @@ def _db_failure(what: str, e: BaseException) -> ClientError:
 
 class PostgresStreamBroker:
     """Broker over PostgreSQL, with health (`healthy`) and batched publishing: see the
-    conformance lines at the end of this module. Not a Controller: as in Centrifugo, node-to-node control then
-    stays within the node (app/engines/build.py)."""
+    conformance lines at the end of this module. Not a Controller: as in Centrifugo,
+    node-to-node control stays within the node unless a `controller` section names one
+    (the PostgreSQL controller, app/engines/postgres/controller.py; app/engines/build.py)."""
 
     def __init__(
         self,
