@@ -25,8 +25,6 @@ from its cursors: what was written meanwhile is delivered then.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,18 +34,17 @@ import asyncpg
 
 from app.broker import ControlEventHandler, Controller
 from app.engines.postgres.ddl import (
-    SchemaError,
     drop_old_partitions,
     ensure_partitions,
     ensure_variants,
     render_template,
 )
 from app.engines.postgres.outbox import Outbox
+from app.engines.postgres.reading import DB_ERRORS, Connection, ReaderSpec, TableReading
 from app.errors import ERROR_INTERNAL, ClientError
 
 log = logging.getLogger("centrifugo.postgres.controller")
 
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 COLUMNS = "id, shard_id, node_id, data"
 # Not the brokers' keys: their schemas and this one may be created at the same time.
 _SCHEMA_LOCK_KEY = 5_067_067_001
@@ -115,120 +112,63 @@ class PostgresController:
     ) -> None:
         """Centrifugo's PostgresControllerConfig (its defaults). `connect_kwargs`: asyncpg
         connect arguments (ssl). No I/O until `run_control`."""
-        self._dsn = dsn
-        self._notify_dsn = notify_dsn or dsn
-        self._connect_kwargs = connect_kwargs or {}
-        self._pool_size = pool_size
         self.num_shards = num_shards
-        self._poll_interval = poll_interval
-        self._use_notify = use_notify
         self._retention_days = partition_retention_days
         self._lookahead_days = partition_lookahead_days
         self.cleanup_interval = partition_cleanup_interval
-        self._batch_size = batch_size
-        self._skip_schema_init = skip_schema_init
         self.names = ControllerNames.of(table_prefix)
         self._publish_sql = f"SELECT {self.names.publish}($1, $2, $3)"
         self._handler: ControlEventHandler | None = None
         self._node_id = ""
-        self._pool: asyncpg.Pool | None = None
-        self.outbox: Outbox | None = None
-        self._cleanup_task: asyncio.Task[None] | None = None
-        self._setup_task: asyncio.Task[None] | None = None
+        self._reading = TableReading(
+            Connection(dsn, notify_dsn, connect_kwargs or {}, pool_size, use_notify),
+            ReaderSpec(
+                "controller",
+                self.names.stream,
+                self.names.notify_channel,
+                num_shards,
+                COLUMNS,
+                self._deliver_rows,
+                poll_interval,
+                batch_size,
+            ),
+            None if skip_schema_init else self._ensure_schema,
+            self.cleanup,
+            partition_cleanup_interval,
+        )
+
+    # --- lifecycle (app/engines/postgres/reading.py) ---
 
     @property
     def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise ClientError(ERROR_INTERNAL)  # used before run_control or after close
-        return self._pool
+        return self._reading.pool
 
-    # --- lifecycle ---
+    @property
+    def outbox(self) -> Outbox | None:
+        return self._reading.outbox
 
     async def run_control(self, handler: ControlEventHandler) -> None:
         """Creates the pool and sets up: the schema (unless skip_schema_init), the reader
         (cursors at the table's end before this returns, so every message published after
         it reaches `handler`), the partition upkeep. When PostgreSQL is away it returns all
-        the same and keeps trying in the background."""
+        the same and keeps trying in the background (reading.py)."""
         self._handler = handler
         self._node_id = handler.id
-        # min_size 0: asyncpg would refill a floor of idle connections by itself and log
-        # each failure with a traceback while PostgreSQL is away.
-        self._pool = await asyncpg.create_pool(
-            self._dsn or None, min_size=0, max_size=self._pool_size, **self._connect_kwargs
-        )
-        try:
-            await self._set_up()
-        except DB_ERRORS as e:
-            log.warning("postgres controller: PostgreSQL not ready, retrying: %r", e)
-            self._setup_task = asyncio.get_running_loop().create_task(
-                self._set_up_when_ready(), name="pg-controller-setup"
-            )
-
-    async def _set_up(self) -> None:
-        pool = self.pool
-        if not self._skip_schema_init:
-            async with pool.acquire() as conn:
-                await ensure_variants(
-                    conn,
-                    [self.names],
-                    num_shards=self.num_shards,
-                    lookahead_days=self._lookahead_days,
-                    lock_key=_SCHEMA_LOCK_KEY,
-                )
-        notify = None
-        if self._use_notify:
-
-            async def notify() -> asyncpg.Connection:
-                return await asyncpg.connect(self._notify_dsn or None, **self._connect_kwargs)
-
-        outbox = Outbox(
-            pool,
-            self.names.stream,
-            self.names.notify_channel,
-            self.num_shards,
-            self._deliver_rows,
-            poll_interval=self._poll_interval,
-            batch_size=self._batch_size,
-            notify_connect=notify,
-            columns=COLUMNS,
-            label="controller",
-        )
-        await outbox.start()
-        self.outbox = outbox
-        if self.cleanup_interval > 0:
-            self._cleanup_task = asyncio.get_running_loop().create_task(
-                self._cleanup_loop(), name="pg-controller-cleanup"
-            )
+        await self._reading.start()
         log.info("postgres controller running")
 
-    async def _set_up_when_ready(self) -> None:
-        delay = 0.5
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self._set_up()
-            except DB_ERRORS:
-                delay = min(delay * 2, 5.0)
-            except SchemaError as e:  # a newer or foreign schema: nothing to wait for
-                log.error("postgres controller: %s", e)
-                return
-            else:
-                return
+    async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
+        await ensure_variants(
+            conn,
+            [self.names],
+            num_shards=self.num_shards,
+            lookahead_days=self._lookahead_days,
+            lock_key=_SCHEMA_LOCK_KEY,
+        )
 
     async def close(self) -> None:
         """Stop reading and release every connection. Called once, at shutdown."""
-        tasks = [t for t in (self._setup_task, self._cleanup_task) if t is not None]
-        self._setup_task = self._cleanup_task = None
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self.outbox is not None:
-            await self.outbox.close()
-            self.outbox = None
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._reading.close()
         self._handler = None
 
     # --- sending and delivering ---
@@ -262,19 +202,6 @@ class PostgresController:
         async with self.pool.acquire() as conn:
             await ensure_partitions(conn, self.names.stream, self._lookahead_days)
             await drop_old_partitions(conn, self.names.stream, self._retention_days)
-
-    async def _cleanup_loop(self) -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(self.cleanup_interval)
-            try:
-                await self.cleanup()
-            except Exception as e:  # PostgreSQL away: tried at the next tick
-                if not failing:
-                    log.warning("postgres controller partition upkeep failed, retrying: %r", e)
-                failing = True
-            else:
-                failing = False
 
 
 # Conformance, checked by mypy (Centrifugo's `var _ centrifuge.Controller = (*PostgresController)(nil)`).

@@ -36,7 +36,6 @@ PostgreSQL is away at start boots unhealthy and sets up once it answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -47,12 +46,12 @@ import asyncpg
 
 from app.broker import BatchPublisher, Broker, BrokerEventHandler, HealthReporter
 from app.engines.postgres.ddl import (
-    SchemaError,
     delete_expired,
     drop_old_partitions,
     ensure_partitions,
 )
 from app.engines.postgres.outbox import Outbox
+from app.engines.postgres.reading import DB_ERRORS, Connection, ReaderSpec, TableReading
 from app.engines.postgres.stream_schema import StreamNames, ensure_stream_schema
 from app.errors import ERROR_INTERNAL, ClientError
 from app.models import (
@@ -67,7 +66,6 @@ from app.models import (
 
 log = logging.getLogger("centrifugo.postgres.stream")
 
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 # What a delivered row carries (the reader needs id and shard_id).
 COLUMNS = (
     "id, shard_id, channel, channel_offset, epoch, kind, data, tags, client_id, user_id, "
@@ -115,28 +113,33 @@ class PostgresStreamBroker:
     ) -> None:
         """`connect_kwargs`: asyncpg connect arguments (ssl). `stream_retention`: the meta
         TTL of a publication that sets none. No I/O until `run`."""
-        self._dsn = dsn
-        self._notify_dsn = notify_dsn or dsn
-        self._connect_kwargs = connect_kwargs or {}
-        self._pool_size = pool_size
         self.num_shards = num_shards
         self.cleanup_interval = cleanup_interval
         self._result_ttl = idempotent_result_ttl
         self.binary = binary_data
         self._stream_retention = stream_retention
-        self._use_notify = use_notify
         self._table_prefix = table_prefix
-        self._skip_schema_init = skip_schema_init
         self._lookahead_days = partition_lookahead_days
         self._retention_days = partition_retention_days
-        self._poll_interval = poll_interval
-        self._batch_size = batch_size
         self.names = n = StreamNames.of(table_prefix, binary_data)
         self._handler: BrokerEventHandler | None = None
-        self._pool: asyncpg.Pool | None = None
-        self.outbox: Outbox | None = None
-        self._cleanup_task: asyncio.Task[None] | None = None
-        self._setup_task: asyncio.Task[None] | None = None
+        self._use_notify = use_notify
+        self._reading = TableReading(
+            Connection(dsn, notify_dsn, connect_kwargs or {}, pool_size, use_notify),
+            ReaderSpec(
+                "stream broker",
+                n.stream,
+                n.notify_channel,
+                num_shards,
+                COLUMNS,
+                self._deliver_rows,
+                poll_interval,
+                batch_size,
+            ),
+            None if skip_schema_init else self._ensure_schema,
+            self.cleanup,
+            cleanup_interval,
+        )
         # channel -> the last row id of its shard when the node subscribed (see subscribe).
         self._since: dict[str, int] = {}
         self._publish_sql = (
@@ -157,103 +160,34 @@ class PostgresStreamBroker:
             "ORDER BY channel_offset {order} LIMIT $6"
         )
 
-    # --- lifecycle ---
+    # --- lifecycle (app/engines/postgres/reading.py) ---
 
     @property
     def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise ClientError(ERROR_INTERNAL)  # used before run or after close
-        return self._pool
+        return self._reading.pool
+
+    @property
+    def outbox(self) -> Outbox | None:
+        return self._reading.outbox
 
     async def run(self, handler: BrokerEventHandler) -> None:
         """Creates the pool and sets up: the schema (unless skip_schema_init), the stream
         reader, the cleanup. When PostgreSQL is away it returns all the same and keeps
-        trying in the background, unhealthy meanwhile, as the Redis engine does (the Broker
-        contract; Centrifugo exits instead): an outage at start is one like any other."""
+        trying in the background, unhealthy meanwhile (reading.py)."""
         self._handler = handler
-        # min_size 0: no connection is opened here, and asyncpg does not refill a floor of
-        # idle connections by itself (it logs each failure with a traceback while
-        # PostgreSQL is away); connections open on demand.
-        self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=0, max_size=self._pool_size, **self._connect_kwargs
-        )
-        try:
-            await self._set_up()
-        except DB_ERRORS as e:
-            log.warning("postgres stream broker: PostgreSQL not ready, retrying: %r", e)
-            self._setup_task = asyncio.get_running_loop().create_task(
-                self._set_up_when_ready(), name="pg-stream-setup"
-            )
+        await self._reading.start()
 
-    async def _set_up(self) -> None:
-        pool = self.pool
-        if not self._skip_schema_init:
-            async with pool.acquire() as conn:
-                await ensure_stream_schema(
-                    conn, self._table_prefix, self.num_shards, self._lookahead_days
-                )
-        notify = None
-        if self._use_notify:
-
-            async def notify() -> asyncpg.Connection:
-                return await asyncpg.connect(self._notify_dsn, **self._connect_kwargs)
-
-        outbox = Outbox(
-            pool,
-            self.names.stream,
-            self.names.notify_channel,
-            self.num_shards,
-            self._deliver_rows,
-            poll_interval=self._poll_interval,
-            batch_size=self._batch_size,
-            notify_connect=notify,
-            columns=COLUMNS,
-            label="stream broker",
-        )
-        await outbox.start()
-        self.outbox = outbox  # healthy from here on
-        if self.cleanup_interval > 0:
-            self._cleanup_task = asyncio.get_running_loop().create_task(
-                self._cleanup_loop(), name="pg-stream-cleanup"
-            )
-
-    async def _set_up_when_ready(self) -> None:
-        delay = 0.5
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self._set_up()
-            except DB_ERRORS:
-                delay = min(delay * 2, 5.0)
-            except SchemaError as e:  # a newer or foreign schema: nothing to wait for
-                log.error("postgres stream broker: %s", e)
-                return
-            else:
-                log.info("postgres stream broker: PostgreSQL ready")
-                return
+    async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
+        await ensure_stream_schema(conn, self._table_prefix, self.num_shards, self._lookahead_days)
 
     async def close(self) -> None:
-        if self._setup_task is not None:
-            self._setup_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._setup_task
-            self._setup_task = None
-        if self._cleanup_task is not None:
-            self._cleanup_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._cleanup_task
-            self._cleanup_task = None
-        if self.outbox is not None:
-            await self.outbox.close()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._reading.close()
         self._handler = None
 
     @property
     def healthy(self) -> bool:
         """The last read of the stream table succeeded."""
-        return self.outbox is not None and self.outbox.healthy
+        return self._reading.healthy
 
     async def cleanup(self) -> None:
         """One cleanup pass: expired meta and idempotency rows, partitions made ahead and
@@ -263,19 +197,6 @@ class PostgresStreamBroker:
         async with self.pool.acquire() as conn:
             await ensure_partitions(conn, n.stream, self._lookahead_days)
             await drop_old_partitions(conn, n.stream, self._retention_days)
-
-    async def _cleanup_loop(self) -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(self.cleanup_interval)
-            try:
-                await self.cleanup()
-            except Exception as e:  # PostgreSQL away: tried at the next tick
-                if not failing:
-                    log.warning("postgres stream broker cleanup failed, retrying: %r", e)
-                failing = True
-            else:
-                failing = False
 
     # --- node subscriptions: the reader sees every row; deliveries are filtered ---
 
