@@ -42,6 +42,7 @@ import asyncpg
 from app.broker import BrokerEventHandler, HealthReporter
 from app.engines.postgres.maintenance import Maintenance
 from app.engines.postgres.outbox import Outbox
+from app.engines.postgres.payloads import data_in, data_out
 from app.engines.postgres.schema import PgNames, ensure_schema
 from app.errors import ERROR_INTERNAL, ERROR_UNRECOVERABLE_POSITION, ClientError
 from app.maps.broker import (
@@ -260,21 +261,10 @@ class PostgresMapBroker:
     # --- encoding ---
 
     def _data_in(self, data: bytes | None) -> bytes | str | None:
-        """A payload as the data columns take it: bytes (BYTEA) or JSON text (JSONB)."""
-        if not data:
-            return None
-        if self.binary:
-            return data
-        try:
-            return data.decode()
-        except UnicodeDecodeError:
-            log.warning("postgres map broker: payload is not JSON (set binary_data)")
-            raise ClientError(ERROR_INTERNAL) from None
+        return data_in(data, self.binary, "map broker")
 
     def _data_out(self, value: bytes | str | None) -> bytes:
-        if value is None:
-            return b""
-        return value if isinstance(value, bytes) else value.encode()
+        return data_out(value)
 
     def publication_of(self, row: asyncpg.Record, offset_column: str) -> Publication:
         """A state or stream row as a publication (key, data, tags, info, offset)."""

@@ -51,6 +51,7 @@ from app.engines.postgres.ddl import (
     ensure_partitions,
 )
 from app.engines.postgres.outbox import Outbox
+from app.engines.postgres.payloads import data_in, data_out
 from app.engines.postgres.reading import DB_ERRORS, Connection, ReaderSpec, TableReading
 from app.engines.postgres.stream_schema import StreamNames, ensure_stream_schema
 from app.errors import ERROR_INTERNAL, ClientError
@@ -253,21 +254,10 @@ class PostgresStreamBroker:
     # --- encoding ---
 
     def _data_in(self, data: bytes | None) -> bytes | str | None:
-        """A payload as the data columns take it: bytes (BYTEA) or JSON text (JSONB)."""
-        if not data:
-            return None
-        if self.binary:
-            return data
-        try:
-            return data.decode()
-        except UnicodeDecodeError:
-            log.warning("postgres stream broker: payload is not JSON (set binary_data)")
-            raise ClientError(ERROR_INTERNAL) from None
+        return data_in(data, self.binary, "stream broker")
 
     def _data_out(self, value: bytes | str | None) -> bytes:
-        if value is None:
-            return b""
-        return value if isinstance(value, bytes) else value.encode()
+        return data_out(value)
 
     def _info_of(self, row: asyncpg.Record) -> ClientInfo | None:
         if row["client_id"] is None:
