@@ -53,6 +53,11 @@ class SyncTransport(Transport, Protocol):
         """Write the frame now; returns how many bytes the transport still holds unsent
         (the backpressure measure). Raises one of WRITE_ERRORS when the peer is gone."""
 
+    def write_many_now(self, frames: list[bytes]) -> int:
+        """Write these frames now, in order, in one socket write where the transport can
+        (the writer's burst of more than MAX_MESSAGES_IN_FRAME messages, app/writer.py);
+        returns and raises as `write_now`."""
+
     def unsent(self) -> int:
         """What `write_now` would return now."""
 

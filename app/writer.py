@@ -1,7 +1,12 @@
 """Per-connection outgoing queue.
 
-Messages queued in one event-loop turn leave as one frame (joined by the codec's
-separator), so a burst of replies and pushes costs one socket write.
+Messages queued in one event-loop turn leave together, so a burst of replies and pushes
+costs one socket write: joined by the codec's separator into frames of at most
+`MAX_MESSAGES_IN_FRAME` (16) messages each, as centrifuge's writer collects at most
+`defaultMaxMessagesInFrame` items per WriteMany. A burst of 40 is three frames (16, 16, 8)
+in one socket write (`write_many_now`) on the synchronous path, three awaited writes on
+the async path (centrifuge's streams flush once per WriteMany too). At close the remainder
+leaves as one frame, uncapped, as writer.go's close(flushRemaining) writes it.
 
 An idle connection costs no task and no event: a writer with something queued joins
 its loop's `_Flusher`, and one `call_soon` callback per loop turn flushes every such
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import weakref
 from collections.abc import Callable
 
@@ -41,6 +47,37 @@ log = logging.getLogger("centrifugo.writer")
 # Bytes a transport may add to a message when it frames it (a WebSocket server frame
 # header is at most 10 bytes): the write timeout's accounting allows for them.
 FRAME_OVERHEAD = 10
+
+# centrifuge writer.go `defaultMaxMessagesInFrame`: the most messages one frame carries.
+# Centrifugo OSS has no config key for it (centrifuge's MaxMessagesInFrame is set only by
+# embedding applications), so neither have we.
+DEFAULT_MAX_MESSAGES_IN_FRAME = 16
+# Bench only, never for production: lets `python -m bench --app-env
+# CENTRIFUGO_PY_BENCH_MAX_MESSAGES_IN_FRAME=1` compare one message per frame with peers that
+# send no batches (-1: no limit, centrifuge's meaning; 0 or unset: the default). Read once.
+BENCH_MAX_MESSAGES_IN_FRAME_ENV = "CENTRIFUGO_PY_BENCH_MAX_MESSAGES_IN_FRAME"
+
+
+def _max_messages_in_frame(raw: str | None) -> int:
+    """The cap from the bench override `raw`: -1 (no limit) or a positive count."""
+    if not raw:
+        return DEFAULT_MAX_MESSAGES_IN_FRAME
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -2
+    if n < -1:
+        log.warning(
+            "%s=%r is not a count of messages (or -1): using %d",
+            BENCH_MAX_MESSAGES_IN_FRAME_ENV,
+            raw,
+            DEFAULT_MAX_MESSAGES_IN_FRAME,
+        )
+        return DEFAULT_MAX_MESSAGES_IN_FRAME
+    return n if n != 0 else DEFAULT_MAX_MESSAGES_IN_FRAME
+
+
+MAX_MESSAGES_IN_FRAME = _max_messages_in_frame(os.environ.get(BENCH_MAX_MESSAGES_IN_FRAME_ENV))
 
 
 class _Flusher:
@@ -172,14 +209,22 @@ class Writer:
                 return
         self._fail(Disconnect(DISCONNECT_SLOW))
 
-    def _take(self) -> bytes:
-        """The queued messages as one frame; the queue is empty afterwards."""
+    def _take(self) -> bytes | list[bytes]:
+        """The queued messages as one frame, or as frames of at most
+        MAX_MESSAGES_IN_FRAME messages each when more are queued (writer.go collects at most
+        that many per WriteMany); the queue is empty afterwards. Once closing, what remains
+        is one frame, uncapped, as writer.go's close(flushRemaining) writes it."""
         batch = self._buf
         self._buf = None
         self._size = 0
         if type(batch) is bytes:
-            return batch
-        return self._sep.join(batch)  # type: ignore[arg-type]
+            return batch  # one message, the fan-out's shared bytes: the common case
+        messages: list[bytes] = batch  # type: ignore[assignment]  # not None: flushed
+        cap = MAX_MESSAGES_IN_FRAME
+        if len(messages) <= cap or cap < 0 or self._closed:
+            return self._sep.join(messages)
+        sep = self._sep
+        return [sep.join(messages[i : i + cap]) for i in range(0, len(messages), cap)]
 
     def _flush(self) -> None:
         if self._buf is None:
@@ -189,14 +234,23 @@ class Writer:
             if self._task is None:
                 self._task = asyncio.get_running_loop().create_task(self._write_async())
             return  # else the task in flight takes the batch when its write is done
-        frame = self._take()
+        frames = self._take()
         try:
-            unsent = sync.write_now(frame)
+            if isinstance(frames, bytes):
+                unsent = sync.write_now(frames)
+            else:
+                # Several frames, one socket write: a /api/batch of 300 publications to a
+                # connection leaves as 19 frames in one send, as it left as one frame of
+                # 300 before the cap (bench figures: bench/README.md, "msg/frm").
+                unsent = sync.write_many_now(frames)
         except WRITE_ERRORS:
             self._fail(Disconnect(DISCONNECT_WRITE_ERROR))
             return
         if self._stall is not None:
-            self._stall_written += len(frame) + FRAME_OVERHEAD
+            if isinstance(frames, bytes):
+                self._stall_written += len(frames) + FRAME_OVERHEAD
+            else:
+                self._stall_written += sum(map(len, frames)) + FRAME_OVERHEAD * len(frames)
         elif unsent:
             self._arm_stall()
         if unsent > self._max_size > 0:
@@ -231,8 +285,13 @@ class Writer:
     async def _write_async(self) -> None:
         try:
             while self._buf is not None:
+                frames = self._take()
                 try:
-                    await self._transport.write(self._take())
+                    if isinstance(frames, bytes):
+                        await self._transport.write(frames)
+                    else:  # one write (one flush of the stream) per frame, as centrifuge
+                        for frame in frames:
+                            await self._transport.write(frame)
                 except WRITE_ERRORS:
                     self._fail(Disconnect(DISCONNECT_WRITE_ERROR))
                     return

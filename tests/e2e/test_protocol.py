@@ -328,6 +328,25 @@ async def test_flood_of_frames_is_answered_in_order(main: ServerHandle) -> None:
     assert got == ids
 
 
+async def test_api_batch_leaves_in_frames_of_at_most_16(main: ServerHandle) -> None:
+    # centrifuge's writer puts at most defaultMaxMessagesInFrame (16) queued messages in a
+    # frame: 40 publications queued at once leave as 16 + 16 + 8, in order, none lost
+    # (one frame of 40 before the cap, which Centrifugo never sends).
+    ch = uniq("plain:batch")
+    async with open_session(main) as ws:
+        assert await ws.ok("subscribe", {"channel": ch}) == {}
+        commands = [{"publish": {"channel": ch, "data": {"n": i}}} for i in range(40)]
+        await main.api_async("batch", {"commands": commands})
+        sizes: list[int] = []
+        got: list[int] = []
+        while len(got) < 40:
+            lines = (await ws.recv_frame()).split("\n")
+            sizes.append(len(lines))
+            got += [json.loads(line)["push"]["pub"]["data"]["n"] for line in lines]
+    assert got == list(range(40))
+    assert max(sizes) == 16, sizes  # the memory engine queues the whole batch in one turn
+
+
 async def test_json_omission_rules(main: ServerHandle) -> None:
     ch = uniq("shape")
     anon = main.token("")  # anonymous connection token: user ""

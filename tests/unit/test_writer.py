@@ -2,7 +2,8 @@
 
 The synchronous path (WebSocket `write_now`) and the async path (a transport with only an
 async `write`) share the batching contract: messages queued in one loop turn leave as one
-frame joined by the codec's separator.
+frame joined by the codec's separator, or as frames of at most 16 messages when more are
+queued (centrifuge's defaultMaxMessagesInFrame).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import pytest
 import yarl
 from aiohttp import WSMsgType, web
 
+from app import writer
 from app.errors import DISCONNECT_SLOW, DISCONNECT_WRITE_ERROR, Disconnect
+from app.models import Publication
+from app.protocol.gen import client_pb2
 from app.protocol.json import JSON
 from app.protocol.protobuf import PROTOBUF
 from app.transports.websocket.connection import AiohttpConnection
@@ -371,3 +375,137 @@ async def test_async_transport_write_error(
     w.enqueue(b"x")
     await next_turns(5)
     assert [e.code for e in errors] == [DISCONNECT_WRITE_ERROR]
+
+
+# --- frames of at most MAX_MESSAGES_IN_FRAME messages (centrifuge writer.go) ---
+
+
+async def received(server: Server, n: int, query: str = "", **connect: Any) -> list[Any]:
+    """The data of the first `n` WebSocket messages the handler sends."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(server.url + query, **connect) as ws,
+    ):
+        msgs = [await ws.receive(timeout=5) for _ in range(n)]
+        await ws.close()
+    await finished(server)
+    return [m.data for m in msgs]
+
+
+def json_messages(k: int) -> list[bytes]:
+    return [b'{"n":%d}' % i for i in range(k)]
+
+
+def test_the_cap_is_centrifuges_default() -> None:
+    assert writer.MAX_MESSAGES_IN_FRAME == writer.DEFAULT_MAX_MESSAGES_IN_FRAME == 16
+
+
+@pytest.mark.parametrize("query", ["", "?deflate"])
+async def test_seventeen_queued_leave_as_sixteen_and_one(server: Server, query: str) -> None:
+    errors = Errors()
+
+    async def handler(ws: web.WebSocketResponse, transport: WebSocketTransport) -> None:
+        w = Writer(transport, 1 << 20, errors)
+        for m in json_messages(17):
+            w.enqueue(m)
+        await ws.receive()
+
+    server.handler = handler
+    compress = {"compress": 15} if query else {}
+    first, second = await received(server, 2, query, **compress)
+    # Each frame is newline-joined JSON on its own, and nothing is lost or reordered.
+    assert first == "\n".join(m.decode() for m in json_messages(17)[:16])
+    assert second == '{"n":16}'
+    assert errors == []
+
+
+async def test_protobuf_frames_are_each_length_delimited(server: Server) -> None:
+    pushes = [
+        PROTOBUF.encode_pub_push("ch", Publication(data=b"\x00" * i, offset=i + 1))
+        for i in range(40)
+    ]
+
+    async def handler(ws: web.WebSocketResponse, transport: WebSocketTransport) -> None:
+        w = Writer(transport, 1 << 20, Errors())
+        for p in pushes:
+            w.enqueue(p)
+        await ws.receive()
+
+    server.handler = handler
+    frames = await received(server, 3, "?format=protobuf")
+    offsets: list[list[int]] = []
+    for frame in frames:
+        # A frame decodes whole into varint-prefixed Replies, ending on a message boundary.
+        pos, got = 0, []
+        while pos < len(frame):
+            size, shift = 0, 0
+            while True:
+                b = frame[pos]
+                pos += 1
+                size |= (b & 0x7F) << shift
+                shift += 7
+                if b < 0x80:
+                    break
+            reply = client_pb2.Reply.FromString(frame[pos : pos + size])
+            pos += size
+            assert reply.push.pub.data == b"\x00" * (reply.push.pub.offset - 1)
+            got.append(reply.push.pub.offset)
+        assert pos == len(frame)
+        offsets.append(got)
+    assert offsets == [list(range(1, 17)), list(range(17, 33)), list(range(33, 41))]
+
+
+@pytest.mark.parametrize(("cap", "frames"), [(1, 17), (-1, 1)])
+async def test_the_bench_override(
+    server: Server, monkeypatch: pytest.MonkeyPatch, cap: int, frames: int
+) -> None:
+    # What CENTRIFUGO_PY_BENCH_MAX_MESSAGES_IN_FRAME sets at import.
+    monkeypatch.setattr(writer, "MAX_MESSAGES_IN_FRAME", cap)
+
+    async def handler(ws: web.WebSocketResponse, transport: WebSocketTransport) -> None:
+        w = Writer(transport, 1 << 20, Errors())
+        for m in json_messages(17):
+            w.enqueue(m)
+        await ws.receive()
+
+    server.handler = handler
+    data = await received(server, frames)
+    assert "\n".join(data) == "\n".join(m.decode() for m in json_messages(17))
+
+
+@pytest.mark.parametrize(
+    ("raw", "cap"),
+    [(None, 16), ("", 16), ("0", 16), ("1", 1), ("4", 4), ("-1", -1), ("-2", 16), ("x", 16)],
+)
+def test_bench_override_values(raw: str | None, cap: int) -> None:
+    assert writer._max_messages_in_frame(raw) == cap
+
+
+async def test_close_writes_the_rest_as_one_frame(server: Server) -> None:
+    # writer.go's close(flushRemaining) hands every remaining item to one WriteMany.
+    async def handler(ws: web.WebSocketResponse, transport: WebSocketTransport) -> None:
+        w = Writer(transport, 1 << 20, Errors())
+        for m in json_messages(20):
+            w.enqueue(m)
+        await w.close()
+        await ws.receive()
+
+    server.handler = handler
+    (data,) = await received(server, 1)
+    assert data == "\n".join(m.decode() for m in json_messages(20))
+
+
+async def test_async_transport_writes_frames_of_sixteen(
+    stream_pair: tuple[StreamTransport, asyncio.StreamReader],
+) -> None:
+    transport, reader = stream_pair
+    w = Writer(transport, 1 << 20, Errors())
+    for i in range(33):
+        w.enqueue(b"%d" % i)
+    frames = [await read_frame(reader) for _ in range(3)]
+    assert frames == [
+        b"\n".join(b"%d" % i for i in range(0, 16)),
+        b"\n".join(b"%d" % i for i in range(16, 32)),
+        b"32",
+    ]
+    assert transport.writes == 3

@@ -96,6 +96,27 @@ class WebSocketTransport:
         sock.write(framed)
         return sock.get_write_buffer_size()
 
+    def write_many_now(self, frames: list[bytes]) -> int:
+        sock = self._sock
+        if self._conn.closed or sock.is_closing():
+            raise ConnectionResetError("websocket is closing")
+        # Each frame gets its header; all go out in one writelines (one send syscall, not
+        # one per frame: with an empty buffer every sock.write tries its own send).
+        first = self._first
+        short = self._short
+        parts: list[bytes] = []
+        for frame in frames:
+            n = len(frame)
+            if n < 126:
+                parts.append(short[n])
+            elif n < 65536:
+                parts.append(HEADER_16(first, 126, n))
+            else:
+                parts.append(HEADER_64(first, 127, n))
+            parts.append(frame)
+        sock.writelines(parts)
+        return sock.get_write_buffer_size()
+
     def unsent(self) -> int:
         return self._sock.get_write_buffer_size()
 
@@ -134,6 +155,14 @@ class DeflateWebSocketTransport(WebSocketTransport):
         if self._conn.closed or sock.is_closing():
             raise ConnectionResetError("websocket is closing")
         sock.write(self._deflater.frame(frame, self._opcode))
+        return sock.get_write_buffer_size()
+
+    def write_many_now(self, frames: list[bytes]) -> int:
+        sock = self._sock
+        if self._conn.closed or sock.is_closing():
+            raise ConnectionResetError("websocket is closing")
+        deflate, opcode = self._deflater.frame, self._opcode
+        sock.writelines([deflate(frame, opcode) for frame in frames])
         return sock.get_write_buffer_size()
 
 

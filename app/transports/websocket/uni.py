@@ -104,6 +104,11 @@ class UniWebSocketTransport:
                 sock.write(deflater.frame(msg, OP_TEXT))
         return sock.get_write_buffer_size()
 
+    def write_many_now(self, frames: list[bytes]) -> int:
+        for frame in frames:  # one WebSocket message per push (or per frame, joined)
+            self.write_now(frame)
+        return self._sock.get_write_buffer_size()
+
     def unsent(self) -> int:
         return self._sock.get_write_buffer_size()
 
