@@ -116,7 +116,7 @@ class Node:
         self._upkeep = Upkeep(self)
         self.control = NodeControl(self, controller)
         self.membership: Membership = Membership(
-            self.id, self._local_info, controller.publish_control, self.control.answer_survey
+            self.id, self.local_info, controller.publish_control, self.control.answer_survey
         )
         # Every live connection, connected or still connecting (shutdown closes them all).
         self.clients: set[Client] = set()
@@ -580,7 +580,7 @@ class Node:
         )
         self.shared_poll.update_gauges()
 
-    def _local_info(self) -> dict[str, Any]:
+    def local_info(self) -> dict[str, Any]:
         hub = self.hub
         # Called every heartbeat: a good moment to refresh the node gauges too.
         self.update_gauges()

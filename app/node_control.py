@@ -12,10 +12,9 @@ from __future__ import annotations
 import base64
 import fnmatch
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
-from app import VERSION_STRING, control
+from app import control
 from app.broker import ControlEventHandler, Controller
 from app.errors import Disconnect
 
@@ -128,19 +127,11 @@ class NodeControl:
     def live_sample(self) -> dict[str, Any]:
         """This node's counts for the admin UI's live charts (app/admin/live.py): the node
         info fields and the hub's publication and delivery totals since start."""
-        node, hub = self._node, self._node.hub
-        return {
-            "uid": node.id,
-            "name": node.name,
-            "version": VERSION_STRING,
-            "num_clients": hub.num_clients,
-            "num_users": hub.num_users,
-            "num_channels": hub.num_channels,
-            "num_subs": hub.num_subscriptions,
-            "uptime": int(time.time() - node.started_at),
-            "publications": hub.publications,
-            "deliveries": hub.deliveries,
-        }
+        hub = self._node.hub
+        sample = self._node.local_info()
+        sample["publications"] = hub.publications
+        sample["deliveries"] = hub.deliveries
+        return sample
 
     def local_channels(self, pattern: str) -> dict[str, int]:
         """Channel -> local subscribers, of the channels matching `pattern` ("": all)."""
