@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.ports import accepts, free_port
+from tests.support.ports import free_port
 
 MISSING = (
     "no PostgreSQL server binaries: neither initdb/postgres on PATH nor the pgserver package "
@@ -140,13 +140,25 @@ class PostgresServer:
             group=self._user.pw_gid if self._user else None,
         )
         log.close()
+        # Ready means the server answers a session, not that the port is open: PostgreSQL
+        # accepts TCP while still starting up and refuses sessions then ("the database
+        # system is starting up"), which a caller would race. pg_isready asks the protocol.
         deadline = time.monotonic() + timeout
-        while not accepts(self.port, 0.2):
+        while not self.ready():
             if self._proc.poll() is not None:
                 raise RuntimeError(f"postgres exited: {(self.dir / 'postgres.log').read_text()}")
             if time.monotonic() > deadline:
                 raise TimeoutError("postgres did not start")
             time.sleep(0.05)
+
+    def ready(self) -> bool:
+        """The server accepts sessions (pg_isready's exit 0; 1 = starting up, 2 = no answer)."""
+        probe = subprocess.run(
+            [str(self._bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+            + ["-U", "postgres", "-t", "1"],
+            capture_output=True,
+        )
+        return probe.returncode == 0
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT): sessions are ended, data kept."""
