@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -32,6 +31,7 @@ from prometheus_client import (
 )
 
 from app import VERSION_STRING
+from app.metrics_buffer import BufferedHistogram, MessageCounter
 
 NS = "centrifugo"
 # Centrifugo exposes no `_created` series; keep the scrape identical in shape.
@@ -371,43 +371,6 @@ def _labelled(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
-# Everything counted in-process first (MessageCounter, _Buffered): flushed together.
-_FLUSHABLE: list[Any] = []
-
-
-class MessageCounter:
-    """The (count, bytes) pair of transport message counters of one label set, counted in
-    this process and added to the shared values at most once a second (and by
-    `flush_buffered`, which the node's upkeep runs every second). `add` runs once per
-    message per subscriber on the fan-out path: two multiprocess increments there cost
-    2 µs (1.02 µs each, measured: 200k incs with PROMETHEUS_MULTIPROC_DIR set), buffered
-    ~0.15 µs."""
-
-    __slots__ = ("_count", "_size", "_n", "_bytes", "_due")
-
-    def __init__(self, count: Any, size: Any) -> None:
-        self._count = count
-        self._size = size
-        self._n = 0
-        self._bytes = 0
-        self._due = time.monotonic() + 1.0
-        _FLUSHABLE.append(self)
-
-    def add(self, size: int) -> None:
-        self._n += 1
-        self._bytes += size
-        now = time.monotonic()
-        if now >= self._due:
-            self.flush(now)
-
-    def flush(self, now: float = 0.0) -> None:
-        self._due = (now or time.monotonic()) + 1.0
-        if self._n:
-            self._count.inc(self._n)
-            self._size.inc(self._bytes)
-            self._n = self._bytes = 0
-
-
 @lru_cache(maxsize=4096)
 def _message_counter(sent: bool, transport: str, frame_type: str, ns: str) -> MessageCounter:
     if sent:
@@ -477,68 +440,15 @@ def broadcast_done(started: float, namespace: str) -> None:
     _buffered(BROADCAST_DURATION, "publication", namespace).observe(elapsed)
 
 
-class _Buffered:
-    """A histogram child's observations kept in this process and added to the shared
-    multiprocess values at most once a second, or when `flush_buffered` runs (the node's
-    upkeep calls it every second, so a pause in traffic leaves nothing unflushed).
-
-    Why: observe() on a multiprocess Histogram writes the sum and a bucket to mmap files,
-    2.8 µs (measured: 200k observes, PROMETHEUS_MULTIPROC_DIR set, this machine), which the
-    broadcast duration pays once per publication: +36 % of worker CPU per delivery on the
-    personal-channels bench (7.85 → 10.7 µs). A bisect and two additions here cost ~0.3 µs.
-    Reads prometheus_client's own `_upper_bounds`, `_buckets` and `_sum` (no public API adds
-    a count in one step)."""
-
-    __slots__ = ("_child", "_bounds", "_counts", "_sum", "_pending", "_due")
-
-    def __init__(self, child: Any) -> None:
-        self._child = child
-        self._bounds: list[float] = list(child._upper_bounds)
-        self._counts = [0] * len(self._bounds)
-        self._sum = 0.0
-        self._pending = False
-        self._due = time.monotonic() + 1.0
-
-    def observe(self, value: float) -> None:
-        # The first bound >= value: prometheus_client's `value <= bound` (the last is +Inf).
-        self._counts[bisect_left(self._bounds, value)] += 1
-        self._sum += value
-        self._pending = True
-        now = time.monotonic()
-        if now >= self._due:
-            self.flush(now)
-
-    def flush(self, now: float = 0.0) -> None:
-        self._due = (now or time.monotonic()) + 1.0
-        if not self._pending:
-            return
-        child = self._child
-        for i, n in enumerate(self._counts):
-            if n:
-                child._buckets[i].inc(n)
-                self._counts[i] = 0
-        child._sum.inc(self._sum)
-        self._sum = 0.0
-        self._pending = False
+_BUFFERS: dict[tuple[Any, ...], BufferedHistogram] = {}
 
 
-_BUFFERS: dict[tuple[Any, ...], _Buffered] = {}
-
-
-def _buffered(metric: Any, *labels: str) -> _Buffered:
+def _buffered(metric: Any, *labels: str) -> BufferedHistogram:
     key = (metric, *labels)
     buf = _BUFFERS.get(key)
     if buf is None:
-        buf = _BUFFERS[key] = _Buffered(_labelled(metric, *labels))
-        _FLUSHABLE.append(buf)
+        buf = _BUFFERS[key] = BufferedHistogram(_labelled(metric, *labels))
     return buf
-
-
-def flush_buffered() -> None:
-    """Add every buffered count and observation to the shared values (see _Buffered,
-    MessageCounter)."""
-    for buf in _FLUSHABLE:
-        buf.flush()
 
 
 def observe_recovered(count: int, namespace: str) -> None:

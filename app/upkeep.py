@@ -17,8 +17,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
-from app import metrics
 from app.info_metrics import InfoMetrics
+from app.metrics_buffer import flush_buffered
 from app.models import HistoryFilter, StreamPosition
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class Upkeep:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        metrics.flush_buffered()  # the last second's counts, before the worker exits
+        flush_buffered()  # the last second's counts, before the worker exits
 
     def _clients(self) -> list[Client]:
         # The hub's connections are the node's connected Clients.
@@ -72,10 +72,10 @@ class Upkeep:
 
     async def _flush_metrics(self) -> None:
         """Buffered histogram observations reach the scrape within about a second
-        (app/metrics.py _Buffered)."""
+        (app/metrics_buffer.py)."""
         while True:
             await asyncio.sleep(1.0)
-            metrics.flush_buffered()
+            flush_buffered()
 
     def _snapshot_metrics(self) -> None:
         node = self._node
