@@ -219,3 +219,17 @@ async def test_start_while_postgres_is_away_heals(
     await until("set up after PostgreSQL started", lambda: c.outbox is not None, 15)
     await c.publish_control(b"y")
     assert await events.next("control") == b"y"
+
+
+async def test_newer_schema_is_one_error_line_and_the_node_stays_down(
+    make_node: Maker, db: asyncpg.Connection, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A database a newer server migrated: nothing to wait for, no traceback, not healthy.
+    await make_node()
+    await db.execute(f"UPDATE {prefix}_controller_schema_version SET schema_version = 99")
+    with caplog.at_level("ERROR", logger="centrifugo.postgres"):
+        c, _ = await make_node()
+    assert c.outbox is None
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "99" in errors[0].getMessage()
+    assert errors[0].exc_info is None

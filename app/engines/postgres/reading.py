@@ -94,6 +94,8 @@ class TableReading:
         )
         try:
             await self._set_up()
+        except SchemaError as e:  # a newer or foreign schema: one line, the part stays down
+            log.error("postgres %s: %s", self._spec.label, e)
         except DB_ERRORS as e:
             log.warning("postgres %s: PostgreSQL not ready, retrying: %r", self._spec.label, e)
             self._setup_task = asyncio.get_running_loop().create_task(
