@@ -46,7 +46,9 @@ def parse_args(argv: list[str]) -> Options:
     ap.add_argument(
         "--paths",
         default=None,
-        help="comma list of phases (default all): " + ",".join(Options().paths),
+        help="comma list of phases (default: "
+        + ",".join(Options().paths)
+        + "); app2/spublish,app2/api add the 2-worker app beside the 1-worker one",
     )
     ap.add_argument(
         "--rate",

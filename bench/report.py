@@ -15,7 +15,16 @@ PATH_RANK = {
     ("raw", "local"): 2,
     ("sio", "redis"): 3,
     ("app", "spublish"): 4,
+    ("app2", "spublish"): 5,
 }
+# Issue 23 target 2: the 2-worker app's CPU per delivery within 10 % of the 1-worker app's.
+TWO_WORKERS_MAX_RATIO = 1.10
+
+
+def _path_rank(r: dict[str, Any]) -> int:
+    """Table order: peers, the Redis paths, then the HTTP API paths, app before app2."""
+    default = 10 if r["target"] == "app2" else 9
+    return PATH_RANK.get((r["target"], r["path"]), default)
 
 
 def percentile(sorted_vals: list[float], q: float) -> float:
@@ -84,6 +93,10 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["server_cpu_s_per_1M"] = round(
             statistics.median(r["server_cpu_s_per_1M"] for r in same), 2
         )
+        if all("worker_cpu_s_per_1M" in r for r in same):  # app targets
+            row["worker_cpu_s_per_1M"] = round(
+                statistics.median(r["worker_cpu_s_per_1M"] for r in same), 2
+            )
         lats = [r["latency_ms"] for r in same if r.get("latency_ms", {}).get("samples")]
         if len(lats) > 1:
             # A latency goal is met by the median run's p99, not by the p99 of the run that
@@ -98,10 +111,69 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key=lambda r: (
             scen.index(r["scenario"]),
             LOAD_ORDER.index(r["load"]) if r["load"] in LOAD_ORDER else 99,
-            PATH_RANK.get((r["target"], r["path"]), 9),
+            _path_rank(r),
         )
     )
     return rows
+
+
+def two_workers(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The 2-worker app (`app2`) against the 1-worker app, per scenario, load and path: CPU
+    per delivery of the server (master + workers) and of the workers alone, as the ratio
+    app2 / app of the same run (their phases run back to back) and its median over the runs;
+    the median deliveries/s of each, and app2's connection spread and worker CPU split of
+    the run with the median ratio."""
+    pairs: dict[tuple[str, str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    one = {
+        (r["scenario"], r["load"], r["path"], r.get("run")): r
+        for r in runs
+        if r["target"] == "app" and r["load"] in ("paced", "saturate")
+    }
+    for r in runs:
+        if r["target"] != "app2" or r["load"] not in ("paced", "saturate"):
+            continue
+        a = one.get((r["scenario"], r["load"], r["path"], r.get("run")))
+        if a is not None:
+            pairs.setdefault((r["scenario"], r["load"], r["path"]), []).append((a, r))
+    out = []
+    for (scenario, load, path), ps in pairs.items():
+
+        def ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
+            return round(b[key] / a[key], 3) if a.get(key) and b.get(key) is not None else None
+
+        srv = [ratio(a, b, "server_cpu_s_per_1M") for a, b in ps]
+        wrk = [ratio(a, b, "worker_cpu_s_per_1M") for a, b in ps]
+        ranked = sorted(range(len(ps)), key=lambda i: srv[i] or 0.0)
+        mid_a, mid_b = ps[ranked[len(ps) // 2]]
+        srv_ok = [x for x in srv if x is not None]
+        wrk_ok = [x for x in wrk if x is not None]
+        srv_med = round(statistics.median(srv_ok), 3) if srv_ok else None
+        out.append(
+            {
+                "scenario": scenario,
+                "load": load,
+                "path": path,
+                "runs": len(ps),
+                "deliveries_per_s": {
+                    "app": round(statistics.median(a["deliveries_per_s"] for a, _ in ps)),
+                    "app2": round(statistics.median(b["deliveries_per_s"] for _, b in ps)),
+                },
+                "server_cpu_s_per_1M": {
+                    "app": round(statistics.median(a["server_cpu_s_per_1M"] for a, _ in ps), 2),
+                    "app2": round(statistics.median(b["server_cpu_s_per_1M"] for _, b in ps), 2),
+                },
+                "server_ratio": srv_med,
+                "runs_server_ratio": srv,
+                "worker_ratio": round(statistics.median(wrk_ok), 3) if wrk_ok else None,
+                "runs_worker_ratio": wrk,
+                "met": None if srv_med is None else srv_med <= TWO_WORKERS_MAX_RATIO,
+                "spread_pct": mid_b.get("spread_pct", []),
+                "worker_cpu_s": mid_b.get("worker_cpu_s", []),
+                "cpu_s_per_1M": {"app": mid_a["cpu_s_per_1M"], "app2": mid_b["cpu_s_per_1M"]},
+                "lost": {"app": mid_a["lost"], "app2": mid_b["lost"]},
+            }
+        )
+    return out
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -230,6 +302,29 @@ def batch_table(rows: list[dict[str, Any]]) -> str:
             f"{r['workers']:>7} {'yes' if r['history'] else 'no':<7} {r['ok_per_s']:>11,} "
             f"{r['ok']:>9,} {r['errors']:>6,} {c['workers']:>12} {c['redis']:>10} "
             f"{c['publisher']:>8} {split:<14}"
+        )
+    return _lines(head, body)
+
+
+def two_workers_table(rows: list[dict[str, Any]]) -> str:
+    """app2 (2 workers) vs app (1 worker): one line per scenario, load and path."""
+    head = (
+        f"{'scenario':<9} {'load':<8} {'path':<10} {'app dlv/s':>10} {'app2 dlv/s':>10} "
+        f"{'app s/1M':>8} {'app2 s/1M':>9} {'srv x':>6} {'wrk x':>6} {'met':<4} "
+        f"{'spread %':<11} {'app2 wrk CPU s':<14} {'lg':>6} {'pub':>6} {'redis':>6}"
+    )
+    body = []
+    for r in rows:
+        c = r["cpu_s_per_1M"]["app2"]
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+        body.append(
+            f"{r['scenario']:<9} {r['load']:<8} {r['path']:<10} "
+            f"{r['deliveries_per_s']['app']:>10,} {r['deliveries_per_s']['app2']:>10,} "
+            f"{r['server_cpu_s_per_1M']['app']:>8} {r['server_cpu_s_per_1M']['app2']:>9} "
+            f"{_fmt(r['server_ratio'], '.3f'):>6} {_fmt(r['worker_ratio'], '.3f'):>6} {met:<4} "
+            f"{'/'.join(f'{x:.0f}' for x in r['spread_pct']) or '-':<11} "
+            f"{'/'.join(f'{x:.2f}' for x in r['worker_cpu_s']) or '-':<14} "
+            f"{c['loadgen']:>6} {c['publisher']:>6} {c['redis']:>6}"
         )
     return _lines(head, body)
 
@@ -438,10 +533,13 @@ def render(doc: dict[str, Any]) -> dict[str, str]:
     """The tables of a result document (`targets` recomputed from its rows)."""
     rows = doc["rows"]
     doc["targets"] = targets(doc, doc["meta"]["options"]["subs"])
+    # per-run pairs: the runs when --repeat kept them, else the rows are the runs
+    doc["two_workers"] = two_workers((doc.get("runs") or {}).get("rows") or rows)
     fan = [x for x in rows if x["load"] in ("paced", "saturate")]
     lat = [x for x in rows if x["load"] not in ("paced", "saturate")]
     return {
         "fanout": fanout_table(fan) if fan else "",
+        "two_workers": two_workers_table(doc["two_workers"]) if doc["two_workers"] else "",
         "peak": peak_table(doc["peak_search"]) if doc.get("peak_search") else "",
         "latency": latency_table(lat) if lat else "",
         "idle": idle_table(doc["idle"]) if doc.get("idle") else "",

@@ -43,6 +43,11 @@ from bench.publish import PublishJob, channel_name, run_job
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_PREFIX = "centrifugo"  # the app's default Redis prefix
+# The 2-worker app of the fan-out scenarios (target `app2`, issue 23 target 2): its own Redis
+# prefix, so its workers form a cluster of their own and not one with the 1-worker app's.
+APP2_PREFIX = "centrifugo2w"
+# app targets -> (Redis prefix, gunicorn workers)
+APP_TARGETS: dict[str, tuple[str, int]] = {"app": (APP_PREFIX, 1), "app2": (APP2_PREFIX, 2)}
 RAW_PREFIX = "rawbench."
 SIO_CHANNEL = "socketio"  # python-socketio's default manager channel
 
@@ -77,12 +82,17 @@ ALL = ("idle", *SCENARIOS, *STAGES)
 PATHS: tuple[tuple[str, str], ...] = (
     ("raw", "hiredis"),
     ("app", "spublish"),
+    ("app2", "spublish"),
     ("raw", "redispy"),
     ("app", "api"),
+    ("app2", "api"),
     ("raw", "local"),
     ("sio", "redis"),
 )
 RAW_REDIS_PATHS = {"redispy": "py.", "hiredis": "hi."}  # path -> raw peer channel prefix
+# Phases run unless --paths says otherwise: the 2-worker app only when asked for, so default
+# runs keep their length (and start no third server).
+DEFAULT_PATHS = tuple(f"{t}/{p}" for t, p in PATHS if t != "app2")
 
 
 def socketio_installed() -> bool:
@@ -97,7 +107,7 @@ class Options:
     rates: dict[str, dict[str, float]] = field(default_factory=dict)  # scenario -> load -> rate
     duration: float = 3.0
     repeat: int = 1
-    paths: tuple[str, ...] = tuple(f"{t}/{p}" for t, p in PATHS)  # "target/path" phases to run
+    paths: tuple[str, ...] = DEFAULT_PATHS  # "target/path" phases to run
     procs: int = 2
     sample_every: int = 50
     read_delay: float = 0.05
@@ -362,6 +372,14 @@ def start_app(
     return svc, port
 
 
+def wait_workers(svc: Service, port: int, workers: int, timeout: float = 30.0) -> None:
+    """Waits until a gunicorn app answers /health and has forked all its `workers`."""
+    svc.wait_http(f"http://127.0.0.1:{port}/health")
+    deadline = time.monotonic() + timeout
+    while len(svc.workers()) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def launch_raw(workdir: Path, redis_port: int, send: str, port: int = 0) -> tuple[Service, int]:
     port = port or free_port()
     cmd = [sys.executable, "-m", "bench.raw_server", "--port", str(port)]
@@ -436,42 +454,82 @@ class Run:
     peak_search: list[dict[str, Any]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
     replaced: list[Service] = field(default_factory=list)  # started by restart(): stop at the end
+    # the 2-worker app (target "app2"), started only when a selected path needs it
+    app2: Service | None = None
+    app2_port: int = 0
+    # (scenario, app target) -> each worker's share of the connections, % (from /api/info)
+    spreads: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
     def server(self, target: str) -> Service:
         if target == "sio":
             assert self.sio is not None
             return self.sio
+        if target == "app2":
+            assert self.app2 is not None
+            return self.app2
         return self.app if target == "app" else self.raw
+
+    def port(self, target: str) -> int:
+        return {
+            "app": self.app_port,
+            "app2": self.app2_port,
+            "raw": self.raw_port,
+            "sio": self.sio_port,
+        }[target]
 
     def target(self, target: str) -> Target:
         if target == "sio":
             return Target.socketio("127.0.0.1", self.sio_port)
-        return Target("127.0.0.1", self.app_port if target == "app" else self.raw_port)
+        return Target("127.0.0.1", self.port(target))
 
     def targets(self) -> list[str]:
         """Servers the fan-out scenarios connect to (those some selected path needs)."""
         out = []
-        for name in ("raw", "app", "sio"):
-            if name == "sio" and self.sio is None:
+        for name in ("raw", "app", "app2", "sio"):
+            if (name == "sio" and self.sio is None) or (name == "app2" and self.app2 is None):
                 continue
             if any(p.startswith(name + "/") for p in self.opts.paths):
                 out.append(name)
         return out
 
+    def node_clients(self, target: str) -> list[int]:
+        """An app target's clients per node (worker), as its `/api/info` lists them. The
+        worker that answers counts its own now; the others as of their last heartbeat (3 s)."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port(target)}/api/info",
+            data=b"{}",
+            headers={"X-API-Key": self.api_key, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            nodes = json.loads(resp.read())["result"]["nodes"]
+        return [int(n.get("num_clients", 0)) for n in nodes]
+
     def connected(self, target: str) -> int:
         """Connections the server still counts (the app: clients over all its nodes)."""
-        if target == "app":
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{self.app_port}/api/info",
-                data=b"{}",
-                headers={"X-API-Key": self.api_key, "Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                nodes = json.loads(resp.read())["result"]["nodes"]
-            return sum(n.get("num_clients", 0) for n in nodes)
-        port = self.raw_port if target == "raw" else self.sio_port
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as resp:
+        if target in APP_TARGETS:
+            return sum(self.node_clients(target))
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.port(target)}/health", timeout=10
+        ) as resp:
             return int(json.loads(resp.read())["subscribers"])
+
+    def spread(self, target: str, clients: int, timeout: float = 10.0) -> list[float]:
+        """Each worker's share of `clients` connections, % (largest first), once `/api/info`
+        lists every worker and they add up to `clients`: a heartbeat (3 s) may be needed
+        before the other workers' counts are current. What it saw at the timeout otherwise."""
+        workers = APP_TARGETS[target][1]
+        deadline = time.monotonic() + timeout
+        counts: list[int] = []
+        while True:
+            try:
+                counts = self.node_clients(target)
+            except (OSError, KeyError, ValueError):
+                counts = []
+            if (len(counts) == workers and sum(counts) == clients) or (time.monotonic() > deadline):
+                break
+            time.sleep(0.2)
+        total = sum(counts)
+        return sorted((round(100 * c / total, 1) for c in counts), reverse=True) if total else []
 
     def wait_drained(self, target: str, timeout: float = 120.0) -> None:
         """Waits until the server has let go of every closed connection, so the next phase
@@ -489,18 +547,19 @@ class Run:
         log(f"{target}: still {n} connections {timeout:.0f}s after disconnecting")
 
     def restart(self, target: str) -> None:
-        """A fresh server process on the same port (the app: a new gunicorn worker)."""
-        if target == "app":
-            old = set(self.app.workers())
+        """A fresh server process on the same port (the app: new gunicorn workers)."""
+        if target in APP_TARGETS:
+            app, workers = self.server(target), APP_TARGETS[target][1]
+            old = set(app.workers())
             for pid in old:
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                pids = self.app.workers()
-                if pids and not set(pids) & old:
+                pids = app.workers()
+                if len(pids) >= workers and not set(pids) & old:
                     break
                 time.sleep(0.1)
-            self.app.wait_http(f"http://127.0.0.1:{self.app_port}/health")
+            app.wait_http(f"http://127.0.0.1:{self.port(target)}/health")
             return
         svc = self.server(target)
         svc.stop()
@@ -547,15 +606,16 @@ class Run:
         if target == "raw":
             return PublishJob(mode="trigger", url=f"http://127.0.0.1:{self.raw_port}", **common)
         if path == "spublish":
+            # the app target's own prefix: app2's workers listen on theirs only
             return PublishJob(
                 mode="spublish",
                 redis_port=self.redis_port,
-                pubsub_prefix=f"{APP_PREFIX}.client.",
+                pubsub_prefix=f"{APP_TARGETS[target][0]}.client.",
                 **common,
             )
         return PublishJob(
             mode=sc.api_mode,
-            url=f"http://127.0.0.1:{self.app_port}",
+            url=f"http://127.0.0.1:{self.port(target)}",
             api_key=self.api_key,
             **common,
         )
@@ -581,10 +641,17 @@ class Run:
             short = max(0.2, o.sio_max_deliveries / rate_deliveries)
             job = dataclasses.replace(job, duration=min(job.duration, short))
         self.lg.reset()
+        app = target in APP_TARGETS
+        # Each worker's CPU too: the 2-worker app's split, and CPU per delivery without the
+        # gunicorn master (issue 23 compares worker CPU).
+        worker_pids = self.server(target).workers() if app else []
+        workers0 = [cpu_seconds([p]) for p in worker_pids]
         before = self.snapshot(target)
         prof = None
-        if o.profile_dir is not None and target == "app":
-            prof = o.profile_dir / f"{sc.name}-{path}-{load}.txt"
+        if o.profile_dir is not None and app:
+            # app2: one of its two workers (py-spy samples one process)
+            name = path if target == "app" else f"{target}-{path}"
+            prof = o.profile_dir / f"{sc.name}-{name}-{load}.txt"
         worker_pid = self.server(target).workers()[-1]
         with py_spy(worker_pid, prof, o.profile_native):
             pub = self.publish(job, job.duration + 120)
@@ -597,7 +664,14 @@ class Run:
             hard = max(60.0, o.duration * 10, sum(expected) / 20_000)
             stats = self.lg.collect(expected, o.idle_timeout, hard)
         after = self.snapshot(target)
-        return self._row(sc, target, path, load, job, pub, expected, stats, before, after)
+        workers1 = [cpu_seconds([p]) for p in worker_pids]
+        row = self._row(sc, target, path, load, job, pub, expected, stats, before, after)
+        if app:
+            split = [round(b - a, 3) for a, b in zip(workers0, workers1, strict=True)]
+            row["worker_cpu_s"] = split
+            row["worker_cpu_s_per_1M"] = report.per_million(sum(split), row["delivered"])
+            row["spread_pct"] = self.spreads.get((sc.name, target), [])
+        return row
 
     def _row(
         self,
@@ -633,7 +707,7 @@ class Run:
         return {
             "scenario": sc.name,
             "target": target,
-            "path": job.mode if (target, path) == ("app", "api") else path,
+            "path": job.mode if target in APP_TARGETS and path == "api" else path,
             "load": load,
             "subs": n,
             "channels": job.count,
@@ -690,6 +764,9 @@ class Run:
         for target in self.targets():
             t = self.lg.connect(self.target(target), specs, o.sample_every, read_delay=o.read_delay)
             log(f"{sc.name}: {n} subscribers on {count} channel(s) of {target} in {t:.1f}s")
+            if target in APP_TARGETS:
+                spread = self.spreads[(sc.name, target)] = self.spread(target, n)
+                log(f"{sc.name}: {target} connections per worker {spread} %")
         time.sleep(0.5)  # let subscribe bookkeeping settle before the first publication
         for rep in range(o.repeat):
             for load in loads:
@@ -847,9 +924,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def _validate(opts: Options) -> None:
-    unknown = set(opts.paths) - {f"{t}/{p}" for t, p in PATHS}
+    every = [f"{t}/{p}" for t, p in PATHS]
+    unknown = set(opts.paths) - set(every)
     if unknown:
-        raise ValueError(f"unknown paths {sorted(unknown)} (have {', '.join(Options().paths)})")
+        raise ValueError(f"unknown paths {sorted(unknown)} (have {', '.join(every)})")
     for name in opts.scenarios:
         if name not in ALL:
             raise ValueError(f"unknown scenario {name!r} (have {', '.join(ALL)})")
@@ -889,6 +967,12 @@ def run(opts: Options) -> dict[str, Any]:
         # Servers boot in parallel; each is stopped however the run ends.
         app_svc, app_port = launch_app(workdir, cfg, opts.app_env)
         stack.callback(app_svc.stop)
+        app2_svc: Service | None = None
+        app2_port = 0
+        if any(p.startswith("app2/") for p in opts.paths):
+            cfg2 = app_config(redis_port, secret, api_key, opts.history, prefix=APP2_PREFIX)
+            app2_svc, app2_port = launch_app(workdir, cfg2, opts.app_env, 2, name="app2")
+            stack.callback(app2_svc.stop)
         raw_svc, raw_port = launch_raw(workdir, redis_port, opts.raw_send)
         stack.callback(raw_svc.stop)
         sio_svc: Service | None = None
@@ -902,6 +986,9 @@ def run(opts: Options) -> dict[str, Any]:
         stack.callback(pool.shutdown)
         app_svc.wait_http(f"http://127.0.0.1:{app_port}/health")
         log(f"app (1 worker) on port {app_port}")
+        if app2_svc is not None:
+            wait_workers(app2_svc, app2_port, 2)
+            log(f"app2 (2 workers) on port {app2_port}")
         raw_svc.wait_http(f"http://127.0.0.1:{raw_port}/health")
         log(f"raw peer on port {raw_port}")
         if sio_svc is not None:
@@ -922,6 +1009,8 @@ def run(opts: Options) -> dict[str, Any]:
             secret,
             lg,
             pool,
+            app2=app2_svc,
+            app2_port=app2_port,
         )
         stack.callback(r.stop_replaced)
         try:
@@ -941,7 +1030,7 @@ def run(opts: Options) -> dict[str, Any]:
             if "maps" in wanted:
                 maps.maps(r, stack)
         except Exception:
-            for svc in (r.app, r.raw, r.sio):
+            for svc in (r.app, r.app2, r.raw, r.sio):
                 if svc is not None:
                     tail = svc.log.read_text(errors="replace")[-3000:]
                     log(f"--- {svc.name} log tail ---\n{tail}")

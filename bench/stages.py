@@ -7,7 +7,8 @@
   `disconnect`, or a restart of the worker) and reconnect; the time until all re-subscribed
   with `recovered: true`.
 * `batch`: `/api/batch` publish throughput into channels with history, closed loop, with 1
-  and 2 workers (a second app is started for the latter).
+  and 2 workers (the second app: the fan-out scenarios' `app2` when it runs, else one started
+  here).
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def _storm_once(r: Run, trigger: str, n: int, expected: list[int], run: int) -> 
 
 
 def batch(r: Run, stack: ExitStack) -> None:
-    from bench.runner import app_config, launch_app
+    from bench.runner import app_config, launch_app, wait_workers
 
     o = r.opts
     apps = {}
@@ -223,14 +224,15 @@ def batch(r: Run, stack: ExitStack) -> None:
         if workers == 1:
             apps[1] = (r.app, r.app_port)
             continue
+        if workers == 2 and r.app2 is not None:
+            # the fan-out scenarios' 2-worker app (same config, its own prefix), left running
+            apps[2] = (r.app2, r.app2_port)
+            continue
         # Its own Redis prefix: the two apps must not form one cluster.
         cfg = app_config(r.redis_port, r.secret, r.api_key, o.history, prefix=f"cfb{workers}")
         svc, port = launch_app(r.workdir, cfg, o.app_env, workers, name=f"app{workers}")
         stack.callback(svc.stop)
-        svc.wait_http(f"http://127.0.0.1:{port}/health")
-        deadline = time.monotonic() + 30
-        while len(svc.workers()) < workers and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_workers(svc, port, workers)
         apps[workers] = (svc, port)
         _log(f"app ({workers} workers) on port {port}")
     for rep in range(o.repeat):
@@ -243,8 +245,8 @@ def batch(r: Run, stack: ExitStack) -> None:
                 f"({row['errors']} errors, worker CPU {row['cpu_s']['workers']})"
             )
             time.sleep(0.5)
-    for workers, (svc, _) in apps.items():
-        if workers != 1:
+    for svc, _ in apps.values():
+        if svc not in (r.app, r.app2):
             svc.stop()
 
 
