@@ -65,6 +65,9 @@ class Target:
     port: int
     path: str = "/connection/websocket"
     proto: str = "centrifuge"  # or "sio" (Engine.IO 4 / Socket.IO 5, python-socketio peer)
+    # Local addresses the clients connect from, by connection index (bench.scale): one source
+    # address has only the ephemeral range (~28k ports) towards one server address and port.
+    sources: tuple[str, ...] = ()
 
     @classmethod
     def socketio(cls, host: str, port: int) -> Target:
@@ -89,6 +92,24 @@ def mask_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
 
 
 PONG_FRAME_PAYLOAD = b"{}"
+
+
+async def connect_from(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, source: str
+) -> socket.socket:
+    """A TCP socket connected to (host, port) from local address `source`. With
+    IP_BIND_ADDRESS_NO_PORT connect() picks the port, unique per 4-tuple (a TIME_WAIT one of
+    an earlier run may be reused); a plain bind() would reserve it towards every destination."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass(slots=True)
@@ -519,11 +540,16 @@ class LoadWorker:
         """Connects, subscribes and returns the client once its subscribe reply arrived."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
-        _, proto = await loop.create_connection(
-            lambda: WsClient(self, spec, target, sample, ready, storm, recover),
-            target.host,
-            target.port,
-        )
+
+        def client() -> WsClient:
+            return WsClient(self, spec, target, sample, ready, storm, recover)
+
+        if target.sources:
+            source = target.sources[spec.idx % len(target.sources)]
+            sock = await connect_from(loop, target.host, target.port, source)
+            _, proto = await loop.create_connection(client, sock=sock)
+        else:
+            _, proto = await loop.create_connection(client, target.host, target.port)
         try:
             async with asyncio.timeout(60):
                 await ready
