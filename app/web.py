@@ -157,5 +157,10 @@ def create_app(cfg: Config) -> web.Application:
     add_uni_http_stream_routes(app, cfg)
     add_grpc_api(app, cfg)
     add_uni_grpc(app, cfg)
+    if cfg.http_server.http3.enabled:
+        # Imported only then: aioquic stays unloaded otherwise.
+        from app.transports.webtransport.listener import add_listener
+
+        add_listener(app, cfg)
     add_admin_routes(app, cfg)  # last: with an empty prefix its UI route is the catch-all
     return app

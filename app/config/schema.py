@@ -128,8 +128,9 @@ class HTTPServerConfig(Section):
     """TLS of the internal port when it needs its own certificate; when not enabled the internal
     port follows `tls` (or plain HTTP with `tls_external`)."""
     http3: EnabledConfig = subsection(EnabledConfig)
-    """HTTP/3 (QUIC) on the main port, experimental in Centrifugo. Not implemented here (a
-    warning at start)."""
+    """HTTP/3 (QUIC) on the main port's UDP twin, experimental in Centrifugo: requires `tls`;
+    serves WebTransport sessions (every other HTTP/3 request gets 421, so browsers use TCP)
+    and advertises itself with `Alt-Svc` on TCP responses."""
     h2c_external: bool = False
     """Cleartext HTTP/2 (h2c) on the main port, which Centrifugo allows only with a separate
     `internal_port`. Not served here (HTTP/1.1 and WebSocket only)."""

@@ -92,8 +92,8 @@ class EmulationConfig(Section):
 @dataclass(frozen=True, slots=True)
 class WebTransportConfig(Section):
     enabled: bool = False
-    """Serve the WebTransport (HTTP/3) transport, experimental in Centrifugo. Not implemented
-    here."""
+    """Serve the WebTransport (HTTP/3) transport, experimental in Centrifugo; requires
+    `http_server.http3.enabled` (and so TLS)."""
     handler_prefix: str = "/connection/webtransport"
     """Path of the WebTransport endpoint."""
     message_size_limit: int = 65536

@@ -52,7 +52,6 @@ _GO_BUFFERS = (
 UNSUPPORTED: dict[str, str] = {
     "http_server.tls_autocert.enabled": _AUTOCERT,
     "http_server.tls_autocert.**": _AUTOCERT,
-    "http_server.http3.enabled": "HTTP/3 is not implemented",
     "http_server.h2c_external": "HTTP/2 is not served (HTTP/1.1 and WebSocket only)",
     "**.redis.replica_client.enabled": "reading from Redis replicas is not implemented",
     "**.redis.history_use_lists": "history is kept in Redis streams only",
@@ -91,7 +90,6 @@ UNSUPPORTED: dict[str, str] = {
     "not the time lag",
     "**.grpc.tls.insecure_skip_verify": "gRPC proxies always verify the server certificate "
     "(grpcio has no switch to skip it)",
-    "webtransport.**": "WebTransport is not implemented",
     "swagger.**": "the Swagger UI is not served",
     "debug.**": "Go's pprof endpoints do not exist in this server",
     "init.**": "the connection init endpoint is not implemented",

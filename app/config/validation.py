@@ -351,6 +351,25 @@ def _validate_nats(cfg: Config) -> None:
         raise ConfigError(str(e)) from None
 
 
+def _validate_http3(cfg: Config) -> None:
+    """What Centrifugo refuses at start (internal/app/mux.go, log.Fatal), checked with the
+    config so checkconfig fails too."""
+    http3 = cfg.http_server.http3.enabled
+    if cfg.webtransport.enabled and not http3:
+        raise ConfigError("can not enable webtransport without experimental HTTP/3")
+    if not http3:
+        return
+    tls = cfg.http_server.tls
+    if not tls.enabled:
+        raise ConfigError("HTTP/3 requires TLS configured")
+    if tls.client_ca_pem:
+        # aioquic's server never asks for a client certificate: HTTP/3 would skip the
+        # mutual TLS that HTTPS on the same port enforces.
+        raise ConfigError(
+            "HTTP/3 can not verify client certificates (http_server.tls.client_ca_pem)"
+        )
+
+
 def validate(cfg: Config) -> None:
     if cfg.log.level not in _LOG_LEVELS:
         raise ConfigError(
@@ -369,6 +388,7 @@ def validate(cfg: Config) -> None:
             )
     if cfg.broker.enabled and cfg.broker.type == "nats":
         _validate_nats(cfg)
+    _validate_http3(cfg)
     if cfg.broker.enabled and cfg.broker.type == "postgres" and not cfg.broker.postgres.dsn:
         # Centrifugo's NewPostgresStreamBroker refuses to start the same way.
         raise ConfigError("postgres stream broker: DSN is required")

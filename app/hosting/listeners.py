@@ -111,11 +111,15 @@ class SlotListeners:
     its slot's sockets.
     """
 
-    def __init__(self, slots: int, backlog: int) -> None:
+    def __init__(self, slots: int, backlog: int, udp: tuple[str, int] | None = None) -> None:
         self.slots = slots
         self.backlog = backlog
         # groups[a][k]: gunicorn's listener object of address a, slot k.
         self.groups: list[list[Any]] = []
+        # HTTP/3: the UDP address whose per-slot sockets the master binds and keeps (their
+        # group must never change size: app/transports/webtransport/udp_slots.py).
+        self.udp = udp
+        self.udp_group: list[socket.socket] = []
 
     def settings(self, post_fork: Callable[[Any, Any], None]) -> dict[str, Any]:
         def chained_post_fork(server: Any, worker: Any) -> None:
@@ -139,6 +143,16 @@ class SlotListeners:
         )
         self.groups = [wrapped[i * self.slots : (i + 1) * self.slots] for i in range(len(groups))]
         server.LISTENERS = wrapped
+        if self.udp is not None:
+            from app.transports.webtransport import udp_slots
+
+            try:
+                self.udp_group = udp_slots.bind_group(self.udp, self.slots)
+            except OSError as e:
+                host, port = self.udp
+                raise ListenError(
+                    f"can not listen on UDP {host}:{port}: {e.strerror or e}"
+                ) from None
 
     def pre_fork(self, server: Any, worker: SlottedWorker) -> None:
         # The slot with the fewest live workers: the one a dead or rotated worker left
@@ -156,15 +170,28 @@ class SlotListeners:
             for k, lnr in enumerate(group):
                 if k != slot:
                     lnr.close()
+        if self.udp_group:
+            from app.transports.webtransport import udp_slots
+
+            udp_slots.inherit(self.udp_group[slot])
+            for k, udp in enumerate(self.udp_group):
+                if k != slot:
+                    udp.close()
 
 
-def configure(options: dict[str, Any], workers: int, backlog: int) -> None:
+def configure(
+    options: dict[str, Any], workers: int, backlog: int, udp: tuple[str, int] | None = None
+) -> None:
     """Merge the listener hooks for `workers` processes into gunicorn `options` (whose
-    `post_fork`, if any, still runs first)."""
+    `post_fork`, if any, still runs first). `udp`: the HTTP/3 address, which gets a UDP
+    socket per slot too (one worker binds its own)."""
     if mode_from_env(workers) != REUSEPORT:
+        if udp is not None and workers > 1:
+            # Workers sharing one UDP socket would each read some of a connection's packets.
+            raise ListenError(f"HTTP/3 with {workers} workers needs {MODE_ENV}={REUSEPORT}")
         return
     keep = options.get("post_fork", _no_hook)
-    options.update(SlotListeners(workers, backlog).settings(post_fork=keep))
+    options.update(SlotListeners(workers, backlog, udp).settings(post_fork=keep))
 
 
 def _no_hook(server: Any, worker: Any) -> None:

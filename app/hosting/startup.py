@@ -42,6 +42,13 @@ def check_resources(cfg: Config) -> None:
     listener_contexts(cfg)
 
 
+def http3_address(cfg: Config) -> tuple[str, int] | None:
+    """The UDP address HTTP/3 listens on (the main port's), None when it is off."""
+    if not cfg.http_server.http3.enabled:
+        return None
+    return (cfg.http_server.address or "0.0.0.0", cfg.http_server.port)
+
+
 def check_redis(cfg: Config) -> None:
     """Refuse a malformed Redis address with one line. Reachability is not checked: workers
     boot and serve while Redis is down (/health 500) and heal when it answers, so an outage
@@ -129,5 +136,5 @@ def run(cfg: Config, workers: int, max_requests: int = 0, max_requests_jitter: i
     options["worker_class"] = worker_class()
     options["post_fork"] = remember_master_signals
     # One SO_REUSEPORT listener per worker slot, so a burst of connects spreads evenly.
-    listeners.configure(options, workers, settings.backlog)
+    listeners.configure(options, workers, settings.backlog, udp=http3_address(cfg))
     make_gunicorn_app(cfg, options, settings).run()

@@ -188,8 +188,8 @@ def test_unsupported_key_logs_one_warning_naming_it(tmp_path: Path, caplog: Any)
 
 
 def test_env_and_flags_are_reported_too() -> None:
-    _, report = load_config_report(None, env={"CENTRIFUGO_WEBTRANSPORT_ENABLED": "true"})
-    assert [f.key for f in report.unsupported] == ["webtransport.enabled"]
+    _, report = load_config_report(None, env={"CENTRIFUGO_OPENTELEMETRY_ENABLED": "true"})
+    assert [f.key for f in report.unsupported] == ["opentelemetry.enabled"]
     _, report = load_config_report(None, env={}, flags={"swagger.enabled": "true"})
     assert [f.key for f in report.unsupported] == ["swagger.enabled"]
 

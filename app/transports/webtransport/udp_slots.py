@@ -1,0 +1,47 @@
+"""The UDP half of the worker slots (app/hosting/listeners.py): one SO_REUSEPORT socket per
+slot on the main port, bound and kept by the gunicorn master, and the one a worker inherits.
+
+Why the master keeps them (app/transports/webtransport/listener.py has the whole story): a
+reuseport group maps each datagram's 4-tuple hash onto its sockets by position, so a group
+that loses a socket and gets a new one re-maps flows and moves live QUIC connections to
+workers that do not know them. Held by the master, the group never changes while it runs.
+
+`inherit` is called in the worker right after the fork (gunicorn's post_fork); `inherited`
+is read once when the worker's HTTP/3 listener starts. Module state, per process: a worker
+serves exactly one slot.
+"""
+
+from __future__ import annotations
+
+import socket
+
+_inherited: socket.socket | None = None
+
+
+def bind_group(address: tuple[str, int], slots: int) -> list[socket.socket]:
+    """`slots` UDP sockets on `address` in one reuseport group (OSError when the port is
+    taken by another process)."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    group: list[socket.socket] = []
+    try:
+        for _ in range(slots):
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            group.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(group[0].getsockname() if len(group) > 1 else address)
+    except OSError:
+        for s in group:
+            s.close()
+        raise
+    return group
+
+
+def inherit(sock: socket.socket) -> None:
+    """This worker serves `sock` (its slot's)."""
+    global _inherited
+    _inherited = sock
+
+
+def inherited() -> socket.socket | None:
+    """The slot socket this worker inherited, or None (one worker, in-process servers)."""
+    return _inherited
