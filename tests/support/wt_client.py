@@ -35,6 +35,7 @@ from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataRecei
 from app.protocol.gen import client_pb2 as pb
 
 CLOSE_WEBTRANSPORT_SESSION = 0x2843
+_PING = object()  # a ping the reader answered: restarts a reader's silence timeout
 
 
 class _Protocol(QuicConnectionProtocol):
@@ -103,6 +104,7 @@ class WtClient:
         self._pong = pong
         self._messages: asyncio.Queue[Any] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
+        self._wants_pong = False
         self.status = 0
         self.pings = 0
 
@@ -151,19 +153,28 @@ class WtClient:
                     line, buf = buf.split(b"\n", 1)
                     msg = orjson.loads(line)
                     ping = msg == {}
+                if self._protobuf and msg.HasField("connect"):
+                    self._wants_pong = msg.connect.pong
+                elif not self._protobuf and "connect" in msg:
+                    self._wants_pong = bool(msg["connect"].get("pong"))
                 if ping:
                     self.pings += 1
                     if self._pong:
-                        self.send_raw(b"\x00" if self._protobuf else b"{}\n")
-                        continue
+                        if self._wants_pong:  # the connect reply's `pong`, as SDKs read it
+                            self.send_raw(b"\x00" if self._protobuf else b"{}\n")
+                        msg = _PING
                 self._messages.put_nowait(msg)
 
     async def _next(self, timeout: float) -> Any:
-        msg = await asyncio.wait_for(self._messages.get(), timeout)
-        if msg is None:
-            self._messages.put_nowait(None)  # stays at end of stream
-            raise EOFError("stream ended")
-        return msg
+        """The next message; `timeout` bounds the silence: a ping answered meanwhile
+        starts it again (an SDK's liveness check)."""
+        while True:
+            msg = await asyncio.wait_for(self._messages.get(), timeout)
+            if msg is None:
+                self._messages.put_nowait(None)  # stays at end of stream
+                raise EOFError("stream ended")
+            if msg is not _PING:
+                return msg
 
     async def next_json(self, timeout: float = 5.0) -> dict[str, Any]:
         return cast(dict[str, Any], await self._next(timeout))

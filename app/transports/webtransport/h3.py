@@ -78,6 +78,7 @@ class H3Server(QuicConnectionProtocol):
         self._sessions: dict[int, Session] = {}
         self._terminated = False
         self._flush_pending = False
+        self._ended: set[int] = set()  # CONNECT streams this side has finished
 
     # ---------------------------------------------------------------- events
 
@@ -176,8 +177,9 @@ class H3Server(QuicConnectionProtocol):
         return 0 if stream is None else len(stream.sender._buffer)
 
     def close_session(self, session_id: int, code: int, reason: str) -> None:
-        if self._terminated or self._h3 is None:
+        if self._terminated or self._h3 is None or session_id in self._ended:
             return
+        self._ended.add(session_id)
         payload = (code & 0xFFFFFFFF).to_bytes(4, "big") + reason.encode()[:MAX_CLOSE_REASON]
         capsule = (
             encode_uint_var(CLOSE_WEBTRANSPORT_SESSION) + encode_uint_var(len(payload)) + payload
@@ -191,6 +193,16 @@ class H3Server(QuicConnectionProtocol):
 
     def session_ended(self, session_id: int) -> None:
         self._sessions.pop(session_id, None)
+        if self._terminated or self._h3 is None or session_id in self._ended:
+            return
+        # Ended by the peer (or its stream): finish our side of the CONNECT stream too.
+        self._ended.add(session_id)
+        try:
+            self._h3.send_data(session_id, b"", end_stream=True)
+        except Exception:  # aioquic refuses once the peer reset the stream
+            log.debug("ending webtransport session %d", session_id, exc_info=True)
+            return
+        self._transmit_soon()
 
     # ---------------------------------------------------------------- sending
 

@@ -65,7 +65,7 @@ class SessionHost(Protocol):
         """Send CLOSE_WEBTRANSPORT_SESSION on the CONNECT stream and finish it."""
 
     def session_ended(self, session_id: int) -> None:
-        """Forget the session."""
+        """Forget the session, finishing the CONNECT stream if this side has not yet."""
 
 
 class Phase(Enum):
