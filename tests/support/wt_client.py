@@ -26,7 +26,7 @@ from typing import Any, cast
 import orjson
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer, encode_uint_var
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
@@ -185,6 +185,14 @@ class WtClient:
     async def closed(self, timeout: float = 5.0) -> tuple[int, str] | None:
         """The session's end: (code, reason) of the server's close capsule, or None."""
         return await asyncio.wait_for(asyncio.shield(self._proto.ended), timeout)
+
+    def send_capsule(self, kind: int, value: bytes) -> None:
+        """A capsule on the CONNECT stream (Chromium sends a GREASE one after its request)."""
+        p = self._proto
+        p.h3.send_data(
+            p.session_id, encode_uint_var(kind) + encode_uint_var(len(value)) + value, False
+        )
+        p.transmit()
 
     def close(self) -> None:
         """As a browser's `WebTransport.close()`: the CONNECT stream finished."""

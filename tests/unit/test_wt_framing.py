@@ -55,3 +55,14 @@ def test_zero_limit_means_centrifugos_default() -> None:
     assert s.feed(b"x" * DEFAULT_MESSAGE_SIZE_LIMIT + b"\n")
     with pytest.raises(FrameTooLarge):
         splitter(protobuf=True, limit=0).feed(b"\x81\x80\x04")  # 65537
+
+
+def test_capsules_on_the_connect_stream() -> None:
+    """h3.capsules: complete capsules' types, the rest kept (RFC 9297 framing)."""
+    from app.transports.webtransport.h3 import CLOSE_WEBTRANSPORT_SESSION, capsules
+
+    grease = b"\x52\x34" + b"\x04" + b"abcd"  # type 0x1234 (a 2-byte varint), 4 bytes
+    close = b"\x80\x00\x28\x43\x06" + b"\x00\x00\x0b\xb8ok"  # 0x2843: code 3000, "ok"
+    assert capsules(grease) == ([0x1234], b"")
+    assert capsules(grease + close[:3]) == ([0x1234], close[:3])
+    assert capsules(close[:3] + close[3:]) == ([CLOSE_WEBTRANSPORT_SESSION], b"")

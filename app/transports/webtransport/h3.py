@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from aioquic.asyncio import QuicConnectionProtocol
-from aioquic.buffer import encode_uint_var
+from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
 from aioquic.h3.connection import H3Connection
 from aioquic.h3.events import (
     DataReceived,
@@ -59,6 +59,24 @@ CLOSE_WEBTRANSPORT_SESSION = 0x2843
 MAX_CLOSE_REASON = 1024
 
 
+def capsules(data: bytes) -> tuple[list[int], bytes]:
+    """The types of the complete capsules at the start of `data` (varint type, varint
+    length, value), and what remains of an incomplete one."""
+    kinds: list[int] = []
+    buf = Buffer(data=data)
+    done = 0
+    try:
+        while not buf.eof():
+            kind = buf.pull_uint_var()
+            length = buf.pull_uint_var()
+            buf.seek(buf.tell() + length)  # BufferReadError when the value is incomplete
+            kinds.append(kind)
+            done = buf.tell()
+    except BufferReadError:
+        pass
+    return kinds, data[done:]
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """What every connection of a worker needs: the node and the endpoint's settings."""
@@ -79,6 +97,7 @@ class H3Server(QuicConnectionProtocol):
         self._terminated = False
         self._flush_pending = False
         self._ended: set[int] = set()  # CONNECT streams this side has finished
+        self._capsules: dict[int, bytes] = {}  # an incomplete capsule per CONNECT stream
 
     # ---------------------------------------------------------------- events
 
@@ -108,9 +127,16 @@ class H3Server(QuicConnectionProtocol):
             self._request(event.stream_id, event.headers)
         elif isinstance(event, DataReceived):
             session = self._sessions.get(event.stream_id)
-            # On a CONNECT stream the peer sends only capsules; the one it may send is
-            # CLOSE_WEBTRANSPORT_SESSION, which ends the session as its FIN does.
-            if session is not None and (event.stream_ended or event.data):
+            if session is None:
+                return  # a request answered already (421, 404...): its body is ignored
+            # On a CONNECT stream the peer sends capsules (RFC 9297). Chromium sends a
+            # GREASE capsule right after its request; CLOSE_WEBTRANSPORT_SESSION ends the
+            # session as the stream's FIN does; any other type is skipped.
+            kinds, self._capsules[event.stream_id] = capsules(
+                self._capsules.get(event.stream_id, b"") + event.data
+            )
+            if event.stream_ended or CLOSE_WEBTRANSPORT_SESSION in kinds:
+                self._capsules.pop(event.stream_id, None)
                 session.peer_closed()
 
     def _request(self, stream_id: int, raw: list[tuple[bytes, bytes]]) -> None:
@@ -193,6 +219,7 @@ class H3Server(QuicConnectionProtocol):
 
     def session_ended(self, session_id: int) -> None:
         self._sessions.pop(session_id, None)
+        self._capsules.pop(session_id, None)
         if self._terminated or self._h3 is None or session_id in self._ended:
             return
         # Ended by the peer (or its stream): finish our side of the CONNECT stream too.
