@@ -23,7 +23,9 @@ How a session ends, as in handler.go:
 
 The reader is one task per session (commands of one session run one after another, as
 handler.go's loop runs them); data arrives in aioquic's event callback, which must not
-await.
+await. Not bounded yet: what a client sends faster than its commands run waits in the
+inbox (quic-go's reader would stop granting flow-control credit instead; aioquic grants it
+as data is delivered).
 """
 
 from __future__ import annotations
