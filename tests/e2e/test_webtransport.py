@@ -4,7 +4,8 @@
 One server (1 worker, TLS from tests/support/tls_certs.py, HTTP/3 and WebTransport on) for
 the protocol details: connect, subscribe, an API publication, a client publish, JSON and
 Protobuf (`cf_protocol=protobuf`), disconnect codes (push, then the session closed with the
-code), bad frames (3000, one log line), refusals (path, origin, plain requests). A second
+code), bad frames (3000, one log line), the inbox bound (commands queued behind a connect
+waiting on a held proxy), refusals (path, origin, plain requests). A second
 one pings every second for ping/pong. A third, 2 workers on Redis, loses a worker to SIGKILL:
 its sessions reconnect and recover, the other worker's sessions are untouched.
 """
@@ -13,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import signal
+import threading
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import aiohttp
@@ -92,9 +96,52 @@ CHAT = {
 }
 
 
+class HeldProxy:
+    """A connect proxy that answers only when told to: a session whose connect waits on it
+    runs no other command meanwhile (one reader per session). `asked` is set once a
+    request arrived; `release` lets every request through."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.release = threading.Event()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.asked.set()
+                proxy.release.wait(10)
+                body = json.dumps({"result": {"user": "held"}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/connect"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+
+
 @pytest.fixture(scope="module")
-def srv(ca: CA) -> Iterator[ServerHandle]:
-    handle = _start(ca, {"channel": {"namespaces": [CHAT]}})
+def held_proxy() -> Iterator[HeldProxy]:
+    proxy = HeldProxy()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def srv(ca: CA, held_proxy: HeldProxy) -> Iterator[ServerHandle]:
+    # The connect proxy serves only connects without a token (test_inbox_bound).
+    proxy = {"connect": {"enabled": True, "endpoint": held_proxy.url, "timeout": "10s"}}
+    handle = _start(ca, {"channel": {"namespaces": [CHAT]}, "client": {"proxy": proxy}})
     yield handle
     handle.stop()
 
@@ -195,6 +242,21 @@ async def test_bad_frame_closes_with_3000(srv: ServerHandle, ca: CA, frame: byte
         if frame == b"not json\n":  # the close after transport.go's one-second wait
             assert await c.closed() == (3000, "connection closed")
     assert srv.log_text().count("error decoding command") == before + 1
+
+
+async def test_inbox_bound(srv: ServerHandle, ca: CA, held_proxy: HeldProxy) -> None:
+    """Commands sent while the session's reader waits (here on the connect proxy) queue up
+    to 4 x message_size_limit bytes; beyond that the session is closed at once with 3000,
+    one log line, without waiting for the command that runs."""
+    before = srv.log_text().count("bytes of commands waiting")
+    async with open_session(srv.port, ca=ca.cert_path) as c:
+        c.send_json({"id": 1, "connect": {}})  # no token: the held proxy decides
+        assert await asyncio.to_thread(held_proxy.asked.wait, 5)
+        command = b'{"id":2,"presence_stats":{"channel":"chat:room"}}\n'
+        c.send_raw(command * (8 * SIZE_LIMIT // len(command)))  # 8 limits' worth
+        assert await c.closed() == (3000, "connection closed")
+    held_proxy.release.set()
+    assert srv.log_text().count("bytes of commands waiting") == before + 1
 
 
 async def test_unknown_command_is_a_bad_request(srv: ServerHandle, ca: CA) -> None:

@@ -23,9 +23,11 @@ How a session ends, as in handler.go:
 
 The reader is one task per session (commands of one session run one after another, as
 handler.go's loop runs them); data arrives in aioquic's event callback, which must not
-await. Not bounded yet: what a client sends faster than its commands run waits in the
-inbox (quic-go's reader would stop granting flow-control credit instead; aioquic grants it
-as data is delivered).
+await. What a client sends faster than its commands run waits in the inbox, bounded: at
+most INBOX_COMMANDS_AHEAD × `message_size_limit` bytes (256 KiB at the default 64 KiB).
+quic-go's reader stops granting flow-control credit when its application stops reading;
+aioquic grants credit as data arrives and offers no way to withhold it, so a session that
+runs that far ahead is closed at once with 3000 and one log line instead.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ STREAM_ACCEPT_TIMEOUT = 10.0
 
 # centrifuge's DisconnectConnectionClosed: what handler.go's deferred close sends.
 CONNECTION_CLOSED = Disconnect(3000)
+
+# Commands' bytes a session may queue beyond the one running, in message_size_limits.
+INBOX_COMMANDS_AHEAD = 4
 
 
 class SessionHost(Protocol):
@@ -91,6 +96,8 @@ class Session:
         "_client",
         "_splitter",
         "_inbox",
+        "_queued",
+        "_inbox_limit",
         "_reader",
         "_accept_timer",
         "_peer_gone",
@@ -116,6 +123,8 @@ class Session:
         self._client: Client | None = None
         self._splitter = splitter(codec is PROTOBUF, message_size_limit)
         self._inbox: asyncio.Queue[bytes | Disconnect | None] = asyncio.Queue()
+        self._queued = 0  # bytes of commands in the inbox
+        self._inbox_limit = INBOX_COMMANDS_AHEAD * message_size_limit
         self._reader: asyncio.Task[None] | None = None
         self._peer_gone = asyncio.Event()
         self._accept_timer: asyncio.TimerHandle | None = node.loop.call_later(
@@ -144,6 +153,10 @@ class Session:
                 self.phase = Phase.CLOSED
                 return
             if chunk:
+                self._queued += len(chunk)
+                if self._queued > self._inbox_limit:
+                    self._overflow()
+                    return
                 self._inbox.put_nowait(chunk)
         if ended:
             self.peer_closed()
@@ -158,6 +171,23 @@ class Session:
             self._end()
         else:
             self._inbox.put_nowait(None)
+
+    def _overflow(self) -> None:
+        """The client ran more than the inbox bound ahead of its commands: closed now, not
+        after the queued commands (the reader may be waiting on a proxy)."""
+        log.info(
+            "webtransport session %d: over %d bytes of commands waiting, disconnecting with %d",
+            self.session_id,
+            self._inbox_limit,
+            CONNECTION_CLOSED.code,
+        )
+        self.phase = Phase.CLOSED
+        self._peer_gone.set()
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
+        self._queued = 0
+        self._inbox.put_nowait(None)  # the reader ends after the command it runs
+        self._host.close_session(self.session_id, CONNECTION_CLOSED.code, "connection closed")
 
     # ------------------------------------------------------------ SessionStream
 
@@ -200,6 +230,8 @@ class Session:
                 item = await self._inbox.get()
                 if item is None:
                     break  # the peer is gone
+                if type(item) is bytes:
+                    self._queued -= len(item)
                 if isinstance(item, Disconnect):
                     log.info(
                         "webtransport client %s: %s, disconnecting with %d",
