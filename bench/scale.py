@@ -16,7 +16,9 @@ poller's dup of each socket makes that 12,000 fds) and `--sources` local address
 
 Per step (new connections `new`, total `conns`):
 1. connect + subscribe all new clients, `--concurrency` (100) in flight per process; the rate
-   is new ÷ (first connect → last subscribe reply), and per worker that ÷ W;
+   is new ÷ (first connect → last subscribe reply), and per worker that ÷ W; CPU ms per
+   connect of the workers, the load generator and Redis, and how busy the workers were (their
+   CPU ÷ the burst's wall time: well below 100 % means the clients or the machine set the rate);
 2. `--settle` s later (the connect burst's garbage gone), the workers' RSS: KB/conn is
    (RSS − RSS of the fresh workers) ÷ conns, summed over the workers; the connections each
    worker holds (its established sockets, psutil);
@@ -245,11 +247,12 @@ def ramp(c: Ctx, rep: int, w: int, shape: str) -> None:
         for step in o.steps:
             total = step * w
             new = [ConnSpec(i, channel(shape, i), c.tokens[i]) for i in range(n, total)]
-            cpu0 = cpu_seconds(workers)
+            groups = {"worker": workers, "loadgen": c.lg.pids, "redis": c.redis.pids()}
+            cpu0 = {k: cpu_seconds(v) for k, v in groups.items()}
             subscribed, first, last = c.lg.connect_window(
                 target, new, o.concurrency, o.read_delay_ms / 1e3
             )
-            connect_cpu = cpu_seconds(workers) - cpu0
+            ms = {k: (cpu_seconds(v) - cpu0[k]) / len(new) * 1e3 for k, v in groups.items()}
             specs += new
             time.sleep(o.settle)  # let the connect burst's garbage go before reading RSS
             rss = rss_bytes(workers)
@@ -270,7 +273,14 @@ def ramp(c: Ctx, rep: int, w: int, shape: str) -> None:
                 "connect_s": round(last - first, 3),
                 "connects_per_s": round(len(new) / (last - first)),
                 "connects_per_s_per_worker": round(len(new) / (last - first) / w),
-                "worker_cpu_ms_per_connect": round(connect_cpu / len(new) * 1e3, 3),
+                "worker_cpu_ms_per_connect": round(ms["worker"], 3),
+                "loadgen_cpu_ms_per_connect": round(ms["loadgen"], 3),
+                "redis_cpu_ms_per_connect": round(ms["redis"], 3),
+                # Share of one core per worker the burst used: far below 100 means the
+                # clients (or the machine's other load) set the rate, not the worker.
+                "worker_busy_pct": round(
+                    ms["worker"] * len(new) / 1e3 / (last - first) / w * 100, 1
+                ),
                 "rss_fresh_mb": round(rss0 / 2**20, 1),
                 "rss_mb": round(rss / 2**20, 1),
                 "rss_kb": rss // 1024,

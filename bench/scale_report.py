@@ -68,7 +68,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     paths = list(rows[0]["paced"]) if rows else []
     head = (
         "| workers | shape | connections | per worker | KB/conn | connect+sub/s per worker "
-        "| worker CPU ms per connect | idle worker CPU % | paced deliveries/s | "
+        "| worker CPU ms per connect | worker busy % in the burst | idle worker CPU % | paced deliveries/s | "
         + "".join(f"worker CPU s / 1M deliveries, {p} | " for p in paths)
         + "1×N publish→first ms | 1×N first→last ms | 1×N publish→last ms "
         "| worker CPU ms per 1×N |"
@@ -87,6 +87,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             r["kb_per_conn"],
             f"{r['connects_per_s_per_worker']:,}",
             r["worker_cpu_ms_per_connect"],
+            r["worker_busy_pct"],
             r["idle_worker_cpu_pct"],
             f"{paced[paths[0]]['offered_deliveries_per_s']:,}",
             *(paced[p]["worker_cpu_s_per_1m"] for p in paths),
