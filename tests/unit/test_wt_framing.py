@@ -58,11 +58,23 @@ def test_zero_limit_means_centrifugos_default() -> None:
 
 
 def test_capsules_on_the_connect_stream() -> None:
-    """h3.capsules: complete capsules' types, the rest kept (RFC 9297 framing)."""
-    from app.transports.webtransport.h3 import CLOSE_WEBTRANSPORT_SESSION, capsules
+    """h3.CapsuleReader: each capsule's type once its header is in, across pieces (RFC 9297
+    framing); values are skipped, never kept, whatever length a capsule announces."""
+    from app.transports.webtransport.h3 import CLOSE_WEBTRANSPORT_SESSION, CapsuleReader
 
     grease = b"\x52\x34" + b"\x04" + b"abcd"  # type 0x1234 (a 2-byte varint), 4 bytes
     close = b"\x80\x00\x28\x43\x06" + b"\x00\x00\x0b\xb8ok"  # 0x2843: code 3000, "ok"
-    assert capsules(grease) == ([0x1234], b"")
-    assert capsules(grease + close[:3]) == ([0x1234], close[:3])
-    assert capsules(close[:3] + close[3:]) == ([CLOSE_WEBTRANSPORT_SESSION], b"")
+    assert CapsuleReader().feed(grease) == [0x1234]
+    r = CapsuleReader()
+    assert r.feed(grease + close[:3]) == [0x1234]  # a header cut in the middle
+    assert r.feed(close[3:]) == [CLOSE_WEBTRANSPORT_SESSION]
+    r = CapsuleReader()
+    assert r.feed(grease[:4]) == [0x1234]  # header in, value not yet
+    assert r.feed(grease[4:] + close) == [CLOSE_WEBTRANSPORT_SESSION]  # value skipped
+    # A capsule announcing 2**40 bytes: its value is counted down, not buffered.
+    r = CapsuleReader()
+    huge = b"\x52\x34" + b"\xc0\x00\x01\x00\x00\x00\x00\x00"  # 8-byte varint 2**40
+    assert r.feed(huge + b"x" * 100_000) == [0x1234]
+    for _ in range(10):
+        assert r.feed(b"x" * 100_000) == []
+    assert len(r._head) == 0 and r._skip == 2**40 - 1_100_000

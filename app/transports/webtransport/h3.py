@@ -18,7 +18,8 @@ H3_DATAGRAM, ENABLE_CONNECT_PROTOCOL) and answers requests:
 
 A session's bidirectional stream (WEBTRANSPORT_STREAM frames) reaches its Session; a FIN
 or reset of the session's CONNECT stream, a CLOSE_WEBTRANSPORT_SESSION capsule from the
-peer, or the end of the QUIC connection ends it. Other capsules are skipped (Chromium sends
+peer, or the end of the QUIC connection ends it. Other capsules are skipped, their values never
+kept (`CapsuleReader`: at most a 16-byte header per stream, whatever length is announced; Chromium sends
 a GREASE one right after its CONNECT).
 """
 
@@ -60,22 +61,41 @@ CLOSE_WEBTRANSPORT_SESSION = 0x2843
 MAX_CLOSE_REASON = 1024
 
 
-def capsules(data: bytes) -> tuple[list[int], bytes]:
-    """The types of the complete capsules at the start of `data` (varint type, varint
-    length, value), and what remains of an incomplete one."""
-    kinds: list[int] = []
-    buf = Buffer(data=data)
-    done = 0
-    try:
+class CapsuleReader:
+    """The types of the capsules (RFC 9297: varint type, varint length, value) on one
+    CONNECT stream, read across pieces. Values are skipped, never kept: what a peer may make
+    this hold is one unfinished header (at most 16 bytes), whatever length it announces."""
+
+    __slots__ = ("_head", "_skip")
+
+    def __init__(self) -> None:
+        self._head = b""  # the start of a header not yet complete
+        self._skip = 0  # bytes of the current capsule's value still to come
+
+    def feed(self, data: bytes) -> list[int]:
+        kinds: list[int] = []
+        if self._skip:
+            taken = min(self._skip, len(data))
+            self._skip -= taken
+            data = data[taken:]
+        data = self._head + data
+        self._head = b""
+        buf = Buffer(data=data)
         while not buf.eof():
-            kind = buf.pull_uint_var()
-            length = buf.pull_uint_var()
-            buf.seek(buf.tell() + length)  # BufferReadError when the value is incomplete
+            start = buf.tell()
+            try:
+                kind = buf.pull_uint_var()
+                length = buf.pull_uint_var()
+            except BufferReadError:
+                self._head = data[start:]
+                break
             kinds.append(kind)
-            done = buf.tell()
-    except BufferReadError:
-        pass
-    return kinds, data[done:]
+            left = len(data) - buf.tell()
+            if length > left:
+                self._skip = length - left
+                break
+            buf.seek(buf.tell() + length)
+        return kinds
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +118,7 @@ class H3Server(QuicConnectionProtocol):
         self._terminated = False
         self._flush_pending = False
         self._ended: set[int] = set()  # CONNECT streams this side has finished
-        self._capsules: dict[int, bytes] = {}  # an incomplete capsule per CONNECT stream
+        self._capsules: dict[int, CapsuleReader] = {}  # per CONNECT stream
 
     # ---------------------------------------------------------------- events
 
@@ -133,9 +153,10 @@ class H3Server(QuicConnectionProtocol):
             # On a CONNECT stream the peer sends capsules (RFC 9297). Chromium sends a
             # GREASE capsule right after its request; CLOSE_WEBTRANSPORT_SESSION ends the
             # session as the stream's FIN does; any other type is skipped.
-            kinds, self._capsules[event.stream_id] = capsules(
-                self._capsules.get(event.stream_id, b"") + event.data
-            )
+            reader = self._capsules.get(event.stream_id)
+            if reader is None:
+                reader = self._capsules[event.stream_id] = CapsuleReader()
+            kinds = reader.feed(event.data)
             if event.stream_ended or CLOSE_WEBTRANSPORT_SESSION in kinds:
                 self._capsules.pop(event.stream_id, None)
                 session.peer_closed()
