@@ -18,9 +18,9 @@ H3_DATAGRAM, ENABLE_CONNECT_PROTOCOL) and answers requests:
 
 A session's bidirectional stream (WEBTRANSPORT_STREAM frames) reaches its Session; a FIN
 or reset of the session's CONNECT stream, a CLOSE_WEBTRANSPORT_SESSION capsule from the
-peer, or the end of the QUIC connection ends it. Other capsules are skipped, their values never
-kept (`CapsuleReader`: at most a 16-byte header per stream, whatever length is announced; Chromium sends
-a GREASE one right after its CONNECT).
+peer, or the end of the QUIC connection ends it. Other capsules are skipped, their values
+never kept (`CapsuleReader`: at most a 16-byte header per stream, whatever length a capsule
+announces); Chromium sends a GREASE one right after its CONNECT.
 """
 
 from __future__ import annotations
