@@ -25,6 +25,10 @@ centrifuge-js finds it first through Centrifugo's pings: the server pings every 
 (`client.ping_interval`; 25 s by default) and the page allows 2 s more (`maxServerPingDelay`;
 10 s by default), so it reconnects within about 4 s of the kill.
 
+A second test takes the other way through the certificate check: no launch flags, the
+certificate pinned with `serverCertificateHashes` by a page script (centrifuge-js passes no
+options to `new WebTransport(url)`), one worker on the memory engine; connect and subscribe.
+
 Every wait is `page.wait_for_function` on the page's event record, never a sleep. Screenshots
 and the browser's console log are saved in one folder per run (printed at the end).
 """
@@ -48,7 +52,7 @@ from playwright.async_api import ConsoleMessage, Page, async_playwright
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisProcess
 from tests.support.tls_certs import Leaf, self_signed
-from tests.support.wt_browser import CHROMIUM, launch_args
+from tests.support.wt_browser import BASE_ARGS, CHROMIUM, hash_pinning_script, launch_args
 
 from .helpers import JS_DIR, ServerHandle, start_server
 from .redis_e2e_helpers import redis_config, worker_pids
@@ -69,8 +73,11 @@ for missing, why in (
         pytest.skip(reason, allow_module_level=True)
 
 
-def server_config(redis_port: int, cert: Leaf, proxy_url: str) -> dict[str, Any]:
-    cfg = redis_config(redis_port)
+def server_config(redis_port: int | None, cert: Leaf, proxy_url: str) -> dict[str, Any]:
+    """Redis engine on `redis_port`, or the memory engine (one worker) without one."""
+    cfg: dict[str, Any] = {"engine": {"type": "memory"}}
+    if redis_port:
+        cfg = redis_config(redis_port)
     cfg["http_server"] = {
         "tls": {"enabled": True, "cert_pem": str(cert.cert_path), "key_pem": str(cert.key_path)},
         "http3": {"enabled": True},
@@ -322,3 +329,37 @@ async def _no_content(_: web.Request) -> web.Response:
 
 def _console_line(m: ConsoleMessage) -> str:
     return f"{m.type}: {m.text}"
+
+
+async def test_centrifuge_js_connects_with_server_certificate_hashes(artifacts: Path) -> None:
+    """The other way through (tests/support/wt_browser.py): no launch flags, and a page script
+    that gives every `new WebTransport(url)` the certificate's SHA-256 in
+    `serverCertificateHashes`; centrifuge-js, which passes no options, connects unchanged."""
+    cert = self_signed(artifacts, "server", hosts=("127.0.0.1",))
+    tls = ssl.create_default_context(cafile=str(cert.cert_path))
+    pages = PageServer()
+    await pages.start()
+    srv = start_server(server_config(None, cert, f"{pages.url}/connect"), ready=https_ready(tls))
+    console: list[str] = []
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=list(BASE_ARGS))
+            page = await browser.new_page(viewport={"width": 1100, "height": 400})
+            page.on("console", lambda m: console.append(_console_line(m)))
+            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+            await page.add_init_script(hash_pinning_script(cert.cert_pem))
+            await page.goto(pages.url)
+            endpoint = f"https://127.0.0.1:{srv.port}/connection/webtransport"
+            await page.evaluate("cfg => start(cfg)", {"endpoint": endpoint, "channel": CHANNEL})
+            await wait(page, "rec.subscribed.length === 1", "subscribe with pinned certificate")
+            rec = await page.evaluate("rec")
+            assert [c["transport"] for c in rec["connected"]] == ["webtransport"], rec
+            assert [c["transport"] for c in pages.connects] == ["webtransport"], pages.connects
+            await page.screenshot(path=str(artifacts / "pinned-connected.png"))
+            await browser.close()
+    finally:
+        (artifacts / "console.log").write_text("\n".join(console) + "\n")
+        (artifacts / "server.log").write_text(srv.log_text())
+        await pages.stop()
+        srv.stop()
+    assert not [ln for ln in console if ln.startswith("pageerror")], console
