@@ -168,6 +168,10 @@ def two_workers(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "runs_worker_ratio": wrk,
                 "met": None if srv_med is None else srv_med <= TWO_WORKERS_MAX_RATIO,
                 "spread_pct": mid_b.get("spread_pct", []),
+                "redis_subscriptions": {
+                    "app": mid_a.get("redis_subscriptions"),
+                    "app2": mid_b.get("redis_subscriptions"),
+                },
                 "worker_cpu_s": mid_b.get("worker_cpu_s", []),
                 "cpu_s_per_1M": {"app": mid_a["cpu_s_per_1M"], "app2": mid_b["cpu_s_per_1M"]},
                 "lost": {"app": mid_a["lost"], "app2": mid_b["lost"]},
@@ -289,7 +293,7 @@ def storm_table(rows: list[dict[str, Any]]) -> str:
     return _lines(head, body)
 
 
-def batch_table(rows: list[dict[str, Any]]) -> str:
+def batch_table(rows: list[dict[str, Any]], ratio: dict[str, Any] | None = None) -> str:
     head = (
         f"{'workers':>7} {'history':<7} {'publishes/s':>11} {'ok':>9} {'errors':>6} "
         f"{'workers s/1M':>12} {'redis s/1M':>10} {'pub s/1M':>8} {'worker split':<14}"
@@ -303,28 +307,62 @@ def batch_table(rows: list[dict[str, Any]]) -> str:
             f"{r['ok']:>9,} {r['errors']:>6,} {c['workers']:>12} {c['redis']:>10} "
             f"{c['publisher']:>8} {split:<14}"
         )
-    return _lines(head, body)
+    out = _lines(head, body)
+    if ratio is not None and ratio["ratio"] is not None:
+        runs = "/".join(_fmt(x) for x in ratio["runs_ratio"])
+        met = "yes" if ratio["met"] else "NO"
+        out += (
+            f"\n2 workers / 1 worker, workers s/1M of the same run: {runs}, median "
+            f"{ratio['ratio']:.3f} (<= {TWO_WORKERS_MAX_RATIO}: {met})"
+        )
+    return out
+
+
+def batch_two_workers(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The batch stage's 2-worker CPU per publication over the 1-worker one of the same run
+    (their phases run back to back), each run's and the median; None without both."""
+    by_run: dict[Any, dict[int, dict[str, Any]]] = {}
+    for r in runs:
+        by_run.setdefault(r.get("run"), {})[r["workers"]] = r
+    ratios = []
+    for pair in by_run.values():
+        one, two = pair.get(1), pair.get(2)
+        if one and two and one["cpu_s_per_1M"]["workers"]:
+            ratios.append(round(two["cpu_s_per_1M"]["workers"] / one["cpu_s_per_1M"]["workers"], 3))
+    if not ratios:
+        return None
+    ratio = round(statistics.median(ratios), 3)
+    return {"runs_ratio": ratios, "ratio": ratio, "met": ratio <= TWO_WORKERS_MAX_RATIO}
 
 
 def two_workers_table(rows: list[dict[str, Any]]) -> str:
-    """app2 (2 workers) vs app (1 worker): one line per scenario, load and path."""
+    """app2 (2 workers) vs app (1 worker): one line per scenario, load and path. PUB/SUB
+    subscriptions and CPU s per 1M deliveries of the load generator, publisher and Redis:
+    app's / app2's, of the run with the median ratio."""
     head = (
         f"{'scenario':<9} {'load':<8} {'path':<10} {'app dlv/s':>10} {'app2 dlv/s':>10} "
         f"{'app s/1M':>8} {'app2 s/1M':>9} {'srv x':>6} {'wrk x':>6} {'met':<4} "
-        f"{'spread %':<11} {'app2 wrk CPU s':<14} {'lg':>6} {'pub':>6} {'redis':>6}"
+        f"{'srv x of each run':<20} {'spread %':<9} {'app2 wrk CPU s':<14} {'subs 1w/2w':>11} "
+        f"{'lg 1w/2w':>11} {'pub 1w/2w':>11} {'redis 1w/2w':>11}"
     )
     body = []
     for r in rows:
-        c = r["cpu_s_per_1M"]["app2"]
+        c = r["cpu_s_per_1M"]
+        lg, pub, redis = (
+            f"{c['app'][k]}/{c['app2'][k]}" for k in ("loadgen", "publisher", "redis")
+        )
+        subs = r.get("redis_subscriptions") or {}
         met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
         body.append(
             f"{r['scenario']:<9} {r['load']:<8} {r['path']:<10} "
             f"{r['deliveries_per_s']['app']:>10,} {r['deliveries_per_s']['app2']:>10,} "
             f"{r['server_cpu_s_per_1M']['app']:>8} {r['server_cpu_s_per_1M']['app2']:>9} "
             f"{_fmt(r['server_ratio'], '.3f'):>6} {_fmt(r['worker_ratio'], '.3f'):>6} {met:<4} "
-            f"{'/'.join(f'{x:.0f}' for x in r['spread_pct']) or '-':<11} "
+            f"{'/'.join(_fmt(x) for x in r['runs_server_ratio']):<20} "
+            f"{'/'.join(f'{x:.0f}' for x in r['spread_pct']) or '-':<9} "
             f"{'/'.join(f'{x:.2f}' for x in r['worker_cpu_s']) or '-':<14} "
-            f"{c['loadgen']:>6} {c['publisher']:>6} {c['redis']:>6}"
+            f"{'/'.join(_fmt(subs.get(t), 'd') for t in ('app', 'app2')):>11} "
+            f"{lg:>11} {pub:>11} {redis:>11}"
         )
     return _lines(head, body)
 
@@ -535,6 +573,9 @@ def render(doc: dict[str, Any]) -> dict[str, str]:
     doc["targets"] = targets(doc, doc["meta"]["options"]["subs"])
     # per-run pairs: the runs when --repeat kept them, else the rows are the runs
     doc["two_workers"] = two_workers((doc.get("runs") or {}).get("rows") or rows)
+    doc["batch_two_workers"] = batch_two_workers(
+        (doc.get("runs") or {}).get("batch") or doc.get("batch", [])
+    )
     fan = [x for x in rows if x["load"] in ("paced", "saturate")]
     lat = [x for x in rows if x["load"] not in ("paced", "saturate")]
     return {
@@ -544,7 +585,7 @@ def render(doc: dict[str, Any]) -> dict[str, str]:
         "latency": latency_table(lat) if lat else "",
         "idle": idle_table(doc["idle"]) if doc.get("idle") else "",
         "storm": storm_table(doc["storm"]) if doc.get("storm") else "",
-        "batch": batch_table(doc["batch"]) if doc.get("batch") else "",
+        "batch": batch_table(doc["batch"], doc["batch_two_workers"]) if doc.get("batch") else "",
         "maps": maps_table(doc["maps"]) if doc.get("maps") else "",
         "targets": targets_table(doc["targets"]),
     }

@@ -459,6 +459,8 @@ class Run:
     app2_port: int = 0
     # (scenario, app target) -> each worker's share of the connections, % (from /api/info)
     spreads: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    # (scenario, app target) -> its PUB/SUB subscriptions to client channels, over all workers
+    redis_subscriptions: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def server(self, target: str) -> Service:
         if target == "sio":
@@ -503,6 +505,27 @@ class Run:
         with urllib.request.urlopen(req, timeout=10) as resp:
             nodes = json.loads(resp.read())["result"]["nodes"]
         return [int(n.get("num_clients", 0)) for n in nodes]
+
+    def shard_subscriptions(self, target: str, base: str) -> int:
+        """PUB/SUB subscriptions of an app target's workers to the channels named `base…`
+        (Redis's SHARDNUMSUB summed over them): each channel once per worker that has a
+        subscriber to it, so each publication is read once by each such worker. (A worker
+        keeps a channel 5 s after its last subscriber left, app/node.py UNSUBSCRIBE_DELAY:
+        hence the name filter, not the earlier scenario's channels.)"""
+        import redis
+
+        client = redis.Redis(port=self.redis_port)
+        try:
+            channels = client.execute_command(
+                "PUBSUB", "SHARDCHANNELS", f"{APP_TARGETS[target][0]}.client.{base}*"
+            )
+            total = 0
+            for i in range(0, len(channels), 500):
+                reply = client.execute_command("PUBSUB", "SHARDNUMSUB", *channels[i : i + 500])
+                total += sum(int(x) for x in reply[1::2])
+            return total
+        finally:
+            client.close()
 
     def connected(self, target: str) -> int:
         """Connections the server still counts (the app: clients over all its nodes)."""
@@ -671,6 +694,7 @@ class Run:
             row["worker_cpu_s"] = split
             row["worker_cpu_s_per_1M"] = report.per_million(sum(split), row["delivered"])
             row["spread_pct"] = self.spreads.get((sc.name, target), [])
+            row["redis_subscriptions"] = self.redis_subscriptions.get((sc.name, target))
         return row
 
     def _row(
@@ -766,7 +790,13 @@ class Run:
             log(f"{sc.name}: {n} subscribers on {count} channel(s) of {target} in {t:.1f}s")
             if target in APP_TARGETS:
                 spread = self.spreads[(sc.name, target)] = self.spread(target, n)
-                log(f"{sc.name}: {target} connections per worker {spread} %")
+                subs = self.redis_subscriptions[(sc.name, target)] = self.shard_subscriptions(
+                    target, base
+                )
+                log(
+                    f"{sc.name}: {target} connections per worker {spread} %, "
+                    f"{subs} Redis subscriptions to its {count} channel(s)"
+                )
         time.sleep(0.5)  # let subscribe bookkeeping settle before the first publication
         for rep in range(o.repeat):
             for load in loads:
@@ -969,7 +999,9 @@ def run(opts: Options) -> dict[str, Any]:
         stack.callback(app_svc.stop)
         app2_svc: Service | None = None
         app2_port = 0
-        if any(p.startswith("app2/") for p in opts.paths):
+        if any(p.startswith("app2/") for p in opts.paths) or (
+            "idle" in opts.scenarios and "app2" in opts.idle_targets
+        ):
             cfg2 = app_config(redis_port, secret, api_key, opts.history, prefix=APP2_PREFIX)
             app2_svc, app2_port = launch_app(workdir, cfg2, opts.app_env, 2, name="app2")
             stack.callback(app2_svc.stop)

@@ -47,6 +47,8 @@ def test_two_worker_app_beside_the_one_worker_app(
         # Every worker's clients as /api/info lists them, once all workers are in it.
         assert len(r["spread_pct"]) == workers, where
         assert sum(r["spread_pct"]) == pytest.approx(100, abs=0.2), where
+        # One subscriber per channel: its worker alone reads the channel from Redis.
+        assert r["redis_subscriptions"] == 20, where
 
     pairs = {r["path"]: r for r in doc["two_workers"]}
     assert set(pairs) == {"spublish", "api-batch"}
@@ -64,3 +66,7 @@ def test_two_worker_app_beside_the_one_worker_app(
     assert set(batch) == {1, 2}
     assert batch[2]["errors"] == 0 and batch[2]["ok"] > 0
     assert len(batch[2]["cpu_s"]["workers"]) == 2
+    ratio = doc["batch_two_workers"]
+    want = round(batch[2]["cpu_s_per_1M"]["workers"] / batch[1]["cpu_s_per_1M"]["workers"], 3)
+    assert ratio["runs_ratio"] == [want] and ratio["ratio"] == want
+    assert doc["tables"]["batch"].splitlines()[-1].startswith("2 workers / 1 worker")
