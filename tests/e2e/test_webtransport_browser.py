@@ -59,12 +59,14 @@ from .redis_e2e_helpers import redis_config, worker_pids
 
 PAGE_DIR = Path(__file__).resolve().parent / "webtransport_page"
 BUNDLE = JS_DIR / "node_modules" / "centrifuge" / "dist" / "centrifuge.js"
+PROTOBUF_BUNDLE = BUNDLE.with_name("centrifuge.protobuf.js")  # the Protobuf protocol's
 CHANNEL = "wt:room"
 WAIT_MS = 10_000  # the session's loss takes up to ~4 s; every other wait is well under 1 s
 
 for missing, why in (
     (CHROMIUM, "Debian's chromium package"),
     (BUNDLE, "cd tests/e2e/js && npm ci"),
+    (PROTOBUF_BUNDLE, "cd tests/e2e/js && npm ci"),
 ):
     if not Path(missing).exists():
         reason = f"{missing} missing ({why})"
@@ -125,12 +127,14 @@ def https_ready(ctx: ssl.SSLContext) -> Any:
 
 
 class PageServer:
-    """The test's aiohttp server: the page, the SDK bundle, and the connect proxy endpoint,
-    which records the transport of each connect and the worker pid that asked."""
+    """The test's aiohttp server: the page, the SDK bundle (`/centrifuge.js`: `bundle`), and the
+    connect proxy endpoint, which records the transport and protocol of each connect and the
+    TCP port the asking worker called from."""
 
-    def __init__(self, srv: ServerHandle | None = None) -> None:
+    def __init__(self, bundle: Path = BUNDLE) -> None:
         self.port = free_port()
-        self.srv = srv
+        self.bundle = bundle
+        self.srv: ServerHandle | None = None
         self.connects: list[dict[str, Any]] = []
         self.runner: web.AppRunner | None = None
 
@@ -176,7 +180,7 @@ class PageServer:
         for route, path in (
             ("/", PAGE_DIR / "index.html"),
             ("/page.js", PAGE_DIR / "page.js"),
-            ("/centrifuge.js", BUNDLE),
+            ("/centrifuge.js", self.bundle),
         ):
             app.router.add_get(route, _file(path))
         app.router.add_get("/favicon.ico", _no_content)
@@ -205,6 +209,21 @@ def artifacts(
         request.config.add_cleanup(lambda: reporter.write_line(line))
 
 
+async def api_publish(
+    http: aiohttp.ClientSession, srv: ServerHandle, tls: ssl.SSLContext, data: dict[str, Any]
+) -> dict[str, Any]:
+    """HTTP API publish of `data` to CHANNEL over HTTPS; its result."""
+    async with http.post(
+        f"https://127.0.0.1:{srv.port}/api/publish",
+        json={"channel": CHANNEL, "data": data},
+        headers={"X-API-Key": srv.api_key},
+        ssl=tls,
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 200 and "result" in body, body
+        return dict(body["result"])
+
+
 async def wait(page: Page, condition: str, what: str) -> None:
     try:
         await page.wait_for_function(condition, timeout=WAIT_MS)
@@ -231,15 +250,7 @@ async def test_centrifuge_js_over_webtransport_recovers_after_worker_sigkill(
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
 
     async def publish(data: dict[str, Any]) -> dict[str, Any]:
-        async with http.post(
-            f"https://127.0.0.1:{srv.port}/api/publish",
-            json={"channel": CHANNEL, "data": data},
-            headers={"X-API-Key": srv.api_key},
-            ssl=tls,
-        ) as resp:
-            body = await resp.json()
-            assert resp.status == 200 and "result" in body, body
-            return dict(body["result"])
+        return await api_publish(http, srv, tls, data)
 
     try:
         async with async_playwright() as pw:
@@ -331,16 +342,18 @@ def _console_line(m: ConsoleMessage) -> str:
     return f"{m.type}: {m.text}"
 
 
-async def test_centrifuge_js_connects_with_server_certificate_hashes(artifacts: Path) -> None:
+async def test_centrifuge_js_protobuf_with_server_certificate_hashes(artifacts: Path) -> None:
     """The other way through (tests/support/wt_browser.py): no launch flags, and a page script
     that gives every `new WebTransport(url)` the certificate's SHA-256 in
-    `serverCertificateHashes`; centrifuge-js, which passes no options, connects unchanged."""
+    `serverCertificateHashes`; centrifuge-js, which passes no options, connects unchanged.
+    With its Protobuf bundle: `?cf_protocol=protobuf` on the URL, varint-delimited frames."""
     cert = self_signed(artifacts, "server", hosts=("127.0.0.1",))
     tls = ssl.create_default_context(cafile=str(cert.cert_path))
-    pages = PageServer()
+    pages = PageServer(PROTOBUF_BUNDLE)
     await pages.start()
     srv = start_server(server_config(None, cert, f"{pages.url}/connect"), ready=https_ready(tls))
     console: list[str] = []
+    http = aiohttp.ClientSession()
     try:
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=list(BASE_ARGS))
@@ -354,12 +367,23 @@ async def test_centrifuge_js_connects_with_server_certificate_hashes(artifacts: 
             await wait(page, "rec.subscribed.length === 1", "subscribe with pinned certificate")
             rec = await page.evaluate("rec")
             assert [c["transport"] for c in rec["connected"]] == ["webtransport"], rec
-            assert [c["transport"] for c in pages.connects] == ["webtransport"], pages.connects
-            await page.screenshot(path=str(artifacts / "pinned-connected.png"))
+            assert [(c["transport"], c["protocol"]) for c in pages.connects] == [
+                ("webtransport", "protobuf")
+            ], pages.connects
+            await api_publish(http, srv, tls, {"n": 1, "from": "api"})
+            await wait(page, "rec.pubs.length === 1", "an API publication over Protobuf")
+            assert await page.evaluate("rec.pubs") == [
+                {"data": {"n": 1, "from": "api"}, "offset": 1}
+            ]
+            await page.evaluate("publish(new TextEncoder().encode(JSON.stringify({n: 2})))")
+            await wait(page, "rec.pubs.length === 2", "the page's own Protobuf publication")
+            assert await page.evaluate("rec.pubs[1].data") == {"n": 2}
+            await page.screenshot(path=str(artifacts / "pinned-protobuf.png"))
             await browser.close()
     finally:
         (artifacts / "console.log").write_text("\n".join(console) + "\n")
         (artifacts / "server.log").write_text(srv.log_text())
+        await http.close()
         await pages.stop()
         srv.stop()
     assert not [ln for ln in console if ln.startswith("pageerror")], console

@@ -15,6 +15,8 @@ window.rec = {
   errors: [],
 };
 
+const utf8 = new TextDecoder();
+
 function show(line) {
   const text = `${new Date().toISOString()} ${line}`;
   document.getElementById('log').textContent += text + '\n';
@@ -76,8 +78,10 @@ window.start = (cfg) => {
     );
   });
   sub.on('publication', (ctx) => {
-    rec.pubs.push({ data: ctx.data, offset: ctx.offset });
-    show(`publication at offset ${ctx.offset}: ${JSON.stringify(ctx.data)}`);
+    // The Protobuf bundle hands data over as bytes: here they are always JSON text.
+    const data = ctx.data instanceof Uint8Array ? JSON.parse(utf8.decode(ctx.data)) : ctx.data;
+    rec.pubs.push({ data, offset: ctx.offset });
+    show(`publication at offset ${ctx.offset}: ${JSON.stringify(data)}`);
   });
   sub.on('error', (ctx) => {
     rec.errors.push(`sub ${ctx.type}: ${ctx.error.code} ${ctx.error.message}`);
@@ -87,7 +91,7 @@ window.start = (cfg) => {
   // `publish(data)`: the outcome lands in rec.published ("ok" or the error), never thrown.
   window.publish = (data) => {
     sub.publish(data).then(
-      () => { rec.published.push('ok'); show(`published ${JSON.stringify(data)}`); },
+      () => { rec.published.push('ok'); show(`published ${data instanceof Uint8Array ? utf8.decode(data) : JSON.stringify(data)}`); },
       (e) => { rec.published.push(`${e.code} ${e.message}`); show(`publish failed: ${JSON.stringify(e)}`); },
     );
   };
