@@ -15,7 +15,7 @@ publication from the stream position it had.
 Which worker holds the session: the server's connect proxy (`client.proxy.connect`) points at
 the test's aiohttp server, and the worker that runs a connection's connect is the one calling
 it, over a TCP connection psutil finds among that worker's sockets. The proxy request also
-says the transport (`webtransport`).
+says the transport (`webtransport`) and the protocol (`json`, `protobuf`).
 
 How the page learns the session is gone: the killed worker's UDP socket stays open in the
 gunicorn master (its replacement takes it over) and aioquic sends no stateless reset, so
@@ -27,7 +27,8 @@ centrifuge-js finds it first through Centrifugo's pings: the server pings every 
 
 A second test takes the other way through the certificate check: no launch flags, the
 certificate pinned with `serverCertificateHashes` by a page script (centrifuge-js passes no
-options to `new WebTransport(url)`), one worker on the memory engine; connect and subscribe.
+options to `new WebTransport(url)`), one worker on the memory engine, and centrifuge-js's
+Protobuf bundle: connect, subscribe, an API publication in, the page's publication back.
 
 Every wait is `page.wait_for_function` on the page's event record, never a sleep. Screenshots
 and the browser's console log are saved in one folder per run (printed at the end).
