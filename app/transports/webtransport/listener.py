@@ -43,6 +43,9 @@ from app.transports.webtransport.h3 import Endpoint, H3Server
 from app.transports.webtransport.quic_config import quic_configuration
 
 log = logging.getLogger("centrifugo.webtransport")
+# aioquic logs several info lines per QUIC handshake under "quic": kept to warnings, so a
+# server log at info has one line per event of ours, not per packet exchange of theirs.
+logging.getLogger("quic").setLevel(logging.WARNING)
 
 # quic-go's SetQUICHeaders: the advertisement stays valid for 30 days.
 ALT_SVC_MAX_AGE = 2592000
@@ -62,6 +65,7 @@ def _bind(cfg: Config) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        udp_slots.size_buffers(sock)
         sock.bind((host, cfg.http_server.port))
     except OSError:
         sock.close()

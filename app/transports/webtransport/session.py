@@ -65,8 +65,8 @@ class SessionHost(Protocol):
         """Queue stream data and transmit it this loop turn; ConnectionError once the
         connection is gone."""
 
-    def stream_unacked(self, stream_id: int) -> int:
-        """Bytes sent on the stream not yet acknowledged."""
+    def stream_unsent(self, stream_id: int) -> int:
+        """Bytes written to the stream and not yet transmitted."""
 
     def close_session(self, session_id: int, code: int, reason: str) -> None:
         """Send CLOSE_WEBTRANSPORT_SESSION on the CONNECT stream and finish it."""
@@ -194,8 +194,8 @@ class Session:
     def send(self, data: bytes) -> None:
         self._host.send_stream(self.stream_id, data, False)
 
-    def unacked(self) -> int:
-        return self._host.stream_unacked(self.stream_id)
+    def unsent(self) -> int:
+        return self._host.stream_unsent(self.stream_id)
 
     async def finish(self, code: int, reason: str, wait: float) -> None:
         if self._peer_gone.is_set():

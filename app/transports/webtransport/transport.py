@@ -10,9 +10,10 @@ its WebTransport error code and the reason (transport.go's Close).
 
 Synchronous writes: aioquic takes stream data at once into the stream's send buffer, so a
 write is a buffer append and one transmit per QUIC connection per loop turn; the writer
-(app/writer.py) measures backpressure as what that buffer holds unacknowledged, and bytes
-unacknowledged for `write_timeout` (transport.go's 1 s writeTimeout on each stream write)
-disconnect the client with 3009, as a quic-go write blocked by flow control would.
+(app/writer.py) measures backpressure as what that buffer still has to transmit (flow or
+congestion control holding it back), and bytes not transmitted within `write_timeout`
+(transport.go's 1 s writeTimeout on each stream write) disconnect the client with 3009, as
+a quic-go write blocked that long would.
 
 Closing: transport.go finishes the stream, sleeps one second (so the browser reads the
 disconnect push before the session close: quic-go#3291), then closes the session. Here the
@@ -42,8 +43,8 @@ class SessionStream(Protocol):
         """Queue `data` on the stream and have it transmitted this loop turn. Raises
         ConnectionError once the session or connection is gone."""
 
-    def unacked(self) -> int:
-        """Bytes written to the stream and not yet acknowledged by the peer."""
+    def unsent(self) -> int:
+        """Bytes written to the stream and not yet transmitted."""
 
     async def finish(self, code: int, reason: str, wait: float) -> None:
         """End the stream, wait up to `wait` seconds for the peer to close the session,
@@ -68,17 +69,17 @@ class WebTransportTransport:
         if self.closed:
             return 0  # transport.go: writes after Close are dropped
         self._stream.send(frame + self._tail if self._tail else frame)
-        return self._stream.unacked()
+        return self._stream.unsent()
 
     def write_many_now(self, frames: list[bytes]) -> int:
         if self.closed:
             return 0
         tail = self._tail
         self._stream.send(b"".join(f + tail for f in frames) if tail else b"".join(frames))
-        return self._stream.unacked()
+        return self._stream.unsent()
 
     def unsent(self) -> int:
-        return 0 if self.closed else self._stream.unacked()
+        return 0 if self.closed else self._stream.unsent()
 
     async def write(self, frame: bytes) -> None:
         self.write_now(frame)
