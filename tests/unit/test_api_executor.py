@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import cent.dto as cent_dto
+import msgspec
 import orjson
 import pytest
 
 from app.api import request
 from app.api.batch import BATCH_CHUNK
+from app.api.decode import batch_item
 from app.api.errors import ApiDecodeError
 from app.api.executor import ApiExecutor
 from app.api.http import batch_command
@@ -729,3 +731,43 @@ async def test_long_batch_gives_the_loop_turns(api: JsonApi) -> None:
     await task
     # a check pass and a run pass, each yielding between its 4 chunks
     assert during >= 6
+
+
+@pytest.mark.parametrize(
+    ("command", "lane"),
+    [
+        (b'{"publish":{"channel":"news","data":{"a":1}}}', True),
+        (b'{"publish":{"data":[1,2],"channel":"plain:x"}}', True),
+        (b'{"publish":{"channel":"news","data":null}}', True),
+        (b'{"publish":{"channel":"","data":1}}', True),
+        (b'{"publish":{"channel":"news","channel":"other","data":1}}', True),
+        ('{"publish":{"channel":"caf\u00e9","data":"\u00e9"}}'.encode(), True),
+        (b'{"publish":{"channel":null,"data":1}}', False),
+        (b'{"publish":{"channel":"news"}}', False),
+        (b'{"publish":{"channel":"news","data":1,"tags":{"k":"v"}}}', False),
+        (b'{"publish":{"channel":"news","data":1,"unknown":1}}', False),
+        (b'{"publish":{"channel":"news","data":1},"unknown":1}', False),
+        (b'{"publish":{"channel":"news","data":1},"history":{"channel":"news"}}', False),
+        (b'{"publish":null}', False),
+        (b'{"publish":{"channel":5,"data":1}}', False),
+        (b'{"publish":{"channel":"news","data":"\xff"}}', False),
+        (b'{"publish":{"channel":"news","data":{"a":1}}', False),
+    ],
+)
+def test_batch_publish_fast_lane_decodes_as_the_general_path(command: bytes, lane: bool) -> None:
+    """app/api/request.py's PlainPublish lane takes exactly the plain shape and gives the
+    same batch command (or the same error) as the general decoding of the command message."""
+
+    def outcome(decode: Any) -> Any:
+        try:
+            return batch_item(decode(), 0)
+        except (request.BadBody, ApiDecodeError):
+            return "decode error"
+
+    general = outcome(lambda: request._decode(request._COMMAND, command))  # lane-less
+    assert outcome(lambda: batch_command(msgspec.Raw(command))) == general
+    try:
+        took_lane = isinstance(request.command(msgspec.Raw(command)), request.PlainPublish)
+    except request.BadBody:
+        took_lane = False
+    assert took_lane == lane

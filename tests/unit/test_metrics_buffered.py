@@ -1,11 +1,11 @@
-"""Buffered histogram observations (app/metrics.py _Buffered): nothing reaches the shared
+"""Buffered histogram observations (app/metrics_buffer.py BufferedHistogram): nothing reaches the shared
 values before a flush, and a flush adds exactly what observe() would have added."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from app.metrics import _Buffered
+from app.metrics_buffer import BufferedHistogram
 
 
 def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -17,7 +17,7 @@ def test_flush_adds_the_observations_as_observe_would() -> None:
     registry = CollectorRegistry()
     buffered = Histogram("b_seconds", "b", ("t",), buckets=(0.001, 0.01), registry=registry)
     direct = Histogram("d_seconds", "d", ("t",), buckets=(0.001, 0.01), registry=registry)
-    buf = _Buffered(buffered.labels("x"))
+    buf = BufferedHistogram(buffered.labels("x"))
     values = [0.0005, 0.001, 0.005, 0.01, 0.5, 0.0]
     for v in values:
         buf.observe(v)
@@ -35,7 +35,7 @@ def test_flush_adds_the_observations_as_observe_would() -> None:
 def test_observe_flushes_once_its_second_has_passed() -> None:
     registry = CollectorRegistry()
     hist = Histogram("c_seconds", "c", ("t",), buckets=(1.0,), registry=registry)
-    buf = _Buffered(hist.labels("x"))
+    buf = BufferedHistogram(hist.labels("x"))
     buf.observe(0.5)
     buf._due = 0.0  # the second is over
     buf.observe(0.5)
