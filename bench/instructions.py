@@ -1,0 +1,260 @@
+"""Instructions per publication of the hot paths, counted by valgrind: a figure that does not
+drift with the machine's load, for judging a change to the per-publication code (CPU time on
+this shared 2-core box moves by 2x from one minute to the next; instruction counts repeat to
+within 0.1 %).
+
+    python -m bench.instructions                 # both shapes, valgrind (~4 min)
+    python -m bench.instructions --shape api     # /api/batch publishing only (~1 min)
+    python -m bench.instructions --native        # CPU µs instead, no valgrind (seconds)
+
+Shapes, run in one process on the Redis engine (a redis-server on a free port) with the
+worker's GC settings and metrics off, as `python -m bench` runs the app:
+
+* `api`: batches of 500 plain publishes to 1000 channels, each decoded from its JSON body
+  and run by `ApiExecutor.batch` (the POST /api/batch path without HTTP), replies encoded.
+* `e2e`: the same batches with 1000 connected Clients, one subscribed to each channel,
+  writing to real socket pairs drained in the same process: publish, Redis SPUBLISH, PUB/SUB
+  read, hub fan-out, frame and write.
+
+The count of a shape is (instructions of a run with `--iters` batches) minus (one with a
+third of them), over the publications between: start-up, connects and warm-up cancel out.
+valgrind counts user-space instructions only: system calls (the socket writes) are not in
+the figure, the Python and C work around them is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.ports import free_port
+
+BATCH = 500
+CHANNELS = 1000
+WARMUP = 5
+
+
+def _body(k: int) -> bytes:
+    commands = [
+        {
+            "publish": {
+                "channel": f"user_{(k * BATCH + i) % CHANNELS}",
+                "data": {"i": i, "p": "x" * 80},
+            }
+        }
+        for i in range(BATCH)
+    ]
+    return orjson.dumps({"commands": commands, "parallel": True})
+
+
+class _SocketTransport:
+    """A SyncTransport (app/transport.py) over one end of a socket pair, JSON protocol."""
+
+    name = "websocket"
+    unidirectional = False
+    disconnect_push = False
+    write_timeout = 1.0
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        from app.protocol.json import JSON
+
+        self.codec = JSON
+        self._t = transport
+
+    def write_now(self, frame: bytes) -> int:
+        self._t.write(frame)
+        return self._t.get_write_buffer_size()
+
+    def write_many_now(self, frames: list[bytes]) -> int:
+        self._t.writelines(frames)
+        return self._t.get_write_buffer_size()
+
+    def unsent(self) -> int:
+        return self._t.get_write_buffer_size()
+
+    async def write(self, frame: bytes) -> None:
+        self.write_now(frame)
+
+    async def close(self, disconnect: Any) -> None:
+        self._t.close()
+
+
+class _Sink(asyncio.Protocol):
+    """The far end of every socket pair: counts publication pushes."""
+
+    received = 0
+    want = 0
+    done: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        cls = type(self)
+        cls.received += data.count(b'"pub"')
+        if cls.done is not None and cls.received >= cls.want and not cls.done.done():
+            cls.done.set_result(None)
+
+
+async def _run(shape: str, iters: int, redis_port: int, workdir: Path) -> float:
+    """Runs `iters` batches after the warm-up; returns the process CPU seconds they took."""
+    from app import metrics
+    from app.api import request as api_request
+    from app.api.executor import ApiExecutor
+    from app.api.http import batch_command
+    from app.client import Client
+    from app.config import load_config
+    from app.engines.build import build_engines
+    from app.node import Node
+    from app.web import tune_gc
+
+    timeouts = {"io_timeout": "60s", "connect_timeout": "60s"}  # valgrind is ~50x slower
+    config = {
+        "client": {"insecure": True},
+        "engine": {
+            "type": "redis",
+            "redis": {"address": f"redis://127.0.0.1:{redis_port}", **timeouts},
+        },
+        "channel": {"without_namespace": {"allow_subscribe_for_client": True}},
+    }
+    path = workdir / "config.json"
+    path.write_text(json.dumps(config))
+    cfg = load_config(str(path), env={})
+    metrics.enable(False)
+    e = build_engines(cfg)
+    node = Node(cfg, e.broker, e.presence, controller=e.controller, map_broker=e.map_broker)
+    await node.start()
+    loop = asyncio.get_running_loop()
+    if shape == "e2e":
+        for i in range(CHANNELS):
+            a, b = socket.socketpair()
+            ta, _ = await loop.connect_accepted_socket(asyncio.Protocol, sock=a)
+            await loop.connect_accepted_socket(_Sink, sock=b)
+            client = Client(node, _SocketTransport(ta))
+            await client.handle_frame(b'{"id":1,"connect":{}}')
+            await client.handle_frame(
+                orjson.dumps({"id": 2, "subscribe": {"channel": f"user_{i}"}})
+            )
+    executor = ApiExecutor(node)
+    bodies = [_body(k) for k in range(20)]
+
+    async def batches(n: int) -> None:
+        _Sink.want = _Sink.received + n * BATCH
+        _Sink.done = loop.create_future()
+        for k in range(n):
+            spans, parallel = api_request.batch(bodies[k % len(bodies)])
+            replies = [
+                r async for chunk in executor.batch(spans, batch_command, parallel) for r in chunk
+            ]
+            orjson.dumps({"replies": replies})
+        if shape == "e2e":
+            await _Sink.done
+
+    await batches(WARMUP)
+    tune_gc()
+    started = time.process_time()
+    await batches(iters)
+    spent = time.process_time() - started
+    await node.shutdown()
+    return spent
+
+
+def _child(shape: str, iters: int, redis_port: int) -> None:
+    import uvloop
+
+    with tempfile.TemporaryDirectory(prefix="cfpy-instr-") as tmp:
+        spent = uvloop.run(_run(shape, iters, redis_port, Path(tmp)))
+    print(json.dumps({"cpu_s": spent}))
+
+
+def _count(shape: str, iters: int, redis_port: int, valgrind: bool) -> float:
+    """Instructions (valgrind) or CPU seconds (native) of one child run."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.instructions",
+        "--child",
+        shape,
+        str(iters),
+        str(redis_port),
+    ]
+    if not valgrind:
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        return float(json.loads(out.splitlines()[-1])["cpu_s"])
+    with tempfile.TemporaryDirectory() as tmp:
+        cg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out"]
+        proc = subprocess.run(cg + cmd, check=True, capture_output=True, text=True)
+    for line in proc.stderr.splitlines():
+        if "Collected :" in line:
+            return float(line.rsplit(":", 1)[1])
+    raise RuntimeError(f"no instruction count in valgrind's output:\n{proc.stderr[-2000:]}")
+
+
+def measure(shape: str, iters: int, valgrind: bool) -> dict[str, Any]:
+    redis = shutil.which("redis-server")
+    if redis is None:
+        raise SystemExit("redis-server is not on PATH")
+    port = free_port()
+    server = subprocess.Popen(
+        [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        few = max(iters // 3, 1)
+        low = _count(shape, few, port, valgrind)
+        high = _count(shape, iters, port, valgrind)
+    finally:
+        server.terminate()
+        server.wait()
+    publications = (iters - few) * BATCH
+    if valgrind:
+        return {"shape": shape, "instructions_per_publication": round((high - low) / publications)}
+    return {"shape": shape, "cpu_us_per_publication": round(high / (iters * BATCH) * 1e6, 2)}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        return
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.instructions", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("--shape", choices=("api", "e2e", "both"), default="both")
+    ap.add_argument(
+        "--iters", type=int, default=12, help="batches of 500 in the long run (default 12)"
+    )
+    ap.add_argument("--native", action="store_true", help="CPU time instead of valgrind counts")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    o = ap.parse_args()
+    valgrind = not o.native
+    if valgrind and shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind), or use --native")
+    shapes = ("api", "e2e") if o.shape == "both" else (o.shape,)
+    results = [measure(shape, o.iters, valgrind) for shape in shapes]
+    for r in results:
+        print(json.dumps(r))
+    if o.out is not None:
+        o.out.write_text(json.dumps({"results": results, "argv": sys.argv[1:]}, indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
