@@ -130,6 +130,38 @@ class Counters:
     other: int = 0  # pushes that are not publications (unsubscribe, disconnect, ...)
     lat: list[float] = field(default_factory=list)
 
+    async def wait_for(self, expected: int, idle: float, hard: float) -> None:
+        """Until `expected` messages arrived, or no progress for `idle` s, or `hard` s (a
+        poll of the counters: the clients count in their protocol callbacks)."""
+        t0 = last_change = time.monotonic()
+        seen = -1
+        while self.msgs < expected:
+            now = time.monotonic()
+            if self.msgs != seen:
+                seen, last_change = self.msgs, now
+            if now - last_change > idle or now - t0 > hard:
+                break
+            await asyncio.sleep(0.005)
+
+    def report(self, closed: int, close_codes: dict[int, int]) -> dict[str, Any]:
+        """What `collect` answers the parent: the totals and the server's closes."""
+        return {
+            "msgs": self.msgs,
+            "frames": self.frames,
+            "reads": self.reads,
+            "bytes": self.bytes,
+            "pings": self.pings,
+            "first": self.first,
+            "last": self.last,
+            "sampled": self.sampled,
+            "gaps": self.gaps,
+            "dups": self.dups,
+            "other": self.other,
+            "lat": self.lat,
+            "closed": closed,
+            "close_codes": close_codes,
+        }
+
 
 class WsClient(asyncio.Protocol):
     """One WebSocket connection; counting is aggregated into the process `Counters`.
@@ -686,32 +718,8 @@ class LoadWorker:
 
     async def collect(self, expected: int, idle: float, hard: float) -> dict[str, Any]:
         """Waits until `expected` messages arrived, or no progress for `idle` s, or `hard` s."""
-        t0 = last_change = time.monotonic()
-        seen = -1
-        while self.c.msgs < expected:
-            now = time.monotonic()
-            if self.c.msgs != seen:
-                seen, last_change = self.c.msgs, now
-            if now - last_change > idle or now - t0 > hard:
-                break
-            await asyncio.sleep(0.005)
-        c = self.c
-        return {
-            "msgs": c.msgs,
-            "frames": c.frames,
-            "reads": c.reads,
-            "bytes": c.bytes,
-            "pings": c.pings,
-            "first": c.first,
-            "last": c.last,
-            "sampled": c.sampled,
-            "gaps": c.gaps,
-            "dups": c.dups,
-            "other": c.other,
-            "lat": c.lat,
-            "closed": self.closed,
-            "close_codes": self.close_codes,
-        }
+        await self.c.wait_for(expected, idle, hard)
+        return self.c.report(self.closed, self.close_codes)
 
     async def disconnect(self) -> int:
         n = 0

@@ -39,10 +39,11 @@ from typing import Any
 
 import jwt
 
+from bench.fanout_phase import run_fanout_phase
 from bench.load import ConnSpec, LoadGenerator, Target
 from bench.ports import free_port
-from bench.publish import PublishJob, run_job
-from bench.runner import Service, cpu_seconds, launch_app, log, start_redis
+from bench.publish import PublishJob
+from bench.runner import Service, launch_app, log, start_redis
 
 SCENARIOS = {"1x1000": 1, "1000x1": 0}  # name -> channel count (0: one per client)
 
@@ -142,33 +143,21 @@ def run_scenario(
         api_key=key,
     )
     groups = {"app": app.pids(), "broker_server": server.pids(), "loadgen": lg.pids}
-    lg.reset()
-    cpu0 = {k: cpu_seconds(v) for k, v in groups.items()}
-    res = pool.submit(run_job, job).result(timeout=o.duration + 120)
-    per_conn = expected_per_conn(specs, channels, res["published"])
-    expected = [sum(per_conn[s.idx] for s in part) for part in lg.split(specs)]
-    got = lg.collect(expected, idle=3.0, hard=120.0)
-    cpu = {k: cpu_seconds(v) - cpu0[k] for k, v in groups.items()}
-    cpu["publisher"] = res["cpu_s"]
-    delivered = sum(g["msgs"] for g in got)
-    last = max((g["last"] for g in got if g["last"]), default=res["t1"])
-    window = max(last - res["t0"], 1e-9)
-    lat = sorted(x for g in got for x in g["lat"])
+    parts = lg.split(specs)
+
+    def expected_for(published: int) -> list[int]:
+        per_conn = expected_per_conn(specs, channels, published)
+        return [sum(per_conn[s.idx] for s in part) for part in parts]
+
+    common, _ = run_fanout_phase(lg, groups, pool, job, expected_for, hard=120.0)
     lg.disconnect()
     row = {
         "broker": broker,
         "scenario": scenario,
         "subs": o.subs,
         "channels": channels,
-        "published": res["published"],
-        "publish_errors": res["errors"],
         "offered_deliveries_per_s": round(rate),
-        "deliveries_per_s": round(delivered / window),
-        "delivered": delivered,
-        "lost": sum(expected) - delivered,
-        "cpu_s_per_1m": {k: round(v / max(delivered, 1) * 1e6, 2) for k, v in cpu.items()},
-        "p50_ms": round(lat[len(lat) // 2] * 1e3, 2) if lat else None,
-        "p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 2) if lat else None,
+        **common,
     }
     log(
         f"{broker} {scenario}: {row['deliveries_per_s']:,} deliveries/s, lost {row['lost']}, "

@@ -50,9 +50,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bench.fanout_phase import run_fanout_phase
 from bench.load import ConnSpec, LoadGenerator, Target
 from bench.ports import free_port
-from bench.publish import PublishJob, run_job
+from bench.publish import PublishJob
 from bench.runner import Service, cpu_seconds, launch_app, log, start_redis
 from bench.wt_load import WtLoadGenerator, WtTarget
 
@@ -184,33 +185,20 @@ def run_phases(
         api_key=key,
     )
     groups = {"app": app_pids, "redis": redis.pids(), "loadgen": lg.pids}
-    lg.reset()
-    cpu0 = {k: cpu_seconds(v) for k, v in groups.items()}
-    res = pool.submit(run_job, job).result(timeout=o.duration + 120)
-    per_conn = res["published"]  # one channel: every client gets every publication
-    expected = [per_conn * len(part) for part in lg.split(specs)]
-    got = lg.collect(expected, idle=3.0, hard=180.0)
-    cpu = {k: cpu_seconds(v) - cpu0[k] for k, v in groups.items()}
-    cpu["publisher"] = res["cpu_s"]
-    delivered = sum(g["msgs"] for g in got)
-    last = max((g["last"] for g in got if g["last"]), default=res["t1"])
-    window = max(last - res["t0"], 1e-9)
-    lat = sorted(x for g in got for x in g["lat"])
+    parts = lg.split(specs)
+
+    def expected_for(published: int) -> list[int]:
+        return [published * len(part) for part in parts]  # one channel: everyone gets all
+
+    common, got = run_fanout_phase(lg, groups, pool, job, expected_for, hard=180.0)
     lg.disconnect()
     fanout = {
-        "published": res["published"],
-        "publish_errors": res["errors"],
+        **common,
         "offered_deliveries_per_s": round(o.rate),
-        "deliveries_per_s": round(delivered / window),
-        "delivered": delivered,
-        "lost": sum(expected) - delivered,
         "gaps": sum(g["gaps"] for g in got),
         "closed_by_server": sum(g["closed"] for g in got),
         "close_codes": _sum_codes(g["close_codes"] for g in got),
         "ends": _sum_codes(g.get("ends", {}) for g in got),
-        "cpu_s_per_1m": {k: round(v / max(delivered, 1) * 1e6, 2) for k, v in cpu.items()},
-        "p50_ms": round(lat[len(lat) // 2] * 1e3, 2) if lat else None,
-        "p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 2) if lat else None,
     }
     log(
         f"{side.transport} #{rep}: connect+subscribe {connect['per_s']:,}/s; fan-out "

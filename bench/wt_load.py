@@ -344,31 +344,11 @@ class WtWorker:
 
     async def collect(self, expected: int, idle: float, hard: float) -> dict[str, Any]:
         """Waits until `expected` messages arrived, or no progress for `idle` s, or `hard` s."""
-        t0 = last_change = time.monotonic()
-        seen = -1
-        while self.c.msgs < expected:
-            now = time.monotonic()
-            if self.c.msgs != seen:
-                seen, last_change = self.c.msgs, now
-            if now - last_change > idle or now - t0 > hard:
-                break
-            await asyncio.sleep(0.005)  # poll of the counters, as bench/load.py's collect
-        c = self.c
+        await self.c.wait_for(expected, idle, hard)
+        # A stream has no WebSocket frames: a read is the unit messages arrive in.
         return {
-            "msgs": c.msgs,
-            "frames": c.reads,
-            "reads": c.reads,
-            "bytes": c.bytes,
-            "pings": c.pings,
-            "first": c.first,
-            "last": c.last,
-            "sampled": c.sampled,
-            "gaps": c.gaps,
-            "dups": c.dups,
-            "other": c.other,
-            "lat": c.lat,
-            "closed": self.closed,
-            "close_codes": self.close_codes,
+            **self.c.report(self.closed, self.close_codes),
+            "frames": self.c.reads,
             "ends": self.ends,
         }
 
