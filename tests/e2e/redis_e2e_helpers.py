@@ -19,7 +19,7 @@ import json
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import aiohttp
@@ -33,7 +33,7 @@ from centrifuge import (
 # RedisProcess is re-exported: the e2e tests take it from here with the other Redis helpers.
 from tests.support.redis_server import RedisProcess as RedisProcess
 
-from .helpers import ServerHandle
+from .helpers import ServerHandle, start_server
 
 EVENT_TIMEOUT = 10.0
 
@@ -355,6 +355,38 @@ class SdkSubscriber(Watched):
 
 # --------------------------------------------------------------------------------------------
 # server API
+
+
+@contextlib.contextmanager
+def two_servers(
+    config: dict[str, Any], workers: int
+) -> Iterator[tuple[ServerHandle, ServerHandle]]:
+    """Two server processes ("nodes") on one config, as the multi-node e2e modules run
+    them; both stopped however the block ends."""
+    a = start_server(config, workers=workers)
+    try:
+        b = start_server(config, workers=workers)
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
+
+
+@contextlib.asynccontextmanager
+async def api_pair(
+    nodes: tuple[ServerHandle, ServerHandle],
+) -> AsyncIterator[tuple[ApiClient, ApiClient]]:
+    """An ApiClient for each of two servers, closed at the end."""
+    a, b = ApiClient(nodes[0]), ApiClient(nodes[1])
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
 
 
 class ApiClient:

@@ -22,8 +22,8 @@ import pytest
 
 from tests.support import postgres
 
-from .helpers import ServerHandle, start_server
-from .redis_e2e_helpers import ApiClient, SdkSubscriber
+from .helpers import ServerHandle
+from .redis_e2e_helpers import ApiClient, SdkSubscriber, api_pair, two_servers
 
 WORKERS = 2
 NS = "pgc"
@@ -80,23 +80,14 @@ def pg_config(dsn: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def nodes(pg: postgres.PostgresServer) -> Iterator[tuple[ServerHandle, ServerHandle]]:
     cfg = pg_config(pg.dsn)
-    a = start_server(cfg, workers=WORKERS)
-    try:
-        b = start_server(cfg, workers=WORKERS)
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    b.stop()
-    a.stop()
+    with two_servers(cfg, WORKERS) as pair:
+        yield pair
 
 
 @pytest.fixture
 async def apis(nodes: tuple[ServerHandle, ServerHandle]) -> AsyncIterator[tuple[ApiClient, ...]]:
-    a, b = ApiClient(nodes[0]), ApiClient(nodes[1])
-    yield a, b
-    await a.close()
-    await b.close()
+    async with api_pair(nodes) as pair:
+        yield pair
 
 
 async def test_info_lists_every_node_and_surveys_reach_the_other_server(

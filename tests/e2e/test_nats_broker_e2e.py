@@ -20,8 +20,8 @@ import pytest
 
 from tests.support import nats_server
 
-from .helpers import ServerHandle, node_available, run_js_async, start_server
-from .redis_e2e_helpers import ApiClient, SdkSubscriber
+from .helpers import ServerHandle, node_available, run_js_async
+from .redis_e2e_helpers import ApiClient, SdkSubscriber, api_pair, two_servers
 
 WORKERS = 2
 NS = "nats"
@@ -76,23 +76,14 @@ def nats_config(nats_url: str, subject_prefix: str, redis_url: str) -> dict[str,
 def nodes(nats_proc, e2e_redis_url: str) -> Iterator[tuple[ServerHandle, ServerHandle]]:
     # One subject prefix for both servers (they share channels), none shared with other tests.
     cfg = nats_config(nats_proc.url, f"t{uid()}", e2e_redis_url)
-    a = start_server(cfg, workers=WORKERS)
-    try:
-        b = start_server(cfg, workers=WORKERS)
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    b.stop()
-    a.stop()
+    with two_servers(cfg, WORKERS) as pair:
+        yield pair
 
 
 @pytest.fixture
 async def apis(nodes) -> AsyncIterator[tuple[ApiClient, ApiClient]]:
-    a, b = ApiClient(nodes[0]), ApiClient(nodes[1])
-    yield a, b
-    await a.close()
-    await b.close()
+    async with api_pair(nodes) as pair:
+        yield pair
 
 
 async def presence_count(api: ApiClient, channel: str) -> int:
