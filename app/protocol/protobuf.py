@@ -59,18 +59,28 @@ def _field(tag: bytes, body: bytes) -> bytes:
 # --------------------------------------------------------------- decoding
 
 
-def _read_varint(frame: bytes, pos: int, end: int) -> tuple[int, int]:
+def read_varint_prefix(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The varint at `pos`: (value, position after it), or (0, -1) when the bytes stop
+    inside it (a stream reader waits for more: app/transports/webtransport/framing.py);
+    DecodeError when it runs past ten bytes."""
     result = 0
     shift = 0
     for i in range(pos, min(end, pos + _MAX_VARINT_BYTES)):
-        b = frame[i]
+        b = buf[i]
         result |= (b & 0x7F) << shift
         if b < 0x80:
             return result, i + 1
         shift += 7
     if end - pos >= _MAX_VARINT_BYTES:
         raise DecodeError("varint too long")
-    raise DecodeError("truncated varint")
+    return 0, -1
+
+
+def _read_varint(frame: bytes, pos: int, end: int) -> tuple[int, int]:
+    value, after = read_varint_prefix(frame, pos, end)
+    if after < 0:
+        raise DecodeError("truncated varint")
+    return value, after
 
 
 class _Kind:

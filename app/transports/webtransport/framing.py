@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-_MAX_VARINT_BYTES = 10
+from app.protocol.protobuf import read_varint_prefix
 
 
 class FrameTooLarge(ValueError):
@@ -82,7 +82,7 @@ class VarintDelimited:
         end = len(buf)
         pos = 0
         while pos < end:
-            length, body = _varint(buf, pos, end)
+            length, body = read_varint_prefix(buf, pos, end)
             if body < 0:
                 break  # the prefix itself is still incomplete
             if length > self._limit:
@@ -95,21 +95,6 @@ class VarintDelimited:
 
     def pending(self) -> int:
         return len(self._buf)
-
-
-def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    """(value, position after it), or (0, -1) when the bytes stop inside it."""
-    result = 0
-    shift = 0
-    for i in range(pos, min(end, pos + _MAX_VARINT_BYTES)):
-        b = buf[i]
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, i + 1
-        shift += 7
-    if end - pos >= _MAX_VARINT_BYTES:
-        raise ValueError("varint too long")
-    return 0, -1
 
 
 def splitter(protobuf: bool, limit: int) -> StreamSplitter:
