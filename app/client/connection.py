@@ -166,8 +166,16 @@ class Client(ConnectFlow):
         except DecodeError as e:
             await self.close(Disconnect(DISCONNECT_BAD_REQUEST, detail=f"bad frame: {e}"))
             return False
+        return await self.handle_commands(commands, len(data))
+
+    async def handle_commands(self, commands: list[Command], size: int) -> bool:
+        """Run commands the transport decoded itself (`size`: the bytes they came in), for a
+        transport whose undecodable input ends the connection its own way (WebTransport:
+        3000, not 3501). Returns False once the connection is closing."""
+        if self.state is State.CLOSED:
+            return False
         if metrics.enabled() and commands:
-            self._count_received(commands, len(data))
+            self._count_received(commands, size)
         for cmd in commands:
             if not await self._handle_command(cmd):
                 return False

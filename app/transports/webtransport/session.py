@@ -41,7 +41,7 @@ from typing import Protocol
 from app.client import Client
 from app.errors import Disconnect
 from app.node import Node
-from app.protocol import Codec, DecodeError
+from app.protocol import Codec, Command, DecodeError
 from app.protocol.protobuf import PROTOBUF
 from app.transports.webtransport.framing import splitter
 from app.transports.webtransport.transport import WebTransportTransport
@@ -122,7 +122,8 @@ class Session:
         self.stream_id = -1
         self._client: Client | None = None
         self._splitter = splitter(codec is PROTOBUF, message_size_limit)
-        self._inbox: asyncio.Queue[bytes | Disconnect | None] = asyncio.Queue()
+        # Decoded commands with the bytes they came in, a Disconnect, or None (the end).
+        self._inbox: asyncio.Queue[tuple[list[Command], int] | Disconnect | None] = asyncio.Queue()
         self._queued = 0  # bytes of commands in the inbox
         self._inbox_limit = INBOX_COMMANDS_AHEAD * message_size_limit
         self._reader: asyncio.Task[None] | None = None
@@ -146,8 +147,9 @@ class Session:
         if data:
             try:
                 chunk = self._splitter.feed(data)
-                if chunk:
-                    self._codec.decode_commands(chunk)  # a bad command ends the session
+                # Decoded here, once: a bad command ends the session (3000), and the
+                # reader hands the commands to the Client as they are.
+                commands = self._codec.decode_commands(chunk) if chunk else []
             except (DecodeError, ValueError) as e:
                 self._inbox.put_nowait(Disconnect(3000, detail=f"error decoding command: {e}"))
                 self.phase = Phase.CLOSED
@@ -157,7 +159,7 @@ class Session:
                 if self._queued > self._inbox_limit:
                     self._overflow()
                     return
-                self._inbox.put_nowait(chunk)
+                self._inbox.put_nowait((commands, len(chunk)))
         if ended:
             self.peer_closed()
 
@@ -230,8 +232,6 @@ class Session:
                 item = await self._inbox.get()
                 if item is None:
                     break  # the peer is gone
-                if type(item) is bytes:
-                    self._queued -= len(item)
                 if isinstance(item, Disconnect):
                     log.info(
                         "webtransport client %s: %s, disconnecting with %d",
@@ -242,7 +242,9 @@ class Session:
                     await client.transport_closed()  # 3000: no push (centrifuge)
                     await transport.close(item)
                     break
-                if not await client.handle_frame(item):
+                commands, size = item
+                self._queued -= size
+                if not await client.handle_commands(commands, size):
                     break
         finally:
             await client.transport_closed()
