@@ -14,7 +14,6 @@ import logging
 import socket
 import time
 import uuid
-from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -366,8 +365,8 @@ class Node:
         pays a task or a coroutine chain per publication. A failure (the broker's) is
         returned in its item's place, never raised.
         """
-        out: list[Any] = []  # PublishResult | ClientError once filled in below
-        todo: list[tuple[int, str, tuple[str, bytes, PublishOptions]]] = []
+        namespaces: list[str] = []
+        publications: list[tuple[str, bytes, PublishOptions]] = []
         for chinfo, data, kw in items:
             if kw:
                 opts = publish_options(
@@ -382,29 +381,30 @@ class Node:
                 )
             else:
                 opts = self._plain_publish_options(chinfo)
-            todo.append((len(out), chinfo.namespace, (chinfo.channel, data, opts)))
-            out.append(None)  # filled in below
+            namespaces.append(chinfo.namespace)
+            publications.append((chinfo.channel, data, opts))
         batch = self._batch
         results: Sequence[PublishResult | BaseException]
         if batch is not None:
-            results = await batch.publish_many([args for _, _, args in todo])
+            results = await batch.publish_many(publications)
         else:
             # Tasks start in order and the memory broker publishes synchronously.
             results = await asyncio.gather(
-                *(self.broker.publish(*args) for _, _, args in todo), return_exceptions=True
+                *(self.broker.publish(*args) for args in publications), return_exceptions=True
             )
-        sent: Counter[str] = Counter()
-        for (i, namespace, _), result in zip(todo, results, strict=True):
-            if isinstance(result, PublishResult):
-                sent[namespace] += 1
-                out[i] = result
+        out: list[PublishResult | ClientError] = []
+        sent: dict[str, int] = {}
+        for namespace, result in zip(namespaces, results, strict=True):
+            if type(result) is PublishResult:
+                sent[namespace] = sent.get(namespace, 0) + 1
+                out.append(result)
                 if result.suppressed:
                     count_suppressed(result, namespace)
             elif isinstance(result, ClientError):
-                out[i] = result
+                out.append(result)
             else:
                 log.error("publish failed: %r", result)
-                out[i] = ClientError(ERROR_INTERNAL)
+                out.append(ClientError(ERROR_INTERNAL))
         for namespace, n in sent.items():
             metrics.child(metrics.NODE_MESSAGES_SENT, "publication", namespace).inc(n)
         return out

@@ -299,27 +299,19 @@ METHODS = frozenset((*SPECS, "batch"))
 _ZEROS = {id(spec): _zero_values(spec) for spec in SPECS.values()}
 
 # A batch command ready to run: (method, request), ("", {}) when it names no method (104),
-# None for a null command (107).
-BatchCommand = tuple[str, dict[str, Any]] | None
+# None for a null command (107). A plain publish (only channel and data) stays the
+# PlainPublish it was decoded as: its request is those two fields, every other at its zero.
+BatchCommand = tuple[str, dict[str, Any] | PlainPublish] | None
 
 
 def as_is(value: Any) -> Any:
     return value
 
 
-_PUBLISH_ZEROS = _ZEROS[id(SPECS["publish"])]
-
-
 def batch_item(cmd: Any, index: int) -> BatchCommand:
     """A decoded batch command checked and converted; ApiDecodeError if it cannot be."""
     if type(cmd) is PlainPublish:  # the fast lane (app/api/request.py): already typed
-        fixed, fresh = _PUBLISH_ZEROS
-        req = dict(fixed)
-        for key, zero in fresh:
-            req[key] = zero(None, key)
-        req["channel"] = cmd.channel
-        req["data"] = cmd.data
-        return "publish", req
+        return "publish", cmd
     if cmd is None:
         return None
     if not isinstance(cmd, dict):

@@ -234,6 +234,84 @@ async def test_readonly_from_a_demoted_master_reconnects_to_the_new_one(
         await other.aclose()
 
 
+# --- groups (execute_many) ---
+
+
+def packed(*args: Any) -> bytes:
+    from app.engines.redis.resp import pack_command
+
+    return pack_command(args)
+
+
+async def test_a_group_answers_each_command_in_place_in_issue_order(pl_redis, own, pipes) -> None:
+    pipe = new_pipe(pipes, pl_redis.port)
+    await own.set("str", "x")
+    before = pipe.execute("INCR", "n")
+    group = pipe.execute_many(
+        [
+            packed("INCR", "n"),
+            packed("LPUSH", "str", "y"),
+            packed("ECHO", b"e"),
+            packed("INCR", "n"),
+        ]
+    )
+    after = pipe.execute("INCR", "n")
+    assert await before == 1
+    first, wrong, echo, last = await group
+    assert (first, echo, last) == (2, b"e", 3)
+    assert isinstance(wrong, ResponseError) and str(wrong).startswith("WRONGTYPE")
+    assert await after == 4
+
+
+async def test_a_group_cut_by_a_lost_connection_resends_only_its_unanswered_commands(
+    pl_redis, own, pipes
+) -> None:
+    pipe = new_pipe(pipes, pl_redis.port)
+    my_id = await pipe.execute("CLIENT", "ID")
+    incr = packed("INCR", "n")
+    # Redis answers the kill of its own connection, then closes it without running the rest.
+    group = pipe.execute_many(
+        [incr] * 3 + [packed("CLIENT", "KILL", "ID", my_id, "SKIPME", "no")] + [incr] * 3
+    )
+    assert await group == [1, 2, 3, 1, 4, 5, 6]
+    assert int(await own.get("n")) == 6  # the answered three ran once
+
+
+async def test_a_group_fails_its_unanswered_commands_after_one_resend(pl_redis, own, pipes) -> None:
+    pipe = new_pipe(pipes, pl_redis.port)
+    await pipe.execute("PING")
+    kill_all = packed("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no")
+    incr = packed("INCR", "n")
+    first, k1, k2, last = await pipe.execute_many([incr, kill_all, kill_all, incr])
+    assert first == 1 and k1 >= 1 and k2 >= 1
+    assert isinstance(last, RedisConnectionError)
+    assert int(await own.get("n")) == 1
+    assert await pipe.execute("INCR", "n") == 2  # and the pipeline carries on
+
+
+async def test_a_group_refused_by_a_demoted_master_fails_and_the_next_command_reconnects(
+    pl_redis, pl_redis2, own, pipes
+) -> None:
+    master = {"port": pl_redis.port}
+
+    async def resolve() -> Endpoint:
+        return Endpoint(port=master["port"])
+
+    pipe = new_pipe(pipes, 0, resolve=resolve)
+    assert await pipe.execute("SET", "k", "1") == b"OK"
+    other = Redis(host="127.0.0.1", port=pl_redis2.port)
+    try:
+        await other.flushall()
+        await own.execute_command("REPLICAOF", "127.0.0.1", "1")
+        master["port"] = pl_redis2.port
+        refused = await pipe.execute_many([packed("SET", "k", "2"), packed("SET", "j", "2")])
+        assert all(isinstance(r, ResponseError) and str(r).startswith("READONLY") for r in refused)
+        assert await pipe.execute("SET", "k", "3") == b"OK"
+        assert await other.get("k") == b"3"
+    finally:
+        await other.aclose()
+
+
 async def test_auth_and_db_are_pipelined_with_the_first_commands(pl_redis, own) -> None:
     await own.execute_command("ACL", "SETUSER", "pl", "on", ">s3cret", "~*", "&*", "+@all")
     rcfg = load_config(
@@ -316,10 +394,15 @@ async def test_publish_many_keeps_a_channels_order_across_options(
     n = 2 * HISTORY_ITEMS_PER_CALL + 10
     items = [("a", b"%d" % i, HIST) for i in range(n)]
     items.insert(70, ("a", b"plain", PublishOptions()))
+    # Plain ones go as one SPUBLISH group, an idempotent one by its script: still in place.
+    items[20:20] = [("a", b"p1", PublishOptions()), ("a", b"p2", PublishOptions())]
+    items.insert(21, ("a", b"idem", PublishOptions(idempotency_key="k")))
     results = await broker.publish_many(items)
     offsets = [r.position.offset for r in results]  # type: ignore[union-attr]
-    assert offsets == list(range(1, 71)) + [0] + list(range(71, n + 1))
-    pubs = await rec.wait_pubs("a", n + 1)
+    assert offsets == list(range(1, 21)) + [0, 0, 0] + list(range(21, 71)) + [0] + list(
+        range(71, n + 1)
+    )
+    pubs = await rec.wait_pubs("a", n + 4)
     assert [p.data for p in pubs] == [data for _, data, _ in items]
 
 

@@ -38,10 +38,13 @@ from app.engines.redis.outage import Outage
 from app.engines.redis.publish import (
     DEFAULT_META_TTL,
     HISTORY_ITEMS_PER_CALL,
+    PLAIN_GROUP,
     WITH_HISTORY,
     HistoryCall,
+    PlainGroup,
     epoch_bytes,
     expire_seconds,
+    group_result,
     issue_publish,
     keeps_history,
     publish_result,
@@ -264,13 +267,25 @@ class RedisBroker:
         history_add calls. A failed item gets ClientError(100) in its place; nothing is
         raised.
         """
-        # per item: (kind, reply, index in a shared history_add reply) or its error
+        # per item: (kind, reply, index in a shared history_add reply or SPUBLISH group)
+        # or its error
         issued: list[tuple[int, Any, int] | Exception] = []
         open_calls: dict[tuple[int, int], HistoryCall] = {}
+        open_groups: dict[int, PlainGroup] = {}  # shard index -> plain publications
+
+        def issue_open(opened: dict[Any, Any]) -> None:
+            # Whatever is still open applies before the item at hand is issued, so that a
+            # channel's publications keep their order whatever their options.
+            for pending in opened.values():
+                pending.issue()
+            opened.clear()
+
         for channel, data, opts in items:
             try:
+                shard = self.shard_for(channel)
                 if keeps_history(opts):
-                    shard = self.shard_for(channel)
+                    if open_groups:
+                        issue_open(open_groups)
                     group = (shard.index, shard.require_keys().partition(channel))
                     call = open_calls.get(group)
                     if call is None:
@@ -280,17 +295,22 @@ class RedisBroker:
                         del open_calls[group]
                         call.issue()
                     continue
-                # Calls still open would apply after this: issue them first, so that a
-                # channel's publications keep their order whatever their options.
-                for call in open_calls.values():
-                    call.issue()
-                open_calls.clear()
-                kind, reply = issue_publish(self.shard_for(channel), channel, data, opts)
+                if open_calls:
+                    issue_open(open_calls)
+                if not opts.idempotency_key and shard.groups_spublish:
+                    plain = open_groups.get(shard.index)
+                    if plain is None:
+                        plain = open_groups[shard.index] = PlainGroup(shard)
+                    issued.append((PLAIN_GROUP, plain, plain.add(channel, data, opts)))
+                    continue
+                if open_groups:
+                    issue_open(open_groups)
+                kind, reply = issue_publish(shard, channel, data, opts)
                 issued.append((kind, reply, 0))
             except (RedisError, OSError) as e:
                 issued.append(e)
-        for call in open_calls.values():
-            call.issue()
+        issue_open(open_calls)
+        issue_open(open_groups)
         results: list[PublishResult | ClientError] = []
         failed: list[tuple[str, Exception]] = []
         for (channel, _, _), entry in zip(items, issued, strict=True):
@@ -298,7 +318,15 @@ class RedisBroker:
                 if isinstance(entry, Exception):
                     raise entry
                 kind, pending, item = entry
-                if isinstance(pending, HistoryCall):
+                if kind == PLAIN_GROUP:
+                    # One await per group, not per item (a coroutine each cost ~6 % of a
+                    # batch publish's CPU).
+                    answers = pending.answers
+                    if answers is None:
+                        answers = pending.answers = await pending.reply
+                    results.append(group_result(answers[item]))
+                    continue
+                if type(pending) is HistoryCall:
                     pending = pending.reply
                 results.append(publish_result(kind, await pending, item))
             except (RedisError, OSError) as e:

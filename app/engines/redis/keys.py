@@ -67,6 +67,7 @@ class Keys:
         self.control = f"{p}.control".encode()
         self._publish_keys: dict[str, tuple[str, str, str, str]] = {}
         self._history_resp: dict[str, tuple[tuple[bytes, bytes], bytes]] = {}
+        self._spublish_heads: dict[str, bytes] = {}
 
     def partition(self, channel: str) -> int:
         if not self.cluster:
@@ -108,6 +109,19 @@ class Keys:
                 self._history_resp.clear()
             self._history_resp[channel] = resp
         return resp
+
+    def spublish_head(self, channel: str) -> bytes:
+        """An SPUBLISH to `channel`'s PUB/SUB channel as RESP, up to its payload argument
+        (the array header, the command name and the channel name), cached like
+        publish_keys: the payload's bulk string completes it."""
+        head = self._spublish_heads.get(channel)
+        if head is None:
+            name = self.publish_keys(channel)[2].encode()
+            head = b"*3\r\n$8\r\nSPUBLISH\r\n" + bulk(name)
+            if len(self._spublish_heads) >= 16384:
+                self._spublish_heads.clear()
+            self._spublish_heads[channel] = head
+        return head
 
     def stream(self, channel: str) -> str:
         return f"{self.prefix}.stream.{self._t(channel)}{channel}"

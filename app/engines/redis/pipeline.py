@@ -11,6 +11,9 @@ centrifuge does with rueidis (research/redis-engine.md §7, §9). There is no ex
 delay: under load every turn already carries many commands, and a timer would only add
 latency to a lone publish (epoll rounds waits up to whole milliseconds).
 
+A group of commands packed by the caller (`execute_many`: a batch's plain SPUBLISHes) travels
+the same way as one entry with one future for all its replies.
+
 Failure handling mirrors what the engine had with redis-py:
 - connection errors (a refused connect, a connection closed under in-flight commands, a
   demoted Sentinel master answering READONLY) retry every affected command once on a new
@@ -75,7 +78,7 @@ class Script:
 
 
 class _Cmd:
-    __slots__ = ("fut", "args", "data", "script", "retried", "reloaded")
+    __slots__ = ("fut", "args", "data", "script", "retried", "reloaded", "parts", "replies")
 
     def __init__(
         self,
@@ -90,6 +93,17 @@ class _Cmd:
         self.script = script
         self.retried = False  # used its one retry after a connection error
         self.reloaded = False  # used its one retry after NOSCRIPT
+        # A group (`AutoPipeline.execute_many`): its commands, packed, and their replies so
+        # far; None for a single command.
+        self.parts: list[bytes] | None = None
+        self.replies: list[Any] | None = None
+
+
+def _group(fut: asyncio.Future[Any], parts: list[bytes]) -> _Cmd:
+    cmd = _Cmd(fut, (), None, b"".join(parts))
+    cmd.parts = parts
+    cmd.replies = []
+    return cmd
 
 
 class _HandshakeError(RedisConnectionError):
@@ -98,8 +112,15 @@ class _HandshakeError(RedisConnectionError):
 
 def _fail(cmd: _Cmd, exc: BaseException) -> None:
     fut = cmd.fut
-    if fut is not None and not fut.done():
+    if fut is None or fut.done():
+        return
+    replies = cmd.replies
+    if replies is None:
         fut.set_exception(exc)
+    else:
+        # A group answers per command: the replies it got, then `exc` for each of the rest.
+        assert cmd.parts is not None
+        fut.set_result(replies + [exc] * (len(cmd.parts) - len(replies)))
 
 
 class _Conn(asyncio.Protocol):
@@ -134,7 +155,17 @@ class _Conn(asyncio.Protocol):
             if not inflight:
                 owner._drop(self, RedisConnectionError("unexpected reply from redis"), False)
                 return
-            cmd = inflight.popleft()
+            cmd = inflight[0]
+            replies = cmd.replies
+            if replies is not None:  # a group: its replies, errors included, as a list
+                replies.append(reply)
+                if len(replies) == len(cmd.parts):  # type: ignore[arg-type]
+                    inflight.popleft()
+                    self._group_done(cmd, replies)
+                    if self.dropped:
+                        return
+                continue
+            inflight.popleft()
             if type(reply) is ResponseError:
                 owner._on_error_reply(self, cmd, reply)
                 if self.dropped:
@@ -143,6 +174,18 @@ class _Conn(asyncio.Protocol):
             fut = cmd.fut
             if fut is not None and not fut.done():
                 fut.set_result(reply)
+
+    def _group_done(self, cmd: _Cmd, replies: list[Any]) -> None:
+        fut = cmd.fut
+        if fut is not None and not fut.done():
+            fut.set_result(replies)
+        # A command of the group refused as written to a replica (Sentinel failover): that
+        # command fails (it is not retried: the group's others may have been applied), and
+        # the connection is dropped so what follows goes to the new master.
+        for reply in replies:
+            if type(reply) is ResponseError and str(reply).startswith("READONLY"):
+                self.owner._drop(self, RedisConnectionError("the master is now a replica"), True)
+                return
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.dropped:
@@ -190,6 +233,22 @@ class AutoPipeline:
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         fut = self._loop.create_future()
         self._enqueue(_Cmd(fut, args, None))
+        return fut
+
+    def execute_many(self, parts: list[bytes]) -> asyncio.Future[list[Any]]:
+        """Commands already packed (one RESP command each), queued as one group: one
+        future for all of them, resolved with their replies in order, an error reply or
+        a connection failure in the place of each command it hit (nothing is raised).
+
+        After a connection error the commands not yet answered are sent once more, the
+        answered ones never. Not for a pipeline with a `fallback` (a Cluster's commands may
+        each go elsewhere) nor for scripts (no NOSCRIPT handling).
+
+        Why: a batch of plain publishes paid a future, a _Cmd and hiredis packing per
+        SPUBLISH (app/engines/redis/publish.py's PlainGroup has the measurement)."""
+        assert self._fallback is None
+        fut: asyncio.Future[list[Any]] = self._loop.create_future()
+        self._enqueue(_group(fut, parts))
         return fut
 
     def evalsha(
@@ -338,9 +397,12 @@ class AutoPipeline:
                 self._hand_over(cmd)
             elif retry and not cmd.retried:
                 cmd.retried = True
+                if cmd.replies:  # a group half answered: only the rest go again
+                    assert cmd.parts is not None
+                    cmd.data = b"".join(cmd.parts[len(cmd.replies) :])
                 retries.append(cmd)
             else:
-                fut.set_exception(exc)
+                _fail(cmd, exc)
         if retries:
             # After retries queued earlier (issued before these), before fresh commands.
             at = self._retry_at

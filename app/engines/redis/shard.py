@@ -136,6 +136,17 @@ class Shard:
             return self._cluster_fallback(("SPUBLISH", channel, payload))
         return pipe.execute("SPUBLISH", channel, payload)
 
+    @property
+    def groups_spublish(self) -> bool:
+        """Whether `spublish_group` may be used: one pipeline for every channel (not a
+        Cluster, whose commands each go to their slot's master)."""
+        return self._pipe is not None
+
+    def spublish_group(self, parts: list[bytes]) -> asyncio.Future[list[Any]]:
+        """SPUBLISH commands already packed, as one group (AutoPipeline.execute_many)."""
+        assert self._pipe is not None
+        return self._pipe.execute_many(parts)
+
     def _node_pipe(self, key: str) -> AutoPipeline | None:
         """The pipeline to the master of `key`'s slot, per redis-py's current slot map."""
         assert isinstance(self.client, RedisCluster)
