@@ -6,6 +6,7 @@ within 0.1 %).
     python -m bench.instructions                 # both shapes, valgrind (~4 min)
     python -m bench.instructions --shape api     # /api/batch publishing only (~1 min)
     python -m bench.instructions --native        # CPU µs instead, no valgrind (seconds)
+    python -m bench.instructions --history 10    # channels keep history_size 10
 
 Shapes, run in one process on the Redis engine (a redis-server on a free port) with the
 worker's GC settings and metrics off, as `python -m bench` runs the app:
@@ -105,7 +106,7 @@ class _Sink(asyncio.Protocol):
             cls.done.set_result(None)
 
 
-async def _run(shape: str, iters: int, redis_port: int, workdir: Path) -> float:
+async def _run(shape: str, iters: int, redis_port: int, workdir: Path, history: int) -> float:
     """Runs `iters` batches after the warm-up; returns the process CPU seconds they took."""
     from app import metrics
     from app.api import request as api_request
@@ -124,7 +125,12 @@ async def _run(shape: str, iters: int, redis_port: int, workdir: Path) -> float:
             "type": "redis",
             "redis": {"address": f"redis://127.0.0.1:{redis_port}", **timeouts},
         },
-        "channel": {"without_namespace": {"allow_subscribe_for_client": True}},
+        "channel": {
+            "without_namespace": {
+                "allow_subscribe_for_client": True,
+                **({"history_size": history, "history_ttl": "300s"} if history else {}),
+            }
+        },
     }
     path = workdir / "config.json"
     path.write_text(json.dumps(config))
@@ -168,15 +174,15 @@ async def _run(shape: str, iters: int, redis_port: int, workdir: Path) -> float:
     return spent
 
 
-def _child(shape: str, iters: int, redis_port: int) -> None:
+def _child(shape: str, iters: int, redis_port: int, history: int) -> None:
     import uvloop
 
     with tempfile.TemporaryDirectory(prefix="cfpy-instr-") as tmp:
-        spent = uvloop.run(_run(shape, iters, redis_port, Path(tmp)))
+        spent = uvloop.run(_run(shape, iters, redis_port, Path(tmp), history))
     print(json.dumps({"cpu_s": spent}))
 
 
-def _count(shape: str, iters: int, redis_port: int, valgrind: bool) -> float:
+def _count(shape: str, iters: int, redis_port: int, valgrind: bool, history: int) -> float:
     """Instructions (valgrind) or CPU seconds (native) of one child run."""
     cmd = [
         sys.executable,
@@ -186,6 +192,7 @@ def _count(shape: str, iters: int, redis_port: int, valgrind: bool) -> float:
         shape,
         str(iters),
         str(redis_port),
+        str(history),
     ]
     if not valgrind:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -199,7 +206,7 @@ def _count(shape: str, iters: int, redis_port: int, valgrind: bool) -> float:
     raise RuntimeError(f"no instruction count in valgrind's output:\n{proc.stderr[-2000:]}")
 
 
-def measure(shape: str, iters: int, valgrind: bool) -> dict[str, Any]:
+def measure(shape: str, iters: int, valgrind: bool, history: int = 0) -> dict[str, Any]:
     redis = shutil.which("redis-server")
     if redis is None:
         raise SystemExit("redis-server is not on PATH")
@@ -219,20 +226,22 @@ def measure(shape: str, iters: int, valgrind: bool) -> dict[str, Any]:
                     raise
                 time.sleep(0.05)
         few = max(iters // 3, 1)
-        low = _count(shape, few, port, valgrind)
-        high = _count(shape, iters, port, valgrind)
+        low = _count(shape, few, port, valgrind, history)
+        high = _count(shape, iters, port, valgrind, history)
     finally:
         server.terminate()
         server.wait()
     publications = (iters - few) * BATCH
     if valgrind:
-        return {"shape": shape, "instructions_per_publication": round((high - low) / publications)}
-    return {"shape": shape, "cpu_us_per_publication": round(high / (iters * BATCH) * 1e6, 2)}
+        per = round((high - low) / publications)
+        return {"shape": shape, "history": history, "instructions_per_publication": per}
+    per_us = round(high / (iters * BATCH) * 1e6, 2)
+    return {"shape": shape, "history": history, "cpu_us_per_publication": per_us}
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        _child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
         return
     ap = argparse.ArgumentParser(
         prog="python -m bench.instructions", description=__doc__.split("\n\n")[0]
@@ -242,13 +251,14 @@ def main() -> None:
         "--iters", type=int, default=12, help="batches of 500 in the long run (default 12)"
     )
     ap.add_argument("--native", action="store_true", help="CPU time instead of valgrind counts")
+    ap.add_argument("--history", type=int, default=0, help="history_size of the channels")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     o = ap.parse_args()
     valgrind = not o.native
     if valgrind and shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind), or use --native")
     shapes = ("api", "e2e") if o.shape == "both" else (o.shape,)
-    results = [measure(shape, o.iters, valgrind) for shape in shapes]
+    results = [measure(shape, o.iters, valgrind, o.history) for shape in shapes]
     for r in results:
         print(json.dumps(r))
     if o.out is not None:
