@@ -22,10 +22,26 @@ up to its `FrameSink` (app/transports/websocket/lean.py).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from app.transports.websocket.deflate import Inflater
+
+# aiohttp's compiled XOR, the one its own WebSocket reader unmasks with (in place, on a
+# bytearray; aiohttp is pinned, and this is its Cython extension module). Against the
+# big-integer XOR of `unmask` below, per frame on this machine: 0.3 us instead of 1.1 us
+# for 40 bytes, 0.3 / 1.5 us for a 190-byte connect + subscribe, 0.6 / 4.9 us for 1 KB,
+# 0.8 / 46 us for 10 KB. An aiohttp built without its extensions has no such module.
+_mask_in_place: Callable[[bytes, bytearray], None] | None
+try:
+    from aiohttp._websocket.mask import (  # type: ignore[import-not-found,unused-ignore]
+        _websocket_mask_cython,
+    )
+
+    _mask_in_place = _websocket_mask_cython
+except ImportError:  # pragma: no cover (aiohttp without its C extensions)
+    _mask_in_place = None
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 FIN = 0x80
@@ -84,10 +100,15 @@ def pong_frame(payload: bytes) -> bytes:
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR with the 4-byte mask, done as one big-integer operation (C speed)."""
+    """XOR with the 4-byte mask: aiohttp's compiled XOR where it is built, else one
+    big-integer operation (C speed too, but it grows faster with the size)."""
     n = len(payload)
     if not n:
         return b""
+    if _mask_in_place is not None:
+        data = bytearray(payload)
+        _mask_in_place(mask, data)
+        return bytes(data)
     key = (mask * ((n + 3) >> 2))[:n]
     return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
 
@@ -196,7 +217,12 @@ class FrameReader:
             end = start + 4 + length
             if n < end:
                 break
-            payload = unmask(bytes(buf[start + 4 : end]), bytes(buf[start : start + 4]))
+            if _mask_in_place is not None and end > start + 4:
+                data = buf[start + 4 : end]  # a copy: unmasked in place
+                _mask_in_place(bytes(buf[start : start + 4]), data)
+                payload = bytes(data)
+            else:
+                payload = unmask(bytes(buf[start + 4 : end]), bytes(buf[start : start + 4]))
             pos = end
             self._frame(b0, payload, sink)
             if self.stopped:
