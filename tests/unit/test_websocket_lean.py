@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from app.transports.websocket import frames
 from app.transports.websocket.deflate import Inflater
 from app.transports.websocket.frames import FrameReader, ProtocolError, close_frame, unmask
 from app.transports.websocket.handshake import handshake_response, parse_upgrade
@@ -121,12 +122,35 @@ def test_anything_unusual_is_left_to_aiohttp(request_head: bytes) -> None:
     assert parse_upgrade(request_head, PATH, compression=False) is None
 
 
-def test_unmask_matches_bytewise_xor() -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["aiohttp-xor", "big-integer-xor"])
+def test_unmask_matches_bytewise_xor(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both ways frames.py unmasks: aiohttp's compiled XOR where it is built, the big-integer
+    # one otherwise; the reader's in-place use of the first is checked through it too.
+    if not compiled:
+        monkeypatch.setattr(frames, "_mask_in_place", None)
+    elif frames._mask_in_place is None:
+        pytest.skip("aiohttp is built without its C extensions")
     for n in (0, 1, 3, 4, 5, 125, 126, 65536):
         data, mask = os.urandom(n), os.urandom(4)
         expected = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
         assert unmask(data, mask) == expected
+        sink = Sink()
+        FrameReader(0).feed(frames.server_frame(0x82, b"")[:1] + _masked(data, mask), sink)
+        assert sink.got == [("message", data)]
     assert unmask(b"\x00\x00", b"\x00\x00\x00\x00") == b"\x00\x00"  # leading zeros kept
+
+
+def _masked(payload: bytes, mask: bytes) -> bytes:
+    """A client frame's length, mask and masked payload (after its first byte)."""
+    n = len(payload)
+    if n < 126:
+        length = bytes((0x80 | n,))
+    elif n < 65536:
+        length = bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 | 127,)) + n.to_bytes(8, "big")
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return length + mask + masked
 
 
 def test_close_frame() -> None:
