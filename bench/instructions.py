@@ -115,7 +115,7 @@ async def _run(shape: str, iters: int, redis_port: int, workdir: Path, history: 
     from app import metrics
     from app.api import request as api_request
     from app.api.executor import ApiExecutor
-    from app.api.http import batch_command
+    from app.api.http import batch_decoder
     from app.client import Client
     from app.config import load_config
     from app.engines.build import build_engines
@@ -161,9 +161,12 @@ async def _run(shape: str, iters: int, redis_port: int, workdir: Path, history: 
         _Sink.want = _Sink.received + n * BATCH
         _Sink.done = loop.create_future()
         for k in range(n):
-            spans, parallel = api_request.batch(bodies[k % len(bodies)])
+            body = bodies[k % len(bodies)]
+            spans, parallel = api_request.batch(body)
             replies = [
-                r async for chunk in executor.batch(spans, batch_command, parallel) for r in chunk
+                r
+                async for chunk in executor.batch(spans, batch_decoder(body), parallel)
+                for r in chunk
             ]
             orjson.dumps({"replies": replies})
         if shape == "e2e":

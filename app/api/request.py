@@ -124,7 +124,7 @@ class _PlainPublishCommand(msgspec.Struct, forbid_unknown_fields=True):
 _PLAIN_PUBLISH = msgspec.json.Decoder(_PlainPublishCommand)
 
 
-def command(span: Raw) -> dict[str, Any] | PlainPublish | None:
+def command(span: Raw, *, utf8_checked: bool = False) -> dict[str, Any] | PlainPublish | None:
     """One batch command decoded from its span: a PlainPublish when it is one, else the
     command's dict; None for `null` (answered with 107).
 
@@ -132,16 +132,22 @@ def command(span: Raw) -> dict[str, Any] | PlainPublish | None:
     noisy machine; batches of 500 plain publishes in-process on the Redis engine): decoding
     and converting a command took 18.4k instructions the general way and 10.1k through this
     lane; per publication the batch path went from 68.3k to 59.8k, and publish to delivery
-    on a subscribed socket from 127.5k to 120.8k."""
-    buf = bytes(span)
+    on a subscribed socket from 127.5k to 120.8k.
+
+    `utf8_checked`: the span lies in a body already known to be UTF-8 (an ASCII body), so it
+    is decoded where it lies instead of copied and checked first: 2.9 -> 1.8 µs a plain
+    publish command (timeit, 1000 commands)."""
     try:
+        if utf8_checked:
+            return _PLAIN_PUBLISH.decode(span).publish
+        buf = bytes(span)
         jsonraw.require_utf8(buf)
         return _PLAIN_PUBLISH.decode(buf).publish
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         pass
     except jsonraw.JsonError as e:
         raise BadBody(str(e)) from None
-    result: dict[str, Any] | None = _decode(_COMMAND, buf, check_utf8=False)
+    result: dict[str, Any] | None = _decode(_COMMAND, bytes(span), check_utf8=False)
     return result
 
 

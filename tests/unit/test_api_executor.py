@@ -26,7 +26,7 @@ from app.api.batch import BATCH_CHUNK
 from app.api.decode import batch_item
 from app.api.errors import ApiDecodeError
 from app.api.executor import ApiExecutor
-from app.api.http import batch_command
+from app.api.http import batch_command, batch_decoder
 from app.errors import ClientError
 from app.models import ClientInfo
 from app.node import Node
@@ -774,6 +774,8 @@ def test_batch_publish_fast_lane_decodes_as_the_general_path(command: bytes, lan
 
     general = outcome(lambda: request._decode(request._COMMAND, command))  # lane-less
     assert outcome(lambda: batch_command(msgspec.Raw(command))) == general
+    # What POST /api/batch uses: an ASCII body's commands are decoded in place, unchecked.
+    assert outcome(lambda: batch_decoder(command)(msgspec.Raw(command))) == general
     try:
         took_lane = isinstance(request.command(msgspec.Raw(command)), request.PlainPublish)
     except request.BadBody:
