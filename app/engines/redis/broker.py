@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -33,7 +34,7 @@ from app.broker import (
     HealthReporter,
 )
 from app.engines.redis import codec
-from app.engines.redis.keys import fnv64a, jump_hash
+from app.engines.redis.keys import Keys, fnv64a, jump_hash
 from app.engines.redis.outage import Outage
 from app.engines.redis.publish import (
     DEFAULT_META_TTL,
@@ -91,14 +92,10 @@ class RedisBroker:
         key = (shard.index, partition)
         conn = self._data.get(key)
         if conn is None:
-            keys = shard.require_keys()
-
-            def on_message(name: bytes, frame: bytes) -> None:
-                self._dispatch(keys.channel_from_pubsub(name), frame)
-
             conn = PubSubConnection(
                 lambda: shard.endpoint(partition),
-                on_message,
+                # A partial, not a closure calling _dispatch: one Python call per message.
+                partial(self._dispatch, shard.require_keys()),
                 sharded=True,
                 connect_timeout=shard._connect_timeout,
                 io_timeout=shard._io_timeout,
@@ -195,10 +192,15 @@ class RedisBroker:
 
     # --- PUB/SUB delivery ---
 
-    def _dispatch(self, channel: str, frame: bytes) -> None:
+    def _dispatch(self, keys: Keys, name: bytes, frame: bytes) -> None:
+        """A message of a data link: `name` is its PUB/SUB channel, `frame` the payload."""
         handler = self._handler
         if handler is None:
             return
+        # A name seen before is one dict lookup (keys.py's cache), not a decode and slices.
+        channel = keys.channels_by_pubsub.get(name)
+        if channel is None:
+            channel = keys.channel_from_pubsub(name)
         try:
             kind, obj, epoch = codec.decode_frame(frame)
         except (ValueError, IndexError, TypeError):

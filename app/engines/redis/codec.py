@@ -66,10 +66,16 @@ def encode_payload(
 
 
 def decode_payload(payload: bytes, offset: int = 0) -> Publication:
-    nl = payload.index(b"\n")
-    pub = Publication(payload[nl + 1 :], None, offset)  # positional: the fan-out hot path
-    if nl:
-        meta = orjson.loads(payload[:nl])
+    return _decode_at(payload, 0, offset)
+
+
+def _decode_at(frame: bytes, start: int, offset: int) -> Publication:
+    """The payload that begins at frame[start]: read in place, so a PUB/SUB frame's data is
+    sliced once, not first its payload and then the data from that."""
+    nl = frame.index(b"\n", start)
+    pub = Publication(frame[nl + 1 :], None, offset)  # positional: the fan-out hot path
+    if nl > start:
+        meta = orjson.loads(frame[start:nl])
         i = meta.get("i")
         if i is not None:
             pub.info = ClientInfo(i[0], i[1], _unb64(i[2]), _unb64(i[3]))
@@ -90,11 +96,17 @@ LEAVE = b"__l__"
 
 def decode_frame(frame: bytes) -> tuple[str, Publication | ClientInfo, str]:
     """Returns (kind, object, epoch); kind is "pub", "join" or "leave"."""
+    if frame[0] == 10:
+        # b"\n" first: a bare payload without meta, what a publish without history and
+        # without client info, tags or delta sends (the server API's common shape): only
+        # the data to slice, tested before the prefixes (measured with the reader's other
+        # shortcuts: app/engines/redis/pubsub.py).
+        return "pub", Publication(frame[1:]), ""
     if frame[:5] == b"__p1:":
         end = frame.index(b"__", 5)
         colon = frame.index(b":", 5, end)
         epoch = frame[colon + 1 : end].decode()
-        return "pub", decode_payload(frame[end + 2 :], int(frame[5:colon])), epoch
+        return "pub", _decode_at(frame, end + 2, int(frame[5:colon])), epoch
     if frame.startswith(JOIN):
         return "join", decode_info(frame[5:]), ""
     if frame.startswith(LEAVE):

@@ -68,6 +68,8 @@ class Keys:
         self._publish_keys: dict[str, tuple[str, str, str, str]] = {}
         self._history_resp: dict[str, tuple[tuple[bytes, bytes], bytes]] = {}
         self._spublish_heads: dict[str, bytes] = {}
+        # PUB/SUB channel name as Redis sends it -> channel (channel_from_pubsub).
+        self.channels_by_pubsub: dict[bytes, str] = {}
 
     def partition(self, channel: str) -> int:
         if not self.cluster:
@@ -136,10 +138,17 @@ class Keys:
         return f"{self.prefix}.client.{self._t(channel)}{channel}"
 
     def channel_from_pubsub(self, name: bytes) -> str:
-        """Inverse of client_channel."""
+        """Inverse of client_channel, cached in `channels_by_pubsub` (bounded like
+        publish_keys): every PUB/SUB message names its channel, and the reader looks the
+        name up there first (app/engines/redis/broker.py), saving the decode and slices
+        (measured with the reader's other shortcuts: app/engines/redis/pubsub.py)."""
         rest = name.decode()[len(self.prefix) + 8 :]  # strip "<prefix>.client."
         if self.cluster:
             rest = rest[rest.index("}.") + 2 :]
+        cache = self.channels_by_pubsub
+        if len(cache) >= 16384:
+            cache.clear()
+        cache[name] = rest
         return rest
 
     def presence_data(self, channel: str) -> str:

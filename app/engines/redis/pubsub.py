@@ -13,6 +13,13 @@ KEEPALIVE seconds, and one whose PING goes unanswered for `io_timeout` is droppe
 reconnected; `ready` (what /health reports) turns false within 2 * KEEPALIVE + io_timeout
 of Redis going silent. Centrifuge does the same through rueidis (a PING every 400 ms
 waiting `io_timeout`: redis_shard.go).
+
+Messages are the hot path: on personal channels, one per delivery. `data_received` hands a
+message to the callback itself, the broker maps its PUB/SUB name back to the channel through
+a cache (keys.py `channels_by_pubsub`) and the codec tests for the bare payload first
+(codec.py `decode_frame`). Together they took 10.2k instructions off each publication
+(`python -m bench.instructions`, e2e − api: 60.2k → 50.0k; valgrind, 1000 personal
+channels, metrics off).
 """
 
 from __future__ import annotations
@@ -64,12 +71,24 @@ class _Protocol(asyncio.Protocol):
         owner._rx_at = owner._get_loop().time()
         reader = self._reader
         reader.feed(data)
-        on_reply = owner._on_reply
+        gets = reader.gets
+        msg_kind = owner._msg_kind
+        on_message = owner._on_message
         while True:
-            reply = reader.gets()
+            reply = gets()
             if reply is False:
                 return
-            on_reply(reply)
+            # A message, nearly every reply on a data link: handed over here, without
+            # _on_reply's call and kind checks (subscribe confirmations, errors, pongs go
+            # there; the module docstring has the measurement). A message is a 3-item array
+            # (RESP2) or push (RESP3) alike.
+            if type(reply) is list and len(reply) == 3 and reply[0] == msg_kind:
+                try:
+                    on_message(reply[1], reply[2])
+                except Exception:
+                    log.exception("pub/sub message handler failed")
+                continue
+            owner._on_reply(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner._on_lost(exc)
