@@ -124,7 +124,9 @@ async def _run(shape: str, iters: int, redis_port: int, workdir: Path, history: 
 
     timeouts = {"io_timeout": "60s", "connect_timeout": "60s"}  # valgrind is ~50x slower
     config = {
-        "client": {"insecure": True},
+        # No pings: the sinks never answer them, and a valgrind run on a loaded box outlasts
+        # ping_interval + pong_timeout (every client was then closed with 3012).
+        "client": {"insecure": True, "ping_interval": "-1s", "pong_timeout": "-1s"},
         "engine": {
             "type": "redis",
             "redis": {"address": f"redis://127.0.0.1:{redis_port}", **timeouts},
