@@ -1,7 +1,9 @@
 """Instructions per connect + subscribe of a worker, counted by valgrind: the figure for judging
 a change to the connect path (issue 23 target 4). bench.scale's worker CPU ms per connect moves
 by 2x from one run to the next on this shared 2-core box (0.15 to 0.44 ms for the same code);
-an instruction count does not drift with the machine's load.
+an instruction count drifts far less: two counts of the same code, run side by side on a
+loaded box (load average 8), were 951.8k and 963.6k per connect (1.2 % apart; what remains
+is timing: how many subscribes one SSUBSCRIBE carries, how replies split across reads).
 
     python -m bench.connect_instructions            # valgrind, Redis engine (~10 min loaded)
     python -m bench.connect_instructions --native   # CPU µs instead, no valgrind (seconds)
