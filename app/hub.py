@@ -24,6 +24,15 @@ stream's previous publication, the one centrifuge's broker hands along (`prevPub
 works the same on both engines. Anything else (no history, a gap, another epoch) goes in
 full. Which of the two a subscriber gets is its own state (app/client: the first
 publication after subscribe goes in full).
+
+Personal channels (one subscriber each) make the per-publication work the per-delivery
+work, so it is kept small: a publication's frames are a `PublicationFrames` (the codec's
+publication push, no closure per publication; `Frames` keeps the first protocol's frame in
+two slots and makes a dict only for a second protocol), and a channel with one subscriber
+and no tags filter is delivered to without the list copy and the `_fan_out` call. With
+the subscriber's side (app/client/subscribing.py, app/writer.py), the reader's shortcuts
+(app/engines/redis/pubsub.py) and the encoders' (app/protocol/: their own figures there),
+`python -m bench.read_instructions` counts the read path per publication (valgrind).
 """
 
 from __future__ import annotations
@@ -44,20 +53,56 @@ class Frames:
     """One message encoded at most once per protocol, on first need, then shared by
     every subscriber that speaks that protocol."""
 
-    __slots__ = ("_build", "_cache", "frame_type")
+    __slots__ = ("_build", "_name", "_frame", "_more", "frame_type")
 
     def __init__(
         self, build: Callable[[Codec], bytes], frame_type: str = "push_publication"
     ) -> None:
         self._build = build
-        self._cache: dict[str, bytes] = {}
+        # The first protocol asked for and its frame in two slots, other protocols in a
+        # dict made only when a second one is asked for: nearly every channel's
+        # subscribers speak one protocol, and a dict per publication was the cost there.
+        self._name = ""
+        self._frame = b""
+        self._more: dict[str, bytes] | None = None
         self.frame_type = frame_type  # the transport_messages_sent label (app/metrics.py)
 
     def get(self, codec: Codec) -> bytes:
-        frame = self._cache.get(codec.name)
-        if frame is None:
-            frame = self._cache[codec.name] = self._build(codec)
-        return frame
+        name = codec.name
+        if name == self._name:
+            return self._frame
+        if not self._name:
+            self._name = name
+            frame = self._frame = self._encode(codec)
+            return frame
+        more = self._more
+        if more is None:
+            more = self._more = {}
+        other = more.get(name)
+        if other is None:
+            other = more[name] = self._encode(codec)
+        return other
+
+    def _encode(self, codec: Codec) -> bytes:
+        return self._build(codec)
+
+
+class PublicationFrames(Frames):
+    """The frames of a publication for subscribers without delta: Frames whose build is
+    the codec's publication push, without a closure made per publication."""
+
+    __slots__ = ("_channel", "_pub")
+
+    def __init__(self, channel: str, pub: Publication) -> None:
+        self._name = ""
+        self._frame = b""
+        self._more = None
+        self.frame_type = "push_publication"
+        self._channel = channel
+        self._pub = pub
+
+    def _encode(self, codec: Codec) -> bytes:
+        return codec.encode_pub_push(self._channel, self._pub)
 
 
 def _never_encoded(codec: Codec) -> bytes:
@@ -93,8 +138,7 @@ class DeltaFrames:
 def plain_frames(channel: str, pub: Publication) -> Frames:
     """The frames of a publication for subscribers without delta: pub.delta is the
     publisher's "may use delta", not a patch, so it never reaches this wire."""
-    wire = replace(pub, delta=False) if pub.delta else pub
-    return Frames(lambda codec: codec.encode_pub_push(channel, wire))
+    return PublicationFrames(channel, replace(pub, delta=False) if pub.delta else pub)
 
 
 def _frame(codec: Codec, channel: str, pub: Publication) -> bytes:
@@ -237,13 +281,22 @@ class Hub:
         subs = self._subs.get(channel)
         if not subs:
             return
+        n = len(subs)
         self.publications += 1
-        self.deliveries += len(subs)
+        self.deliveries += n
         deltas = self._deltas.get(channel)
         if deltas is not None:
             self._broadcast_with_delta(channel, pub, epoch, subs, deltas)
             return
-        self._fan_out(channel, pub, epoch, list(subs), plain_frames(channel, pub))
+        # plain_frames, inlined
+        frames = PublicationFrames(channel, replace(pub, delta=False) if pub.delta else pub)
+        if n == 1 and channel not in self._filters:
+            # One subscriber (a personal channel): no list copy and no _fan_out call.
+            # Unpacked, not iterated: the delivery may unsubscribe it (insufficient state).
+            (client,) = subs
+            client.deliver_publication(channel, pub, epoch, frames)
+            return
+        self._fan_out(channel, pub, epoch, list(subs), frames)
 
     def _broadcast_with_delta(
         self,

@@ -534,16 +534,17 @@ class SubscribeFlow(Permissions, Positioning):
             else:
                 frames = frames.full
                 sub.delta_ready = True
-        assert type(frames) is Frames
+        assert isinstance(frames, Frames)  # a PublicationFrames, or a DeltaFrames' half
         frame = frames.get(self.codec)
         if not frame:
             # Binary payload (b64data) cannot travel over the JSON protocol.
             self.disconnect_soon(Disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL))
             return
+        writer = self._writer
         m = sub.m_pub
-        if m is None:  # one lookup per subscription, not per publication
-            m = sub.m_pub = self._writer.counter("push_publication", sub.chinfo.namespace)
-        self._writer.enqueue(frame, m)
+        if m is None and writer.counting:  # one lookup per subscription, not per publication
+            m = sub.m_pub = writer.counter("push_publication", sub.chinfo.namespace)
+        writer.enqueue(frame, m)
 
     def tags_filter(self, channel: str) -> Matcher | None:
         sub = self._subs.get(channel)

@@ -17,9 +17,8 @@ waiting `io_timeout`: redis_shard.go).
 Messages are the hot path: on personal channels, one per delivery. `data_received` hands a
 message to the callback itself, the broker maps its PUB/SUB name back to the channel through
 a cache (keys.py `channels_by_pubsub`) and the codec tests for the bare payload first
-(codec.py `decode_frame`). Together they took 10.2k instructions off each publication
-(`python -m bench.instructions`, e2e − api: 60.2k → 50.0k; valgrind, 1000 personal
-channels, metrics off).
+(codec.py `decode_frame`). `python -m bench.read_instructions` counts the read path's
+instructions per publication (valgrind, 1000 personal channels, load-independent).
 """
 
 from __future__ import annotations
