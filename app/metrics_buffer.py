@@ -1,6 +1,7 @@
 """Metric updates counted in this process first and added to prometheus-client's shared
 multiprocess values at most once a second: the hot paths' counters (`MessageCounter`, once
-per message per subscriber) and histograms (`BufferedHistogram`, once per publication).
+per message per subscriber; `BufferedCounter`, once per publication) and histograms
+(`BufferedHistogram`, once per publication).
 `flush_buffered` adds everything now; the node's upkeep runs it every second, so a pause in
 traffic leaves nothing unflushed. app/metrics.py hands these out per label set.
 """
@@ -46,6 +47,33 @@ class MessageCounter:
             self._count.inc(self._n)
             self._size.inc(self._bytes)
             self._n = self._bytes = 0
+
+
+class BufferedCounter:
+    """A counter child's increments counted in this process and added to the shared value
+    at most once a second (and by `flush_buffered`), as MessageCounter does for its pair:
+    for counters that move once per publication (node_messages_received_count), where a
+    multiprocess inc() costs ~1 µs."""
+
+    __slots__ = ("_child", "_n", "_due")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._n = 0
+        self._due = time.monotonic() + 1.0
+        _FLUSHABLE.append(self)
+
+    def inc(self, n: int = 1) -> None:
+        self._n += n
+        now = time.monotonic()
+        if now >= self._due:
+            self.flush(now)
+
+    def flush(self, now: float = 0.0) -> None:
+        self._due = (now or time.monotonic()) + 1.0
+        if self._n:
+            self._child.inc(self._n)
+            self._n = 0
 
 
 class BufferedHistogram:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from app import VERSION_STRING, control, jsonraw, metrics
+from app import VERSION_STRING, broadcast_metrics, control, jsonraw, metrics
 from app.auth import SubscribeOverride, TokenVerifier, admin_tail
 from app.broker import BatchPublisher, Broker, Controller, HealthReporter
 from app.channels import ChannelInfo, ChannelResolver
@@ -217,12 +217,16 @@ class Node:
         if channel.startswith(FANOUT_PREFIX):  # shared poll workers' own channel
             self.shared_poll.handle_fanout(channel, pub.data)
             return
-        ns = metrics.namespace_of(channel)
-        metrics.child(metrics.NODE_MESSAGES_RECEIVED, "publication", ns).inc()
-        started = metrics.broadcast_started(pub.time, ns)
+        if not metrics.enabled():
+            self.hub.broadcast_publication(channel, pub, epoch)
+            return
+        m = broadcast_metrics.of_channel(channel)  # cached per channel, buffered
+        m.received.inc()
+        if pub.time:
+            metrics.observe_pub_sub_lag(pub.time, m.namespace)
+        started = time.perf_counter()
         self.hub.broadcast_publication(channel, pub, epoch)
-        if started:
-            metrics.broadcast_done(started, ns)
+        m.duration.observe(time.perf_counter() - started)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.hub.broadcast_join(channel, info)
