@@ -423,23 +423,6 @@ def survey(op: str) -> Iterator[None]:
         child(SURVEY_DURATION_HISTOGRAM, op).observe(elapsed)
 
 
-def broadcast_started(pub_time_ms: int, namespace: str) -> float:
-    """Before a publication's local fan-out: observes its PUB/SUB lag when the publishing
-    node stamped a time (centrifuge's pub.Time), and returns the start of the broadcast
-    for `broadcast_done` (0 with metrics off)."""
-    if not _enabled:
-        return 0.0
-    if pub_time_ms:
-        observe_pub_sub_lag(pub_time_ms, namespace)
-    return time.perf_counter()
-
-
-def broadcast_done(started: float, namespace: str) -> None:
-    """centrifuge's observeBroadcastDuration (once per publication: buffered)."""
-    elapsed = time.perf_counter() - started
-    _buffered(BROADCAST_DURATION, "publication", namespace).observe(elapsed)
-
-
 _BUFFERS: dict[tuple[Any, ...], BufferedHistogram] = {}
 
 
