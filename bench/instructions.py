@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from bench.ports import free_port
+from bench import callgrind
 
 BATCH = 500
 CHANNELS = 1000
@@ -203,43 +202,14 @@ def _count(shape: str, iters: int, redis_port: int, valgrind: bool, history: int
         str(redis_port),
         str(history),
     ]
-    if not valgrind:
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        return float(json.loads(out.splitlines()[-1])["cpu_s"])
-    with tempfile.TemporaryDirectory() as tmp:
-        cg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out"]
-        proc = subprocess.run(cg + cmd, check=True, capture_output=True, text=True)
-    for line in proc.stderr.splitlines():
-        if "Collected :" in line:
-            return float(line.rsplit(":", 1)[1])
-    raise RuntimeError(f"no instruction count in valgrind's output:\n{proc.stderr[-2000:]}")
+    return callgrind.count(cmd, valgrind)
 
 
 def measure(shape: str, iters: int, valgrind: bool, history: int = 0) -> dict[str, Any]:
-    redis = shutil.which("redis-server")
-    if redis is None:
-        raise SystemExit("redis-server is not on PATH")
-    port = free_port()
-    server = subprocess.Popen(
-        [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        few = max(iters // 3, 1)
+    few = max(iters // 3, 1)
+    with callgrind.redis_server() as port:
         low = _count(shape, few, port, valgrind, history)
         high = _count(shape, iters, port, valgrind, history)
-    finally:
-        server.terminate()
-        server.wait()
     publications = (iters - few) * BATCH
     if valgrind:
         per = round((high - low) / publications)

@@ -17,8 +17,9 @@ waiting `io_timeout`: redis_shard.go).
 Messages are the hot path: on personal channels, one per delivery. `data_received` hands a
 message to the callback itself, the broker maps its PUB/SUB name back to the channel through
 a cache (keys.py `channels_by_pubsub`) and the codec tests for the bare payload first
-(codec.py `decode_frame`). `python -m bench.read_instructions` counts the read path's
-instructions per publication (valgrind, 1000 personal channels, load-independent).
+(codec.py `decode_frame`). `python -m bench.instructions` counts them: its e2e shape less its
+api shape is the read path's instructions per publication (1000 personal channels; at ea8bff1
+59.9k, with this stop's read, fan-out and encoder changes 42.9k).
 """
 
 from __future__ import annotations
