@@ -288,8 +288,7 @@ class Hub:
         if deltas is not None:
             self._broadcast_with_delta(channel, pub, epoch, subs, deltas)
             return
-        # plain_frames, inlined
-        frames = PublicationFrames(channel, replace(pub, delta=False) if pub.delta else pub)
+        frames = plain_frames(channel, pub)
         if n == 1 and channel not in self._filters:
             # One subscriber (a personal channel): no list copy and no _fan_out call.
             # Unpacked, not iterated: the delivery may unsubscribe it (insufficient state).

@@ -15,6 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -210,12 +211,17 @@ async def test_no_progress_for_io_timeout_fails_in_flight_commands(pl_redis, own
     assert await pipe.execute("INCR", "n") == before + 1
 
 
-async def test_readonly_from_a_demoted_master_reconnects_to_the_new_one(
-    pl_redis, pl_redis2, own, pipes
-) -> None:
+@asynccontextmanager
+async def failover(
+    pl_redis: Any, pl_redis2: Any, own: Redis, pipes: list[AutoPipeline]
+) -> AsyncIterator[tuple[AutoPipeline, Redis]]:
+    """A pipeline whose resolver answers as a Sentinel would, with one write applied on the
+    first master; inside the block the first master is demoted (its master unreachable: it
+    keeps serving reads, refuses writes with READONLY) and the second is named master.
+    Yields the pipeline and a client of the new master."""
     master = {"port": pl_redis.port}
 
-    async def resolve() -> Endpoint:  # what a Sentinel would answer
+    async def resolve() -> Endpoint:
         return Endpoint(port=master["port"])
 
     pipe = new_pipe(pipes, 0, resolve=resolve)
@@ -223,15 +229,20 @@ async def test_readonly_from_a_demoted_master_reconnects_to_the_new_one(
     other = Redis(host="127.0.0.1", port=pl_redis2.port)
     try:
         await other.flushall()
-        # Demote the old master (its master is unreachable: it keeps serving reads, refuses
-        # writes with READONLY) and name the other server as master.
         await own.execute_command("REPLICAOF", "127.0.0.1", "1")
         master["port"] = pl_redis2.port
+        yield pipe, other
+    finally:
+        await other.aclose()
+
+
+async def test_readonly_from_a_demoted_master_reconnects_to_the_new_one(
+    pl_redis, pl_redis2, own, pipes
+) -> None:
+    async with failover(pl_redis, pl_redis2, own, pipes) as (pipe, other):
         assert await pipe.execute("SET", "k", "2") == b"OK"
         assert await other.get("k") == b"2"
         assert await own.get("k") == b"1"
-    finally:
-        await other.aclose()
 
 
 # --- groups (execute_many) ---
@@ -292,24 +303,11 @@ async def test_a_group_fails_its_unanswered_commands_after_one_resend(pl_redis, 
 async def test_a_group_refused_by_a_demoted_master_fails_and_the_next_command_reconnects(
     pl_redis, pl_redis2, own, pipes
 ) -> None:
-    master = {"port": pl_redis.port}
-
-    async def resolve() -> Endpoint:
-        return Endpoint(port=master["port"])
-
-    pipe = new_pipe(pipes, 0, resolve=resolve)
-    assert await pipe.execute("SET", "k", "1") == b"OK"
-    other = Redis(host="127.0.0.1", port=pl_redis2.port)
-    try:
-        await other.flushall()
-        await own.execute_command("REPLICAOF", "127.0.0.1", "1")
-        master["port"] = pl_redis2.port
+    async with failover(pl_redis, pl_redis2, own, pipes) as (pipe, other):
         refused = await pipe.execute_many([packed("SET", "k", "2"), packed("SET", "j", "2")])
         assert all(isinstance(r, ResponseError) and str(r).startswith("READONLY") for r in refused)
         assert await pipe.execute("SET", "k", "3") == b"OK"
         assert await other.get("k") == b"3"
-    finally:
-        await other.aclose()
 
 
 async def test_auth_and_db_are_pipelined_with_the_first_commands(pl_redis, own) -> None:
