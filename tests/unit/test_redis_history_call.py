@@ -47,6 +47,7 @@ OPTIONS = [
         tags={"a": "b"},
         client_info=ClientInfo("user", "client", b'{"x":1}', None),
     ),
+    PublishOptions(history_size=3, history_ttl=60, version=7, version_epoch="e1"),
 ]
 
 

@@ -292,8 +292,9 @@ class RedisBroker:
                     call = open_calls.get(group)
                     if call is None:
                         call = open_calls[group] = HistoryCall(shard)
-                    issued.append((WITH_HISTORY, call, call.add(channel, data, opts)))
-                    if len(call) >= HISTORY_ITEMS_PER_CALL:
+                    index = call.add(channel, data, opts)
+                    issued.append((WITH_HISTORY, call, index))
+                    if index + 1 >= HISTORY_ITEMS_PER_CALL:
                         del open_calls[group]
                         call.issue()
                     continue
@@ -320,16 +321,18 @@ class RedisBroker:
                 if isinstance(entry, Exception):
                     raise entry
                 kind, pending, item = entry
-                if kind == PLAIN_GROUP:
-                    # One await per group, not per item (a coroutine each cost ~6 % of a
-                    # batch publish's CPU).
+                if type(pending) is PlainGroup or type(pending) is HistoryCall:
+                    # One await per group or history_add call, not per item (a coroutine
+                    # each cost ~6 % of a batch publish's CPU); items read their places.
                     answers = pending.answers
                     if answers is None:
+                        assert pending.reply is not None  # issued above
                         answers = pending.answers = await pending.reply
-                    results.append(group_result(answers[item]))
+                    if kind == PLAIN_GROUP:
+                        results.append(group_result(answers[item]))
+                    else:
+                        results.append(publish_result(kind, answers, item))
                     continue
-                if type(pending) is HistoryCall:
-                    pending = pending.reply
                 results.append(publish_result(kind, await pending, item))
             except (RedisError, OSError) as e:
                 failed.append((channel, e))
