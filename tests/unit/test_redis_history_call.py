@@ -1,5 +1,6 @@
-"""A history_add call built from cached RESP pieces (app/engines/redis/publish.py) must be
-byte for byte the command hiredis packs from the same keys and args."""
+"""A history_add call and a group of SPUBLISH commands built from cached RESP pieces
+(app/engines/redis/publish.py) must be byte for byte the commands hiredis packs from the
+same keys and args."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 import hiredis
 import pytest
 
+from app.engines.redis import codec
 from app.engines.redis.keys import Keys
 from app.engines.redis.pipeline import Script
-from app.engines.redis.publish import HistoryCall
+from app.engines.redis.publish import HistoryCall, PlainGroup
 from app.engines.redis.resp import evalsha_command
 from app.models import ClientInfo, PublishOptions
 
@@ -23,12 +25,17 @@ class _Shard:
     def __init__(self, cluster: bool) -> None:
         self.keys = Keys("centrifugo", cluster)
         self.calls: list[tuple[str, list[Any], list[Any], bytes | None]] = []
+        self.groups: list[list[bytes]] = []
 
     def require_keys(self) -> Keys:
         return self.keys
 
     def eval(self, name: str, keys: list[Any], args: list[Any], packed: bytes | None = None):
         self.calls.append((name, keys, args, packed))
+        return _done()
+
+    def spublish_group(self, parts: list[bytes]) -> Any:
+        self.groups.append(parts)
         return _done()
 
 
@@ -69,3 +76,23 @@ async def test_packed_command_equals_hiredis_packing(cluster: bool) -> None:
     assert packed is not None
     expected = hiredis.pack_command(("EVALSHA", SCRIPT.sha, len(keys), *keys, *args))
     assert evalsha_command(SCRIPT.sha, len(keys), len(args), packed) == expected
+
+
+async def test_plain_group_commands_equal_hiredis_packing() -> None:
+    """Bare and meta-carrying options, alternating and repeated: each item is the SPUBLISH
+    hiredis packs for the channel and encode_payload's payload."""
+    shard = _Shard(False)
+    group = PlainGroup(shard)  # type: ignore[arg-type]
+    bare = PublishOptions()
+    tagged = PublishOptions(tags={"a": "b"}, client_info=ClientInfo("u", "c", b'{"x":1}', None))
+    delta = PublishOptions(delta=True)
+    sequence = [bare, bare, tagged, bare, delta, delta, tagged]
+    for i, opts in enumerate(sequence):
+        assert group.add(f"chän{i}", b'{"n":%d}' % i, opts) == i
+    group.issue()
+    await group.reply  # type: ignore[misc]
+    ((parts,),) = [shard.groups]
+    for i, (part, opts) in enumerate(zip(parts, sequence, strict=True)):
+        payload = codec.encode_payload(b'{"n":%d}' % i, opts.client_info, opts.tags, 0, opts.delta)
+        channel = shard.keys.publish_keys(f"chän{i}")[2]
+        assert part == hiredis.pack_command(("SPUBLISH", channel, payload))

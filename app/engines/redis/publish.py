@@ -147,12 +147,18 @@ class _Pieces(NamedTuple):
 _NO_PIECES = _Pieces(_ItemOptions(b"", b"", b"", 0, "", "", ""), _NO_VERSION, b"", True)
 
 
+def bare(opts: PublishOptions) -> bool:
+    """Whether `codec.encode_payload` writes no meta for a publication with these options:
+    its payload is then an empty line, then the data (the server API's usual publication),
+    which the batch paths format in place."""
+    return opts.client_info is None and not opts.tags and not opts.delta
+
+
 def _pieces(opts: PublishOptions, epoch_resp: bytes) -> _Pieces:
     o = _item_options(opts)
     version, version_resp = _version_args(opts)
     tail = o.meta_ttl_resp + epoch_resp + o.result_ttl_resp + version_resp
-    bare = opts.client_info is None and not opts.tags and not opts.delta
-    return _Pieces(o, version, tail, bare)
+    return _Pieces(o, version, tail, bare(opts))
 
 
 class HistoryCall:
@@ -164,7 +170,7 @@ class HistoryCall:
     the payload is encoded per publication: packing every argument (twelve per item) was
     a fifth of a batch publish's CPU. An item's options pieces are worked out once per
     call (a batch's publications share one options object) and its ARGV formatted as one
-    bytes object: 54.1k -> 49.2k instructions per publication with `python -m
+    bytes object: 54.1k -> 49.4k instructions per publication with `python -m
     bench.instructions --shape api --history 10` (with one await per call in
     RedisBroker.publish_many). The plain keys and args are kept for the paths that
     re-encode the command (NOSCRIPT, the cluster fallback)."""
@@ -209,11 +215,11 @@ class HistoryCall:
             # their pieces are worked out once per call, not per publication.
             self._opts = opts
             self._pieces = _pieces(opts, self._epoch_resp)
-        o, version, tail, bare = self._pieces
+        o, version, tail, no_meta = self._pieces
         keys = self.shard.require_keys()
         stream, meta, pubsub_channel, result_prefix = keys.publish_keys(channel)
         keys_resp, channel_resp = keys.history_resp(channel)
-        if bare:  # encode_payload's output without meta: an empty line, then the data
+        if no_meta:
             payload = b"\n" + data
         else:
             payload = codec.encode_payload(data, opts.client_info, opts.tags, 0, opts.delta)
@@ -257,7 +263,7 @@ class PlainGroup:
     RedisBroker.publish_many) against a future, a _Cmd, hiredis packing and a coroutine
     per SPUBLISH."""
 
-    __slots__ = ("shard", "_keys", "_parts", "reply", "answers")
+    __slots__ = ("shard", "_keys", "_parts", "reply", "answers", "_opts", "_bare")
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
@@ -265,13 +271,17 @@ class PlainGroup:
         self._parts: list[bytes] = []
         self.reply: asyncio.Future[list[Any]] | None = None
         self.answers: list[Any] | None = None  # the reply, once awaited
+        self._opts: PublishOptions | None = None  # what `_bare` was worked out for
+        self._bare = True
 
     def add(self, channel: str, data: bytes, opts: PublishOptions) -> int:
         """Appends one publication; returns its index in the group's reply."""
         head = self._keys.spublish_head(channel)
-        if opts.client_info is None and not opts.tags and not opts.delta:
-            # encode_payload's output without meta (an empty line, then the data), formatted
-            # in place: the server API's usual publication.
+        if opts is not self._opts:  # once per options object, as HistoryCall.add
+            self._opts = opts
+            self._bare = bare(opts)
+        if self._bare:
+            # encode_payload's output without meta, formatted in place.
             self._parts.append(b"%b$%d\r\n\n%b\r\n" % (head, len(data) + 1, data))
         else:
             payload = codec.encode_payload(data, opts.client_info, opts.tags, 0, opts.delta)
