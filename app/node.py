@@ -106,7 +106,9 @@ class Node:
         self.shared_poll = SharedPollManager(
             cfg, self.proxies.shared_poll_proxy, coordinator_for(broker, self.id)
         )
+        # channel -> its broker subscription: pending, or once made `_subscribed` (done).
         self._broker_subs: dict[str, asyncio.Future[None]] = {}
+        self._subscribed: asyncio.Future[None] | None = None
         self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
         self._plain_options: dict[int, tuple[Any, PublishOptions]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -256,8 +258,18 @@ class Node:
                 fut.exception()  # mark retrieved: waiters re-raise on their own await
                 raise
             fut.set_result(None)
+            # Made: the channel keeps the node's one done future, not its own (144 bytes
+            # each: 2 % of a connection's 7.17 KB with a personal channel per connection).
+            if self._broker_subs.get(channel) is fut:
+                self._broker_subs[channel] = self._done()
             return
         await asyncio.shield(fut)
+
+    def _done(self) -> asyncio.Future[None]:
+        if self._subscribed is None:
+            self._subscribed = self.loop.create_future()
+            self._subscribed.set_result(None)
+        return self._subscribed
 
     def remove_subscriber(self, channel: str, client: HubClient) -> None:
         metrics.action("remove_subscription", channel)
