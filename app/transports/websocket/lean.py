@@ -321,6 +321,10 @@ class LeanWebSocket(asyncio.Protocol):
                     self._sock.resume_reading()
         finally:
             self._task = None
+            if not inbox and self._inbox is inbox:
+                # Drained: the next frame gets a new deque (and task). An empty deque
+                # kept for the connection's life was 760 bytes of it (tracemalloc).
+                self._inbox = None
         if done:
             self._finished = True
             inbox.clear()
