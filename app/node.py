@@ -102,6 +102,9 @@ class Node:
             cfg.client, admin_tail.tail_key(cfg.admin.secret) if cfg.admin.enabled else None
         )
         self.proxies = ProxyManager(cfg)
+        # What a connection keeps of its request's headers (app/client/connection.py).
+        user_header = cfg.client.user_id_http_header.lower()
+        self.kept_headers = self.proxies.forwarded_headers() | ({user_header} - {""})
         # With the Redis engine one worker polls each shared poll channel for all of them.
         self.shared_poll = SharedPollManager(
             cfg, self.proxies.shared_poll_proxy, coordinator_for(broker, self.id)

@@ -382,6 +382,12 @@ class ProxyManager:
     def proxies(self) -> list[Proxy]:
         return list(self._proxies.values())
 
+    def forwarded_headers(self) -> frozenset[str]:
+        """Lower-cased names of the connection request headers a proxy forwards (their
+        `http_headers`): all a connection needs to keep of its request for its proxies."""
+        configs = [p.config for p in self._proxies.values()] + list(self._named.values())
+        return frozenset(h.lower() for c in configs for h in c.http_headers)
+
     async def close(self) -> None:
         for proxy in self._proxies.values():
             await proxy.close()
