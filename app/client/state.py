@@ -97,7 +97,7 @@ class ClientState:
     codec: Codec  # transport.codec
     uid: str  # the client id, a random UUID
     session: str  # emulation/unidirectional session id ("" for none)
-    headers: Mapping[str, str]  # the HTTP request's headers
+    headers: Mapping[str, str]  # the request headers it keeps (connection.kept_headers)
     user: str  # "" until connected, and for anonymous connections
     conn_info: bytes | None  # ConnectResult info, from a token or the connect proxy
     state: _Phase
