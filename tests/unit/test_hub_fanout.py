@@ -12,6 +12,9 @@ from app.models import ClientInfo, Publication
 from app.protocol.json import JSON, JSON_UNI
 from app.protocol.protobuf import PROTOBUF, PROTOBUF_UNI, encode_publication, varint
 
+# The fuzz strategies' loop encoder: an oracle independent of protobuf.varint's branches.
+from tests.fuzz.strategies import varint as _varint_by_loop
+
 
 class _Recorder:
     """A HubClient recording its deliveries; `unsubscribe` drops itself on delivery, as
@@ -78,16 +81,6 @@ def test_json_publication_push_is_what_orjson_writes() -> None:
             assert JSON.encode_pub_push(channel, pub) == orjson.dumps({"push": push})  # cached
             assert JSON_UNI.encode_pub_push(channel, pub) == orjson.dumps(push)
     assert JSON.encode_pub_push("c", Publication(b"\xff")) == b""
-
-
-def _varint_by_loop(n: int) -> bytes:
-    n &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while n >= 128:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _framed(bare: bool, channel: str, body: bytes) -> bytes:
