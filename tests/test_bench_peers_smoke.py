@@ -92,14 +92,18 @@ def test_each_peer_starts_and_delivers(tmp_path: Path, redis_server_available: s
     argv = ["--targets", ",".join(targets), "--subs", "20", "--duration", "0.5"]
     argv += ["--rate-personal", "400", "--rate-broadcast", "2000", "--procs", "1"]
     argv += ["--no-npm-install", "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.peers", *argv],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=230,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.peers", *argv],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=230,
+        )
+    except subprocess.TimeoutExpired as e:  # its log says which phase it was in
+        log = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+        pytest.fail(f"bench.peers ran past 230 s; its log:\n{(log or '')[-5000:]}")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     doc = json.loads(out.read_text())
     rows = doc["rows"]
