@@ -1,20 +1,19 @@
 """TCP ports on 127.0.0.1 for the processes tests start.
 
-`free_port()` asks the OS for a port that was free a moment ago; a process started on it may
-still lose a race for it, so starters that can tell (redis-server exits) retry on a new one.
-`accepts(port)` says whether something listens there now.
+`free_port()` is bench/ports.py's: a port the OS says is free, reserved so that no other test
+(in any xdist worker) or bench gets it before the process it is meant for binds it. A process
+started on it may still lose it to something outside this project, so starters that can tell
+(redis-server exits) retry on a new one. `accepts(port)` says whether something listens there
+now.
 """
 
 from __future__ import annotations
 
 import socket
 
+from bench.ports import free_port
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["accepts", "free_port"]
 
 
 def accepts(port: int, timeout: float = 0.5) -> bool:
