@@ -1,9 +1,8 @@
 """Composition root of one worker: owns hub, broker, controller, presence, resolver and
 verifier.
 
-The node subscribes itself to a channel in the broker when the channel's first
-local subscriber arrives, and unsubscribes a little after the last one leaves
-(a quick resubscribe then costs nothing). Everything the server API does goes
+Its broker subscription of each channel its connections listen to is
+app/node_subscriptions.py's. Everything the server API does goes
 through the facade methods here, never to an engine directly.
 """
 
@@ -32,7 +31,7 @@ from app.errors import (
     ClientError,
     Disconnect,
 )
-from app.hub import Hub, HubClient
+from app.hub import Hub
 from app.maps.broker import MapBroker, MapChannelOptions
 from app.membership import Membership
 from app.models import (
@@ -47,6 +46,7 @@ from app.models import (
 )
 from app.node_control import NodeControl
 from app.node_maps import NodeMaps
+from app.node_subscriptions import BrokerSubscriptions
 from app.presence import PresenceManager
 from app.proxy import ProxyManager
 from app.publishing import count_suppressed, publish_options
@@ -60,9 +60,6 @@ if TYPE_CHECKING:
     from app.client import Client
 
 log = logging.getLogger("centrifugo.node")
-
-# Keeps the broker subscription a moment after the last local subscriber leaves.
-UNSUBSCRIBE_DELAY = 5.0
 
 
 class Node:
@@ -109,10 +106,10 @@ class Node:
         self.shared_poll = SharedPollManager(
             cfg, self.proxies.shared_poll_proxy, coordinator_for(broker, self.id)
         )
-        # channel -> its broker subscription: pending, or once made `_subscribed` (done).
-        self._broker_subs: dict[str, asyncio.Future[None]] = {}
-        self._subscribed: asyncio.Future[None] | None = None
-        self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
+        # The node's own broker subscription of each channel its connections listen to.
+        self.subscriptions = BrokerSubscriptions(
+            self.hub, self._pubsub, lambda: self.loop, self.spawn
+        )
         self._plain_options: dict[int, tuple[Any, PublishOptions]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -192,8 +189,7 @@ class Node:
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        for h in self._unsub_timers.values():
-            h.cancel()
+        self.subscriptions.close()
         await self.verifier.close()
         await self.shared_poll.close()
         await self.proxies.close()
@@ -239,65 +235,7 @@ class Node:
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
         self.hub.broadcast_leave(channel, info)
 
-    # --- channel subscription of this node ---
-
-    async def add_subscriber(self, channel: str, client: HubClient) -> None:
-        """Register a local subscriber; returns once the broker delivers the channel."""
-        self.hub.add_subscriber(channel, client)
-        metrics.action("add_subscription", channel)
-        timer = self._unsub_timers.pop(channel, None)
-        if timer is not None:
-            timer.cancel()
-        fut = self._broker_subs.get(channel)
-        if fut is None:
-            fut = self.loop.create_future()
-            self._broker_subs[channel] = fut
-            metrics.action("broker_subscribe", channel)
-            try:
-                await self._pubsub(channel).subscribe([channel])
-            except BaseException as e:
-                del self._broker_subs[channel]
-                fut.set_exception(e)
-                fut.exception()  # mark retrieved: waiters re-raise on their own await
-                raise
-            fut.set_result(None)
-            # Made: the channel keeps the node's one done future, not its own (144 bytes
-            # each: 2 % of a connection's 7.17 KB with a personal channel per connection).
-            if self._broker_subs.get(channel) is fut:
-                self._broker_subs[channel] = self._done()
-            return
-        await asyncio.shield(fut)
-
-    def _done(self) -> asyncio.Future[None]:
-        if self._subscribed is None:
-            self._subscribed = self.loop.create_future()
-            self._subscribed.set_result(None)
-        return self._subscribed
-
-    def remove_subscriber(self, channel: str, client: HubClient) -> None:
-        metrics.action("remove_subscription", channel)
-        if self.hub.remove_subscriber(channel, client) and channel in self._broker_subs:
-            loop = self.loop
-            self._unsub_timers[channel] = loop.call_later(
-                UNSUBSCRIBE_DELAY, self._maybe_unsubscribe, channel
-            )
-
-    def _maybe_unsubscribe(self, channel: str) -> None:
-        self._unsub_timers.pop(channel, None)
-        if self.hub.has_subscribers(channel):
-            return
-        fut = self._broker_subs.get(channel)
-        if fut is None or not fut.done():
-            return
-        del self._broker_subs[channel]
-        self.spawn(self._broker_unsubscribe(channel))
-
-    async def _broker_unsubscribe(self, channel: str) -> None:
-        # A subscriber may have come back between scheduling and running this.
-        if channel in self._broker_subs or self.hub.has_subscribers(channel):
-            return
-        metrics.action("broker_unsubscribe", channel)
-        await self._pubsub(channel).unsubscribe([channel])
+    # --- where a channel's publications come from ---
 
     def _pubsub(self, channel: str) -> Broker | MapBroker:
         """Where a channel's publications come from: the map broker for a map channel

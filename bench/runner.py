@@ -510,7 +510,7 @@ class Run:
         """PUB/SUB subscriptions of an app target's workers to the channels named `base…`
         (Redis's SHARDNUMSUB summed over them): each channel once per worker that has a
         subscriber to it, so each publication is read once by each such worker. (A worker
-        keeps a channel 5 s after its last subscriber left, app/node.py UNSUBSCRIBE_DELAY:
+        keeps a channel 5 s after its last subscriber left, app/node_subscriptions.py UNSUBSCRIBE_DELAY:
         hence the name filter, not the earlier scenario's channels.)"""
         import redis
 

@@ -363,7 +363,7 @@ class MapFlow(SubscribeFlow):
         self._subs[channel] = sub
         result: dict[str, Any] = {"type": RESULT_TYPE_MAP, "phase": PHASE_LIVE}
         try:
-            await self.node.add_subscriber(channel, self)
+            await self.node.subscriptions.add(channel, self)
             if positioned:
                 limit = ns.map.live_transition_max_publication_limit or (
                     ns.map.max_page_size or MAX_PAGE_SIZE

@@ -275,7 +275,7 @@ class SubscribeFlow(Permissions, Positioning):
         )
         self._subs[channel] = sub
         try:
-            adding = self.node.add_subscriber(channel, self)
+            adding = self.node.subscriptions.add(channel, self)
             if self._inflight is None:
                 await adding
             else:
@@ -372,7 +372,7 @@ class SubscribeFlow(Permissions, Positioning):
         if sub.expire_handle is not None:
             sub.expire_handle.cancel()
         node = self.node
-        node.remove_subscriber(sub.channel, self)
+        node.subscriptions.remove(sub.channel, self)
         try:
             if sub.presence:
                 metrics.action("remove_presence", sub.channel)
