@@ -156,8 +156,8 @@ async def test_batched_items_are_each_checked_in_one_script_call(engine):
 
 
 async def test_version_survives_the_noscript_reload(engine):
-    """After SCRIPT FLUSH the command is re-sent from its plain arguments: the version
-    arguments must be among them."""
+    """After SCRIPT FLUSH the command is re-sent as EVAL with the same arguments (from its
+    packed bytes, resp.eval_command): the version arguments must be among them."""
     broker, _, rdb = engine
     await broker.publish("ch", b"v5", vopts(5))
     await rdb.script_flush()

@@ -300,7 +300,7 @@ class RedisBroker:
                     continue
                 if open_calls:
                     issue_open(open_calls)
-                if not opts.idempotency_key and shard.groups_spublish:
+                if not opts.idempotency_key and shard.single_pipeline:
                     plain = open_groups.get(shard.index)
                     if plain is None:
                         plain = open_groups[shard.index] = PlainGroup(shard)

@@ -52,7 +52,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.engines.redis.connect import Endpoint, open_connection
-from app.engines.redis.resp import evalsha_command, pack_command
+from app.engines.redis.resp import eval_command, evalsha_command, pack_command
 
 log = logging.getLogger("centrifugo.redis.pipeline")
 
@@ -88,7 +88,7 @@ class _Cmd:
         data: bytes | None = None,
     ) -> None:
         self.fut = fut  # None: a script load whose reply nobody awaits
-        self.args = args  # kept for a NOSCRIPT retry and the cluster fallback
+        self.args = args  # kept for the cluster hand-over (a packed EVALSHA: name, SHA, nkeys)
         self.data: bytes = pack_command(args) if data is None else data
         self.script = script
         self.retried = False  # used its one retry after a connection error
@@ -267,6 +267,18 @@ class AutoPipeline:
         self._enqueue(_Cmd(fut, cmd_args, script, data))
         return fut
 
+    def evalsha_packed(
+        self, script: Script, nkeys: int, nargs: int, packed: bytes
+    ) -> asyncio.Future[Any]:
+        """EVALSHA of keys and args given only as RESP (`packed`: `nkeys` keys, then `nargs`
+        args): no plain argument list is kept, so the command cannot be handed over to
+        redis-py; not for a Cluster node's pipeline (which hands redirected commands over)."""
+        assert self._fallback is None, "a Cluster node's pipeline needs the plain arguments"
+        fut = self._loop.create_future()
+        data = evalsha_command(script.sha, nkeys, nargs, packed)
+        self._enqueue(_Cmd(fut, ("EVALSHA", script.sha, nkeys), script, data))
+        return fut
+
     def _enqueue(self, cmd: _Cmd) -> None:
         if self._closed:
             _fail(cmd, RedisConnectionError("redis client closed"))
@@ -439,7 +451,7 @@ class AutoPipeline:
         script = cmd.script
         if script is not None and not cmd.reloaded and msg.startswith("NOSCRIPT"):
             cmd.reloaded = True
-            cmd.data = pack_command(("EVAL", script.body, *cmd.args[2:]))
+            cmd.data = eval_command(cmd.data, script.body)
             self._requeue(cmd)
             return
         if msg.startswith("READONLY"):

@@ -20,7 +20,7 @@ from typing import Any
 
 import hiredis
 
-__all__ = ["pack_command", "bulk", "bulk_header", "evalsha_command", "PING"]
+__all__ = ["pack_command", "bulk", "bulk_header", "evalsha_command", "eval_command", "PING"]
 
 # (arg, ...) -> one RESP array of bulk strings; str, bytes, int and float arguments. Typed
 # here because hiredis's stub declares a tuple of one argument; no Python wrapper around it.
@@ -54,3 +54,15 @@ def evalsha_command(sha: bytes, nkeys: int, nargs: int, packed: bytes) -> bytes:
     bytes hiredis.pack_command gives for the whole argument list."""
     n = str(nkeys).encode()
     return b"*%d\r\n$7\r\nEVALSHA\r\n%b%b%b" % (3 + nkeys + nargs, bulk(sha), bulk(n), packed)
+
+
+# An EVALSHA command's name and SHA1 (40 hex digits) as bulk strings: what eval_command cuts.
+_EVALSHA_AND_SHA = len(b"$7\r\nEVALSHA\r\n$40\r\n") + 40 + 2
+
+
+def eval_command(evalsha: bytes, body: bytes) -> bytes:
+    """The EVAL of an EVALSHA command's bytes: the same keys and args, the script's body in
+    place of its SHA1 (what a NOSCRIPT reply is answered with). The array header stays: EVAL
+    takes as many arguments."""
+    start = evalsha.index(b"\r\n") + 2
+    return evalsha[:start] + b"$4\r\nEVAL\r\n" + bulk(body) + evalsha[start + _EVALSHA_AND_SHA :]

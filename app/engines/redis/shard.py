@@ -136,10 +136,17 @@ class Shard:
             return self._cluster_fallback(("SPUBLISH", channel, payload))
         return pipe.execute("SPUBLISH", channel, payload)
 
+    def eval_packed(self, name: str, nkeys: int, nargs: int, packed: bytes) -> Awaitable[Any]:
+        """EVALSHA of script `name` whose `nkeys` keys and `nargs` args are given only as
+        RESP bulk strings (`packed`); only where `single_pipeline`."""
+        assert self._pipe is not None
+        return self._pipe.evalsha_packed(self.scripts[name], nkeys, nargs, packed)
+
     @property
-    def groups_spublish(self) -> bool:
-        """Whether `spublish_group` may be used: one pipeline for every channel (not a
-        Cluster, whose commands each go to their slot's master)."""
+    def single_pipeline(self) -> bool:
+        """Whether one pipeline serves every key, so `spublish_group` and `eval_packed` may
+        be used (not a Cluster, whose commands each go to their slot's master and are
+        handed over to redis-py, with their plain arguments, on a redirection)."""
         return self._pipe is not None
 
     def spublish_group(self, parts: list[bytes]) -> asyncio.Future[list[Any]]:
