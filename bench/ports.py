@@ -13,11 +13,18 @@ in a directory every process of this user shares (O_EXCL create: one winner acro
 pytest-xdist workers and a stage's helpers alike); a port whose reservation is held by somebody
 else is skipped. By the time the reservation runs out the process it was for has bound the
 port (or given up), and the kernel does not hand out a port a listener holds.
+
+The ports come from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`,
+32768-60999 by default), from 10000 up: the kernel gives the ephemeral ones to every outgoing
+connection too (a load generator opens thousands a second), and a server cannot bind a port an
+outgoing connection holds. Where that range starts too low to leave room below it, the OS's
+pick (bind to port 0) is the candidate instead.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import tempfile
 import time
@@ -26,6 +33,10 @@ from pathlib import Path
 RESERVED_FOR = 600.0  # s; a server binds its port within seconds, 60 at most on a loaded box
 _DIR = Path(tempfile.gettempdir()) / f"cfpy-ports-{os.getuid()}"
 _swept = False
+LOWEST = 10000  # below: ports that well-known and registered services use
+# os.urandom's: tests that seed the `random` module (hypothesis does) pick the same sequence
+# in every process otherwise.
+_random = random.SystemRandom()
 
 
 def free_port() -> int:
@@ -37,11 +48,28 @@ def free_port() -> int:
         _sweep()
         _swept = True
     while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if _reserve(_DIR / str(port)):
+        port = _candidate()
+        if port and _reserve(_DIR / str(port)):
             return port
+
+
+def _candidate() -> int:
+    """A port nothing is bound to on 127.0.0.1 now (0: that one was taken, pick again)."""
+    low = _ephemeral_low()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", _random.randrange(LOWEST, low) if low - LOWEST >= 1000 else 0))
+        except OSError:  # in use (a listener, a connection, a TIME_WAIT)
+            return 0
+        return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _reserve(path: Path) -> bool:

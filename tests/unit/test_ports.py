@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -22,10 +23,30 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_no_port_twice_in_one_process(registry: Path) -> None:
-    # 2,000 plain bind-to-0 picks among ~14,000 ports repeat one almost surely (birthday).
+    # 2,000 random picks among ~23,000 ports repeat one almost surely (birthday).
     got = [ports.free_port() for _ in range(2000)]
     assert len(set(got)) == len(got)
     assert {p.name for p in registry.iterdir()} == {str(p) for p in got}
+    # Below the ephemeral range: no outgoing connection holds them.
+    low = ports._ephemeral_low()
+    assert all(ports.LOWEST <= p < low for p in got)
+
+
+def test_a_port_in_use_is_not_handed_out(registry: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ports._random.randrange
+    picked: list[int] = []
+
+    def pick(lo: int, hi: int) -> int:  # the listener's port first, then random ones
+        picked.append(taken if not picked else real(lo, hi))
+        return picked[-1]
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        monkeypatch.setattr(ports._random, "randrange", pick)
+        port = ports.free_port()
+    assert picked[0] == taken and port == picked[-1] != taken
 
 
 def _pick(directory: str, n: int) -> list[int]:
