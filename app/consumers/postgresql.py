@@ -50,6 +50,7 @@ from app.consumers import metrics as consumer_metrics
 from app.consumers.backoff import Backoff
 from app.consumers.dispatch import Retry
 from app.consumers.tasks import ConsumerTasks
+from app.engines.postgres.errors import DB_ERRORS
 from app.tls import ssl_context
 
 __all__ = ["PostgresConsumer", "create_consumer", "lock_name"]
@@ -63,15 +64,6 @@ LISTEN_RETRY = 1.0  # Centrifugo waits a second before listening again
 LISTEN_CHECK = 1.0  # how often the LISTEN connection is checked for loss
 CONNECT_TIMEOUT = 10.0  # Centrifugo's ping timeout at start
 COMMAND_TIMEOUT = 60.0
-# What a lost or restarting server raises through asyncpg; InternalClientError is its
-# "another operation is in progress" when the connection dies under a query.
-_BACKEND_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-)
 
 
 def lock_name(consumer: str, partition: int) -> str:
@@ -159,7 +151,7 @@ class PostgresConsumer:
             except _LockNotAcquired:
                 await self._wait(wake)
                 continue
-            except (Retry, *_BACKEND_ERRORS) as e:
+            except (Retry, *DB_ERRORS) as e:
                 consumer_metrics.error(self._name)
                 delay = backoff.next()
                 log.error(
@@ -248,7 +240,7 @@ class PostgresConsumer:
                     if await self._tasks.sleep(LISTEN_CHECK):
                         return
                 raise ConnectionError("listen connection lost")
-            except _BACKEND_ERRORS as e:
+            except DB_ERRORS as e:
                 consumer_metrics.error(self._name)
                 log.error(
                     "consumer %s: error listening outbox notifications: %s",
@@ -278,7 +270,7 @@ class PostgresConsumer:
 async def _rollback_quietly(tx: Any) -> None:
     try:
         await tx.rollback()
-    except _BACKEND_ERRORS:
+    except DB_ERRORS:
         pass  # the connection is gone: PostgreSQL rolled back itself
 
 

@@ -642,6 +642,36 @@ async def test_restart_keeps_state_and_delivery(
     await until("LISTEN again", outbox(broker).listening.is_set, 40)
 
 
+async def test_listen_survives_a_connection_dying_under_its_set_up(
+    make_maps: Maker, db: asyncpg.Connection
+) -> None:
+    """A LISTEN connection that PostgreSQL terminates while asyncpg sets it up raises
+    InternalClientError ("another operation is in progress"), as seen when PostgreSQL restarted
+    under it: the listen loop treats it as the connection failing and listens again (it ended
+    for good once, leaving the node polling alone)."""
+    broker, _ = await make_maps(use_notify=True)
+    box = outbox(broker)
+    await asyncio.wait_for(box.listening.wait(), 15)
+    connect = box._notify_connect
+    assert connect is not None
+    failures = [asyncpg.InternalClientError("cannot switch to state 12; another operation (2)")]
+
+    async def dying_once() -> Any:
+        if failures:
+            raise failures.pop()
+        return await connect()
+
+    box._notify_connect = dying_once
+    killed = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+    )
+    assert killed >= 1
+    await until("LISTEN lost", lambda: not box.listening.is_set(), 10)
+    await asyncio.wait_for(box.listening.wait(), 20)  # after the failed attempt's backoff
+    assert not failures
+
+
 async def test_schema_is_centrifugos(make_maps: Maker, db: asyncpg.Connection, prefix: str) -> None:
     await make_maps(num_shards=3, partition_lookahead_days=1)
     await make_maps(num_shards=3, partition_lookahead_days=1)  # a second start: no-op

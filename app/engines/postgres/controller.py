@@ -39,8 +39,9 @@ from app.engines.postgres.ddl import (
     ensure_variants,
     render_template,
 )
+from app.engines.postgres.errors import DB_ERRORS
 from app.engines.postgres.outbox import Outbox
-from app.engines.postgres.reading import DB_ERRORS, Connection, ReaderSpec, TableReading
+from app.engines.postgres.reading import Connection, ReaderSpec, TableReading
 from app.errors import ERROR_INTERNAL, ClientError
 
 log = logging.getLogger("centrifugo.postgres.controller")

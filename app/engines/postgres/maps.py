@@ -40,6 +40,7 @@ from typing import Any
 import asyncpg
 
 from app.broker import BrokerEventHandler, HealthReporter
+from app.engines.postgres.errors import DB_ERRORS
 from app.engines.postgres.maintenance import Maintenance
 from app.engines.postgres.outbox import Outbox
 from app.engines.postgres.payloads import data_in, data_out
@@ -61,7 +62,6 @@ from app.models import ClientInfo, Publication, StreamPosition
 
 log = logging.getLogger("centrifugo.postgres.maps")
 
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 OptionsOf = Callable[[str], MapChannelOptions | None]
 
 _STATE_COLUMNS = "key, data, tags, key_offset, client_id, user_id, conn_info, chan_info"

@@ -27,6 +27,8 @@ from typing import Any
 
 import asyncpg
 
+from app.engines.postgres.errors import DB_ERRORS
+
 log = logging.getLogger("centrifugo.postgres")
 
 # The map stream's columns the map broker decodes (maps.py publication_of reads them by name).
@@ -139,7 +141,7 @@ class Outbox:
             self._wake.clear()
             try:
                 n = await self.read_once()
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as e:
+            except DB_ERRORS as e:
                 if not failing:
                     log.warning("%s outbox read failed, retrying: %r", self._label, e)
                 failing, self.healthy = True, False
@@ -179,8 +181,12 @@ class Outbox:
                 self.listening.set()
                 self._wake.set()  # anything written while not listening
                 await lost
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as e:
+            except DB_ERRORS as e:
                 log.warning("%s LISTEN connection failed, retrying: %r", self._label, e)
+            except Exception:
+                # Whatever else goes wrong, LISTEN is tried again: ended, this loop would
+                # leave the node polling alone for good.
+                log.exception("%s LISTEN connection failed, retrying", self._label)
             finally:
                 self.listening.clear()
                 if conn is not None and not conn.is_closed():

@@ -21,12 +21,11 @@ from typing import Any
 import asyncpg
 
 from app.engines.postgres.ddl import SchemaError
+from app.engines.postgres.errors import DB_ERRORS
 from app.engines.postgres.outbox import Outbox
 from app.errors import ERROR_INTERNAL, ClientError
 
 log = logging.getLogger("centrifugo.postgres")
-
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,10 @@ from app.engines.postgres.ddl import (
     drop_old_partitions,
     ensure_partitions,
 )
+from app.engines.postgres.errors import DB_ERRORS
 from app.engines.postgres.outbox import Outbox
 from app.engines.postgres.payloads import data_in, data_out
-from app.engines.postgres.reading import DB_ERRORS, Connection, ReaderSpec, TableReading
+from app.engines.postgres.reading import Connection, ReaderSpec, TableReading
 from app.engines.postgres.stream_schema import StreamNames, ensure_stream_schema
 from app.errors import ERROR_INTERNAL, ClientError
 from app.models import (
