@@ -1,7 +1,8 @@
 """A node's broker subscriptions: the node subscribes itself to a channel in the broker when
 the channel's first local subscriber arrives, and unsubscribes `UNSUBSCRIBE_DELAY` seconds
-after the last one leaves (a quick resubscribe then costs nothing), as centrifuge's Node
-does with its subscription locks and `addSubscription` / `removeSubscription`."""
+after the last one leaves (a quick resubscribe then costs nothing). centrifuge's Node
+(`addSubscription` / `removeSubscription`) does the same, its unsubscribe at least a second
+after the channel emptied (through its dissolver)."""
 
 from __future__ import annotations
 
