@@ -9,6 +9,7 @@ traffic leaves nothing unflushed. app/metrics.py hands these out per label set.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from typing import Any
 
@@ -16,7 +17,7 @@ from typing import Any
 _FLUSHABLE: list[_Buffered] = []
 
 
-class _Buffered:
+class _Buffered(ABC):
     """What the buffers share: registration with `flush_buffered`, and the once-a-second
     schedule. A subclass's hot-path method counts, then flushes when `_due` has passed
     (the check stays inline there: one comparison per call); `_add` hands what was
@@ -32,8 +33,9 @@ class _Buffered:
         self._due = (now or time.monotonic()) + 1.0
         self._add()
 
+    @abstractmethod
     def _add(self) -> None:
-        raise NotImplementedError
+        """Adds what was counted since the last flush to the shared values, and resets it."""
 
 
 class MessageCounter(_Buffered):

@@ -4,13 +4,10 @@ and a row with a rate comes out (the figures themselves are the bench's business
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.support import nats_server
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.bench_stage import run_stage
 
 
 def test_jetstream_consumer_bench_drains_the_stream(
@@ -18,9 +15,8 @@ def test_jetstream_consumer_bench_drains_the_stream(
 ) -> None:
     nats_server.require()
     out = tmp_path / "js.json"
-    cmd = [sys.executable, "-m", "bench.consumer_jetstream", "--messages", "2000"]
-    cmd += ["--workers", "1", "--max-ack-pending", "100", "--out", str(out)]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    argv = ["--messages", "2000", "--workers", "1", "--max-ack-pending", "100", "--out", str(out)]
+    done = run_stage("bench.consumer_jetstream", *argv, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = json.loads(out.read_text())
     assert (row["workers"], row["max_ack_pending"]) == (1, 100)

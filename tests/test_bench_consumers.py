@@ -5,13 +5,10 @@ themselves are the bench's business."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.support import postgres
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.bench_stage import run_stage
 
 
 def test_consumers_bench_drains_outbox_and_stream(
@@ -19,8 +16,7 @@ def test_consumers_bench_drains_outbox_and_stream(
 ) -> None:
     postgres.require()
     out = tmp_path / "consumers.json"
-    cmd = [sys.executable, "-m", "bench.consumers", "--commands", "300", "--out", str(out)]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = run_stage("bench.consumers", "--commands", "300", "--out", str(out), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     stages = json.loads(out.read_text())["stages"]
     for name in ("postgresql", "redis_stream"):

@@ -4,32 +4,20 @@ delivers everything through both brokers and writes sane JSON. Nothing here is a
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support import nats_server
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.bench_stage import run_stage
 
 
 @pytest.mark.timeout(180)
 def test_nats_fanout_stage_writes_sane_json(tmp_path: Path, redis_server_available: None) -> None:
     nats_server.require()
     out = tmp_path / "nats.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
     argv = ["--subs", "20", "--duration", "0.5", "--rate-fanout", "2000", "--rate-personal", "400"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.nats_fanout", *argv, "--out", str(out)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
+    proc = run_stage("bench.nats_fanout", *argv, "--out", str(out), timeout=170)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     rows = json.loads(out.read_text())["rows"]
     assert {(r["broker"], r["scenario"]) for r in rows} == {

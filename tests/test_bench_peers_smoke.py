@@ -9,10 +9,8 @@ each test skips with the reason when its toolchain is missing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +19,8 @@ import redis
 
 from bench.peers.publishers import EMITTER_LUA
 from bench.peers.stage import NODE_DIR, channels_missing
+from tests.support.bench_stage import run_stage
 from tests.support.redis_server import RedisProcess
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def require_node() -> None:
@@ -88,22 +85,10 @@ def test_each_peer_starts_and_delivers(tmp_path: Path, redis_server_available: s
     if len(targets) == 2:
         pytest.skip("neither the node socket.io nor the Django Channels peer can run here")
     out = tmp_path / "peers.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
     argv = ["--targets", ",".join(targets), "--subs", "20", "--duration", "0.5"]
     argv += ["--rate-personal", "400", "--rate-broadcast", "2000", "--procs", "1"]
     argv += ["--no-npm-install", "--out", str(out)]
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.peers", *argv],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=230,
-        )
-    except subprocess.TimeoutExpired as e:  # its log says which phase it was in
-        log = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
-        pytest.fail(f"bench.peers ran past 230 s; its log:\n{(log or '')[-5000:]}")
+    proc = run_stage("bench.peers", *argv, timeout=230)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     doc = json.loads(out.read_text())
     rows = doc["rows"]

@@ -6,32 +6,21 @@ here is about speed."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.bench_stage import run_stage
 
 
 @pytest.mark.timeout(120)
 def test_scale_stage_writes_sane_json(tmp_path: Path, redis_server_available: None) -> None:
     out = tmp_path / "scale.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
     argv = ["--steps", "150", "--workers", "1,2", "--repeat", "1", "--sources", "2"]
     argv += ["--paths", "spublish", "--duration", "0.3", "--settle", "0.1"]
     argv += ["--idle-window", "0.1", "--broadcasts", "1", "--rate-personal", "3000"]
     argv += ["--rate-broadcast", "3000"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.scale", *argv, "--out", str(out)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
+    proc = run_stage("bench.scale", *argv, "--out", str(out), timeout=110)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     doc = json.loads(out.read_text())
     meta = doc["meta"]

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.bench_stage import run_stage
+
 HAS_SIO = importlib.util.find_spec("socketio") is not None
 PEERS = [("raw", "hiredis"), ("raw", "redispy"), ("raw", "local"), ("app", "spublish")]
 if HAS_SIO:
@@ -41,15 +39,7 @@ LATENCY_PHASES = {
 @pytest.mark.timeout(300)
 def test_bench_smoke_writes_sane_json(tmp_path: Path, redis_server_available: None) -> None:
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
+    proc = run_stage("bench", "--smoke", "--out", str(out), timeout=280)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     doc = json.loads(out.read_text())
     assert doc["meta"]["options"]["smoke"] is True
@@ -219,14 +209,8 @@ def test_spread_bench_reports_each_design(tmp_path: Path, redis_server_available
     """`python -m bench.spread` at a tiny size: both listener designs start, every burst
     connection is held by some worker, and the JSON says each design's shares and rate."""
     out = tmp_path / "spread.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.spread", "--clients", "20", "--runs", "1", "--out", str(out)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=55,
+    proc = run_stage(
+        "bench.spread", "--clients", "20", "--runs", "1", "--out", str(out), timeout=55
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     doc = json.loads(out.read_text())
@@ -246,10 +230,9 @@ def test_delta_bench_rebuilds_every_document(tmp_path: Path) -> None:
     delta clients rebuild each document from patches (the bench fails otherwise), and patches
     make a delivery several times smaller than the full ~2 KB document."""
     out = tmp_path / "delta.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
-    cmd = [sys.executable, "-m", "bench.delta", "--subscribers", "10", "--publications", "5"]
-    cmd += ["--rate", "50", "--runs", "2", "--sample-every", "3", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=55)
+    argv = ["--subscribers", "10", "--publications", "5"]
+    argv += ["--rate", "50", "--runs", "2", "--sample-every", "3", "--out", str(out)]
+    proc = run_stage("bench.delta", *argv, timeout=55)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     doc = json.loads(out.read_text())
     assert 2000 <= doc["document_bytes"] <= 2100

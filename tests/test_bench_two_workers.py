@@ -9,14 +9,12 @@ speed: the machine may be busy.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.bench_stage import run_stage
+
 PATHS = ("app/spublish", "app2/spublish", "app/api", "app2/api")
 
 
@@ -25,10 +23,9 @@ def test_two_worker_app_beside_the_one_worker_app(
     tmp_path: Path, redis_server_available: None
 ) -> None:
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
-    cmd = [sys.executable, "-m", "bench", "--smoke", "--no-sio", "--out", str(out)]
-    cmd += ["--scenarios", "personal,batch", "--paths", ",".join(PATHS), "--batch-workers", "1,2"]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=140)
+    argv = ["--smoke", "--no-sio", "--out", str(out)]
+    argv += ["--scenarios", "personal,batch", "--paths", ",".join(PATHS), "--batch-workers", "1,2"]
+    proc = run_stage("bench", *argv, timeout=140)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     doc = json.loads(out.read_text())
 

@@ -5,29 +5,18 @@ the fan-out on both and writes sane JSON. Nothing here is about speed."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.bench_stage import run_stage
 
 
 @pytest.mark.timeout(60)
 def test_webtransport_stage_writes_sane_json(tmp_path: Path, redis_server_available: None) -> None:
     out = tmp_path / "wt.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CENTRIFUGO_")}
     argv = ["--subs", "20", "--procs", "1", "--duration", "0.5", "--rate", "2000"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.webtransport", *argv, "--out", str(out)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=55,
-    )
+    proc = run_stage("bench.webtransport", *argv, "--out", str(out), timeout=55)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     doc = json.loads(out.read_text())
     assert [r["transport"] for r in doc["summary"]] == ["websocket", "webtransport"]

@@ -259,7 +259,7 @@ class HistoryCall:
             if self._plain:
                 reply = self.shard.eval("history_add", self.keys, self.args, packed)
             else:
-                n = len(self._rkeys)
+                n = len(self)
                 reply = self.shard.eval_packed(
                     "history_add", KEYS_PER_ITEM * n, ARGS_PER_ITEM * n, packed
                 )
